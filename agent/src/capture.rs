@@ -1,0 +1,292 @@
+//! Capture: how the bytes of a stopped broker are frozen.
+//!
+//! - `reflink` clones every file (FICLONE) into a staging directory on the
+//!   same filesystem: milliseconds however big the data, so the broker can be
+//!   restarted at once and the archive is built from staging.
+//! - `copy` stages nothing: the archive streams from the log dirs while the
+//!   broker stays stopped.
+//! - `auto` probes each log dir and picks reflink where all support it.
+
+use crate::error::{Error, IoContext, Result};
+use crate::logdir::{EntryKind, Inventory};
+use serde::{Deserialize, Serialize};
+use std::fs;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+/// Name of the staging directory created beside each log dir (in its parent,
+/// which is on the same filesystem in the usual `/data/diskN/kafka-logs`
+/// layout). Never inside the log dir: Kafka refuses unknown dirs there.
+pub const STAGING_DIR_NAME: &str = ".kafka-snapshot-staging";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum CaptureMode {
+    Auto,
+    Reflink,
+    Copy,
+}
+
+impl std::fmt::Display for CaptureMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CaptureMode::Auto => "auto",
+            CaptureMode::Reflink => "reflink",
+            CaptureMode::Copy => "copy",
+        })
+    }
+}
+
+nix::ioctl_write_int!(ficlone, 0x94, 9);
+
+/// Clones `src` into the new file `dst` sharing its extents.
+pub fn reflink_file(src: &fs::File, dst: &fs::File) -> io::Result<()> {
+    // SAFETY: both fds are valid and owned for the duration of the call.
+    unsafe { ficlone(dst.as_raw_fd(), src.as_raw_fd() as libc::c_ulong) }
+        .map(|_| ())
+        .map_err(io::Error::from)
+}
+
+/// The staging root for a log dir.
+pub fn staging_root(log_dir: &Path) -> Result<PathBuf> {
+    let parent = log_dir.parent().ok_or_else(|| Error::LogDir {
+        path: log_dir.to_path_buf(),
+        message: "a log dir at / has no parent for staging".into(),
+    })?;
+    Ok(parent.join(STAGING_DIR_NAME))
+}
+
+fn create_private_dir(path: &Path) -> Result<()> {
+    match fs::DirBuilder::new().mode(0o700).create(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(Error::io(format!("creating {}", path.display()), e)),
+    }
+}
+
+/// Exclusive hold on the staging roots of a run. Taking it also removes
+/// what a crashed earlier run left behind.
+pub struct StagingLock {
+    roots: Vec<PathBuf>,
+    _locks: Vec<fs::File>,
+}
+
+impl StagingLock {
+    pub fn acquire(log_dirs: &[PathBuf]) -> Result<StagingLock> {
+        let mut roots: Vec<PathBuf> = Vec::new();
+        for d in log_dirs {
+            let r = staging_root(d)?;
+            if !roots.contains(&r) {
+                roots.push(r);
+            }
+        }
+        let mut locks = Vec::new();
+        for r in &roots {
+            create_private_dir(r)?;
+            let lock_path = r.join(".lock");
+            let f = fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .mode(0o600)
+                .open(&lock_path)
+                .ctx(|| format!("opening {}", lock_path.display()))?;
+            // SAFETY: flock on a valid, owned fd.
+            if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+                return Err(Error::LogDir {
+                    path: r.clone(),
+                    message: "another snapshot run holds this staging directory".into(),
+                });
+            }
+            locks.push(f);
+        }
+        let lock = StagingLock {
+            roots,
+            _locks: locks,
+        };
+        lock.remove_stale()?;
+        Ok(lock)
+    }
+
+    /// Removes every staging tree: with the lock held none is in use.
+    fn remove_stale(&self) -> Result<()> {
+        for r in &self.roots {
+            for ent in fs::read_dir(r).ctx(|| format!("listing {}", r.display()))? {
+                let ent = ent.ctx(|| format!("listing {}", r.display()))?;
+                if ent.file_name() == ".lock" {
+                    continue;
+                }
+                let p = ent.path();
+                tracing::warn!(staging = %p.display(), "removing stale staging left by an interrupted run");
+                remove_tree(&p)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn dir_for(&self, log_dir: &Path, snapshot_id: &str, index: usize) -> Result<PathBuf> {
+        let name = log_dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        Ok(staging_root(log_dir)?
+            .join(snapshot_id)
+            .join(format!("{index}-{name}")))
+    }
+}
+
+/// Removes a staging tree, restoring write permission where a read-only
+/// directory would stop the removal.
+fn remove_tree(p: &Path) -> Result<()> {
+    match fs::remove_dir_all(p) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(_) => {
+            make_writable(p);
+            fs::remove_dir_all(p).ctx(|| format!("removing {}", p.display()))
+        }
+    }
+}
+
+fn make_writable(p: &Path) {
+    if let Ok(md) = fs::symlink_metadata(p) {
+        if md.is_dir() {
+            let _ = fs::set_permissions(p, fs::Permissions::from_mode(0o700));
+            if let Ok(rd) = fs::read_dir(p) {
+                for e in rd.flatten() {
+                    make_writable(&e.path());
+                }
+            }
+        }
+    }
+}
+
+/// Why `auto` did or did not pick reflink for a log dir.
+pub fn probe_reflink(log_dir: &Path) -> Result<(), String> {
+    let root = staging_root(log_dir).map_err(|e| e.to_string())?;
+    let dev_of = |p: &Path| {
+        fs::metadata(p)
+            .map(|m| m.dev())
+            .map_err(|e| format!("stat {}: {e}", p.display()))
+    };
+    if dev_of(log_dir)? != dev_of(&root)? {
+        return Err(format!(
+            "{} is on a different filesystem than the log dir (is the log dir a mount point?)",
+            root.display()
+        ));
+    }
+    let src_path = log_dir.join(crate::logdir::META_PROPERTIES);
+    let src = fs::File::open(&src_path).map_err(|e| format!("open {}: {e}", src_path.display()))?;
+    let mut rnd = [0u8; 4];
+    getrandom::fill(&mut rnd).map_err(|e| e.to_string())?;
+    let probe = root.join(format!(".probe-{}", hex::encode(rnd)));
+    let dst = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&probe)
+        .map_err(|e| format!("create {}: {e}", probe.display()))?;
+    let r = reflink_file(&src, &dst);
+    let _ = fs::remove_file(&probe);
+    r.map_err(|e| match e.raw_os_error() {
+        Some(libc::EOPNOTSUPP) | Some(libc::EINVAL) | Some(libc::ENOTTY) => format!(
+            "the filesystem of {} does not support reflink ({e}); XFS with reflink=1 or Btrfs does",
+            log_dir.display()
+        ),
+        Some(libc::EXDEV) => format!("staging is on another filesystem ({e})"),
+        _ => format!("reflink probe failed: {e}"),
+    })
+}
+
+/// Resolves `auto` to `reflink` or `copy`, with the reason to record.
+pub fn resolve_mode(requested: CaptureMode, log_dirs: &[PathBuf]) -> Result<(CaptureMode, String)> {
+    if requested == CaptureMode::Copy {
+        return Ok((CaptureMode::Copy, "copy requested".into()));
+    }
+    for d in log_dirs {
+        if let Err(why) = probe_reflink(d) {
+            if requested == CaptureMode::Reflink {
+                return Err(Error::LogDir {
+                    path: d.clone(),
+                    message: format!("capture = \"reflink\" is impossible: {why}"),
+                });
+            }
+            let reason = format!("auto: copy, because {why}");
+            tracing::info!(log_dir = %d.display(), %reason, "capture mode chosen");
+            return Ok((CaptureMode::Copy, reason));
+        }
+    }
+    let reason = match requested {
+        CaptureMode::Auto => "auto: reflink, every log dir supports it".to_string(),
+        _ => "reflink requested".to_string(),
+    };
+    tracing::info!(%reason, "capture mode chosen");
+    Ok((CaptureMode::Reflink, reason))
+}
+
+/// Clones every inventory entry of every log dir into `staging[i]`.
+pub fn clone_into_staging(inv: &Inventory, staging: &[PathBuf]) -> Result<()> {
+    for (i, d) in staging.iter().enumerate() {
+        if let Some(parent) = d.parent() {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(parent)
+                .ctx(|| format!("creating {}", parent.display()))?;
+        }
+        let _ = i;
+    }
+    for e in &inv.entries {
+        let src = inv.dirs[e.dir_index].path.join(&e.rel);
+        let dst = staging[e.dir_index].join(&e.rel);
+        match &e.kind {
+            EntryKind::Dir => fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&dst)
+                .ctx(|| format!("creating {}", dst.display()))?,
+            EntryKind::Symlink { target } => std::os::unix::fs::symlink(target, &dst)
+                .ctx(|| format!("creating symlink {}", dst.display()))?,
+            EntryKind::File => {
+                let s = fs::File::open(&src).ctx(|| format!("opening {}", src.display()))?;
+                let t = fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&dst)
+                    .ctx(|| format!("creating {}", dst.display()))?;
+                reflink_file(&s, &t)
+                    .ctx(|| format!("reflink {} -> {}", src.display(), dst.display()))?;
+                let len = t
+                    .metadata()
+                    .ctx(|| format!("stat {}", dst.display()))?
+                    .len();
+                if len != e.size {
+                    return Err(Error::LogDir {
+                        path: inv.dirs[e.dir_index].path.clone(),
+                        message: format!(
+                            "{} changed size during capture ({} -> {len} bytes): is the broker really stopped?",
+                            e.rel.display(),
+                            e.size
+                        ),
+                    });
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A staging tree that is removed when dropped (after commit, or on failure).
+pub struct Staging {
+    pub dir: PathBuf,
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if let Err(e) = remove_tree(&self.dir) {
+            tracing::error!(staging = %self.dir.display(), error = %e, "could not remove staging; it will be removed at the next run");
+        }
+    }
+}

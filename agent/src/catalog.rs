@@ -1,0 +1,300 @@
+//! Finding snapshots in cold storage. A snapshot is complete when its
+//! manifest is present and intact; anything else under a snapshot prefix is
+//! listed as incomplete or damaged, never as complete.
+
+use crate::error::{Error, Result};
+use crate::manifest::{Manifest, ARCHIVE_FILE, MANIFEST_FILE};
+use crate::snapshot::is_snapshot_id;
+use crate::storage::{ColdStore, ObjectMeta};
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SnapshotRef {
+    pub cluster_id: String,
+    pub broker: i32,
+    pub snapshot_id: String,
+}
+
+impl SnapshotRef {
+    pub fn prefix(&self) -> String {
+        format!(
+            "{}/broker-{}/{}",
+            self.cluster_id, self.broker, self.snapshot_id
+        )
+    }
+    pub fn archive_key(&self) -> String {
+        format!("{}/{ARCHIVE_FILE}", self.prefix())
+    }
+    pub fn manifest_key(&self) -> String {
+        format!("{}/{MANIFEST_FILE}", self.prefix())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum Status {
+    Complete(Box<Manifest>),
+    /// No manifest: the run that wrote it did not finish.
+    Incomplete,
+    /// A manifest that cannot be trusted.
+    Damaged(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Listed {
+    pub snap: SnapshotRef,
+    pub status: Status,
+    pub objects: Vec<ObjectMeta>,
+}
+
+fn parse_key(key: &str) -> Option<(SnapshotRef, &str)> {
+    let mut it = key.splitn(4, '/');
+    let cluster = it.next()?;
+    let broker = it.next()?.strip_prefix("broker-")?.parse().ok()?;
+    let id = it.next()?;
+    let file = it.next()?;
+    if !is_snapshot_id(id) {
+        return None;
+    }
+    Some((
+        SnapshotRef {
+            cluster_id: cluster.to_string(),
+            broker,
+            snapshot_id: id.to_string(),
+        },
+        file,
+    ))
+}
+
+/// Lists the snapshots in `store`, optionally of one cluster and broker,
+/// oldest first.
+pub fn list(
+    store: &dyn ColdStore,
+    cluster: Option<&str>,
+    broker: Option<i32>,
+) -> Result<Vec<Listed>> {
+    let prefix = match (cluster, broker) {
+        (Some(c), Some(b)) => format!("{c}/broker-{b}/"),
+        (Some(c), None) => format!("{c}/"),
+        _ => String::new(),
+    };
+    let mut groups: BTreeMap<SnapshotRef, Vec<ObjectMeta>> = BTreeMap::new();
+    for obj in store.list(&prefix)? {
+        if let Some((snap, _)) = parse_key(&obj.key) {
+            if broker.is_some_and(|b| b != snap.broker) {
+                continue;
+            }
+            groups.entry(snap).or_default().push(obj);
+        }
+    }
+    let mut out = Vec::new();
+    for (snap, objects) in groups {
+        let has_manifest = objects.iter().any(|o| o.key == snap.manifest_key());
+        let status = if !has_manifest {
+            Status::Incomplete
+        } else {
+            match load_manifest(store, &snap) {
+                Ok(m) => Status::Complete(Box::new(m)),
+                Err(e) => Status::Damaged(e.to_string()),
+            }
+        };
+        out.push(Listed {
+            snap,
+            status,
+            objects,
+        });
+    }
+    out.sort_by(|a, b| {
+        (&a.snap.snapshot_id, &a.snap.cluster_id, a.snap.broker).cmp(&(
+            &b.snap.snapshot_id,
+            &b.snap.cluster_id,
+            b.snap.broker,
+        ))
+    });
+    Ok(out)
+}
+
+/// Finds a snapshot by id, optionally narrowed to a cluster and broker.
+pub fn find(
+    store: &dyn ColdStore,
+    id: &str,
+    cluster: Option<&str>,
+    broker: Option<i32>,
+) -> Result<SnapshotRef> {
+    if !is_snapshot_id(id) {
+        return Err(Error::Usage(format!("{id:?} is not a snapshot id")));
+    }
+    let found: Vec<SnapshotRef> = list(store, cluster, broker)?
+        .into_iter()
+        .map(|l| l.snap)
+        .filter(|s| s.snapshot_id == id)
+        .collect();
+    match found.len() {
+        1 => Ok(found.into_iter().next().expect("one")),
+        0 => Err(Error::SnapshotNotFound {
+            snapshot: id.to_string(),
+            location: store.location(),
+            hint: match (cluster, broker) {
+                (None, None) => String::new(),
+                _ => format!(" (looked only at cluster {cluster:?} broker {broker:?})"),
+            },
+        }),
+        _ => {
+            Err(Error::Usage(format!(
+            "snapshot id {id} exists for several brokers or clusters ({}); pass --broker/--cluster",
+            found.iter().map(|s| s.prefix()).collect::<Vec<_>>().join(", ")
+        )))
+        }
+    }
+}
+
+/// Reads and checks the manifest of `snap`: intact, and about the cluster,
+/// broker and snapshot its location says.
+pub fn load_manifest(store: &dyn ColdStore, snap: &SnapshotRef) -> Result<Manifest> {
+    let key = snap.manifest_key();
+    if store.stat(&key)?.is_none() {
+        return Err(Error::Manifest {
+            snapshot: snap.snapshot_id.clone(),
+            key,
+            message: "missing: the snapshot is incomplete (the run that wrote it did not finish)"
+                .into(),
+        });
+    }
+    let bytes = store.get(&key)?;
+    let m = Manifest::from_bytes(&bytes, &snap.snapshot_id, &key)?;
+    let err = |message: String| Error::Manifest {
+        snapshot: snap.snapshot_id.clone(),
+        key: key.clone(),
+        message,
+    };
+    if m.cluster_id != snap.cluster_id {
+        return Err(err(format!(
+            "belongs to cluster {} but is stored under cluster {}",
+            m.cluster_id, snap.cluster_id
+        )));
+    }
+    if m.node_id != snap.broker {
+        return Err(err(format!(
+            "belongs to broker {} but is stored under broker {}",
+            m.node_id, snap.broker
+        )));
+    }
+    if m.snapshot_id != snap.snapshot_id {
+        return Err(err(format!(
+            "is the manifest of snapshot {}, not of {}",
+            m.snapshot_id, snap.snapshot_id
+        )));
+    }
+    Ok(m)
+}
+
+/// Deletes what interrupted runs left for one broker: snapshots with no
+/// manifest, other than `keep`. Only the agent of that broker writes there,
+/// and it holds its staging lock while it does, so none of them is in use.
+pub fn remove_incomplete(
+    store: &dyn ColdStore,
+    cluster: &str,
+    broker: i32,
+    keep: &str,
+) -> Result<usize> {
+    let mut removed = 0;
+    for l in list(store, Some(cluster), Some(broker))? {
+        if matches!(l.status, Status::Incomplete) && l.snap.snapshot_id != keep {
+            for o in &l.objects {
+                tracing::warn!(key = %o.key, "removing an object left by an interrupted snapshot");
+                store.delete(&o.key)?;
+            }
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// One line per snapshot, for `archive list` and `catalog list`.
+pub fn format_table(listed: &[Listed]) -> String {
+    let mut out = format!(
+        "{:<32} {:<24} {:>6} {:<10} {:>8} {:>14} {:>14}  {}\n",
+        "SNAPSHOT",
+        "CLUSTER",
+        "BROKER",
+        "STATUS",
+        "CAPTURE",
+        "DATA_BYTES",
+        "ARCHIVE_BYTES",
+        "COMMITTED"
+    );
+    for l in listed {
+        let (status, capture, data, archive, committed) = match &l.status {
+            Status::Complete(m) => (
+                "complete".to_string(),
+                m.capture.used.to_string(),
+                m.totals.bytes.to_string(),
+                m.archive.size.to_string(),
+                m.timestamps
+                    .committed
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            ),
+            Status::Incomplete => (
+                "INCOMPLETE".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+            ),
+            Status::Damaged(why) => (
+                "DAMAGED".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                why.clone(),
+            ),
+        };
+        out.push_str(&format!(
+            "{:<32} {:<24} {:>6} {:<10} {:>8} {:>14} {:>14}  {}\n",
+            l.snap.snapshot_id,
+            l.snap.cluster_id,
+            l.snap.broker,
+            status,
+            capture,
+            data,
+            archive,
+            committed
+        ));
+    }
+    out
+}
+
+/// The JSON form of a listing (`--json`).
+pub fn to_json(listed: &[Listed]) -> serde_json::Value {
+    serde_json::Value::Array(
+        listed
+            .iter()
+            .map(|l| {
+                let mut v = serde_json::json!({
+                    "snapshot_id": l.snap.snapshot_id,
+                    "cluster_id": l.snap.cluster_id,
+                    "broker": l.snap.broker,
+                    "complete": matches!(l.status, Status::Complete(_)),
+                });
+                match &l.status {
+                    Status::Complete(m) => {
+                        v["status"] = "complete".into();
+                        v["capture"] = m.capture.used.to_string().into();
+                        v["data_bytes"] = m.totals.bytes.into();
+                        v["files"] = m.totals.files.into();
+                        v["archive_bytes"] = m.archive.size.into();
+                        v["archive_sha256"] = m.archive.sha256.clone().into();
+                        v["clean_shutdown"] = m.clean_shutdown.into();
+                        v["committed"] = m.timestamps.committed.to_rfc3339().into();
+                        v["broker_downtime_ms"] = serde_json::json!(m.broker_downtime_ms);
+                    }
+                    Status::Incomplete => v["status"] = "incomplete".into(),
+                    Status::Damaged(why) => {
+                        v["status"] = "damaged".into();
+                        v["error"] = why.clone().into();
+                    }
+                }
+                v
+            })
+            .collect(),
+    )
+}

@@ -1,0 +1,252 @@
+//! `kafka-snapshot-agent archive ...`: create, list, verify and extract
+//! snapshots directly against cold storage.
+
+use clap::{Args, Subcommand};
+use kafka_snapshot::archive::ArchiveOptions;
+use kafka_snapshot::capture::CaptureMode;
+use kafka_snapshot::config::AgentConfig;
+use kafka_snapshot::extract::{extract, is_root, original_targets, ExtractOptions};
+use kafka_snapshot::snapshot::{capture, BrokerTimes, CaptureRequest};
+use kafka_snapshot::storage::{open_url, ColdStore};
+use kafka_snapshot::{catalog, logdir, verify, Error, Result};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Subcommand, Debug)]
+pub enum ArchiveCommand {
+    /// Snapshot log dirs whose broker is already stopped.
+    Create(CreateArgs),
+    /// List snapshots in a store.
+    List(ListArgs),
+    /// Re-read a snapshot and check every byte against its manifest.
+    Verify(VerifyArgs),
+    /// Restore a snapshot; existing data is moved aside, never deleted.
+    Extract(ExtractArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct StoreArgs {
+    /// Cold storage URL (file:///path); defaults to the config's storage.url.
+    #[arg(long)]
+    store: Option<String>,
+    /// Agent config file to take defaults from.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+impl StoreArgs {
+    fn config(&self) -> Result<Option<AgentConfig>> {
+        self.config.as_deref().map(AgentConfig::load).transpose()
+    }
+
+    fn open(&self, cfg: Option<&AgentConfig>) -> Result<Box<dyn ColdStore>> {
+        let url = match (&self.store, cfg) {
+            (Some(u), _) => u.clone(),
+            (None, Some(c)) => c.storage.url.clone(),
+            (None, None) => return Err(Error::Usage("give --store URL or --config FILE".into())),
+        };
+        open_url(&url)
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct CreateArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Log dirs, comma separated, absolute.
+    #[arg(long, value_delimiter = ',', conflicts_with = "server_properties")]
+    log_dirs: Vec<PathBuf>,
+    /// Read log.dirs and metadata.log.dir from this server.properties.
+    #[arg(long)]
+    server_properties: Option<PathBuf>,
+    #[arg(long, value_enum)]
+    capture: Option<CaptureMode>,
+    #[arg(long, value_parser = clap::value_parser!(i32).range(1..=19))]
+    zstd_level: Option<i32>,
+    #[arg(long)]
+    zstd_threads: Option<u32>,
+    /// Archive dirs without .kafka_cleanshutdown (crash-consistent snapshot).
+    #[arg(long)]
+    allow_unclean: bool,
+    /// Print the manifest summary as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ListArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    #[arg(long)]
+    cluster: Option<String>,
+    #[arg(long)]
+    broker: Option<i32>,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct SnapshotArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    #[arg(long)]
+    snapshot: String,
+    #[arg(long)]
+    cluster: Option<String>,
+    #[arg(long)]
+    broker: Option<i32>,
+}
+
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    snap: SnapshotArgs,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ExtractArgs {
+    #[command(flatten)]
+    snap: SnapshotArgs,
+    /// One target dir per log dir of the snapshot, in manifest order.
+    #[arg(long, num_args = 1.., required_unless_present = "original_paths", conflicts_with = "original_paths")]
+    into: Vec<PathBuf>,
+    /// Restore every log dir to the path it was snapshotted from.
+    #[arg(long)]
+    original_paths: bool,
+    /// Restore over dirs whose meta.properties names another cluster or broker.
+    #[arg(long)]
+    allow_other_identity: bool,
+    /// Do not restore file owners (the default as root is to restore them).
+    #[arg(long)]
+    no_owner: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(cmd: ArchiveCommand) -> Result<ExitCode> {
+    match cmd {
+        ArchiveCommand::Create(a) => create(a),
+        ArchiveCommand::List(a) => list(a),
+        ArchiveCommand::Verify(a) => verify_cmd(a),
+        ArchiveCommand::Extract(a) => extract_cmd(a),
+    }
+}
+
+fn print_json(v: &impl serde::Serialize) {
+    println!("{}", serde_json::to_string_pretty(v).expect("serialisable"));
+}
+
+fn create(a: CreateArgs) -> Result<ExitCode> {
+    let cfg = a.store.config()?;
+    let store = a.store.open(cfg.as_ref())?;
+    let log_dirs = if !a.log_dirs.is_empty() {
+        a.log_dirs.clone()
+    } else if let Some(p) = &a.server_properties {
+        logdir::log_dirs_from_server_properties(p)?
+    } else if let Some(c) = &cfg {
+        c.log_dirs()?
+    } else {
+        return Err(Error::Usage(
+            "give --log-dirs, --server-properties or --config".into(),
+        ));
+    };
+    let snap_cfg = cfg.as_ref().map(|c| c.snapshot.clone()).unwrap_or_default();
+    let req = CaptureRequest {
+        log_dirs,
+        mode: a.capture.unwrap_or(snap_cfg.capture),
+        allow_unclean: a.allow_unclean || snap_cfg.allow_unclean,
+    };
+    let opts = ArchiveOptions {
+        zstd_level: a.zstd_level.unwrap_or(snap_cfg.zstd_level),
+        zstd_threads: a.zstd_threads.unwrap_or(snap_cfg.zstd_threads),
+    };
+    let captured = capture(&req)?;
+    let m = captured.commit(store.as_ref(), &opts, BrokerTimes::default())?;
+    if a.json {
+        print_json(&serde_json::json!({
+            "snapshot_id": m.snapshot_id,
+            "cluster_id": m.cluster_id,
+            "broker": m.node_id,
+            "capture": m.capture.used,
+            "capture_reason": m.capture.reason,
+            "files": m.totals.files,
+            "data_bytes": m.totals.bytes,
+            "archive_bytes": m.archive.size,
+            "archive_sha256": m.archive.sha256,
+            "clean_shutdown": m.clean_shutdown,
+        }));
+    } else {
+        println!("{}", m.snapshot_id);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn list(a: ListArgs) -> Result<ExitCode> {
+    let cfg = a.store.config()?;
+    let store = a.store.open(cfg.as_ref())?;
+    let listed = catalog::list(store.as_ref(), a.cluster.as_deref(), a.broker)?;
+    if a.json {
+        print_json(&catalog::to_json(&listed));
+    } else {
+        print!("{}", catalog::format_table(&listed));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn find(a: &SnapshotArgs) -> Result<(Box<dyn ColdStore>, catalog::SnapshotRef)> {
+    let cfg = a.store.config()?;
+    let store = a.store.open(cfg.as_ref())?;
+    let snap = catalog::find(store.as_ref(), &a.snapshot, a.cluster.as_deref(), a.broker)?;
+    Ok((store, snap))
+}
+
+fn verify_cmd(a: VerifyArgs) -> Result<ExitCode> {
+    let (store, snap) = find(&a.snap)?;
+    let (_, report) = verify::verify(store.as_ref(), &snap)?;
+    if a.json {
+        print_json(&report);
+    } else {
+        println!(
+            "snapshot {} ok: {} files, {} bytes, archive {} bytes sha256 {}",
+            report.snapshot_id,
+            report.files,
+            report.bytes,
+            report.archive_size,
+            report.archive_sha256
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn extract_cmd(a: ExtractArgs) -> Result<ExitCode> {
+    let (store, snap) = find(&a.snap)?;
+    let targets = if a.original_paths {
+        original_targets(&catalog::load_manifest(store.as_ref(), &snap)?)
+    } else {
+        a.into.clone()
+    };
+    let opts = ExtractOptions {
+        targets,
+        allow_other_identity: a.allow_other_identity,
+        restore_owner: is_root() && !a.no_owner,
+    };
+    let report = extract(store.as_ref(), &snap, &opts)?;
+    if a.json {
+        print_json(&report);
+    } else {
+        for r in &report.restored {
+            match &r.moved_aside {
+                Some(aside) => println!(
+                    "restored {} (from {}); previous contents moved to {}",
+                    r.target.display(),
+                    r.original_path,
+                    aside.display()
+                ),
+                None => println!("restored {} (from {})", r.target.display(), r.original_path),
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

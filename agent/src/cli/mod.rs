@@ -1,0 +1,64 @@
+//! Command-line front end: parsing and dispatch only; the work is in the
+//! library.
+
+mod archive;
+
+use clap::{Parser, Subcommand};
+use kafka_snapshot::config::AgentConfig;
+use kafka_snapshot::Result;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "kafka-snapshot-agent",
+    version,
+    about = "Cold filesystem snapshots of a Kafka broker"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Check a config file and exit (0 valid, 2 invalid).
+    Validate {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Break-glass archive commands: work with no coordinator at all.
+    #[command(subcommand)]
+    Archive(archive::ArchiveCommand),
+}
+
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KAFKA_SNAPSHOT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Validate { config } => {
+            let cfg = AgentConfig::load(&config)?;
+            let dirs = cfg.log_dirs()?;
+            println!(
+                "{}: ok ({} log dirs: {})",
+                config.display(),
+                dirs.len(),
+                dirs.iter()
+                    .map(|d| d.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Archive(cmd) => archive::run(cmd),
+    }
+}

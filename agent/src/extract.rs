@@ -1,0 +1,428 @@
+//! Safe extract, the restore side. Every log dir is extracted into
+//! `<target>.restoring-<id>` and checked completely (every file's hash, the
+//! archive's hash) before anything at the target is touched. Only then is
+//! whatever was at the target moved aside to `<target>.pre-restore-<time>`
+//! (never deleted) and the restored dir renamed into place.
+
+use crate::catalog::{load_manifest, SnapshotRef};
+use crate::error::{Error, IoContext, Result};
+use crate::logdir::{self, read_meta_properties};
+use crate::manifest::{archive_prefix, EntryRecord, EntryType, Manifest};
+use crate::storage::{fsync_dir, ColdStore};
+use crate::verify::{walk, Report, Visitor};
+use chrono::Utc;
+use std::collections::HashSet;
+use std::fs;
+use std::io::{self, Read};
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::io::AsRawFd;
+use std::path::{Component, Path, PathBuf};
+
+/// An archive path is `logdir-<i>` or `logdir-<i>/<relative path>` with
+/// `i` a known log dir, and nothing that could leave it: no absolute path,
+/// no `..`, no `.` or empty components.
+pub fn check_entry_path(path: &str, log_dirs: usize) -> Result<(), String> {
+    if path.is_empty() {
+        return Err("empty path".into());
+    }
+    if path.starts_with('/') {
+        return Err("absolute path".into());
+    }
+    if path.contains('\0') {
+        return Err("NUL in path".into());
+    }
+    let mut parts = path.split('/');
+    let first = parts.next().unwrap_or_default();
+    let known = (0..log_dirs).any(|i| archive_prefix(i) == first);
+    if !known {
+        return Err(format!(
+            "{first:?} is not a log dir prefix of this snapshot"
+        ));
+    }
+    for p in parts {
+        match p {
+            "" => return Err("empty path component".into()),
+            "." => return Err("'.' path component".into()),
+            ".." => return Err("'..' path component".into()),
+            _ => {}
+        }
+    }
+    // Belt and braces: the platform's own view of the path.
+    if Path::new(path)
+        .components()
+        .any(|c| !matches!(c, Component::Normal(_)))
+    {
+        return Err("path is not plainly relative".into());
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone)]
+pub struct ExtractOptions {
+    /// One target per log dir of the snapshot, in manifest order.
+    pub targets: Vec<PathBuf>,
+    /// Restore over a dir whose meta.properties names another cluster or node.
+    pub allow_other_identity: bool,
+    /// Restore file owners (needs root); defaults to "when running as root".
+    pub restore_owner: bool,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Restored {
+    pub target: PathBuf,
+    pub original_path: String,
+    pub moved_aside: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ExtractReport {
+    pub verify: Report,
+    pub restored: Vec<Restored>,
+}
+
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// The targets `--original-paths` means: where the log dirs were.
+pub fn original_targets(m: &Manifest) -> Vec<PathBuf> {
+    m.log_dirs.iter().map(|d| PathBuf::from(&d.path)).collect()
+}
+
+/// Restores `snap` into `opts.targets`.
+pub fn extract(
+    store: &dyn ColdStore,
+    snap: &SnapshotRef,
+    opts: &ExtractOptions,
+) -> Result<ExtractReport> {
+    let m = load_manifest(store, snap)?;
+    if opts.targets.len() != m.log_dirs.len() {
+        return Err(Error::Usage(format!(
+            "snapshot {} holds {} log dirs ({}); give exactly one --into per log dir, in that order, or --original-paths",
+            m.snapshot_id,
+            m.log_dirs.len(),
+            m.log_dirs.iter().map(|d| d.path.as_str()).collect::<Vec<_>>().join(", ")
+        )));
+    }
+    for (i, t) in opts.targets.iter().enumerate() {
+        if opts.targets[..i].contains(t) {
+            return Err(Error::Usage(format!(
+                "target {} is given twice",
+                t.display()
+            )));
+        }
+        precheck_target(&m, i, t, opts)?;
+    }
+    let stamp = Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
+    let restoring: Vec<PathBuf> = opts
+        .targets
+        .iter()
+        .map(|t| sibling(t, &format!("restoring-{}", m.snapshot_id)))
+        .collect();
+    for r in &restoring {
+        if fs::symlink_metadata(r).is_ok() {
+            // Ours by name: left by an interrupted restore of this snapshot.
+            tracing::warn!(dir = %r.display(), "removing an interrupted restore");
+            fs::remove_dir_all(r).ctx(|| format!("removing {}", r.display()))?;
+        }
+    }
+    let mut visitor = ExtractVisitor {
+        roots: restoring.clone(),
+        symlinks: HashSet::new(),
+        dirs: Vec::new(),
+        restore_owner: opts.restore_owner,
+        buf: vec![0u8; 1 << 20],
+    };
+    let result = walk(store, snap, &m, &mut visitor).and_then(|report| {
+        visitor.finish_dirs()?;
+        for r in &restoring {
+            sync_filesystem(r)?;
+        }
+        Ok(report)
+    });
+    let report = match result {
+        Ok(r) => r,
+        Err(e) => {
+            // Nothing at the targets was touched; the partial copies are ours.
+            for r in &restoring {
+                let _ = fs::remove_dir_all(r);
+            }
+            return Err(e);
+        }
+    };
+    let mut restored = Vec::new();
+    for ((t, r), d) in opts.targets.iter().zip(&restoring).zip(&m.log_dirs) {
+        let moved_aside = if fs::symlink_metadata(t).is_ok() {
+            let aside = sibling(t, &format!("pre-restore-{stamp}"));
+            fs::rename(t, &aside)
+                .ctx(|| format!("moving {} aside to {}", t.display(), aside.display()))?;
+            tracing::info!(target = %t.display(), aside = %aside.display(), "moved existing data aside");
+            Some(aside)
+        } else {
+            None
+        };
+        fs::rename(r, t).ctx(|| format!("renaming {} to {}", r.display(), t.display()))?;
+        let parent = t.parent().expect("absolute target has a parent");
+        fsync_dir(parent).ctx(|| format!("fsync {}", parent.display()))?;
+        restored.push(Restored {
+            target: t.clone(),
+            original_path: d.path.clone(),
+            moved_aside,
+        });
+    }
+    Ok(ExtractReport {
+        verify: report,
+        restored,
+    })
+}
+
+/// `<dir>.<suffix>` beside `dir`.
+fn sibling(dir: &Path, suffix: &str) -> PathBuf {
+    let mut name = dir.file_name().unwrap_or_default().to_os_string();
+    name.push(".");
+    name.push(suffix);
+    dir.with_file_name(name)
+}
+
+fn target_err(t: &Path, message: String) -> Error {
+    Error::Target {
+        path: t.to_path_buf(),
+        message,
+    }
+}
+
+/// Everything that can be known before reading the archive: the target is
+/// absolute, not a mount point, not in use by a broker, of the same cluster
+/// and node (unless allowed), and there is room for the data.
+fn precheck_target(m: &Manifest, index: usize, t: &Path, opts: &ExtractOptions) -> Result<()> {
+    if !t.is_absolute() || t.parent().is_none() {
+        return Err(target_err(
+            t,
+            "targets must be absolute paths below /".into(),
+        ));
+    }
+    let parent = t.parent().expect("checked");
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(parent)
+        .ctx(|| format!("creating {}", parent.display()))?;
+    if let Ok(md) = fs::symlink_metadata(t) {
+        if !md.is_dir() {
+            return Err(target_err(t, "exists and is not a directory".into()));
+        }
+        let pmd = fs::metadata(parent).ctx(|| format!("stat {}", parent.display()))?;
+        if pmd.dev() != md.dev() {
+            return Err(target_err(
+                t,
+                "is a mount point and cannot be moved aside; restore into a directory on it \
+                 (for example <mount>/kafka-logs) and point log.dirs there"
+                    .into(),
+            ));
+        }
+        if let Err(e) = logdir::lock_log_dir(t) {
+            return Err(target_err(
+                t,
+                format!("{e}; stop the broker before restoring"),
+            ));
+        }
+        if t.join(logdir::META_PROPERTIES).exists() && !opts.allow_other_identity {
+            let have = read_meta_properties(t)?;
+            if have.cluster_id != m.cluster_id {
+                return Err(target_err(
+                    t,
+                    format!(
+                        "holds cluster {} but snapshot {} is of cluster {}; pass --allow-other-identity to restore anyway",
+                        have.cluster_id, m.snapshot_id, m.cluster_id
+                    ),
+                ));
+            }
+            if have.node_id != m.node_id {
+                return Err(target_err(
+                    t,
+                    format!(
+                        "holds broker {} but snapshot {} is of broker {}; pass --allow-other-identity to restore anyway",
+                        have.node_id, m.snapshot_id, m.node_id
+                    ),
+                ));
+            }
+        }
+    }
+    let need: u64 = m.entries_of(index).map(|e| e.size).sum();
+    let st = nix::sys::statvfs::statvfs(parent)
+        .map_err(|e| Error::io(format!("statvfs {}", parent.display()), e.into()))?;
+    let avail = st.blocks_available() as u64 * st.fragment_size() as u64;
+    // Leave 1% or 64 MiB of slack for directories and metadata.
+    let slack = (need / 100).max(64 << 20);
+    if need + slack > avail {
+        return Err(target_err(
+            t,
+            format!(
+                "needs {need} bytes (+{slack} slack) but {} has only {avail} available",
+                parent.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+struct ExtractVisitor {
+    roots: Vec<PathBuf>,
+    /// Symlinks already created: nothing is ever written through one.
+    symlinks: HashSet<String>,
+    dirs: Vec<(PathBuf, EntryRecord)>,
+    restore_owner: bool,
+    buf: Vec<u8>,
+}
+
+impl ExtractVisitor {
+    fn dest(&self, rec: &EntryRecord) -> Result<PathBuf> {
+        let (prefix, rest) = match rec.path.split_once('/') {
+            Some((p, r)) => (p, r),
+            None => (rec.path.as_str(), ""),
+        };
+        let index: usize = prefix
+            .strip_prefix("logdir-")
+            .and_then(|n| n.parse().ok())
+            .filter(|&i| i < self.roots.len())
+            .ok_or_else(|| Error::Usage(format!("bad archive prefix in {}", rec.path)))?;
+        // Refuse to write below a symlink the archive created.
+        let mut ancestor = rec.path.as_str();
+        while let Some((head, _)) = ancestor.rsplit_once('/') {
+            if self.symlinks.contains(head) {
+                return Err(Error::UnsafeEntry {
+                    snapshot: String::new(),
+                    path: rec.path.clone(),
+                    reason: format!("would be written through the symlink {head}"),
+                });
+            }
+            ancestor = head;
+        }
+        Ok(if rest.is_empty() {
+            self.roots[index].clone()
+        } else {
+            self.roots[index].join(rest)
+        })
+    }
+
+    fn write_file(&mut self, dest: &Path, rec: &EntryRecord, data: &mut dyn Read) -> Result<()> {
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(dest)
+            .ctx(|| format!("creating {}", dest.display()))?;
+        let mut off = 0u64;
+        loop {
+            let n = read_full(data, &mut self.buf).map_err(|e| Error::ArchiveCorrupt {
+                snapshot: String::new(),
+                message: format!("reading {}: {e}", rec.path),
+            })?;
+            if n == 0 {
+                break;
+            }
+            // All-zero blocks become holes: sparse files stay sparse.
+            for chunk in self.buf[..n].chunks(64 * 1024) {
+                if chunk.iter().any(|&b| b != 0) {
+                    f.write_all_at(chunk, off)
+                        .ctx(|| format!("writing {}", dest.display()))?;
+                }
+                off += chunk.len() as u64;
+            }
+        }
+        f.set_len(off)
+            .ctx(|| format!("sizing {}", dest.display()))?;
+        self.apply_metadata_fd(&f, dest, rec)
+    }
+
+    fn apply_metadata_fd(&self, f: &fs::File, dest: &Path, rec: &EntryRecord) -> Result<()> {
+        if self.restore_owner {
+            std::os::unix::fs::fchown(f, Some(rec.uid), Some(rec.gid))
+                .ctx(|| format!("chown {}", dest.display()))?;
+        }
+        f.set_permissions(fs::Permissions::from_mode(rec.mode))
+            .ctx(|| format!("chmod {}", dest.display()))?;
+        set_times(f.as_raw_fd(), None, rec.mtime_ns)
+            .ctx(|| format!("setting mtime of {}", dest.display()))
+    }
+
+    /// Directory modes, owners and mtimes go last (deepest first): creating
+    /// their children would change the mtimes, and a read-only mode would
+    /// stop the extraction.
+    fn finish_dirs(&mut self) -> Result<()> {
+        let dirs = std::mem::take(&mut self.dirs);
+        for (dest, rec) in dirs.iter().rev() {
+            let f = fs::File::open(dest).ctx(|| format!("opening {}", dest.display()))?;
+            self.apply_metadata_fd(&f, dest, rec)?;
+        }
+        Ok(())
+    }
+}
+
+impl Visitor for ExtractVisitor {
+    fn entry(&mut self, rec: &EntryRecord, data: &mut dyn Read) -> Result<()> {
+        let dest = self.dest(rec)?;
+        match rec.kind {
+            EntryType::Dir => {
+                fs::DirBuilder::new()
+                    .mode(0o700)
+                    .create(&dest)
+                    .ctx(|| format!("creating {}", dest.display()))?;
+                self.dirs.push((dest, rec.clone()));
+            }
+            EntryType::File => self.write_file(&dest, rec, data)?,
+            EntryType::Symlink => {
+                let target = rec.link_target.as_deref().unwrap_or_default();
+                std::os::unix::fs::symlink(target, &dest)
+                    .ctx(|| format!("creating symlink {}", dest.display()))?;
+                if self.restore_owner {
+                    std::os::unix::fs::lchown(&dest, Some(rec.uid), Some(rec.gid))
+                        .ctx(|| format!("chown {}", dest.display()))?;
+                }
+                self.symlinks.insert(rec.path.clone());
+            }
+        }
+        Ok(())
+    }
+}
+
+fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+fn set_times(fd: i32, _path: Option<&Path>, mtime_ns: i64) -> io::Result<()> {
+    let ts = libc::timespec {
+        tv_sec: mtime_ns.div_euclid(1_000_000_000) as libc::time_t,
+        tv_nsec: mtime_ns.rem_euclid(1_000_000_000) as libc::c_long,
+    };
+    let times = [ts, ts];
+    // SAFETY: valid fd and a two-element timespec array.
+    if unsafe { libc::futimens(fd, times.as_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Flushes the filesystem holding `dir` (one syncfs instead of an fsync per
+/// file).
+fn sync_filesystem(dir: &Path) -> Result<()> {
+    let f = fs::File::open(dir).ctx(|| format!("opening {}", dir.display()))?;
+    // SAFETY: valid fd.
+    if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
+        return Err(Error::io(
+            format!("syncfs {}", dir.display()),
+            io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,346 @@
+//! The manifest: written last, its presence is what makes a snapshot
+//! complete. It carries its own SHA-256 so an edited or truncated manifest is
+//! refused, and it is the authority for every file's size, mode, owner, mtime
+//! and hash.
+
+use crate::capture::CaptureMode;
+use crate::error::{Error, Result};
+use crate::hashing::sha256_hex;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+pub const FORMAT_VERSION: u32 = 1;
+pub const MANIFEST_FILE: &str = "manifest.json";
+pub const ARCHIVE_FILE: &str = "archive.tar.zst";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub format_version: u32,
+    pub snapshot_id: String,
+    pub cluster_id: String,
+    pub node_id: i32,
+    pub host: String,
+    pub agent_version: String,
+    pub capture: CaptureRecord,
+    /// Every log dir held `.kafka_cleanshutdown`: the broker stopped cleanly
+    /// and a restored copy starts without log recovery.
+    pub clean_shutdown: bool,
+    pub log_dirs: Vec<LogDirRecord>,
+    pub timestamps: Timestamps,
+    /// Broker stopped -> broker started again, when the agent drove both.
+    pub broker_downtime_ms: Option<u64>,
+    pub archive: ArchiveRecord,
+    pub totals: Totals,
+    pub entries: Vec<EntryRecord>,
+    /// SHA-256 of the canonical JSON of everything above (see [`canonical_hash`]).
+    pub manifest_sha256: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaptureRecord {
+    pub requested: CaptureMode,
+    /// `reflink` or `copy`.
+    pub used: CaptureMode,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogDirRecord {
+    /// Archive entries of this dir live under `<archive_prefix>/`.
+    pub archive_prefix: String,
+    /// The original absolute path on the broker host.
+    pub path: String,
+    pub meta_version: u32,
+    pub directory_id: Option<String>,
+    pub is_metadata_dir: bool,
+    pub clean_shutdown: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Timestamps {
+    pub broker_stopped: Option<DateTime<Utc>>,
+    pub capture_started: DateTime<Utc>,
+    pub capture_finished: DateTime<Utc>,
+    pub broker_restarted: Option<DateTime<Utc>>,
+    pub archive_finished: DateTime<Utc>,
+    pub committed: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArchiveRecord {
+    pub file: String,
+    pub size: u64,
+    pub sha256: String,
+    pub compression: String,
+    pub zstd_level: i32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Totals {
+    pub files: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EntryType {
+    Dir,
+    File,
+    Symlink,
+}
+
+/// One archive entry, in archive order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntryRecord {
+    /// Path inside the archive: `<archive_prefix>/<path in the log dir>`.
+    pub path: String,
+    #[serde(rename = "type")]
+    pub kind: EntryType,
+    pub size: u64,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime_ns: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link_target: Option<String>,
+}
+
+/// The archive prefix of the log dir with this index.
+pub fn archive_prefix(index: usize) -> String {
+    format!("logdir-{index}")
+}
+
+/// SHA-256 over the manifest as a JSON value with `manifest_sha256` removed,
+/// serialised with sorted keys: independent of field order and whitespace.
+pub fn canonical_hash(value: &serde_json::Value) -> String {
+    let mut v = value.clone();
+    if let Some(obj) = v.as_object_mut() {
+        obj.remove("manifest_sha256");
+    }
+    // serde_json's Map is a BTreeMap (no preserve_order feature): sorted keys.
+    sha256_hex(&serde_json::to_vec(&v).expect("JSON value serialises"))
+}
+
+impl Manifest {
+    /// Serialises the manifest with its checksum filled in.
+    pub fn to_bytes(&mut self) -> Vec<u8> {
+        self.manifest_sha256 = String::new();
+        let value = serde_json::to_value(&*self).expect("manifest serialises");
+        self.manifest_sha256 = canonical_hash(&value);
+        let mut out = serde_json::to_vec_pretty(&*self).expect("manifest serialises");
+        out.push(b'\n');
+        out
+    }
+
+    /// Parses and checks a manifest read from `key`: valid JSON of a known
+    /// format version, an intact checksum, and entries that are safe.
+    pub fn from_bytes(bytes: &[u8], snapshot: &str, key: &str) -> Result<Manifest> {
+        let err = |message: String| Error::Manifest {
+            snapshot: snapshot.to_string(),
+            key: key.to_string(),
+            message,
+        };
+        let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
+            err(format!(
+                "not valid JSON ({e}); the manifest is truncated or was edited"
+            ))
+        })?;
+        match value.get("format_version").and_then(|v| v.as_u64()) {
+            Some(v) if v == FORMAT_VERSION as u64 => {}
+            Some(v) => {
+                return Err(err(format!(
+                    "format_version {v} is not supported by agent {} (supports {FORMAT_VERSION})",
+                    crate::AGENT_VERSION
+                )))
+            }
+            None => return Err(err("format_version is missing".into())),
+        }
+        let recorded = value
+            .get("manifest_sha256")
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| err("manifest_sha256 is missing".into()))?
+            .to_string();
+        let actual = canonical_hash(&value);
+        if recorded != actual {
+            return Err(err(format!(
+                "checksum mismatch (recorded {recorded}, computed {actual}): the manifest was edited or damaged after it was written"
+            )));
+        }
+        let m: Manifest =
+            serde_json::from_value(value).map_err(|e| err(format!("unexpected content: {e}")))?;
+        m.check_consistency().map_err(err)?;
+        Ok(m)
+    }
+
+    /// Cross-field checks that hold for every manifest this agent writes.
+    fn check_consistency(&self) -> Result<(), String> {
+        if self.log_dirs.is_empty() {
+            return Err("lists no log dirs".into());
+        }
+        for (i, d) in self.log_dirs.iter().enumerate() {
+            if d.archive_prefix != archive_prefix(i) {
+                return Err(format!("log dir {i} has prefix {:?}", d.archive_prefix));
+            }
+        }
+        let mut totals = Totals {
+            files: 0,
+            dirs: 0,
+            symlinks: 0,
+            bytes: 0,
+        };
+        for e in &self.entries {
+            match e.kind {
+                EntryType::File => {
+                    totals.files += 1;
+                    totals.bytes += e.size;
+                    if e.sha256.as_deref().map(|h| h.len()) != Some(64) {
+                        return Err(format!("file {} has no valid sha256", e.path));
+                    }
+                }
+                EntryType::Dir => totals.dirs += 1,
+                EntryType::Symlink => totals.symlinks += 1,
+            }
+            crate::extract::check_entry_path(&e.path, self.log_dirs.len())
+                .map_err(|r| format!("entry {:?}: {r}", e.path))?;
+        }
+        if totals != self.totals {
+            return Err(format!(
+                "totals {:?} do not match its entries {:?}",
+                self.totals, totals
+            ));
+        }
+        Ok(())
+    }
+
+    /// Entries of the log dir with this index.
+    pub fn entries_of(&self, index: usize) -> impl Iterator<Item = &EntryRecord> {
+        let prefix = archive_prefix(index);
+        self.entries.iter().filter(move |e| {
+            e.path == prefix
+                || e.path
+                    .strip_prefix(&prefix)
+                    .is_some_and(|r| r.starts_with('/'))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn sample() -> Manifest {
+        let now = Utc::now();
+        Manifest {
+            format_version: FORMAT_VERSION,
+            snapshot_id: "20261122T000000.000Z-00000000".into(),
+            cluster_id: "CL".into(),
+            node_id: 1,
+            host: "h".into(),
+            agent_version: "0".into(),
+            capture: CaptureRecord {
+                requested: CaptureMode::Auto,
+                used: CaptureMode::Copy,
+                reason: "test".into(),
+            },
+            clean_shutdown: true,
+            log_dirs: vec![LogDirRecord {
+                archive_prefix: "logdir-0".into(),
+                path: "/d".into(),
+                meta_version: 1,
+                directory_id: Some("x".into()),
+                is_metadata_dir: true,
+                clean_shutdown: true,
+            }],
+            timestamps: Timestamps {
+                broker_stopped: None,
+                capture_started: now,
+                capture_finished: now,
+                broker_restarted: None,
+                archive_finished: now,
+                committed: now,
+            },
+            broker_downtime_ms: None,
+            archive: ArchiveRecord {
+                file: ARCHIVE_FILE.into(),
+                size: 1,
+                sha256: "0".repeat(64),
+                compression: "zstd".into(),
+                zstd_level: 3,
+            },
+            totals: Totals {
+                files: 1,
+                dirs: 1,
+                symlinks: 0,
+                bytes: 5,
+            },
+            entries: vec![
+                EntryRecord {
+                    path: "logdir-0".into(),
+                    kind: EntryType::Dir,
+                    size: 0,
+                    mode: 0o755,
+                    uid: 0,
+                    gid: 0,
+                    mtime_ns: 0,
+                    sha256: None,
+                    link_target: None,
+                },
+                EntryRecord {
+                    path: "logdir-0/meta.properties".into(),
+                    kind: EntryType::File,
+                    size: 5,
+                    mode: 0o644,
+                    uid: 0,
+                    gid: 0,
+                    mtime_ns: 0,
+                    sha256: Some("a".repeat(64)),
+                    link_target: None,
+                },
+            ],
+            manifest_sha256: String::new(),
+        }
+    }
+
+    #[test]
+    fn round_trip_and_tamper_detection() {
+        let mut m = sample();
+        let bytes = m.to_bytes();
+        let back = Manifest::from_bytes(&bytes, "s", "k").unwrap();
+        assert_eq!(back, m);
+
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        let edited = text.replace("\"node_id\": 1", "\"node_id\": 2");
+        assert_ne!(edited, text);
+        let e = Manifest::from_bytes(edited.as_bytes(), "s", "k")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("checksum mismatch"), "{e}");
+
+        let e = Manifest::from_bytes(&bytes[..bytes.len() / 2], "s", "k")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("truncated"), "{e}");
+    }
+
+    #[test]
+    fn unsafe_entry_paths_are_refused_even_with_a_valid_checksum() {
+        let mut m = sample();
+        m.entries[1].path = "logdir-0/../../etc/passwd".into();
+        let bytes = m.to_bytes();
+        let e = Manifest::from_bytes(&bytes, "s", "k")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(".."), "{e}");
+    }
+}

@@ -1,0 +1,265 @@
+//! Making a snapshot: [`capture`] while the broker is stopped, then
+//! [`Captured::commit`] to build the archive and write the manifest.
+
+use crate::archive::{write_archive, ArchiveOptions};
+use crate::capture::{clone_into_staging, resolve_mode, CaptureMode, Staging, StagingLock};
+use crate::catalog::SnapshotRef;
+use crate::error::{Error, Result};
+use crate::logdir::{self, Inventory};
+use crate::manifest::{
+    archive_prefix, ArchiveRecord, CaptureRecord, EntryType, LogDirRecord, Manifest, Timestamps,
+    Totals, ARCHIVE_FILE, FORMAT_VERSION,
+};
+use crate::storage::ColdStore;
+use chrono::{DateTime, Utc};
+use std::fs;
+use std::path::PathBuf;
+
+/// A new snapshot id: UTC time to the millisecond, then random bits, so ids
+/// sort by time and never collide.
+pub fn new_snapshot_id() -> String {
+    let mut rnd = [0u8; 4];
+    getrandom::fill(&mut rnd).expect("the OS random source works");
+    format!(
+        "{}-{}",
+        Utc::now().format("%Y%m%dT%H%M%S%.3fZ"),
+        hex::encode(rnd)
+    )
+}
+
+/// Whether a string has the shape of a snapshot id (safe as a key part).
+pub fn is_snapshot_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && !s.starts_with('.')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+}
+
+pub fn hostname() -> String {
+    nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+#[derive(Debug, Clone)]
+pub struct CaptureRequest {
+    pub log_dirs: Vec<PathBuf>,
+    pub mode: CaptureMode,
+    /// Archive dirs without `.kafka_cleanshutdown` (crash-consistent only).
+    pub allow_unclean: bool,
+}
+
+/// The frozen state of a stopped broker, ready to be archived.
+pub struct Captured {
+    pub snapshot_id: String,
+    pub inventory: Inventory,
+    pub requested: CaptureMode,
+    pub used: CaptureMode,
+    pub reason: String,
+    pub capture_started: DateTime<Utc>,
+    pub capture_finished: DateTime<Utc>,
+    content_roots: Vec<PathBuf>,
+    /// Kafka's `.lock` of every log dir, held while the archive reads the
+    /// log dirs themselves (copy capture): the broker cannot start under us.
+    broker_locks: Vec<fs::File>,
+    staging: Vec<Staging>,
+    _staging_lock: StagingLock,
+}
+
+/// Freezes the log dirs of a stopped broker. Refuses when the broker still
+/// holds a `.lock`, when a `*-future` dir exists, and (unless allowed) when
+/// the broker did not stop cleanly.
+pub fn capture(req: &CaptureRequest) -> Result<Captured> {
+    let staging_lock = StagingLock::acquire(&req.log_dirs)?;
+    let mut broker_locks = Vec::new();
+    for d in &req.log_dirs {
+        if let Some(l) = logdir::lock_log_dir(d)? {
+            broker_locks.push(l);
+        }
+    }
+    let capture_started = Utc::now();
+    let inventory = logdir::scan(&req.log_dirs)?;
+    if !inventory.clean_shutdown() && !req.allow_unclean {
+        let missing: Vec<String> = inventory
+            .dirs
+            .iter()
+            .filter(|d| !d.clean_shutdown)
+            .map(|d| d.path.display().to_string())
+            .collect();
+        return Err(Error::LogDir {
+            path: PathBuf::from(&missing[0]),
+            message: format!(
+                "no {} in {}: the broker did not stop cleanly; start it, let it recover and stop it again \
+                 (or pass --allow-unclean for a crash-consistent snapshot)",
+                logdir::CLEAN_SHUTDOWN,
+                missing.join(", ")
+            ),
+        });
+    }
+    let (used, reason) = resolve_mode(req.mode, &req.log_dirs)?;
+    let snapshot_id = new_snapshot_id();
+    let (content_roots, staging) = if used == CaptureMode::Reflink {
+        let roots: Vec<PathBuf> = req
+            .log_dirs
+            .iter()
+            .enumerate()
+            .map(|(i, d)| staging_lock.dir_for(d, &snapshot_id, i))
+            .collect::<Result<_>>()?;
+        // One guard per `<staging root>/<snapshot id>`: dropping them
+        // removes the clones, after commit or on failure alike.
+        let mut guards: Vec<Staging> = Vec::new();
+        for r in &roots {
+            let dir = r.parent().expect("staging dir has a parent").to_path_buf();
+            if !guards.iter().any(|g| g.dir == dir) {
+                guards.push(Staging { dir });
+            }
+        }
+        clone_into_staging(&inventory, &roots)?;
+        (roots, guards)
+    } else {
+        (req.log_dirs.clone(), Vec::new())
+    };
+    if used == CaptureMode::Reflink {
+        // The clones are ours now: let the broker start.
+        broker_locks.clear();
+    }
+    Ok(Captured {
+        snapshot_id,
+        inventory,
+        requested: req.mode,
+        used,
+        reason,
+        capture_started,
+        capture_finished: Utc::now(),
+        content_roots,
+        broker_locks,
+        staging,
+        _staging_lock: staging_lock,
+    })
+}
+
+/// When the broker went down and came back, if the agent drove it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BrokerTimes {
+    pub stopped: Option<DateTime<Utc>>,
+    pub restarted: Option<DateTime<Utc>>,
+}
+
+impl Captured {
+    /// Archives and commits the snapshot: archive first (durable, under its
+    /// final name only when complete), then a check of what landed, then the
+    /// manifest. Staging is removed afterwards, whatever the outcome.
+    pub fn commit(
+        mut self,
+        store: &dyn ColdStore,
+        opts: &ArchiveOptions,
+        times: BrokerTimes,
+    ) -> Result<Manifest> {
+        let snap = SnapshotRef {
+            cluster_id: self.inventory.cluster_id().to_string(),
+            broker: self.inventory.node_id(),
+            snapshot_id: self.snapshot_id.clone(),
+        };
+        let archive_key = snap.archive_key();
+        tracing::info!(snapshot = %snap.snapshot_id, broker = snap.broker, key = %archive_key,
+            files = self.inventory.entries.len(), bytes = self.inventory.total_bytes(), "archiving");
+        crate::catalog::remove_incomplete(store, &snap.cluster_id, snap.broker, &snap.snapshot_id)?;
+        let writer = store.create(&archive_key)?;
+        let (writer, written) = write_archive(&self.inventory, &self.content_roots, opts, writer)?;
+        crate::failpoint("before-archive-finish");
+        let stored = writer.finish()?;
+        // The log dirs are no longer read: the broker may start.
+        self.broker_locks.clear();
+        let landed = store.stat(&archive_key)?;
+        if stored != written.size || landed != Some(written.size) {
+            return Err(store.error(
+                &archive_key,
+                format!(
+                    "archive landed as {landed:?} bytes (store reported {stored}), but {} were written",
+                    written.size
+                ),
+            ));
+        }
+        let archive_finished = Utc::now();
+        let mut totals = Totals {
+            files: 0,
+            dirs: 0,
+            symlinks: 0,
+            bytes: 0,
+        };
+        for e in &written.entries {
+            match e.kind {
+                EntryType::File => {
+                    totals.files += 1;
+                    totals.bytes += e.size;
+                }
+                EntryType::Dir => totals.dirs += 1,
+                EntryType::Symlink => totals.symlinks += 1,
+            }
+        }
+        let downtime = match (times.stopped, times.restarted) {
+            (Some(a), Some(b)) => Some((b - a).num_milliseconds().max(0) as u64),
+            _ => None,
+        };
+        let mut manifest = Manifest {
+            format_version: FORMAT_VERSION,
+            snapshot_id: self.snapshot_id.clone(),
+            cluster_id: snap.cluster_id.clone(),
+            node_id: snap.broker,
+            host: hostname(),
+            agent_version: crate::AGENT_VERSION.to_string(),
+            capture: CaptureRecord {
+                requested: self.requested,
+                used: self.used,
+                reason: self.reason.clone(),
+            },
+            clean_shutdown: self.inventory.clean_shutdown(),
+            log_dirs: self
+                .inventory
+                .dirs
+                .iter()
+                .enumerate()
+                .map(|(i, d)| LogDirRecord {
+                    archive_prefix: archive_prefix(i),
+                    path: d.path.display().to_string(),
+                    meta_version: d.meta.version,
+                    directory_id: d.meta.directory_id.clone(),
+                    is_metadata_dir: d.is_metadata_dir,
+                    clean_shutdown: d.clean_shutdown,
+                })
+                .collect(),
+            timestamps: Timestamps {
+                broker_stopped: times.stopped,
+                capture_started: self.capture_started,
+                capture_finished: self.capture_finished,
+                broker_restarted: times.restarted,
+                archive_finished,
+                committed: Utc::now(),
+            },
+            broker_downtime_ms: downtime,
+            archive: ArchiveRecord {
+                file: ARCHIVE_FILE.to_string(),
+                size: written.size,
+                sha256: written.sha256,
+                compression: "zstd".into(),
+                zstd_level: opts.zstd_level,
+            },
+            totals,
+            entries: written.entries,
+            manifest_sha256: String::new(),
+        };
+        let bytes = manifest.to_bytes();
+        crate::failpoint("before-manifest");
+        store.put(&snap.manifest_key(), &bytes)?;
+        tracing::info!(snapshot = %snap.snapshot_id, broker = snap.broker, archive_bytes = manifest.archive.size,
+            sha256 = %manifest.archive.sha256, "snapshot committed");
+        self.staging.clear();
+        Ok(manifest)
+    }
+
+    /// Where the archive reads file contents from.
+    pub fn content_roots(&self) -> &[PathBuf] {
+        &self.content_roots
+    }
+}

@@ -1,0 +1,294 @@
+//! Cold storage behind one small trait. Objects are addressed by
+//! `/`-separated keys; an object becomes visible only once it is complete
+//! (`ObjectWriter::finish`), so a crash never leaves a half-written object
+//! under its final name.
+//!
+//! Layout: `<cluster.id>/broker-<N>/<snapshot-id>/{archive.tar.zst,manifest.json}`.
+
+use crate::error::{Error, Result};
+use std::fs;
+use std::io::{self, BufWriter, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+/// Marker in the name of objects still being written.
+pub const TEMP_MARKER: &str = ".tmp-";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    pub key: String,
+    pub size: u64,
+}
+
+/// A storage backend. Blocking on purpose: the archive pipeline is a chain
+/// of `Read`/`Write` adapters on threads of its own.
+pub trait ColdStore: Send + Sync {
+    /// Where this store is, safe to print (no secrets).
+    fn location(&self) -> String;
+    /// Starts writing `key`; nothing is visible under `key` until `finish`.
+    fn create(&self, key: &str) -> Result<Box<dyn ObjectWriter>>;
+    /// Writes a small object in one go, atomically.
+    fn put(&self, key: &str, data: &[u8]) -> Result<()> {
+        let mut w = self.create(key)?;
+        w.write_all(data)
+            .map_err(|e| self.error(key, format!("writing: {e}")))?;
+        w.finish()?;
+        Ok(())
+    }
+    fn open(&self, key: &str) -> Result<Box<dyn Read + Send>>;
+    /// Size of `key`, or `None` if it does not exist.
+    fn stat(&self, key: &str) -> Result<Option<u64>>;
+    /// Every object whose key starts with `prefix`, sorted by key.
+    fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>>;
+    fn delete(&self, key: &str) -> Result<()>;
+
+    fn error(&self, key: &str, message: String) -> Error {
+        Error::Storage {
+            location: format!("{}/{key}", self.location().trim_end_matches('/')),
+            message,
+        }
+    }
+
+    fn get(&self, key: &str) -> Result<Vec<u8>> {
+        let mut buf = Vec::new();
+        self.open(key)?
+            .read_to_end(&mut buf)
+            .map_err(|e| self.error(key, format!("reading: {e}")))?;
+        Ok(buf)
+    }
+}
+
+/// An object being written. Dropping it without `finish` discards it.
+pub trait ObjectWriter: Write + Send {
+    /// Makes the object durable and visible under its key; returns its size.
+    fn finish(self: Box<Self>) -> Result<u64>;
+}
+
+/// Opens a store from a URL: `file:///path`, or a plain absolute path.
+pub fn open_url(url: &str) -> Result<Box<dyn ColdStore>> {
+    if let Some(path) = url.strip_prefix("file://") {
+        if !path.starts_with('/') {
+            return Err(Error::Usage(format!(
+                "store URL {url:?}: file:// URLs need an absolute path (file:///mnt/backup)"
+            )));
+        }
+        return Ok(Box::new(FileStore::new(PathBuf::from(path))?));
+    }
+    if url.starts_with('/') {
+        return Ok(Box::new(FileStore::new(PathBuf::from(url))?));
+    }
+    if url.starts_with("s3://") {
+        return Err(Error::Usage(format!(
+            "store URL {url:?}: the s3:// backend is not available in this build"
+        )));
+    }
+    Err(Error::Usage(format!(
+        "store URL {url:?}: unsupported scheme (use file:///path)"
+    )))
+}
+
+/// Checks a key before it is turned into a path: relative, no `..`, no
+/// empty components.
+fn check_key(key: &str) -> Result<()> {
+    let bad = key.is_empty()
+        || key.starts_with('/')
+        || key
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == "..");
+    if bad {
+        return Err(Error::Usage(format!("invalid storage key {key:?}")));
+    }
+    Ok(())
+}
+
+/// A local directory or a mounted network filesystem (NFS).
+pub struct FileStore {
+    root: PathBuf,
+}
+
+impl FileStore {
+    pub fn new(root: PathBuf) -> Result<Self> {
+        let md = fs::metadata(&root).map_err(|e| Error::Storage {
+            location: format!("file://{}", root.display()),
+            message: format!("cannot open store root: {e}"),
+        })?;
+        if !md.is_dir() {
+            return Err(Error::Storage {
+                location: format!("file://{}", root.display()),
+                message: "store root is not a directory".into(),
+            });
+        }
+        Ok(FileStore { root })
+    }
+
+    fn path(&self, key: &str) -> Result<PathBuf> {
+        check_key(key)?;
+        Ok(self.root.join(key))
+    }
+}
+
+/// fsyncs a directory so a rename or create in it survives a crash.
+pub fn fsync_dir(dir: &Path) -> io::Result<()> {
+    fs::File::open(dir)?.sync_all()
+}
+
+impl ColdStore for FileStore {
+    fn location(&self) -> String {
+        format!("file://{}", self.root.display())
+    }
+
+    fn create(&self, key: &str) -> Result<Box<dyn ObjectWriter>> {
+        let path = self.path(key)?;
+        let dir = path.parent().expect("key has a parent").to_path_buf();
+        fs::create_dir_all(&dir)
+            .map_err(|e| self.error(key, format!("creating directory: {e}")))?;
+        let name = path.file_name().expect("key has a name").to_string_lossy();
+        let mut rnd = [0u8; 4];
+        getrandom::fill(&mut rnd).map_err(|e| self.error(key, format!("random: {e}")))?;
+        let tmp = dir.join(format!(".{name}{TEMP_MARKER}{}", hex::encode(rnd)));
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o640)
+            .open(&tmp)
+            .map_err(|e| self.error(key, format!("creating {}: {e}", tmp.display())))?;
+        Ok(Box::new(FileObjectWriter {
+            out: Some(BufWriter::with_capacity(1 << 20, file)),
+            tmp,
+            path,
+            location: self.location(),
+            key: key.to_string(),
+        }))
+    }
+
+    fn open(&self, key: &str) -> Result<Box<dyn Read + Send>> {
+        let path = self.path(key)?;
+        let f = fs::File::open(&path).map_err(|e| self.error(key, format!("opening: {e}")))?;
+        Ok(Box::new(f))
+    }
+
+    fn stat(&self, key: &str) -> Result<Option<u64>> {
+        match fs::metadata(self.path(key)?) {
+            Ok(md) => Ok(Some(md.len())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(self.error(key, format!("stat: {e}"))),
+        }
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
+        // Walk only the deepest directory the prefix names completely.
+        let start_rel = match prefix.rfind('/') {
+            Some(i) => &prefix[..i],
+            None => "",
+        };
+        let start = if start_rel.is_empty() {
+            self.root.clone()
+        } else {
+            self.path(start_rel)?
+        };
+        let mut out = Vec::new();
+        let mut stack = vec![(start, start_rel.to_string())];
+        while let Some((dir, rel)) = stack.pop() {
+            let rd = match fs::read_dir(&dir) {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(self.error(&rel, format!("listing: {e}"))),
+            };
+            for ent in rd {
+                let ent = ent.map_err(|e| self.error(&rel, format!("listing: {e}")))?;
+                let name = ent.file_name().to_string_lossy().into_owned();
+                let key = if rel.is_empty() {
+                    name
+                } else {
+                    format!("{rel}/{name}")
+                };
+                let ft = ent
+                    .file_type()
+                    .map_err(|e| self.error(&key, format!("stat: {e}")))?;
+                if ft.is_dir() {
+                    if key.starts_with(prefix) || prefix.starts_with(&format!("{key}/")) {
+                        stack.push((ent.path(), key));
+                    }
+                } else if key.starts_with(prefix) {
+                    let size = ent.metadata().map(|m| m.len()).unwrap_or(0);
+                    out.push(ObjectMeta { key, size });
+                }
+            }
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    fn delete(&self, key: &str) -> Result<()> {
+        let path = self.path(key)?;
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(self.error(key, format!("deleting: {e}"))),
+        }
+        let dir = path.parent().expect("key has a parent");
+        fsync_dir(dir).map_err(|e| self.error(key, format!("fsync of directory: {e}")))?;
+        // Drop directories left empty, up to the store root.
+        let mut d = dir.to_path_buf();
+        while d != self.root && fs::remove_dir(&d).is_ok() {
+            d.pop();
+        }
+        Ok(())
+    }
+}
+
+struct FileObjectWriter {
+    out: Option<BufWriter<fs::File>>,
+    tmp: PathBuf,
+    path: PathBuf,
+    location: String,
+    key: String,
+}
+
+impl Write for FileObjectWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.out.as_mut().expect("not finished").write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.as_mut().expect("not finished").flush()
+    }
+}
+
+impl ObjectWriter for FileObjectWriter {
+    fn finish(mut self: Box<Self>) -> Result<u64> {
+        let out = self.out.take().expect("finish once");
+        let result = commit_file(out, &self.tmp, &self.path);
+        if result.is_err() {
+            let _ = fs::remove_file(&self.tmp);
+        }
+        result.map_err(|m| Error::Storage {
+            location: format!("{}/{}", self.location, self.key),
+            message: m,
+        })
+    }
+}
+
+/// fsync the temporary file, rename it into place, fsync the directory.
+fn commit_file(out: BufWriter<fs::File>, tmp: &Path, path: &Path) -> Result<u64, String> {
+    let file = out
+        .into_inner()
+        .map_err(|e| format!("writing: {}", e.error()))?;
+    file.sync_all().map_err(|e| format!("fsync: {e}"))?;
+    let size = file.metadata().map_err(|e| format!("stat: {e}"))?.len();
+    drop(file);
+    fs::rename(tmp, path).map_err(|e| format!("rename into place: {e}"))?;
+    let dir = path.parent().expect("has parent");
+    fsync_dir(dir).map_err(|e| format!("fsync of directory: {e}"))?;
+    Ok(size)
+}
+
+impl Drop for FileObjectWriter {
+    fn drop(&mut self) {
+        // Not finished: the temporary file is ours and incomplete.
+        if self.out.is_some() {
+            self.out = None;
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}

@@ -1,0 +1,249 @@
+//! Reading an archive back against its manifest. [`walk`] is shared by
+//! verify and extract: it checks every tar entry against the manifest (in
+//! order, by path, type and size), refuses unsafe entries, hashes every
+//! file, and checks the whole archive's size and SHA-256 at the end.
+
+use crate::catalog::{load_manifest, SnapshotRef};
+use crate::error::{Error, Result};
+use crate::extract::check_entry_path;
+use crate::hashing::HashingReader;
+use crate::logdir::check_symlink_target;
+use crate::manifest::{EntryRecord, EntryType, Manifest};
+use crate::storage::ColdStore;
+use std::io::{self, Read};
+use std::path::Path;
+
+/// Receives every entry's data while the archive is read.
+pub trait Visitor {
+    /// `data` yields the entry's bytes (empty for dirs and symlinks). The
+    /// walker checks the hash after this returns, and reads whatever the
+    /// visitor left unread.
+    fn entry(&mut self, rec: &EntryRecord, data: &mut dyn Read) -> Result<()>;
+}
+
+/// Discards data: verification only.
+struct Discard;
+
+impl Visitor for Discard {
+    fn entry(&mut self, _rec: &EntryRecord, data: &mut dyn Read) -> Result<()> {
+        io::copy(data, &mut io::sink()).map_err(|e| Error::io("reading archive", e))?;
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Report {
+    pub snapshot_id: String,
+    pub files: u64,
+    pub bytes: u64,
+    pub archive_size: u64,
+    pub archive_sha256: String,
+}
+
+/// Verifies a snapshot in storage without extracting anything.
+pub fn verify(store: &dyn ColdStore, snap: &SnapshotRef) -> Result<(Manifest, Report)> {
+    let manifest = load_manifest(store, snap)?;
+    let report = walk(store, snap, &manifest, &mut Discard)?;
+    Ok((manifest, report))
+}
+
+/// Streams the archive of `snap` through `visitor`, checking it completely.
+pub fn walk(
+    store: &dyn ColdStore,
+    snap: &SnapshotRef,
+    m: &Manifest,
+    visitor: &mut dyn Visitor,
+) -> Result<Report> {
+    let id = &snap.snapshot_id;
+    let corrupt = |message: String| Error::ArchiveCorrupt {
+        snapshot: id.clone(),
+        message,
+    };
+    let key = snap.archive_key();
+    match store.stat(&key)? {
+        None => return Err(corrupt(format!("archive {key} is missing"))),
+        Some(size) if size != m.archive.size => {
+            return Err(corrupt(format!(
+                "archive {key} is {size} bytes but the manifest says {} (truncated or replaced)",
+                m.archive.size
+            )))
+        }
+        Some(_) => {}
+    }
+    let raw = HashingReader::new(store.open(&key)?);
+    let decoder =
+        zstd::stream::read::Decoder::new(raw).map_err(|e| corrupt(format!("zstd: {e}")))?;
+    let mut archive = tar::Archive::new(decoder);
+    let mut expected = m.entries.iter();
+    let mut files = 0u64;
+    let mut bytes = 0u64;
+    let mut last = String::from("the start of the archive");
+    // Nothing may sit below a symlink: extraction would write through it.
+    let mut symlinks: Vec<String> = Vec::new();
+    let entries = archive
+        .entries()
+        .map_err(|e| corrupt(format!("cannot read the archive: {e}")))?;
+    for entry in entries {
+        let mut entry =
+            entry.map_err(|e| corrupt(format!("archive unreadable after {last}: {e}")))?;
+        let raw_path = entry.path_bytes().into_owned();
+        let path = String::from_utf8(raw_path)
+            .map_err(|_| corrupt(format!("entry after {last} has a path that is not UTF-8")))?;
+        let unsafe_entry = |reason: String| Error::UnsafeEntry {
+            snapshot: id.clone(),
+            path: path.clone(),
+            reason,
+        };
+        let header = entry.header();
+        let kind = match header.entry_type() {
+            tar::EntryType::Regular | tar::EntryType::Continuous => EntryType::File,
+            tar::EntryType::Directory => EntryType::Dir,
+            tar::EntryType::Symlink => EntryType::Symlink,
+            tar::EntryType::Link => {
+                return Err(unsafe_entry(
+                    "hard links are never archived by this tool".into(),
+                ))
+            }
+            tar::EntryType::Char | tar::EntryType::Block => {
+                return Err(unsafe_entry("device files are refused".into()))
+            }
+            tar::EntryType::Fifo => return Err(unsafe_entry("fifos are refused".into())),
+            other => return Err(unsafe_entry(format!("unexpected entry type {other:?}"))),
+        };
+        let clean = if kind == EntryType::Dir {
+            path.trim_end_matches('/')
+        } else {
+            path.as_str()
+        };
+        check_entry_path(clean, m.log_dirs.len()).map_err(&unsafe_entry)?;
+        if let Some(l) = symlinks
+            .iter()
+            .find(|l| clean.starts_with(&format!("{l}/")))
+        {
+            return Err(unsafe_entry(format!("lies below the symlink {l}")));
+        }
+        let link_target = if kind == EntryType::Symlink {
+            let t = entry
+                .link_name_bytes()
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .ok_or_else(|| unsafe_entry("symlink without a target".into()))?;
+            check_symlink_target(Path::new(clean), Path::new(&t)).map_err(&unsafe_entry)?;
+            symlinks.push(clean.to_string());
+            Some(t)
+        } else {
+            None
+        };
+        let declared = header
+            .size()
+            .map_err(|e| corrupt(format!("entry {clean}: bad size field: {e}")))?;
+        let rec = expected.next().ok_or_else(|| {
+            corrupt(format!("entry {clean} is not in the manifest (the archive has more entries than the manifest lists)"))
+        })?;
+        if rec.path != clean || rec.kind != kind {
+            return Err(corrupt(format!(
+                "entry {clean} ({kind:?}) found where the manifest expects {} ({:?})",
+                rec.path, rec.kind
+            )));
+        }
+        if declared != rec.size {
+            return Err(unsafe_entry(format!(
+                "declares {declared} bytes but the manifest says {}",
+                rec.size
+            )));
+        }
+        if rec.link_target != link_target {
+            return Err(corrupt(format!(
+                "symlink {clean} points to {link_target:?}, manifest says {:?}",
+                rec.link_target
+            )));
+        }
+        let mut hashed = HashingReader::new(Recording {
+            inner: &mut entry,
+            error: None,
+        });
+        let visited = visitor.entry(rec, &mut hashed);
+        let drained = visited.and_then(|()| {
+            io::copy(&mut hashed, &mut io::sink()).map_err(|e| Error::io("reading archive", e))
+        });
+        let (reader, n, sha) = hashed.finish();
+        if let Some(e) = reader.error {
+            // A read error is the archive's fault, whatever the visitor made of it.
+            return Err(corrupt(format!("archive unreadable in {clean}: {e}")));
+        }
+        drained?;
+        if n != rec.size {
+            return Err(corrupt(format!(
+                "{clean}: read {n} bytes, expected {} (truncated archive)",
+                rec.size
+            )));
+        }
+        if kind == EntryType::File {
+            let want = rec.sha256.as_deref().unwrap_or_default();
+            if sha != want {
+                return Err(Error::ChecksumMismatch {
+                    snapshot: id.clone(),
+                    path: clean.to_string(),
+                    expected: want.to_string(),
+                    actual: sha,
+                });
+            }
+            files += 1;
+            bytes += n;
+        }
+        last = format!("entry {clean}");
+    }
+    if let Some(rec) = expected.next() {
+        return Err(corrupt(format!(
+            "archive ends after {last}, before {} (truncated archive)",
+            rec.path
+        )));
+    }
+    // Past the end-of-archive marker only zero padding may follow; then the
+    // rest of the compressed stream is hashed so the archive hash covers it.
+    let mut decoder = archive.into_inner();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = decoder
+            .read(&mut buf)
+            .map_err(|e| corrupt(format!("archive unreadable after its last entry: {e}")))?;
+        if n == 0 {
+            break;
+        }
+        if buf[..n].iter().any(|&b| b != 0) {
+            return Err(corrupt(
+                "unexpected data after the end of the tar archive".into(),
+            ));
+        }
+    }
+    let mut raw = decoder.finish().into_inner();
+    io::copy(&mut raw, &mut io::sink()).map_err(|e| corrupt(format!("reading archive: {e}")))?;
+    let (_, size, sha) = raw.finish();
+    if size != m.archive.size || sha != m.archive.sha256 {
+        return Err(corrupt(format!(
+            "archive checksum mismatch: {size} bytes with SHA-256 {sha}, manifest says {} bytes with {}",
+            m.archive.size, m.archive.sha256
+        )));
+    }
+    Ok(Report {
+        snapshot_id: id.clone(),
+        files,
+        bytes,
+        archive_size: size,
+        archive_sha256: sha,
+    })
+}
+
+/// Remembers the first read error, so that a visitor's error caused by a
+/// damaged archive is reported as damage to the archive.
+struct Recording<R> {
+    inner: R,
+    error: Option<String>,
+}
+
+impl<R: Read> Read for Recording<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.read(buf).inspect_err(|e| {
+            self.error.get_or_insert_with(|| e.to_string());
+        })
+    }
+}

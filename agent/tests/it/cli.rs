@@ -1,0 +1,168 @@
+//! The break-glass CLI as an operator meets it: exit codes, config
+//! validation, and crash safety of `archive create`.
+
+use crate::common::*;
+use std::fs;
+use std::process::Stdio;
+
+#[test]
+fn validate_names_file_and_key() {
+    let t = tempfile::tempdir().unwrap();
+    let good = t.path().join("good.toml");
+    fs::write(
+        &good,
+        "[broker]\nlog_dirs = [\"/data/kafka-logs\"]\n[storage]\nurl = \"file:///mnt/snap\"\n",
+    )
+    .unwrap();
+    run(&["validate", "--config", &good.display().to_string()], 0);
+
+    let bad = t.path().join("bad.toml");
+    fs::write(&bad, "[broker]\nlog_dirs = [\"/data/kafka-logs\"]\n[snapshot]\nzstd_levle = 3\n[storage]\nurl = \"file:///x\"\n")
+        .unwrap();
+    let out = run(&["validate", "--config", &bad.display().to_string()], 2);
+    let err = stderr(&out);
+    assert!(
+        err.contains("bad.toml") && err.contains("zstd_levle"),
+        "{err}"
+    );
+
+    let wrong_type = t.path().join("type.toml");
+    fs::write(&wrong_type, "[broker]\nlog_dirs = [\"/d\"]\n[snapshot]\nzstd_level = \"high\"\n[storage]\nurl = \"file:///x\"\n")
+        .unwrap();
+    let out = run(
+        &["validate", "--config", &wrong_type.display().to_string()],
+        2,
+    );
+    assert!(stderr(&out).contains("zstd_level"), "{}", stderr(&out));
+
+    let out = run(&["validate", "--config", "/nonexistent/agent.toml"], 2);
+    assert!(
+        stderr(&out).contains("/nonexistent/agent.toml"),
+        "{}",
+        stderr(&out)
+    );
+
+    // The shipped example is valid.
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/agent.example.toml");
+    let text = fs::read_to_string(example).unwrap();
+    assert!(text.contains("server_properties"));
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    run(&["archive", "create"], 2);
+    run(&["archive", "verify", "--store", "file:///tmp"], 2);
+    run(&["archive", "list", "--store", "ftp://host/x"], 2);
+    run(
+        &[
+            "archive",
+            "create",
+            "--log-dirs",
+            "/a",
+            "--store",
+            "/tmp",
+            "--zstd-level",
+            "40",
+        ],
+        2,
+    );
+}
+
+#[test]
+fn crash_between_archive_and_manifest_leaves_nothing_complete() {
+    let t = scratch("xfs");
+    let dirs = small_broker(t.path(), 7);
+    let store = t.path().join("store");
+    fs::create_dir(&store).unwrap();
+    let d = dirs
+        .iter()
+        .map(|d| d.display().to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let url = store_url(&store);
+
+    for point in ["before-manifest", "before-archive-finish"] {
+        let status = agent()
+            .args([
+                "archive",
+                "create",
+                "--log-dirs",
+                &d,
+                "--store",
+                &url,
+                "--capture",
+                "reflink",
+            ])
+            .env("KAFKA_SNAPSHOT_FAILPOINT", point)
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(
+            !status.success(),
+            "the failpoint {point} must crash the run"
+        );
+        let out = run(&["archive", "list", "--store", &url, "--json"], 0);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let listed = v.as_array().unwrap();
+        assert_eq!(listed.len(), 1, "{v}");
+        assert_eq!(
+            listed[0]["complete"], false,
+            "crash at {point} left a complete snapshot: {v}"
+        );
+        let id = listed[0]["snapshot_id"].as_str().unwrap().to_string();
+        let out = run(
+            &["archive", "verify", "--store", &url, "--snapshot", &id],
+            1,
+        );
+        assert!(stderr(&out).contains("incomplete"), "{}", stderr(&out));
+        // The crashed run's clones are still on disk ...
+        let staging = t.path().join("data/disk1/.kafka-snapshot-staging");
+        assert!(
+            names(&staging).iter().any(|n| n == &id),
+            "{:?}",
+            names(&staging)
+        );
+
+        // ... until the next run, which removes them and the partial
+        // objects, and succeeds.
+        let created = create(&dirs, &store, "reflink");
+        let new_id = created["snapshot_id"].as_str().unwrap();
+        assert_eq!(names(&staging), vec![".lock"]);
+        let out = run(&["archive", "list", "--store", &url, "--json"], 0);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let listed = v.as_array().unwrap();
+        assert_eq!(listed.len(), 1, "{v}");
+        assert_eq!(listed[0]["snapshot_id"], new_id);
+        assert_eq!(listed[0]["complete"], true);
+        run(
+            &["archive", "verify", "--store", &url, "--snapshot", new_id],
+            0,
+        );
+        // Start the next round from an empty store.
+        fs::remove_dir_all(&store).unwrap();
+        fs::create_dir(&store).unwrap();
+    }
+}
+
+#[test]
+fn list_filters_by_broker() {
+    let t = scratch("ext4");
+    let store = t.path().join("store");
+    fs::create_dir(&store).unwrap();
+    for node in [1, 2] {
+        let dirs = small_broker(&t.path().join(format!("b{node}")), node);
+        create(&dirs, &store, "copy");
+    }
+    let url = store_url(&store);
+    let out = run(
+        &[
+            "archive", "list", "--store", &url, "--broker", "2", "--json",
+        ],
+        0,
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 1);
+    assert_eq!(v[0]["broker"], 2);
+    let out = run(&["archive", "list", "--store", &url], 0);
+    assert_eq!(stdout(&out).lines().count(), 3, "{}", stdout(&out));
+}

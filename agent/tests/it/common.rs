@@ -1,0 +1,227 @@
+//! Shared fixtures: test filesystems, generated log dirs, running the agent
+//! binary, and comparing trees byte for byte.
+
+use kafka_snapshot_testkit::{generate, Spec};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub const CLUSTER: &str = "MkU3OEVBNTcwNTJENDM2Qk";
+
+/// A scratch dir on the named test filesystem ("xfs" or "ext4").
+pub fn scratch(fs_kind: &str) -> tempfile::TempDir {
+    let var = match fs_kind {
+        "xfs" => "KSNAP_TEST_XFS",
+        "ext4" => "KSNAP_TEST_EXT4",
+        other => panic!("unknown test filesystem {other}"),
+    };
+    let root = std::env::var(var).unwrap_or_else(|_| {
+        panic!("{var} is not set: run the tests through tests/run.sh, which mounts the test filesystems")
+    });
+    tempfile::tempdir_in(root).expect("scratch dir on the test filesystem")
+}
+
+/// Small log dirs (two of them) of broker `node` under `root/data`.
+pub fn small_broker(root: &Path, node: i32) -> Vec<PathBuf> {
+    let dirs = vec![
+        root.join("data/disk1/kafka-logs"),
+        root.join("data/disk2/kafka-logs"),
+    ];
+    generate(&Spec::small(CLUSTER, node, dirs.clone())).expect("generate log dirs");
+    dirs
+}
+
+pub fn generate_spec(spec: &Spec) {
+    generate(spec).expect("generate log dirs");
+}
+
+pub fn agent() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_kafka-snapshot-agent"));
+    c.env("KAFKA_SNAPSHOT_LOG", "warn");
+    c
+}
+
+/// Runs the agent and returns its output; panics with stderr if the exit
+/// code is not `want`.
+pub fn run(args: &[&str], want: i32) -> Output {
+    let out = agent().args(args).output().expect("run agent");
+    let code = out.status.code().unwrap_or(-1);
+    assert_eq!(
+        code,
+        want,
+        "agent {args:?} exited {code}, expected {want}\nstdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// `archive create` of `dirs` into `store`; returns the snapshot id.
+pub fn create(dirs: &[PathBuf], store: &Path, capture: &str) -> serde_json::Value {
+    let dirs = dirs
+        .iter()
+        .map(|d| d.display().to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let store = format!("file://{}", store.display());
+    let out = run(
+        &[
+            "archive",
+            "create",
+            "--log-dirs",
+            &dirs,
+            "--store",
+            &store,
+            "--capture",
+            capture,
+            "--json",
+        ],
+        0,
+    );
+    serde_json::from_slice(&out.stdout).expect("create --json output")
+}
+
+pub fn store_url(store: &Path) -> String {
+    format!("file://{}", store.display())
+}
+
+/// Every object of a tree, for byte-for-byte comparison.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Node {
+    pub kind: char,
+    pub size: u64,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime_ns: i64,
+    pub sha256: String,
+    pub link: Option<PathBuf>,
+}
+
+pub fn tree(root: &Path, skip: &[&str]) -> BTreeMap<PathBuf, Node> {
+    let mut out = BTreeMap::new();
+    walk(root, Path::new(""), skip, &mut out);
+    out
+}
+
+fn walk(root: &Path, rel: &Path, skip: &[&str], out: &mut BTreeMap<PathBuf, Node>) {
+    let p = root.join(rel);
+    let md = fs::symlink_metadata(&p).unwrap();
+    let ft = md.file_type();
+    let (kind, sha, link) = if ft.is_symlink() {
+        ('l', String::new(), Some(fs::read_link(&p).unwrap()))
+    } else if ft.is_dir() {
+        ('d', String::new(), None)
+    } else {
+        ('f', file_sha256(&p), None)
+    };
+    out.insert(
+        rel.to_path_buf(),
+        Node {
+            kind,
+            size: if kind == 'f' { md.len() } else { 0 },
+            mode: md.permissions().mode() & 0o7777,
+            uid: md.uid(),
+            gid: md.gid(),
+            // Directory mtimes of the root are touched by the rename dance
+            // only on the parent, never on the dir itself.
+            mtime_ns: if kind == 'l' {
+                0
+            } else {
+                md.mtime() * 1_000_000_000 + md.mtime_nsec()
+            },
+            sha256: sha,
+            link,
+        },
+    );
+    if kind == 'd' {
+        let mut names: Vec<_> = fs::read_dir(&p)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        for n in names {
+            let name = n.to_string_lossy();
+            let skipped = skip.iter().any(|s| match s.strip_prefix('*') {
+                Some(suffix) => name.ends_with(suffix),
+                None => name == *s,
+            });
+            if rel.as_os_str().is_empty() && skipped {
+                continue;
+            }
+            walk(root, &rel.join(n), skip, out);
+        }
+    }
+}
+
+pub fn file_sha256(p: &Path) -> String {
+    let mut f = fs::File::open(p).unwrap();
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    hex::encode(h.finalize())
+}
+
+/// What a snapshot leaves out of a log dir: the lock and deleting partitions.
+pub const NOT_ARCHIVED: &[&str] = &[".lock", "*-delete"];
+
+/// Asserts two trees are identical (content, modes, owners, mtimes);
+/// `skip_in_original` names top-level entries (`*suffix` for a suffix).
+pub fn assert_same_tree(original: &Path, restored: &Path, skip_in_original: &[&str]) {
+    let a = tree(original, skip_in_original);
+    let b = tree(restored, &[]);
+    let ak: Vec<_> = a.keys().collect();
+    let bk: Vec<_> = b.keys().collect();
+    assert_eq!(
+        ak,
+        bk,
+        "different file sets: {} vs {}",
+        original.display(),
+        restored.display()
+    );
+    for (k, na) in &a {
+        assert_eq!(
+            na,
+            &b[k],
+            "{} differs between {} and {}",
+            k.display(),
+            original.display(),
+            restored.display()
+        );
+    }
+}
+
+/// The snapshot dir of a snapshot in a file store.
+pub fn snapshot_dir(store: &Path, node: i32, id: &str) -> PathBuf {
+    store.join(CLUSTER).join(format!("broker-{node}")).join(id)
+}
+
+/// Names in `dir` (sorted), for checks that nothing appeared or vanished.
+pub fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .map(|rd| {
+            rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}

@@ -1,0 +1,9 @@
+//! Integration tests of the snapshot engine and the break-glass CLI, run as
+//! real processes on real filesystems: XFS with reflink and ext4, both
+//! loop-mounted by `tests/run.sh` (KSNAP_TEST_XFS, KSNAP_TEST_EXT4).
+
+mod cli;
+mod common;
+mod corruption;
+mod hostile;
+mod roundtrip;

@@ -1,0 +1,292 @@
+//! Create -> verify -> extract on real filesystems, and what capture must
+//! refuse or skip.
+
+use crate::common::*;
+use kafka_snapshot_testkit::Spec;
+use std::fs;
+use std::path::PathBuf;
+
+fn big_spec(dirs: Vec<PathBuf>) -> Spec {
+    let mut spec = Spec::small(CLUSTER, 1, dirs);
+    spec.topics = 6;
+    spec.partitions_per_topic = 8;
+    spec.total_bytes = 48 << 20;
+    spec.segment_bytes = 4 << 20;
+    // One file over 1 GiB, sparse on disk.
+    spec.big_sparse_file_bytes = Some((1 << 30) + 12345);
+    spec.with_delete_dir = true;
+    spec
+}
+
+#[test]
+fn reflink_round_trip_on_xfs_is_byte_identical() {
+    let t = scratch("xfs");
+    let dirs = vec![
+        t.path().join("data/disk1/kafka-logs"),
+        t.path().join("data/disk2/kafka-logs"),
+    ];
+    generate_spec(&big_spec(dirs.clone()));
+    let store = t.path().join("store");
+    fs::create_dir(&store).unwrap();
+
+    let created = create(&dirs, &store, "auto");
+    assert_eq!(
+        created["capture"], "reflink",
+        "auto must pick reflink on XFS: {created}"
+    );
+    let id = created["snapshot_id"].as_str().unwrap();
+
+    // Staging is gone once the snapshot is committed.
+    let staging = t.path().join("data/disk1/.kafka-snapshot-staging");
+    assert_eq!(names(&staging), vec![".lock"], "staging left behind");
+
+    let url = store_url(&store);
+    run(&["archive", "verify", "--store", &url, "--snapshot", id], 0);
+    let targets = [t.path().join("restore/a"), t.path().join("restore/b")];
+    let (a, b) = (
+        targets[0].display().to_string(),
+        targets[1].display().to_string(),
+    );
+    run(
+        &[
+            "archive",
+            "extract",
+            "--store",
+            &url,
+            "--snapshot",
+            id,
+            "--into",
+            &a,
+            &b,
+        ],
+        0,
+    );
+    for (orig, restored) in dirs.iter().zip(&targets) {
+        assert_same_tree(orig, restored, NOT_ARCHIVED);
+        assert!(!restored.join(".lock").exists());
+    }
+    // The manifest records what was captured.
+    let m: serde_json::Value = serde_json::from_slice(
+        &fs::read(snapshot_dir(&store, 1, id).join("manifest.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(m["capture"]["used"], "reflink");
+    assert_eq!(m["capture"]["requested"], "auto");
+    assert_eq!(m["node_id"], 1);
+    assert_eq!(m["log_dirs"][0]["path"], dirs[0].display().to_string());
+    assert!(m["log_dirs"][0]["directory_id"].is_string());
+    assert!(m["log_dirs"][0]["is_metadata_dir"].as_bool().unwrap());
+    assert!(m["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|e| !e["path"].as_str().unwrap().ends_with("-delete")));
+    assert!(m["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["size"].as_u64().unwrap() > 1 << 30));
+}
+
+#[test]
+fn copy_round_trip_on_ext4_and_auto_falls_back_to_copy() {
+    let t = scratch("ext4");
+    let dirs = small_broker(t.path(), 3);
+    let store = t.path().join("store");
+    fs::create_dir(&store).unwrap();
+    let created = create(&dirs, &store, "auto");
+    assert_eq!(
+        created["capture"], "copy",
+        "auto must fall back to copy on ext4: {created}"
+    );
+    assert!(created["capture_reason"]
+        .as_str()
+        .unwrap()
+        .contains("does not support reflink"));
+    let id = created["snapshot_id"].as_str().unwrap();
+    let url = store_url(&store);
+    run(&["archive", "verify", "--store", &url, "--snapshot", id], 0);
+
+    // Restore over the original dirs: they are moved aside, not deleted.
+    let before: Vec<_> = dirs.iter().map(|d| tree(d, NOT_ARCHIVED)).collect();
+    fs::write(dirs[0].join("orders-0/stray-file"), b"operator data").unwrap();
+    run(
+        &[
+            "archive",
+            "extract",
+            "--store",
+            &url,
+            "--snapshot",
+            id,
+            "--original-paths",
+        ],
+        0,
+    );
+    for (d, want) in dirs.iter().zip(&before) {
+        assert_eq!(&tree(d, &[]), want, "{} not restored exactly", d.display());
+    }
+    let parent = dirs[0].parent().unwrap();
+    let aside: Vec<_> = names(parent)
+        .into_iter()
+        .filter(|n| n.starts_with("kafka-logs.pre-restore-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "{:?}", names(parent));
+    assert_eq!(
+        fs::read(parent.join(&aside[0]).join("orders-0/stray-file")).unwrap(),
+        b"operator data"
+    );
+}
+
+#[test]
+fn forced_reflink_on_ext4_fails_with_reason() {
+    let t = scratch("ext4");
+    let dirs = small_broker(t.path(), 3);
+    let store = t.path().join("store");
+    fs::create_dir(&store).unwrap();
+    let d = dirs
+        .iter()
+        .map(|d| d.display().to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let out = run(
+        &[
+            "archive",
+            "create",
+            "--log-dirs",
+            &d,
+            "--store",
+            &store_url(&store),
+            "--capture",
+            "reflink",
+        ],
+        1,
+    );
+    assert!(stderr(&out).contains("reflink"), "{}", stderr(&out));
+    assert!(names(&store).is_empty(), "nothing may be stored");
+}
+
+#[test]
+fn copy_capture_on_xfs_when_asked() {
+    let t = scratch("xfs");
+    let dirs = small_broker(t.path(), 4);
+    let store = t.path().join("store");
+    fs::create_dir(&store).unwrap();
+    let created = create(&dirs, &store, "copy");
+    assert_eq!(created["capture"], "copy");
+}
+
+#[test]
+fn future_dir_refuses_capture() {
+    let t = scratch("ext4");
+    let dirs = small_broker(t.path(), 1);
+    fs::create_dir(dirs[1].join("orders-3.0123456789abcdef0123456789abcdef-future")).unwrap();
+    let store = t.path().join("store");
+    fs::create_dir(&store).unwrap();
+    let d = dirs
+        .iter()
+        .map(|d| d.display().to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let out = run(
+        &[
+            "archive",
+            "create",
+            "--log-dirs",
+            &d,
+            "--store",
+            &store_url(&store),
+        ],
+        1,
+    );
+    let err = stderr(&out);
+    assert!(
+        err.contains("-future") && err.contains("intra-broker"),
+        "{err}"
+    );
+}
+
+#[test]
+fn running_broker_and_unclean_stop_are_refused() {
+    let t = scratch("ext4");
+    let dirs = small_broker(t.path(), 1);
+    let store = t.path().join("store");
+    fs::create_dir(&store).unwrap();
+    let d = dirs
+        .iter()
+        .map(|d| d.display().to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let url = store_url(&store);
+
+    // A "broker" holding the .lock of the second dir, as Kafka does.
+    let lock = fs::File::open(dirs[1].join(".lock")).unwrap();
+    nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .map(|held| {
+            let out = run(&["archive", "create", "--log-dirs", &d, "--store", &url], 1);
+            assert!(
+                stderr(&out).contains("stop the broker first"),
+                "{}",
+                stderr(&out)
+            );
+            drop(held);
+        })
+        .unwrap();
+
+    fs::remove_file(dirs[0].join(".kafka_cleanshutdown")).unwrap();
+    let out = run(&["archive", "create", "--log-dirs", &d, "--store", &url], 1);
+    assert!(
+        stderr(&out).contains("did not stop cleanly"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(names(&store).is_empty());
+    let out = run(
+        &[
+            "archive",
+            "create",
+            "--log-dirs",
+            &d,
+            "--store",
+            &url,
+            "--allow-unclean",
+            "--json",
+        ],
+        0,
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["clean_shutdown"], false);
+}
+
+#[test]
+fn log_dirs_from_server_properties() {
+    let t = scratch("ext4");
+    let dirs = small_broker(t.path(), 2);
+    let props = t.path().join("server.properties");
+    fs::write(
+        &props,
+        format!(
+            "process.roles=broker\nnode.id=2\nlog.dirs={}\n",
+            dirs.iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+    )
+    .unwrap();
+    let store = t.path().join("store");
+    fs::create_dir(&store).unwrap();
+    let out = run(
+        &[
+            "archive",
+            "create",
+            "--server-properties",
+            &props.display().to_string(),
+            "--store",
+            &store_url(&store),
+            "--json",
+        ],
+        0,
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["broker"], 2);
+}

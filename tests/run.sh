@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The project's single test command. On a fresh Debian machine (as root) it
+# installs what the tests need, prepares real filesystems on loop devices
+# (XFS with reflink for reflink capture, ext4 for copy capture), then runs
+# formatting, lints and every test of the workspace.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [[ $(id -u) -ne 0 ]]; then
+    echo "tests/run.sh needs root: it installs packages and loop-mounts test filesystems" >&2
+    exit 2
+fi
+
+# --- packages -------------------------------------------------------------
+missing=()
+command -v mkfs.xfs >/dev/null || missing+=(xfsprogs)
+command -v mkfs.ext4 >/dev/null || missing+=(e2fsprogs)
+command -v zstd >/dev/null || missing+=(zstd)
+command -v losetup >/dev/null || missing+=(mount)
+if ((${#missing[@]})); then
+    echo "installing: ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# --- filesystems ----------------------------------------------------------
+source tests/lib/filesystems.sh
+trap test_fs_teardown EXIT
+test_fs_setup
+export KSNAP_TEST_XFS KSNAP_TEST_EXT4
+
+# --- checks ---------------------------------------------------------------
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo test --workspace --locked
