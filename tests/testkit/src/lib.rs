@@ -258,95 +258,21 @@ pub fn generate(spec: &Spec) -> Result<Generated> {
     // budget before it is spread over the application partitions.
     let mut used = write_metadata_log(&ctx, &topics, &mut fsw)?;
 
-    // Partitions are placed round-robin over the log dirs, app topics first.
+    // Partitions are placed round-robin over the log dirs, application
+    // topics first, then __consumer_offsets.
     let n_dirs = spec.log_dirs.len();
-    let mut next_dir = 0usize;
-    let mut place = || {
-        let d = next_dir % n_dirs;
-        next_dir += 1;
-        d
-    };
-    let app_dirs: Vec<usize> = (0..spec.topics * spec.partitions_per_topic)
-        .map(|_| place())
-        .collect();
-
-    // __consumer_offsets: tiny, many partitions empty.
-    let offsets_budget = (spec.total_bytes / 40).min(u64::from(OFFSETS_PARTITIONS) * 128 * KIB);
-    let mut weights_rng = Rng::derive(spec.seed, "offsets-weights", 0);
-    let weights: Vec<f64> = (0..OFFSETS_PARTITIONS)
-        .map(|_| {
-            if weights_rng.chance(0.4) {
-                0.0
-            } else {
-                0.2 + weights_rng.unit()
-            }
-        })
-        .collect();
-    let weight_sum: f64 = weights.iter().sum();
-    let offsets_flavor = Flavor::OffsetCommits {
-        groups: CONSUMER_GROUPS.iter().map(|s| s.to_string()).collect(),
-        topics: topics.iter().map(|t| t.name.clone()).collect(),
-    };
-    let offsets_topic_id =
-        kafka_files::random_uuid(&mut Rng::derive(spec.seed, "topic-id", u64::MAX));
-    for (p, w) in weights.iter().enumerate() {
-        let target = if weight_sum > 0.0 {
-            (offsets_budget as f64 * w / weight_sum) as u64
-        } else {
-            0
-        };
-        let job = PartitionJob {
-            topic: OFFSETS_TOPIC.to_string(),
-            partition: p as u32,
-            topic_id: offsets_topic_id,
-            dir_name: format!("{OFFSETS_TOPIC}-{p}"),
-            log_dir: place(),
-            target_bytes: target,
-            stop_after: None,
-            start_offset: 0,
-            flavor: offsets_flavor.clone(),
-            content_seed: 1_000_000 + p as u64,
-            producers: 0,
-            time_range_ms: (DATA_START_MS, DATA_END_MS),
-            closed_at_secs: STOP_SECS - 5,
-            sparse_bytes: None,
-        };
-        let res = write_partition(&ctx, &job, &mut fsw)?;
-        used += res.log_bytes;
-        checkpoints[job.log_dir].push(DirEntry::new(&job, &res, true));
-    }
-
+    let app_partitions = spec.topics * spec.partitions_per_topic;
+    let app_dirs: Vec<usize> = (0..app_partitions).map(|i| i % n_dirs).collect();
+    used += write_consumer_offsets(
+        &ctx,
+        spec,
+        &topics,
+        app_partitions,
+        &mut checkpoints,
+        &mut fsw,
+    )?;
     if spec.with_delete_dir {
-        // A partition of a topic deleted a moment before the stop: Kafka
-        // renamed the dir and would have removed it a minute later.
-        let mut rng = Rng::derive(spec.seed, "delete-dir", 0);
-        let partition = rng.below(4) as u32;
-        let job = PartitionJob {
-            topic: "legacy_audit".to_string(),
-            partition,
-            topic_id: kafka_files::random_uuid(&mut rng),
-            dir_name: format!(
-                "legacy_audit-{partition}.{}-delete",
-                kafka_files::hex32(&mut rng)
-            ),
-            log_dir: rng.below(n_dirs as u64) as usize,
-            target_bytes: (spec.total_bytes / 100).clamp(4 * KIB, MIB),
-            stop_after: None,
-            start_offset: 0,
-            flavor: Flavor::Json {
-                kind: JsonKind::Click,
-                keyed: false,
-            },
-            content_seed: 2_000_000,
-            producers: 1,
-            time_range_ms: (
-                (STOP_SECS - 30 * 86_400) * 1000,
-                (STOP_SECS - 20 * 86_400) * 1000,
-            ),
-            closed_at_secs: STOP_SECS - 40,
-            sparse_bytes: None,
-        };
-        used += write_partition(&ctx, &job, &mut fsw)?.log_bytes;
+        used += write_delete_dir(&ctx, spec, &mut fsw)?;
     }
 
     // Spread the rest over the application partitions, unevenly.
@@ -393,6 +319,97 @@ pub fn generate(spec: &Spec) -> Result<Generated> {
         bytes: fsw.bytes,
         directory_ids,
     })
+}
+
+/// `__consumer_offsets`: tiny, compacted, many partitions empty. Returns
+/// the `.log` bytes written.
+fn write_consumer_offsets(
+    ctx: &Ctx<'_>,
+    spec: &Spec,
+    topics: &[Topic],
+    first_placement: usize,
+    checkpoints: &mut [Vec<DirEntry>],
+    fsw: &mut FsWriter,
+) -> Result<u64> {
+    let budget = (spec.total_bytes / 40).min(u64::from(OFFSETS_PARTITIONS) * 128 * KIB);
+    let mut rng = Rng::derive(spec.seed, "offsets-weights", 0);
+    let weights: Vec<f64> = (0..OFFSETS_PARTITIONS)
+        .map(|_| {
+            if rng.chance(0.4) {
+                0.0
+            } else {
+                0.2 + rng.unit()
+            }
+        })
+        .collect();
+    let weight_sum: f64 = weights.iter().sum();
+    let flavor = Flavor::OffsetCommits {
+        groups: CONSUMER_GROUPS.iter().map(|s| s.to_string()).collect(),
+        topics: topics.iter().map(|t| t.name.clone()).collect(),
+    };
+    let topic_id = kafka_files::random_uuid(&mut Rng::derive(spec.seed, "topic-id", u64::MAX));
+    let mut used = 0;
+    for (p, w) in weights.iter().enumerate() {
+        let target = if weight_sum > 0.0 {
+            (budget as f64 * w / weight_sum) as u64
+        } else {
+            0
+        };
+        let job = PartitionJob {
+            topic: OFFSETS_TOPIC.to_string(),
+            partition: p as u32,
+            topic_id,
+            dir_name: format!("{OFFSETS_TOPIC}-{p}"),
+            log_dir: (first_placement + p) % spec.log_dirs.len(),
+            target_bytes: target,
+            stop_after: None,
+            start_offset: 0,
+            flavor: flavor.clone(),
+            content_seed: 1_000_000 + p as u64,
+            producers: 0,
+            time_range_ms: (DATA_START_MS, DATA_END_MS),
+            closed_at_secs: STOP_SECS - 5,
+            sparse_bytes: None,
+        };
+        let res = write_partition(ctx, &job, fsw)?;
+        used += res.log_bytes;
+        checkpoints[job.log_dir].push(DirEntry::new(&job, &res, true));
+    }
+    Ok(used)
+}
+
+/// A partition of a topic deleted a moment before the stop: Kafka renamed
+/// the dir and would have removed it a minute later. It is in no
+/// checkpoint. Returns the `.log` bytes written.
+fn write_delete_dir(ctx: &Ctx<'_>, spec: &Spec, fsw: &mut FsWriter) -> Result<u64> {
+    let mut rng = Rng::derive(spec.seed, "delete-dir", 0);
+    let partition = rng.below(4) as u32;
+    let job = PartitionJob {
+        topic: "legacy_audit".to_string(),
+        partition,
+        topic_id: kafka_files::random_uuid(&mut rng),
+        dir_name: format!(
+            "legacy_audit-{partition}.{}-delete",
+            kafka_files::hex32(&mut rng)
+        ),
+        log_dir: rng.below(spec.log_dirs.len() as u64) as usize,
+        target_bytes: (spec.total_bytes / 100).clamp(4 * KIB, MIB),
+        stop_after: None,
+        start_offset: 0,
+        flavor: Flavor::Json {
+            kind: JsonKind::Click,
+            keyed: false,
+        },
+        content_seed: 2_000_000,
+        producers: 1,
+        time_range_ms: (
+            (STOP_SECS - 30 * 86_400) * 1000,
+            (STOP_SECS - 20 * 86_400) * 1000,
+        ),
+        closed_at_secs: STOP_SECS - 40,
+        sparse_bytes: None,
+    };
+    Ok(write_partition(ctx, &job, fsw)?.log_bytes)
 }
 
 /// Parses a size such as `512MiB`, `2GiB`, `1G`, `1.5GiB`, `64KB` or

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Archive benchmark: agent `archive create` / `archive extract` against
+# `tar | zstd -T0 | sha256sum` and `zstd -d | tar -x` on the same generated
+# Kafka-like log dirs, written to the same disk, in the same run.
+#
+#   tests/bench/run.sh [--size 2GiB] [--runs 3] [--level 3] [--fs xfs|ext4]
+#
+# Needs root (loop-mounted scratch filesystems). Prints a table and writes
+# it to target/bench/archive.md.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+size=2GiB runs=3 level=3 fs=ext4
+while (($#)); do
+    case $1 in
+        --size) size=$2; shift 2 ;;
+        --runs) runs=$2; shift 2 ;;
+        --level) level=$2; shift 2 ;;
+        --fs) fs=$2; shift 2 ;;
+        *) echo "unknown argument $1" >&2; exit 2 ;;
+    esac
+done
+
+command -v zstd >/dev/null || { apt-get update -qq && apt-get install -y -qq zstd >/dev/null; }
+command -v mkfs.xfs >/dev/null || { apt-get update -qq && apt-get install -y -qq xfsprogs >/dev/null; }
+
+cargo build --release --locked -p kafka-snapshot-agent -p kafka-snapshot-testkit
+
+export KSNAP_TEST_ROOT=${KSNAP_TEST_ROOT:-/var/tmp/kafka-snapshot-bench}
+export KSNAP_XFS_SIZE=${KSNAP_XFS_SIZE:-24G} KSNAP_EXT4_SIZE=${KSNAP_EXT4_SIZE:-24G}
+source tests/lib/filesystems.sh
+trap test_fs_teardown EXIT
+test_fs_setup
+case $fs in
+    xfs) work=$KSNAP_TEST_XFS ;;
+    ext4) work=$KSNAP_TEST_EXT4 ;;
+    *) echo "--fs must be xfs or ext4" >&2; exit 2 ;;
+esac
+
+mkdir -p target/bench
+python3 tests/bench/archive_bench.py \
+    --work "$work" --size "$size" --runs "$runs" --level "$level" \
+    --agent target/release/kafka-snapshot-agent \
+    --gen target/release/ksnap-gen-logdirs \
+    --out target/bench/archive.md
