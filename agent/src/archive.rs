@@ -14,6 +14,7 @@ use std::path::PathBuf;
 
 const BLOCK: usize = 512;
 const READ_BUF: usize = 1 << 20;
+const JOB_SIZE: u32 = 4 << 20;
 
 #[derive(Debug, Clone)]
 pub struct ArchiveOptions {
@@ -74,6 +75,10 @@ pub fn write_archive<W: Write>(
     let threads = worker_threads(opts.zstd_threads);
     if threads > 1 {
         enc.multithread(threads).map_err(zerr)?;
+        // Smaller jobs than zstd's default (4 windows, 8 MiB at level 3)
+        // keep the agent's memory bounded with little cost in ratio.
+        enc.set_parameter(zstd::stream::raw::CParameter::JobSize(JOB_SIZE))
+            .map_err(zerr)?;
     }
     let mut tar = TarWriter { w: enc };
     let mut buf = vec![0u8; READ_BUF];

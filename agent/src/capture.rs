@@ -228,7 +228,7 @@ pub fn resolve_mode(requested: CaptureMode, log_dirs: &[PathBuf]) -> Result<(Cap
 
 /// Clones every inventory entry of every log dir into `staging[i]`.
 pub fn clone_into_staging(inv: &Inventory, staging: &[PathBuf]) -> Result<()> {
-    for (i, d) in staging.iter().enumerate() {
+    for d in staging {
         if let Some(parent) = d.parent() {
             fs::DirBuilder::new()
                 .recursive(true)
@@ -236,7 +236,6 @@ pub fn clone_into_staging(inv: &Inventory, staging: &[PathBuf]) -> Result<()> {
                 .create(parent)
                 .ctx(|| format!("creating {}", parent.display()))?;
         }
-        let _ = i;
     }
     for e in &inv.entries {
         let src = inv.dirs[e.dir_index].path.join(&e.rel);

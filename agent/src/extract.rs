@@ -17,6 +17,10 @@ use std::io::{self, Read};
 use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Component, Path, PathBuf};
+use std::sync::mpsc;
+
+/// Finished files waiting to be flushed.
+const WRITEBACK_DEPTH: usize = 64;
 
 /// An archive path is `logdir-<i>` or `logdir-<i>/<relative path>` with
 /// `i` a known log dir, and nothing that could leave it: no absolute path,
@@ -127,13 +131,30 @@ pub fn extract(
         }
     }
     let mut visitor = ExtractVisitor {
+        snapshot: m.snapshot_id.clone(),
         roots: restoring.clone(),
         symlinks: HashSet::new(),
         dirs: Vec::new(),
         restore_owner: opts.restore_owner,
         buf: vec![0u8; 1 << 20],
+        writeback: None,
     };
-    let result = walk(store, snap, &m, &mut visitor).and_then(|report| {
+    let result = std::thread::scope(|scope| {
+        // Files are flushed on a thread of their own as they are finished,
+        // so the disk writes while the next files are decompressed.
+        let (tx, rx) = mpsc::sync_channel::<(PathBuf, fs::File)>(WRITEBACK_DEPTH);
+        let flusher = scope.spawn(move || -> Result<()> {
+            for (path, f) in rx {
+                f.sync_data().ctx(|| format!("fsync {}", path.display()))?;
+            }
+            Ok(())
+        });
+        visitor.writeback = Some(tx);
+        let walked = walk(store, snap, &m, &mut visitor);
+        visitor.writeback = None;
+        let flushed = flusher.join().expect("flusher thread does not panic");
+        let report = walked?;
+        flushed?;
         visitor.finish_dirs()?;
         for r in &restoring {
             sync_filesystem(r)?;
@@ -267,12 +288,15 @@ fn precheck_target(m: &Manifest, index: usize, t: &Path, opts: &ExtractOptions) 
 }
 
 struct ExtractVisitor {
+    snapshot: String,
     roots: Vec<PathBuf>,
     /// Symlinks already created: nothing is ever written through one.
     symlinks: HashSet<String>,
     dirs: Vec<(PathBuf, EntryRecord)>,
     restore_owner: bool,
     buf: Vec<u8>,
+    /// Finished files go here to be flushed.
+    writeback: Option<mpsc::SyncSender<(PathBuf, fs::File)>>,
 }
 
 impl ExtractVisitor {
@@ -285,13 +309,17 @@ impl ExtractVisitor {
             .strip_prefix("logdir-")
             .and_then(|n| n.parse().ok())
             .filter(|&i| i < self.roots.len())
-            .ok_or_else(|| Error::Usage(format!("bad archive prefix in {}", rec.path)))?;
+            .ok_or_else(|| Error::UnsafeEntry {
+                snapshot: self.snapshot.clone(),
+                path: rec.path.clone(),
+                reason: "not under a log dir prefix of this snapshot".into(),
+            })?;
         // Refuse to write below a symlink the archive created.
         let mut ancestor = rec.path.as_str();
         while let Some((head, _)) = ancestor.rsplit_once('/') {
             if self.symlinks.contains(head) {
                 return Err(Error::UnsafeEntry {
-                    snapshot: String::new(),
+                    snapshot: self.snapshot.clone(),
                     path: rec.path.clone(),
                     reason: format!("would be written through the symlink {head}"),
                 });
@@ -316,7 +344,7 @@ impl ExtractVisitor {
         let mut off = 0u64;
         loop {
             let n = read_full(data, &mut self.buf).map_err(|e| Error::ArchiveCorrupt {
-                snapshot: String::new(),
+                snapshot: self.snapshot.clone(),
                 message: format!("reading {}: {e}", rec.path),
             })?;
             if n == 0 {
@@ -324,7 +352,7 @@ impl ExtractVisitor {
             }
             // All-zero blocks become holes: sparse files stay sparse.
             for chunk in self.buf[..n].chunks(64 * 1024) {
-                if chunk.iter().any(|&b| b != 0) {
+                if !is_zero(chunk) {
                     f.write_all_at(chunk, off)
                         .ctx(|| format!("writing {}", dest.display()))?;
                 }
@@ -333,7 +361,12 @@ impl ExtractVisitor {
         }
         f.set_len(off)
             .ctx(|| format!("sizing {}", dest.display()))?;
-        self.apply_metadata_fd(&f, dest, rec)
+        self.apply_metadata_fd(&f, dest, rec)?;
+        if let Some(tx) = &self.writeback {
+            // A closed channel means the flusher failed; it reports why.
+            let _ = tx.send((dest.to_path_buf(), f));
+        }
+        Ok(())
     }
 
     fn apply_metadata_fd(&self, f: &fs::File, dest: &Path, rec: &EntryRecord) -> Result<()> {
@@ -343,7 +376,7 @@ impl ExtractVisitor {
         }
         f.set_permissions(fs::Permissions::from_mode(rec.mode))
             .ctx(|| format!("chmod {}", dest.display()))?;
-        set_times(f.as_raw_fd(), None, rec.mtime_ns)
+        set_times(f.as_raw_fd(), rec.mtime_ns)
             .ctx(|| format!("setting mtime of {}", dest.display()))
     }
 
@@ -387,6 +420,15 @@ impl Visitor for ExtractVisitor {
     }
 }
 
+/// Whether a block is all zeros; folds whole words so it vectorises.
+fn is_zero(block: &[u8]) -> bool {
+    let mut words = block.chunks_exact(8);
+    let acc = words.by_ref().fold(0u64, |acc, w| {
+        acc | u64::from_ne_bytes(w.try_into().expect("8 bytes"))
+    });
+    acc == 0 && words.remainder().iter().all(|&b| b == 0)
+}
+
 fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
@@ -400,7 +442,7 @@ fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(n)
 }
 
-fn set_times(fd: i32, _path: Option<&Path>, mtime_ns: i64) -> io::Result<()> {
+fn set_times(fd: i32, mtime_ns: i64) -> io::Result<()> {
     let ts = libc::timespec {
         tv_sec: mtime_ns.div_euclid(1_000_000_000) as libc::time_t,
         tv_nsec: mtime_ns.rem_euclid(1_000_000_000) as libc::c_long,

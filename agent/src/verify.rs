@@ -12,6 +12,7 @@ use crate::manifest::{EntryRecord, EntryType, Manifest};
 use crate::storage::ColdStore;
 use std::io::{self, Read};
 use std::path::Path;
+use std::sync::mpsc;
 
 /// Receives every entry's data while the archive is read.
 pub trait Visitor {
@@ -70,10 +71,135 @@ pub fn walk(
         }
         Some(_) => {}
     }
-    let raw = HashingReader::new(store.open(&key)?);
-    let decoder =
-        zstd::stream::read::Decoder::new(raw).map_err(|e| corrupt(format!("zstd: {e}")))?;
-    let mut archive = tar::Archive::new(decoder);
+    let source = store.open(&key)?;
+    // Decompression (and the archive hash) run on a thread of their own so
+    // they overlap with hashing and writing the files on this one.
+    std::thread::scope(|scope| {
+        let (tx, rx) = mpsc::sync_channel::<io::Result<Vec<u8>>>(PIPELINE_DEPTH);
+        let decoder = scope.spawn(move || decode(source, tx));
+        let result = check_entries(snap, m, visitor, ChunkReader::new(rx));
+        // Dropping the receiver (inside check_entries) stops the decoder
+        // early when the entries failed.
+        let raw = decoder.join().expect("decoder thread does not panic");
+        let report = result?;
+        let (size, sha) = raw.map_err(|e| corrupt(format!("reading archive: {e}")))?;
+        if size != m.archive.size || sha != m.archive.sha256 {
+            return Err(corrupt(format!(
+                "archive checksum mismatch: {size} bytes with SHA-256 {sha}, manifest says {} bytes with {}",
+                m.archive.size, m.archive.sha256
+            )));
+        }
+        Ok(Report {
+            archive_size: size,
+            archive_sha256: sha,
+            ..report
+        })
+    })
+}
+
+const PIPELINE_DEPTH: usize = 4;
+const CHUNK: usize = 1 << 20;
+
+/// Reads the compressed archive, hashing every byte of it, and sends the
+/// decompressed stream in chunks. Returns the archive's size and SHA-256.
+fn decode(
+    source: Box<dyn Read + Send>,
+    tx: mpsc::SyncSender<io::Result<Vec<u8>>>,
+) -> io::Result<(u64, String)> {
+    let mut raw = HashingReader::new(source);
+    let mut decoder = zstd::stream::read::Decoder::new(&mut raw)?;
+    loop {
+        let mut chunk = vec![0u8; CHUNK];
+        let mut n = 0;
+        while n < CHUNK {
+            match decoder.read(&mut chunk[n..]) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let msg = e.to_string();
+                    let _ = tx.send(Err(e));
+                    return Err(io::Error::other(msg));
+                }
+            }
+        }
+        if n == 0 {
+            break;
+        }
+        chunk.truncate(n);
+        if tx.send(Ok(chunk)).is_err() {
+            // The reader gave up; its error is the one to report.
+            return Err(io::Error::other("archive reading stopped early"));
+        }
+    }
+    drop(tx);
+    drop(decoder);
+    // Whatever follows the zstd frame is part of the archive's hash too.
+    io::copy(&mut raw, &mut io::sink())?;
+    let (_, size, sha) = raw.finish();
+    Ok((size, sha))
+}
+
+/// `Read` over the chunks the decoder thread sends.
+struct ChunkReader {
+    rx: mpsc::Receiver<io::Result<Vec<u8>>>,
+    chunk: Vec<u8>,
+    pos: usize,
+    done: bool,
+}
+
+impl ChunkReader {
+    fn new(rx: mpsc::Receiver<io::Result<Vec<u8>>>) -> Self {
+        ChunkReader {
+            rx,
+            chunk: Vec::new(),
+            pos: 0,
+            done: false,
+        }
+    }
+}
+
+impl Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.chunk.len() {
+            if self.done {
+                return Ok(0);
+            }
+            match self.rx.recv() {
+                Ok(Ok(c)) => {
+                    self.chunk = c;
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => {
+                    self.done = true;
+                    return Err(e);
+                }
+                Err(_) => {
+                    self.done = true;
+                    return Ok(0);
+                }
+            }
+        }
+        let n = buf.len().min(self.chunk.len() - self.pos);
+        buf[..n].copy_from_slice(&self.chunk[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// Checks the decompressed tar stream entry by entry against the manifest.
+fn check_entries(
+    snap: &SnapshotRef,
+    m: &Manifest,
+    visitor: &mut dyn Visitor,
+    stream: ChunkReader,
+) -> Result<Report> {
+    let id = &snap.snapshot_id;
+    let corrupt = |message: String| Error::ArchiveCorrupt {
+        snapshot: id.clone(),
+        message,
+    };
+    let mut archive = tar::Archive::new(stream);
     let mut expected = m.entries.iter();
     let mut files = 0u64;
     let mut bytes = 0u64;
@@ -198,12 +324,11 @@ pub fn walk(
             rec.path
         )));
     }
-    // Past the end-of-archive marker only zero padding may follow; then the
-    // rest of the compressed stream is hashed so the archive hash covers it.
-    let mut decoder = archive.into_inner();
+    // Past the end-of-archive marker only zero padding may follow.
+    let mut rest = archive.into_inner();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        let n = decoder
+        let n = rest
             .read(&mut buf)
             .map_err(|e| corrupt(format!("archive unreadable after its last entry: {e}")))?;
         if n == 0 {
@@ -215,21 +340,12 @@ pub fn walk(
             ));
         }
     }
-    let mut raw = decoder.finish().into_inner();
-    io::copy(&mut raw, &mut io::sink()).map_err(|e| corrupt(format!("reading archive: {e}")))?;
-    let (_, size, sha) = raw.finish();
-    if size != m.archive.size || sha != m.archive.sha256 {
-        return Err(corrupt(format!(
-            "archive checksum mismatch: {size} bytes with SHA-256 {sha}, manifest says {} bytes with {}",
-            m.archive.size, m.archive.sha256
-        )));
-    }
     Ok(Report {
         snapshot_id: id.clone(),
         files,
         bytes,
-        archive_size: size,
-        archive_sha256: sha,
+        archive_size: 0,
+        archive_sha256: String::new(),
     })
 }
 

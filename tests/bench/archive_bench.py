@@ -66,7 +66,7 @@ def main():
     agent_env = dict(os.environ, KAFKA_SNAPSHOT_LOG="warn")
 
     create_base, create_agent, rss_create = [], [], []
-    extract_base, extract_agent, rss_extract = [], [], []
+    extract_base, extract_base_sync, extract_agent, rss_extract = [], [], [], []
     snapshot_id = None
     for i in range(a.runs):
         # Archive: both read the same (cold) dirs and write to the same disk.
@@ -96,6 +96,13 @@ def main():
         drop_caches()
         t, _, _ = run(f"zstd -q -d -c {baseline_archive} | tar -x -C {target}-base", shell=True)
         extract_base.append(t)
+        shutil.rmtree(target + "-base")
+        os.makedirs(target + "-base")
+        drop_caches()
+        # The same, made durable as the agent's restore is before it renames
+        # the restored dir into place.
+        t, _, _ = run(f"zstd -q -d -c {baseline_archive} | tar -x -C {target}-base && sync -f {target}-base", shell=True)
+        extract_base_sync.append(t)
         drop_caches()
         t, rss, _ = run(
             [a.agent, "archive", "extract", "--store", f"file://{store}", "--snapshot", snapshot_id,
@@ -109,6 +116,7 @@ def main():
     med = statistics.median
     mib = nbytes / (1 << 20)
     cb, ca, eb, ea = med(create_base), med(create_agent), med(extract_base), med(extract_agent)
+    es = med(extract_base_sync)
     with open(f"/proc/cpuinfo") as f:
         cpus = sum(1 for line in f if line.startswith("processor"))
     mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / (1 << 30)
@@ -122,9 +130,11 @@ def main():
         f"{cb / ca:.2f} | {max(rss_create) / 1024:.1f} MiB |",
         f"| extract + verify | `zstd -d | tar -x` | {mib / eb:.0f} | {mib / ea:.0f} | {eb / ea:.2f} | "
         f"{max(rss_extract) / 1024:.1f} MiB |",
+        f"| extract + verify | `zstd -d | tar -x && sync -f` (durable, as the agent) | {mib / es:.0f} | {mib / ea:.0f} | "
+        f"{es / ea:.2f} | {max(rss_extract) / 1024:.1f} MiB |",
         "",
         f"raw seconds: create baseline {create_base}, agent {create_agent}; "
-        f"extract baseline {extract_base}, agent {extract_agent}",
+        f"extract baseline {extract_base}, baseline+sync {extract_base_sync}, agent {extract_agent}",
     ]
     text = "\n".join(lines) + "\n"
     print(text)
