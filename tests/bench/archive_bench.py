@@ -126,11 +126,11 @@ def main():
         "",
         "| operation | baseline | baseline MiB/s | agent MiB/s | ratio (agent/baseline) | agent peak RSS |",
         "|---|---|---:|---:|---:|---:|",
-        f"| create | `tar -cf - | zstd -T0 -{a.level} | tee | sha256sum` | {mib / cb:.0f} | {mib / ca:.0f} | "
+        f"| create | `tar -cf - \\| zstd -T0 -{a.level} \\| tee \\| sha256sum` | {mib / cb:.0f} | {mib / ca:.0f} | "
         f"{cb / ca:.2f} | {max(rss_create) / 1024:.1f} MiB |",
-        f"| extract + verify | `zstd -d | tar -x` | {mib / eb:.0f} | {mib / ea:.0f} | {eb / ea:.2f} | "
+        f"| extract + verify | `zstd -d \\| tar -x` | {mib / eb:.0f} | {mib / ea:.0f} | {eb / ea:.2f} | "
         f"{max(rss_extract) / 1024:.1f} MiB |",
-        f"| extract + verify | `zstd -d | tar -x && sync -f` (durable, as the agent) | {mib / es:.0f} | {mib / ea:.0f} | "
+        f"| extract + verify | `zstd -d \\| tar -x && sync -f` (durable, as the agent) | {mib / es:.0f} | {mib / ea:.0f} | "
         f"{es / ea:.2f} | {max(rss_extract) / 1024:.1f} MiB |",
         "",
         f"raw seconds: create baseline {create_base}, agent {create_agent}; "

@@ -8,8 +8,9 @@ use std::path::PathBuf;
 
 fn big_spec(dirs: Vec<PathBuf>) -> Spec {
     let mut spec = Spec::small(CLUSTER, 1, dirs);
-    spec.topics = 6;
-    spec.partitions_per_topic = 8;
+    // Thousands of small files: 240 x 5 partition dirs of 4+ files each.
+    spec.topics = 240;
+    spec.partitions_per_topic = 5;
     spec.total_bytes = 48 << 20;
     spec.segment_bytes = 4 << 20;
     // One file over 1 GiB, sparse on disk.
