@@ -89,6 +89,29 @@ pub struct Totals {
     pub bytes: u64,
 }
 
+impl Totals {
+    /// Counts files, dirs, symlinks and file bytes of `entries`.
+    pub fn of(entries: &[EntryRecord]) -> Totals {
+        let mut t = Totals {
+            files: 0,
+            dirs: 0,
+            symlinks: 0,
+            bytes: 0,
+        };
+        for e in entries {
+            match e.kind {
+                EntryType::File => {
+                    t.files += 1;
+                    t.bytes += e.size;
+                }
+                EntryType::Dir => t.dirs += 1,
+                EntryType::Symlink => t.symlinks += 1,
+            }
+        }
+        t
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EntryType {
@@ -193,27 +216,14 @@ impl Manifest {
                 return Err(format!("log dir {i} has prefix {:?}", d.archive_prefix));
             }
         }
-        let mut totals = Totals {
-            files: 0,
-            dirs: 0,
-            symlinks: 0,
-            bytes: 0,
-        };
         for e in &self.entries {
-            match e.kind {
-                EntryType::File => {
-                    totals.files += 1;
-                    totals.bytes += e.size;
-                    if e.sha256.as_deref().map(|h| h.len()) != Some(64) {
-                        return Err(format!("file {} has no valid sha256", e.path));
-                    }
-                }
-                EntryType::Dir => totals.dirs += 1,
-                EntryType::Symlink => totals.symlinks += 1,
+            if e.kind == EntryType::File && e.sha256.as_deref().map(|h| h.len()) != Some(64) {
+                return Err(format!("file {} has no valid sha256", e.path));
             }
             crate::extract::check_entry_path(&e.path, self.log_dirs.len())
                 .map_err(|r| format!("entry {:?}: {r}", e.path))?;
         }
+        let totals = Totals::of(&self.entries);
         if totals != self.totals {
             return Err(format!(
                 "totals {:?} do not match its entries {:?}",

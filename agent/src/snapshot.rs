@@ -7,8 +7,8 @@ use crate::catalog::SnapshotRef;
 use crate::error::{Error, Result};
 use crate::logdir::{self, Inventory};
 use crate::manifest::{
-    archive_prefix, ArchiveRecord, CaptureRecord, EntryType, LogDirRecord, Manifest, Timestamps,
-    Totals, ARCHIVE_FILE, FORMAT_VERSION,
+    archive_prefix, ArchiveRecord, CaptureRecord, LogDirRecord, Manifest, Timestamps, Totals,
+    ARCHIVE_FILE, FORMAT_VERSION,
 };
 use crate::storage::ColdStore;
 use chrono::{DateTime, Utc};
@@ -182,22 +182,7 @@ impl Captured {
             ));
         }
         let archive_finished = Utc::now();
-        let mut totals = Totals {
-            files: 0,
-            dirs: 0,
-            symlinks: 0,
-            bytes: 0,
-        };
-        for e in &written.entries {
-            match e.kind {
-                EntryType::File => {
-                    totals.files += 1;
-                    totals.bytes += e.size;
-                }
-                EntryType::Dir => totals.dirs += 1,
-                EntryType::Symlink => totals.symlinks += 1,
-            }
-        }
+        let totals = Totals::of(&written.entries);
         let downtime = match (times.stopped, times.restarted) {
             (Some(a), Some(b)) => Some((b - a).num_milliseconds().max(0) as u64),
             _ => None,

@@ -72,13 +72,8 @@ fn usage_errors_exit_2() {
 fn crash_between_archive_and_manifest_leaves_nothing_complete() {
     let t = scratch("xfs");
     let dirs = small_broker(t.path(), 7);
-    let store = t.path().join("store");
-    fs::create_dir(&store).unwrap();
-    let d = dirs
-        .iter()
-        .map(|d| d.display().to_string())
-        .collect::<Vec<_>>()
-        .join(",");
+    let store = new_store(t.path());
+    let d = dirs_arg(&dirs);
     let url = store_url(&store);
 
     for point in ["before-manifest", "before-archive-finish"] {
@@ -147,8 +142,7 @@ fn crash_between_archive_and_manifest_leaves_nothing_complete() {
 #[test]
 fn list_filters_by_broker() {
     let t = scratch("ext4");
-    let store = t.path().join("store");
-    fs::create_dir(&store).unwrap();
+    let store = new_store(t.path());
     for node in [1, 2] {
         let dirs = small_broker(&t.path().join(format!("b{node}")), node);
         create(&dirs, &store, "copy");

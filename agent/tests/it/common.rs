@@ -70,12 +70,8 @@ pub fn stderr(o: &Output) -> String {
 
 /// `archive create` of `dirs` into `store`; returns the snapshot id.
 pub fn create(dirs: &[PathBuf], store: &Path, capture: &str) -> serde_json::Value {
-    let dirs = dirs
-        .iter()
-        .map(|d| d.display().to_string())
-        .collect::<Vec<_>>()
-        .join(",");
-    let store = format!("file://{}", store.display());
+    let dirs = dirs_arg(dirs);
+    let store = store_url(store);
     let out = run(
         &[
             "archive",
@@ -91,6 +87,21 @@ pub fn create(dirs: &[PathBuf], store: &Path, capture: &str) -> serde_json::Valu
         0,
     );
     serde_json::from_slice(&out.stdout).expect("create --json output")
+}
+
+/// An empty file store under `root`.
+pub fn new_store(root: &Path) -> PathBuf {
+    let store = root.join("store");
+    fs::create_dir(&store).unwrap();
+    store
+}
+
+/// `--log-dirs` argument for `dirs`.
+pub fn dirs_arg(dirs: &[PathBuf]) -> String {
+    dirs.iter()
+        .map(|d| d.display().to_string())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 pub fn store_url(store: &Path) -> String {

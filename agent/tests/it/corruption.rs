@@ -17,8 +17,7 @@ struct Fixture {
 fn fixture() -> Fixture {
     let t = scratch("ext4");
     let dirs = small_broker(t.path(), 5);
-    let store = t.path().join("store");
-    fs::create_dir(&store).unwrap();
+    let store = new_store(t.path());
     let created = create(&dirs[..1], &store, "copy");
     let id = created["snapshot_id"].as_str().unwrap().to_string();
     let snap = snapshot_dir(&store, 5, &id);

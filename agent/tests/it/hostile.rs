@@ -81,22 +81,7 @@ fn plant(store: &Path, tar: &[u8], records: Vec<EntryRecord>) {
     let dir = snapshot_dir(store, NODE, ID);
     fs::create_dir_all(&dir).unwrap();
     fs::write(dir.join("archive.tar.zst"), &archive).unwrap();
-    let mut totals = Totals {
-        files: 0,
-        dirs: 0,
-        symlinks: 0,
-        bytes: 0,
-    };
-    for r in &records {
-        match r.kind {
-            EntryType::File => {
-                totals.files += 1;
-                totals.bytes += r.size;
-            }
-            EntryType::Dir => totals.dirs += 1,
-            EntryType::Symlink => totals.symlinks += 1,
-        }
-    }
+    let totals = Totals::of(&records);
     let now = chrono::Utc::now();
     let mut m = Manifest {
         format_version: FORMAT_VERSION,

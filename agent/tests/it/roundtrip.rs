@@ -27,8 +27,7 @@ fn reflink_round_trip_on_xfs_is_byte_identical() {
         t.path().join("data/disk2/kafka-logs"),
     ];
     generate_spec(&big_spec(dirs.clone()));
-    let store = t.path().join("store");
-    fs::create_dir(&store).unwrap();
+    let store = new_store(t.path());
 
     let created = create(&dirs, &store, "auto");
     assert_eq!(
@@ -93,8 +92,7 @@ fn reflink_round_trip_on_xfs_is_byte_identical() {
 fn copy_round_trip_on_ext4_and_auto_falls_back_to_copy() {
     let t = scratch("ext4");
     let dirs = small_broker(t.path(), 3);
-    let store = t.path().join("store");
-    fs::create_dir(&store).unwrap();
+    let store = new_store(t.path());
     let created = create(&dirs, &store, "auto");
     assert_eq!(
         created["capture"], "copy",
@@ -142,13 +140,8 @@ fn copy_round_trip_on_ext4_and_auto_falls_back_to_copy() {
 fn forced_reflink_on_ext4_fails_with_reason() {
     let t = scratch("ext4");
     let dirs = small_broker(t.path(), 3);
-    let store = t.path().join("store");
-    fs::create_dir(&store).unwrap();
-    let d = dirs
-        .iter()
-        .map(|d| d.display().to_string())
-        .collect::<Vec<_>>()
-        .join(",");
+    let store = new_store(t.path());
+    let d = dirs_arg(&dirs);
     let out = run(
         &[
             "archive",
@@ -170,8 +163,7 @@ fn forced_reflink_on_ext4_fails_with_reason() {
 fn copy_capture_on_xfs_when_asked() {
     let t = scratch("xfs");
     let dirs = small_broker(t.path(), 4);
-    let store = t.path().join("store");
-    fs::create_dir(&store).unwrap();
+    let store = new_store(t.path());
     let created = create(&dirs, &store, "copy");
     assert_eq!(created["capture"], "copy");
 }
@@ -181,13 +173,8 @@ fn future_dir_refuses_capture() {
     let t = scratch("ext4");
     let dirs = small_broker(t.path(), 1);
     fs::create_dir(dirs[1].join("orders-3.0123456789abcdef0123456789abcdef-future")).unwrap();
-    let store = t.path().join("store");
-    fs::create_dir(&store).unwrap();
-    let d = dirs
-        .iter()
-        .map(|d| d.display().to_string())
-        .collect::<Vec<_>>()
-        .join(",");
+    let store = new_store(t.path());
+    let d = dirs_arg(&dirs);
     let out = run(
         &[
             "archive",
@@ -210,13 +197,8 @@ fn future_dir_refuses_capture() {
 fn running_broker_and_unclean_stop_are_refused() {
     let t = scratch("ext4");
     let dirs = small_broker(t.path(), 1);
-    let store = t.path().join("store");
-    fs::create_dir(&store).unwrap();
-    let d = dirs
-        .iter()
-        .map(|d| d.display().to_string())
-        .collect::<Vec<_>>()
-        .join(",");
+    let store = new_store(t.path());
+    let d = dirs_arg(&dirs);
     let url = store_url(&store);
 
     // A "broker" holding the .lock of the second dir, as Kafka does.
@@ -274,8 +256,7 @@ fn log_dirs_from_server_properties() {
         ),
     )
     .unwrap();
-    let store = t.path().join("store");
-    fs::create_dir(&store).unwrap();
+    let store = new_store(t.path());
     let out = run(
         &[
             "archive",
