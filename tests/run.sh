@@ -2,7 +2,9 @@
 # The project's single test command. On a fresh Debian machine (as root) it
 # installs what the tests need, prepares real filesystems on loop devices
 # (XFS with reflink for reflink capture, ext4 for copy capture), then runs
-# formatting, lints and every test of the workspace.
+# formatting, lints and every test of the workspace. It also starts a real
+# S3-compatible server (Garage, built once into a cache dir) for the s3://
+# backend's tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +19,10 @@ command -v mkfs.xfs >/dev/null || missing+=(xfsprogs)
 command -v mkfs.ext4 >/dev/null || missing+=(e2fsprogs)
 command -v zstd >/dev/null || missing+=(zstd)
 command -v losetup >/dev/null || missing+=(mount)
+# Building Garage (once) needs a C toolchain and make (bundled libsodium).
+command -v cc >/dev/null || missing+=(gcc)
+command -v make >/dev/null || missing+=(make)
+command -v python3 >/dev/null || missing+=(python3)
 if ((${#missing[@]})); then
     echo "installing: ${missing[*]}"
     apt-get update -qq
@@ -25,9 +31,13 @@ fi
 
 # --- filesystems ----------------------------------------------------------
 source tests/lib/filesystems.sh
-trap test_fs_teardown EXIT
+source tests/lib/garage.sh
+trap 'garage_teardown; test_fs_teardown' EXIT
 test_fs_setup
 export KSNAP_TEST_XFS KSNAP_TEST_EXT4
+
+# --- S3-compatible server ---------------------------------------------------
+garage_setup
 
 # --- checks ---------------------------------------------------------------
 cargo fmt --all --check

@@ -11,6 +11,8 @@ use std::fs;
 use std::io::{self, Read, Write};
 use std::os::unix::io::AsRawFd;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 const BLOCK: usize = 512;
 const READ_BUF: usize = 1 << 20;
@@ -22,6 +24,9 @@ pub struct ArchiveOptions {
     pub zstd_level: i32,
     /// zstd worker threads; 0 means one per CPU.
     pub zstd_threads: u32,
+    /// Set by the agent when it must stop (the broker must start again):
+    /// the archive stops between chunks with an error.
+    pub cancel: Option<Arc<AtomicBool>>,
 }
 
 impl Default for ArchiveOptions {
@@ -29,6 +34,7 @@ impl Default for ArchiveOptions {
         ArchiveOptions {
             zstd_level: 3,
             zstd_threads: 0,
+            cancel: None,
         }
     }
 }
@@ -98,7 +104,13 @@ pub fn write_archive<W: Write>(
             EntryKind::File => {
                 let src = content_roots[e.dir_index].join(&e.rel);
                 tar.header(&path, e, tar::EntryType::Regular, e.size, None)?;
-                let sha = tar.file_data(&src, e, &inv.dirs[e.dir_index].path, &mut buf)?;
+                let sha = tar.file_data(
+                    &src,
+                    e,
+                    &inv.dirs[e.dir_index].path,
+                    &mut buf,
+                    opts.cancel.as_deref(),
+                )?;
                 (EntryType::File, None, Some(sha))
             }
         };
@@ -202,12 +214,18 @@ impl<W: Write> TarWriter<W> {
         e: &Entry,
         log_dir: &std::path::Path,
         buf: &mut [u8],
+        cancel: Option<&AtomicBool>,
     ) -> Result<String> {
         let mut f = fs::File::open(src).ctx(|| format!("opening {}", src.display()))?;
         advise(&f, libc::POSIX_FADV_SEQUENTIAL);
         let mut hasher = Sha256::new();
         let mut left = e.size;
         while left > 0 {
+            if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+                return Err(Error::Usage(
+                    "archiving cancelled: the agent is shutting down".into(),
+                ));
+            }
             let want = buf.len().min(left as usize);
             let n =
                 read_some(&mut f, &mut buf[..want]).ctx(|| format!("reading {}", src.display()))?;

@@ -188,8 +188,10 @@ pub fn load_manifest(store: &dyn ColdStore, snap: &SnapshotRef) -> Result<Manife
 }
 
 /// Deletes what interrupted runs left for one broker: snapshots with no
-/// manifest, other than `keep`. Only the agent of that broker writes there,
-/// and it holds its staging lock while it does, so none of them is in use.
+/// manifest, and uploads never completed (S3 multipart uploads, invisible
+/// but billed), other than those of `keep`. Only the agent of that broker
+/// writes there, and it holds its staging lock while it does, so none of
+/// them is in use. Returns how many snapshots and uploads were removed.
 pub fn remove_incomplete(
     store: &dyn ColdStore,
     cluster: &str,
@@ -206,7 +208,55 @@ pub fn remove_incomplete(
             removed += 1;
         }
     }
+    let keep_prefix = format!("{cluster}/broker-{broker}/{keep}/");
+    for u in store.pending_uploads(&format!("{cluster}/broker-{broker}/"))? {
+        if !u.key.starts_with(&keep_prefix) {
+            tracing::warn!(key = %u.key, initiated = %u.initiated,
+                "aborting an upload left by an interrupted snapshot");
+            store.abort_upload(&u)?;
+            removed += 1;
+        }
+    }
     Ok(removed)
+}
+
+/// Deletes one snapshot, manifest first: a snapshot whose deletion is
+/// interrupted is left incomplete, never complete with a missing archive.
+pub fn delete_snapshot(store: &dyn ColdStore, listed: &Listed) -> Result<()> {
+    let manifest = listed.snap.manifest_key();
+    if listed.objects.iter().any(|o| o.key == manifest) {
+        store.delete(&manifest)?;
+    }
+    for o in listed.objects.iter().filter(|o| o.key != manifest) {
+        store.delete(&o.key)?;
+    }
+    tracing::info!(snapshot = %listed.snap.snapshot_id, broker = listed.snap.broker,
+        objects = listed.objects.len(), "snapshot deleted");
+    Ok(())
+}
+
+/// Retention for one broker: keeps the newest `keep_last` complete
+/// snapshots and deletes the complete ones older than those. Incomplete
+/// and damaged snapshots are left alone (the next snapshot run removes
+/// incomplete ones; damaged ones need a person). Returns what was deleted.
+pub fn prune(
+    store: &dyn ColdStore,
+    cluster: &str,
+    broker: i32,
+    keep_last: usize,
+) -> Result<Vec<SnapshotRef>> {
+    let complete: Vec<Listed> = list(store, Some(cluster), Some(broker))?
+        .into_iter()
+        .filter(|l| matches!(l.status, Status::Complete(_)))
+        .collect();
+    let excess = complete.len().saturating_sub(keep_last);
+    let mut deleted = Vec::new();
+    // `list` is oldest first.
+    for l in &complete[..excess] {
+        delete_snapshot(store, l)?;
+        deleted.push(l.snap.clone());
+    }
+    Ok(deleted)
 }
 
 /// One line per snapshot, for `archive list` and `catalog list`.

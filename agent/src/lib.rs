@@ -14,12 +14,15 @@
 //! restores it without ever deleting what was at the target.
 
 pub mod archive;
+pub mod broker;
 pub mod capture;
 pub mod catalog;
 pub mod config;
+pub mod cycle;
 pub mod error;
 pub mod extract;
 pub mod hashing;
+pub mod kafka;
 pub mod logdir;
 pub mod manifest;
 pub mod props;

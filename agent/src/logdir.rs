@@ -113,7 +113,7 @@ fn push_unique(dirs: &mut Vec<PathBuf>, d: PathBuf) {
 }
 
 /// Checks that no process holds the Kafka `.lock` of `dir` by taking it
-/// ourselves (non-blocking, exclusive). The returned guard keeps it: a broker
+/// ourselves (non-blocking, exclusive, the same kind of lock Kafka takes). The returned guard keeps it: a broker
 /// cannot start on the dir while we read it.
 pub fn lock_log_dir(dir: &Path) -> Result<Option<fs::File>> {
     let path = dir.join(LOCK_FILE);
@@ -122,11 +122,20 @@ pub fn lock_log_dir(dir: &Path) -> Result<Option<fs::File>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::io(format!("opening {}", path.display()), e)),
     };
-    // SAFETY: flock on a valid, owned fd.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    // Kafka locks `.lock` through the JVM (FileChannel.tryLock), which on
+    // Linux is a POSIX record lock (fcntl F_SETLK) on the whole file; flock(2)
+    // would not see it. An open-file-description lock conflicts with POSIX
+    // record locks of any process, and is held for as long as `file` is open.
+    // SAFETY: an all-zero flock is valid; fcntl on a valid, owned fd.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::F_WRLCK as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_start = 0;
+    fl.l_len = 0;
+    let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &fl) };
     if rc != 0 {
         let e = std::io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        if matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EACCES)) {
             return Err(Error::BrokerRunning {
                 path: dir.to_path_buf(),
             });
@@ -134,6 +143,21 @@ pub fn lock_log_dir(dir: &Path) -> Result<Option<fs::File>> {
         return Err(Error::io(format!("locking {}", path.display()), e));
     }
     Ok(Some(file))
+}
+
+/// `*-future` dirs (intra-broker replica moves in flight) in the log dirs.
+pub fn future_dirs(paths: &[PathBuf]) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for d in paths {
+        for ent in fs::read_dir(d).ctx(|| format!("listing {}", d.display()))? {
+            let ent = ent.ctx(|| format!("listing {}", d.display()))?;
+            if ent.file_name().to_string_lossy().ends_with("-future") {
+                out.push(ent.path().display().to_string());
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
 }
 
 /// What kind of filesystem object an inventory entry is.

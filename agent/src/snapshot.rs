@@ -165,7 +165,11 @@ impl Captured {
         tracing::info!(snapshot = %snap.snapshot_id, broker = snap.broker, key = %archive_key,
             files = self.inventory.entries.len(), bytes = self.inventory.total_bytes(), "archiving");
         crate::catalog::remove_incomplete(store, &snap.cluster_id, snap.broker, &snap.snapshot_id)?;
-        let writer = store.create(&archive_key)?;
+        // Even incompressible data grows by no more than tar headers and
+        // zstd framing: lets the store size its upload parts.
+        let data = self.inventory.total_bytes();
+        let hint = data + data / 100 + 1024 * self.inventory.entries.len() as u64 + (1 << 20);
+        let writer = store.create_sized(&archive_key, hint)?;
         let (writer, written) = write_archive(&self.inventory, &self.content_roots, opts, writer)?;
         crate::failpoint("before-archive-finish");
         let stored = writer.finish()?;

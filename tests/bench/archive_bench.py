@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """Times the agent's archive create/extract against shell baselines on the
-same data, alternating runs, and reports medians, ratios and peak RSS."""
+same data, alternating runs, and reports medians, ratios and peak RSS. With
+--s3-url it also times create/extract through an S3 server (credentials and
+endpoint from the AWS_* environment variables)."""
 
 import argparse
 import os
@@ -48,6 +50,7 @@ def main():
     ap.add_argument("--agent", required=True)
     ap.add_argument("--gen", required=True)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--s3-url", help="also time create/extract through this s3:// store")
     a = ap.parse_args()
 
     data = os.path.join(a.work, "data", "kafka-logs")
@@ -67,6 +70,7 @@ def main():
 
     create_base, create_agent, rss_create = [], [], []
     extract_base, extract_base_sync, extract_agent, rss_extract = [], [], [], []
+    create_s3, rss_create_s3, extract_s3, rss_extract_s3, archive_bytes = [], [], [], [], []
     snapshot_id = None
     for i in range(a.runs):
         # Archive: both read the same (cold) dirs and write to the same disk.
@@ -86,7 +90,9 @@ def main():
         )
         create_agent.append(t)
         rss_create.append(rss)
-        snapshot_id = json.loads(out)["snapshot_id"]
+        created = json.loads(out)
+        snapshot_id = created["snapshot_id"]
+        archive_bytes.append(created["archive_bytes"])
 
         # Extract: the baseline neither verifies nor syncs; the agent does both.
         target = os.path.join(out_dir, "restore")
@@ -113,6 +119,26 @@ def main():
         shutil.rmtree(target, ignore_errors=True)
         shutil.rmtree(target + "-base", ignore_errors=True)
 
+        if a.s3_url:
+            # The same through the S3 server: upload, then download + verify.
+            url = f"{a.s3_url}/run{i}"
+            drop_caches()
+            t, rss, out = run(
+                [a.agent, "archive", "create", "--log-dirs", data, "--store", url,
+                 "--capture", "copy", "--zstd-level", str(a.level), "--json"]
+            )
+            create_s3.append(t)
+            rss_create_s3.append(rss)
+            s3_id = json.loads(out)["snapshot_id"]
+            drop_caches()
+            t, rss, _ = run(
+                [a.agent, "archive", "extract", "--store", url, "--snapshot", s3_id,
+                 "--into", target, "--no-owner"]
+            )
+            extract_s3.append(t)
+            rss_extract_s3.append(rss)
+            shutil.rmtree(target, ignore_errors=True)
+
     med = statistics.median
     mib = nbytes / (1 << 20)
     cb, ca, eb, ea = med(create_base), med(create_agent), med(extract_base), med(extract_agent)
@@ -136,6 +162,23 @@ def main():
         f"raw seconds: create baseline {create_base}, agent {create_agent}; "
         f"extract baseline {extract_base}, baseline+sync {extract_base_sync}, agent {extract_agent}",
     ]
+    if a.s3_url:
+        cs, xs = med(create_s3), med(extract_s3)
+        amib = med(archive_bytes) / (1 << 20)
+        lines += [
+            "",
+            f"Cold storage: file:// (same disk) against s3:// ({a.s3_url.split('/')[2]} bucket on a local "
+            f"server), archive {amib:.0f} MiB; MiB/s of log data (of archive bytes moved)",
+            "",
+            "| operation | file:// MiB/s | s3:// MiB/s | s3:// archive MiB/s | s3:// peak RSS |",
+            "|---|---:|---:|---:|---:|",
+            f"| create (upload) | {mib / ca:.0f} | {mib / cs:.0f} | {amib / cs:.0f} | "
+            f"{max(rss_create_s3) / 1024:.1f} MiB |",
+            f"| extract + verify (download) | {mib / ea:.0f} | {mib / xs:.0f} | {amib / xs:.0f} | "
+            f"{max(rss_extract_s3) / 1024:.1f} MiB |",
+            "",
+            f"raw seconds: s3 create {create_s3}, s3 extract {extract_s3}",
+        ]
     text = "\n".join(lines) + "\n"
     print(text)
     with open(a.out, "w") as f:

@@ -4,10 +4,10 @@
 use clap::{Args, Subcommand};
 use kafka_snapshot::archive::ArchiveOptions;
 use kafka_snapshot::capture::CaptureMode;
-use kafka_snapshot::config::AgentConfig;
+use kafka_snapshot::config::{parse_byte_size, AgentConfig};
 use kafka_snapshot::extract::{extract, is_root, original_targets, ExtractOptions};
 use kafka_snapshot::snapshot::{capture, BrokerTimes, CaptureRequest};
-use kafka_snapshot::storage::{open_url, ColdStore};
+use kafka_snapshot::storage::{self, ColdStore, StoreOptions};
 use kafka_snapshot::{catalog, logdir, verify, Error, Result};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -26,12 +26,25 @@ pub enum ArchiveCommand {
 
 #[derive(Args, Debug)]
 pub struct StoreArgs {
-    /// Cold storage URL (file:///path); defaults to the config's storage.url.
+    /// Cold storage URL (file:///path or s3://bucket/prefix); defaults to the
+    /// config's storage.url. Without --config, S3 settings come from the
+    /// AWS_* environment variables and ~/.aws/credentials.
     #[arg(long)]
     store: Option<String>,
     /// Agent config file to take defaults from.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Bytes per second to and from the store (e.g. 100MiB); overrides
+    /// storage.bandwidth_limit.
+    #[arg(long, value_parser = parse_rate)]
+    bandwidth_limit: Option<u64>,
+}
+
+fn parse_rate(s: &str) -> std::result::Result<u64, String> {
+    match parse_byte_size(s)? {
+        0 => Err("must be more than 0".into()),
+        n => Ok(n),
+    }
 }
 
 impl StoreArgs {
@@ -45,7 +58,13 @@ impl StoreArgs {
             (None, Some(c)) => c.storage.url.clone(),
             (None, None) => return Err(Error::Usage("give --store URL or --config FILE".into())),
         };
-        open_url(&url)
+        let mut opts = cfg
+            .map(|c| StoreOptions::from_config(&c.storage))
+            .unwrap_or_default();
+        if self.bandwidth_limit.is_some() {
+            opts.bandwidth_limit = self.bandwidth_limit;
+        }
+        storage::open(&url, &opts)
     }
 }
 
@@ -161,6 +180,7 @@ fn create(a: CreateArgs) -> Result<ExitCode> {
     let opts = ArchiveOptions {
         zstd_level: a.zstd_level.unwrap_or(snap_cfg.zstd_level),
         zstd_threads: a.zstd_threads.unwrap_or(snap_cfg.zstd_threads),
+        cancel: None,
     };
     let captured = capture(&req)?;
     let m = captured.commit(store.as_ref(), &opts, BrokerTimes::default())?;

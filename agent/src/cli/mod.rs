@@ -2,6 +2,8 @@
 //! library.
 
 mod archive;
+mod check;
+mod snapshot;
 
 use clap::{Parser, Subcommand};
 use kafka_snapshot::config::AgentConfig;
@@ -26,6 +28,26 @@ enum Command {
     Validate {
         #[arg(long)]
         config: PathBuf,
+    },
+    /// Run the pre-stop gate once against the live cluster and print every
+    /// condition (exit 0 safe, 1 not safe, 2 config error).
+    Check {
+        #[arg(long)]
+        config: PathBuf,
+        /// Check for this broker id instead of the one in meta.properties.
+        #[arg(long)]
+        broker: Option<i32>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One full snapshot cycle of this broker without a coordinator: gate,
+    /// stop, capture, restart, recovery check, commit.
+    Snapshot {
+        #[arg(long)]
+        config: PathBuf,
+        /// How long to wait for the gate to pass before giving up.
+        #[arg(long, default_value = "30m")]
+        gate_timeout: String,
     },
     /// Break-glass archive commands: work with no coordinator at all.
     #[command(subcommand)]
@@ -59,6 +81,15 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Check {
+            config,
+            broker,
+            json,
+        } => check::run(&config, broker, json),
+        Command::Snapshot {
+            config,
+            gate_timeout,
+        } => snapshot::run(&config, &gate_timeout),
         Command::Archive(cmd) => archive::run(cmd),
     }
 }

@@ -2,16 +2,19 @@
 //! filesystem (NFS). Objects are written to a temporary name, fsynced,
 //! renamed into place, and the directory fsynced.
 
+use super::throttle::{Throttle, Throttled};
 use super::{check_key, fsync_dir, ColdStore, ObjectMeta, ObjectWriter, TEMP_MARKER};
 use crate::error::{Error, Result};
 use std::fs;
 use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// A local directory or a mounted network filesystem (NFS).
 pub struct FileStore {
     root: PathBuf,
+    throttle: Option<Arc<Throttle>>,
 }
 
 impl FileStore {
@@ -26,7 +29,16 @@ impl FileStore {
                 message: "store root is not a directory".into(),
             });
         }
-        Ok(FileStore { root })
+        Ok(FileStore {
+            root,
+            throttle: None,
+        })
+    }
+
+    /// Limits the bytes per second written and read (`storage.bandwidth_limit`).
+    pub fn with_throttle(mut self, throttle: Option<Arc<Throttle>>) -> Self {
+        self.throttle = throttle;
+        self
     }
 
     fn path(&self, key: &str) -> Result<PathBuf> {
@@ -61,13 +73,20 @@ impl ColdStore for FileStore {
             path,
             location: self.location(),
             key: key.to_string(),
+            throttle: self.throttle.clone(),
         }))
     }
 
     fn open(&self, key: &str) -> Result<Box<dyn Read + Send>> {
         let path = self.path(key)?;
         let f = fs::File::open(&path).map_err(|e| self.error(key, format!("opening: {e}")))?;
-        Ok(Box::new(f))
+        Ok(match &self.throttle {
+            Some(t) => Box::new(Throttled {
+                inner: f,
+                throttle: t.clone(),
+            }),
+            None => Box::new(f),
+        })
     }
 
     fn stat(&self, key: &str) -> Result<Option<u64>> {
@@ -146,11 +165,16 @@ struct FileObjectWriter {
     path: PathBuf,
     location: String,
     key: String,
+    throttle: Option<Arc<Throttle>>,
 }
 
 impl Write for FileObjectWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.out.as_mut().expect("not finished").write(buf)
+        let n = self.out.as_mut().expect("not finished").write(buf)?;
+        if let Some(t) = &self.throttle {
+            t.consume(n);
+        }
+        Ok(n)
     }
 
     fn flush(&mut self) -> io::Result<()> {

@@ -4,15 +4,24 @@
 //! under its final name.
 //!
 //! Layout: `<cluster.id>/broker-<N>/<snapshot-id>/{archive.tar.zst,manifest.json}`.
+//!
+//! Backends: [`FileStore`] (`file://`, a local dir or NFS mount) and
+//! [`S3Store`] (`s3://bucket/prefix`, AWS S3 or any S3-compatible server).
 
 mod file;
+mod s3;
+mod throttle;
 
 pub use file::FileStore;
+pub use s3::{parse_s3_url, S3Store};
+pub use throttle::Throttle;
 
+use crate::config::{S3Section, StorageSection};
 use crate::error::{Error, Result};
 use std::fs;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Marker in the name of objects still being written.
 pub const TEMP_MARKER: &str = ".tmp-";
@@ -23,6 +32,17 @@ pub struct ObjectMeta {
     pub size: u64,
 }
 
+/// An upload that was started and never completed nor aborted (the writer
+/// crashed). Invisible to `list`, but it holds storage (and on S3 is billed)
+/// until aborted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingUpload {
+    pub key: String,
+    pub upload_id: String,
+    /// When the upload started, as the store reports it.
+    pub initiated: String,
+}
+
 /// A storage backend. Blocking on purpose: the archive pipeline is a chain
 /// of `Read`/`Write` adapters on threads of its own.
 pub trait ColdStore: Send + Sync {
@@ -30,6 +50,13 @@ pub trait ColdStore: Send + Sync {
     fn location(&self) -> String;
     /// Starts writing `key`; nothing is visible under `key` until `finish`.
     fn create(&self, key: &str) -> Result<Box<dyn ObjectWriter>>;
+    /// Like `create`, for an object expected to stay below `size_hint`
+    /// bytes: lets a backend with a part-count limit (S3: 10,000) size its
+    /// parts. A wrong hint costs memory or a clear error, never data.
+    fn create_sized(&self, key: &str, size_hint: u64) -> Result<Box<dyn ObjectWriter>> {
+        let _ = size_hint;
+        self.create(key)
+    }
     /// Writes a small object in one go, atomically.
     fn put(&self, key: &str, data: &[u8]) -> Result<()> {
         let mut w = self.create(key)?;
@@ -44,6 +71,18 @@ pub trait ColdStore: Send + Sync {
     /// Every object whose key starts with `prefix`, sorted by key.
     fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>>;
     fn delete(&self, key: &str) -> Result<()>;
+    /// Uploads under `prefix` that were started and never finished nor
+    /// aborted. Only backends whose writers leave no visible object (S3)
+    /// have any; elsewhere leftovers are listed objects.
+    fn pending_uploads(&self, prefix: &str) -> Result<Vec<PendingUpload>> {
+        let _ = prefix;
+        Ok(Vec::new())
+    }
+    /// Aborts a pending upload, freeing what it holds.
+    fn abort_upload(&self, upload: &PendingUpload) -> Result<()> {
+        let _ = upload;
+        Ok(())
+    }
 
     fn error(&self, key: &str, message: String) -> Error {
         Error::Storage {
@@ -67,26 +106,63 @@ pub trait ObjectWriter: Write + Send {
     fn finish(self: Box<Self>) -> Result<u64>;
 }
 
-/// Opens a store from a URL: `file:///path`, or a plain absolute path.
+/// How to open a store, besides its URL: the `[storage]` settings of the
+/// config, if there is one.
+#[derive(Debug, Clone, Default)]
+pub struct StoreOptions {
+    /// Bytes per second, both directions, shared by every transfer.
+    pub bandwidth_limit: Option<u64>,
+    /// `[storage.s3]`; without it the S3 settings come from the standard
+    /// AWS environment variables and credentials file.
+    pub s3: Option<S3Section>,
+}
+
+impl StoreOptions {
+    pub fn from_config(storage: &StorageSection) -> StoreOptions {
+        StoreOptions {
+            bandwidth_limit: storage.bandwidth_limit,
+            s3: storage.s3.clone(),
+        }
+    }
+}
+
+/// Opens a store from a URL (`file:///path`, a plain absolute path, or
+/// `s3://bucket/prefix`) with settings from the environment only.
 pub fn open_url(url: &str) -> Result<Box<dyn ColdStore>> {
+    open(url, &StoreOptions::default())
+}
+
+/// Opens a store from a URL and the config's storage settings. An S3
+/// store is contacted once, so that a wrong endpoint, bucket or key fails
+/// here, naming the setting, rather than in the middle of a snapshot.
+pub fn open(url: &str, opts: &StoreOptions) -> Result<Box<dyn ColdStore>> {
+    let throttle = opts
+        .bandwidth_limit
+        .filter(|b| *b > 0)
+        .map(|b| Arc::new(Throttle::new(b)));
     if let Some(path) = url.strip_prefix("file://") {
         if !path.starts_with('/') {
             return Err(Error::Usage(format!(
                 "store URL {url:?}: file:// URLs need an absolute path (file:///mnt/backup)"
             )));
         }
-        return Ok(Box::new(FileStore::new(PathBuf::from(path))?));
+        return Ok(Box::new(
+            FileStore::new(PathBuf::from(path))?.with_throttle(throttle),
+        ));
     }
     if url.starts_with('/') {
-        return Ok(Box::new(FileStore::new(PathBuf::from(url))?));
+        return Ok(Box::new(
+            FileStore::new(PathBuf::from(url))?.with_throttle(throttle),
+        ));
     }
     if url.starts_with("s3://") {
-        return Err(Error::Usage(format!(
-            "store URL {url:?}: the s3:// backend is not available in this build"
-        )));
+        let env = |k: &str| std::env::var(k).ok();
+        let settings = s3::S3Settings::resolve(url, opts.s3.as_ref(), &env)
+            .map_err(|m| Error::Usage(format!("store URL {url:?}: {m}")))?;
+        return Ok(Box::new(S3Store::open(settings, throttle)?));
     }
     Err(Error::Usage(format!(
-        "store URL {url:?}: unsupported scheme (use file:///path)"
+        "store URL {url:?}: unsupported scheme (use file:///path or s3://bucket/prefix)"
     )))
 }
 

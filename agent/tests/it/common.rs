@@ -236,3 +236,83 @@ pub fn names(dir: &Path) -> Vec<String> {
     v.sort();
     v
 }
+
+/// Runs `cmd` to the end and returns its output and its peak RSS in KiB.
+/// A small python3 parent spawns it and reads its `ru_maxrss`: Linux carries
+/// the high-water mark of the process that forks across `exec`, and this
+/// test process is far larger than the agent.
+pub fn run_measured(cmd: &Command, want: i32) -> (Output, u64) {
+    const WRAPPER: &str = "import os, subprocess, sys\n\
+        p = subprocess.Popen(sys.argv[2:])\n\
+        _, status, ru = os.wait4(p.pid, 0)\n\
+        open(sys.argv[1], 'w').write(str(ru.ru_maxrss))\n\
+        sys.exit(os.waitstatus_to_exitcode(status))\n";
+    let dir = tempfile::tempdir().unwrap();
+    let rss_file = dir.path().join("maxrss");
+    let mut w = Command::new("python3");
+    w.arg("-c")
+        .arg(WRAPPER)
+        .arg(&rss_file)
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => w.env(k, v),
+            None => w.env_remove(k),
+        };
+    }
+    let out = w.output().expect("run python3");
+    let code = out.status.code().unwrap_or(-1);
+    assert_eq!(
+        code,
+        want,
+        "{cmd:?} exited {code}, expected {want}\nstdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rss = fs::read_to_string(&rss_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    (out, rss)
+}
+
+/// Writes `len` bytes that zstd cannot compress (xorshift), so that an
+/// archive is about as large as its data.
+pub fn write_incompressible(path: &Path, len: usize, seed: u64) {
+    let mut x = seed | 1;
+    let mut data = Vec::with_capacity(len + 8);
+    while data.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        data.extend_from_slice(&x.to_le_bytes());
+    }
+    data.truncate(len);
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    fs::write(path, data).unwrap();
+}
+
+/// A process holding `dir/.lock` the way a running Kafka broker does
+/// (FileChannel.tryLock = a POSIX record lock); returns once it is held.
+pub fn hold_kafka_lock(dir: &Path) -> std::process::Child {
+    let mut child = Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import fcntl, sys, time; f = open(sys.argv[1], 'a'); \
+             fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB); print('held', flush=True); time.sleep(600)",
+        )
+        .arg(dir.join(".lock"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "held");
+    child
+}

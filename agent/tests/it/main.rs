@@ -1,9 +1,13 @@
 //! Integration tests of the snapshot engine and the break-glass CLI, run as
 //! real processes on real filesystems: XFS with reflink and ext4, both
-//! loop-mounted by `tests/run.sh` (KSNAP_TEST_XFS, KSNAP_TEST_EXT4).
+//! loop-mounted by `tests/run.sh` (KSNAP_TEST_XFS, KSNAP_TEST_EXT4), and a
+//! real S3-compatible server it starts (Garage, KSNAP_TEST_S3_*).
 
+mod broker;
 mod cli;
 mod common;
 mod corruption;
+mod cycle;
 mod hostile;
 mod roundtrip;
+mod s3;

@@ -201,19 +201,17 @@ fn running_broker_and_unclean_stop_are_refused() {
     let d = dirs_arg(&dirs);
     let url = store_url(&store);
 
-    // A "broker" holding the .lock of the second dir, as Kafka does.
-    let lock = fs::File::open(dirs[1].join(".lock")).unwrap();
-    nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock)
-        .map(|held| {
-            let out = run(&["archive", "create", "--log-dirs", &d, "--store", &url], 1);
-            assert!(
-                stderr(&out).contains("stop the broker first"),
-                "{}",
-                stderr(&out)
-            );
-            drop(held);
-        })
-        .unwrap();
+    // A "broker" holding the .lock of the second dir as the JVM does: a
+    // POSIX record lock, held by another process.
+    let mut holder = hold_kafka_lock(&dirs[1]);
+    let out = run(&["archive", "create", "--log-dirs", &d, "--store", &url], 1);
+    assert!(
+        stderr(&out).contains("stop the broker first"),
+        "{}",
+        stderr(&out)
+    );
+    holder.kill().unwrap();
+    holder.wait().unwrap();
 
     fs::remove_file(dirs[0].join(".kafka_cleanshutdown")).unwrap();
     let out = run(&["archive", "create", "--log-dirs", &d, "--store", &url], 1);

@@ -1,0 +1,81 @@
+//! `kafka-snapshot-agent check`: the pre-stop gate, once, against the live
+//! cluster, every condition printed with its reason.
+
+use kafka_snapshot::config::AgentConfig;
+use kafka_snapshot::kafka::fetch::KafkaClient;
+use kafka_snapshot::kafka::gate::{evaluate, GateReport};
+use kafka_snapshot::{logdir, Error, Result};
+use std::path::Path;
+use std::process::ExitCode;
+
+pub fn run(config: &Path, broker: Option<i32>, json: bool) -> Result<ExitCode> {
+    let cfg = AgentConfig::load(config)?;
+    let kafka = cfg.kafka(config, "check")?.clone();
+    let dirs = cfg.log_dirs()?;
+    let broker = match broker {
+        Some(b) => b,
+        None => logdir::read_meta_properties(&dirs[0])?.node_id,
+    };
+    let future = logdir::future_dirs(&dirs)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io("starting the async runtime", e))?;
+    let report = runtime.block_on(async {
+        let client = match KafkaClient::new(&kafka) {
+            Ok(c) => c,
+            Err(e) => return GateReport::unreachable(broker, e),
+        };
+        match client.view().await {
+            Ok(view) => evaluate(&view, broker, cfg.gate.low_replication_policy, &future),
+            Err(e) => GateReport::unreachable(broker, e),
+        }
+    });
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("serialisable")
+        );
+    } else {
+        print!("{}", render(&report));
+    }
+    Ok(if report.safe() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn render(r: &GateReport) -> String {
+    let mut out = format!(
+        "broker {}: {}\n",
+        r.broker,
+        if r.safe() {
+            "safe to stop"
+        } else {
+            "NOT safe to stop"
+        }
+    );
+    for c in &r.conditions {
+        let id = serde_json::to_value(c.id).expect("serialisable");
+        out.push_str(&format!(
+            "  {}  {:<24} {}\n",
+            if c.ok { "PASS" } else { "FAIL" },
+            id.as_str().unwrap_or_default(),
+            c.id.describe()
+        ));
+        if !c.ok {
+            out.push_str(&format!("        {}\n", c.reason));
+            for p in &c.partitions {
+                out.push_str(&format!("          {p}\n"));
+            }
+            if c.count > c.partitions.len() {
+                out.push_str(&format!(
+                    "          ... and {} more\n",
+                    c.count - c.partitions.len()
+                ));
+            }
+        }
+    }
+    out
+}

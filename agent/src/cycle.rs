@@ -1,0 +1,359 @@
+//! One snapshot cycle of the local broker: gate -> stop -> capture ->
+//! restart -> recovery check -> commit. Whatever fails or interrupts it
+//! while the broker is down, the broker is started again before anything
+//! else happens; a broker this code cannot start again is an ERROR that
+//! names what to do.
+
+use crate::archive::ArchiveOptions;
+use crate::broker::{BrokerControl, BrokerError, Stopped};
+use crate::capture::CaptureMode;
+use crate::config::AgentConfig;
+use crate::kafka::fetch::KafkaClient;
+use crate::kafka::gate::{evaluate, recovery, GateReport, Recovery};
+use crate::logdir;
+use crate::manifest::Manifest;
+use crate::snapshot::{capture, BrokerTimes, CaptureRequest, Captured};
+use crate::storage::ColdStore;
+use chrono::Utc;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CycleError {
+    #[error("{}", .0.summary())]
+    NotSafe(Box<GateReport>),
+    #[error("stopping the broker failed (it was started again): {0}")]
+    StopFailed(BrokerError),
+    #[error(
+        "the broker stopped uncleanly (no .kafka_cleanshutdown in {dirs}); it was started again and nothing was archived"
+    )]
+    UncleanStop { dirs: String },
+    #[error("capture failed (the broker was started again): {0}")]
+    Capture(crate::Error),
+    #[error("BROKER LEFT STOPPED: the start command failed {attempts} times ({error}); start it by hand: {command}")]
+    StartFailed {
+        attempts: u32,
+        error: BrokerError,
+        command: String,
+    },
+    #[error("the broker did not recover within {timeout:?}: {}", .last.summary())]
+    RecoveryTimeout {
+        timeout: Duration,
+        last: Box<Recovery>,
+    },
+    #[error("archiving failed after the broker was restarted: {0}")]
+    Commit(crate::Error),
+    #[error("interrupted by shutdown{}", if *.restarted { " (the broker was started again first)" } else { "" })]
+    Interrupted { restarted: bool },
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// How many times a failed start is retried before the operator is told.
+const START_ATTEMPTS: u32 = 3;
+const START_RETRY: Duration = Duration::from_secs(5);
+
+pub struct Cycle {
+    cfg: AgentConfig,
+    log_dirs: Vec<PathBuf>,
+    broker: i32,
+    client: KafkaClient,
+    control: BrokerControl,
+    store: Arc<dyn ColdStore>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Cycle {
+    pub fn new(
+        cfg: AgentConfig,
+        config_path: &std::path::Path,
+        store: Arc<dyn ColdStore>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<Cycle, crate::Error> {
+        let log_dirs = cfg.log_dirs()?;
+        let broker = logdir::read_meta_properties(&log_dirs[0])?.node_id;
+        let client = KafkaClient::new(cfg.kafka(config_path, "a snapshot cycle")?)
+            .map_err(crate::Error::Usage)?;
+        let control = BrokerControl::new(&cfg.broker, log_dirs.clone());
+        Ok(Cycle {
+            cfg,
+            log_dirs,
+            broker,
+            client,
+            control,
+            store,
+            shutdown,
+        })
+    }
+
+    pub fn broker(&self) -> i32 {
+        self.broker
+    }
+
+    fn shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    /// Sleeps, returning early (true) when shutdown is requested.
+    async fn sleep_or_shutdown(&mut self, d: Duration) -> bool {
+        tokio::select! {
+            _ = tokio::time::sleep(d) => self.shutting_down(),
+            _ = self.shutdown.changed() => true,
+        }
+    }
+
+    /// One gate evaluation against the live cluster.
+    pub async fn check(&self) -> GateReport {
+        let future = match logdir::future_dirs(&self.log_dirs) {
+            Ok(f) => f,
+            Err(e) => return GateReport::unreachable(self.broker, e.to_string()),
+        };
+        match self.client.view().await {
+            Ok(v) => evaluate(
+                &v,
+                self.broker,
+                self.cfg.gate.low_replication_policy,
+                &future,
+            ),
+            Err(e) => GateReport::unreachable(self.broker, e),
+        }
+    }
+
+    /// Waits until the gate passes `stable_checks` times in a row, for at
+    /// most `deadline`.
+    pub async fn wait_safe(&mut self, deadline: Duration) -> Result<(), CycleError> {
+        let started = Instant::now();
+        let mut streak = 0;
+        loop {
+            let report = self.check().await;
+            if report.safe() {
+                streak += 1;
+                tracing::info!(
+                    broker = self.broker,
+                    streak,
+                    need = self.cfg.gate.stable_checks,
+                    "gate passed"
+                );
+                if streak >= self.cfg.gate.stable_checks {
+                    return Ok(());
+                }
+            } else {
+                streak = 0;
+                tracing::warn!(broker = self.broker, reason = %report.summary(), "gate not passed");
+                if started.elapsed() >= deadline {
+                    return Err(CycleError::NotSafe(Box::new(report)));
+                }
+            }
+            let interval = self.cfg.gate.check_interval;
+            if self.sleep_or_shutdown(interval).await {
+                return Err(CycleError::Interrupted { restarted: false });
+            }
+        }
+    }
+
+    /// Starts the broker, retrying; the error says loudly that it is down.
+    async fn ensure_started(&self) -> Result<chrono::DateTime<Utc>, CycleError> {
+        let mut last = None;
+        for attempt in 1..=START_ATTEMPTS {
+            match self.control.start().await {
+                Ok(()) => return Ok(Utc::now()),
+                Err(e) => {
+                    tracing::error!(broker = self.broker, attempt, error = %e, "starting the broker failed");
+                    last = Some(e);
+                    if attempt < START_ATTEMPTS {
+                        tokio::time::sleep(START_RETRY).await;
+                    }
+                }
+            }
+        }
+        let err = CycleError::StartFailed {
+            attempts: START_ATTEMPTS,
+            error: last.expect("at least one attempt"),
+            command: self.cfg.broker.start_command.clone(),
+        };
+        tracing::error!(broker = self.broker, "{err}");
+        Err(err)
+    }
+
+    /// Runs one full cycle. The gate must already have passed
+    /// ([`Cycle::wait_safe`]); this re-checks it once right before stopping.
+    pub async fn run(&mut self) -> Result<Manifest, CycleError> {
+        let report = self.check().await;
+        if !report.safe() {
+            return Err(CycleError::NotSafe(Box::new(report)));
+        }
+        let stopped_at = Utc::now();
+        match self.control.stop().await {
+            Ok(Stopped::Clean) => {}
+            Ok(Stopped::Unclean { missing }) => {
+                self.ensure_started().await?;
+                let dirs = missing
+                    .iter()
+                    .map(|d| d.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                return Err(CycleError::UncleanStop { dirs });
+            }
+            Err(e) => {
+                // Whatever state it is in, make sure it runs.
+                self.ensure_started().await?;
+                return Err(CycleError::StopFailed(e));
+            }
+        }
+        if self.shutting_down() {
+            self.ensure_started().await?;
+            return Err(CycleError::Interrupted { restarted: true });
+        }
+
+        let cancel = Arc::new(AtomicBool::new(false));
+        let opts = ArchiveOptions {
+            zstd_level: self.cfg.snapshot.zstd_level,
+            zstd_threads: self.cfg.snapshot.zstd_threads,
+            cancel: Some(cancel.clone()),
+        };
+        let req = CaptureRequest {
+            log_dirs: self.log_dirs.clone(),
+            mode: self.cfg.snapshot.capture,
+            allow_unclean: false,
+        };
+        let captured = match self.blocking(cancel.clone(), move || capture(&req)).await {
+            Ok(c) => c,
+            Err(e) => {
+                self.ensure_started().await?;
+                return Err(self.interrupted_or(CycleError::Capture(e)));
+            }
+        };
+
+        // Copy capture reads the log dirs themselves: archive before the start.
+        let (captured, committed) = if captured.used == CaptureMode::Copy {
+            let store = self.store.clone();
+            let times = BrokerTimes {
+                stopped: Some(stopped_at),
+                restarted: None,
+            };
+            let o = opts.clone();
+            let r = self
+                .blocking(cancel.clone(), move || {
+                    captured.commit(store.as_ref(), &o, times)
+                })
+                .await;
+            match r {
+                Ok(m) => (None, Some(m)),
+                Err(e) => {
+                    self.ensure_started().await?;
+                    return Err(self.interrupted_or(CycleError::Commit(e)));
+                }
+            }
+        } else {
+            (Some(captured), None)
+        };
+
+        let restarted_at = self.ensure_started().await?;
+        tracing::info!(
+            broker = self.broker,
+            downtime_seconds = (restarted_at - stopped_at).num_milliseconds() as f64 / 1000.0,
+            "broker started again"
+        );
+        self.wait_recovered().await?;
+
+        match (captured, committed) {
+            (_, Some(m)) => Ok(m),
+            (Some(c), None) => {
+                let store = self.store.clone();
+                let times = BrokerTimes {
+                    stopped: Some(stopped_at),
+                    restarted: Some(restarted_at),
+                };
+                self.blocking(cancel, move || c.commit(store.as_ref(), &opts, times))
+                    .await
+                    .map_err(|e| self.interrupted_or(CycleError::Commit(e)))
+            }
+            (None, None) => unreachable!("either captured or committed"),
+        }
+    }
+
+    fn interrupted_or(&self, e: CycleError) -> CycleError {
+        if self.shutting_down() {
+            CycleError::Interrupted { restarted: true }
+        } else {
+            e
+        }
+    }
+
+    /// Runs blocking work; a shutdown request sets `cancel`, which the
+    /// archive checks between chunks, so the broker can be started soon.
+    async fn blocking<T: Send + 'static>(
+        &mut self,
+        cancel: Arc<AtomicBool>,
+        f: impl FnOnce() -> crate::Result<T> + Send + 'static,
+    ) -> crate::Result<T> {
+        let mut task = tokio::task::spawn_blocking(f);
+        loop {
+            tokio::select! {
+                r = &mut task => return r.map_err(|e| crate::Error::Usage(format!("worker thread: {e}")))?,
+                changed = self.shutdown.changed() => {
+                    if changed.is_err() || *self.shutdown.borrow() {
+                        cancel.store(true, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits until the restarted broker is registered and back in every
+    /// ISR, reporting progress; only `recovery_timeout` makes it a failure.
+    pub async fn wait_recovered(&mut self) -> Result<(), CycleError> {
+        let started = Instant::now();
+        let timeout = self.cfg.broker.recovery_timeout;
+        let mut last = None;
+        loop {
+            match self.client.view().await {
+                Ok(v) => {
+                    let r = recovery(&v, self.broker);
+                    if r.recovered() {
+                        tracing::info!(
+                            broker = self.broker,
+                            seconds = started.elapsed().as_secs_f64(),
+                            "broker recovered"
+                        );
+                        return Ok(());
+                    }
+                    tracing::info!(broker = self.broker, progress = %r.summary(), "still catching up");
+                    last = Some(r);
+                }
+                Err(e) => {
+                    tracing::warn!(broker = self.broker, error = %e, "cluster not reachable while waiting for recovery")
+                }
+            }
+            if started.elapsed() >= timeout {
+                let last = last.unwrap_or(Recovery {
+                    broker: self.broker,
+                    registered: false,
+                    catching_up: Vec::new(),
+                    catching_up_count: 0,
+                    unhealthy: Vec::new(),
+                    unhealthy_count: 0,
+                });
+                return Err(CycleError::RecoveryTimeout {
+                    timeout,
+                    last: Box::new(last),
+                });
+            }
+            let interval = self.cfg.gate.check_interval.min(Duration::from_secs(5));
+            if self.sleep_or_shutdown(interval).await {
+                // The broker runs; stopping the wait is safe.
+                return Err(CycleError::Interrupted { restarted: true });
+            }
+        }
+    }
+}
+
+impl Captured {
+    /// True when the archive is built from staging (the broker may run).
+    pub fn staged(&self) -> bool {
+        self.used == CaptureMode::Reflink
+    }
+}

@@ -1,0 +1,191 @@
+//! Reading a [`ClusterView`] from a live cluster: Metadata and
+//! DescribeConfigs through `rdkafka`, ListPartitionReassignments through
+//! the raw client. Any error or partial answer is an error, never a view:
+//! the gate fails closed.
+
+use super::view::{ClusterView, PartitionState, Reassignment};
+use super::wire::Connection;
+use crate::config::{KafkaSection, SecurityProtocol};
+use kafka_protocol::messages::ListPartitionReassignmentsRequest;
+use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub struct KafkaClient {
+    cfg: KafkaSection,
+    admin: Arc<AdminClient<DefaultClientContext>>,
+}
+
+impl KafkaClient {
+    pub fn new(cfg: &KafkaSection) -> Result<KafkaClient, String> {
+        let admin: AdminClient<DefaultClientContext> = rdkafka_config(cfg)
+            .create()
+            .map_err(|e| format!("creating the Kafka admin client: {e}"))?;
+        Ok(KafkaClient {
+            cfg: cfg.clone(),
+            admin: Arc::new(admin),
+        })
+    }
+
+    /// One consistent-enough look at the cluster.
+    pub async fn view(&self) -> Result<ClusterView, String> {
+        let mut view = self.metadata().await?;
+        view.min_isr = self.min_isr(&view).await?;
+        view.reassignments = self.reassignments().await?;
+        Ok(view)
+    }
+
+    async fn metadata(&self) -> Result<ClusterView, String> {
+        let admin = self.admin.clone();
+        let timeout = self.cfg.request_timeout;
+        let md = tokio::task::spawn_blocking(move || admin.inner().fetch_metadata(None, timeout))
+            .await
+            .map_err(|e| format!("metadata task: {e}"))?
+            .map_err(|e| format!("Metadata request failed: {e}"))?;
+        let mut view = ClusterView {
+            brokers: md.brokers().iter().map(|b| b.id()).collect(),
+            ..Default::default()
+        };
+        for t in md.topics() {
+            if let Some(e) = t.error() {
+                return Err(format!("Metadata for topic {}: error {e:?}", t.name()));
+            }
+            for p in t.partitions() {
+                view.partitions.push(PartitionState {
+                    topic: t.name().to_string(),
+                    partition: p.id(),
+                    leader: (p.leader() >= 0).then_some(p.leader()),
+                    replicas: p.replicas().to_vec(),
+                    isr: p.isr().to_vec(),
+                });
+            }
+        }
+        if view.brokers.is_empty() {
+            return Err("Metadata listed no brokers".into());
+        }
+        Ok(view)
+    }
+
+    /// Effective `min.insync.replicas` of every topic (DescribeConfigs on
+    /// the topics returns the override or the broker default).
+    async fn min_isr(
+        &self,
+        view: &ClusterView,
+    ) -> Result<std::collections::BTreeMap<String, i32>, String> {
+        let mut topics: Vec<String> = view.partitions.iter().map(|p| p.topic.clone()).collect();
+        topics.dedup();
+        let mut out = std::collections::BTreeMap::new();
+        let opts = AdminOptions::new().request_timeout(Some(self.cfg.request_timeout));
+        for chunk in topics.chunks(200) {
+            let specs: Vec<ResourceSpecifier> =
+                chunk.iter().map(|t| ResourceSpecifier::Topic(t)).collect();
+            let results = self
+                .admin
+                .describe_configs(specs.iter(), &opts)
+                .await
+                .map_err(|e| format!("DescribeConfigs failed: {e}"))?;
+            for (topic, r) in chunk.iter().zip(results) {
+                let res = r.map_err(|e| format!("DescribeConfigs for topic {topic}: {e}"))?;
+                let v = res
+                    .get("min.insync.replicas")
+                    .and_then(|e| e.value.as_deref())
+                    .ok_or_else(|| {
+                        format!("DescribeConfigs for topic {topic}: no min.insync.replicas")
+                    })?;
+                let n: i32 = v.parse().map_err(|_| {
+                    format!("topic {topic}: min.insync.replicas {v:?} is not a number")
+                })?;
+                out.insert(topic.clone(), n);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn reassignments(&self) -> Result<Vec<Reassignment>, String> {
+        if self.cfg.security_protocol != SecurityProtocol::Plaintext {
+            return Err(format!(
+                "ListPartitionReassignments over {:?} is not supported by the agent's raw client yet; \
+                 the check fails closed (see README, \"The gate\")",
+                self.cfg.security_protocol
+            ));
+        }
+        let mut last = String::from("no bootstrap servers");
+        for addr in &self.cfg.bootstrap_servers {
+            let mut conn = match Connection::connect_plain(
+                addr,
+                "kafka-snapshot-agent",
+                self.cfg.request_timeout,
+            )
+            .await
+            {
+                Ok(c) => c,
+                Err(e) => {
+                    last = e.to_string();
+                    continue;
+                }
+            };
+            let req = ListPartitionReassignmentsRequest::default()
+                .with_timeout_ms(self.cfg.request_timeout.as_millis().min(i32::MAX as u128) as i32);
+            let resp = conn
+                .send(&req, "ListPartitionReassignments", 0)
+                .await
+                .map_err(|e| e.to_string())?;
+            if resp.error_code != 0 {
+                return Err(format!(
+                    "{addr}: ListPartitionReassignments error code {}: {}",
+                    resp.error_code,
+                    resp.error_message.as_deref().unwrap_or("")
+                ));
+            }
+            let mut out = Vec::new();
+            for t in resp.topics {
+                for p in t.partitions {
+                    out.push(Reassignment {
+                        topic: t.name.0.to_string(),
+                        partition: p.partition_index,
+                        adding: p.adding_replicas.iter().map(|b| b.0).collect(),
+                        removing: p.removing_replicas.iter().map(|b| b.0).collect(),
+                    });
+                }
+            }
+            return Ok(out);
+        }
+        Err(format!(
+            "ListPartitionReassignments: no bootstrap server answered ({last})"
+        ))
+    }
+}
+
+fn rdkafka_config(cfg: &KafkaSection) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", cfg.bootstrap_servers.join(","))
+        .set("client.id", "kafka-snapshot-agent")
+        .set("security.protocol", cfg.security_protocol.as_librdkafka())
+        .set("socket.timeout.ms", millis(cfg.request_timeout))
+        .set("log_level", "3");
+    if let Some(m) = &cfg.sasl_mechanism {
+        c.set("sasl.mechanisms", m.as_str());
+    }
+    if let Some(u) = &cfg.sasl_username {
+        c.set("sasl.username", u);
+    }
+    if let Some(p) = cfg.sasl_password() {
+        c.set("sasl.password", p);
+    }
+    if let Some(p) = &cfg.ssl_ca_location {
+        c.set("ssl.ca.location", p.display().to_string());
+    }
+    if let Some(p) = &cfg.ssl_certificate_location {
+        c.set("ssl.certificate.location", p.display().to_string());
+    }
+    if let Some(p) = &cfg.ssl_key_location {
+        c.set("ssl.key.location", p.display().to_string());
+    }
+    c
+}
+
+fn millis(d: Duration) -> String {
+    d.as_millis().to_string()
+}
