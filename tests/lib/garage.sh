@@ -41,8 +41,12 @@ garage_install() {
 
 # Starts the server (again) with the config garage_setup wrote.
 garage_start() {
-    "$KSNAP_TEST_GARAGE_BIN" -c "$KSNAP_TEST_GARAGE_CONFIG" server >>"$KSNAP_TEST_GARAGE_LOG" 2>&1 &
-    echo $! >"$KSNAP_TEST_GARAGE_PIDFILE"
+    # In a subshell, so that it is no job of this shell: the tests kill and
+    # restart it, and the shell need not report that.
+    (
+        "$KSNAP_TEST_GARAGE_BIN" -c "$KSNAP_TEST_GARAGE_CONFIG" server >>"$KSNAP_TEST_GARAGE_LOG" 2>&1 </dev/null &
+        echo $! >"$KSNAP_TEST_GARAGE_PIDFILE"
+    )
     local i
     for i in $(seq 100); do
         if _garage status >/dev/null 2>&1; then

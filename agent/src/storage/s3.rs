@@ -2,10 +2,14 @@
 //! (MinIO, Ceph RGW, Garage).
 //!
 //! Requests go through Apache Arrow's `object_store` (SigV4 signing,
-//! multipart uploads, retries with backoff, timeouts), driven from a small
-//! private tokio runtime because [`ColdStore`] is blocking. The two S3 calls
+//! multipart uploads with checksums, timeouts), driven from a small private
+//! tokio runtime because [`ColdStore`] is blocking. The two S3 calls
 //! `object_store` does not offer, ListMultipartUploads and a HEAD that asks
 //! for the stored checksums, are signed with its own `AwsAuthorizer`.
+//!
+//! Retries are ours ([`Shared::retry`]), not `object_store`'s: its backoff
+//! grows so slowly that 10 retries ride out only a second or two of outage,
+//! and it does not send again a part the server refused as damaged.
 //!
 //! Nothing is visible under a key until its upload completes
 //! ([`transfer`]), so an interrupted run leaves no object behind, only a
@@ -100,9 +104,10 @@ impl S3Store {
                 "kafka-snapshot-agent/",
                 env!("CARGO_PKG_VERSION")
             )));
+        // Every call is retried by `Shared::retry` instead.
         let retry = RetryConfig {
             backoff: BackoffConfig::default(),
-            max_retries: settings.retries,
+            max_retries: 0,
             retry_timeout: settings.deadline,
         };
         let creds = &settings.credentials.value;
@@ -316,9 +321,50 @@ impl Shared {
         }
     }
 
+    /// Runs `op` again after a failure that may pass (connection refused or
+    /// broken, timeout, 5xx, 429, a body damaged on the way), at most
+    /// `retries` times, pausing with exponential backoff and jitter: 0.1 s
+    /// doubling up to 15 s, each pause 50-100% of that. Ten retries ride out
+    /// 28 to 55 s of outage.
+    pub(crate) async fn retry_n<T, Fut>(
+        &self,
+        what: &str,
+        retries: usize,
+        mut op: impl FnMut() -> Fut,
+    ) -> Result<T, Failure>
+    where
+        Fut: Future<Output = Result<T, Failure>>,
+    {
+        let mut attempt = 0;
+        loop {
+            match op().await {
+                Ok(v) => return Ok(v),
+                Err(f) if attempt < retries && f.retryable() => {
+                    let pause = backoff(attempt);
+                    tracing::info!(what, error = %self.describe(&f), retry = attempt + 1,
+                        of = retries, pause_ms = pause.as_millis() as u64, "retrying");
+                    tokio::time::sleep(pause).await;
+                    attempt += 1;
+                }
+                Err(f) => return Err(f),
+            }
+        }
+    }
+
+    /// [`Shared::retry_n`] with `storage.s3.retries`.
+    pub(crate) async fn retry<T, Fut>(
+        &self,
+        what: &str,
+        op: impl FnMut() -> Fut,
+    ) -> Result<T, Failure>
+    where
+        Fut: Future<Output = Result<T, Failure>>,
+    {
+        self.retry_n(what, self.settings.retries, op).await
+    }
+
     /// A request `object_store` does not offer, signed with its SigV4
-    /// signer, retried like its own requests (`retries` attempts after the
-    /// first, with exponential backoff).
+    /// signer; retried `retries` times.
     async fn signed(
         &self,
         method: Method,
@@ -340,40 +386,41 @@ impl Shared {
                 .collect();
             url.push_str(&q.join("&"));
         }
-        let mut attempt = 0;
-        loop {
-            let mut req = http::Request::builder()
-                .method(method.clone())
-                .uri(&url)
-                .body(HttpRequestBody::empty())
-                .map_err(|e| Failure::Other(format!("building request {url}: {e}")))?;
-            for (k, v) in headers {
-                let v = HeaderValue::from_str(v).map_err(|e| Failure::Other(e.to_string()))?;
-                req.headers_mut().insert(*k, v);
-            }
-            AwsAuthorizer::new(&self.credential, "s3", &self.settings.region.value)
-                .try_authorize(&mut req, None)
-                .map_err(|e| Failure::Other(format!("signing request: {e}")))?;
-            let failure = match self.http.execute(req).await {
-                Ok(resp) => {
-                    let status = resp.status();
-                    let (parts, body) = resp.into_parts();
-                    match body.bytes().await {
-                        Ok(b) if status.is_success() => return Ok((status, parts.headers, b)),
-                        Ok(b) => Failure::from_status(status, &b),
-                        Err(e) => Failure::from_http(&e),
-                    }
-                }
-                Err(e) => Failure::from_http(&e),
-            };
-            if attempt >= retries || !failure.retryable() {
-                return Err(failure);
-            }
-            let pause = backoff(attempt);
-            tracing::info!(method = %method, url = %url, error = %self.describe(&failure),
-                retry = attempt + 1, of = retries, pause_ms = pause.as_millis() as u64, "retrying");
-            tokio::time::sleep(pause).await;
-            attempt += 1;
+        let what = format!("{method} {url}");
+        self.retry_n(&what, retries, || self.signed_once(&method, &url, headers))
+            .await
+    }
+
+    async fn signed_once(
+        &self,
+        method: &Method,
+        url: &str,
+        headers: &[(&'static str, &str)],
+    ) -> Result<(StatusCode, HeaderMap, Bytes), Failure> {
+        let mut req = http::Request::builder()
+            .method(method.clone())
+            .uri(url)
+            .body(HttpRequestBody::empty())
+            .map_err(|e| Failure::Other(format!("building request {url}: {e}")))?;
+        for (k, v) in headers {
+            let v = HeaderValue::from_str(v).map_err(|e| Failure::Other(e.to_string()))?;
+            req.headers_mut().insert(*k, v);
+        }
+        AwsAuthorizer::new(&self.credential, "s3", &self.settings.region.value)
+            .try_authorize(&mut req, None)
+            .map_err(|e| Failure::Other(format!("signing request: {e}")))?;
+        let resp = self
+            .http
+            .execute(req)
+            .await
+            .map_err(|e| Failure::from_http(&e))?;
+        let status = resp.status();
+        let (parts, body) = resp.into_parts();
+        let body = body.bytes().await.map_err(|e| Failure::from_http(&e))?;
+        if status.is_success() {
+            Ok((status, parts.headers, body))
+        } else {
+            Err(Failure::from_status(status, &body))
         }
     }
 
@@ -537,8 +584,8 @@ impl Failure {
         match e.kind() {
             HttpErrorKind::Connect => Failure::Connect(cause),
             HttpErrorKind::Timeout => Failure::Timeout(cause),
-            HttpErrorKind::Request | HttpErrorKind::Interrupted => Failure::Network(cause),
-            _ => Failure::Other(cause),
+            HttpErrorKind::Decode => Failure::Other(cause),
+            _ => Failure::Network(cause),
         }
     }
 
@@ -572,20 +619,19 @@ impl Failure {
     /// Whether trying again may help.
     pub(crate) fn retryable(&self) -> bool {
         match self {
-            Failure::Connect(_) | Failure::Timeout(_) | Failure::Network(_) | Failure::Other(_) => {
-                true
-            }
+            Failure::Connect(_) | Failure::Timeout(_) | Failure::Network(_) => true,
             Failure::Status { status, .. } => {
                 status.is_server_error()
                     || *status == StatusCode::TOO_MANY_REQUESTS
                     || *status == StatusCode::REQUEST_TIMEOUT
+                    || self.is_corrupted_in_transit()
             }
-            Failure::Deadline => false,
+            Failure::Deadline | Failure::Other(_) => false,
         }
     }
 
     /// The server found that a body does not match its SHA-256: damaged
-    /// on the way (object_store does not retry 400s).
+    /// on the way, worth sending again.
     pub(crate) fn is_corrupted_in_transit(&self) -> bool {
         matches!(self, Failure::Status { code, .. }
             if ["BadDigest", "XAmzContentSHA256Mismatch", "InvalidDigest"].contains(&code.as_str()))
@@ -624,6 +670,18 @@ fn store_err(e: object_store::Error) -> Failure {
     Failure::from_store(&e)
 }
 
+/// AbortMultipartUpload; an upload already gone (aborted, or completed
+/// meanwhile) is fine.
+async fn abort_multipart(s: &Shared, path: &ObjPath, id: &str) -> Result<(), Failure> {
+    match s.client.abort_multipart(path, &id.to_string()).await {
+        Ok(()) => Ok(()),
+        Err(e) => match store_err(e) {
+            f if f.is_not_found() => Ok(()),
+            f => Err(f),
+        },
+    }
+}
+
 impl ColdStore for S3Store {
     fn location(&self) -> String {
         location(&self.shared.settings)
@@ -656,13 +714,16 @@ impl ColdStore for S3Store {
 
     fn stat(&self, key: &str) -> Result<Option<u64>> {
         let path = self.shared.path(key)?;
-        let client = self.shared.client.clone();
-        self.op(key, async move {
-            match client.head(&path).await {
-                Ok(meta) => Ok(Some(meta.size)),
-                Err(object_store::Error::NotFound { .. }) => Ok(None),
-                Err(e) => Err(store_err(e)),
-            }
+        let s = &self.shared;
+        self.op(key, async {
+            s.retry("HEAD", || async {
+                match s.client.head(&path).await {
+                    Ok(meta) => Ok(Some(meta.size)),
+                    Err(object_store::Error::NotFound { .. }) => Ok(None),
+                    Err(e) => Err(store_err(e)),
+                }
+            })
+            .await
         })
     }
 
@@ -682,13 +743,16 @@ impl ColdStore for S3Store {
                     .map_err(|e| Error::Usage(format!("invalid storage prefix {prefix:?}: {e}")))?,
             )
         };
-        let client = self.shared.client.clone();
-        let found: Vec<object_store::ObjectMeta> = self.op(prefix, async move {
-            client
-                .list(dir_path.as_ref())
-                .try_collect()
-                .await
-                .map_err(store_err)
+        let s = &self.shared;
+        let found: Vec<object_store::ObjectMeta> = self.op(prefix, async {
+            s.retry("listing", || async {
+                s.client
+                    .list(dir_path.as_ref())
+                    .try_collect()
+                    .await
+                    .map_err(store_err)
+            })
+            .await
         })?;
         let mut out: Vec<ObjectMeta> = found
             .into_iter()
@@ -707,12 +771,15 @@ impl ColdStore for S3Store {
 
     fn delete(&self, key: &str) -> Result<()> {
         let path = self.shared.path(key)?;
-        let client = self.shared.client.clone();
-        self.op(key, async move {
-            match client.delete(&path).await {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-                Err(e) => Err(store_err(e)),
-            }
+        let s = &self.shared;
+        self.op(key, async {
+            s.retry("DELETE", || async {
+                match s.client.delete(&path).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                    Err(e) => Err(store_err(e)),
+                }
+            })
+            .await
         })
     }
 
@@ -727,17 +794,12 @@ impl ColdStore for S3Store {
 
     fn abort_upload(&self, upload: &PendingUpload) -> Result<()> {
         let path = self.shared.path(&upload.key)?;
-        let client = self.shared.client.clone();
-        let id = upload.upload_id.clone();
-        self.op(&upload.key, async move {
-            match client.abort_multipart(&path, &id).await {
-                Ok(()) => Ok(()),
-                Err(e) => match store_err(e) {
-                    // Already gone: aborted or completed meanwhile.
-                    f if f.is_not_found() => Ok(()),
-                    f => Err(f),
-                },
-            }
+        let s = &self.shared;
+        self.op(&upload.key, async {
+            s.retry("aborting a multipart upload", || {
+                abort_multipart(s, &path, &upload.upload_id)
+            })
+            .await
         })
     }
 }
@@ -768,6 +830,11 @@ mod tests {
         }
         assert!(!Failure::from_status(StatusCode::NOT_FOUND, b"").retryable());
         assert!(Failure::from_status(StatusCode::SERVICE_UNAVAILABLE, b"").retryable());
+        let damaged =
+            b"<Error><Code>InvalidDigest</Code><Message>SHA256 mismatch</Message></Error>";
+        assert!(Failure::from_status(StatusCode::BAD_REQUEST, damaged).retryable());
+        let bad = b"<Error><Code>InvalidRequest</Code></Error>";
+        assert!(!Failure::from_status(StatusCode::BAD_REQUEST, bad).retryable());
     }
 
     #[test]

@@ -992,7 +992,10 @@ fn a_part_corrupted_on_the_way_is_refused_by_the_server_and_sent_again() {
     assert_eq!(flips.load(SeqCst), 0, "no byte was flipped");
     let err = stderr(&out);
     eprintln!("{err}");
-    assert!(err.contains("sending it again"), "{err}");
+    assert!(
+        err.contains("retrying") && err.contains("400"),
+        "the server must have refused a part: {err}"
+    );
     let id = json(&out)["snapshot_id"].as_str().unwrap().to_string();
     run_cmd(
         s3.agent(),
@@ -1036,4 +1039,45 @@ fn bandwidth_limit_applies_to_both_backends() {
     assert!(took >= Duration::from_millis(2500), "file:// took {took:?}");
     let took = timed(&[&create[..], &["--config", &cfg]].concat());
     assert!(took >= Duration::from_millis(2500), "s3:// took {took:?}");
+}
+
+#[test]
+fn read_back_confirms_an_upload_when_asked() {
+    let _g = shared_server();
+    let s3 = s3();
+    let t = scratch("ext4");
+    let dirs = broker_with_bulk(t.path(), 10, 12 << 20);
+    let url = s3.url("readback");
+    let cfg = s3.config(
+        t.path(),
+        &url,
+        &dirs,
+        "",
+        "part_size = \"5MiB\"\nverify_upload = \"read-back\"\n",
+    );
+    let cfg = cfg.display().to_string();
+    let mut c = s3.agent();
+    c.env("KAFKA_SNAPSHOT_LOG", "kafka_snapshot=debug");
+    let out = run_cmd(
+        c,
+        &[
+            "archive",
+            "create",
+            "--config",
+            &cfg,
+            "--capture",
+            "copy",
+            "--json",
+        ],
+        0,
+    );
+    let err = stderr(&out);
+    assert!(err.contains("confirmed by reading it back"), "{err}");
+    assert!(!err.contains("confirmed by the server's checksum"), "{err}");
+    let id = json(&out)["snapshot_id"].as_str().unwrap().to_string();
+    run_cmd(
+        s3.agent(),
+        &["archive", "verify", "--config", &cfg, "--snapshot", &id],
+        0,
+    );
 }

@@ -19,7 +19,7 @@
 //!
 //! [`Download`] reads an object with ranged GETs, a few ranges ahead.
 
-use super::{backoff, block_until, store_err, Failure, Rt, Shared};
+use super::{abort_multipart, block_until, store_err, Failure, Rt, Shared};
 use crate::config::VerifyUpload;
 use crate::error::{Error, Result};
 use base64::Engine;
@@ -123,9 +123,10 @@ impl Upload {
     /// Sends the buffer as the next part, first waiting for a free slot.
     fn send_part(&mut self) -> Result<(), Failure> {
         if self.upload_id.is_none() {
-            let (client, path) = (self.shared.client.clone(), self.path.clone());
-            let id =
-                self.block(async move { client.create_multipart(&path).await.map_err(store_err) })?;
+            let (s, path) = (&self.shared, &self.path);
+            let id = self.block(s.retry("starting a multipart upload", || async {
+                s.client.create_multipart(path).await.map_err(store_err)
+            }))?;
             tracing::debug!(key = %self.key, part_mib = self.part_size >> 20, "multipart upload started");
             self.upload_id = Some(id);
             self.multipart = true;
@@ -142,28 +143,23 @@ impl Upload {
         }
         let data = std::mem::take(&mut self.buf);
         self.part_sha.push(Sha256::digest(&data).into());
-        let (client, path) = (self.shared.client.clone(), self.path.clone());
+        let (shared, path) = (self.shared.clone(), self.path.clone());
         let id = self.upload_id.clone().expect("upload started");
         let payload = PutPayload::from(data);
-        let retries = self.shared.settings.retries;
-        let key = self.key.clone();
+        let what = format!("uploading part {} of {}", idx + 1, self.key);
         self.in_flight.push_back(self.rt.spawn(async move {
-            let mut attempt = 0;
-            loop {
-                match client.put_part(&path, &id, idx, payload.clone()).await {
-                    Ok(part) => return Ok(part),
-                    Err(e) => {
-                        let f = store_err(e);
-                        if attempt >= retries || !f.is_corrupted_in_transit() {
-                            return Err(f);
-                        }
-                        tracing::warn!(key = %key, part = idx + 1, error = ?f,
-                            "the server refused a part as corrupted in transit; sending it again");
-                        tokio::time::sleep(backoff(attempt)).await;
-                        attempt += 1;
-                    }
-                }
-            }
+            // The part stays in memory until it is acknowledged, so any
+            // attempt can send it again: after a broken connection, or
+            // when the server found it damaged on the way.
+            shared
+                .retry(&what, || async {
+                    shared
+                        .client
+                        .put_part(&path, &id, idx, payload.clone())
+                        .await
+                        .map_err(store_err)
+                })
+                .await
         }));
         Ok(())
     }
@@ -183,13 +179,14 @@ impl Upload {
             // Smaller than a part: one PUT, atomic like the rest.
             let data = std::mem::take(&mut self.buf);
             self.part_sha.push(Sha256::digest(&data).into());
-            let (client, path) = (self.shared.client.clone(), self.path.clone());
-            self.block(async move {
-                client
-                    .put_opts(&path, PutPayload::from(data), PutOptions::default())
+            let (s, path) = (&self.shared, &self.path);
+            let payload = PutPayload::from(data);
+            self.block(s.retry("uploading", || async {
+                s.client
+                    .put_opts(path, payload.clone(), PutOptions::default())
                     .await
                     .map_err(store_err)
-            })?;
+            }))?;
         } else {
             if !self.buf.is_empty() {
                 self.send_part()?;
@@ -197,15 +194,24 @@ impl Upload {
             while !self.in_flight.is_empty() {
                 self.wait_oldest()?;
             }
-            let (client, path) = (self.shared.client.clone(), self.path.clone());
+            let (s, path) = (&self.shared, &self.path);
             let id = self.upload_id.clone().expect("upload started");
             let parts = std::mem::take(&mut self.parts);
-            self.block(async move {
-                client
-                    .complete_multipart(&path, &id, parts)
+            let completed = self.block(s.retry("completing the multipart upload", || async {
+                s.client
+                    .complete_multipart(path, &id, parts.clone())
                     .await
                     .map_err(store_err)
-            })?;
+            }));
+            match completed {
+                Ok(_) => {}
+                // A retried Complete whose first attempt went through finds
+                // the upload gone: the object itself is checked next.
+                Err(f) if f.is_not_found() => {
+                    tracing::info!(key = %self.key, "the multipart upload is gone: checking the object")
+                }
+                Err(f) => return Err(f),
+            }
             self.upload_id = None;
         }
         self.unconfirmed = true;
@@ -304,11 +310,14 @@ impl Upload {
                 .request_timeout
                 .min(Duration::from_secs(60));
         if let Some(id) = self.upload_id.take() {
-            let (client, path) = (self.shared.client.clone(), self.path.clone());
-            let id2 = id.clone();
-            let r = block_until(&self.rt, limit, async move {
-                client.abort_multipart(&path, &id2).await.map_err(store_err)
-            });
+            let (s, path) = (&self.shared, &self.path);
+            let r = block_until(
+                &self.rt,
+                limit,
+                s.retry("aborting the multipart upload", || {
+                    abort_multipart(s, path, &id)
+                }),
+            );
             match r {
                 Ok(()) => tracing::info!(key = %self.key, "multipart upload aborted"),
                 Err(f) => {
@@ -318,10 +327,14 @@ impl Upload {
             }
         }
         if self.unconfirmed {
-            let (client, path) = (self.shared.client.clone(), self.path.clone());
-            let r = block_until(&self.rt, limit, async move {
-                client.delete(&path).await.map_err(store_err)
-            });
+            let (s, path) = (&self.shared, &self.path);
+            let r = block_until(
+                &self.rt,
+                limit,
+                s.retry("deleting the unconfirmed object", || async {
+                    s.client.delete(path).await.map_err(store_err)
+                }),
+            );
             if let Err(f) = r {
                 tracing::warn!(key = %self.key, error = %self.shared.describe(&f),
                     "could not delete the unconfirmed object; the next snapshot of this broker removes it");
@@ -456,10 +469,14 @@ impl Download {
         path: ObjPath,
         deadline: Instant,
     ) -> Result<Download, Failure> {
-        let (client, p) = (shared.client.clone(), path.clone());
-        let meta = block_until(&rt, deadline, async move {
-            client.head(&p).await.map_err(store_err)
-        })?;
+        let s = &shared;
+        let meta = block_until(
+            &rt,
+            deadline,
+            s.retry("HEAD", || async {
+                s.client.head(&path).await.map_err(store_err)
+            }),
+        )?;
         Ok(Download {
             chunk: shared.settings.part_size.min(READ_CHUNK),
             rt,
@@ -483,12 +500,13 @@ impl Download {
             let end = (self.next + self.chunk).min(self.size);
             let range = self.next..end;
             self.next = end;
-            let client = self.shared.client.clone();
-            let path = self.path.clone();
-            let e_tag = self.e_tag.clone();
-            let retries = self.shared.settings.retries;
-            self.pending
-                .push_back(self.rt.spawn(fetch(client, path, range, e_tag, retries)));
+            let fetched = fetch(
+                self.shared.clone(),
+                self.path.clone(),
+                range,
+                self.e_tag.clone(),
+            );
+            self.pending.push_back(self.rt.spawn(fetched));
         }
     }
 }
@@ -496,45 +514,39 @@ impl Download {
 /// One range, retried on its own (a body cut off halfway included); the
 /// object must keep its ETag throughout.
 async fn fetch(
-    client: Arc<object_store::aws::AmazonS3>,
+    shared: Arc<Shared>,
     path: ObjPath,
     range: Range<u64>,
     e_tag: Option<String>,
-    retries: usize,
 ) -> Result<Bytes, Failure> {
-    let mut attempt = 0;
-    loop {
-        let opts = GetOptions {
-            range: Some(range.clone().into()),
-            if_match: e_tag.clone(),
-            ..GetOptions::default()
-        };
-        let got = match client.get_opts(&path, opts).await {
-            Ok(r) => r.bytes().await,
-            Err(e) => Err(e),
-        };
-        let f = match got {
-            Ok(b) if b.len() as u64 == range.end - range.start => return Ok(b),
-            Ok(b) => Failure::Other(format!(
-                "short read: {} bytes for range {}..{}",
-                b.len(),
-                range.start,
-                range.end
-            )),
-            Err(object_store::Error::Precondition { .. }) => {
-                return Err(Failure::Other(
+    let what = format!("reading bytes {}..{}", range.start, range.end);
+    shared
+        .retry(&what, || async {
+            let opts = GetOptions {
+                range: Some(range.clone().into()),
+                if_match: e_tag.clone(),
+                ..GetOptions::default()
+            };
+            let got = match shared.client.get_opts(&path, opts).await {
+                Ok(r) => r.bytes().await,
+                Err(e) => Err(e),
+            };
+            match got {
+                Ok(b) if b.len() as u64 == range.end - range.start => Ok(b),
+                Ok(b) => Err(Failure::Network(format!(
+                    "short read: {} bytes for range {}..{}",
+                    b.len(),
+                    range.start,
+                    range.end
+                ))),
+                Err(object_store::Error::Precondition { .. }) => Err(Failure::Other(
                     "the object changed while it was being read (its ETag no longer matches)"
                         .into(),
-                ))
+                )),
+                Err(e) => Err(store_err(e)),
             }
-            Err(e) => store_err(e),
-        };
-        if attempt >= retries || !f.retryable() {
-            return Err(f);
-        }
-        tokio::time::sleep(backoff(attempt)).await;
-        attempt += 1;
-    }
+        })
+        .await
 }
 
 impl Read for Download {
