@@ -9,10 +9,10 @@ use crate::broker::{BrokerControl, BrokerError, Stopped};
 use crate::capture::CaptureMode;
 use crate::config::AgentConfig;
 use crate::kafka::fetch::KafkaClient;
-use crate::kafka::gate::{evaluate, recovery, GateReport, Recovery};
+use crate::kafka::gate::{recovery, GateReport, Recovery};
 use crate::logdir;
 use crate::manifest::Manifest;
-use crate::snapshot::{capture, BrokerTimes, CaptureRequest, Captured};
+use crate::snapshot::{capture, BrokerTimes, CaptureRequest};
 use crate::storage::ColdStore;
 use chrono::Utc;
 use std::path::PathBuf;
@@ -107,19 +107,13 @@ impl Cycle {
 
     /// One gate evaluation against the live cluster.
     pub async fn check(&self) -> GateReport {
-        let future = match logdir::future_dirs(&self.log_dirs) {
-            Ok(f) => f,
-            Err(e) => return GateReport::unreachable(self.broker, e.to_string()),
-        };
-        match self.client.view().await {
-            Ok(v) => evaluate(
-                &v,
-                self.broker,
-                self.cfg.gate.low_replication_policy,
-                &future,
-            ),
-            Err(e) => GateReport::unreachable(self.broker, e),
-        }
+        crate::kafka::check_now(
+            &self.client,
+            self.broker,
+            self.cfg.gate.low_replication_policy,
+            &self.log_dirs,
+        )
+        .await
     }
 
     /// Waits until the gate passes `stable_checks` times in a row, for at
@@ -348,12 +342,5 @@ impl Cycle {
                 return Err(CycleError::Interrupted { restarted: true });
             }
         }
-    }
-}
-
-impl Captured {
-    /// True when the archive is built from staging (the broker may run).
-    pub fn staged(&self) -> bool {
-        self.used == CaptureMode::Reflink
     }
 }

@@ -152,7 +152,9 @@ pub fn extract(
         visitor.writeback = Some(tx);
         let walked = walk(store, snap, &m, &mut visitor);
         visitor.writeback = None;
-        let flushed = flusher.join().expect("flusher thread does not panic");
+        let flushed = flusher
+            .join()
+            .unwrap_or_else(|_| Err(Error::Usage("the flusher thread panicked".into())));
         let report = walked?;
         flushed?;
         visitor.finish_dirs()?;

@@ -17,14 +17,19 @@ use std::path::PathBuf;
 
 /// A new snapshot id: UTC time to the millisecond, then random bits, so ids
 /// sort by time and never collide.
-pub fn new_snapshot_id() -> String {
+pub fn new_snapshot_id() -> Result<String> {
     let mut rnd = [0u8; 4];
-    getrandom::fill(&mut rnd).expect("the OS random source works");
-    format!(
+    getrandom::fill(&mut rnd).map_err(|e| {
+        Error::io(
+            "reading the OS random source for a snapshot id",
+            std::io::Error::other(e.to_string()),
+        )
+    })?;
+    Ok(format!(
         "{}-{}",
         Utc::now().format("%Y%m%dT%H%M%S%.3fZ"),
         hex::encode(rnd)
-    )
+    ))
 }
 
 /// Whether a string has the shape of a snapshot id (safe as a key part).
@@ -98,7 +103,7 @@ pub fn capture(req: &CaptureRequest) -> Result<Captured> {
         });
     }
     let (used, reason) = resolve_mode(req.mode, &req.log_dirs)?;
-    let snapshot_id = new_snapshot_id();
+    let snapshot_id = new_snapshot_id()?;
     let (content_roots, staging) = if used == CaptureMode::Reflink {
         let roots: Vec<PathBuf> = req
             .log_dirs
@@ -245,10 +250,5 @@ impl Captured {
             sha256 = %manifest.archive.sha256, "snapshot committed");
         self.staging.clear();
         Ok(manifest)
-    }
-
-    /// Where the archive reads file contents from.
-    pub fn content_roots(&self) -> &[PathBuf] {
-        &self.content_roots
     }
 }

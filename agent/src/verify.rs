@@ -80,7 +80,9 @@ pub fn walk(
         let result = check_entries(snap, m, visitor, ChunkReader::new(rx));
         // Dropping the receiver (inside check_entries) stops the decoder
         // early when the entries failed.
-        let raw = decoder.join().expect("decoder thread does not panic");
+        let raw = decoder
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("the decoder thread panicked")));
         let report = result?;
         let (size, sha) = raw.map_err(|e| corrupt(format!("reading archive: {e}")))?;
         if size != m.archive.size || sha != m.archive.sha256 {
@@ -253,7 +255,7 @@ fn check_entries(
                 .link_name_bytes()
                 .map(|b| String::from_utf8_lossy(&b).into_owned())
                 .ok_or_else(|| unsafe_entry("symlink without a target".into()))?;
-            check_symlink_target(Path::new(clean), Path::new(&t)).map_err(&unsafe_entry)?;
+            check_symlink_target(Path::new(&t)).map_err(&unsafe_entry)?;
             symlinks.push(clean.to_string());
             Some(t)
         } else {

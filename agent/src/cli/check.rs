@@ -2,8 +2,9 @@
 //! cluster, every condition printed with its reason.
 
 use kafka_snapshot::config::AgentConfig;
+use kafka_snapshot::kafka::check_now;
 use kafka_snapshot::kafka::fetch::KafkaClient;
-use kafka_snapshot::kafka::gate::{evaluate, GateReport};
+use kafka_snapshot::kafka::gate::GateReport;
 use kafka_snapshot::{logdir, Error, Result};
 use std::path::Path;
 use std::process::ExitCode;
@@ -16,18 +17,13 @@ pub fn run(config: &Path, broker: Option<i32>, json: bool) -> Result<ExitCode> {
         Some(b) => b,
         None => logdir::read_meta_properties(&dirs[0])?.node_id,
     };
-    let future = logdir::future_dirs(&dirs)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| Error::io("starting the async runtime", e))?;
     let report = runtime.block_on(async {
-        let client = match KafkaClient::new(&kafka) {
-            Ok(c) => c,
-            Err(e) => return GateReport::unreachable(broker, e),
-        };
-        match client.view().await {
-            Ok(view) => evaluate(&view, broker, cfg.gate.low_replication_policy, &future),
+        match KafkaClient::new(&kafka) {
+            Ok(client) => check_now(&client, broker, cfg.gate.low_replication_policy, &dirs).await,
             Err(e) => GateReport::unreachable(broker, e),
         }
     });

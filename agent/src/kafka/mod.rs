@@ -6,3 +6,25 @@ pub mod fetch;
 pub mod gate;
 pub mod view;
 pub mod wire;
+
+use crate::logdir;
+use gate::{evaluate, GateReport, LowReplicationPolicy};
+use std::path::PathBuf;
+
+/// The gate once, now: the live cluster as `client` sees it plus this
+/// broker's own log dirs (for `-future` dirs). Never "safe" on an error.
+pub async fn check_now(
+    client: &fetch::KafkaClient,
+    broker: i32,
+    policy: LowReplicationPolicy,
+    log_dirs: &[PathBuf],
+) -> GateReport {
+    let future = match logdir::future_dirs(log_dirs) {
+        Ok(f) => f,
+        Err(e) => return GateReport::unreachable(broker, e.to_string()),
+    };
+    match client.view().await {
+        Ok(v) => evaluate(&v, broker, policy, &future),
+        Err(e) => GateReport::unreachable(broker, e),
+    }
+}

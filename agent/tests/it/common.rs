@@ -48,16 +48,27 @@ pub fn agent() -> Command {
 /// Runs the agent and returns its output; panics with stderr if the exit
 /// code is not `want`.
 pub fn run(args: &[&str], want: i32) -> Output {
-    let out = agent().args(args).output().expect("run agent");
+    run_with(agent(), args, want)
+}
+
+/// Runs `cmd` with `args`; panics with its output if the exit code is not
+/// `want`.
+pub fn run_with(mut cmd: Command, args: &[&str], want: i32) -> Output {
+    let out = cmd.args(args).output().expect("run command");
+    check_exit(&out, &format!("{cmd:?}"), want);
+    out
+}
+
+/// Panics with stdout and stderr when `out` did not exit with `want`.
+pub fn check_exit(out: &Output, what: &str, want: i32) {
     let code = out.status.code().unwrap_or(-1);
     assert_eq!(
         code,
         want,
-        "agent {args:?} exited {code}, expected {want}\nstdout: {}\nstderr: {}",
+        "{what} exited {code}, expected {want}\nstdout: {}\nstderr: {}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    out
 }
 
 pub fn stdout(o: &Output) -> String {
@@ -262,14 +273,7 @@ pub fn run_measured(cmd: &Command, want: i32) -> (Output, u64) {
         };
     }
     let out = w.output().expect("run python3");
-    let code = out.status.code().unwrap_or(-1);
-    assert_eq!(
-        code,
-        want,
-        "{cmd:?} exited {code}, expected {want}\nstdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    check_exit(&out, &format!("{cmd:?}"), want);
     let rss = fs::read_to_string(&rss_file)
         .unwrap()
         .trim()

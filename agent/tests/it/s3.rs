@@ -128,19 +128,6 @@ impl S3 {
     }
 }
 
-fn run_cmd(mut c: Command, args: &[&str], want: i32) -> std::process::Output {
-    let out = c.args(args).output().expect("run agent");
-    let code = out.status.code().unwrap_or(-1);
-    assert_eq!(
-        code,
-        want,
-        "agent {args:?} exited {code}, expected {want}\nstdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
 fn json(out: &std::process::Output) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("JSON output")
 }
@@ -180,7 +167,7 @@ fn round_trip_through_s3_is_byte_identical_and_keeps_secrets_out_of_output() {
         c.env("KAFKA_SNAPSHOT_LOG", "debug");
         c
     };
-    let out = run_cmd(
+    let out = run_with(
         debug(),
         &[
             "archive",
@@ -199,7 +186,7 @@ fn round_trip_through_s3_is_byte_identical_and_keeps_secrets_out_of_output() {
     let id = created["snapshot_id"].as_str().unwrap().to_string();
     outputs.push(out);
 
-    let out = run_cmd(debug(), &["archive", "list", "--store", &url, "--json"], 0);
+    let out = run_with(debug(), &["archive", "list", "--store", &url, "--json"], 0);
     let listed = json(&out);
     let listed = listed.as_array().unwrap();
     assert_eq!(listed.len(), 1, "{listed:?}");
@@ -208,7 +195,7 @@ fn round_trip_through_s3_is_byte_identical_and_keeps_secrets_out_of_output() {
     assert_eq!(listed[0]["archive_sha256"], created["archive_sha256"]);
     outputs.push(out);
 
-    let out = run_cmd(
+    let out = run_with(
         debug(),
         &[
             "archive",
@@ -229,7 +216,7 @@ fn round_trip_through_s3_is_byte_identical_and_keeps_secrets_out_of_output() {
         targets[0].display().to_string(),
         targets[1].display().to_string(),
     );
-    outputs.push(run_cmd(
+    outputs.push(run_with(
         debug(),
         &[
             "archive",
@@ -377,7 +364,7 @@ fn crash_mid_upload_leaves_nothing_complete_and_next_run_cleans_up() {
         .status()
         .unwrap();
     assert!(!status.success());
-    let out = run_cmd(
+    let out = run_with(
         s3.agent(),
         &["archive", "list", "--config", &cfg, "--json"],
         0,
@@ -387,7 +374,7 @@ fn crash_mid_upload_leaves_nothing_complete_and_next_run_cleans_up() {
     assert_eq!(v[0]["complete"], false, "{v}");
 
     // The next run removes both leftovers and succeeds.
-    let out = run_cmd(
+    let out = run_with(
         s3.agent(),
         &[
             "archive",
@@ -406,7 +393,7 @@ fn crash_mid_upload_leaves_nothing_complete_and_next_run_cleans_up() {
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].snap.snapshot_id, id);
     assert!(matches!(listed[0].status, catalog::Status::Complete(_)));
-    run_cmd(
+    run_with(
         s3.agent(),
         &["archive", "verify", "--config", &cfg, "--snapshot", &id],
         0,
@@ -587,7 +574,7 @@ fn server_killed_mid_upload_and_back_within_the_retries() {
     let listed = catalog::list(store.as_ref(), None, None).unwrap();
     assert_eq!(listed.len(), 1);
     assert!(matches!(listed[0].status, catalog::Status::Complete(_)));
-    run_cmd(
+    run_with(
         s3.agent(),
         &["archive", "verify", "--config", &cfg, "--snapshot", &id],
         0,
@@ -642,7 +629,7 @@ fn server_down_past_the_retries_fails_cleanly_and_next_run_succeeds() {
     assert!(!store.pending_uploads("").unwrap().is_empty());
 
     // ... until the next run, which aborts it and succeeds.
-    let out = run_cmd(
+    let out = run_with(
         s3.agent(),
         &[
             "archive",
@@ -665,7 +652,7 @@ fn server_down_past_the_retries_fails_cleanly_and_next_run_succeeds() {
         listed.iter().map(|l| &l.snap).collect::<Vec<_>>()
     );
     assert_eq!(listed[0].snap.snapshot_id, id);
-    run_cmd(
+    run_with(
         s3.agent(),
         &["archive", "verify", "--config", &cfg_s, "--snapshot", &id],
         0,
@@ -686,7 +673,7 @@ fn wrong_settings_fail_quickly_naming_the_setting() {
     let url = s3.url("settings");
     let quick = |c: Command, args: &[&str]| {
         let start = Instant::now();
-        let out = run_cmd(c, args, 1);
+        let out = run_with(c, args, 1);
         let took = start.elapsed();
         assert!(took < Duration::from_secs(15), "{args:?} took {took:?}");
         for text in [stdout(&out), stderr(&out)] {
@@ -758,7 +745,7 @@ fn wrong_settings_fail_quickly_naming_the_setting() {
     let mut c = s3.agent();
     c.env_remove("AWS_ACCESS_KEY_ID")
         .env_remove("AWS_SECRET_ACCESS_KEY");
-    let out = run_cmd(c, &list, 2);
+    let out = run_with(c, &list, 2);
     assert!(
         stderr(&out).contains("no S3 credentials"),
         "{}",
@@ -776,7 +763,7 @@ fn retention_deletes_exactly_the_objects_of_pruned_snapshots() {
     let url = s3.url("retention");
     let create = |dirs: &[PathBuf]| -> String {
         let d = dirs_arg(dirs);
-        let out = run_cmd(
+        let out = run_with(
             s3.agent(),
             &[
                 "archive",
@@ -821,7 +808,7 @@ fn retention_deletes_exactly_the_objects_of_pruned_snapshots() {
             "{id} was deleted"
         );
     }
-    run_cmd(
+    run_with(
         s3.agent(),
         &["archive", "verify", "--store", &url, "--snapshot", &newest],
         0,
@@ -916,7 +903,7 @@ fn connections_cut_mid_transfer_are_retried() {
 
     let mut c = s3.agent();
     c.env("KAFKA_SNAPSHOT_LOG", "info");
-    let out = run_cmd(
+    let out = run_with(
         c,
         &[
             "archive",
@@ -937,7 +924,7 @@ fn connections_cut_mid_transfer_are_retried() {
     );
     assert_eq!(up_cuts.load(SeqCst), 0, "the upload was not cut");
     let cfg = through(&down_proxy);
-    run_cmd(
+    run_with(
         s3.agent(),
         &[
             "archive",
@@ -976,7 +963,7 @@ fn a_part_corrupted_on_the_way_is_refused_by_the_server_and_sent_again() {
 
     let mut c = s3.agent();
     c.env("KAFKA_SNAPSHOT_LOG", "info");
-    let out = run_cmd(
+    let out = run_with(
         c,
         &[
             "archive",
@@ -997,7 +984,7 @@ fn a_part_corrupted_on_the_way_is_refused_by_the_server_and_sent_again() {
         "the server must have refused a part: {err}"
     );
     let id = json(&out)["snapshot_id"].as_str().unwrap().to_string();
-    run_cmd(
+    run_with(
         s3.agent(),
         &["archive", "verify", "--store", &url, "--snapshot", &id],
         0,
@@ -1018,7 +1005,7 @@ fn bandwidth_limit_applies_to_both_backends() {
     // About 25 MiB of archive at 8 MiB/s: at least 2.5 s, either way.
     let timed = |args: &[&str]| {
         let start = Instant::now();
-        run_cmd(s3.agent(), args, 0);
+        run_with(s3.agent(), args, 0);
         start.elapsed()
     };
     let create = ["archive", "create", "--capture", "copy"];
@@ -1058,7 +1045,7 @@ fn read_back_confirms_an_upload_when_asked() {
     let cfg = cfg.display().to_string();
     let mut c = s3.agent();
     c.env("KAFKA_SNAPSHOT_LOG", "kafka_snapshot=debug");
-    let out = run_cmd(
+    let out = run_with(
         c,
         &[
             "archive",
@@ -1075,7 +1062,7 @@ fn read_back_confirms_an_upload_when_asked() {
     assert!(err.contains("confirmed by reading it back"), "{err}");
     assert!(!err.contains("confirmed by the server's checksum"), "{err}");
     let id = json(&out)["snapshot_id"].as_str().unwrap().to_string();
-    run_cmd(
+    run_with(
         s3.agent(),
         &["archive", "verify", "--config", &cfg, "--snapshot", &id],
         0,
