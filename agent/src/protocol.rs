@@ -1,0 +1,319 @@
+//! The HTTP/JSON protocol between agents and the coordinator.
+//!
+//! Agents only ever connect out: they poll the coordinator, which answers
+//! with what to do. Every agent request carries `Authorization: Bearer
+//! <token>`; the coordinator knows each agent's token by its SHA-256 and the
+//! broker id it belongs to, so a token for broker 1 cannot act for broker 2.
+//!
+//! ```text
+//! POST /v1/agent/poll       PollRequest   -> PollResponse
+//! POST /v1/agent/heartbeat  Heartbeat     -> HeartbeatResponse   (409: stale epoch)
+//! POST /v1/agent/release    Release       -> Ack                 (409: stale epoch)
+//! POST /v1/agent/report     SnapshotReport-> Ack                 (409: stale epoch)
+//! POST /v1/agent/notice     Notice        -> Ack
+//! ```
+//!
+//! A **lease** is the one cluster-wide slot that allows a broker to be
+//! stopped. It carries a fencing `epoch` that grows with every grant: a
+//! request with an older epoch is refused with 409 and [`ErrorBody`]. The
+//! agent renews it with heartbeats at `ttl / 3`; a lease whose TTL runs out
+//! does not free the slot until the coordinator itself sees the cluster back
+//! in sync.
+//!
+//! Errors are JSON [`ErrorBody`] with a 4xx/5xx status: 400 malformed
+//! request, 401 missing or wrong token, 403 token of another broker, 404
+//! unknown broker/order/snapshot, 409 stale lease epoch or a state conflict,
+//! 413 body too large.
+
+use serde::{Deserialize, Serialize};
+
+/// Version of this protocol; the coordinator refuses agents that speak
+/// another (major) one.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Largest request body the coordinator accepts.
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
+
+/// What the agent is doing right now; persisted in its state file and sent
+/// with every poll and heartbeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Idle,
+    /// Holding the lease, waiting for the pre-stop gate.
+    Gating,
+    Stopping,
+    /// The broker is down and its log dirs are being cloned or copied.
+    Capturing,
+    Starting,
+    /// The broker runs again; waiting until it is back in every ISR.
+    Recovering,
+    /// Lease released; building/uploading the archive from staging.
+    Archiving,
+    /// Restore: downloading and verifying the archive into `.restoring-*`.
+    Downloading,
+    /// Restore: moving the old log dirs aside and the restored ones in.
+    Restoring,
+}
+
+impl Phase {
+    /// Phases in which the broker may be down because of this agent.
+    pub fn broker_may_be_down(self) -> bool {
+        matches!(
+            self,
+            Phase::Stopping | Phase::Capturing | Phase::Starting | Phase::Restoring
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Idle => "idle",
+            Phase::Gating => "gating",
+            Phase::Stopping => "stopping",
+            Phase::Capturing => "capturing",
+            Phase::Starting => "starting",
+            Phase::Recovering => "recovering",
+            Phase::Archiving => "archiving",
+            Phase::Downloading => "downloading",
+            Phase::Restoring => "restoring",
+        }
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PollRequest {
+    pub protocol: u32,
+    pub broker: i32,
+    pub agent_version: String,
+    pub hostname: String,
+    pub phase: Phase,
+    /// The epoch of the lease the agent believes it holds, if any.
+    pub lease_epoch: Option<u64>,
+    /// True when the broker process is running (its log dirs are locked).
+    pub broker_running: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PollResponse {
+    pub action: Action,
+    /// When to poll next, unless the agent is busy.
+    pub poll_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Action {
+    /// Nothing to do.
+    Idle,
+    /// Take a snapshot under this lease.
+    Snapshot { lease: Lease },
+    /// Restore this snapshot under this lease.
+    Restore { lease: Lease, order: RestoreOrder },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Lease {
+    pub epoch: u64,
+    pub ttl_ms: u64,
+    /// The rolling cycle this lease belongs to (none for restores and
+    /// manual runs outside a cycle).
+    pub cycle_id: Option<i64>,
+    /// How long the agent may wait for its gate before giving up with
+    /// [`Outcome::Skipped`].
+    pub gate_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreOrder {
+    pub id: i64,
+    pub cluster_id: String,
+    pub snapshot_id: String,
+    /// Restore even when cluster.id or node.id do not match.
+    pub force: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Heartbeat {
+    pub broker: i32,
+    pub epoch: u64,
+    pub phase: Phase,
+    /// Human progress line ("12 partitions still catching up").
+    pub progress: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatResponse {
+    pub ttl_ms: u64,
+    /// The coordinator asks the agent to give up (restart the broker if
+    /// stopped, release). Set when an operator cancels.
+    pub abort: bool,
+}
+
+/// Ends a lease. After `Recovered` with reflink capture the agent goes on
+/// archiving without the lease and sends a [`SnapshotReport`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Release {
+    pub broker: i32,
+    pub epoch: u64,
+    pub outcome: Outcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Outcome {
+    /// The broker was stopped, captured, restarted and is back in every ISR;
+    /// the archive is still being built (a [`SnapshotReport`] follows).
+    Recovered { snapshot_id: String, downtime_ms: u64 },
+    /// The snapshot is committed (copy capture archives before the restart).
+    Committed {
+        snapshot: SnapshotSummary,
+        downtime_ms: u64,
+    },
+    /// The gate never passed; the broker was not touched.
+    Skipped { reason: String },
+    /// Something failed. `broker_running` says whether the broker runs now.
+    Failed {
+        reason: String,
+        broker_running: bool,
+    },
+    /// A restore finished and the broker is back in every ISR.
+    Restored { snapshot_id: String, downtime_ms: u64 },
+}
+
+/// Sent when an archive finishes after the lease was released.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotReport {
+    pub broker: i32,
+    /// The epoch of the lease the snapshot was captured under.
+    pub epoch: u64,
+    pub result: ReportResult,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ReportResult {
+    Committed { snapshot: SnapshotSummary },
+    Failed { snapshot_id: String, reason: String },
+}
+
+/// What the catalog keeps of a manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotSummary {
+    pub snapshot_id: String,
+    pub cluster_id: String,
+    pub broker: i32,
+    pub host: String,
+    pub committed: chrono::DateTime<chrono::Utc>,
+    pub capture: String,
+    pub clean_shutdown: bool,
+    pub downtime_ms: Option<u64>,
+    pub files: u64,
+    pub data_bytes: u64,
+    pub archive_bytes: u64,
+    pub archive_sha256: String,
+    pub manifest_sha256: String,
+}
+
+impl SnapshotSummary {
+    pub fn of(m: &crate::manifest::Manifest) -> SnapshotSummary {
+        SnapshotSummary {
+            snapshot_id: m.snapshot_id.clone(),
+            cluster_id: m.cluster_id.clone(),
+            broker: m.node_id,
+            host: m.host.clone(),
+            committed: m.timestamps.committed,
+            capture: m.capture.used.to_string(),
+            clean_shutdown: m.clean_shutdown,
+            downtime_ms: m.broker_downtime_ms,
+            files: m.totals.files,
+            data_bytes: m.totals.bytes,
+            archive_bytes: m.archive.size,
+            archive_sha256: m.archive.sha256.clone(),
+            manifest_sha256: m.manifest_sha256.clone(),
+        }
+    }
+}
+
+/// Something the operator should know that is not tied to a lease, e.g.
+/// "agent restarted after a crash and started the broker it had stopped".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Notice {
+    pub broker: i32,
+    pub level: NoticeLevel,
+    pub message: String,
+    /// The lease epoch the notice is about, if any.
+    pub epoch: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NoticeLevel {
+    Info,
+    Warning,
+    Error,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ack {
+    pub ok: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn actions_are_tagged() {
+        let a = Action::Snapshot {
+            lease: Lease {
+                epoch: 7,
+                ttl_ms: 60_000,
+                cycle_id: Some(3),
+                gate_timeout_ms: 600_000,
+            },
+        };
+        let text = serde_json::to_string(&a).unwrap();
+        assert!(text.starts_with(r#"{"type":"snapshot""#), "{text}");
+        assert_eq!(serde_json::from_str::<Action>(&text).unwrap(), a);
+        let idle: Action = serde_json::from_str(r#"{"type":"idle"}"#).unwrap();
+        assert_eq!(idle, Action::Idle);
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let err = serde_json::from_str::<Heartbeat>(
+            r#"{"broker":1,"epoch":2,"phase":"idle","progress":null,"evil":1}"#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("unknown field"), "{err}");
+    }
+
+    #[test]
+    fn phases_that_may_leave_the_broker_down() {
+        assert!(Phase::Capturing.broker_may_be_down());
+        assert!(Phase::Restoring.broker_may_be_down());
+        assert!(!Phase::Archiving.broker_may_be_down());
+        assert!(!Phase::Gating.broker_may_be_down());
+    }
+}
