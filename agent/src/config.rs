@@ -213,7 +213,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(total)
 }
 
-fn duration<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Duration, D::Error> {
+/// Serde helper: a duration as seconds or text (see [`parse_duration`]).
+pub fn duration<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Duration, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Raw {
@@ -543,25 +544,7 @@ impl AgentConfig {
         if self.snapshot.zstd_threads > 256 {
             return Err(err("snapshot.zstd_threads", "must be at most 256".into()));
         }
-        check_store_url(&self.storage.url).map_err(|m| err("storage.url", m))?;
-        if self.storage.bandwidth_limit == Some(0) {
-            return Err(err(
-                "storage.bandwidth_limit",
-                "must be more than 0 (leave it out for no limit)".into(),
-            ));
-        }
-        if let Some(s3) = &self.storage.s3 {
-            if !self.storage.url.starts_with("s3://") {
-                return Err(err(
-                    "storage.s3",
-                    format!(
-                        "is set, but storage.url {:?} is not an s3:// URL",
-                        self.storage.url
-                    ),
-                ));
-            }
-            s3.validate().map_err(|(key, m)| err(key, m))?;
-        }
+        self.storage.validate().map_err(|(k, m)| err(&k, m))?;
         if self.broker.stop_command.trim().is_empty() {
             return Err(err("broker.stop_command", "is empty".into()));
         }
@@ -575,52 +558,7 @@ impl AgentConfig {
             return Err(err("gate.stable_checks", "must be at least 1".into()));
         }
         if let Some(k) = &self.kafka {
-            if k.bootstrap_servers.is_empty() {
-                return Err(err("kafka.bootstrap_servers", "is empty".into()));
-            }
-            if let Some(b) = k.bootstrap_servers.iter().find(|b| !b.contains(':')) {
-                return Err(err(
-                    "kafka.bootstrap_servers",
-                    format!("{b:?} is not host:port"),
-                ));
-            }
-            if k.request_timeout.is_zero() {
-                return Err(err("kafka.request_timeout", "must be more than 0".into()));
-            }
-            if k.security_protocol.uses_sasl() {
-                if k.sasl_mechanism.is_none() {
-                    return Err(err(
-                        "kafka.sasl_mechanism",
-                        format!("required with {:?}", k.security_protocol),
-                    ));
-                }
-                if k.sasl_username.is_none() {
-                    return Err(err("kafka.sasl_username", "required with SASL".into()));
-                }
-                match (&k.sasl_password, &k.sasl_password_file) {
-                    (Some(_), Some(_)) => {
-                        return Err(err(
-                            "kafka.sasl_password_file",
-                            "set sasl_password or sasl_password_file, not both".into(),
-                        ))
-                    }
-                    (None, None) => {
-                        return Err(err(
-                            "kafka.sasl_password",
-                            "required with SASL (or sasl_password_file)".into(),
-                        ))
-                    }
-                    _ => {}
-                }
-            } else if k.sasl_mechanism.is_some() {
-                return Err(err(
-                    "kafka.sasl_mechanism",
-                    format!(
-                        "set, but security_protocol {:?} does not use SASL",
-                        k.security_protocol
-                    ),
-                ));
-            }
+            k.validate().map_err(|(key, m)| err(&key, m))?;
         }
         Ok(())
     }
@@ -628,13 +566,10 @@ impl AgentConfig {
     /// Reads secrets referenced by path (`kafka.sasl_password_file`).
     fn resolve_secrets(&mut self, path: &Path) -> Result<()> {
         if let Some(k) = &mut self.kafka {
-            if let Some(f) = &k.sasl_password_file {
-                let pw = std::fs::read_to_string(f).map_err(|e| Error::Config {
-                    file: path.to_path_buf(),
-                    message: format!("kafka.sasl_password_file: cannot read {}: {e}", f.display()),
-                })?;
-                k.resolved_password = Some(pw.trim_end_matches(['\n', '\r']).to_string());
-            }
+            k.resolve_secrets().map_err(|(key, m)| Error::Config {
+                file: path.to_path_buf(),
+                message: format!("{key}: {m}"),
+            })?;
         }
         Ok(())
     }
@@ -654,6 +589,102 @@ impl AgentConfig {
             (None, Some(p)) => crate::logdir::log_dirs_from_server_properties(p),
             (None, None) => Err(Error::Usage("no log dirs configured".into())),
         }
+    }
+}
+
+type KeyError = (String, String);
+
+fn bad(key: &str, message: String) -> KeyError {
+    (key.to_string(), message)
+}
+
+impl StorageSection {
+    /// Checks what serde cannot; errors are (key, message).
+    pub fn validate(&self) -> std::result::Result<(), KeyError> {
+        check_store_url(&self.url).map_err(|m| ("storage.url".to_string(), m))?;
+        if self.bandwidth_limit == Some(0) {
+            return Err(bad(
+                "storage.bandwidth_limit",
+                "must be more than 0 (leave it out for no limit)".into(),
+            ));
+        }
+        if let Some(s3) = &self.s3 {
+            if !self.url.starts_with("s3://") {
+                return Err(bad(
+                    "storage.s3",
+                    format!("is set, but storage.url {:?} is not an s3:// URL", self.url),
+                ));
+            }
+            s3.validate().map_err(|(key, m)| bad(key, m))?;
+        }
+        Ok(())
+    }
+}
+
+impl KafkaSection {
+    /// Reads `sasl_password_file`, if set.
+    pub fn resolve_secrets(&mut self) -> std::result::Result<(), KeyError> {
+        if let Some(f) = &self.sasl_password_file {
+            let pw = std::fs::read_to_string(f).map_err(|e| {
+                bad(
+                    "kafka.sasl_password_file",
+                    format!("cannot read {}: {e}", f.display()),
+                )
+            })?;
+            self.resolved_password = Some(pw.trim_end_matches(['\n', '\r']).to_string());
+        }
+        Ok(())
+    }
+
+    /// Checks what serde cannot; errors are (key, message).
+    pub fn validate(&self) -> std::result::Result<(), KeyError> {
+        if self.bootstrap_servers.is_empty() {
+            return Err(bad("kafka.bootstrap_servers", "is empty".into()));
+        }
+        if let Some(b) = self.bootstrap_servers.iter().find(|b| !b.contains(':')) {
+            return Err(bad(
+                "kafka.bootstrap_servers",
+                format!("{b:?} is not host:port"),
+            ));
+        }
+        if self.request_timeout.is_zero() {
+            return Err(bad("kafka.request_timeout", "must be more than 0".into()));
+        }
+        if self.security_protocol.uses_sasl() {
+            if self.sasl_mechanism.is_none() {
+                return Err(bad(
+                    "kafka.sasl_mechanism",
+                    format!("required with {:?}", self.security_protocol),
+                ));
+            }
+            if self.sasl_username.is_none() {
+                return Err(bad("kafka.sasl_username", "required with SASL".into()));
+            }
+            match (&self.sasl_password, &self.sasl_password_file) {
+                (Some(_), Some(_)) => {
+                    return Err(bad(
+                        "kafka.sasl_password_file",
+                        "set sasl_password or sasl_password_file, not both".into(),
+                    ))
+                }
+                (None, None) => {
+                    return Err(bad(
+                        "kafka.sasl_password",
+                        "required with SASL (or sasl_password_file)".into(),
+                    ))
+                }
+                _ => {}
+            }
+        } else if self.sasl_mechanism.is_some() {
+            return Err(bad(
+                "kafka.sasl_mechanism",
+                format!(
+                    "set, but security_protocol {:?} does not use SASL",
+                    self.security_protocol
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 
