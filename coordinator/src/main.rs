@@ -1,10 +1,26 @@
 //! `kafka-snapshot-coordinator`: leases brokers one at a time, schedules
-//! rolling cycles and keeps the catalog. This build carries the catalog
-//! commands; they read cold storage through the same engine as the agent.
+//! rolling cycles, keeps the catalog, applies retention and drives
+//! restores. `serve` runs the service; every other command is an operator
+//! command that talks to it (or, for `catalog list`, to cold storage).
+
+mod cli;
+mod config;
+mod db;
+mod engine;
+mod health;
+mod metrics;
+mod retention;
+mod schedule;
+mod server;
+mod tls;
 
 use clap::{Parser, Subcommand};
-use kafka_snapshot::{catalog, storage};
+use config::CoordinatorConfig;
+use kafka_snapshot::{catalog, storage, Error};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+
+const DEFAULT_CONFIG: &str = "/etc/kafka-snapshot/coordinator.toml";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -13,20 +29,83 @@ use std::process::ExitCode;
     about = "Coordinator for rolling cold snapshots of Kafka"
 )]
 struct Cli {
+    /// The coordinator's config file.
+    #[arg(long, global = true, default_value = DEFAULT_CONFIG)]
+    config: PathBuf,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// The catalog of snapshots in cold storage.
+    /// Run the coordinator service (HTTP API, schedule, retention).
+    Serve,
+    /// Check the config file and exit (0 valid, 2 invalid).
+    Validate,
+    /// Every broker: state, lease, last snapshot, downtime, next due.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// The snapshots in the catalog.
+    Snapshots {
+        #[arg(long)]
+        broker: Option<i32>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start a rolling cycle now, of every broker or of one.
+    RunNow {
+        #[arg(long)]
+        broker: Option<i32>,
+    },
+    /// Restore a broker from a snapshot (its newest by default). Waits and
+    /// shows progress until the order ends; exit 1 if it failed.
+    Restore {
+        #[arg(long)]
+        broker: i32,
+        #[arg(long)]
+        snapshot: Option<String>,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+        /// Restore even if the snapshot's cluster.id or node.id do not match.
+        #[arg(long)]
+        force: bool,
+        /// Return once the order is created.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Read snapshots back from cold storage and check every byte.
+    Verify {
+        #[arg(long, conflicts_with = "all")]
+        snapshot: Option<String>,
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Apply retention now (or show what it would delete).
+    Prune {
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The catalog of snapshots.
     #[command(subcommand)]
     Catalog(CatalogCommand),
 }
 
 #[derive(Subcommand, Debug)]
 enum CatalogCommand {
-    /// List every snapshot found in a store, complete or not.
+    /// Rebuild the catalog from the manifests in cold storage.
+    Rebuild {
+        #[arg(long)]
+        json: bool,
+    },
+    /// List every snapshot found in a store, complete or not (no
+    /// coordinator needed).
     List {
         #[arg(long)]
         store: String,
@@ -39,7 +118,26 @@ enum CatalogCommand {
     },
 }
 
-fn run(cli: Cli) -> kafka_snapshot::Result<()> {
+fn runtime() -> kafka_snapshot::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io("starting the async runtime", e))
+}
+
+fn load(path: &Path) -> kafka_snapshot::Result<CoordinatorConfig> {
+    CoordinatorConfig::load(path)
+}
+
+fn run(cli: Cli) -> kafka_snapshot::Result<ExitCode> {
+    let ok = |b: bool| {
+        if b {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        }
+    };
     match cli.command {
         Command::Catalog(CatalogCommand::List {
             store,
@@ -57,17 +155,75 @@ fn run(cli: Cli) -> kafka_snapshot::Result<()> {
             } else {
                 print!("{}", catalog::format_table(&listed));
             }
-            Ok(())
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Validate => {
+            let cfg = load(&cli.config)?;
+            println!(
+                "{}: ok ({} agents: {:?}; schedule {})",
+                cli.config.display(),
+                cfg.agents.len(),
+                cfg.brokers(),
+                cfg.schedule()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Serve => {
+            let cfg = load(&cli.config)?;
+            runtime()?.block_on(server::serve(cfg, || {}))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        cmd => {
+            let cfg = load(&cli.config)?;
+            let api = cli::Api::new(&cfg)?;
+            runtime()?.block_on(async {
+                Ok(match cmd {
+                    Command::Status { json } => ok(cli::status(&api, json).await.map(|_| true)?),
+                    Command::Snapshots { broker, json } => {
+                        cli::snapshots(&api, broker, json).await?;
+                        ExitCode::SUCCESS
+                    }
+                    Command::RunNow { broker } => {
+                        cli::run_now(&api, broker).await?;
+                        ExitCode::SUCCESS
+                    }
+                    Command::Restore {
+                        broker,
+                        snapshot,
+                        yes,
+                        force,
+                        no_wait,
+                    } => ok(cli::restore(&api, broker, snapshot, force, yes, !no_wait).await?),
+                    Command::Verify {
+                        snapshot,
+                        all: _,
+                        json,
+                    } => ok(cli::verify(&api, &cfg, snapshot, json).await?),
+                    Command::Prune { dry_run, json } => ok(cli::prune(&api, dry_run, json).await?),
+                    Command::Catalog(CatalogCommand::Rebuild { json }) => {
+                        cli::rebuild(&api, json).await?;
+                        ExitCode::SUCCESS
+                    }
+                    Command::Catalog(CatalogCommand::List { .. })
+                    | Command::Validate
+                    | Command::Serve => unreachable!("handled above"),
+                })
+            })
         }
     }
 }
 
 fn main() -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KAFKA_SNAPSHOT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match run(Cli::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::from(e.exit_code() as u8)

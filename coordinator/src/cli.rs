@@ -1,0 +1,555 @@
+//! Operator commands: they talk to the running coordinator over its API
+//! with the admin token, and print a table (or `--json`).
+
+use crate::config::CoordinatorConfig;
+use crate::engine::{RestoreView, SnapshotRow, StatusView};
+use crate::server::{NewRestore, PruneRequest, PruneResult, RebuildResult, RunNow, Verified};
+use kafka_snapshot::catalog::SnapshotRef;
+use kafka_snapshot::protocol::ErrorBody;
+use kafka_snapshot::{Error, Result};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::time::Duration;
+
+pub struct Api {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl Api {
+    pub fn new(cfg: &CoordinatorConfig) -> Result<Api> {
+        let token = crate::server::read_token(&cfg.server.admin_token_file)?;
+        let mut b = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .connect_timeout(Duration::from_secs(10));
+        let base = cfg.api_url();
+        if base.starts_with("https://") {
+            let ca = cfg
+                .server
+                .tls_ca
+                .as_ref()
+                .or(cfg.server.tls_cert.as_ref())
+                .ok_or_else(|| {
+                    Error::Usage(
+                        "server.url is https but neither server.tls_ca nor server.tls_cert is set"
+                            .into(),
+                    )
+                })?;
+            let pem =
+                std::fs::read(ca).map_err(|e| Error::io(format!("TLS CA {}", ca.display()), e))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| Error::Usage(format!("TLS CA {}: {e}", ca.display())))?;
+            b = b.tls_certs_only(certs);
+        }
+        let http = b
+            .build()
+            .map_err(|e| Error::Usage(format!("HTTP client: {e}")))?;
+        Ok(Api { base, token, http })
+    }
+
+    async fn send<T: DeserializeOwned>(
+        &self,
+        req: reqwest::RequestBuilder,
+        what: &str,
+    ) -> Result<T> {
+        let resp = req.bearer_auth(&self.token).send().await.map_err(|e| {
+            Error::Usage(format!(
+                "coordinator at {}: {what}: {e} (is `kafka-snapshot-coordinator serve` running?)",
+                self.base
+            ))
+        })?;
+        let status = resp.status();
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| Error::Usage(format!("coordinator at {}: {what}: {e}", self.base)))?;
+        if !status.is_success() {
+            let msg = serde_json::from_slice::<ErrorBody>(&body)
+                .map(|e| e.error)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
+            return Err(Error::Usage(format!("{what}: {status}: {msg}")));
+        }
+        serde_json::from_slice(&body)
+            .map_err(|e| Error::Usage(format!("{what}: unexpected answer: {e}")))
+    }
+
+    pub async fn get<T: DeserializeOwned>(&self, path: &str, what: &str) -> Result<T> {
+        self.send(self.http.get(format!("{}{path}", self.base)), what)
+            .await
+    }
+
+    pub async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+        what: &str,
+    ) -> Result<T> {
+        self.send(
+            self.http.post(format!("{}{path}", self.base)).json(body),
+            what,
+        )
+        .await
+    }
+}
+
+fn print_json<T: Serialize>(v: &T) {
+    println!("{}", serde_json::to_string_pretty(v).expect("serialisable"));
+}
+
+pub fn human_bytes(n: i64) -> String {
+    let n = n as f64;
+    for (unit, div) in [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
+        if n >= div as f64 {
+            return format!("{:.1} {unit}", n / div as f64);
+        }
+    }
+    format!("{n} B")
+}
+
+pub fn human_age(secs: i64) -> String {
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172800 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86400),
+    }
+}
+
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut w: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            w[i] = w[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:<width$}  ", width = w[i]));
+            }
+        }
+        s.trim_end().to_string() + "\n"
+    };
+    let mut out = line(header.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        out.push_str(&line(r.clone()));
+    }
+    out
+}
+
+pub fn format_status(s: &StatusView) -> String {
+    let mut out = String::new();
+    let lease = match &s.lease {
+        None => "free".to_string(),
+        Some(l) if l.state == "active" => format!(
+            "held by broker {} for a {} (epoch {}, phase {}{})",
+            l.broker,
+            l.kind,
+            l.epoch,
+            l.phase.as_deref().unwrap_or("granted"),
+            l.progress
+                .as_deref()
+                .map(|p| format!(": {p}"))
+                .unwrap_or_default()
+        ),
+        Some(l) => format!(
+            "CLOSED after lease {} of broker {}: {}; {}",
+            l.epoch,
+            l.broker,
+            l.reason.as_deref().unwrap_or("ended badly"),
+            l.progress
+                .as_deref()
+                .unwrap_or("waiting for the cluster to be back in sync")
+        ),
+    };
+    out.push_str(&format!("lease:    {lease}\n"));
+    out.push_str(&format!(
+        "schedule: {}{}; next due {}\n",
+        s.schedule,
+        if s.suspended { " (SUSPENDED)" } else { "" },
+        s.next_due.as_deref().unwrap_or("-")
+    ));
+    if let Some(c) = &s.cycle {
+        let done = c.brokers.iter().filter(|b| b.state == "done").count();
+        out.push_str(&format!(
+            "cycle:    {} ({}) {}: {done}/{} brokers done, started {}{}\n",
+            c.id,
+            c.trigger,
+            c.state,
+            c.brokers.len(),
+            c.started_at,
+            c.message
+                .as_deref()
+                .map(|m| format!("; {m}"))
+                .unwrap_or_default()
+        ));
+    }
+    out.push('\n');
+    let cycle_state = |b: i32| {
+        s.cycle.as_ref().and_then(|c| {
+            c.brokers
+                .iter()
+                .find(|x| x.broker == b)
+                .map(|x| (x.state.clone(), x.reason.clone()))
+        })
+    };
+    let rows: Vec<Vec<String>> = s
+        .brokers
+        .iter()
+        .map(|b| {
+            let lease = match &s.lease {
+                Some(l) if l.broker == b.broker => format!("{} {}", l.state, l.epoch),
+                _ => "-".into(),
+            };
+            let state = match (&b.last_error, b.broker_running) {
+                (Some(e), _) if e.contains("LEFT STOPPED") => "BROKER STOPPED".to_string(),
+                _ => b.phase.clone(),
+            };
+            let next = match cycle_state(b.broker) {
+                Some((st, _)) if st == "pending" || st == "leased" || st == "archiving" => {
+                    format!("this cycle ({st})")
+                }
+                _ => s.next_due.clone().unwrap_or_else(|| "-".into()),
+            };
+            vec![
+                b.broker.to_string(),
+                b.hostname.clone().unwrap_or_else(|| "-".into()),
+                state,
+                lease,
+                b.last_snapshot_age_seconds
+                    .map(human_age)
+                    .unwrap_or_else(|| "never".into()),
+                b.last_snapshot_bytes
+                    .map(human_bytes)
+                    .unwrap_or_else(|| "-".into()),
+                b.last_downtime_ms
+                    .map(|d| format!("{:.1}s", d as f64 / 1000.0))
+                    .unwrap_or_else(|| "-".into()),
+                next,
+            ]
+        })
+        .collect();
+    out.push_str(&table(
+        &[
+            "BROKER",
+            "HOST",
+            "STATE",
+            "LEASE",
+            "LAST SNAPSHOT",
+            "SIZE",
+            "DOWNTIME",
+            "NEXT DUE",
+        ],
+        &rows,
+    ));
+    let problems: Vec<String> = s
+        .brokers
+        .iter()
+        .filter_map(|b| {
+            b.last_error
+                .as_ref()
+                .map(|e| format!("broker {}: {e}", b.broker))
+        })
+        .chain(s.cycle.iter().flat_map(|c| {
+            c.brokers.iter().filter_map(|b| {
+                b.reason
+                    .as_ref()
+                    .map(|r| format!("broker {} ({}): {r}", b.broker, b.state))
+            })
+        }))
+        .collect();
+    if !problems.is_empty() {
+        out.push_str("\nproblems:\n");
+        for p in problems {
+            out.push_str(&format!("  {p}\n"));
+        }
+    }
+    out
+}
+
+pub fn format_snapshots(rows: &[SnapshotRow]) -> String {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|s| {
+            vec![
+                s.broker.to_string(),
+                s.snapshot_id.clone(),
+                s.committed.clone(),
+                s.capture.clone(),
+                human_bytes(s.data_bytes),
+                human_bytes(s.archive_bytes),
+                s.downtime_ms
+                    .map(|d| format!("{:.1}s", d as f64 / 1000.0))
+                    .unwrap_or_else(|| "-".into()),
+                match s.verify_ok {
+                    Some(true) => "ok".into(),
+                    Some(false) => format!("FAILED: {}", s.verify_message.as_deref().unwrap_or("")),
+                    None => "not yet".into(),
+                },
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "BROKER",
+            "SNAPSHOT",
+            "COMMITTED",
+            "CAPTURE",
+            "DATA",
+            "ARCHIVE",
+            "DOWNTIME",
+            "VERIFIED",
+        ],
+        &rows,
+    )
+}
+
+pub async fn status(api: &Api, json: bool) -> Result<()> {
+    let s: StatusView = api.get("/v1/status", "status").await?;
+    if json {
+        print_json(&s);
+    } else {
+        print!("{}", format_status(&s));
+    }
+    Ok(())
+}
+
+pub async fn snapshots(api: &Api, broker: Option<i32>, json: bool) -> Result<()> {
+    let path = match broker {
+        Some(b) => format!("/v1/snapshots?broker={b}"),
+        None => "/v1/snapshots".into(),
+    };
+    let rows: Vec<SnapshotRow> = api.get(&path, "snapshots").await?;
+    if json {
+        print_json(&rows);
+    } else {
+        print!("{}", format_snapshots(&rows));
+    }
+    Ok(())
+}
+
+pub async fn run_now(api: &Api, broker: Option<i32>) -> Result<()> {
+    let r: serde_json::Value = api
+        .post("/v1/run-now", &RunNow { broker }, "run-now")
+        .await?;
+    println!(
+        "cycle {} started for {}",
+        r["cycle_id"],
+        broker
+            .map(|b| format!("broker {b}"))
+            .unwrap_or_else(|| "every broker".into())
+    );
+    Ok(())
+}
+
+pub async fn restore(
+    api: &Api,
+    broker: i32,
+    snapshot: Option<String>,
+    force: bool,
+    yes: bool,
+    wait: bool,
+) -> Result<bool> {
+    if !yes {
+        use std::io::{BufRead, IsTerminal, Write};
+        if !std::io::stdin().is_terminal() {
+            return Err(Error::Usage(
+                "restore stops broker {broker} if it runs and replaces its log dirs (the current ones are moved aside): confirm with --yes".replace("{broker}", &broker.to_string()),
+            ));
+        }
+        print!(
+            "Restore broker {broker} from {}? It is stopped if it runs; its current log dirs are moved aside, not deleted. [y/N] ",
+            snapshot.as_deref().unwrap_or("its newest snapshot")
+        );
+        let _ = std::io::stdout().flush();
+        let mut line = String::new();
+        let _ = std::io::stdin().lock().read_line(&mut line);
+        if !matches!(line.trim(), "y" | "Y" | "yes") {
+            println!("not restored");
+            return Ok(false);
+        }
+    }
+    let order: RestoreView = api
+        .post(
+            "/v1/restores",
+            &NewRestore {
+                broker,
+                snapshot_id: snapshot,
+                force,
+            },
+            "restore",
+        )
+        .await?;
+    println!(
+        "restore order {}: broker {} from snapshot {}",
+        order.id, order.broker, order.snapshot_id
+    );
+    if !wait {
+        return Ok(true);
+    }
+    let mut last = String::new();
+    loop {
+        let o: RestoreView = api
+            .get(&format!("/v1/restores/{}", order.id), "restore progress")
+            .await?;
+        let line = format!(
+            "{}{}{}",
+            o.state,
+            o.phase
+                .as_deref()
+                .map(|p| format!(" / {p}"))
+                .unwrap_or_default(),
+            o.progress
+                .as_deref()
+                .map(|p| format!(": {p}"))
+                .unwrap_or_default()
+        );
+        if line != last {
+            println!("  {line}");
+            last = line;
+        }
+        match o.state.as_str() {
+            "done" => {
+                println!(
+                    "restore order {} done: {}",
+                    o.id,
+                    o.message.unwrap_or_default()
+                );
+                return Ok(true);
+            }
+            "failed" => {
+                eprintln!(
+                    "restore order {} FAILED: {}",
+                    o.id,
+                    o.message.unwrap_or_default()
+                );
+                return Ok(false);
+            }
+            _ => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
+}
+
+/// Verifies snapshots by reading them back from cold storage here, and
+/// records the results in the coordinator's catalog.
+pub async fn verify(
+    api: &Api,
+    cfg: &CoordinatorConfig,
+    snapshot: Option<String>,
+    json: bool,
+) -> Result<bool> {
+    let rows: Vec<SnapshotRow> = api.get("/v1/snapshots", "snapshots").await?;
+    let chosen: Vec<SnapshotRow> = match &snapshot {
+        Some(id) => {
+            let r: Vec<_> = rows.into_iter().filter(|r| &r.snapshot_id == id).collect();
+            if r.is_empty() {
+                return Err(Error::Usage(format!("snapshot {id} is not in the catalog")));
+            }
+            r
+        }
+        None => rows,
+    };
+    let store = kafka_snapshot::storage::open(
+        &cfg.storage.url,
+        &kafka_snapshot::storage::StoreOptions::from_config(&cfg.storage),
+    )?;
+    let store: std::sync::Arc<dyn kafka_snapshot::storage::ColdStore> = std::sync::Arc::from(store);
+    let mut all_ok = true;
+    let mut results = Vec::new();
+    for r in chosen {
+        let snap = SnapshotRef {
+            cluster_id: r.cluster_id.clone(),
+            broker: r.broker,
+            snapshot_id: r.snapshot_id.clone(),
+        };
+        let st = store.clone();
+        let outcome = tokio::task::spawn_blocking(move || {
+            kafka_snapshot::verify::verify(st.as_ref(), &snap).map(|(_, rep)| rep)
+        })
+        .await
+        .map_err(|e| Error::Usage(format!("verify worker: {e}")))?;
+        let error = outcome.as_ref().err().map(|e| e.to_string());
+        if !json {
+            match &error {
+                None => println!("broker {} snapshot {}: ok", r.broker, r.snapshot_id),
+                Some(e) => println!(
+                    "broker {} snapshot {}: FAILED: {e}",
+                    r.broker, r.snapshot_id
+                ),
+            }
+        }
+        all_ok &= error.is_none();
+        let _: serde_json::Value = api
+            .post(
+                "/v1/snapshots/verified",
+                &Verified {
+                    cluster_id: r.cluster_id.clone(),
+                    broker: r.broker,
+                    snapshot_id: r.snapshot_id.clone(),
+                    error: error.clone(),
+                },
+                "recording the result",
+            )
+            .await?;
+        results.push(serde_json::json!({
+            "broker": r.broker, "snapshot_id": r.snapshot_id, "ok": error.is_none(), "error": error,
+        }));
+    }
+    if json {
+        print_json(&results);
+    }
+    Ok(all_ok)
+}
+
+pub async fn prune(api: &Api, dry_run: bool, json: bool) -> Result<bool> {
+    let r: PruneResult = api
+        .post("/v1/prune", &PruneRequest { dry_run }, "prune")
+        .await?;
+    if json {
+        print_json(&r);
+    } else {
+        let verb = if dry_run { "would delete" } else { "deleted" };
+        if r.deleted.is_empty() {
+            println!("nothing to delete");
+        }
+        for d in &r.deleted {
+            println!(
+                "{verb} broker {} snapshot {}: {}",
+                d.broker, d.snapshot_id, d.reason
+            );
+        }
+        for (b, why) in &r.held {
+            println!("left broker {b} alone: {why}");
+        }
+        if let Some(e) = &r.error {
+            eprintln!("stopped at a storage error: {e}");
+        }
+    }
+    Ok(r.error.is_none())
+}
+
+pub async fn rebuild(api: &Api, json: bool) -> Result<()> {
+    let r: RebuildResult = api
+        .post(
+            "/v1/catalog/rebuild",
+            &serde_json::json!({}),
+            "catalog rebuild",
+        )
+        .await?;
+    if json {
+        print_json(&r);
+    } else {
+        println!(
+            "catalog rebuilt from cold storage: {} complete snapshots (the catalog had {})",
+            r.after, r.before
+        );
+        for s in &r.skipped {
+            println!("  not listed: {s}");
+        }
+    }
+    Ok(())
+}

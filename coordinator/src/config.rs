@@ -1,0 +1,383 @@
+//! The coordinator's TOML configuration. Unknown keys are errors and every
+//! problem names the file and the key. Cold storage and Kafka are
+//! configured with exactly the same sections (and checks) as the agent's.
+
+use crate::schedule::Schedule;
+use kafka_snapshot::config::{duration, KafkaSection, StorageSection};
+use kafka_snapshot::kafka::gate::LowReplicationPolicy;
+use kafka_snapshot::{Error, Result};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoordinatorConfig {
+    pub server: ServerSection,
+    /// One entry per broker: the agent's token is known by its SHA-256.
+    #[serde(default)]
+    pub agents: Vec<AgentEntry>,
+    #[serde(default)]
+    pub schedule: ScheduleSection,
+    #[serde(default)]
+    pub lease: LeaseSection,
+    #[serde(default)]
+    pub retention: RetentionSection,
+    pub storage: StorageSection,
+    pub kafka: KafkaSection,
+    #[serde(default)]
+    pub gate: CoordinatorGate,
+    /// Set after parsing: the schedule, checked.
+    #[serde(skip)]
+    pub parsed_schedule: Option<Schedule>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    /// Where the HTTP API (agents, operator CLI, /metrics) listens.
+    pub listen: SocketAddr,
+    /// The URL the operator CLI uses; defaults to `listen` on loopback.
+    pub url: Option<String>,
+    /// The SQLite database holding all state.
+    pub database: PathBuf,
+    /// Bearer token of the operator CLI (file, mode 0600).
+    pub admin_token_file: PathBuf,
+    /// TLS: both or neither.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// CA the operator CLI trusts when `url` is https (defaults to
+    /// `tls_cert`, which works for a self-signed certificate).
+    pub tls_ca: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentEntry {
+    pub broker: i32,
+    /// Hex SHA-256 of the agent's bearer token (`sha256sum` of the token
+    /// without a trailing newline).
+    pub token_sha256: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScheduleSection {
+    /// `@every 24h` or a 5-field cron expression in UTC (`0 2 * * *`).
+    pub schedule: String,
+    /// A cycle that could not start within this long of its due time is
+    /// skipped (the coordinator was down); the next due time counts.
+    #[serde(deserialize_with = "duration")]
+    pub starting_deadline: Duration,
+    /// No scheduled cycles (manual `run-now` and restores still work).
+    pub suspend: bool,
+    /// How long one broker may wait for its turn to pass the gates
+    /// (the coordinator's and its agent's) before it is skipped for now.
+    #[serde(deserialize_with = "duration")]
+    pub gate_timeout: Duration,
+    /// How often a broker is tried per cycle (skips are retried at the end).
+    pub max_attempts: u32,
+    /// How long an agent may take to build and upload an archive after
+    /// its broker is back, before the snapshot counts as failed.
+    #[serde(deserialize_with = "duration")]
+    pub archive_timeout: Duration,
+}
+
+impl Default for ScheduleSection {
+    fn default() -> Self {
+        ScheduleSection {
+            schedule: "@every 24h".into(),
+            starting_deadline: Duration::from_secs(3600),
+            suspend: false,
+            gate_timeout: Duration::from_secs(30 * 60),
+            max_attempts: 3,
+            archive_timeout: Duration::from_secs(6 * 3600),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LeaseSection {
+    /// A lease not renewed by a heartbeat within this long expires; the
+    /// slot then stays closed until the cluster is back in sync.
+    #[serde(deserialize_with = "duration")]
+    pub ttl: Duration,
+    /// How often agents poll when idle.
+    #[serde(deserialize_with = "duration")]
+    pub poll_interval: Duration,
+}
+
+impl Default for LeaseSection {
+    fn default() -> Self {
+        LeaseSection {
+            ttl: Duration::from_secs(60),
+            poll_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionSection {
+    /// Snapshots kept per broker, newest first.
+    pub keep_last: u32,
+    /// Older snapshots go (beyond `keep_last`... see [`crate::retention`]).
+    #[serde(deserialize_with = "opt_duration")]
+    pub max_age: Option<Duration>,
+    /// Read every new snapshot back from cold storage and verify it.
+    pub verify_new: bool,
+    /// Apply retention after every cycle.
+    pub prune_after_cycle: bool,
+}
+
+impl Default for RetentionSection {
+    fn default() -> Self {
+        RetentionSection {
+            keep_last: 7,
+            max_age: None,
+            verify_new: true,
+            prune_after_cycle: true,
+        }
+    }
+}
+
+fn opt_duration<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<Duration>, D::Error> {
+    duration(d).map(Some)
+}
+
+/// The coordinator's own cluster check before it grants a lease.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CoordinatorGate {
+    /// Topics with replication factor <= min.insync.replicas (the agent has
+    /// the same setting; keep them equal).
+    pub low_replication_policy: LowReplicationPolicy,
+    /// How often the coordinator looks at the cluster while a slot waits
+    /// for it to be back in sync, and at the end of a cycle.
+    #[serde(deserialize_with = "duration")]
+    pub check_interval: Duration,
+}
+
+impl Default for CoordinatorGate {
+    fn default() -> Self {
+        CoordinatorGate {
+            low_replication_policy: LowReplicationPolicy::Refuse,
+            check_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+impl CoordinatorConfig {
+    pub fn load(path: &Path) -> Result<CoordinatorConfig> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Config {
+            file: path.to_path_buf(),
+            message: format!("cannot read: {e}"),
+        })?;
+        Self::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<CoordinatorConfig> {
+        let mut cfg: CoordinatorConfig = toml::from_str(text).map_err(|e| Error::Config {
+            file: path.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        let err = |key: &str, message: String| Error::Config {
+            file: path.to_path_buf(),
+            message: format!("{key}: {message}"),
+        };
+        cfg.parsed_schedule =
+            Some(Schedule::parse(&cfg.schedule.schedule).map_err(|m| err("schedule.schedule", m))?);
+        cfg.validate().map_err(|(k, m)| err(&k, m))?;
+        cfg.kafka.resolve_secrets().map_err(|(k, m)| err(&k, m))?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> std::result::Result<(), (String, String)> {
+        let bad = |k: &str, m: String| Err((k.to_string(), m));
+        if !self.server.database.is_absolute() {
+            return bad(
+                "server.database",
+                format!("{} is not an absolute path", self.server.database.display()),
+            );
+        }
+        match (&self.server.tls_cert, &self.server.tls_key) {
+            (Some(_), None) => return bad("server.tls_key", "required with tls_cert".into()),
+            (None, Some(_)) => return bad("server.tls_cert", "required with tls_key".into()),
+            _ => {}
+        }
+        if let Some(url) = &self.server.url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return bad("server.url", format!("{url:?} is not an http(s):// URL"));
+            }
+        }
+        let mut seen = BTreeMap::new();
+        for (i, a) in self.agents.iter().enumerate() {
+            let key = format!("agents[{i}].token_sha256");
+            if a.broker < 0 {
+                return bad(&format!("agents[{i}].broker"), "must be >= 0".into());
+            }
+            if a.token_sha256.len() != 64 || !a.token_sha256.bytes().all(|b| b.is_ascii_hexdigit())
+            {
+                return bad(&key, "is not a hex SHA-256 (64 hex digits)".into());
+            }
+            if let Some(j) = seen.insert(a.broker, i) {
+                return bad(
+                    &format!("agents[{i}].broker"),
+                    format!("broker {} is listed twice (agents[{j}])", a.broker),
+                );
+            }
+        }
+        if self.agents.iter().enumerate().any(|(i, a)| {
+            self.agents[..i]
+                .iter()
+                .any(|b| b.token_sha256.eq_ignore_ascii_case(&a.token_sha256))
+        }) {
+            return bad(
+                "agents.token_sha256",
+                "two brokers share a token: every agent needs its own".into(),
+            );
+        }
+        if self.lease.ttl < Duration::from_secs(3) {
+            return bad("lease.ttl", "must be at least 3s".into());
+        }
+        if self.lease.poll_interval.is_zero() {
+            return bad("lease.poll_interval", "must be more than 0".into());
+        }
+        if self.lease.poll_interval >= self.lease.ttl {
+            return bad(
+                "lease.poll_interval",
+                format!(
+                    "{:?} is not shorter than lease.ttl {:?}",
+                    self.lease.poll_interval, self.lease.ttl
+                ),
+            );
+        }
+        if self.schedule.max_attempts == 0 {
+            return bad("schedule.max_attempts", "must be at least 1".into());
+        }
+        if self.schedule.gate_timeout.is_zero() {
+            return bad("schedule.gate_timeout", "must be more than 0".into());
+        }
+        if self.retention.keep_last == 0 {
+            return bad(
+                "retention.keep_last",
+                "must be at least 1 (the newest verified snapshot is always kept)".into(),
+            );
+        }
+        if self.retention.max_age == Some(Duration::ZERO) {
+            return bad("retention.max_age", "must be more than 0".into());
+        }
+        if self.gate.check_interval.is_zero() {
+            return bad("gate.check_interval", "must be more than 0".into());
+        }
+        self.storage.validate()?;
+        self.kafka.validate()?;
+        Ok(())
+    }
+
+    pub fn schedule(&self) -> &Schedule {
+        self.parsed_schedule.as_ref().expect("set by parse")
+    }
+
+    /// The URL the CLI talks to.
+    pub fn api_url(&self) -> String {
+        if let Some(u) = &self.server.url {
+            return u.trim_end_matches('/').to_string();
+        }
+        let scheme = if self.server.tls_cert.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let port = self.server.listen.port();
+        let host = match self.server.listen.ip() {
+            ip if ip.is_unspecified() => "localhost".to_string(),
+            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+            ip => ip.to_string(),
+        };
+        format!("{scheme}://{host}:{port}")
+    }
+
+    pub fn brokers(&self) -> Vec<i32> {
+        let mut b: Vec<i32> = self.agents.iter().map(|a| a.broker).collect();
+        b.sort_unstable();
+        b
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<CoordinatorConfig> {
+        CoordinatorConfig::parse(text, Path::new("/etc/coordinator.toml"))
+    }
+
+    #[test]
+    fn example_config_parses() {
+        let cfg = parse(include_str!("../coordinator.example.toml")).unwrap();
+        assert_eq!(cfg.brokers(), vec![1, 2, 3]);
+        assert_eq!(cfg.retention.keep_last, 7);
+        assert_eq!(cfg.api_url(), "http://localhost:9640");
+    }
+
+    const MIN: &str = r#"
+[server]
+listen = "127.0.0.1:9640"
+database = "/var/lib/c/state.db"
+admin_token_file = "/etc/t"
+[storage]
+url = "file:///mnt/s"
+[kafka]
+bootstrap_servers = ["k1:9092"]
+"#;
+
+    fn err_of(extra: &str) -> String {
+        parse(&format!("{MIN}{extra}")).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn minimal_config_has_safe_defaults() {
+        let cfg = parse(MIN).unwrap();
+        assert_eq!(cfg.lease.ttl, Duration::from_secs(60));
+        assert!(!cfg.schedule.suspend);
+        assert_eq!(
+            cfg.gate.low_replication_policy,
+            LowReplicationPolicy::Refuse
+        );
+    }
+
+    #[test]
+    fn errors_name_the_file_and_key() {
+        let e = err_of("[lease]\nttl = \"10s\"\npoll_interval = \"20s\"\n");
+        assert!(
+            e.contains("/etc/coordinator.toml") && e.contains("lease.poll_interval"),
+            "{e}"
+        );
+        let e = err_of("[schedule]\nschedule = \"61 * * * *\"\n");
+        assert!(e.contains("schedule.schedule"), "{e}");
+        let e = err_of("[retention]\nkeep_last = 0\n");
+        assert!(e.contains("retention.keep_last"), "{e}");
+        let e = err_of("[[agents]]\nbroker = 1\ntoken_sha256 = \"abc\"\n");
+        assert!(e.contains("agents[0].token_sha256"), "{e}");
+        let h = "a".repeat(64);
+        let e = err_of(&format!(
+            "[[agents]]\nbroker = 1\ntoken_sha256 = \"{h}\"\n[[agents]]\nbroker = 2\ntoken_sha256 = \"{h}\"\n"
+        ));
+        assert!(e.contains("share a token"), "{e}");
+        let e = err_of("[retention]\nkeep_lats = 3\n");
+        assert!(
+            e.contains("unknown field") && e.contains("keep_lats"),
+            "{e}"
+        );
+        let e = parse(&MIN.replace("file:///mnt/s", "ftp://x"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("storage.url"), "{e}");
+    }
+}

@@ -1,0 +1,232 @@
+//! Prometheus text exposition of the coordinator's state, read from the
+//! database at scrape time (so it survives restarts and never drifts from
+//! what `status` says).
+
+use crate::engine::{ApiError, Engine};
+use chrono::{DateTime, Utc};
+use std::fmt::Write;
+
+struct Out {
+    text: String,
+}
+
+impl Out {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.text, "# HELP {name} {help}");
+        let _ = writeln!(self.text, "# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
+        let _ = write!(self.text, "{name}");
+        if !labels.is_empty() {
+            let l: Vec<String> = labels
+                .iter()
+                .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+                .collect();
+            let _ = write!(self.text, "{{{}}}", l.join(","));
+        }
+        let _ = writeln!(self.text, " {value}");
+    }
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn secs(t: &str) -> Option<f64> {
+    DateTime::parse_from_rfc3339(t)
+        .ok()
+        .map(|t| t.timestamp_millis() as f64 / 1000.0)
+}
+
+pub fn render(e: &Engine, now: DateTime<Utc>) -> Result<String, ApiError> {
+    let status = e.status(now)?;
+    let mut o = Out {
+        text: String::new(),
+    };
+    const P: &str = "kafka_snapshot";
+
+    o.family(&format!("{P}_up"), "gauge", "The coordinator is serving.");
+    o.sample(&format!("{P}_up"), &[], 1.0);
+
+    let n = format!("{P}_last_snapshot_timestamp_seconds");
+    o.family(
+        &n,
+        "gauge",
+        "Commit time of the newest snapshot in the catalog, per broker.",
+    );
+    for b in &status.brokers {
+        if let Some(t) = b.last_snapshot_at.as_deref().and_then(secs) {
+            o.sample(&n, &[("broker", &b.broker.to_string())], t);
+        }
+    }
+    let n = format!("{P}_last_snapshot_size_bytes");
+    o.family(
+        &n,
+        "gauge",
+        "Archive size of the newest snapshot, per broker.",
+    );
+    for b in &status.brokers {
+        if let Some(v) = b.last_snapshot_bytes {
+            o.sample(&n, &[("broker", &b.broker.to_string())], v as f64);
+        }
+    }
+    let n = format!("{P}_last_downtime_seconds");
+    o.family(
+        &n,
+        "gauge",
+        "How long the broker was down for its newest snapshot.",
+    );
+    for b in &status.brokers {
+        if let Some(v) = b.last_downtime_ms {
+            o.sample(&n, &[("broker", &b.broker.to_string())], v as f64 / 1000.0);
+        }
+    }
+    let n = format!("{P}_last_snapshot_verified");
+    o.family(
+        &n,
+        "gauge",
+        "1 if the newest snapshot passed verification, 0 if it failed; absent until verified.",
+    );
+    for b in &status.brokers {
+        if let Some(v) = b.last_verified {
+            o.sample(
+                &n,
+                &[("broker", &b.broker.to_string())],
+                if v { 1.0 } else { 0.0 },
+            );
+        }
+    }
+    let n = format!("{P}_snapshots");
+    o.family(&n, "gauge", "Snapshots in the catalog, per broker.");
+    for b in &status.brokers {
+        o.sample(&n, &[("broker", &b.broker.to_string())], b.snapshots as f64);
+    }
+    let n = format!("{P}_broker_left_stopped");
+    o.family(
+        &n,
+        "gauge",
+        "1 when the agent reported that it could not start the broker it stopped.",
+    );
+    for b in &status.brokers {
+        let stopped = b
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("LEFT STOPPED"));
+        o.sample(
+            &n,
+            &[("broker", &b.broker.to_string())],
+            if stopped { 1.0 } else { 0.0 },
+        );
+    }
+    let n = format!("{P}_agent_last_seen_timestamp_seconds");
+    o.family(
+        &n,
+        "gauge",
+        "When the broker's agent last polled or sent a heartbeat.",
+    );
+    for b in &status.brokers {
+        if let Some(t) = b.agent_last_seen.as_deref().and_then(secs) {
+            o.sample(&n, &[("broker", &b.broker.to_string())], t);
+        }
+    }
+
+    let n = format!("{P}_lease_held");
+    o.family(&n, "gauge", "1 while a lease is held (state active) or the slot waits for the cluster (state settling).");
+    let n_age = format!("{P}_lease_age_seconds");
+    if let Some(l) = &status.lease {
+        o.sample(
+            &n,
+            &[
+                ("broker", &l.broker.to_string()),
+                ("kind", &l.kind),
+                ("state", &l.state),
+                ("phase", l.phase.as_deref().unwrap_or("granted")),
+            ],
+            1.0,
+        );
+        o.family(&n_age, "gauge", "How long the current lease has been held.");
+        if let Some(t) = secs(&l.granted_at) {
+            o.sample(
+                &n_age,
+                &[("broker", &l.broker.to_string())],
+                now.timestamp_millis() as f64 / 1000.0 - t,
+            );
+        }
+    }
+
+    let n = format!("{P}_cycle_running");
+    o.family(&n, "gauge", "1 while a rolling cycle runs.");
+    let running = status
+        .cycle
+        .as_ref()
+        .is_some_and(|c| c.state == "running" || c.state == "finishing");
+    o.sample(&n, &[], if running { 1.0 } else { 0.0 });
+    let n = format!("{P}_cycle_brokers");
+    o.family(&n, "gauge", "Brokers of the latest cycle, by state.");
+    if let Some(c) = &status.cycle {
+        for state in ["pending", "leased", "archiving", "done", "failed"] {
+            let k = c.brokers.iter().filter(|b| b.state == state).count();
+            o.sample(&n, &[("state", state)], k as f64);
+        }
+    }
+    let n = format!("{P}_next_cycle_timestamp_seconds");
+    o.family(&n, "gauge", "When the next scheduled cycle is due.");
+    if let Some(t) = status.next_due.as_deref().and_then(secs) {
+        o.sample(&n, &[], t);
+    }
+
+    // Counters kept in the database.
+    let counters = e.counters()?;
+    let families: [(&str, &str, &str); 6] = [
+        (
+            "failures_total",
+            "broker,reason",
+            "Snapshot attempts that failed, by broker and reason (gate, failed, archive, wait).",
+        ),
+        (
+            "lease_expired_total",
+            "broker",
+            "Leases that expired without a release.",
+        ),
+        (
+            "cycles_total",
+            "result",
+            "Finished cycles by result (done, partial, failed).",
+        ),
+        (
+            "retention_deleted_total",
+            "broker",
+            "Snapshots deleted by retention.",
+        ),
+        (
+            "retention_errors_total",
+            "",
+            "Retention runs stopped by a storage error.",
+        ),
+        (
+            "verify_failures_total",
+            "broker",
+            "Snapshots that failed verification.",
+        ),
+    ];
+    for (name, labels, help) in families {
+        let full = format!("{P}_{name}");
+        o.family(&full, "counter", help);
+        let keys: Vec<&str> = labels.split(',').filter(|s| !s.is_empty()).collect();
+        let mut any = false;
+        for (cname, label, value) in counters.iter().filter(|c| c.0 == name) {
+            let _ = cname;
+            let vals: Vec<&str> = label.split('/').collect();
+            let pairs: Vec<(&str, &str)> = keys.iter().copied().zip(vals).collect();
+            o.sample(&full, &pairs, *value as f64);
+            any = true;
+        }
+        if !any && keys.is_empty() {
+            o.sample(&full, &[], 0.0);
+        }
+    }
+    Ok(o.text)
+}

@@ -1,0 +1,242 @@
+//! Retention: which snapshots may go. A pure plan over the catalog, so every
+//! rule is a table-driven test; the coordinator then deletes in plan order
+//! and stops at the first storage error.
+//!
+//! Per broker, newest first:
+//! - a broker with a snapshot in progress (lease held or archive being
+//!   built) is left alone;
+//! - the newest snapshot that passed verification is never deleted (nor,
+//!   while none has, the newest one not known to be bad);
+//! - otherwise a snapshot goes when it is beyond the newest `keep_last`, or
+//!   older than `max_age`.
+
+use chrono::{DateTime, Utc};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    pub snapshot_id: String,
+    pub cluster_id: String,
+    pub broker: i32,
+    pub committed: DateTime<Utc>,
+    /// `Some(true)` verified, `Some(false)` failed verification, `None` not
+    /// verified yet.
+    pub verified: Option<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deletion {
+    pub snapshot_id: String,
+    pub cluster_id: String,
+    pub broker: i32,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Plan {
+    /// Oldest first, the order they are deleted in.
+    pub delete: Vec<Deletion>,
+    /// Brokers left alone, and why.
+    pub held: Vec<(i32, String)>,
+}
+
+pub struct Policy {
+    pub keep_last: usize,
+    pub max_age: Option<Duration>,
+}
+
+pub fn plan(
+    snapshots: &[Candidate],
+    policy: &Policy,
+    in_progress: &BTreeSet<i32>,
+    now: DateTime<Utc>,
+) -> Plan {
+    let mut by_broker: BTreeMap<i32, Vec<&Candidate>> = BTreeMap::new();
+    for s in snapshots {
+        by_broker.entry(s.broker).or_default().push(s);
+    }
+    let mut out = Plan::default();
+    for (broker, mut snaps) in by_broker {
+        if in_progress.contains(&broker) {
+            out.held
+                .push((broker, "a snapshot of this broker is in progress".into()));
+            continue;
+        }
+        // Newest first; ids are time-ordered and break ties.
+        snaps.sort_by(|a, b| (b.committed, &b.snapshot_id).cmp(&(a.committed, &a.snapshot_id)));
+        // Until one is verified, the newest not known to be bad stands in.
+        let protected = snaps
+            .iter()
+            .find(|s| s.verified == Some(true))
+            .or_else(|| snaps.iter().find(|s| s.verified.is_none()))
+            .map(|s| s.snapshot_id.clone());
+        let mut doomed = Vec::new();
+        for (i, s) in snaps.iter().enumerate() {
+            if protected.as_deref() == Some(s.snapshot_id.as_str()) {
+                continue;
+            }
+            let age = (now - s.committed).to_std().unwrap_or(Duration::ZERO);
+            let reason = if i >= policy.keep_last {
+                format!("beyond the newest {} (keep_last)", policy.keep_last)
+            } else if let Some(max) = policy.max_age.filter(|m| age > *m) {
+                format!(
+                    "older than max_age {} ({} old)",
+                    crate::schedule::humantime(max),
+                    crate::schedule::humantime(Duration::from_secs(age.as_secs()))
+                )
+            } else {
+                continue;
+            };
+            doomed.push(Deletion {
+                snapshot_id: s.snapshot_id.clone(),
+                cluster_id: s.cluster_id.clone(),
+                broker,
+                reason,
+            });
+        }
+        doomed.reverse();
+        out.delete.extend(doomed);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn day(d: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 1, d, 2, 0, 0).unwrap()
+    }
+
+    /// (broker, day committed, verified) -> candidate with id "b<broker>-d<day>".
+    fn snaps(rows: &[(i32, u32, Option<bool>)]) -> Vec<Candidate> {
+        rows.iter()
+            .map(|(b, d, v)| Candidate {
+                snapshot_id: format!("b{b}-d{d:02}"),
+                cluster_id: "c".into(),
+                broker: *b,
+                committed: day(*d),
+                verified: *v,
+            })
+            .collect()
+    }
+
+    fn ids(p: &Plan) -> Vec<&str> {
+        p.delete.iter().map(|d| d.snapshot_id.as_str()).collect()
+    }
+
+    const V: Option<bool> = Some(true);
+    const BAD: Option<bool> = Some(false);
+    const NEW: Option<bool> = None;
+
+    #[test]
+    fn table() {
+        struct Case {
+            name: &'static str,
+            rows: Vec<(i32, u32, Option<bool>)>,
+            keep_last: usize,
+            max_age_days: Option<u64>,
+            busy: Vec<i32>,
+            want: Vec<&'static str>,
+        }
+        let cases = vec![
+            Case {
+                name: "keep_last keeps the newest",
+                rows: vec![(1, 1, V), (1, 2, V), (1, 3, V), (1, 4, V)],
+                keep_last: 2,
+                max_age_days: None,
+                busy: vec![],
+                want: vec!["b1-d01", "b1-d02"],
+            },
+            Case {
+                name: "nothing to do",
+                rows: vec![(1, 1, V), (1, 2, V)],
+                keep_last: 2,
+                max_age_days: None,
+                busy: vec![],
+                want: vec![],
+            },
+            Case {
+                name: "the newest verified survives keep_last",
+                rows: vec![(1, 1, V), (1, 2, BAD), (1, 3, NEW)],
+                keep_last: 1,
+                max_age_days: None,
+                busy: vec![],
+                want: vec!["b1-d02"],
+            },
+            Case {
+                name: "the newest verified survives max_age",
+                rows: vec![(1, 1, V), (1, 2, V), (1, 3, BAD)],
+                keep_last: 10,
+                max_age_days: Some(5),
+                busy: vec![],
+                want: vec!["b1-d01", "b1-d03"],
+            },
+            Case {
+                name: "max_age removes old ones within keep_last",
+                rows: vec![(1, 1, V), (1, 15, V), (1, 19, V)],
+                keep_last: 10,
+                max_age_days: Some(7),
+                busy: vec![],
+                want: vec!["b1-d01"],
+            },
+            Case {
+                name: "a broker in progress is left alone",
+                rows: vec![(1, 1, V), (1, 2, V), (2, 1, V), (2, 2, V)],
+                keep_last: 1,
+                max_age_days: None,
+                busy: vec![1],
+                want: vec!["b2-d01"],
+            },
+            Case {
+                name: "brokers are counted separately",
+                rows: vec![(1, 1, V), (2, 2, V), (1, 3, V), (2, 4, V), (3, 5, V)],
+                keep_last: 1,
+                max_age_days: None,
+                busy: vec![],
+                want: vec!["b1-d01", "b2-d02"],
+            },
+            Case {
+                name: "no verified snapshot: the newest not known bad is kept",
+                rows: vec![(1, 1, NEW), (1, 2, NEW), (1, 3, BAD)],
+                keep_last: 1,
+                max_age_days: Some(1),
+                busy: vec![],
+                want: vec!["b1-d01", "b1-d03"],
+            },
+        ];
+        let now = day(20);
+        for c in cases {
+            let p = plan(
+                &snaps(&c.rows),
+                &Policy {
+                    keep_last: c.keep_last,
+                    max_age: c.max_age_days.map(|d| Duration::from_secs(d * 86400)),
+                },
+                &c.busy.iter().copied().collect(),
+                now,
+            );
+            assert_eq!(ids(&p), c.want, "case {:?}", c.name);
+        }
+    }
+
+    #[test]
+    fn reasons_and_held_brokers_are_reported() {
+        let p = plan(
+            &snaps(&[(1, 1, V), (1, 2, V), (2, 1, V)]),
+            &Policy {
+                keep_last: 1,
+                max_age: None,
+            },
+            &[2].into_iter().collect(),
+            day(3),
+        );
+        assert_eq!(p.delete[0].reason, "beyond the newest 1 (keep_last)");
+        assert_eq!(
+            p.held,
+            vec![(2, "a snapshot of this broker is in progress".into())]
+        );
+    }
+}
