@@ -26,6 +26,7 @@ pub mod kafka;
 pub mod logdir;
 pub mod manifest;
 pub mod props;
+pub mod service;
 pub mod snapshot;
 pub mod storage;
 pub mod verify;
