@@ -4,7 +4,8 @@
 # (XFS with reflink for reflink capture, ext4 for copy capture), then runs
 # formatting, lints and every test of the workspace. It also starts a real
 # S3-compatible server (Garage, built once into a cache dir) for the s3://
-# backend's tests.
+# backend's tests. Last, tests/ops.sh checks the systemd units and runs the
+# Ansible roles into temporary roots.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -43,3 +44,6 @@ garage_setup
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked
+
+# --- systemd units, polkit rule, Ansible roles ------------------------------
+./tests/ops.sh

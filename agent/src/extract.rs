@@ -88,6 +88,34 @@ pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
+/// True when this process can give restored files their recorded owners,
+/// modes and mtimes: it runs as root, or holds CAP_CHOWN and CAP_FOWNER
+/// (the agent's systemd unit runs it as user `kafka-snapshot` with these as
+/// ambient capabilities). The daemon's restores use this rather than
+/// [`is_root`]: files restored as `kafka-snapshot` would leave the broker
+/// unable to write its own log dirs.
+pub fn can_restore_owners() -> bool {
+    is_root()
+        || std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| effective_capabilities(&s))
+            .is_some_and(has_owner_capabilities)
+}
+
+/// The `CapEff:` mask of a `/proc/<pid>/status` text.
+fn effective_capabilities(status: &str) -> Option<u64> {
+    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
+    u64::from_str_radix(hex.trim(), 16).ok()
+}
+
+fn has_owner_capabilities(caps: u64) -> bool {
+    // capability(7) numbers.
+    const CAP_CHOWN: u32 = 0;
+    const CAP_FOWNER: u32 = 3;
+    let needed = (1u64 << CAP_CHOWN) | (1u64 << CAP_FOWNER);
+    caps & needed == needed
+}
+
 /// The targets `--original-paths` means: where the log dirs were.
 pub fn original_targets(m: &Manifest) -> Vec<PathBuf> {
     m.log_dirs.iter().map(|d| PathBuf::from(&d.path)).collect()
@@ -469,4 +497,40 @@ fn sync_filesystem(dir: &Path) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owners_are_restorable_with_chown_and_fowner_capabilities() {
+        let status = |eff: &str| {
+            format!("Name:\tkafka-snapshot-agent\nUid:\t998\t998\t998\t998\nCapInh:\t0000000000000000\nCapPrm:\t{eff}\nCapEff:\t{eff}\n")
+        };
+        // What the agent's unit grants: CAP_CHOWN, CAP_DAC_OVERRIDE,
+        // CAP_DAC_READ_SEARCH, CAP_FOWNER.
+        let agent = effective_capabilities(&status("000000000000000f")).unwrap();
+        assert!(has_owner_capabilities(agent));
+        // Root's full set.
+        let root = effective_capabilities(&status("000001ffffffffff")).unwrap();
+        assert!(has_owner_capabilities(root));
+        // CAP_CHOWN alone: chown works, the following chmod and futimens of
+        // a file now owned by kafka would not.
+        assert!(!has_owner_capabilities(
+            effective_capabilities(&status("0000000000000001")).unwrap()
+        ));
+        assert!(!has_owner_capabilities(0));
+        assert_eq!(effective_capabilities("Name:\tx\n"), None);
+    }
+
+    #[test]
+    fn this_process_is_judged_by_its_own_capabilities() {
+        let status = fs::read_to_string("/proc/self/status").unwrap();
+        let caps = effective_capabilities(&status).expect("CapEff in /proc/self/status");
+        assert_eq!(
+            can_restore_owners(),
+            is_root() || has_owner_capabilities(caps)
+        );
+    }
 }

@@ -27,6 +27,7 @@ pub mod logdir;
 pub mod manifest;
 pub mod props;
 pub mod protocol;
+pub mod service;
 pub mod snapshot;
 pub mod storage;
 pub mod verify;

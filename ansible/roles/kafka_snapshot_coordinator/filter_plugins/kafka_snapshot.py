@@ -1,0 +1,1 @@
+../../kafka_snapshot_agent/filter_plugins/kafka_snapshot.py

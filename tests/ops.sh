@@ -1,0 +1,292 @@
+#!/usr/bin/env bash
+# Tests of what operates the binaries: the systemd units, the polkit rule
+# and the Ansible roles. tests/run.sh calls it; it also runs alone.
+#
+# - the roles' filter plugin (unit tests), ansible-lint (production
+#   profile), ansible-playbook --syntax-check;
+# - site.yml run for real against this machine (connection local) as three
+#   brokers and a coordinator, each into its own temporary root, with
+#   service management off: files, owners, modes, users and rendered
+#   configs are checked, the configs pass the binaries' `validate`, the
+#   installed units (with their drop-ins) pass `systemd-analyze verify`, a
+#   config the agent rejects is never installed, and a second run changes
+#   nothing. With a build that lacks the daemon, its config sections are
+#   still rendered (check mode) and read back.
+#
+# Needs root (it creates the system users ksnap-test-agent and
+# ksnap-test-coord, and removes them at the end). Leaves nothing behind but
+# a Python venv with ansible-core and ansible-lint in
+# /var/cache/kafka-snapshot-tests/ops-venv.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REPO=$PWD
+
+if [[ $(id -u) -ne 0 ]]; then
+    echo "tests/ops.sh needs root: it creates system users and files owned by them" >&2
+    exit 2
+fi
+
+# --- tools ----------------------------------------------------------------------
+# Debian's own python3: the venv outlives pyenv shims and the like.
+missing=()
+command -v systemd-analyze >/dev/null || missing+=(systemd)
+[[ -x /usr/bin/python3 ]] || missing+=(python3)
+/usr/bin/python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
+if ((${#missing[@]})); then
+    echo "installing: ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+CACHE=/var/cache/kafka-snapshot-tests
+VENV=$CACHE/ops-venv
+if ! cmp -s tests/ops/requirements.txt "$VENV/requirements.txt"; then
+    echo "creating $VENV (ansible-core, ansible-lint)"
+    rm -rf "$VENV"
+    mkdir -p "$CACHE"
+    /usr/bin/python3 -m venv "$VENV"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check -r tests/ops/requirements.txt
+    cp tests/ops/requirements.txt "$VENV/requirements.txt"
+fi
+export PATH="$VENV/bin:$PATH"
+
+cargo build --workspace --bins --locked --quiet
+BIN=${CARGO_TARGET_DIR:-$REPO/target}/debug
+
+T=$(mktemp -d /tmp/kafka-snapshot-ops.XXXXXX)
+# Ansible's and ansible-lint's own files stay in the temporary dir too.
+export ANSIBLE_HOME=$T/ansible-home ANSIBLE_LOCAL_TEMP=$T/ansible-tmp XDG_CACHE_HOME=$T/cache
+export ANSIBLE_CONFIG=$REPO/ansible/ansible.cfg ANSIBLE_NOCOLOR=1 ANSIBLE_FORCE_COLOR=0
+remove_test_users() {
+    local u
+    for u in ksnap-test-agent ksnap-test-coord; do
+        if getent passwd "$u" >/dev/null; then userdel "$u"; fi
+        if getent group "$u" >/dev/null; then groupdel "$u"; fi
+    done
+}
+cleanup() {
+    remove_test_users
+    rm -rf "$T" "$REPO/ansible/.ansible"
+}
+trap cleanup EXIT
+remove_test_users
+
+pass=0
+fail=0
+ok() { echo "ok: $*"; pass=$((pass + 1)); }
+not_ok() { echo "FAILED: $*"; fail=$((fail + 1)); }
+
+# --- static checks --------------------------------------------------------------
+if "$VENV/bin/python" tests/ops/test_filters.py 2>"$T/filters.log"; then
+    ok "filter plugin unit tests"
+else
+    cat "$T/filters.log"
+    not_ok "filter plugin unit tests"
+fi
+if (cd ansible && ansible-lint --nocolor -q) >"$T/lint.log" 2>&1; then
+    ok "ansible-lint (production profile)"
+else
+    cat "$T/lint.log"
+    not_ok "ansible-lint"
+fi
+if (cd ansible && ansible-playbook -i inventory/example/hosts.yml --syntax-check site.yml) >"$T/syntax.log" 2>&1; then
+    ok "ansible-playbook --syntax-check with the example inventory"
+else
+    cat "$T/syntax.log"
+    not_ok "ansible-playbook --syntax-check"
+fi
+
+# --- what the binaries of this build support -----------------------------------------
+# The daemon's config sections and the coordinator's `validate` are written
+# in parallel to these roles: use them as soon as the binaries have them.
+if "$BIN/kafka-snapshot-agent" run --help >/dev/null 2>&1; then
+    daemon=true
+else
+    daemon=false
+    echo "note: this kafka-snapshot-agent has no 'run' command: agent.toml is rendered without [coordinator]/[metrics] (kafka_snapshot_agent_daemon_config=false)"
+fi
+if "$BIN/kafka-snapshot-coordinator" validate --help >/dev/null 2>&1; then
+    coord_validate=true
+else
+    coord_validate=false
+    echo "note: this kafka-snapshot-coordinator has no 'validate' command: coordinator.toml is checked by the test only, not by the binary"
+fi
+
+# --- a fleet on this machine ----------------------------------------------------------
+mkdir -p "$T"/{broker-a,broker-b,coord}/etc/kafka "$T/broker-c/opt/kafka/config"
+cat >"$T/broker-a/etc/kafka/server.properties" <<'PROPS'
+# KRaft broker, two disks
+process.roles=broker
+node.id=1
+log.dirs=/data/disk1/kafka-logs,/data/disk2/kafka-logs
+listeners=PLAINTEXT://:9092
+PROPS
+cat >"$T/broker-b/etc/kafka/server.properties" <<'PROPS'
+node.id = 2
+log.dirs = /data/d1/kafka-logs,\
+           /data/d2/kafka-logs
+metadata.log.dir: /data/meta/kafka-meta
+PROPS
+cat >"$T/broker-c/opt/kafka/config/server.properties" <<'PROPS'
+# ZooKeeper-era broker, one log dir
+broker.id=3
+log.dir=/var/lib/kafka/data
+PROPS
+
+cat >"$T/inventory.yml" <<INV
+kafka_snapshot_agents:
+  hosts:
+    broker-a:
+      kafka_snapshot_root: $T/broker-a
+    broker-b:
+      kafka_snapshot_root: $T/broker-b
+      kafka_snapshot_agent_token: token-from-the-vault-for-broker-b
+    broker-c:
+      kafka_snapshot_root: $T/broker-c
+      kafka_snapshot_agent_server_properties: /opt/kafka/config/server.properties
+kafka_snapshot_coordinator:
+  hosts:
+    coord:
+      kafka_snapshot_root: $T/coord
+all:
+  vars:
+    ansible_connection: local
+    ansible_python_interpreter: $VENV/bin/python
+    ansible_become: false
+    kafka_snapshot_manage_services: false
+    kafka_snapshot_manage_packages: false
+    kafka_snapshot_binary_src_dir: $BIN
+    kafka_snapshot_agent_user: ksnap-test-agent
+    kafka_snapshot_agent_group: ksnap-test-agent
+    kafka_snapshot_coordinator_user: ksnap-test-coord
+    kafka_snapshot_coordinator_group: ksnap-test-coord
+    kafka_snapshot_storage:
+      url: file:///mnt/kafka-snapshots
+    kafka_snapshot_kafka:
+      bootstrap_servers: [broker-a:9092, broker-b:9092]
+    kafka_snapshot_coordinator_url: http://coord.test:9640
+    kafka_snapshot_coordinator_listen: 127.0.0.1:9640
+    kafka_snapshot_agent_broker_settings:
+      stop_timeout: 15m
+    kafka_snapshot_agent_daemon_config: $daemon
+    kafka_snapshot_coordinator_validate: $coord_validate
+INV
+
+# One host at a time: the brokers share this machine's /etc/passwd.
+playbook() { (cd ansible && ansible-playbook -i "$T/inventory.yml" --forks 1 site.yml "$@"); }
+
+if playbook >"$T/run1.log" 2>&1; then
+    ok "site.yml: first run"
+else
+    cat "$T/run1.log"
+    not_ok "site.yml: first run"
+fi
+
+if "$VENV/bin/python" tests/ops/check_install.py "$REPO" "$T" "$BIN" "$daemon"; then
+    ok "installed files, owners, modes, users and configs"
+else
+    not_ok "installed files, owners, modes, users and configs"
+fi
+
+for h in broker-a broker-b broker-c; do
+    if "$BIN/kafka-snapshot-agent" validate --config "$T/$h/etc/kafka-snapshot/agent.toml" >"$T/validate.log" 2>&1; then
+        ok "kafka-snapshot-agent validate: $h's agent.toml"
+    else
+        cat "$T/validate.log"
+        not_ok "kafka-snapshot-agent validate: $h's agent.toml"
+    fi
+done
+if [[ $coord_validate == true ]]; then
+    if "$BIN/kafka-snapshot-coordinator" validate --config "$T/coord/etc/kafka-snapshot/coordinator.toml" >"$T/validate.log" 2>&1; then
+        ok "kafka-snapshot-coordinator validate: coordinator.toml"
+    else
+        cat "$T/validate.log"
+        not_ok "kafka-snapshot-coordinator validate: coordinator.toml"
+    fi
+fi
+
+# --- systemd-analyze verify on the installed units and drop-ins -----------------------
+# verify resolves ExecStart= and the units' dependencies under --root.
+verify_unit() { # root unit
+    mkdir -p "$1/usr/lib/systemd"
+    [[ -d $1/usr/lib/systemd/system ]] || cp -a /usr/lib/systemd/system "$1/usr/lib/systemd/"
+    systemd-analyze verify --man=no --root="$1" "$2" 2>&1
+}
+for pair in broker-a:kafka-snapshot-agent.service coord:kafka-snapshot-coordinator.service; do
+    root=$T/${pair%%:*} unit=${pair#*:}
+    if out=$(verify_unit "$root" "$unit") && [[ -z $out ]]; then
+        ok "systemd-analyze verify: $unit (installed on ${pair%%:*}, with its drop-in)"
+    else
+        echo "$out"
+        not_ok "systemd-analyze verify: $unit"
+    fi
+done
+# The check must be able to fail: a unit with a misspelt setting, or
+# without its binary, is reported.
+mkdir -p "$T/bad/etc/systemd/system" "$T/bad/usr/local/bin"
+sed 's/^ProtectSystem=strict$/ProtectSystem=strictest/' systemd/kafka-snapshot-agent.service \
+    >"$T/bad/etc/systemd/system/kafka-snapshot-agent.service"
+cp "$BIN/kafka-snapshot-agent" "$T/bad/usr/local/bin/"
+out=$(verify_unit "$T/bad" kafka-snapshot-agent.service || true)
+if [[ $out == *strictest* ]]; then
+    ok "systemd-analyze verify reports a bad setting"
+else
+    echo "$out"
+    not_ok "systemd-analyze verify missed ProtectSystem=strictest"
+fi
+rm "$T/bad/usr/local/bin/kafka-snapshot-agent"
+sed -i 's/^ProtectSystem=strictest$/ProtectSystem=strict/' "$T/bad/etc/systemd/system/kafka-snapshot-agent.service"
+out=$(verify_unit "$T/bad" kafka-snapshot-agent.service || true)
+if [[ $out == *"/usr/local/bin/kafka-snapshot-agent"* ]]; then
+    ok "systemd-analyze verify reports a missing binary"
+else
+    echo "$out"
+    not_ok "systemd-analyze verify missed the missing binary"
+fi
+
+# --- idempotence ------------------------------------------------------------------------
+if playbook >"$T/run2.log" 2>&1 &&
+    recap=$(sed -n '/^PLAY RECAP/,$p' "$T/run2.log") &&
+    [[ $(grep -c 'changed=0 ' <<<"$recap") -eq 4 ]]; then
+    ok "site.yml: second run changes nothing (4 hosts, changed=0)"
+else
+    cat "$T/run2.log"
+    not_ok "site.yml: second run changed something"
+fi
+
+# --- the daemon's sections, before the binary knows them ---------------------------------
+# Without `run` the agent's validate rejects [coordinator]: render them in
+# check mode (validate is not run there) and read the diff.
+if [[ $daemon == false ]]; then
+    if playbook --limit broker-a --check --diff -e kafka_snapshot_agent_daemon_config=true \
+        >"$T/run-daemon.log" 2>&1 &&
+        grep -qx '+\[coordinator\]' "$T/run-daemon.log" &&
+        grep -qx '+url = "http://coord.test:9640"' "$T/run-daemon.log" &&
+        grep -qx '+token_file = "/etc/kafka-snapshot/agent.token"' "$T/run-daemon.log" &&
+        grep -qx '+state_file = "/var/lib/kafka-snapshot-agent/state.json"' "$T/run-daemon.log" &&
+        grep -qx '+poll_interval = "10s"' "$T/run-daemon.log" &&
+        grep -qx '+\[metrics\]' "$T/run-daemon.log" &&
+        grep -qx '+listen = "127.0.0.1:9641"' "$T/run-daemon.log" &&
+        ! grep -q '^+ca_file' "$T/run-daemon.log"; then
+        ok "agent.toml with [coordinator] and [metrics] (rendered in check mode; not validated by this build)"
+    else
+        cat "$T/run-daemon.log"
+        not_ok "agent.toml with [coordinator] and [metrics]"
+    fi
+fi
+
+# --- a config the agent rejects is never installed -----------------------------------------
+before=$(sha256sum <"$T/broker-a/etc/kafka-snapshot/agent.toml")
+if playbook --limit broker-a -e '{"kafka_snapshot_agent_snapshot_settings": {"zstd_level": 42}}' \
+    >"$T/run3.log" 2>&1; then
+    not_ok "site.yml accepted zstd_level = 42"
+elif grep -q 'snapshot.zstd_level' "$T/run3.log" &&
+    [[ $(sha256sum <"$T/broker-a/etc/kafka-snapshot/agent.toml") == "$before" ]]; then
+    ok "an agent.toml that fails validate is refused, naming the key, and the installed one kept"
+else
+    cat "$T/run3.log"
+    not_ok "a rejected agent.toml: no message naming snapshot.zstd_level, or the file changed"
+fi
+
+echo "ops: $pass passed, $fail failed"
+((fail == 0))

@@ -1,0 +1,157 @@
+"""Checks what site.yml installed into the temporary roots of tests/ops.sh:
+files, owners, modes, users and the rendered configs.
+
+usage: check_install.py REPO TMP BIN_DIR DAEMON_CONFIG(true|false)
+"""
+
+import grp
+import hashlib
+import pathlib
+import pwd
+import re
+import sys
+import tomllib
+
+repo, tmp, bin_dir, daemon = sys.argv[1:5]
+REPO = pathlib.Path(repo)
+TMP = pathlib.Path(tmp)
+BIN = pathlib.Path(bin_dir)
+DAEMON = daemon == "true"
+
+AGENT_USER = "ksnap-test-agent"
+COORD_USER = "ksnap-test-coord"
+VAULT_TOKEN = "token-from-the-vault-for-broker-b"
+failures = []
+
+
+def check(cond, what):
+    if not cond:
+        failures.append(what)
+
+
+def owner_mode(path, user, group, mode):
+    st = path.stat()
+    got = (pwd.getpwuid(st.st_uid).pw_name, grp.getgrgid(st.st_gid).gr_name, st.st_mode & 0o7777)
+    check(got == (user, group, mode), f"{path}: owner/group/mode {got[0]}:{got[1]} {oct(got[2])}, want {user}:{group} {oct(mode)}")
+
+
+# --- users --------------------------------------------------------------------
+for name in (AGENT_USER, COORD_USER):
+    pw = pwd.getpwnam(name)
+    check(pw.pw_shell == "/usr/sbin/nologin", f"user {name}: shell {pw.pw_shell}")
+    check(pw.pw_uid < 1000, f"user {name}: uid {pw.pw_uid} is not a system uid")
+    check(grp.getgrgid(pw.pw_gid).gr_name == name, f"user {name}: primary group")
+
+# --- brokers ------------------------------------------------------------------
+brokers = {
+    # host: (broker id, log dirs from its server.properties)
+    "broker-a": (1, ["/data/disk1/kafka-logs", "/data/disk2/kafka-logs"]),
+    "broker-b": (2, ["/data/d1/kafka-logs", "/data/d2/kafka-logs", "/data/meta/kafka-meta"]),
+    "broker-c": (3, ["/var/lib/kafka/data"]),
+}
+static_unit = (REPO / "systemd/kafka-snapshot-agent.service").read_bytes()
+static_rule = (REPO / "systemd/polkit/50-kafka-snapshot.rules").read_text()
+agent_bin = (BIN / "kafka-snapshot-agent").read_bytes()
+tokens = {}
+for host, (broker_id, log_dirs) in brokers.items():
+    root = TMP / host
+    b = root / "usr/local/bin/kafka-snapshot-agent"
+    owner_mode(b, "root", "root", 0o755)
+    check(b.read_bytes() == agent_bin, f"{b}: not the built binary")
+    owner_mode(root / "etc/kafka-snapshot", "root", "root", 0o755)
+    owner_mode(root / "var/lib/kafka-snapshot-agent", AGENT_USER, AGENT_USER, 0o750)
+
+    token_file = root / "etc/kafka-snapshot/agent.token"
+    owner_mode(token_file, AGENT_USER, AGENT_USER, 0o600)
+    tokens[host] = token_file.read_text()
+    if host == "broker-b":
+        check(tokens[host] == VAULT_TOKEN, f"{token_file}: not the inventory's token")
+    else:
+        check(re.fullmatch(r"[A-Za-z0-9]{43}", tokens[host]) is not None, f"{token_file}: not a generated token")
+
+    cfg_path = root / "etc/kafka-snapshot/agent.toml"
+    owner_mode(cfg_path, "root", AGENT_USER, 0o640)
+    cfg = tomllib.loads(cfg_path.read_text())
+    check(cfg["broker"]["log_dirs"] == log_dirs, f"{cfg_path}: log_dirs {cfg['broker']['log_dirs']}")
+    check(cfg["broker"]["stop_command"] == "systemctl stop --no-block kafka.service", f"{cfg_path}: stop_command")
+    check(cfg["broker"]["start_command"] == "systemctl start kafka.service", f"{cfg_path}: start_command")
+    check(cfg["broker"]["stop_timeout"] == "15m", f"{cfg_path}: broker settings from the inventory")
+    check(cfg["storage"] == {"url": "file:///mnt/kafka-snapshots"}, f"{cfg_path}: storage {cfg['storage']}")
+    check(cfg["kafka"]["bootstrap_servers"] == ["broker-a:9092", "broker-b:9092"], f"{cfg_path}: kafka")
+    if DAEMON:
+        check(
+            cfg.get("coordinator")
+            == {
+                "url": "http://coord.test:9640",
+                "token_file": "/etc/kafka-snapshot/agent.token",
+                "state_file": "/var/lib/kafka-snapshot-agent/state.json",
+                "poll_interval": "10s",
+            },
+            f"{cfg_path}: [coordinator] {cfg.get('coordinator')}",
+        )
+        check(cfg.get("metrics") == {"listen": "127.0.0.1:9641"}, f"{cfg_path}: [metrics]")
+    else:
+        check("coordinator" not in cfg and "metrics" not in cfg, f"{cfg_path}: daemon sections rendered")
+
+    unit_dir = root / "etc/systemd/system"
+    unit = unit_dir / "kafka-snapshot-agent.service"
+    owner_mode(unit, "root", "root", 0o644)
+    check(unit.read_bytes() == static_unit, f"{unit}: differs from systemd/")
+    dropin = (unit_dir / "kafka-snapshot-agent.service.d/50-host.conf").read_text()
+    rw = re.findall(r"^ReadWritePaths=(.*)$", dropin, re.M)
+    want_rw = sorted({d.rsplit("/", 1)[0] for d in log_dirs} | {"/mnt/kafka-snapshots"})
+    check(sorted(rw) == want_rw, f"{host} drop-in: ReadWritePaths {rw}, want {want_rw}")
+    check(re.search(r"^User=ksnap-test-agent$", dropin, re.M) is not None, f"{host} drop-in: User=")
+    check(re.search(r"^RequiresMountsFor=/mnt/kafka-snapshots$", dropin, re.M) is not None, f"{host} drop-in: RequiresMountsFor=")
+    check(re.search(r"^TimeoutStopSec=20min$", dropin, re.M) is not None, f"{host} drop-in: TimeoutStopSec=")
+
+    rule = root / "etc/polkit-1/rules.d/50-kafka-snapshot.rules"
+    owner_mode(rule, "root", "root", 0o644)
+    check(
+        rule.read_text() == static_rule.replace('"kafka-snapshot"', f'"{AGENT_USER}"'),
+        f"{rule}: differs from systemd/polkit/ beyond the user name",
+    )
+
+check(len(set(tokens.values())) == len(tokens), "two brokers got the same token")
+
+# --- coordinator ----------------------------------------------------------------
+root = TMP / "coord"
+b = root / "usr/local/bin/kafka-snapshot-coordinator"
+owner_mode(b, "root", "root", 0o755)
+check(b.read_bytes() == (BIN / "kafka-snapshot-coordinator").read_bytes(), f"{b}: not the built binary")
+owner_mode(root / "var/lib/kafka-snapshot-coordinator", COORD_USER, COORD_USER, 0o750)
+admin = root / "etc/kafka-snapshot/admin.token"
+owner_mode(admin, "root", COORD_USER, 0o640)
+check(re.fullmatch(r"[A-Za-z0-9]{43}", admin.read_text()) is not None, f"{admin}: not a generated token")
+cfg_path = root / "etc/kafka-snapshot/coordinator.toml"
+owner_mode(cfg_path, "root", COORD_USER, 0o640)
+cfg = tomllib.loads(cfg_path.read_text())
+want_agents = [
+    {"broker": broker_id, "token_sha256": hashlib.sha256(tokens[host].encode()).hexdigest()}
+    for host, (broker_id, _) in sorted(brokers.items(), key=lambda kv: kv[1][0])
+]
+check(cfg.get("agents") == want_agents, f"{cfg_path}: agents {cfg.get('agents')}, want {want_agents}")
+check(
+    cfg.get("server")
+    == {
+        "listen": "127.0.0.1:9640",
+        "database": "/var/lib/kafka-snapshot-coordinator/state.db",
+        "admin_token_file": "/etc/kafka-snapshot/admin.token",
+    },
+    f"{cfg_path}: server {cfg.get('server')}",
+)
+check(cfg.get("schedule") == {"schedule": "@every 24h", "starting_deadline": "1h", "suspend": False}, f"{cfg_path}: schedule")
+check(cfg.get("lease") == {"ttl": "60s"}, f"{cfg_path}: lease")
+check(cfg.get("retention") == {"keep_last": 7, "max_age": "30d"}, f"{cfg_path}: retention")
+check(cfg.get("storage") == {"url": "file:///mnt/kafka-snapshots"}, f"{cfg_path}: storage")
+unit = root / "etc/systemd/system/kafka-snapshot-coordinator.service"
+check(unit.read_bytes() == (REPO / "systemd/kafka-snapshot-coordinator.service").read_bytes(), f"{unit}: differs from systemd/")
+dropin = (root / "etc/systemd/system/kafka-snapshot-coordinator.service.d/50-host.conf").read_text()
+check(re.findall(r"^ReadWritePaths=(.*)$", dropin, re.M) == ["/mnt/kafka-snapshots"], "coordinator drop-in: ReadWritePaths")
+check(re.search(r"^User=ksnap-test-coord$", dropin, re.M) is not None, "coordinator drop-in: User=")
+check(not (root / "etc/polkit-1").exists(), "coordinator host got a polkit rule")
+
+if failures:
+    print("install check FAILED:", *failures, sep="\n  ")
+    sys.exit(1)
+print(f"install check: ok ({len(brokers)} agents and a coordinator)")
