@@ -170,7 +170,10 @@ fn run(cli: Cli) -> kafka_snapshot::Result<ExitCode> {
         }
         Command::Serve => {
             let cfg = load(&cli.config)?;
-            runtime()?.block_on(server::serve(cfg, || {}))?;
+            runtime()?.block_on(server::serve(cfg, || {
+                kafka_snapshot::service::spawn_watchdog();
+                kafka_snapshot::service::notify_ready();
+            }))?;
             Ok(ExitCode::SUCCESS)
         }
         cmd => {

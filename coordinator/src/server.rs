@@ -619,6 +619,7 @@ pub async fn serve(cfg: CoordinatorConfig, on_ready: impl FnOnce()) -> Result<()
             _ = int.recv() => {}
         }
         tracing::info!("shutting down");
+        kafka_snapshot::service::notify_stopping();
         let _ = tx.send(true);
     });
     tracing::info!(

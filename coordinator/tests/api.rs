@@ -1,0 +1,221 @@
+//! The coordinator's API as a real process: authentication, refusals that
+//! change nothing, fencing epochs, persistence across a SIGKILL, and TLS.
+
+mod common;
+
+use common::*;
+use kafka_snapshot_standin::{ClusterSpec, StandinCluster};
+use serde_json::json;
+use std::time::Duration;
+
+fn cluster(root: &std::path::Path) -> StandinCluster {
+    let c = StandinCluster::create(&root.join("cluster"), &ClusterSpec::new(3)).expect("stand-in");
+    c.start_all(Duration::from_secs(60))
+        .expect("cluster starts");
+    c
+}
+
+/// Status without the fields that change with time.
+fn state(c: &Coordinator) -> serde_json::Value {
+    let mut s = c.status();
+    s.as_object_mut().unwrap().remove("now");
+    for b in s["brokers"].as_array_mut().unwrap() {
+        b.as_object_mut().unwrap().remove("agent_last_seen");
+    }
+    s
+}
+
+#[test]
+fn refusals_leave_no_trace_and_epochs_fence_stale_agents() {
+    let t = tempfile::tempdir().unwrap();
+    let standin = cluster(t.path());
+    let store = t.path().join("store");
+    let mut c = Coordinator::create(
+        &t.path().join("coord"),
+        &CoordinatorSpec::new(
+            &[1, 2, 3],
+            &standin.bootstrap(),
+            &format!("file://{}", store.display()),
+        ),
+    );
+    c.start();
+    let http = Http::new(&c.url);
+    let t1 = token(1);
+    let t2 = token(2);
+
+    // Operator endpoints: no token, a wrong one, an agent's.
+    assert_eq!(http.get("/v1/status", None).0, 401);
+    assert_eq!(
+        http.get("/v1/status", Some("not-the-admin-token-at-all")).0,
+        401
+    );
+    assert_eq!(http.get("/v1/status", Some(&t1)).0, 401);
+    assert_eq!(
+        http.post("/v1/run-now", Some(&t1), &json!({"broker": null}))
+            .0,
+        401
+    );
+    let before = state(&c);
+
+    // Agent endpoints.
+    let (code, body) = http.post("/v1/agent/poll", None, &poll_body(1, None));
+    assert_eq!(code, 401, "{body}");
+    let (code, body) = http.post(
+        "/v1/agent/poll",
+        Some("wrong-token-xxxxxxxxxxxxxxx"),
+        &poll_body(1, None),
+    );
+    assert_eq!(
+        (code, body["error"].as_str().unwrap()),
+        (401, "unknown agent token")
+    );
+    let (code, body) = http.post("/v1/agent/poll", Some(&t1), &poll_body(2, None));
+    assert_eq!(code, 403, "{body}");
+    assert!(body["error"]
+        .as_str()
+        .unwrap()
+        .contains("belongs to broker 1, not broker 2"));
+    let (code, body) = http.post_raw("/v1/agent/poll", Some(&t1), b"{\"protocol\": 1, ".to_vec());
+    assert_eq!(code, 400, "{body}");
+    let mut extra = poll_body(1, None);
+    extra["surprise"] = json!(1);
+    let (code, body) = http.post("/v1/agent/poll", Some(&t1), &extra);
+    assert!(
+        code == 400 && body["error"].as_str().unwrap().contains("unknown field"),
+        "{code} {body}"
+    );
+    let (code, _) = http.post_raw("/v1/agent/poll", Some(&t1), vec![b' '; 300 * 1024]);
+    assert_eq!(code, 413);
+    let mut old = poll_body(1, None);
+    old["protocol"] = json!(0);
+    let (code, body) = http.post("/v1/agent/poll", Some(&t1), &old);
+    assert!(
+        code == 400 && body["error"].as_str().unwrap().contains("protocol 0"),
+        "{body}"
+    );
+    let (code, _) = http.post(
+        "/v1/agent/heartbeat",
+        Some(&t2),
+        &json!({"broker": 2, "epoch": 99, "phase": "capturing", "progress": null}),
+    );
+    assert_eq!(code, 409);
+    let (code, _) = http.post(
+        "/v1/restores",
+        Some(ADMIN),
+        &json!({"broker": 9, "snapshot_id": null, "force": false}),
+    );
+    assert_eq!(code, 404);
+    assert_eq!(state(&c), before, "refused requests changed the state");
+
+    // A cycle: broker 1 gets the lease (the coordinator's own check passes
+    // against the stand-in cluster), nobody else does.
+    c.cli_ok(&["run-now"], 0);
+    let (code, body) = http.post("/v1/agent/poll", Some(&t2), &poll_body(2, None));
+    assert_eq!((code, &body["action"]), (200, &json!({"type": "idle"})));
+    let (code, body) = http.post("/v1/agent/poll", Some(&t1), &poll_body(1, None));
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["action"]["type"], "snapshot", "{body}\n{}", c.logs());
+    let epoch = body["action"]["lease"]["epoch"].as_u64().unwrap();
+    let hb = |b: i32, e: u64| json!({"broker": b, "epoch": e, "phase": "capturing", "progress": "cloning"});
+    assert_eq!(
+        http.post("/v1/agent/heartbeat", Some(&t1), &hb(1, epoch)).0,
+        200
+    );
+    assert_eq!(
+        http.post("/v1/agent/heartbeat", Some(&t1), &hb(1, epoch + 1))
+            .0,
+        409
+    );
+    assert_eq!(
+        http.post("/v1/agent/heartbeat", Some(&t2), &hb(2, epoch)).0,
+        409
+    );
+    let st = c.status();
+    assert_eq!(st["lease"]["broker"], 1);
+    assert_eq!(st["lease"]["phase"], "capturing");
+
+    // The coordinator is SIGKILLed and restarted: the lease is still there.
+    c.kill();
+    c.start();
+    assert_eq!(
+        http.post("/v1/agent/heartbeat", Some(&t1), &hb(1, epoch)).0,
+        200
+    );
+    let release = json!({"broker": 1, "epoch": epoch, "outcome": {"type": "recovered", "snapshot_id": "20260501T020000Z-aaaaaaaa", "downtime_ms": 1200}});
+    assert_eq!(http.post("/v1/agent/release", Some(&t2), &release).0, 403);
+    let (code, body) = http.post("/v1/agent/release", Some(&t1), &release);
+    assert_eq!(code, 200, "{body}");
+    let (_, body) = http.post("/v1/agent/poll", Some(&t2), &poll_body(2, None));
+    assert_eq!(body["action"]["type"], "snapshot", "{body}");
+    let epoch2 = body["action"]["lease"]["epoch"].as_u64().unwrap();
+    assert!(epoch2 > epoch);
+    // Broker 1's old epoch can no longer release anything of broker 2.
+    let stale = json!({"broker": 2, "epoch": epoch, "outcome": {"type": "skipped", "reason": "x"}});
+    assert_eq!(http.post("/v1/agent/release", Some(&t2), &stale).0, 409);
+
+    let status = c.cli_ok(&["status"], 0);
+    assert!(
+        status.contains("held by broker 2 for a snapshot"),
+        "{status}"
+    );
+    let metrics = reqwest::blocking::get(format!("{}/metrics", c.url))
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        metrics
+            .contains("kafka_snapshot_lease_held{broker=\"2\",kind=\"snapshot\",state=\"active\""),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("kafka_snapshot_cycle_running 1"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn https_with_a_generated_certificate() {
+    let t = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params =
+        rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let cert_path = t.path().join("coordinator.crt");
+    let key_path = t.path().join("coordinator.key");
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    write_secret(&key_path, &key.serialize_pem());
+
+    let mut spec = CoordinatorSpec::new(
+        &[1],
+        "127.0.0.1:1",
+        &format!("file://{}", t.path().join("store").display()),
+    );
+    spec.tls = Some((cert_path.clone(), key_path));
+    let mut c = Coordinator::create(&t.path().join("coord"), &spec);
+    c.start();
+    assert!(c.url.starts_with("https://"));
+    // The CLI trusts the server's own certificate (server.tls_cert).
+    let st = c.cli_ok(&["status"], 0);
+    assert!(st.contains("lease:    free"), "{st}");
+
+    // A client trusting the certificate talks; one that does not, cannot;
+    // plain HTTP is not answered.
+    let ca = reqwest::Certificate::from_pem(cert.pem().as_bytes()).unwrap();
+    let trusting = reqwest::blocking::Client::builder()
+        .tls_certs_only([ca])
+        .build()
+        .unwrap();
+    let (code, _) = Http::with_client(&c.url, trusting).post(
+        "/v1/agent/poll",
+        Some(&token(1)),
+        &poll_body(1, None),
+    );
+    assert_eq!(code, 200);
+    assert!(
+        reqwest::blocking::get(format!("{}/healthz", c.url)).is_err(),
+        "an unknown certificate was accepted"
+    );
+    let plain = reqwest::blocking::get(format!("http://localhost:{}/healthz", c.port));
+    assert!(plain.is_err() || !plain.unwrap().status().is_success());
+}
