@@ -176,7 +176,10 @@ pub struct Release {
 pub enum Outcome {
     /// The broker was stopped, captured, restarted and is back in every ISR;
     /// the archive is still being built (a [`SnapshotReport`] follows).
-    Recovered { snapshot_id: String, downtime_ms: u64 },
+    Recovered {
+        snapshot_id: String,
+        downtime_ms: u64,
+    },
     /// The snapshot is committed (copy capture archives before the restart).
     Committed {
         snapshot: SnapshotSummary,
@@ -190,7 +193,10 @@ pub enum Outcome {
         broker_running: bool,
     },
     /// A restore finished and the broker is back in every ISR.
-    Restored { snapshot_id: String, downtime_ms: u64 },
+    Restored {
+        snapshot_id: String,
+        downtime_ms: u64,
+    },
 }
 
 /// Sent when an archive finishes after the lease was released.
