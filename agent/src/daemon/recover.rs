@@ -96,7 +96,8 @@ impl Daemon {
                 tracing::warn!(broker = self.broker, error = %e, "could not report the abandoned archive");
             }
         }
-        self.update(|s| s.finish())
+        let running = self.broker_running();
+        self.update(|s| s.finish(running))
     }
 
     /// Starts the broker the agent had stopped and waits for it to be back

@@ -204,7 +204,8 @@ impl Daemon {
 
     /// Back to idle; a broker that could not be started stays on record.
     pub(super) fn finish(&self) {
-        if let Err(e) = self.update(|s| s.finish()) {
+        let running = self.broker_running();
+        if let Err(e) = self.update(|s| s.finish(running)) {
             tracing::error!(error = %e, "could not write the state file");
         }
     }

@@ -91,10 +91,11 @@ impl AgentState {
         }
     }
 
-    /// Back to idle after a lease and its follow-up are done.
-    pub fn finish(&mut self) {
+    /// Back to idle after a lease and its follow-up are done; a broker the
+    /// agent stopped and that does not run stays on record as the agent's.
+    pub fn finish(&mut self, broker_running: bool) {
         let broker = self.broker;
-        let stopped = self.broker_stopped_by_agent;
+        let stopped = self.broker_stopped_by_agent && !broker_running;
         let stopped_at = self.broker_stopped_at;
         *self = AgentState::idle(broker);
         // A broker that could not be started stays on record as ours.
@@ -216,7 +217,7 @@ mod tests {
         assert!(!s.broker_stopped_by_agent);
         s.enter(Phase::Archiving);
         assert!(!s.broker_stopped_by_agent);
-        s.finish();
+        s.finish(true);
         assert_eq!(s.phase, Phase::Idle);
         assert_eq!(s.lease_epoch, None);
 
@@ -225,9 +226,14 @@ mod tests {
         assert!(!s.broker_stopped_by_agent);
         s.enter(Phase::Restoring);
         assert!(s.broker_stopped_by_agent);
-        // A broker that could not be started stays recorded as ours.
+        // Started again: idle. Could not be started: it stays recorded as
+        // ours, so the daemon keeps trying to start it.
         s.enter(Phase::Starting);
-        s.finish();
+        let mut started = s.clone();
+        started.finish(true);
+        assert!(!started.broker_stopped_by_agent);
+        assert_eq!(started.phase, Phase::Idle);
+        s.finish(false);
         assert!(s.broker_stopped_by_agent);
         assert!(s.phase.broker_may_be_down());
     }
