@@ -751,6 +751,87 @@ fn sigterm_with_the_broker_down_starts_it_then_releases_and_exits_0() {
     );
 }
 
+#[test]
+fn abort_while_capturing_starts_the_broker_and_releases_failed() {
+    let s = setup_with("ext4", slow_capture);
+    let cfg = s.config("copy", TOKEN, SLOW_LINK);
+    s.coord.on_heartbeat(|hb| {
+        let abort = hb["phase"] == "capturing";
+        (200, json!({"ttl_ms": 1500, "abort": abort}))
+    });
+    s.coord.push_action(snapshot_lease(6, 60_000));
+    let d = Daemon::spawn(&cfg, &s.root.join("daemon.log"), None);
+    s.coord
+        .wait_for("the release", Duration::from_secs(90), &d, |r| {
+            r.iter().any(|r| r.path == "/v1/agent/release")
+        });
+    let rel = releases(&s.coord);
+    assert_eq!(rel[0]["epoch"], 6);
+    assert_eq!(rel[0]["outcome"]["type"], "failed", "{rel:?}");
+    assert_eq!(rel[0]["outcome"]["broker_running"], true);
+    let reason = rel[0]["outcome"]["reason"].as_str().unwrap();
+    assert!(reason.contains("aborted by the coordinator"), "{reason}");
+    assert!(s.c.is_running(2));
+    let out = run(
+        &["archive", "list", "--store", &store_url(&s.store), "--json"],
+        0,
+    );
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l["complete"] == false),
+        "{listed}"
+    );
+}
+
+#[test]
+fn sigterm_while_archiving_without_the_lease_cancels_and_exits_0() {
+    let s = setup_with("xfs", slow_capture);
+    let cfg = s.config("reflink", TOKEN, SLOW_LINK);
+    s.coord.push_action(snapshot_lease(8, 60_000));
+    let mut d = Daemon::spawn(&cfg, &s.root.join("daemon.log"), None);
+    s.coord.wait_for(
+        "the release at recovery",
+        Duration::from_secs(90),
+        &d,
+        |r| r.iter().any(|r| r.path == "/v1/agent/release"),
+    );
+    assert_eq!(releases(&s.coord)[0]["outcome"]["type"], "recovered");
+    d.sigterm();
+    let started = Instant::now();
+    let status = d.wait_exit(Duration::from_secs(60));
+    assert!(status.success(), "exit status {status:?}\n{}", d.log());
+    assert!(started.elapsed() < Duration::from_secs(20), "slow shutdown");
+    let reports = s.coord.of("/v1/agent/report");
+    assert_eq!(reports.len(), 1);
+    assert_eq!(
+        reports[0].body["result"]["type"], "failed",
+        "{}",
+        reports[0].body
+    );
+    assert!(s.c.is_running(2));
+    for dir in s.c.log_dirs(2) {
+        let staging = dir.parent().unwrap().join(".kafka-snapshot-staging");
+        assert_eq!(names(&staging), vec![".lock".to_string()], "staging left");
+    }
+    let out = run(
+        &["archive", "list", "--store", &store_url(&s.store), "--json"],
+        0,
+    );
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l["complete"] == false),
+        "{listed}"
+    );
+}
+
 // ---------------------------------------------------------------------------
 // Restores under a lease
 
