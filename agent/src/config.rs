@@ -20,6 +20,85 @@ pub struct AgentConfig {
     pub kafka: Option<KafkaSection>,
     #[serde(default)]
     pub gate: GateSection,
+    /// How to reach the coordinator; needed by `run` only, so that the
+    /// break-glass commands work without one.
+    pub coordinator: Option<CoordinatorSection>,
+    #[serde(default)]
+    pub metrics: MetricsSection,
+}
+
+/// `[coordinator]`: the daemon (`run`) polls it for leases.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoordinatorSection {
+    /// `https://coordinator.example.internal:8443` (or `http://`).
+    pub url: String,
+    /// The bearer token of this broker's agent; the file must not be
+    /// readable by group or others.
+    pub token_file: PathBuf,
+    /// PEM CA certificate(s) to trust for an `https://` URL instead of the
+    /// system's roots (a private CA).
+    pub ca_file: Option<PathBuf>,
+    /// Where the daemon records what it is doing, so that a restarted agent
+    /// can finish what a killed one left (start a broker it had stopped).
+    #[serde(default = "default_state_file")]
+    pub state_file: PathBuf,
+    /// How often to poll when the coordinator does not say.
+    #[serde(default = "default_poll_interval", deserialize_with = "duration")]
+    pub poll_interval: Duration,
+    /// Limit on every request to the coordinator, connecting included.
+    #[serde(default = "default_coordinator_timeout", deserialize_with = "duration")]
+    pub request_timeout: Duration,
+    /// Read from `token_file` when the config is loaded.
+    #[serde(skip)]
+    resolved_token: Option<Secret>,
+}
+
+/// A secret read from a file; `Debug` never shows it.
+#[derive(Clone, Default)]
+struct Secret(String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+fn default_state_file() -> PathBuf {
+    PathBuf::from("/var/lib/kafka-snapshot-agent/state.json")
+}
+fn default_poll_interval() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_coordinator_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl CoordinatorSection {
+    /// The token read from `token_file` (set once the config is loaded).
+    pub fn token(&self) -> &str {
+        self.resolved_token
+            .as_ref()
+            .map(|s| s.0.as_str())
+            .unwrap_or_default()
+    }
+}
+
+/// `[metrics]`: the Prometheus endpoint of the daemon.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    /// A loopback address and port (`127.0.0.1:9641`, `[::1]:9641`): the
+    /// endpoint has no authentication.
+    pub listen: std::net::SocketAddr,
+}
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        MetricsSection {
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 9641)),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -557,14 +636,69 @@ impl AgentConfig {
         if self.gate.stable_checks == 0 {
             return Err(err("gate.stable_checks", "must be at least 1".into()));
         }
+        if let Some(c) = &self.coordinator {
+            let rest = c
+                .url
+                .strip_prefix("https://")
+                .or_else(|| c.url.strip_prefix("http://"));
+            if rest.is_none_or(|r| r.is_empty() || r.starts_with('/')) {
+                return Err(err(
+                    "coordinator.url",
+                    format!("{:?} is not an http:// or https:// URL", c.url),
+                ));
+            }
+            if c.ca_file.is_some() && !c.url.starts_with("https://") {
+                return Err(err(
+                    "coordinator.ca_file",
+                    format!("is set, but coordinator.url {:?} is not https://", c.url),
+                ));
+            }
+            if !c.state_file.is_absolute() {
+                return Err(err(
+                    "coordinator.state_file",
+                    format!("{} is not an absolute path", c.state_file.display()),
+                ));
+            }
+            if c.poll_interval.is_zero() {
+                return Err(err(
+                    "coordinator.poll_interval",
+                    "must be more than 0".into(),
+                ));
+            }
+            if c.request_timeout.is_zero() {
+                return Err(err(
+                    "coordinator.request_timeout",
+                    "must be more than 0".into(),
+                ));
+            }
+        }
+        if !self.metrics.listen.ip().is_loopback() {
+            return Err(err(
+                "metrics.listen",
+                format!(
+                    "{} is not a loopback address: the metrics endpoint has no authentication; \
+                     use 127.0.0.1 or [::1] (and a scraper on the host, or a proxy)",
+                    self.metrics.listen
+                ),
+            ));
+        }
         if let Some(k) = &self.kafka {
             k.validate().map_err(|(key, m)| err(&key, m))?;
         }
         Ok(())
     }
 
-    /// Reads secrets referenced by path (`kafka.sasl_password_file`).
+    /// Reads secrets referenced by path (`kafka.sasl_password_file`,
+    /// `coordinator.token_file`).
     fn resolve_secrets(&mut self, path: &Path) -> Result<()> {
+        if let Some(c) = &mut self.coordinator {
+            c.resolved_token = Some(Secret(read_token(&c.token_file).map_err(|m| {
+                Error::Config {
+                    file: path.to_path_buf(),
+                    message: format!("coordinator.token_file: {m}"),
+                }
+            })?));
+        }
         if let Some(k) = &mut self.kafka {
             k.resolve_secrets().map_err(|(key, m)| Error::Config {
                 file: path.to_path_buf(),
@@ -579,6 +713,16 @@ impl AgentConfig {
         self.kafka.as_ref().ok_or_else(|| Error::Config {
             file: path.to_path_buf(),
             message: format!("kafka.bootstrap_servers: missing; {what} needs the [kafka] section"),
+        })
+    }
+
+    /// The coordinator section, or a config error saying `run` needs it.
+    pub fn coordinator(&self, path: &Path) -> Result<&CoordinatorSection> {
+        self.coordinator.as_ref().ok_or_else(|| Error::Config {
+            file: path.to_path_buf(),
+            message: "coordinator.url: missing; `run` needs the [coordinator] section \
+                      (url, token_file)"
+                .into(),
         })
     }
 
@@ -686,6 +830,34 @@ impl KafkaSection {
         }
         Ok(())
     }
+}
+
+/// Reads a bearer token file: private to its owner, one non-empty line.
+fn read_token(file: &Path) -> Result<String, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let md = std::fs::metadata(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let mode = md.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "{} has mode {mode:04o}: a token must not be readable by group or others; \
+             run `chmod 600 {}`",
+            file.display(),
+            file.display()
+        ));
+    }
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(format!("{} is empty", file.display()));
+    }
+    if token.contains(char::is_whitespace) || !token.is_ascii() {
+        return Err(format!(
+            "{} must hold the token alone on one line (printable ASCII, no spaces)",
+            file.display()
+        ));
+    }
+    Ok(token.to_string())
 }
 
 /// Checks the shape of a store URL without touching the store.
@@ -843,6 +1015,131 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("bandwidth_limit"), "{e}");
+    }
+
+    /// A base config plus `[coordinator]` with a token file of `mode`.
+    fn with_coordinator(dir: &Path, mode: u32, extra: &str) -> Result<AgentConfig> {
+        use std::os::unix::fs::PermissionsExt;
+        let token = dir.join("token");
+        std::fs::write(&token, "s3cr3t-token\n").unwrap();
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(mode)).unwrap();
+        parse(&format!(
+            "[broker]\nlog_dirs=['/a']\n[storage]\nurl='file:///x'\n\
+             [coordinator]\nurl = \"https://coord.example:8443\"\ntoken_file = {:?}\n{extra}",
+            token.display().to_string()
+        ))
+    }
+
+    #[test]
+    fn coordinator_section_defaults_and_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = with_coordinator(dir.path(), 0o600, "").unwrap();
+        let c = cfg.coordinator(Path::new("/etc/agent.toml")).unwrap();
+        assert_eq!(c.token(), "s3cr3t-token");
+        assert_eq!(
+            c.state_file,
+            PathBuf::from("/var/lib/kafka-snapshot-agent/state.json")
+        );
+        assert_eq!(c.poll_interval, Duration::from_secs(10));
+        assert_eq!(c.request_timeout, Duration::from_secs(10));
+        assert_eq!(cfg.metrics.listen.to_string(), "127.0.0.1:9641");
+        assert!(!format!("{cfg:?}").contains("s3cr3t"));
+        let cfg = with_coordinator(
+            dir.path(),
+            0o400,
+            "poll_interval = \"2s\"\nrequest_timeout = \"500ms\"\nca_file = \"/etc/ca.pem\"\n\
+             state_file = \"/run/agent.json\"\n[metrics]\nlisten = \"[::1]:9000\"\n",
+        )
+        .unwrap();
+        let c = cfg.coordinator.as_ref().unwrap();
+        assert_eq!(c.poll_interval, Duration::from_secs(2));
+        assert_eq!(c.request_timeout, Duration::from_millis(500));
+        assert_eq!(c.state_file, PathBuf::from("/run/agent.json"));
+        assert_eq!(cfg.metrics.listen.port(), 9000);
+    }
+
+    #[test]
+    fn coordinator_is_optional_but_run_names_it() {
+        let cfg = parse("[broker]\nlog_dirs=['/a']\n[storage]\nurl='file:///x'\n").unwrap();
+        let e = cfg
+            .coordinator(Path::new("/etc/agent.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("/etc/agent.toml") && e.contains("coordinator.url"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn coordinator_mistakes_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = with_coordinator(dir.path(), 0o644, "")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("coordinator.token_file") && e.contains("0644") && e.contains("chmod 600"),
+            "{e}"
+        );
+        let e = with_coordinator(dir.path(), 0o640, "")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("coordinator.token_file"), "{e}");
+        let cases = [
+            ("poll_interval = \"0s\"\n", "coordinator.poll_interval"),
+            ("request_timeout = \"soon\"\n", "request_timeout"),
+            ("state_file = \"state.json\"\n", "coordinator.state_file"),
+            ("tokenfile = \"/x\"\n", "tokenfile"),
+            ("[metrics]\nlisten = \"0.0.0.0:9641\"\n", "metrics.listen"),
+            ("[metrics]\nlisten = \"10.1.2.3:9641\"\n", "metrics.listen"),
+            ("[metrics]\nlisten = \"localhost\"\n", "listen"),
+            ("[metrics]\nport = 1\n", "port"),
+        ];
+        for (extra, key) in cases {
+            let e = with_coordinator(dir.path(), 0o600, extra)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(key) && e.contains("/etc/agent.toml"),
+                "{extra}: {e}"
+            );
+        }
+        for (url, key) in [
+            ("ftp://coord", "coordinator.url"),
+            ("https://", "coordinator.url"),
+            ("coord:8443", "coordinator.url"),
+        ] {
+            let token = dir.path().join("token");
+            let e = parse(&format!(
+                "[broker]\nlog_dirs=['/a']\n[storage]\nurl='file:///x'\n\
+                 [coordinator]\nurl = {url:?}\ntoken_file = {:?}\n",
+                token.display().to_string()
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains(key), "{url}: {e}");
+        }
+        let token = dir.path().join("token");
+        let e = parse(&format!(
+            "[broker]\nlog_dirs=['/a']\n[storage]\nurl='file:///x'\n\
+             [coordinator]\nurl = \"http://c:80\"\ntoken_file = {:?}\nca_file = \"/ca.pem\"\n",
+            token.display().to_string()
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("coordinator.ca_file"), "{e}");
+        std::fs::write(&token, "\n").unwrap();
+        let e = parse(&format!(
+            "[broker]\nlog_dirs=['/a']\n[storage]\nurl='file:///x'\n\
+             [coordinator]\nurl = \"http://c:80\"\ntoken_file = {:?}\n",
+            token.display().to_string()
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("coordinator.token_file") && e.contains("empty"),
+            "{e}"
+        );
     }
 
     #[test]

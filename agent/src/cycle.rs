@@ -3,6 +3,13 @@
 //! while the broker is down, the broker is started again before anything
 //! else happens; a broker this code cannot start again is an ERROR that
 //! names what to do.
+//!
+//! The cycle reports every [`Phase`] it enters to an observer before it
+//! acts, so the daemon can persist it (and tell the coordinator) ahead of
+//! stopping a broker. With reflink capture the cycle pauses after the
+//! recovery check ([`Cycle::stop_capture_restart`] returns the archive
+//! still to build), so the daemon can give the lease back while the
+//! archive is written from staging ([`Cycle::archive`]).
 
 use crate::archive::ArchiveOptions;
 use crate::broker::{BrokerControl, BrokerError, Stopped};
@@ -12,7 +19,8 @@ use crate::kafka::fetch::KafkaClient;
 use crate::kafka::gate::{recovery, GateReport, Recovery};
 use crate::logdir;
 use crate::manifest::Manifest;
-use crate::snapshot::{capture, BrokerTimes, CaptureRequest};
+use crate::protocol::Phase;
+use crate::snapshot::{capture, BrokerTimes, CaptureRequest, Captured};
 use crate::storage::ColdStore;
 use chrono::Utc;
 use std::path::PathBuf;
@@ -56,14 +64,41 @@ pub enum CycleError {
 const START_ATTEMPTS: u32 = 3;
 const START_RETRY: Duration = Duration::from_secs(5);
 
+/// Told of every phase the cycle enters (with a progress line), before
+/// the cycle acts on it.
+pub type PhaseObserver = Arc<dyn Fn(Phase, Option<String>) + Send + Sync>;
+
+/// A snapshot whose broker is back in every ISR.
+pub struct Restarted {
+    pub snapshot_id: String,
+    /// From the stop command to the start command's success.
+    pub downtime_ms: u64,
+    pub archive: Archive,
+}
+
+pub enum Archive {
+    /// Copy capture: archived and committed while the broker was down.
+    Committed(Box<Manifest>),
+    /// Reflink capture: the clones wait in staging for [`Cycle::archive`].
+    Pending(Box<Pending>),
+}
+
+pub struct Pending {
+    captured: Captured,
+    opts: ArchiveOptions,
+    times: BrokerTimes,
+    cancel: Arc<AtomicBool>,
+}
+
 pub struct Cycle {
     cfg: AgentConfig,
     log_dirs: Vec<PathBuf>,
     broker: i32,
-    client: KafkaClient,
+    client: Arc<KafkaClient>,
     control: BrokerControl,
-    store: Arc<dyn ColdStore>,
+    store: Option<Arc<dyn ColdStore>>,
     shutdown: watch::Receiver<bool>,
+    observer: Option<PhaseObserver>,
 }
 
 impl Cycle {
@@ -77,8 +112,30 @@ impl Cycle {
         let broker = logdir::read_meta_properties(&log_dirs[0])?.node_id;
         let client = KafkaClient::new(cfg.kafka(config_path, "a snapshot cycle")?)
             .map_err(crate::Error::Usage)?;
+        Ok(Cycle::with_parts(
+            cfg,
+            log_dirs,
+            broker,
+            Arc::new(client),
+            Some(store),
+            shutdown,
+        ))
+    }
+
+    /// A cycle for a broker whose id and log dirs the caller resolved, with
+    /// a shared Kafka client. `shutdown` turning true interrupts the cycle
+    /// (starting the broker first if it is down), whatever the reason.
+    /// Without a store only broker control and the checks work.
+    pub fn with_parts(
+        cfg: AgentConfig,
+        log_dirs: Vec<PathBuf>,
+        broker: i32,
+        client: Arc<KafkaClient>,
+        store: Option<Arc<dyn ColdStore>>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Cycle {
         let control = BrokerControl::new(&cfg.broker, log_dirs.clone());
-        Ok(Cycle {
+        Cycle {
             cfg,
             log_dirs,
             broker,
@@ -86,14 +143,53 @@ impl Cycle {
             control,
             store,
             shutdown,
-        })
+            observer: None,
+        }
+    }
+
+    pub fn set_observer(&mut self, observer: PhaseObserver) {
+        self.observer = Some(observer);
+    }
+
+    fn phase(&self, phase: Phase, progress: Option<String>) {
+        if let Some(o) = &self.observer {
+            o(phase, progress);
+        }
     }
 
     pub fn broker(&self) -> i32 {
         self.broker
     }
 
-    fn shutting_down(&self) -> bool {
+    pub fn control(&self) -> &BrokerControl {
+        &self.control
+    }
+
+    pub fn client(&self) -> &KafkaClient {
+        &self.client
+    }
+
+    fn store(&self) -> Result<Arc<dyn ColdStore>, CycleError> {
+        self.store
+            .clone()
+            .ok_or_else(|| CycleError::Setup("no cold store for this cycle".into()))
+    }
+
+    /// Replaces what interrupts the cycle (e.g. a lease's loss no longer
+    /// matters once the lease is released).
+    pub fn set_interrupt(&mut self, shutdown: watch::Receiver<bool>) {
+        self.shutdown = shutdown;
+    }
+
+    pub fn log_dirs(&self) -> &[PathBuf] {
+        &self.log_dirs
+    }
+
+    pub fn config(&self) -> &AgentConfig {
+        &self.cfg
+    }
+
+    pub fn shutting_down(&self) -> bool {
         *self.shutdown.borrow()
     }
 
@@ -121,8 +217,21 @@ impl Cycle {
     pub async fn wait_safe(&mut self, deadline: Duration) -> Result<(), CycleError> {
         let started = Instant::now();
         let mut streak = 0;
+        self.phase(Phase::Gating, None);
         loop {
             let report = self.check().await;
+            self.phase(
+                Phase::Gating,
+                Some(if report.safe() {
+                    format!(
+                        "gate passed {} of {} times in a row",
+                        streak + 1,
+                        self.cfg.gate.stable_checks
+                    )
+                } else {
+                    report.summary()
+                }),
+            );
             if report.safe() {
                 streak += 1;
                 tracing::info!(
@@ -149,7 +258,8 @@ impl Cycle {
     }
 
     /// Starts the broker, retrying; the error says loudly that it is down.
-    async fn ensure_started(&self) -> Result<chrono::DateTime<Utc>, CycleError> {
+    pub async fn ensure_started(&self) -> Result<chrono::DateTime<Utc>, CycleError> {
+        self.phase(Phase::Starting, None);
         let mut last = None;
         for attempt in 1..=START_ATTEMPTS {
             match self.control.start().await {
@@ -175,10 +285,23 @@ impl Cycle {
     /// Runs one full cycle. The gate must already have passed
     /// ([`Cycle::wait_safe`]); this re-checks it once right before stopping.
     pub async fn run(&mut self) -> Result<Manifest, CycleError> {
+        let restarted = self.stop_capture_restart().await?;
+        match restarted.archive {
+            Archive::Committed(m) => Ok(*m),
+            Archive::Pending(p) => self.archive(*p).await,
+        }
+    }
+
+    /// Stop, capture, restart, recovery check. With copy capture the
+    /// snapshot is committed on the way (before the restart); with reflink
+    /// capture the archive is left for [`Cycle::archive`].
+    pub async fn stop_capture_restart(&mut self) -> Result<Restarted, CycleError> {
+        let store = self.store()?;
         let report = self.check().await;
         if !report.safe() {
             return Err(CycleError::NotSafe(Box::new(report)));
         }
+        self.phase(Phase::Stopping, None);
         let stopped_at = Utc::now();
         match self.control.stop().await {
             Ok(Stopped::Clean) => {}
@@ -197,11 +320,13 @@ impl Cycle {
                 return Err(CycleError::StopFailed(e));
             }
         }
+        crate::failpoint("after-stop");
         if self.shutting_down() {
             self.ensure_started().await?;
             return Err(CycleError::Interrupted { restarted: true });
         }
 
+        self.phase(Phase::Capturing, None);
         let cancel = Arc::new(AtomicBool::new(false));
         let opts = ArchiveOptions {
             zstd_level: self.cfg.snapshot.zstd_level,
@@ -220,10 +345,14 @@ impl Cycle {
                 return Err(self.interrupted_or(CycleError::Capture(e)));
             }
         };
+        let snapshot_id = captured.snapshot_id.clone();
 
         // Copy capture reads the log dirs themselves: archive before the start.
-        let (captured, committed) = if captured.used == CaptureMode::Copy {
-            let store = self.store.clone();
+        let archive = if captured.used == CaptureMode::Copy {
+            self.phase(
+                Phase::Capturing,
+                Some("archiving from the log dirs (copy capture)".into()),
+            );
             let times = BrokerTimes {
                 stopped: Some(stopped_at),
                 restarted: None,
@@ -235,38 +364,63 @@ impl Cycle {
                 })
                 .await;
             match r {
-                Ok(m) => (None, Some(m)),
+                Ok(m) => Archive::Committed(Box::new(m)),
                 Err(e) => {
                     self.ensure_started().await?;
                     return Err(self.interrupted_or(CycleError::Commit(e)));
                 }
             }
         } else {
-            (Some(captured), None)
+            Archive::Pending(Box::new(Pending {
+                captured,
+                opts,
+                times: BrokerTimes {
+                    stopped: Some(stopped_at),
+                    restarted: None,
+                },
+                cancel,
+            }))
         };
 
         let restarted_at = self.ensure_started().await?;
+        let downtime_ms = (restarted_at - stopped_at).num_milliseconds().max(0) as u64;
         tracing::info!(
             broker = self.broker,
-            downtime_seconds = (restarted_at - stopped_at).num_milliseconds() as f64 / 1000.0,
+            downtime_seconds = downtime_ms as f64 / 1000.0,
             "broker started again"
         );
-        self.wait_recovered().await?;
-
-        match (captured, committed) {
-            (_, Some(m)) => Ok(m),
-            (Some(c), None) => {
-                let store = self.store.clone();
-                let times = BrokerTimes {
-                    stopped: Some(stopped_at),
-                    restarted: Some(restarted_at),
-                };
-                self.blocking(cancel, move || c.commit(store.as_ref(), &opts, times))
-                    .await
-                    .map_err(|e| self.interrupted_or(CycleError::Commit(e)))
+        let archive = match archive {
+            Archive::Pending(mut p) => {
+                p.times.restarted = Some(restarted_at);
+                Archive::Pending(p)
             }
-            (None, None) => unreachable!("either captured or committed"),
-        }
+            done => done,
+        };
+        self.wait_recovered().await?;
+        Ok(Restarted {
+            snapshot_id,
+            downtime_ms,
+            archive,
+        })
+    }
+
+    /// Builds and commits the archive of a reflink capture from staging
+    /// while the broker runs. Interrupting it cancels the archive; the
+    /// staging is removed (or, if the process dies, at the next run).
+    pub async fn archive(&mut self, p: Pending) -> Result<Manifest, CycleError> {
+        self.phase(Phase::Archiving, None);
+        let store = self.store()?;
+        let Pending {
+            captured,
+            opts,
+            times,
+            cancel,
+        } = p;
+        self.blocking(cancel, move || {
+            captured.commit(store.as_ref(), &opts, times)
+        })
+        .await
+        .map_err(|e| self.interrupted_or(CycleError::Commit(e)))
     }
 
     fn interrupted_or(&self, e: CycleError) -> CycleError {
@@ -279,7 +433,7 @@ impl Cycle {
 
     /// Runs blocking work; a shutdown request sets `cancel`, which the
     /// archive checks between chunks, so the broker can be started soon.
-    async fn blocking<T: Send + 'static>(
+    pub async fn blocking<T: Send + 'static>(
         &mut self,
         cancel: Arc<AtomicBool>,
         f: impl FnOnce() -> crate::Result<T> + Send + 'static,
@@ -303,10 +457,12 @@ impl Cycle {
         let started = Instant::now();
         let timeout = self.cfg.broker.recovery_timeout;
         let mut last = None;
+        self.phase(Phase::Recovering, None);
         loop {
             match self.client.view().await {
                 Ok(v) => {
                     let r = recovery(&v, self.broker);
+                    self.phase(Phase::Recovering, Some(r.summary()));
                     if r.recovered() {
                         tracing::info!(
                             broker = self.broker,

@@ -3,6 +3,10 @@
 //! archive's hash) before anything at the target is touched. Only then is
 //! whatever was at the target moved aside to `<target>.pre-restore-<time>`
 //! (never deleted) and the restored dir renamed into place.
+//!
+//! The two steps can be run apart ([`prepare`], then [`Prepared::swap`]):
+//! the daemon downloads and checks while the broker still runs, and stops it
+//! only for the renames.
 
 use crate::catalog::{load_manifest, SnapshotRef};
 use crate::error::{Error, IoContext, Result};
@@ -17,7 +21,8 @@ use std::io::{self, Read};
 use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Component, Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 
 /// Finished files waiting to be flushed.
 const WRITEBACK_DEPTH: usize = 64;
@@ -69,6 +74,11 @@ pub struct ExtractOptions {
     pub allow_other_identity: bool,
     /// Restore file owners (needs root); defaults to "when running as root".
     pub restore_owner: bool,
+    /// Let [`prepare`] run while a broker holds the targets (it writes
+    /// beside them only); [`Prepared::swap`] still refuses a running broker.
+    pub broker_may_run: bool,
+    /// Set to give up: the extraction stops at the next file.
+    pub cancel: Option<Arc<AtomicBool>>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -121,12 +131,33 @@ pub fn original_targets(m: &Manifest) -> Vec<PathBuf> {
     m.log_dirs.iter().map(|d| PathBuf::from(&d.path)).collect()
 }
 
-/// Restores `snap` into `opts.targets`.
+/// Restores `snap` into `opts.targets`: [`prepare`], then [`Prepared::swap`].
 pub fn extract(
     store: &dyn ColdStore,
     snap: &SnapshotRef,
     opts: &ExtractOptions,
 ) -> Result<ExtractReport> {
+    prepare(store, snap, opts)?.swap()
+}
+
+/// A snapshot extracted and checked beside its targets, synced to disk,
+/// not yet in place. Dropping it without [`Prepared::swap`] removes the
+/// extracted copies; the targets are untouched either way.
+pub struct Prepared {
+    pub manifest: Manifest,
+    pub verify: Report,
+    targets: Vec<PathBuf>,
+    restoring: Vec<PathBuf>,
+    swapped: bool,
+}
+
+/// Extracts and checks `snap` into `<target>.restoring-<id>` beside every
+/// target; touches nothing at the targets.
+pub fn prepare(
+    store: &dyn ColdStore,
+    snap: &SnapshotRef,
+    opts: &ExtractOptions,
+) -> Result<Prepared> {
     let m = load_manifest(store, snap)?;
     if opts.targets.len() != m.log_dirs.len() {
         return Err(Error::Usage(format!(
@@ -145,11 +176,10 @@ pub fn extract(
         }
         precheck_target(&m, i, t, opts)?;
     }
-    let stamp = Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
     let restoring: Vec<PathBuf> = opts
         .targets
         .iter()
-        .map(|t| sibling(t, &format!("restoring-{}", m.snapshot_id)))
+        .map(|t| sibling(t, &format!("{RESTORING}{}", m.snapshot_id)))
         .collect();
     for r in &restoring {
         if fs::symlink_metadata(r).is_ok() {
@@ -166,6 +196,7 @@ pub fn extract(
         restore_owner: opts.restore_owner,
         buf: vec![0u8; 1 << 20],
         writeback: None,
+        cancel: opts.cancel.clone(),
     };
     let result = std::thread::scope(|scope| {
         // Files are flushed on a thread of their own as they are finished,
@@ -191,40 +222,120 @@ pub fn extract(
         }
         Ok(report)
     });
-    let report = match result {
-        Ok(r) => r,
-        Err(e) => {
-            // Nothing at the targets was touched; the partial copies are ours.
-            for r in &restoring {
-                let _ = fs::remove_dir_all(r);
-            }
-            return Err(e);
-        }
+    let mut prepared = Prepared {
+        manifest: m,
+        verify: Report::default(),
+        targets: opts.targets.clone(),
+        restoring,
+        swapped: false,
     };
-    let mut restored = Vec::new();
-    for ((t, r), d) in opts.targets.iter().zip(&restoring).zip(&m.log_dirs) {
-        let moved_aside = if fs::symlink_metadata(t).is_ok() {
-            let aside = sibling(t, &format!("pre-restore-{stamp}"));
-            fs::rename(t, &aside)
-                .ctx(|| format!("moving {} aside to {}", t.display(), aside.display()))?;
-            tracing::info!(target = %t.display(), aside = %aside.display(), "moved existing data aside");
-            Some(aside)
-        } else {
-            None
-        };
-        fs::rename(r, t).ctx(|| format!("renaming {} to {}", r.display(), t.display()))?;
-        let parent = t.parent().expect("absolute target has a parent");
-        fsync_dir(parent).ctx(|| format!("fsync {}", parent.display()))?;
-        restored.push(Restored {
-            target: t.clone(),
-            original_path: d.path.clone(),
-            moved_aside,
-        });
+    // On an error, dropping `prepared` removes the partial copies; nothing
+    // at the targets was touched.
+    prepared.verify = result?;
+    Ok(prepared)
+}
+
+impl Prepared {
+    /// The extracted copies, one per target.
+    pub fn restoring_dirs(&self) -> &[PathBuf] {
+        &self.restoring
     }
-    Ok(ExtractReport {
-        verify: report,
-        restored,
-    })
+
+    /// Moves whatever is at each target aside to
+    /// `<target>.pre-restore-<time>` and renames the extracted copy into
+    /// place. Refuses (touching nothing) while a broker holds a target.
+    pub fn swap(mut self) -> Result<ExtractReport> {
+        for t in &self.targets {
+            if let Err(e) = logdir::lock_log_dir(t) {
+                return Err(target_err(
+                    t,
+                    format!("{e}; stop the broker before restoring"),
+                ));
+            }
+        }
+        let stamp = Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
+        // From here on a failure leaves every dir where it is, for the
+        // operator to finish by hand: nothing is removed.
+        self.swapped = true;
+        let mut restored = Vec::new();
+        for ((t, r), d) in self
+            .targets
+            .iter()
+            .zip(&self.restoring)
+            .zip(&self.manifest.log_dirs)
+        {
+            let moved_aside = if fs::symlink_metadata(t).is_ok() {
+                let aside = sibling(t, &format!("{PRE_RESTORE}{stamp}"));
+                fs::rename(t, &aside)
+                    .ctx(|| format!("moving {} aside to {}", t.display(), aside.display()))?;
+                tracing::info!(target = %t.display(), aside = %aside.display(), "moved existing data aside");
+                Some(aside)
+            } else {
+                None
+            };
+            fs::rename(r, t).ctx(|| format!("renaming {} to {}", r.display(), t.display()))?;
+            let parent = t.parent().expect("absolute target has a parent");
+            fsync_dir(parent).ctx(|| format!("fsync {}", parent.display()))?;
+            restored.push(Restored {
+                target: t.clone(),
+                original_path: d.path.clone(),
+                moved_aside,
+            });
+        }
+        Ok(ExtractReport {
+            verify: std::mem::take(&mut self.verify),
+            restored,
+        })
+    }
+}
+
+impl Drop for Prepared {
+    fn drop(&mut self) {
+        if self.swapped {
+            return;
+        }
+        for r in &self.restoring {
+            if let Err(e) = fs::remove_dir_all(r) {
+                if e.kind() != io::ErrorKind::NotFound {
+                    tracing::warn!(dir = %r.display(), error = %e, "could not remove an unfinished restore");
+                }
+            }
+        }
+    }
+}
+
+/// Suffix of the extracted copy beside a target: `<dir>.restoring-<id>`.
+pub const RESTORING: &str = "restoring-";
+/// Suffix of the data a restore moved aside: `<dir>.pre-restore-<time>`.
+pub const PRE_RESTORE: &str = "pre-restore-";
+
+/// Removes `<dir>.restoring-*` beside every dir: the unfinished copies of an
+/// interrupted restore. Never touches the dirs themselves or anything
+/// moved aside (`.pre-restore-*`).
+pub fn remove_unfinished_restores(dirs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    for d in dirs {
+        let (Some(parent), Some(name)) = (d.parent(), d.file_name()) else {
+            continue;
+        };
+        let prefix = format!("{}.{RESTORING}", name.to_string_lossy());
+        let entries = match fs::read_dir(parent) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Error::io(format!("listing {}", parent.display()), e)),
+        };
+        for ent in entries {
+            let ent = ent.ctx(|| format!("listing {}", parent.display()))?;
+            let n = ent.file_name().to_string_lossy().into_owned();
+            if n.starts_with(&prefix) && n.len() > prefix.len() {
+                let p = ent.path();
+                tracing::warn!(dir = %p.display(), "removing the unfinished copy of an interrupted restore");
+                fs::remove_dir_all(&p).ctx(|| format!("removing {}", p.display()))?;
+                removed.push(p);
+            }
+        }
+    }
+    Ok(removed)
 }
 
 /// `<dir>.<suffix>` beside `dir`.
@@ -271,11 +382,13 @@ fn precheck_target(m: &Manifest, index: usize, t: &Path, opts: &ExtractOptions) 
                     .into(),
             ));
         }
-        if let Err(e) = logdir::lock_log_dir(t) {
-            return Err(target_err(
-                t,
-                format!("{e}; stop the broker before restoring"),
-            ));
+        if !opts.broker_may_run {
+            if let Err(e) = logdir::lock_log_dir(t) {
+                return Err(target_err(
+                    t,
+                    format!("{e}; stop the broker before restoring"),
+                ));
+            }
         }
         if t.join(logdir::META_PROPERTIES).exists() && !opts.allow_other_identity {
             let have = read_meta_properties(t)?;
@@ -327,6 +440,7 @@ struct ExtractVisitor {
     buf: Vec<u8>,
     /// Finished files go here to be flushed.
     writeback: Option<mpsc::SyncSender<(PathBuf, fs::File)>>,
+    cancel: Option<Arc<AtomicBool>>,
 }
 
 impl ExtractVisitor {
@@ -425,6 +539,16 @@ impl ExtractVisitor {
 
 impl Visitor for ExtractVisitor {
     fn entry(&mut self, rec: &EntryRecord, data: &mut dyn Read) -> Result<()> {
+        if self
+            .cancel
+            .as_ref()
+            .is_some_and(|c| c.load(Ordering::Relaxed))
+        {
+            return Err(Error::Usage(format!(
+                "restore of snapshot {} cancelled",
+                self.snapshot
+            )));
+        }
         let dest = self.dest(rec)?;
         match rec.kind {
             EntryType::Dir => {

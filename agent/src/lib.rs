@@ -19,6 +19,7 @@ pub mod capture;
 pub mod catalog;
 pub mod config;
 pub mod cycle;
+pub mod daemon;
 pub mod error;
 pub mod extract;
 pub mod hashing;

@@ -32,7 +32,7 @@ impl Visitor for Discard {
     }
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Report {
     pub snapshot_id: String,
     pub files: u64,

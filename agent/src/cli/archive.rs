@@ -251,6 +251,8 @@ fn extract_cmd(a: ExtractArgs) -> Result<ExitCode> {
         targets,
         allow_other_identity: a.allow_other_identity,
         restore_owner: is_root() && !a.no_owner,
+        broker_may_run: false,
+        cancel: None,
     };
     let report = extract(store.as_ref(), &snap, &opts)?;
     if a.json {

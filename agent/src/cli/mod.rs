@@ -3,6 +3,7 @@
 
 mod archive;
 mod check;
+mod run;
 mod snapshot;
 
 use clap::{Parser, Subcommand};
@@ -49,6 +50,12 @@ enum Command {
         #[arg(long, default_value = "30m")]
         gate_timeout: String,
     },
+    /// The agent daemon: poll the coordinator, take snapshots and restore
+    /// under its leases (needs [coordinator] in the config).
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Break-glass archive commands: work with no coordinator at all.
     #[command(subcommand)]
     Archive(archive::ArchiveCommand),
@@ -90,6 +97,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             config,
             gate_timeout,
         } => snapshot::run(&config, &gate_timeout),
+        Command::Run { config } => run::run(&config),
         Command::Archive(cmd) => archive::run(cmd),
     }
 }

@@ -37,6 +37,21 @@ impl KafkaClient {
         Ok(view)
     }
 
+    /// The cluster.id the live cluster reports (Metadata v2+).
+    pub async fn cluster_id(&self) -> Result<String, String> {
+        let admin = self.admin.clone();
+        let timeout = self.cfg.request_timeout;
+        tokio::task::spawn_blocking(move || admin.inner().fetch_cluster_id(timeout))
+            .await
+            .map_err(|e| format!("cluster id task: {e}"))?
+            .ok_or_else(|| {
+                format!(
+                    "no cluster.id from {} within {timeout:?}",
+                    self.cfg.bootstrap_servers.join(",")
+                )
+            })
+    }
+
     async fn metadata(&self) -> Result<ClusterView, String> {
         let admin = self.admin.clone();
         let timeout = self.cfg.request_timeout;

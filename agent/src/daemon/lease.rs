@@ -1,0 +1,139 @@
+//! Holding a lease: heartbeats at `ttl / 3` carrying the current phase and
+//! progress, and one signal for the work under the lease to give up when
+//! the lease is lost (409), the coordinator asks to abort, or the agent is
+//! shutting down.
+
+use super::client::{backoff, CoordinatorClient};
+use crate::protocol::{Heartbeat, Lease, Phase};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// Phase and progress line, as sent with every heartbeat.
+pub type Progress = (Phase, Option<String>);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Loss {
+    /// The coordinator answered 409: another epoch is current.
+    Stale(String),
+    /// The coordinator asked the agent to give up (an operator cancelled).
+    Aborted,
+}
+
+pub struct LeaseSession {
+    pub epoch: u64,
+    progress: watch::Sender<Progress>,
+    interrupt: watch::Receiver<bool>,
+    loss: Arc<Mutex<Option<Loss>>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// Shortest pause between heartbeats, whatever the TTL.
+const MIN_INTERVAL: Duration = Duration::from_millis(200);
+
+impl LeaseSession {
+    pub fn start(
+        coord: Arc<CoordinatorClient>,
+        lease: &Lease,
+        initial: Phase,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> LeaseSession {
+        let (progress, progress_rx) = watch::channel((initial, None));
+        let (interrupt_tx, interrupt) = watch::channel(*shutdown.borrow());
+        let interrupt_tx = Arc::new(interrupt_tx);
+        let loss = Arc::new(Mutex::new(None));
+        let forward = {
+            let tx = interrupt_tx.clone();
+            tokio::spawn(async move {
+                while !*shutdown.borrow() {
+                    if shutdown.changed().await.is_err() {
+                        break;
+                    }
+                }
+                let _ = tx.send(true);
+            })
+        };
+        let beat = {
+            let tx = interrupt_tx;
+            let loss = loss.clone();
+            let epoch = lease.epoch;
+            let mut ttl = Duration::from_millis(lease.ttl_ms);
+            tokio::spawn(async move {
+                let mut failures = 0u32;
+                loop {
+                    let every = (ttl / 3).max(MIN_INTERVAL);
+                    let pause = if failures == 0 {
+                        every
+                    } else {
+                        backoff(failures).min(every)
+                    };
+                    tokio::time::sleep(pause).await;
+                    let (phase, progress) = progress_rx.borrow().clone();
+                    let hb = Heartbeat {
+                        broker: coord.broker,
+                        epoch,
+                        phase,
+                        progress,
+                    };
+                    match coord.heartbeat(&hb).await {
+                        Ok(r) => {
+                            failures = 0;
+                            ttl = Duration::from_millis(r.ttl_ms);
+                            if r.abort {
+                                tracing::warn!(epoch, %phase, "the coordinator asks to abort this lease");
+                                *loss.lock().expect("lease loss lock") = Some(Loss::Aborted);
+                                let _ = tx.send(true);
+                                return;
+                            }
+                        }
+                        Err(e) if e.is_stale() => {
+                            tracing::error!(epoch, %phase, error = %e, "lease lost: giving up the work under it");
+                            *loss.lock().expect("lease loss lock") =
+                                Some(Loss::Stale(e.to_string()));
+                            let _ = tx.send(true);
+                            return;
+                        }
+                        Err(e) => {
+                            failures += 1;
+                            tracing::warn!(epoch, failures, error = %e, "heartbeat failed");
+                        }
+                    }
+                }
+            })
+        };
+        LeaseSession {
+            epoch: lease.epoch,
+            progress,
+            interrupt,
+            loss,
+            tasks: vec![forward, beat],
+        }
+    }
+
+    /// True once the work must give up (lease lost, aborted, shutdown).
+    pub fn interrupt(&self) -> watch::Receiver<bool> {
+        self.interrupt.clone()
+    }
+
+    pub fn progress(&self) -> watch::Sender<Progress> {
+        self.progress.clone()
+    }
+
+    pub fn loss(&self) -> Option<Loss> {
+        self.loss.lock().expect("lease loss lock").clone()
+    }
+
+    /// Stops the heartbeats (before the lease is released).
+    pub fn stop(&mut self) {
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+    }
+}
+
+impl Drop for LeaseSession {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,349 @@
+//! The agent daemon, `kafka-snapshot-agent run`: polls the coordinator and
+//! does what it is leased to do, one thing at a time.
+//!
+//! - [`client`]: the HTTP client to the coordinator.
+//! - [`state`]: the state file that survives the agent.
+//! - [`lease`]: heartbeats and losing a lease.
+//! - `recover`: what a (re)started daemon finishes first: the broker its
+//!   predecessor stopped is started before the coordinator is contacted.
+//! - `snapshot` and `restore`: the work under a lease.
+//!
+//! The broker is never left stopped because of the agent: a lost lease,
+//! an abort, a failure or SIGTERM while it is down starts it again first.
+
+pub mod client;
+pub mod lease;
+mod recover;
+mod restore;
+mod snapshot;
+pub mod state;
+
+use crate::broker::BrokerControl;
+use crate::config::{AgentConfig, CoordinatorSection};
+use crate::cycle::{Cycle, PhaseObserver};
+use crate::error::{Error, Result};
+use crate::kafka::fetch::KafkaClient;
+use crate::logdir;
+use crate::protocol::{
+    Action, Notice, NoticeLevel, Outcome, Phase, PollRequest, Release, PROTOCOL_VERSION,
+};
+use crate::storage::{ColdStore, StoreOptions};
+use client::{CallError, CoordinatorClient};
+use lease::Progress;
+use state::AgentState;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// How long a release is retried in normal operation, and at shutdown
+/// (which must finish within a few minutes).
+const RELEASE_DEADLINE: Duration = Duration::from_secs(300);
+const RELEASE_DEADLINE_AT_SHUTDOWN: Duration = Duration::from_secs(30);
+
+/// Runs the daemon until `shutdown` turns true.
+pub async fn run(
+    cfg: AgentConfig,
+    config_path: &Path,
+    shutdown: watch::Receiver<bool>,
+) -> Result<()> {
+    let coord_cfg = cfg.coordinator(config_path)?.clone();
+    let kafka_cfg = cfg.kafka(config_path, "the daemon")?.clone();
+    let log_dirs = cfg.log_dirs()?;
+    let previous = AgentState::load(&coord_cfg.state_file)?;
+    let broker = resolve_broker(&cfg, &log_dirs, previous.as_ref())?;
+    let kafka = Arc::new(KafkaClient::new(&kafka_cfg).map_err(Error::Usage)?);
+    let coord = Arc::new(CoordinatorClient::new(&coord_cfg, config_path, broker)?);
+    let control = BrokerControl::new(&cfg.broker, log_dirs.clone());
+    let state = previous
+        .clone()
+        .map(|mut s| {
+            s.broker = Some(broker);
+            s
+        })
+        .unwrap_or_else(|| AgentState::idle(Some(broker)));
+    let mut d = Daemon {
+        state_path: coord_cfg.state_file.clone(),
+        coord_cfg,
+        cfg,
+        broker,
+        log_dirs,
+        kafka,
+        coord,
+        control,
+        state: Arc::new(Mutex::new(state)),
+        shutdown,
+    };
+    tracing::info!(broker, state_file = %d.state_path.display(), "agent daemon starting");
+    d.recover(previous).await?;
+    d.on_ready();
+    d.serve().await;
+    tracing::info!(broker, "agent daemon stopped");
+    Ok(())
+}
+
+/// The broker this host runs: `node.id` (or `broker.id`) from
+/// server.properties, else a log dir's meta.properties, else what the state
+/// file remembers (log dirs wiped before a restore).
+fn resolve_broker(
+    cfg: &AgentConfig,
+    log_dirs: &[PathBuf],
+    state: Option<&AgentState>,
+) -> Result<i32> {
+    if let Some((id, source)) = local_node_id(cfg, log_dirs) {
+        if let Some(remembered) = state.and_then(|s| s.broker).filter(|b| *b != id) {
+            tracing::warn!(
+                broker = id,
+                remembered,
+                source,
+                "the state file names another broker; using the local config"
+            );
+        }
+        return Ok(id);
+    }
+    if let Some(b) = state.and_then(|s| s.broker) {
+        tracing::warn!(
+            broker = b,
+            "no node.id in server.properties and no meta.properties in the log dirs; \
+             using the broker id the state file remembers"
+        );
+        return Ok(b);
+    }
+    Err(Error::Usage(format!(
+        "cannot tell which broker this is: no node.id/broker.id in broker.server_properties and no \
+         meta.properties in {}; set node.id in server.properties",
+        log_dirs
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    )))
+}
+
+/// The broker id the local config and data say, and where it came from.
+pub fn local_node_id(cfg: &AgentConfig, log_dirs: &[PathBuf]) -> Option<(i32, String)> {
+    if let Some(p) = &cfg.broker.server_properties {
+        if let Ok(text) = std::fs::read_to_string(p) {
+            let props = crate::props::parse(&text);
+            for key in ["node.id", "broker.id"] {
+                if let Some(id) = props.get(key).and_then(|v| v.trim().parse::<i32>().ok()) {
+                    if id >= 0 {
+                        return Some((id, format!("{key} in {}", p.display())));
+                    }
+                }
+            }
+        }
+    }
+    for d in log_dirs {
+        if let Ok(m) = logdir::read_meta_properties(d) {
+            return Some((
+                m.node_id,
+                format!("{}/{}", d.display(), logdir::META_PROPERTIES),
+            ));
+        }
+    }
+    None
+}
+
+pub(crate) struct Daemon {
+    cfg: AgentConfig,
+    coord_cfg: CoordinatorSection,
+    state_path: PathBuf,
+    broker: i32,
+    log_dirs: Vec<PathBuf>,
+    kafka: Arc<KafkaClient>,
+    coord: Arc<CoordinatorClient>,
+    control: BrokerControl,
+    state: Arc<Mutex<AgentState>>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Daemon {
+    fn shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    fn on_ready(&self) {
+        tracing::info!(broker = self.broker, coordinator = %self.coord_cfg.url, "agent daemon ready");
+    }
+
+    /// Changes the state and writes it out.
+    fn update(&self, f: impl FnOnce(&mut AgentState)) -> Result<()> {
+        let mut s = self.state.lock().expect("state lock");
+        f(&mut s);
+        s.save(&self.state_path)
+    }
+
+    fn snapshot_state(&self) -> AgentState {
+        self.state.lock().expect("state lock").clone()
+    }
+
+    /// Persists every phase change before the cycle acts on it, and passes
+    /// phase and progress on to the heartbeats.
+    fn observer(&self, progress: watch::Sender<Progress>) -> PhaseObserver {
+        let state = self.state.clone();
+        let path = self.state_path.clone();
+        let broker = self.broker;
+        Arc::new(move |phase: Phase, line: Option<String>| {
+            {
+                let mut s = state.lock().expect("state lock");
+                if s.phase != phase {
+                    s.enter(phase);
+                    tracing::info!(broker, %phase, "phase");
+                    if let Err(e) = s.save(&path) {
+                        tracing::error!(broker, %phase, error = %e, "could not write the state file");
+                    }
+                }
+            }
+            progress.send_replace((phase, line));
+        })
+    }
+
+    /// A cycle for this broker, interrupted by `interrupt`.
+    fn cycle(&self, store: Option<Arc<dyn ColdStore>>, interrupt: watch::Receiver<bool>) -> Cycle {
+        Cycle::with_parts(
+            self.cfg.clone(),
+            self.log_dirs.clone(),
+            self.broker,
+            self.kafka.clone(),
+            store,
+            interrupt,
+        )
+    }
+
+    /// Opens cold storage (an S3 store is contacted once), off the runtime.
+    async fn open_store(&self) -> Result<Arc<dyn ColdStore>, String> {
+        let url = self.cfg.storage.url.clone();
+        let opts = StoreOptions::from_config(&self.cfg.storage);
+        tokio::task::spawn_blocking(move || crate::storage::open(&url, &opts))
+            .await
+            .map_err(|e| format!("opening cold storage: {e}"))?
+            .map(Arc::from)
+            .map_err(|e| e.to_string())
+    }
+
+    fn broker_running(&self) -> bool {
+        match self.control.is_running() {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot tell whether the broker runs");
+                false
+            }
+        }
+    }
+
+    /// Ends a lease. A 409 means the coordinator already ended it.
+    async fn release(&self, epoch: u64, outcome: Outcome) {
+        let deadline = if self.shutting_down() {
+            RELEASE_DEADLINE_AT_SHUTDOWN
+        } else {
+            RELEASE_DEADLINE
+        };
+        let r = Release {
+            broker: self.broker,
+            epoch,
+            outcome: outcome.clone(),
+        };
+        match self.coord.release(&r, deadline).await {
+            Ok(_) => tracing::info!(broker = self.broker, epoch, ?outcome, "lease released"),
+            Err(e) if e.is_stale() => {
+                tracing::warn!(broker = self.broker, epoch, error = %e, "the coordinator had already ended the lease")
+            }
+            Err(e) => {
+                tracing::error!(broker = self.broker, epoch, error = %e, "could not release the lease; it expires on the coordinator")
+            }
+        }
+        let _ = self.update(|s| s.lease_held = false);
+    }
+
+    /// Sends a notice, retrying until the coordinator answers (or shutdown).
+    async fn notice(&self, level: NoticeLevel, message: String, epoch: Option<u64>) -> bool {
+        let n = Notice {
+            broker: self.broker,
+            level,
+            message: message.clone(),
+            epoch,
+        };
+        match self.coord.notice(&n, self.shutdown.clone()).await {
+            Ok(_) => {
+                tracing::info!(broker = self.broker, ?level, message, "notice sent");
+                true
+            }
+            Err(e) => {
+                tracing::error!(broker = self.broker, error = %e, message, "could not send a notice");
+                false
+            }
+        }
+    }
+
+    /// Polls until shutdown, doing each action it is given.
+    async fn serve(&mut self) {
+        let mut interval = self.coord_cfg.poll_interval;
+        let mut failures = 0u32;
+        while !self.shutting_down() {
+            if self.snapshot_state().broker_stopped_by_agent && !self.broker_running() {
+                if let Err(e) = self.start_broker_left_down().await {
+                    tracing::error!(broker = self.broker, error = %e, "the broker this agent stopped is still down");
+                }
+            }
+            let state = self.snapshot_state();
+            let req = PollRequest {
+                protocol: PROTOCOL_VERSION,
+                broker: self.broker,
+                agent_version: crate::AGENT_VERSION.to_string(),
+                hostname: crate::snapshot::hostname(),
+                phase: state.phase,
+                lease_epoch: state.lease_held.then_some(state.lease_epoch).flatten(),
+                broker_running: self.broker_running(),
+            };
+            match self.coord.poll(&req).await {
+                Ok(resp) => {
+                    if failures > 0 {
+                        tracing::info!(broker = self.broker, "coordinator reachable again");
+                    }
+                    failures = 0;
+                    if resp.poll_interval_ms > 0 {
+                        interval = Duration::from_millis(resp.poll_interval_ms);
+                    }
+                    match resp.action {
+                        Action::Idle => {}
+                        Action::Snapshot { lease } => {
+                            self.run_snapshot(lease).await;
+                            continue;
+                        }
+                        Action::Restore { lease, order } => {
+                            self.run_restore(lease, order).await;
+                            continue;
+                        }
+                    }
+                }
+                Err(e @ CallError::Unauthorized { .. }) => {
+                    failures += 1;
+                    tracing::error!(broker = self.broker, failures, error = %e, "poll refused; the broker is left alone, retrying");
+                }
+                Err(e) => {
+                    failures += 1;
+                    tracing::warn!(broker = self.broker, failures, error = %e, "poll failed; retrying");
+                }
+            }
+            let mut shutdown = self.shutdown.clone();
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+    }
+
+    /// Refuses a lease outright (nothing was touched).
+    async fn refuse(&self, epoch: u64, reason: String) {
+        tracing::error!(broker = self.broker, epoch, reason, "refusing the lease");
+        self.release(
+            epoch,
+            Outcome::Failed {
+                reason,
+                broker_running: self.broker_running(),
+            },
+        )
+        .await;
+    }
+}

@@ -1,0 +1,326 @@
+//! A restore under a lease, with as little downtime as possible:
+//!
+//! 1. Downloading: find the snapshot, check it is of this cluster (the live
+//!    cluster's cluster.id) and of this broker (node.id), and extract and
+//!    verify it into `<dir>.restoring-<id>` beside every log dir while the
+//!    broker may still run.
+//! 2. Restoring: stop the broker if it runs (a restore may be for a dead
+//!    broker), move the log dirs aside to `<dir>.pre-restore-<time>` (never
+//!    deleted), rename the restored dirs into place.
+//! 3. Starting, Recovering: start the broker and wait until it is back in
+//!    every ISR; release with `Restored`.
+//!
+//! Any failure after the stop starts the broker again (on its old data if
+//! the swap had not happened yet) and releases with `Failed`.
+
+use super::lease::{LeaseSession, Loss};
+use super::state::Work;
+use super::Daemon;
+use crate::broker::Stopped;
+use crate::catalog;
+use crate::cycle::Cycle;
+use crate::extract::{is_root, prepare, ExtractOptions, Prepared};
+use crate::manifest::Manifest;
+use crate::protocol::{Lease, Outcome, Phase, RestoreOrder};
+use chrono::Utc;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+impl Daemon {
+    pub(super) async fn run_restore(&mut self, lease: Lease, order: RestoreOrder) {
+        let epoch = lease.epoch;
+        tracing::info!(
+            broker = self.broker,
+            epoch,
+            order = order.id,
+            snapshot = %order.snapshot_id,
+            cluster = %order.cluster_id,
+            force = order.force,
+            "restore lease granted"
+        );
+        if let Err(e) = self.update(|s| {
+            s.work = Some(Work::Restore);
+            s.lease_epoch = Some(epoch);
+            s.lease_held = true;
+            s.snapshot_id = Some(order.snapshot_id.clone());
+            s.restore_order = Some(order.id);
+            s.enter(Phase::Downloading);
+        }) {
+            return self
+                .refuse(epoch, format!("cannot record the agent's state: {e}"))
+                .await;
+        }
+        let store = match self.open_store().await {
+            Ok(s) => s,
+            Err(e) => {
+                self.refuse(epoch, format!("cold storage: {e}")).await;
+                return self.finish();
+            }
+        };
+        let mut session = LeaseSession::start(
+            self.coord.clone(),
+            &lease,
+            Phase::Downloading,
+            self.shutdown.clone(),
+        );
+        let mut cycle = self.cycle(Some(store.clone()), session.interrupt());
+        cycle.set_observer(self.observer(session.progress()));
+        let result = self.restore(&mut cycle, store, &order).await;
+        session.stop();
+        let loss = session.loss();
+        match (result, &loss) {
+            (_, Some(Loss::Stale(_))) => {
+                let phase = self.snapshot_state().phase;
+                self.report_loss(epoch, &loss, &format!("during restore ({phase})"))
+                    .await;
+            }
+            (Ok(downtime_ms), None) => {
+                tracing::info!(
+                    broker = self.broker,
+                    snapshot = %order.snapshot_id,
+                    downtime_ms,
+                    "restore finished; the broker is back in every ISR"
+                );
+                self.release(
+                    epoch,
+                    Outcome::Restored {
+                        snapshot_id: order.snapshot_id.clone(),
+                        downtime_ms,
+                    },
+                )
+                .await
+            }
+            (result, _) => {
+                let e = match result {
+                    Err(e) => e,
+                    Ok(_) => "the restore finished, but the coordinator asked to abort".into(),
+                };
+                let why = match (&loss, self.shutting_down()) {
+                    (Some(Loss::Aborted), _) => format!("aborted by the coordinator: {e}"),
+                    (_, true) => format!("the agent is shutting down: {e}"),
+                    _ => e,
+                };
+                tracing::error!(broker = self.broker, snapshot = %order.snapshot_id, "restore failed: {why}");
+                self.release(
+                    epoch,
+                    Outcome::Failed {
+                        reason: why,
+                        broker_running: self.broker_running(),
+                    },
+                )
+                .await
+            }
+        }
+        self.finish();
+    }
+
+    /// The restore itself; returns the downtime in ms, or why it failed
+    /// (having started the broker again where it could).
+    async fn restore(
+        &mut self,
+        cycle: &mut Cycle,
+        store: Arc<dyn crate::storage::ColdStore>,
+        order: &RestoreOrder,
+    ) -> Result<u64, String> {
+        let (snap, m) = {
+            let store = store.clone();
+            let id = order.snapshot_id.clone();
+            let cluster = order.cluster_id.clone();
+            tokio::task::spawn_blocking(move || {
+                let snap = catalog::find(store.as_ref(), &id, Some(&cluster), None)?;
+                let m = catalog::load_manifest(store.as_ref(), &snap)?;
+                Ok::<_, crate::Error>((snap, m))
+            })
+            .await
+            .map_err(|e| format!("worker thread: {e}"))?
+            .map_err(|e| e.to_string())?
+        };
+        self.check_identity(cycle, &m, order).await?;
+        let targets = self.targets(&m)?;
+
+        let cancel = Arc::new(AtomicBool::new(false));
+        let opts = ExtractOptions {
+            targets: targets.clone(),
+            allow_other_identity: order.force,
+            restore_owner: is_root(),
+            broker_may_run: true,
+            cancel: Some(cancel.clone()),
+        };
+        let prepared: Prepared = {
+            let snap = snap.clone();
+            cycle
+                .blocking(cancel, move || prepare(store.as_ref(), &snap, &opts))
+                .await
+                .map_err(|e| e.to_string())?
+        };
+        if cycle.shutting_down() {
+            return Err("interrupted while downloading; the broker was not touched".into());
+        }
+        tracing::info!(
+            broker = self.broker,
+            snapshot = %m.snapshot_id,
+            files = prepared.verify.files,
+            bytes = prepared.verify.bytes,
+            "snapshot extracted and verified beside the log dirs"
+        );
+
+        // The broker goes down from here on.
+        let _ = self.update(|s| s.enter(Phase::Restoring));
+        let stopped_at = Utc::now();
+        let running = cycle.control().is_running().map_err(|e| e.to_string())?;
+        if running {
+            match cycle.control().stop().await {
+                Ok(Stopped::Clean) => {}
+                Ok(Stopped::Unclean { missing }) => tracing::warn!(
+                    dirs = ?missing,
+                    "the broker stopped uncleanly; its data is being replaced anyway"
+                ),
+                Err(e) => {
+                    drop(prepared);
+                    let started = self.start_again(cycle).await;
+                    return Err(format!("stopping the broker failed: {e}{started}"));
+                }
+            }
+        } else {
+            tracing::info!(
+                broker = self.broker,
+                "the broker is not running: restoring a dead broker"
+            );
+        }
+        if cycle.shutting_down() {
+            drop(prepared);
+            let started = self.start_again(cycle).await;
+            return Err(format!(
+                "interrupted before the log dirs were swapped{started}"
+            ));
+        }
+        let swapped = tokio::task::spawn_blocking(move || prepared.swap())
+            .await
+            .map_err(|e| format!("worker thread: {e}"));
+        match swapped {
+            Ok(Ok(report)) => {
+                for r in &report.restored {
+                    tracing::info!(
+                        target = %r.target.display(),
+                        aside = ?r.moved_aside,
+                        "log dir restored"
+                    );
+                }
+            }
+            Ok(Err(e)) => {
+                let started = self.start_again(cycle).await;
+                return Err(format!("swapping the log dirs failed: {e}{started}"));
+            }
+            Err(e) => {
+                let started = self.start_again(cycle).await;
+                return Err(format!("{e}{started}"));
+            }
+        }
+        let restarted_at = cycle.ensure_started().await.map_err(|e| e.to_string())?;
+        cycle.wait_recovered().await.map_err(|e| e.to_string())?;
+        Ok((restarted_at - stopped_at).num_milliseconds().max(0) as u64)
+    }
+
+    /// Starts the broker after a failed restore; says how that went.
+    async fn start_again(&self, cycle: &Cycle) -> String {
+        match cycle.ensure_started().await {
+            Ok(_) => "; the broker was started again".into(),
+            Err(e) => format!("; {e}"),
+        }
+    }
+
+    /// The snapshot must be of the live cluster and of this broker, unless
+    /// the order forces it.
+    async fn check_identity(
+        &self,
+        cycle: &Cycle,
+        m: &Manifest,
+        order: &RestoreOrder,
+    ) -> Result<(), String> {
+        let force = order.force;
+        match cycle.client().cluster_id().await {
+            Ok(live) if live == m.cluster_id => {}
+            Ok(live) => {
+                let msg = format!(
+                    "snapshot {} is of cluster {} but the live cluster is {live}",
+                    m.snapshot_id, m.cluster_id
+                );
+                if !force {
+                    return Err(format!(
+                        "{msg}; refusing (force the order to restore anyway)"
+                    ));
+                }
+                tracing::warn!("{msg}; restoring anyway (forced)");
+            }
+            Err(e) => {
+                let msg = format!(
+                    "cannot confirm that snapshot {} (cluster {}) is of the live cluster: {e}",
+                    m.snapshot_id, m.cluster_id
+                );
+                if !force {
+                    return Err(format!(
+                        "{msg}; refusing (force the order if the whole cluster is being rebuilt)"
+                    ));
+                }
+                tracing::warn!("{msg}; restoring anyway (forced)");
+            }
+        }
+        let local = super::local_node_id(&self.cfg, &self.log_dirs)
+            .unwrap_or((self.broker, "the agent's state file".into()));
+        if local.0 != m.node_id {
+            let msg = format!(
+                "snapshot {} is of broker {} but this is broker {} ({})",
+                m.snapshot_id, m.node_id, local.0, local.1
+            );
+            if !force {
+                return Err(format!(
+                    "{msg}; refusing (force the order to restore anyway)"
+                ));
+            }
+            tracing::warn!("{msg}; restoring anyway (forced)");
+        }
+        Ok(())
+    }
+
+    /// Where each of the snapshot's log dirs goes: the configured log dir
+    /// with the same path, else (same number of dirs) the one at the same
+    /// position.
+    fn targets(&self, m: &Manifest) -> Result<Vec<PathBuf>, String> {
+        let by_path: Option<Vec<PathBuf>> = m
+            .log_dirs
+            .iter()
+            .map(|d| {
+                let p = PathBuf::from(&d.path);
+                self.log_dirs.contains(&p).then_some(p)
+            })
+            .collect();
+        if let Some(t) = by_path {
+            return Ok(t);
+        }
+        if m.log_dirs.len() == self.log_dirs.len() {
+            tracing::warn!(
+                "the snapshot's log dirs ({}) are not this broker's; restoring them in order into {}",
+                m.log_dirs.iter().map(|d| d.path.as_str()).collect::<Vec<_>>().join(", "),
+                self.log_dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ")
+            );
+            return Ok(self.log_dirs.clone());
+        }
+        Err(format!(
+            "snapshot {} holds {} log dirs ({}) but this broker has {} ({})",
+            m.snapshot_id,
+            m.log_dirs.len(),
+            m.log_dirs
+                .iter()
+                .map(|d| d.path.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            self.log_dirs.len(),
+            self.log_dirs
+                .iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    }
+}

@@ -1,0 +1,254 @@
+//! The daemon's state file: what it is doing, under which lease, and
+//! whether the broker is down because of it. Written atomically (temporary
+//! file, fsync, rename, fsync of the directory) at every phase change,
+//! before the action the phase names, so that an agent killed at any point
+//! leaves a file that tells its successor what to finish.
+
+use crate::error::{Error, IoContext, Result};
+use crate::protocol::Phase;
+use crate::storage::fsync_dir;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::Path;
+
+pub const STATE_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Work {
+    Snapshot,
+    Restore,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentState {
+    pub version: u32,
+    /// The broker this agent acts for, remembered for when its log dirs
+    /// are gone (a restore into wiped disks).
+    pub broker: Option<i32>,
+    pub phase: Phase,
+    pub work: Option<Work>,
+    /// The lease the agent works under (or the snapshot was captured
+    /// under, while archiving after the release).
+    pub lease_epoch: Option<u64>,
+    /// Whether that lease is still held (not yet released).
+    pub lease_held: bool,
+    pub snapshot_id: Option<String>,
+    pub restore_order: Option<i64>,
+    /// True from just before the agent stops the broker until the broker
+    /// runs again.
+    pub broker_stopped_by_agent: bool,
+    pub broker_stopped_at: Option<DateTime<Utc>>,
+    pub phase_since: DateTime<Utc>,
+    pub updated: DateTime<Utc>,
+}
+
+impl AgentState {
+    pub fn idle(broker: Option<i32>) -> AgentState {
+        let now = Utc::now();
+        AgentState {
+            version: STATE_VERSION,
+            broker,
+            phase: Phase::Idle,
+            work: None,
+            lease_epoch: None,
+            lease_held: false,
+            snapshot_id: None,
+            restore_order: None,
+            broker_stopped_by_agent: false,
+            broker_stopped_at: None,
+            phase_since: now,
+            updated: now,
+        }
+    }
+
+    /// Moves to `phase`, keeping track of whether the agent has the broker
+    /// down: set on entering Stopping (or Restoring, which stops it), cleared
+    /// once it runs again (Recovering, Archiving, Idle).
+    pub fn enter(&mut self, phase: Phase) {
+        let now = Utc::now();
+        if phase != self.phase {
+            self.phase_since = now;
+        }
+        self.phase = phase;
+        self.updated = now;
+        match phase {
+            Phase::Stopping | Phase::Restoring => {
+                if !self.broker_stopped_by_agent {
+                    self.broker_stopped_by_agent = true;
+                    self.broker_stopped_at = Some(now);
+                }
+            }
+            Phase::Recovering | Phase::Archiving | Phase::Idle => {
+                self.broker_stopped_by_agent = false;
+                self.broker_stopped_at = None;
+            }
+            Phase::Gating | Phase::Capturing | Phase::Starting | Phase::Downloading => {}
+        }
+    }
+
+    /// Back to idle after a lease and its follow-up are done; a broker the
+    /// agent stopped and that does not run stays on record as the agent's.
+    pub fn finish(&mut self, broker_running: bool) {
+        let broker = self.broker;
+        let stopped = self.broker_stopped_by_agent && !broker_running;
+        let stopped_at = self.broker_stopped_at;
+        *self = AgentState::idle(broker);
+        // A broker that could not be started stays on record as ours.
+        if stopped {
+            self.phase = Phase::Starting;
+            self.broker_stopped_by_agent = true;
+            self.broker_stopped_at = stopped_at;
+        }
+    }
+
+    /// Reads the state file; `None` if there is none (first start).
+    pub fn load(path: &Path) -> Result<Option<AgentState>> {
+        let bytes = match fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(Error::io(
+                    format!("reading state file {}", path.display()),
+                    e,
+                ))
+            }
+        };
+        let s: AgentState = serde_json::from_slice(&bytes).map_err(|e| Error::Usage(format!(
+            "state file {} is unreadable ({e}); it records whether this agent stopped the broker. \
+             Check that the broker runs (start it if not), then move the file away and start the agent again",
+            path.display()
+        )))?;
+        if s.version != STATE_VERSION {
+            return Err(Error::Usage(format!(
+                "state file {} has version {} but this agent writes version {STATE_VERSION}",
+                path.display(),
+                s.version
+            )));
+        }
+        Ok(Some(s))
+    }
+
+    /// Replaces the state file atomically and durably.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let dir = path.parent().ok_or_else(|| {
+            Error::Usage(format!("state file {} has no directory", path.display()))
+        })?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .ctx(|| format!("creating {}", dir.display()))?;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+        let mut bytes = serde_json::to_vec_pretty(self).expect("serialisable");
+        bytes.push(b'\n');
+        let write = || -> std::io::Result<()> {
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+            fs::rename(&tmp, path)?;
+            fsync_dir(dir)
+        };
+        write().map_err(|e| {
+            let _ = fs::remove_file(&tmp);
+            Error::io(format!("writing state file {}", path.display()), e)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_atomic_replace() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/state.json");
+        assert_eq!(AgentState::load(&path).unwrap(), None);
+        let mut s = AgentState::idle(Some(2));
+        s.work = Some(Work::Snapshot);
+        s.lease_epoch = Some(7);
+        s.lease_held = true;
+        s.enter(Phase::Gating);
+        s.save(&path).unwrap();
+        assert_eq!(AgentState::load(&path).unwrap(), Some(s.clone()));
+        s.enter(Phase::Stopping);
+        s.save(&path).unwrap();
+        let back = AgentState::load(&path).unwrap().unwrap();
+        assert_eq!(back.phase, Phase::Stopping);
+        assert!(back.broker_stopped_by_agent);
+        // No temporary file is left beside it; the file is private.
+        let names: Vec<_> = fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names, vec!["state.json".to_string()]);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+
+    #[test]
+    fn stopped_flag_follows_the_phases() {
+        let mut s = AgentState::idle(Some(1));
+        s.enter(Phase::Gating);
+        assert!(!s.broker_stopped_by_agent);
+        s.enter(Phase::Stopping);
+        let at = s.broker_stopped_at.expect("stop time recorded");
+        for p in [Phase::Capturing, Phase::Starting] {
+            s.enter(p);
+            assert!(s.broker_stopped_by_agent, "{p}");
+            assert_eq!(s.broker_stopped_at, Some(at), "{p}");
+        }
+        s.enter(Phase::Recovering);
+        assert!(!s.broker_stopped_by_agent);
+        s.enter(Phase::Archiving);
+        assert!(!s.broker_stopped_by_agent);
+        s.finish(true);
+        assert_eq!(s.phase, Phase::Idle);
+        assert_eq!(s.lease_epoch, None);
+
+        // Restore: downloading with the broker up, then stopped for the swap.
+        s.enter(Phase::Downloading);
+        assert!(!s.broker_stopped_by_agent);
+        s.enter(Phase::Restoring);
+        assert!(s.broker_stopped_by_agent);
+        // Started again: idle. Could not be started: it stays recorded as
+        // ours, so the daemon keeps trying to start it.
+        s.enter(Phase::Starting);
+        let mut started = s.clone();
+        started.finish(true);
+        assert!(!started.broker_stopped_by_agent);
+        assert_eq!(started.phase, Phase::Idle);
+        s.finish(false);
+        assert!(s.broker_stopped_by_agent);
+        assert!(s.phase.broker_may_be_down());
+    }
+
+    #[test]
+    fn damaged_file_is_an_error_that_says_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        fs::write(&path, b"{\"version\":1,\"phase\":\"stop").unwrap();
+        let e = AgentState::load(&path).unwrap_err().to_string();
+        assert!(
+            e.contains(&path.display().to_string()) && e.contains("broker runs"),
+            "{e}"
+        );
+        fs::write(&path, b"{\"version\":1,\"phase\":\"idle\",\"evil\":1}").unwrap();
+        assert!(AgentState::load(&path).is_err());
+    }
+}

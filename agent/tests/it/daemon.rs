@@ -1,0 +1,1039 @@
+//! The daemon (`kafka-snapshot-agent run`) as a real process against a
+//! stand-in cluster and a scripted fake coordinator: a tiny HTTP server in
+//! this test process that hands out leases and records every request (with
+//! the same monotonic clock as the stand-in's event log, so the order of
+//! "broker started" and "agent polled" can be asserted).
+
+use crate::common::*;
+use kafka_snapshot_standin::fsutil::monotonic_ns;
+use kafka_snapshot_standin::{ClusterSpec, EventKind, ReplicaRef, StandinCluster};
+use serde_json::{json, Value};
+use std::collections::VecDeque;
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const TOKEN: &str = "agent-2-token-0123456789";
+
+// ---------------------------------------------------------------------------
+// The fake coordinator
+
+#[derive(Clone, Debug)]
+struct Req {
+    path: String,
+    auth: String,
+    body: Value,
+    mono_ns: u64,
+}
+
+type Hook = Box<dyn FnMut(&Value) -> (u16, Value) + Send>;
+
+struct Script {
+    token: String,
+    /// Poll answers in order; `idle` once empty.
+    actions: VecDeque<Value>,
+    heartbeat: Hook,
+    release: Hook,
+}
+
+struct FakeCoordinator {
+    port: u16,
+    reqs: Arc<Mutex<Vec<Req>>>,
+    script: Arc<Mutex<Script>>,
+    stop: Arc<AtomicBool>,
+}
+
+fn ok() -> (u16, Value) {
+    (200, json!({"ok": true}))
+}
+
+impl FakeCoordinator {
+    fn start(token: &str) -> FakeCoordinator {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let reqs = Arc::new(Mutex::new(Vec::new()));
+        let script = Arc::new(Mutex::new(Script {
+            token: token.to_string(),
+            actions: VecDeque::new(),
+            heartbeat: Box::new(|_| (200, json!({"ttl_ms": 1500, "abort": false}))),
+            release: Box::new(|_| ok()),
+        }));
+        let stop = Arc::new(AtomicBool::new(false));
+        {
+            let (reqs, script, stop) = (reqs.clone(), script.clone(), stop.clone());
+            std::thread::spawn(move || {
+                for conn in listener.incoming() {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    if let Ok(conn) = conn {
+                        let _ = serve(conn, &reqs, &script);
+                    }
+                }
+            });
+        }
+        FakeCoordinator {
+            port,
+            reqs,
+            script,
+            stop,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn push_action(&self, action: Value) {
+        self.script.lock().unwrap().actions.push_back(action);
+    }
+
+    fn on_heartbeat(&self, hook: impl FnMut(&Value) -> (u16, Value) + Send + 'static) {
+        self.script.lock().unwrap().heartbeat = Box::new(hook);
+    }
+
+    fn on_release(&self, hook: impl FnMut(&Value) -> (u16, Value) + Send + 'static) {
+        self.script.lock().unwrap().release = Box::new(hook);
+    }
+
+    fn requests(&self) -> Vec<Req> {
+        self.reqs.lock().unwrap().clone()
+    }
+
+    fn of(&self, path: &str) -> Vec<Req> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.path == path)
+            .collect()
+    }
+
+    /// Waits until `done` holds for the request log; panics with the log
+    /// and the daemon's stderr otherwise.
+    fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        daemon: &Daemon,
+        done: impl Fn(&[Req]) -> bool,
+    ) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if done(&self.requests()) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "timed out waiting for {what}\nrequests: {:#?}\ndaemon log:\n{}",
+            self.requests()
+                .iter()
+                .map(|r| format!("{} {}", r.path, r.body))
+                .collect::<Vec<_>>(),
+            daemon.log()
+        );
+    }
+}
+
+impl Drop for FakeCoordinator {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+/// One HTTP/1.1 request per connection (we answer `Connection: close`).
+fn serve(conn: TcpStream, reqs: &Mutex<Vec<Req>>, script: &Mutex<Script>) -> std::io::Result<()> {
+    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut reader = BufReader::new(conn.try_clone()?);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let path = line
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
+    let (mut len, mut auth) = (0usize, String::new());
+    loop {
+        let mut h = String::new();
+        reader.read_line(&mut h)?;
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            match k.trim().to_ascii_lowercase().as_str() {
+                "content-length" => len = v.trim().parse().unwrap_or(0),
+                "authorization" => auth = v.trim().to_string(),
+                _ => {}
+            }
+        }
+    }
+    let mut body = vec![0u8; len];
+    reader.read_exact(&mut body)?;
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let req = Req {
+        path: path.clone(),
+        auth: auth.clone(),
+        body: body.clone(),
+        mono_ns: monotonic_ns(),
+    };
+    let (status, answer) = {
+        let mut s = script.lock().unwrap();
+        if auth != format!("Bearer {}", s.token) {
+            (401, json!({"error": "unknown agent token"}))
+        } else {
+            match path.as_str() {
+                "/v1/agent/poll" => {
+                    let action = s.actions.pop_front().unwrap_or(json!({"type": "idle"}));
+                    (200, json!({"action": action, "poll_interval_ms": 200}))
+                }
+                "/v1/agent/heartbeat" => (s.heartbeat)(&body),
+                "/v1/agent/release" => (s.release)(&body),
+                "/v1/agent/report" | "/v1/agent/notice" => ok(),
+                _ => (404, json!({"error": "no such endpoint"})),
+            }
+        }
+    };
+    reqs.lock().unwrap().push(req);
+    let text = answer.to_string();
+    let mut w = conn;
+    write!(
+        w,
+        "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
+        text.len()
+    )?;
+    w.flush()
+}
+
+fn snapshot_lease(epoch: u64, gate_timeout_ms: u64) -> Value {
+    json!({"type": "snapshot", "lease": {
+        "epoch": epoch, "ttl_ms": 1500, "cycle_id": 1, "gate_timeout_ms": gate_timeout_ms
+    }})
+}
+
+fn restore_lease(epoch: u64, order: i64, cluster: &str, snapshot: &str, force: bool) -> Value {
+    json!({"type": "restore",
+        "lease": {"epoch": epoch, "ttl_ms": 1500, "cycle_id": null, "gate_timeout_ms": 60000},
+        "order": {"id": order, "cluster_id": cluster, "snapshot_id": snapshot, "force": force}})
+}
+
+// ---------------------------------------------------------------------------
+// The cluster, the config and the daemon process
+
+fn cluster(root: &Path, change: impl FnOnce(&mut ClusterSpec)) -> StandinCluster {
+    let mut spec = ClusterSpec::new(3);
+    spec.data_root = Some(root.join("data"));
+    change(&mut spec);
+    let c = StandinCluster::create(&root.join("cluster"), &spec).expect("stand-in cluster");
+    c.start_all(Duration::from_secs(60))
+        .expect("cluster starts");
+    c
+}
+
+struct Setup {
+    _t: tempfile::TempDir,
+    root: PathBuf,
+    c: StandinCluster,
+    store: PathBuf,
+    coord: FakeCoordinator,
+}
+
+fn setup(fs_kind: &str) -> Setup {
+    setup_with(fs_kind, |_| {})
+}
+
+/// No appends: restored files must stay as the snapshot has them.
+fn quiet(spec: &mut ClusterSpec) {
+    spec.append_interval = Duration::from_secs(3600);
+}
+
+/// Enough data (24 MiB per broker) that copy capture through a 1 MiB/s
+/// link keeps the broker down for seconds.
+fn slow_capture(spec: &mut ClusterSpec) {
+    spec.bytes_per_broker = 24 << 20;
+    spec.segment_bytes = 2 << 20;
+}
+const SLOW_LINK: &str = "bandwidth_limit = \"1MiB\"";
+
+fn setup_with(fs_kind: &str, change: impl FnOnce(&mut ClusterSpec)) -> Setup {
+    let t = scratch(fs_kind);
+    let root = t.path().to_path_buf();
+    let c = cluster(&root, change);
+    let store = new_store(&root);
+    let coord = FakeCoordinator::start(TOKEN);
+    Setup {
+        _t: t,
+        root,
+        c,
+        store,
+        coord,
+    }
+}
+
+impl Setup {
+    /// The agent config of broker 2; `storage_extra` goes into [storage].
+    fn config(&self, capture: &str, token: &str, storage_extra: &str) -> PathBuf {
+        let token_file = self.root.join("token");
+        fs::write(&token_file, format!("{token}\n")).unwrap();
+        fs::set_permissions(&token_file, fs::Permissions::from_mode(0o600)).unwrap();
+        let dirs: Vec<String> = self
+            .c
+            .log_dirs(2)
+            .iter()
+            .map(|d| format!("{:?}", d.display().to_string()))
+            .collect();
+        let text = format!(
+            "[broker]\nlog_dirs = [{}]\nstop_command = {:?}\nstart_command = {:?}\nstop_timeout = \"60s\"\n\
+             command_timeout = \"60s\"\nrecovery_timeout = \"60s\"\n\
+             [snapshot]\ncapture = {capture:?}\n\
+             [storage]\nurl = {:?}\n{storage_extra}\n\
+             [kafka]\nbootstrap_servers = [{}]\nrequest_timeout = \"5s\"\n\
+             [gate]\nstable_checks = 2\ncheck_interval = \"300ms\"\n\
+             [coordinator]\nurl = {:?}\ntoken_file = {:?}\nstate_file = {:?}\n\
+             poll_interval = \"200ms\"\nrequest_timeout = \"5s\"\n",
+            dirs.join(", "),
+            self.c.stop_script(2).display().to_string(),
+            self.c.start_script(2).display().to_string(),
+            store_url(&self.store),
+            self.c
+                .bootstrap()
+                .split(',')
+                .map(|b| format!("{b:?}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            self.coord.url(),
+            token_file.display().to_string(),
+            self.state_file().display().to_string(),
+        );
+        let path = self.root.join("agent-2.toml");
+        fs::write(&path, text).unwrap();
+        path
+    }
+
+    fn state_file(&self) -> PathBuf {
+        self.root.join("state/state.json")
+    }
+
+    fn events_of(&self, broker: i32, kind: EventKind) -> Vec<u64> {
+        self.c
+            .events()
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.broker == broker && e.kind == kind)
+            .map(|e| e.mono_ns)
+            .collect()
+    }
+}
+
+struct Daemon {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Daemon {
+    fn spawn(cfg: &Path, log: &Path, failpoint: Option<&str>) -> Daemon {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kafka-snapshot-agent"));
+        cmd.args(["run", "--config", &cfg.display().to_string()])
+            .env("KAFKA_SNAPSHOT_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(log).unwrap());
+        match failpoint {
+            Some(f) => cmd.env("KAFKA_SNAPSHOT_FAILPOINT", f),
+            None => cmd.env_remove("KAFKA_SNAPSHOT_FAILPOINT"),
+        };
+        Daemon {
+            child: cmd.spawn().expect("spawn the daemon"),
+            log: log.to_path_buf(),
+        }
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn sigterm(&self) {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+    }
+
+    fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon still runs after {timeout:?}\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn releases(coord: &FakeCoordinator) -> Vec<Value> {
+    coord
+        .of("/v1/agent/release")
+        .into_iter()
+        .map(|r| r.body)
+        .collect()
+}
+
+fn first_at(reqs: &[Req], path: &str) -> Option<u64> {
+    reqs.iter().find(|r| r.path == path).map(|r| r.mono_ns)
+}
+
+// ---------------------------------------------------------------------------
+// Snapshots under a lease
+
+#[test]
+fn reflink_snapshot_releases_at_recovery_then_reports_the_archive() {
+    let s = setup("xfs");
+    let cfg = s.config("reflink", TOKEN, "");
+    s.coord.push_action(snapshot_lease(7, 60_000));
+    let d = Daemon::spawn(&cfg, &s.root.join("daemon.log"), None);
+    s.coord
+        .wait_for("the snapshot report", Duration::from_secs(90), &d, |r| {
+            r.iter().any(|r| r.path == "/v1/agent/report")
+        });
+
+    let reqs = s.coord.requests();
+    assert!(
+        reqs.iter().all(|r| r.auth == format!("Bearer {TOKEN}")),
+        "every request carries the token"
+    );
+    let rel = releases(&s.coord);
+    assert_eq!(rel.len(), 1, "{rel:?}");
+    assert_eq!(rel[0]["epoch"], 7);
+    assert_eq!(rel[0]["broker"], 2);
+    assert_eq!(rel[0]["outcome"]["type"], "recovered", "{rel:?}");
+    let id = rel[0]["outcome"]["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(rel[0]["outcome"]["downtime_ms"].as_u64().is_some());
+
+    // Heartbeats under the lease, each with epoch and phase, all before the
+    // release; the report (after the release) carries the committed summary.
+    let hbs = s.coord.of("/v1/agent/heartbeat");
+    assert!(!hbs.is_empty(), "no heartbeat sent");
+    let released_at = first_at(&reqs, "/v1/agent/release").unwrap();
+    for h in &hbs {
+        assert_eq!(h.body["epoch"], 7);
+        assert!(h.body["phase"].is_string(), "{}", h.body);
+        assert!(h.mono_ns < released_at, "heartbeat after the release");
+    }
+    let report = &s.coord.of("/v1/agent/report")[0];
+    assert!(report.mono_ns > released_at);
+    assert_eq!(report.body["epoch"], 7);
+    assert_eq!(
+        report.body["result"]["type"], "committed",
+        "{}",
+        report.body
+    );
+    assert_eq!(
+        report.body["result"]["snapshot"]["snapshot_id"],
+        id.as_str()
+    );
+    assert_eq!(report.body["result"]["snapshot"]["capture"], "reflink");
+
+    // The broker went down once and is back; the snapshot verifies; no
+    // staging is left; the state file is idle again.
+    assert!(s.c.is_running(2));
+    assert_eq!(s.c.max_brokers_down().unwrap(), 1);
+    assert_eq!(s.events_of(2, EventKind::Sigterm).len(), 1);
+    run(
+        &[
+            "archive",
+            "verify",
+            "--store",
+            &store_url(&s.store),
+            "--snapshot",
+            &id,
+        ],
+        0,
+    );
+    for dir in s.c.log_dirs(2) {
+        let staging = dir.parent().unwrap().join(".kafka-snapshot-staging");
+        assert_eq!(names(&staging), vec![".lock".to_string()], "staging left");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let st: Value = serde_json::from_slice(&fs::read(s.state_file()).unwrap()).unwrap();
+        if st["phase"] == "idle" {
+            assert_eq!(st["broker_stopped_by_agent"], false, "{st}");
+            assert_eq!(st["lease_held"], false, "{st}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "state not idle: {st}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn copy_snapshot_commits_before_the_release() {
+    let s = setup("ext4");
+    let cfg = s.config("copy", TOKEN, "");
+    s.coord.push_action(snapshot_lease(3, 60_000));
+    let d = Daemon::spawn(&cfg, &s.root.join("daemon.log"), None);
+    s.coord
+        .wait_for("the release", Duration::from_secs(90), &d, |r| {
+            r.iter().any(|r| r.path == "/v1/agent/release")
+        });
+    let rel = releases(&s.coord);
+    assert_eq!(rel[0]["outcome"]["type"], "committed", "{rel:?}");
+    let snap = &rel[0]["outcome"]["snapshot"];
+    assert_eq!(snap["capture"], "copy");
+    assert_eq!(snap["broker"], 2);
+    assert_eq!(snap["cluster_id"], s.c.cluster_id());
+    let id = snap["snapshot_id"].as_str().unwrap();
+    run(
+        &[
+            "archive",
+            "verify",
+            "--store",
+            &store_url(&s.store),
+            "--snapshot",
+            id,
+        ],
+        0,
+    );
+    // Nothing follows the release for a committed snapshot.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(s.coord.of("/v1/agent/report").is_empty());
+    assert!(s.c.is_running(2));
+    assert_eq!(s.c.max_brokers_down().unwrap(), 1);
+}
+
+#[test]
+fn gate_never_passing_skips_and_leaves_the_broker_alone() {
+    let s = setup("ext4");
+    // A replica of one of broker 2's partitions is out of sync elsewhere.
+    let md = s.c.metadata().unwrap();
+    let (topic, partition) = md
+        .topics
+        .iter()
+        .flat_map(|t| t.partitions.iter().map(move |p| (t, p)))
+        .find(|(_, p)| p.replica_nodes.iter().any(|r| r.0 == 2))
+        .map(|(t, p)| (t.name.as_ref().unwrap().0.to_string(), p.partition_index))
+        .unwrap();
+    s.c.update_scenario(|sc| {
+        sc.out_of_sync.push(ReplicaRef {
+            topic: topic.clone(),
+            partition,
+            broker: 3,
+        })
+    })
+    .unwrap();
+    let cfg = s.config("copy", TOKEN, "");
+    s.coord.push_action(snapshot_lease(11, 1_500));
+    let d = Daemon::spawn(&cfg, &s.root.join("daemon.log"), None);
+    s.coord
+        .wait_for("the release", Duration::from_secs(60), &d, |r| {
+            r.iter().any(|r| r.path == "/v1/agent/release")
+        });
+    let rel = releases(&s.coord);
+    assert_eq!(rel[0]["epoch"], 11);
+    assert_eq!(rel[0]["outcome"]["type"], "skipped", "{rel:?}");
+    let reason = rel[0]["outcome"]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("not safe to stop") && reason.contains("OwnPartitionsInSync"),
+        "{reason}"
+    );
+    assert!(
+        s.events_of(2, EventKind::Sigterm).is_empty(),
+        "broker 2 was stopped"
+    );
+    assert!(s.c.is_running(2));
+    for h in s.coord.of("/v1/agent/heartbeat") {
+        assert_eq!(h.body["phase"], "gating", "{}", h.body);
+    }
+}
+
+#[test]
+fn lost_lease_while_capturing_starts_the_broker_again() {
+    let s = setup_with("ext4", slow_capture);
+    let cfg = s.config("copy", TOKEN, SLOW_LINK);
+    s.coord.on_heartbeat(|hb| {
+        if hb["phase"] == "capturing" {
+            (409, json!({"error": "stale lease epoch 5, current is 6"}))
+        } else {
+            (200, json!({"ttl_ms": 1500, "abort": false}))
+        }
+    });
+    s.coord.push_action(snapshot_lease(5, 60_000));
+    let d = Daemon::spawn(&cfg, &s.root.join("daemon.log"), None);
+    s.coord.wait_for(
+        "a notice of the lost lease",
+        Duration::from_secs(90),
+        &d,
+        |r| r.iter().any(|r| r.path == "/v1/agent/notice"),
+    );
+    let notice = &s.coord.of("/v1/agent/notice")[0].body;
+    let msg = notice["message"].as_str().unwrap();
+    assert!(
+        msg.contains("lease 5 was lost") && msg.contains("runs"),
+        "{msg}"
+    );
+    assert_eq!(notice["epoch"], 5);
+    // Broker 2 was stopped, then started again; no snapshot was completed
+    // and a lost lease is never released.
+    assert!(s.c.is_running(2));
+    let term = s.events_of(2, EventKind::Sigterm);
+    let started = s.events_of(2, EventKind::Started);
+    assert_eq!(term.len(), 1);
+    assert!(started.iter().any(|t| *t > term[0]), "not started again");
+    assert!(releases(&s.coord).is_empty(), "{:?}", releases(&s.coord));
+    let out = run(
+        &["archive", "list", "--store", &store_url(&s.store), "--json"],
+        0,
+    );
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l["complete"] == false),
+        "{listed}"
+    );
+    s.c.wait_in_sync(Duration::from_secs(30)).unwrap();
+    drop(d);
+}
+
+#[test]
+fn killed_with_the_broker_down_the_next_daemon_starts_it_before_polling() {
+    let s = setup("xfs");
+    let cfg = s.config("reflink", TOKEN, "");
+    s.coord.push_action(snapshot_lease(9, 60_000));
+    let mut first = Daemon::spawn(&cfg, &s.root.join("daemon-1.log"), Some("after-stop"));
+    let status = first.wait_exit(Duration::from_secs(60));
+    assert!(!status.success(), "the failpoint should have killed it");
+    assert!(
+        !s.c.is_running(2),
+        "the broker should be down after the kill"
+    );
+    let st: Value = serde_json::from_slice(&fs::read(s.state_file()).unwrap()).unwrap();
+    assert_eq!(st["phase"], "stopping", "{st}");
+    assert_eq!(st["broker_stopped_by_agent"], true);
+    assert_eq!(st["lease_epoch"], 9);
+
+    // The coordinator expired lease 9 meanwhile: releasing it is a 409.
+    s.coord
+        .on_release(|_| (409, json!({"error": "lease 9 expired"})));
+    let restarted_at = monotonic_ns();
+    let second = Daemon::spawn(&cfg, &s.root.join("daemon-2.log"), None);
+    s.coord.wait_for(
+        "a poll from the new daemon",
+        Duration::from_secs(60),
+        &second,
+        |r| {
+            r.iter()
+                .any(|r| r.path == "/v1/agent/poll" && r.mono_ns > restarted_at)
+        },
+    );
+    let after: Vec<Req> = s
+        .coord
+        .requests()
+        .into_iter()
+        .filter(|r| r.mono_ns > restarted_at)
+        .collect();
+    let started = s
+        .events_of(2, EventKind::Started)
+        .into_iter()
+        .find(|t| *t > restarted_at)
+        .expect("broker 2 started by the new daemon");
+    let first_request = after[0].mono_ns;
+    assert!(
+        started < first_request,
+        "the broker must be started before the coordinator is contacted"
+    );
+    let notice_at = first_at(&after, "/v1/agent/notice").expect("a notice");
+    let release_at = first_at(&after, "/v1/agent/release").expect("the old lease released");
+    let poll_at = first_at(&after, "/v1/agent/poll").unwrap();
+    assert!(notice_at < poll_at && release_at < poll_at);
+    let notice = &after
+        .iter()
+        .find(|r| r.path == "/v1/agent/notice")
+        .unwrap()
+        .body;
+    let msg = notice["message"].as_str().unwrap();
+    assert!(
+        msg.contains("interrupted snapshot") && msg.contains("started again"),
+        "{msg}"
+    );
+    assert_eq!(notice["epoch"], 9);
+    let rel = &after
+        .iter()
+        .find(|r| r.path == "/v1/agent/release")
+        .unwrap()
+        .body;
+    assert_eq!(rel["epoch"], 9);
+    assert_eq!(rel["outcome"]["type"], "failed");
+    assert_eq!(rel["outcome"]["broker_running"], true);
+    assert!(s.c.is_running(2));
+    // The poll says idle, and the state file agrees.
+    let poll = &after
+        .iter()
+        .find(|r| r.path == "/v1/agent/poll")
+        .unwrap()
+        .body;
+    assert_eq!(poll["phase"], "idle");
+    assert_eq!(poll["broker_running"], true);
+    assert!(second.log().contains("starting it before anything else"));
+}
+
+#[test]
+fn sigterm_with_the_broker_down_starts_it_then_releases_and_exits_0() {
+    let s = setup_with("ext4", slow_capture);
+    let cfg = s.config("copy", TOKEN, SLOW_LINK);
+    s.coord.push_action(snapshot_lease(4, 60_000));
+    let mut d = Daemon::spawn(&cfg, &s.root.join("daemon.log"), None);
+    s.coord.wait_for(
+        "a heartbeat while capturing",
+        Duration::from_secs(60),
+        &d,
+        |r| {
+            r.iter()
+                .any(|r| r.path == "/v1/agent/heartbeat" && r.body["phase"] == "capturing")
+        },
+    );
+    assert!(!s.c.is_running(2));
+    d.sigterm();
+    let status = d.wait_exit(Duration::from_secs(60));
+    assert!(status.success(), "exit status {status:?}\n{}", d.log());
+    assert!(s.c.is_running(2), "the daemon exited with the broker down");
+    let rel = releases(&s.coord);
+    assert_eq!(rel.len(), 1, "{rel:?}");
+    assert_eq!(rel[0]["epoch"], 4);
+    assert_eq!(rel[0]["outcome"]["type"], "failed");
+    assert_eq!(rel[0]["outcome"]["broker_running"], true);
+    assert!(
+        rel[0]["outcome"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("shutting down"),
+        "{rel:?}"
+    );
+    let st: Value = serde_json::from_slice(&fs::read(s.state_file()).unwrap()).unwrap();
+    assert_eq!(st["broker_stopped_by_agent"], false, "{st}");
+    // The archive was cancelled, not finished.
+    let out = run(
+        &["archive", "list", "--store", &store_url(&s.store), "--json"],
+        0,
+    );
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l["complete"] == false),
+        "{listed}"
+    );
+}
+
+#[test]
+fn abort_while_capturing_starts_the_broker_and_releases_failed() {
+    let s = setup_with("ext4", slow_capture);
+    let cfg = s.config("copy", TOKEN, SLOW_LINK);
+    s.coord.on_heartbeat(|hb| {
+        let abort = hb["phase"] == "capturing";
+        (200, json!({"ttl_ms": 1500, "abort": abort}))
+    });
+    s.coord.push_action(snapshot_lease(6, 60_000));
+    let d = Daemon::spawn(&cfg, &s.root.join("daemon.log"), None);
+    s.coord
+        .wait_for("the release", Duration::from_secs(90), &d, |r| {
+            r.iter().any(|r| r.path == "/v1/agent/release")
+        });
+    let rel = releases(&s.coord);
+    assert_eq!(rel[0]["epoch"], 6);
+    assert_eq!(rel[0]["outcome"]["type"], "failed", "{rel:?}");
+    assert_eq!(rel[0]["outcome"]["broker_running"], true);
+    let reason = rel[0]["outcome"]["reason"].as_str().unwrap();
+    assert!(reason.contains("aborted by the coordinator"), "{reason}");
+    assert!(s.c.is_running(2));
+    let out = run(
+        &["archive", "list", "--store", &store_url(&s.store), "--json"],
+        0,
+    );
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l["complete"] == false),
+        "{listed}"
+    );
+}
+
+#[test]
+fn sigterm_while_archiving_without_the_lease_cancels_and_exits_0() {
+    let s = setup_with("xfs", slow_capture);
+    let cfg = s.config("reflink", TOKEN, SLOW_LINK);
+    s.coord.push_action(snapshot_lease(8, 60_000));
+    let mut d = Daemon::spawn(&cfg, &s.root.join("daemon.log"), None);
+    s.coord.wait_for(
+        "the release at recovery",
+        Duration::from_secs(90),
+        &d,
+        |r| r.iter().any(|r| r.path == "/v1/agent/release"),
+    );
+    assert_eq!(releases(&s.coord)[0]["outcome"]["type"], "recovered");
+    d.sigterm();
+    let started = Instant::now();
+    let status = d.wait_exit(Duration::from_secs(60));
+    assert!(status.success(), "exit status {status:?}\n{}", d.log());
+    assert!(started.elapsed() < Duration::from_secs(20), "slow shutdown");
+    let reports = s.coord.of("/v1/agent/report");
+    assert_eq!(reports.len(), 1);
+    assert_eq!(
+        reports[0].body["result"]["type"], "failed",
+        "{}",
+        reports[0].body
+    );
+    assert!(s.c.is_running(2));
+    for dir in s.c.log_dirs(2) {
+        let staging = dir.parent().unwrap().join(".kafka-snapshot-staging");
+        assert_eq!(names(&staging), vec![".lock".to_string()], "staging left");
+    }
+    let out = run(
+        &["archive", "list", "--store", &store_url(&s.store), "--json"],
+        0,
+    );
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l["complete"] == false),
+        "{listed}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Restores under a lease
+
+#[test]
+fn restore_into_wiped_log_dirs_puts_the_snapshot_back() {
+    let s = setup_with("xfs", quiet);
+    let cfg = s.config("reflink", TOKEN, "");
+    s.coord.push_action(snapshot_lease(1, 60_000));
+    let d = Daemon::spawn(&cfg, &s.root.join("daemon.log"), None);
+    s.coord
+        .wait_for("the snapshot report", Duration::from_secs(90), &d, |r| {
+            r.iter().any(|r| r.path == "/v1/agent/report")
+        });
+    let report = &s.coord.of("/v1/agent/report")[0].body;
+    let id = report["result"]["snapshot"]["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // Broker 2 dies and loses its disks.
+    s.c.kill(2).unwrap();
+    for dir in s.c.log_dirs(2) {
+        fs::remove_dir_all(dir).unwrap();
+        fs::create_dir(dir).unwrap();
+        fs::write(dir.join("left-by-the-operator"), b"x").unwrap();
+    }
+    s.coord
+        .push_action(restore_lease(2, 42, s.c.cluster_id(), &id, false));
+    s.coord
+        .wait_for("the restore's release", Duration::from_secs(90), &d, |r| {
+            r.iter().filter(|r| r.path == "/v1/agent/release").count() == 2
+        });
+    let rel = releases(&s.coord);
+    assert_eq!(rel[1]["epoch"], 2);
+    assert_eq!(rel[1]["outcome"]["type"], "restored", "{rel:?}");
+    assert_eq!(rel[1]["outcome"]["snapshot_id"], id.as_str());
+    let phases: Vec<String> = s
+        .coord
+        .of("/v1/agent/heartbeat")
+        .iter()
+        .filter(|h| h.body["epoch"] == 2)
+        .map(|h| h.body["phase"].as_str().unwrap().to_string())
+        .collect();
+    assert!(!phases.is_empty());
+
+    // Every file of the snapshot is back, byte for byte (the stand-in only
+    // removes .kafka_cleanshutdown at start; appends are off).
+    let manifest: Value = serde_json::from_slice(
+        &fs::read(snapshot_dir_of(&s.store, s.c.cluster_id(), &id).join("manifest.json")).unwrap(),
+    )
+    .unwrap();
+    let dirs = s.c.log_dirs(2);
+    let mut checked = 0;
+    for e in manifest["entries"].as_array().unwrap() {
+        if e["type"] != "file" {
+            continue;
+        }
+        let path = e["path"].as_str().unwrap();
+        let (prefix, rel) = path.split_once('/').unwrap();
+        if rel == ".kafka_cleanshutdown" {
+            continue;
+        }
+        let i: usize = prefix.strip_prefix("logdir-").unwrap().parse().unwrap();
+        let restored = dirs[i].join(rel);
+        assert_eq!(
+            file_sha256(&restored),
+            e["sha256"].as_str().unwrap(),
+            "{}",
+            restored.display()
+        );
+        checked += 1;
+    }
+    assert!(checked > 10, "only {checked} files checked");
+    // What was there is moved aside, not deleted; nothing half-done is left.
+    for dir in dirs {
+        let parent = dir.parent().unwrap();
+        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+        let aside: Vec<String> = names(parent)
+            .into_iter()
+            .filter(|n| n.starts_with(&format!("{name}.pre-restore-")))
+            .collect();
+        assert_eq!(aside.len(), 1, "{:?}", names(parent));
+        assert!(parent.join(&aside[0]).join("left-by-the-operator").exists());
+        assert!(!names(parent).iter().any(|n| n.contains(".restoring-")));
+    }
+    assert!(s.c.is_running(2));
+    s.c.wait_in_sync(Duration::from_secs(30)).unwrap();
+}
+
+/// The snapshot dir in a file store for any cluster.
+fn snapshot_dir_of(store: &Path, cluster: &str, id: &str) -> PathBuf {
+    store.join(cluster).join("broker-2").join(id)
+}
+
+#[test]
+fn restore_of_another_clusters_snapshot_is_refused_unless_forced() {
+    let s = setup("ext4");
+    // A snapshot of "broker 2" of another cluster, with two log dirs too.
+    let foreign = vec![
+        s.root.join("foreign/disk1/kafka-logs"),
+        s.root.join("foreign/disk2/kafka-logs"),
+    ];
+    generate_spec(&kafka_snapshot_testkit::Spec::small(
+        CLUSTER,
+        2,
+        foreign.clone(),
+    ));
+    let created = create(&foreign, &s.store, "copy");
+    let id = created["snapshot_id"].as_str().unwrap().to_string();
+    assert_ne!(CLUSTER, s.c.cluster_id());
+
+    let cfg = s.config("copy", TOKEN, "");
+    s.coord
+        .push_action(restore_lease(21, 1, CLUSTER, &id, false));
+    let d = Daemon::spawn(&cfg, &s.root.join("daemon.log"), None);
+    s.coord
+        .wait_for("the refusal", Duration::from_secs(60), &d, |r| {
+            r.iter().any(|r| r.path == "/v1/agent/release")
+        });
+    let rel = releases(&s.coord);
+    assert_eq!(rel[0]["outcome"]["type"], "failed", "{rel:?}");
+    assert_eq!(rel[0]["outcome"]["broker_running"], true);
+    let reason = rel[0]["outcome"]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains(CLUSTER) && reason.contains(s.c.cluster_id()) && reason.contains("force"),
+        "{reason}"
+    );
+    assert!(
+        s.events_of(2, EventKind::Sigterm).is_empty(),
+        "broker 2 was stopped"
+    );
+    for dir in s.c.log_dirs(2) {
+        let parent = dir.parent().unwrap();
+        assert!(
+            !names(parent)
+                .iter()
+                .any(|n| n.contains(".restoring-") || n.contains(".pre-restore-")),
+            "{:?}",
+            names(parent)
+        );
+    }
+
+    // Forced, the check no longer stops it: the data is downloaded and
+    // swapped in. (The stand-in broker, like Kafka, then refuses to start
+    // on another cluster's meta.properties: the release says so.)
+    s.coord
+        .push_action(restore_lease(22, 2, CLUSTER, &id, true));
+    s.coord.wait_for(
+        "the forced restore's release",
+        Duration::from_secs(120),
+        &d,
+        |r| r.iter().filter(|r| r.path == "/v1/agent/release").count() == 2,
+    );
+    let rel = releases(&s.coord);
+    assert_eq!(rel[1]["epoch"], 22);
+    let reason = rel[1]["outcome"]["reason"].as_str().unwrap_or_default();
+    assert!(!reason.contains("refusing"), "{rel:?}");
+    assert!(d.log().contains("restoring anyway (forced)"), "{}", d.log());
+    for dir in s.c.log_dirs(2) {
+        let parent = dir.parent().unwrap();
+        assert!(
+            names(parent).iter().any(|n| n.contains(".pre-restore-")),
+            "{:?}",
+            names(parent)
+        );
+        assert!(
+            fs::read_to_string(dir.join("meta.properties"))
+                .unwrap()
+                .contains(CLUSTER),
+            "the foreign data is in place"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Authentication
+
+#[test]
+fn wrong_token_is_logged_and_retried_without_touching_the_broker() {
+    let s = setup("ext4");
+    let cfg = s.config("copy", "not-the-right-token", "");
+    s.coord.push_action(snapshot_lease(1, 60_000));
+    let mut d = Daemon::spawn(&cfg, &s.root.join("daemon.log"), None);
+    s.coord
+        .wait_for("three refused polls", Duration::from_secs(30), &d, |r| {
+            r.iter().filter(|r| r.path == "/v1/agent/poll").count() >= 3
+        });
+    assert!(d.child.try_wait().unwrap().is_none(), "the daemon gave up");
+    let log = d.log();
+    assert!(
+        log.contains("401") && log.contains("coordinator.token_file") && log.contains("ERROR"),
+        "{log}"
+    );
+    assert!(
+        s.coord
+            .requests()
+            .iter()
+            .all(|r| r.path == "/v1/agent/poll"),
+        "only polls"
+    );
+    assert!(s.events_of(2, EventKind::Sigterm).is_empty());
+    assert!(s.c.is_running(2));
+    d.sigterm();
+    assert!(d.wait_exit(Duration::from_secs(30)).success());
+}
