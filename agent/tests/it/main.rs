@@ -11,3 +11,4 @@ mod cycle;
 mod hostile;
 mod roundtrip;
 mod s3;
+mod scenarios;
