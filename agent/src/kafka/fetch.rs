@@ -3,9 +3,10 @@
 //! the raw client. Any error or partial answer is an error, never a view:
 //! the gate fails closed.
 
+use super::security::Security;
 use super::view::{ClusterView, PartitionState, Reassignment};
 use super::wire::Connection;
-use crate::config::{KafkaSection, SecurityProtocol};
+use crate::config::KafkaSection;
 use kafka_protocol::messages::ListPartitionReassignmentsRequest;
 use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
 use rdkafka::client::DefaultClientContext;
@@ -15,26 +16,56 @@ use std::time::Duration;
 
 pub struct KafkaClient {
     cfg: KafkaSection,
+    security: Security,
     admin: Arc<AdminClient<DefaultClientContext>>,
 }
 
 impl KafkaClient {
     pub fn new(cfg: &KafkaSection) -> Result<KafkaClient, String> {
+        let security = Security::from_config(cfg)?;
         let admin: AdminClient<DefaultClientContext> = rdkafka_config(cfg)
             .create()
             .map_err(|e| format!("creating the Kafka admin client: {e}"))?;
         Ok(KafkaClient {
             cfg: cfg.clone(),
+            security,
             admin: Arc::new(admin),
         })
     }
 
-    /// One consistent-enough look at the cluster.
+    /// One consistent-enough look at the cluster. The raw client goes
+    /// first: its authentication errors name the mechanism and the user.
     pub async fn view(&self) -> Result<ClusterView, String> {
+        let reassignments = self.reassignments().await?;
         let mut view = self.metadata().await?;
         view.min_isr = self.min_isr(&view).await?;
-        view.reassignments = self.reassignments().await?;
+        view.reassignments = reassignments;
         Ok(view)
+    }
+
+    /// A raw connection to the first bootstrap server that answers.
+    async fn raw_connection(&self, api: &str) -> Result<Connection, String> {
+        let mut errors = Vec::new();
+        for addr in &self.cfg.bootstrap_servers {
+            match Connection::connect(
+                addr,
+                &self.security,
+                "kafka-snapshot-agent",
+                self.cfg.request_timeout,
+            )
+            .await
+            {
+                Ok(c) => return Ok(c),
+                // Wrong credentials are wrong everywhere: say so at once.
+                Err(e @ super::wire::WireError::Auth { .. }) => return Err(e.to_string()),
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        Err(format!(
+            "{api}: no bootstrap server answered over {:?}: {}",
+            self.cfg.security_protocol,
+            errors.join("; ")
+        ))
     }
 
     async fn metadata(&self) -> Result<ClusterView, String> {
@@ -104,57 +135,33 @@ impl KafkaClient {
     }
 
     async fn reassignments(&self) -> Result<Vec<Reassignment>, String> {
-        if self.cfg.security_protocol != SecurityProtocol::Plaintext {
+        let mut conn = self.raw_connection("ListPartitionReassignments").await?;
+        let addr = conn.addr().to_string();
+        let req = ListPartitionReassignmentsRequest::default()
+            .with_timeout_ms(self.cfg.request_timeout.as_millis().min(i32::MAX as u128) as i32);
+        let resp = conn
+            .send(&req, "ListPartitionReassignments", 0)
+            .await
+            .map_err(|e| e.to_string())?;
+        if resp.error_code != 0 {
             return Err(format!(
-                "ListPartitionReassignments over {:?} is not supported by the agent's raw client yet; \
-                 the check fails closed (see README, \"The gate\")",
-                self.cfg.security_protocol
+                "{addr}: ListPartitionReassignments error code {}: {}",
+                resp.error_code,
+                resp.error_message.as_deref().unwrap_or("")
             ));
         }
-        let mut last = String::from("no bootstrap servers");
-        for addr in &self.cfg.bootstrap_servers {
-            let mut conn = match Connection::connect_plain(
-                addr,
-                "kafka-snapshot-agent",
-                self.cfg.request_timeout,
-            )
-            .await
-            {
-                Ok(c) => c,
-                Err(e) => {
-                    last = e.to_string();
-                    continue;
-                }
-            };
-            let req = ListPartitionReassignmentsRequest::default()
-                .with_timeout_ms(self.cfg.request_timeout.as_millis().min(i32::MAX as u128) as i32);
-            let resp = conn
-                .send(&req, "ListPartitionReassignments", 0)
-                .await
-                .map_err(|e| e.to_string())?;
-            if resp.error_code != 0 {
-                return Err(format!(
-                    "{addr}: ListPartitionReassignments error code {}: {}",
-                    resp.error_code,
-                    resp.error_message.as_deref().unwrap_or("")
-                ));
+        let mut out = Vec::new();
+        for t in resp.topics {
+            for p in t.partitions {
+                out.push(Reassignment {
+                    topic: t.name.0.to_string(),
+                    partition: p.partition_index,
+                    adding: p.adding_replicas.iter().map(|b| b.0).collect(),
+                    removing: p.removing_replicas.iter().map(|b| b.0).collect(),
+                });
             }
-            let mut out = Vec::new();
-            for t in resp.topics {
-                for p in t.partitions {
-                    out.push(Reassignment {
-                        topic: t.name.0.to_string(),
-                        partition: p.partition_index,
-                        adding: p.adding_replicas.iter().map(|b| b.0).collect(),
-                        removing: p.removing_replicas.iter().map(|b| b.0).collect(),
-                    });
-                }
-            }
-            return Ok(out);
         }
-        Err(format!(
-            "ListPartitionReassignments: no bootstrap server answered ({last})"
-        ))
+        Ok(out)
     }
 }
 

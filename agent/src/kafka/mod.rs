@@ -4,6 +4,8 @@
 
 pub mod fetch;
 pub mod gate;
+pub mod scram;
+pub mod security;
 pub mod view;
 pub mod wire;
 

@@ -12,3 +12,4 @@ mod hostile;
 mod roundtrip;
 mod s3;
 mod scenarios;
+mod security;

@@ -76,57 +76,6 @@ fn replica(topic: &str, partition: i32, broker: i32) -> ReplicaRef {
     }
 }
 
-/// Runs `check` and returns its text report, asserting the exit code.
-fn check(cfg: &str, want: i32) -> String {
-    stdout(&run(&["check", "--config", cfg], want))
-}
-
-/// The ids of the failed conditions in a `check` report.
-fn failed_ids(report: &str) -> Vec<String> {
-    report
-        .lines()
-        .filter_map(|l| l.strip_prefix("  FAIL  "))
-        .map(|l| l.split_whitespace().next().unwrap_or_default().to_string())
-        .collect()
-}
-
-/// The reason and items printed under a failed condition.
-fn failure(report: &str, id: &str) -> String {
-    let mut lines = report.lines().skip_while(|l| {
-        l.strip_prefix("  FAIL  ")
-            .is_none_or(|r| r.split_whitespace().next() != Some(id))
-    });
-    assert!(lines.next().is_some(), "{id} did not fail:\n{report}");
-    lines
-        .take_while(|l| l.starts_with("        "))
-        .map(|l| l.trim())
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-/// Asserts `check` fails exactly `ids`, and that the first of them says
-/// `reason` and lists an item starting with `item`.
-fn assert_not_safe(cfg: &str, ids: &[&str], reason: &str, item: &str) {
-    let report = check(cfg, 1);
-    assert!(report.starts_with("broker "), "{report}");
-    assert!(report.contains("NOT safe to stop"), "{report}");
-    assert_eq!(failed_ids(&report), ids, "{report}");
-    let f = failure(&report, ids[0]);
-    assert!(
-        f.contains(reason),
-        "{ids:?}: {reason:?} missing in:\n{report}"
-    );
-    assert!(
-        f.lines().skip(1).any(|l| l.starts_with(item)),
-        "{ids:?}: no item {item:?} in:\n{report}"
-    );
-}
-
-fn assert_safe(cfg: &str) {
-    let report = check(cfg, 0);
-    assert_eq!(failed_ids(&report), Vec::<String>::new(), "{report}");
-}
-
 fn snapshot(cfg: &str, want: i32) -> Output {
     snapshot_with(agent(), cfg, want)
 }

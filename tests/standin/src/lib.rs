@@ -45,7 +45,7 @@ pub use broker::api::SUPPORTED as SUPPORTED_APIS;
 pub use cluster::{
     broker_binary, wait_until, ClusterSpec, StandinCluster, TopicSpec, BROKER_BINARY_ENV,
 };
-pub use definition::{BrokerDef, ClusterDef, SaslUser, TopicDef};
+pub use definition::{BrokerDef, ClusterDef, SaslUser, SecurityProtocol, TlsDef, TopicDef};
 pub use events::{Event, EventKind};
 pub use liveness::{Liveness, Phase};
 pub use scenario::{PartitionRef, Reassignment, ReplicaRef, Scenario, SlowShutdown};

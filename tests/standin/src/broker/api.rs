@@ -30,7 +30,7 @@ use anyhow::{Context, Result};
 
 use super::sasl::{self, Auth};
 use super::{configs, Broker};
-use crate::definition::BrokerDef;
+use crate::definition::{BrokerDef, SecurityProtocol};
 use crate::fsutil;
 use crate::logdir;
 use crate::view::{self, ClusterView};
@@ -74,11 +74,7 @@ pub(super) enum Reply {
 }
 
 /// Which listener a connection came in on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Listener {
-    Plaintext,
-    SaslPlaintext,
-}
+pub(super) type Listener = SecurityProtocol;
 
 /// Per-connection state.
 pub(super) struct Session {
@@ -90,23 +86,19 @@ impl Session {
     pub fn new(listener: Listener) -> Session {
         Session {
             listener,
-            auth: match listener {
-                Listener::Plaintext => Auth::Done,
-                Listener::SaslPlaintext => Auth::AwaitHandshake,
+            auth: if listener.uses_sasl() {
+                Auth::AwaitHandshake
+            } else {
+                Auth::Done
             },
         }
     }
 }
 
-impl Listener {
-    /// The port of `b` on this listener: Metadata and DescribeCluster
-    /// advertise the endpoints of the listener the request came in on.
-    fn port(self, b: &BrokerDef) -> i32 {
-        match self {
-            Listener::Plaintext => i32::from(b.port),
-            Listener::SaslPlaintext => b.sasl_port.map(i32::from).unwrap_or(-1),
-        }
-    }
+/// The port of `b` on `listener`: Metadata and DescribeCluster advertise
+/// the endpoints of the listener the request came in on.
+fn port(listener: Listener, b: &BrokerDef) -> i32 {
+    b.port_for(listener).map(i32::from).unwrap_or(-1)
 }
 
 pub(super) fn handle(broker: &Broker, session: &mut Session, frame: Vec<u8>) -> Result<Reply> {
@@ -330,7 +322,7 @@ fn metadata(
             MetadataResponseBroker::default()
                 .with_node_id(BrokerId(b.node_id))
                 .with_host(str_bytes("127.0.0.1"))
-                .with_port(listener.port(b))
+                .with_port(port(listener, b))
                 .with_rack(None)
         })
         .collect();
@@ -451,7 +443,7 @@ fn describe_cluster(
                 DescribeClusterBroker::default()
                     .with_broker_id(BrokerId(b.node_id))
                     .with_host(str_bytes("127.0.0.1"))
-                    .with_port(listener.port(b))
+                    .with_port(port(listener, b))
                     .with_rack(None)
                     .with_is_fenced(!registered),
             );
