@@ -82,7 +82,8 @@ impl Cycle {
         let log_dirs = cfg.log_dirs()?;
         let broker = logdir::read_meta_properties(&log_dirs[0])?.node_id;
         let client = KafkaClient::new(cfg.kafka(config_path, "a snapshot cycle")?)
-            .map_err(crate::Error::Usage)?;
+            .map_err(crate::Error::Usage)?
+            .with_quorum(crate::kafka::is_controller(&cfg)?);
         let control = BrokerControl::new(&cfg.broker, log_dirs.clone());
         Ok(Cycle {
             cfg,

@@ -6,8 +6,8 @@
 
 use crate::common::*;
 use kafka_snapshot_standin::{
-    EventKind, PartitionRef, Reassignment, ReplicaRef, Scenario, SlowShutdown, StandinCluster,
-    TopicSpec,
+    EventKind, PartitionRef, Quorum, Reassignment, ReplicaRef, Scenario, SlowShutdown,
+    StandinCluster, TopicSpec, VoterLag,
 };
 use std::path::PathBuf;
 use std::process::{Output, Stdio};
@@ -114,9 +114,10 @@ fn under_replicated_partition_blocks_its_brokers_only() {
     s.assert_one_down_at_most_and_running(1);
 }
 
-/// Sets a scenario switch: `check` of broker 1 must fail exactly `ids`
-/// (see [`assert_not_safe`]); after `undo` it must pass again.
+/// Sets a scenario switch: `check` with the agent config `cfg` must fail
+/// exactly `ids` (see [`assert_not_safe`]); after `undo` it must pass again.
 fn assert_switch_blocks(
+    cfg: &str,
     s: &Setup,
     set: impl FnOnce(&mut Scenario),
     ids: &[&str],
@@ -124,12 +125,11 @@ fn assert_switch_blocks(
     item: &str,
     undo: impl FnOnce(&mut Scenario),
 ) {
-    let cfg = s.write(&s.config(1));
-    assert_safe(&cfg);
+    assert_safe(cfg);
     s.c.update_scenario(set).unwrap();
-    assert_not_safe(&cfg, ids, reason, item);
+    assert_not_safe(cfg, ids, reason, item);
     s.c.update_scenario(undo).unwrap();
-    assert_safe(&cfg);
+    assert_safe(cfg);
     s.assert_one_down_at_most_and_running(1);
 }
 
@@ -137,6 +137,7 @@ fn assert_switch_blocks(
 fn offline_partition_anywhere_blocks() {
     let s = Setup::new("ext4", |spec| spec.extra_topics.push(logs_topic()));
     assert_switch_blocks(
+        &s.write(&s.config(1)),
         &s,
         |sc| {
             sc.offline.push(PartitionRef {
@@ -155,6 +156,7 @@ fn offline_partition_anywhere_blocks() {
 fn reassignment_in_flight_blocks() {
     let s = Setup::new("ext4", |_| {});
     assert_switch_blocks(
+        &s.write(&s.config(1)),
         &s,
         |sc| {
             sc.reassignments.push(Reassignment {
@@ -176,6 +178,7 @@ fn future_dir_in_own_log_dirs_blocks() {
     let last_dir = s.c.log_dirs(1).last().unwrap().display().to_string();
     // Undone by moving it to another broker: none of broker 1's business.
     assert_switch_blocks(
+        &s.write(&s.config(1)),
         &s,
         |sc| sc.future_dirs.push(replica("orders", 1, 1)),
         &["no_future_dir"],
@@ -183,6 +186,74 @@ fn future_dir_in_own_log_dirs_blocks() {
         &format!("{last_dir}/orders-1."),
         |sc| sc.future_dirs = vec![replica("orders", 1, 2)],
     );
+}
+
+#[test]
+fn lagging_controller_quorum_blocks_a_controller_node() {
+    let s = Setup::new("ext4", |sc| {
+        sc.scenario.quorum = Some(Quorum {
+            voters: vec![1, 2, 3],
+            leader: 1,
+            lag: Vec::new(),
+        })
+    });
+    // Broker 2 is a combined broker+controller node: its server.properties
+    // says so, and only then does the gate ask for the quorum.
+    let props = s.t.path().join("server-2.properties");
+    std::fs::write(
+        &props,
+        format!(
+            "process.roles=broker,controller\nnode.id=2\nlog.dirs={}\n",
+            dirs_arg(s.c.log_dirs(2))
+        ),
+    )
+    .unwrap();
+    let mut cfg = s.config(2);
+    cfg.dirs = format!("server_properties = {:?}", props.display().to_string());
+    let cfg = s.write(&cfg);
+    assert_eq!(check(&cfg, 0).matches("PASS").count(), 9);
+    assert_switch_blocks(
+        &cfg,
+        &s,
+        |sc| {
+            if let Some(q) = &mut sc.quorum {
+                q.lag.push(VoterLag {
+                    voter: 3,
+                    records: 5000,
+                })
+            }
+        },
+        &["controller_quorum_healthy"],
+        "1 voter(s) are more than 1000 records behind the leader",
+        "controller 3 (log end offset",
+        |sc| {
+            if let Some(q) = &mut sc.quorum {
+                q.lag.clear()
+            }
+        },
+    );
+    // The only controller: stopping it loses the quorum.
+    s.c.update_scenario(|sc| {
+        sc.quorum = Some(Quorum {
+            voters: vec![2],
+            leader: 2,
+            lag: Vec::new(),
+        })
+    })
+    .unwrap();
+    let report = check(&cfg, 1);
+    assert_eq!(
+        failed_ids(&report),
+        ["controller_quorum_healthy"],
+        "{report}"
+    );
+    assert!(
+        failure(&report, "controller_quorum_healthy")
+            .contains("without controller 2, 0 of 1 voters are caught up"),
+        "{report}"
+    );
+    // A broker-only node (broker.log_dirs, no process.roles) is not asked.
+    assert_eq!(check(&s.write(&s.config(1)), 0).matches("PASS").count(), 8);
 }
 
 #[test]
