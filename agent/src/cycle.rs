@@ -369,6 +369,7 @@ impl Cycle {
                     catching_up_count: 0,
                     unhealthy: Vec::new(),
                     unhealthy_count: 0,
+                    quorum_behind: None,
                 });
                 return Err(CycleError::RecoveryTimeout {
                     timeout,

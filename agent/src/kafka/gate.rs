@@ -356,11 +356,17 @@ pub struct Recovery {
     /// Partitions offline or under min ISR anywhere in the cluster.
     pub unhealthy: Vec<String>,
     pub unhealthy_count: usize,
+    /// On a controller node: why the quorum is not back to full health
+    /// (no leader, or this voter still behind); `None` when it is.
+    pub quorum_behind: Option<String>,
 }
 
 impl Recovery {
     pub fn recovered(&self) -> bool {
-        self.registered && self.catching_up_count == 0 && self.unhealthy_count == 0
+        self.registered
+            && self.catching_up_count == 0
+            && self.unhealthy_count == 0
+            && self.quorum_behind.is_none()
     }
 
     pub fn summary(&self) -> String {
@@ -376,7 +382,11 @@ impl Recovery {
             self.catching_up_count,
             if self.catching_up.is_empty() { String::new() } else { format!(" ({})", self.catching_up.join(", ")) },
             self.unhealthy_count
-        )
+        ) + &self
+            .quorum_behind
+            .as_ref()
+            .map(|q| format!("; {q}"))
+            .unwrap_or_default()
     }
 }
 
@@ -395,8 +405,19 @@ pub fn recovery(view: &ClusterView, broker: i32) -> Recovery {
         .filter(|p| p.leader.is_none() || p.isr.len() < view.effective_min_isr(p))
         .map(isr_detail)
         .collect();
+    // The next node's pre-stop check needs this voter caught up too.
+    let quorum_behind = view.quorum.as_ref().and_then(|q| {
+        if q.leader.is_none() {
+            return Some("the controller quorum has no leader".to_string());
+        }
+        let (_, leo) = q.voters.iter().find(|(v, _)| *v == broker)?;
+        let behind = q.leader_end_offset() - leo;
+        (behind > QUORUM_MAX_LAG)
+            .then(|| format!("controller {broker} is {behind} metadata records behind the leader"))
+    });
     Recovery {
         broker,
+        quorum_behind,
         registered: view.brokers.contains(&broker),
         catching_up_count: catching_up.len(),
         catching_up: catching_up.into_iter().take(MAX_LISTED).collect(),
@@ -659,6 +680,24 @@ mod tests {
         v.partitions[0].isr = vec![2, 3, 1];
         assert!(recovery(&v, 1).recovered());
         v.partitions[6].leader = None;
+        assert!(!recovery(&v, 1).recovered());
+    }
+
+    #[test]
+    fn recovery_of_a_controller_waits_for_its_voter() {
+        let mut v = healthy();
+        v.quorum = Some(quorum(Some(2), &[(1, 5_000), (2, 10_000), (3, 10_000)]));
+        let r = recovery(&v, 1);
+        assert!(!r.recovered());
+        assert!(
+            r.summary()
+                .contains("controller 1 is 5000 metadata records behind the leader"),
+            "{}",
+            r.summary()
+        );
+        v.quorum = Some(quorum(Some(2), &[(1, 9_999), (2, 10_000), (3, 10_000)]));
+        assert!(recovery(&v, 1).recovered());
+        v.quorum = Some(quorum(None, &[(1, 0), (2, 0), (3, 0)]));
         assert!(!recovery(&v, 1).recovered());
     }
 }
