@@ -58,19 +58,15 @@ impl BrokerControl {
     pub async fn stop(&self) -> Result<Stopped, BrokerError> {
         let started = Instant::now();
         run("stop", &self.cfg.stop_command, self.cfg.command_timeout).await?;
-        loop {
-            let locked = self.locked_dirs()?;
-            if locked.is_empty() {
-                break;
-            }
-            if started.elapsed() >= self.cfg.stop_timeout {
-                return Err(BrokerError::StopTimeout {
-                    command: self.cfg.stop_command.clone(),
-                    timeout: self.cfg.stop_timeout,
-                    locked: locked.join(", "),
-                });
-            }
-            tokio::time::sleep(POLL).await;
+        let locked = self
+            .wait_exited(self.cfg.stop_timeout.saturating_sub(started.elapsed()))
+            .await?;
+        if !locked.is_empty() {
+            return Err(BrokerError::StopTimeout {
+                command: self.cfg.stop_command.clone(),
+                timeout: self.cfg.stop_timeout,
+                locked: locked.join(", "),
+            });
         }
         let missing: Vec<PathBuf> = self
             .log_dirs
@@ -88,6 +84,23 @@ impl BrokerControl {
         } else {
             Stopped::Unclean { missing }
         })
+    }
+
+    /// Waits up to `limit` until no process holds any log dir's `.lock`;
+    /// returns the dirs still locked (empty once the broker has exited).
+    pub async fn wait_exited(&self, limit: Duration) -> Result<Vec<String>, BrokerError> {
+        let started = Instant::now();
+        loop {
+            let locked = self.locked_dirs()?;
+            if locked.is_empty() || started.elapsed() >= limit {
+                return Ok(locked);
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    pub fn stop_timeout(&self) -> Duration {
+        self.cfg.stop_timeout
     }
 
     pub async fn start(&self) -> Result<(), BrokerError> {

@@ -167,6 +167,10 @@ impl SecurityProtocol {
         }
     }
 
+    pub fn uses_tls(self) -> bool {
+        matches!(self, SecurityProtocol::Ssl | SecurityProtocol::SaslSsl)
+    }
+
     pub fn uses_sasl(self) -> bool {
         matches!(
             self,

@@ -47,6 +47,12 @@ pub enum CycleError {
         error: BrokerError,
         command: String,
     },
+    #[error("BROKER LEFT STOPPED: it is still shutting down {waited:?} after the stop command ({locked} still locked), so it could not be started again; start it by hand once it has exited: {command}")]
+    StillStopping {
+        waited: Duration,
+        locked: String,
+        command: String,
+    },
     #[error("the broker did not recover within {timeout:?}: {}", .last.summary())]
     RecoveryTimeout {
         timeout: Duration,
@@ -111,7 +117,8 @@ impl Cycle {
         let log_dirs = cfg.log_dirs()?;
         let broker = logdir::read_meta_properties(&log_dirs[0])?.node_id;
         let client = KafkaClient::new(cfg.kafka(config_path, "a snapshot cycle")?)
-            .map_err(crate::Error::Usage)?;
+            .map_err(crate::Error::Usage)?
+            .with_quorum(crate::kafka::is_controller(&cfg)?);
         Ok(Cycle::with_parts(
             cfg,
             log_dirs,
@@ -282,6 +289,31 @@ impl Cycle {
         Err(err)
     }
 
+    /// After a stop timeout: waits until the broker has exited, or says
+    /// loudly that it is still shutting down and will be left stopped.
+    async fn wait_exited_after_timeout(&self) -> Result<(), CycleError> {
+        let limit = self.control.stop_timeout();
+        tracing::warn!(
+            broker = self.broker,
+            "the broker is still shutting down after broker.stop_timeout; waiting up to {limit:?} more for it to exit before starting it again"
+        );
+        let locked = self
+            .control
+            .wait_exited(limit)
+            .await
+            .map_err(CycleError::StopFailed)?;
+        if locked.is_empty() {
+            return Ok(());
+        }
+        let err = CycleError::StillStopping {
+            waited: limit * 2,
+            locked: locked.join(", "),
+            command: self.cfg.broker.start_command.clone(),
+        };
+        tracing::error!(broker = self.broker, "{err}");
+        Err(err)
+    }
+
     /// Runs one full cycle. The gate must already have passed
     /// ([`Cycle::wait_safe`]); this re-checks it once right before stopping.
     pub async fn run(&mut self) -> Result<Manifest, CycleError> {
@@ -315,6 +347,13 @@ impl Cycle {
                 return Err(CycleError::UncleanStop { dirs });
             }
             Err(e) => {
+                if matches!(e, BrokerError::StopTimeout { .. }) {
+                    // It is still shutting down, and a start now would fail
+                    // against its `.lock`: it cannot serve again before it
+                    // has exited. Give it one more stop_timeout (a process
+                    // manager's own stop timeout kills it by then).
+                    self.wait_exited_after_timeout().await?;
+                }
                 // Whatever state it is in, make sure it runs.
                 self.ensure_started().await?;
                 return Err(CycleError::StopFailed(e));
@@ -486,6 +525,7 @@ impl Cycle {
                     catching_up_count: 0,
                     unhealthy: Vec::new(),
                     unhealthy_count: 0,
+                    quorum_behind: None,
                 });
                 return Err(CycleError::RecoveryTimeout {
                     timeout,

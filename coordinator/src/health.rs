@@ -157,6 +157,7 @@ pub(crate) mod tests {
                 .collect(),
             min_isr: [("orders".to_string(), 2)].into_iter().collect(),
             reassignments: Vec::new(),
+            ..ClusterView::default()
         }
     }
 

@@ -13,6 +13,7 @@ pub fn run(config: &Path, broker: Option<i32>, json: bool) -> Result<ExitCode> {
     let cfg = AgentConfig::load(config)?;
     let kafka = cfg.kafka(config, "check")?.clone();
     let dirs = cfg.log_dirs()?;
+    let controller = kafka_snapshot::kafka::is_controller(&cfg)?;
     let broker = match broker {
         Some(b) => b,
         None => logdir::read_meta_properties(&dirs[0])?.node_id,
@@ -23,7 +24,10 @@ pub fn run(config: &Path, broker: Option<i32>, json: bool) -> Result<ExitCode> {
         .map_err(|e| Error::io("starting the async runtime", e))?;
     let report = runtime.block_on(async {
         match KafkaClient::new(&kafka) {
-            Ok(client) => check_now(&client, broker, cfg.gate.low_replication_policy, &dirs).await,
+            Ok(client) => {
+                let client = client.with_quorum(controller);
+                check_now(&client, broker, cfg.gate.low_replication_policy, &dirs).await
+            }
             Err(e) => GateReport::unreachable(broker, e),
         }
     });

@@ -5,7 +5,7 @@
 
 use kafka_snapshot::config::{parse_duration, AgentConfig};
 use kafka_snapshot::cycle::{Cycle, CycleError};
-use kafka_snapshot::storage::open_url;
+use kafka_snapshot::storage::{open, StoreOptions};
 use kafka_snapshot::{Error, Result};
 use std::path::Path;
 use std::process::ExitCode;
@@ -16,7 +16,10 @@ pub fn run(config: &Path, gate_timeout: &str) -> Result<ExitCode> {
     let gate_timeout =
         parse_duration(gate_timeout).map_err(|e| Error::Usage(format!("--gate-timeout: {e}")))?;
     let cfg = AgentConfig::load(config)?;
-    let store: Arc<dyn kafka_snapshot::storage::ColdStore> = Arc::from(open_url(&cfg.storage.url)?);
+    let store: Arc<dyn kafka_snapshot::storage::ColdStore> = Arc::from(open(
+        &cfg.storage.url,
+        &StoreOptions::from_config(&cfg.storage),
+    )?);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -60,7 +63,9 @@ pub fn run(config: &Path, gate_timeout: &str) -> Result<ExitCode> {
             }
             Err(e) => {
                 match &e {
-                    CycleError::StartFailed { .. } => tracing::error!("{e}"),
+                    CycleError::StartFailed { .. } | CycleError::StillStopping { .. } => {
+                        tracing::error!("{e}")
+                    }
                     _ => tracing::warn!("{e}"),
                 }
                 eprintln!("error: {e}");

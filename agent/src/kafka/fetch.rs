@@ -3,10 +3,14 @@
 //! the raw client. Any error or partial answer is an error, never a view:
 //! the gate fails closed.
 
-use super::view::{ClusterView, PartitionState, Reassignment};
+use super::security::Security;
+use super::view::{ClusterView, PartitionState, QuorumState, Reassignment};
 use super::wire::Connection;
-use crate::config::{KafkaSection, SecurityProtocol};
-use kafka_protocol::messages::ListPartitionReassignmentsRequest;
+use crate::config::KafkaSection;
+use kafka_protocol::messages::{
+    describe_quorum_request, DescribeQuorumRequest, ListPartitionReassignmentsRequest, TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
 use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -15,25 +19,47 @@ use std::time::Duration;
 
 pub struct KafkaClient {
     cfg: KafkaSection,
+    security: Security,
     admin: Arc<AdminClient<DefaultClientContext>>,
+    /// Also read the controller quorum (this node is a controller).
+    quorum: bool,
 }
 
 impl KafkaClient {
     pub fn new(cfg: &KafkaSection) -> Result<KafkaClient, String> {
+        let security = Security::from_config(cfg)?;
         let admin: AdminClient<DefaultClientContext> = rdkafka_config(cfg)
             .create()
             .map_err(|e| format!("creating the Kafka admin client: {e}"))?;
         Ok(KafkaClient {
             cfg: cfg.clone(),
+            security,
             admin: Arc::new(admin),
+            quorum: false,
         })
     }
 
-    /// One consistent-enough look at the cluster.
+    /// Makes every view include the controller quorum (DescribeQuorum):
+    /// for a node whose `process.roles` includes `controller`.
+    pub fn with_quorum(mut self, quorum: bool) -> KafkaClient {
+        self.quorum = quorum;
+        self
+    }
+
+    /// One consistent-enough look at the cluster. The raw client goes
+    /// first: its authentication errors name the mechanism and the user.
     pub async fn view(&self) -> Result<ClusterView, String> {
+        let mut conn = self.raw_connection("ListPartitionReassignments").await?;
+        let reassignments = self.reassignments(&mut conn).await?;
+        let quorum = match self.quorum {
+            true => Some(self.describe_quorum(&mut conn).await?),
+            false => None,
+        };
+        drop(conn);
         let mut view = self.metadata().await?;
         view.min_isr = self.min_isr(&view).await?;
-        view.reassignments = self.reassignments().await?;
+        view.reassignments = reassignments;
+        view.quorum = quorum;
         Ok(view)
     }
 
@@ -50,6 +76,75 @@ impl KafkaClient {
                     self.cfg.bootstrap_servers.join(",")
                 )
             })
+    }
+
+    /// DescribeQuorum of the metadata log (a broker forwards it to the
+    /// active controller).
+    async fn describe_quorum(&self, conn: &mut Connection) -> Result<QuorumState, String> {
+        let addr = conn.addr().to_string();
+        let req = DescribeQuorumRequest::default().with_topics(vec![
+            describe_quorum_request::TopicData::default()
+                .with_topic_name(TopicName(StrBytes::from_static_str("__cluster_metadata")))
+                .with_partitions(vec![
+                    describe_quorum_request::PartitionData::default().with_partition_index(0)
+                ]),
+        ]);
+        let resp = conn
+            .send(&req, "DescribeQuorum", 2)
+            .await
+            .map_err(|e| e.to_string())?;
+        let fail = |code: i16, msg: Option<&StrBytes>| {
+            format!(
+                "{addr}: DescribeQuorum error code {code}{}",
+                msg.map(|m| format!(": {}", m.as_str())).unwrap_or_default()
+            )
+        };
+        if resp.error_code != 0 {
+            return Err(fail(resp.error_code, resp.error_message.as_ref()));
+        }
+        let p = resp
+            .topics
+            .iter()
+            .flat_map(|t| &t.partitions)
+            .find(|p| p.partition_index == 0)
+            .ok_or_else(|| format!("{addr}: DescribeQuorum answered no __cluster_metadata-0"))?;
+        if p.error_code != 0 {
+            return Err(fail(p.error_code, p.error_message.as_ref()));
+        }
+        Ok(QuorumState {
+            leader: (p.leader_id.0 >= 0).then_some(p.leader_id.0),
+            high_watermark: p.high_watermark,
+            voters: p
+                .current_voters
+                .iter()
+                .map(|v| (v.replica_id.0, v.log_end_offset))
+                .collect(),
+        })
+    }
+
+    /// A raw connection to the first bootstrap server that answers.
+    async fn raw_connection(&self, api: &str) -> Result<Connection, String> {
+        let mut errors = Vec::new();
+        for addr in &self.cfg.bootstrap_servers {
+            match Connection::connect(
+                addr,
+                &self.security,
+                "kafka-snapshot-agent",
+                self.cfg.request_timeout,
+            )
+            .await
+            {
+                Ok(c) => return Ok(c),
+                // Wrong credentials are wrong everywhere: say so at once.
+                Err(e @ super::wire::WireError::Auth { .. }) => return Err(e.to_string()),
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        Err(format!(
+            "{api}: no bootstrap server answered over {:?}: {}",
+            self.cfg.security_protocol,
+            errors.join("; ")
+        ))
     }
 
     async fn metadata(&self) -> Result<ClusterView, String> {
@@ -118,58 +213,33 @@ impl KafkaClient {
         Ok(out)
     }
 
-    async fn reassignments(&self) -> Result<Vec<Reassignment>, String> {
-        if self.cfg.security_protocol != SecurityProtocol::Plaintext {
+    async fn reassignments(&self, conn: &mut Connection) -> Result<Vec<Reassignment>, String> {
+        let addr = conn.addr().to_string();
+        let req = ListPartitionReassignmentsRequest::default()
+            .with_timeout_ms(self.cfg.request_timeout.as_millis().min(i32::MAX as u128) as i32);
+        let resp = conn
+            .send(&req, "ListPartitionReassignments", 0)
+            .await
+            .map_err(|e| e.to_string())?;
+        if resp.error_code != 0 {
             return Err(format!(
-                "ListPartitionReassignments over {:?} is not supported by the agent's raw client yet; \
-                 the check fails closed (see README, \"The gate\")",
-                self.cfg.security_protocol
+                "{addr}: ListPartitionReassignments error code {}: {}",
+                resp.error_code,
+                resp.error_message.as_deref().unwrap_or("")
             ));
         }
-        let mut last = String::from("no bootstrap servers");
-        for addr in &self.cfg.bootstrap_servers {
-            let mut conn = match Connection::connect_plain(
-                addr,
-                "kafka-snapshot-agent",
-                self.cfg.request_timeout,
-            )
-            .await
-            {
-                Ok(c) => c,
-                Err(e) => {
-                    last = e.to_string();
-                    continue;
-                }
-            };
-            let req = ListPartitionReassignmentsRequest::default()
-                .with_timeout_ms(self.cfg.request_timeout.as_millis().min(i32::MAX as u128) as i32);
-            let resp = conn
-                .send(&req, "ListPartitionReassignments", 0)
-                .await
-                .map_err(|e| e.to_string())?;
-            if resp.error_code != 0 {
-                return Err(format!(
-                    "{addr}: ListPartitionReassignments error code {}: {}",
-                    resp.error_code,
-                    resp.error_message.as_deref().unwrap_or("")
-                ));
+        let mut out = Vec::new();
+        for t in resp.topics {
+            for p in t.partitions {
+                out.push(Reassignment {
+                    topic: t.name.0.to_string(),
+                    partition: p.partition_index,
+                    adding: p.adding_replicas.iter().map(|b| b.0).collect(),
+                    removing: p.removing_replicas.iter().map(|b| b.0).collect(),
+                });
             }
-            let mut out = Vec::new();
-            for t in resp.topics {
-                for p in t.partitions {
-                    out.push(Reassignment {
-                        topic: t.name.0.to_string(),
-                        partition: p.partition_index,
-                        adding: p.adding_replicas.iter().map(|b| b.0).collect(),
-                        removing: p.removing_replicas.iter().map(|b| b.0).collect(),
-                    });
-                }
-            }
-            return Ok(out);
         }
-        Err(format!(
-            "ListPartitionReassignments: no bootstrap server answered ({last})"
-        ))
+        Ok(out)
     }
 }
 

@@ -3,7 +3,7 @@
 //! reason and the partitions involved, so `agent check` can print them and
 //! tests can assert each one.
 
-use super::view::{ClusterView, PartitionState};
+use super::view::{ClusterView, PartitionState, QuorumState};
 use serde::{Deserialize, Serialize};
 
 /// What to do with topics whose replication factor is at most their
@@ -30,6 +30,7 @@ pub enum ConditionId {
     StopKeepsMinIsr,
     NoReassignment,
     NoFutureDir,
+    ControllerQuorumHealthy,
 }
 
 impl ConditionId {
@@ -47,6 +48,9 @@ impl ConditionId {
             }
             ConditionId::NoReassignment => "no partition reassignment is in flight",
             ConditionId::NoFutureDir => "no intra-broker replica move (-future dir) is in flight",
+            ConditionId::ControllerQuorumHealthy => {
+                "every controller is caught up and a majority stays without this one"
+            }
         }
     }
 }
@@ -62,6 +66,12 @@ pub struct Condition {
     /// How many there were in all.
     pub count: usize,
 }
+
+/// How far (in metadata log records) a voter may be behind the leader and
+/// still count as caught up. The active controller writes a few records a
+/// second when idle (no-op records every 500 ms) and followers fetch
+/// continuously, so a healthy voter is a handful of records behind.
+pub const QUORUM_MAX_LAG: i64 = 1000;
 
 /// Partitions listed per failed condition; the count says how many more.
 pub const MAX_LISTED: usize = 20;
@@ -280,7 +290,59 @@ pub fn evaluate(
         future_dirs.to_vec(),
     ));
 
+    if let Some(q) = &view.quorum {
+        conditions.push(quorum_condition(q, broker));
+    }
+
     GateReport { broker, conditions }
+}
+
+/// For a controller node: the quorum has a leader, every voter is within
+/// [`QUORUM_MAX_LAG`] of it, and without this node a majority of voters
+/// is still caught up (Strimzi's rule for rolling controllers).
+fn quorum_condition(q: &QuorumState, node: i32) -> Condition {
+    let id = ConditionId::ControllerQuorumHealthy;
+    if q.leader.is_none() {
+        return Condition::fail(id, "the controller quorum has no leader".into(), Vec::new());
+    }
+    let leader_end = q.leader_end_offset();
+    let caught_up = |leo: i64| leader_end - leo <= QUORUM_MAX_LAG;
+    let lagging: Vec<String> = q
+        .voters
+        .iter()
+        .filter(|(_, leo)| !caught_up(*leo))
+        .map(|(v, leo)| {
+            format!(
+                "controller {v} (log end offset {leo}, {} behind the leader {})",
+                leader_end - leo,
+                q.leader.unwrap_or(-1)
+            )
+        })
+        .collect();
+    let majority = q.voters.len() / 2 + 1;
+    let remaining = q
+        .voters
+        .iter()
+        .filter(|(v, leo)| *v != node && caught_up(*leo))
+        .count();
+    let mut reasons = Vec::new();
+    if !lagging.is_empty() {
+        reasons.push(format!(
+            "{} voter(s) are more than {QUORUM_MAX_LAG} records behind the leader",
+            lagging.len()
+        ));
+    }
+    if remaining < majority {
+        reasons.push(format!(
+            "without controller {node}, {remaining} of {} voters are caught up, fewer than the majority of {majority}",
+            q.voters.len()
+        ));
+    }
+    if reasons.is_empty() {
+        Condition::pass(id)
+    } else {
+        Condition::fail(id, reasons.join("; "), lagging)
+    }
 }
 
 /// Where a restarted broker stands on its way back.
@@ -294,11 +356,17 @@ pub struct Recovery {
     /// Partitions offline or under min ISR anywhere in the cluster.
     pub unhealthy: Vec<String>,
     pub unhealthy_count: usize,
+    /// On a controller node: why the quorum is not back to full health
+    /// (no leader, or this voter still behind); `None` when it is.
+    pub quorum_behind: Option<String>,
 }
 
 impl Recovery {
     pub fn recovered(&self) -> bool {
-        self.registered && self.catching_up_count == 0 && self.unhealthy_count == 0
+        self.registered
+            && self.catching_up_count == 0
+            && self.unhealthy_count == 0
+            && self.quorum_behind.is_none()
     }
 
     pub fn summary(&self) -> String {
@@ -314,7 +382,11 @@ impl Recovery {
             self.catching_up_count,
             if self.catching_up.is_empty() { String::new() } else { format!(" ({})", self.catching_up.join(", ")) },
             self.unhealthy_count
-        )
+        ) + &self
+            .quorum_behind
+            .as_ref()
+            .map(|q| format!("; {q}"))
+            .unwrap_or_default()
     }
 }
 
@@ -333,8 +405,19 @@ pub fn recovery(view: &ClusterView, broker: i32) -> Recovery {
         .filter(|p| p.leader.is_none() || p.isr.len() < view.effective_min_isr(p))
         .map(isr_detail)
         .collect();
+    // The next node's pre-stop check needs this voter caught up too.
+    let quorum_behind = view.quorum.as_ref().and_then(|q| {
+        if q.leader.is_none() {
+            return Some("the controller quorum has no leader".to_string());
+        }
+        let (_, leo) = q.voters.iter().find(|(v, _)| *v == broker)?;
+        let behind = q.leader_end_offset() - leo;
+        (behind > QUORUM_MAX_LAG)
+            .then(|| format!("controller {broker} is {behind} metadata records behind the leader"))
+    });
     Recovery {
         broker,
+        quorum_behind,
         registered: view.brokers.contains(&broker),
         catching_up_count: catching_up.len(),
         catching_up: catching_up.into_iter().take(MAX_LISTED).collect(),
@@ -510,6 +593,69 @@ mod tests {
         assert!(!r.safe());
     }
 
+    fn quorum(leader: Option<i32>, voters: &[(i32, i64)]) -> QuorumState {
+        QuorumState {
+            leader,
+            high_watermark: 10_000,
+            voters: voters.to_vec(),
+        }
+    }
+
+    fn quorum_failure(q: QuorumState, node: i32) -> Option<Condition> {
+        let v = ClusterView {
+            quorum: Some(q),
+            ..healthy()
+        };
+        let r = evaluate(&v, node, LowReplicationPolicy::Refuse, &[]);
+        assert_eq!(r.conditions.len(), 9);
+        let first = r.failed().next().cloned();
+        first
+    }
+
+    #[test]
+    fn controller_quorum_must_stay_caught_up_and_keep_a_majority() {
+        // Three voters within the bound: safe for any of them.
+        let ok = quorum(
+            Some(1),
+            &[(1, 10_000), (2, 10_000 - QUORUM_MAX_LAG), (3, 9_990)],
+        );
+        assert!(quorum_failure(ok.clone(), 2).is_none());
+        assert!(quorum_failure(ok, 1).is_none());
+        // One voter one record too far behind: not safe, named.
+        let lag = quorum(
+            Some(1),
+            &[(1, 10_000), (2, 10_000), (3, 10_000 - QUORUM_MAX_LAG - 1)],
+        );
+        let c = quorum_failure(lag, 2).unwrap();
+        assert_eq!(c.id, ConditionId::ControllerQuorumHealthy);
+        assert_eq!(
+            c.partitions,
+            vec!["controller 3 (log end offset 8999, 1001 behind the leader 1)"]
+        );
+        // A lagging voter and this one stopped: 1 of 3 left, no majority.
+        assert!(
+            c.reason.contains("1 of 3 voters are caught up"),
+            "{}",
+            c.reason
+        );
+        // A single controller, or two: stopping one loses the majority.
+        let c = quorum_failure(quorum(Some(2), &[(2, 10_000)]), 2).unwrap();
+        assert!(c.reason.contains("0 of 1 voters"), "{}", c.reason);
+        let c = quorum_failure(quorum(Some(1), &[(1, 10_000), (2, 10_000)]), 2).unwrap();
+        assert!(
+            c.reason.contains("fewer than the majority of 2"),
+            "{}",
+            c.reason
+        );
+        // No leader.
+        let c = quorum_failure(quorum(None, &[(1, 0), (2, 0), (3, 0)]), 2).unwrap();
+        assert_eq!(c.reason, "the controller quorum has no leader");
+        // The leader's own end offset is the reference, not the high
+        // watermark, which a lagging majority holds back.
+        let q = quorum(Some(1), &[(1, 50_000), (2, 10_000), (3, 10_000)]);
+        assert!(quorum_failure(q, 3).is_some());
+    }
+
     #[test]
     fn failed_lists_are_capped_but_counted() {
         let mut v = healthy();
@@ -534,6 +680,24 @@ mod tests {
         v.partitions[0].isr = vec![2, 3, 1];
         assert!(recovery(&v, 1).recovered());
         v.partitions[6].leader = None;
+        assert!(!recovery(&v, 1).recovered());
+    }
+
+    #[test]
+    fn recovery_of_a_controller_waits_for_its_voter() {
+        let mut v = healthy();
+        v.quorum = Some(quorum(Some(2), &[(1, 5_000), (2, 10_000), (3, 10_000)]));
+        let r = recovery(&v, 1);
+        assert!(!r.recovered());
+        assert!(
+            r.summary()
+                .contains("controller 1 is 5000 metadata records behind the leader"),
+            "{}",
+            r.summary()
+        );
+        v.quorum = Some(quorum(Some(2), &[(1, 9_999), (2, 10_000), (3, 10_000)]));
+        assert!(recovery(&v, 1).recovered());
+        v.quorum = Some(quorum(None, &[(1, 0), (2, 0), (3, 0)]));
         assert!(!recovery(&v, 1).recovered());
     }
 }

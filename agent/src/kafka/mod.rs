@@ -4,12 +4,29 @@
 
 pub mod fetch;
 pub mod gate;
+pub mod scram;
+pub mod security;
 pub mod view;
 pub mod wire;
 
-use crate::logdir;
+use crate::config::AgentConfig;
+use crate::{logdir, props, Error};
 use gate::{evaluate, GateReport, LowReplicationPolicy};
 use std::path::PathBuf;
+
+/// Whether this node is a KRaft controller: `process.roles` in the
+/// broker's server.properties includes `controller`. Unknown (false) when
+/// the config lists `broker.log_dirs` instead of `server_properties`.
+pub fn is_controller(cfg: &AgentConfig) -> crate::Result<bool> {
+    let Some(path) = &cfg.broker.server_properties else {
+        return Ok(false);
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    Ok(props::parse(&text)
+        .get("process.roles")
+        .is_some_and(|roles| roles.split(',').any(|r| r.trim() == "controller")))
+}
 
 /// The gate once, now: the live cluster as `client` sees it plus this
 /// broker's own log dirs (for `-future` dirs). Never "safe" on an error.

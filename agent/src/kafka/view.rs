@@ -56,6 +56,29 @@ pub struct ClusterView {
     /// default), from DescribeConfigs.
     pub min_isr: BTreeMap<String, i32>,
     pub reassignments: Vec<Reassignment>,
+    /// The KRaft controller quorum (DescribeQuorum), read only when this
+    /// node is a controller.
+    pub quorum: Option<QuorumState>,
+}
+
+/// DescribeQuorum of `__cluster_metadata-0`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuorumState {
+    /// `None` when the quorum has no leader.
+    pub leader: Option<i32>,
+    pub high_watermark: i64,
+    /// Voter id and log end offset.
+    pub voters: Vec<(i32, i64)>,
+}
+
+impl QuorumState {
+    /// The leader's log end offset (what every voter should have reached).
+    pub fn leader_end_offset(&self) -> i64 {
+        self.leader
+            .and_then(|l| self.voters.iter().find(|(id, _)| *id == l))
+            .map(|(_, leo)| *leo)
+            .unwrap_or(self.high_watermark)
+    }
 }
 
 impl ClusterView {

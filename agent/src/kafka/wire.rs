@@ -1,11 +1,15 @@
 //! A small Kafka protocol client for the admin requests `rdkafka` does not
 //! offer (ListPartitionReassignments, DescribeQuorum, DescribeLogDirs):
-//! framing, correlation ids and ApiVersions negotiation, with the codecs of
-//! the `kafka-protocol` crate.
+//! framing, correlation ids and ApiVersions negotiation, TLS and SASL
+//! (PLAIN, SCRAM-SHA-256/512), with the codecs of the `kafka-protocol` crate.
 
+use super::scram::{ScramClient, ScramHash};
+use super::security::{SaslCredentials, Security};
+use crate::config::SaslMechanism;
 use bytes::{Buf, BufMut, BytesMut};
 use kafka_protocol::messages::{
     ApiVersionsRequest, ApiVersionsResponse, RequestHeader, ResponseHeader,
+    SaslAuthenticateRequest, SaslHandshakeRequest,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Message, Request, StrBytes};
 use std::collections::HashMap;
@@ -35,6 +39,15 @@ pub enum WireError {
     },
     #[error("{addr}: {message}")]
     Protocol { addr: String, message: String },
+    #[error("{addr}: TLS handshake failed: {message} (check kafka.ssl_ca_location, and kafka.ssl_certificate_location/ssl_key_location if the broker requires client certificates)")]
+    Tls { addr: String, message: String },
+    #[error("{addr}: SASL {mechanism} authentication as user {user:?} failed: {message} (check kafka.sasl_username and kafka.sasl_password or sasl_password_file)")]
+    Auth {
+        addr: String,
+        mechanism: &'static str,
+        user: String,
+        message: String,
+    },
     #[error("{addr}: broker does not support {api} (API key {key}) in any version this client speaks ({ours:?}); broker offers {theirs:?}")]
     Unsupported {
         addr: String,
@@ -69,25 +82,33 @@ pub struct Connection {
 }
 
 impl Connection {
+    /// Opens a connection as `security` says: TCP, TLS (SSL, SASL_SSL),
+    /// ApiVersions, then SASL (SASL_PLAINTEXT, SASL_SSL).
+    pub async fn connect(
+        addr: &str,
+        security: &Security,
+        client_id: &str,
+        timeout: Duration,
+    ) -> Result<Connection, WireError> {
+        let tcp = tcp_connect(addr, timeout).await?;
+        let stream: Box<dyn Stream> = match &security.tls {
+            Some(tls) => Box::new(tls_connect(addr, tls.clone(), tcp, timeout).await?),
+            None => Box::new(tcp),
+        };
+        let mut conn = Self::over(addr, stream, client_id, timeout).await?;
+        if let Some(sasl) = &security.sasl {
+            conn.authenticate(sasl).await?;
+        }
+        Ok(conn)
+    }
+
     /// Opens a plaintext TCP connection and negotiates API versions.
     pub async fn connect_plain(
         addr: &str,
         client_id: &str,
         timeout: Duration,
     ) -> Result<Connection, WireError> {
-        let tcp = tokio::time::timeout(timeout, TcpStream::connect(addr))
-            .await
-            .map_err(|_| WireError::Timeout {
-                addr: addr.into(),
-                what: "connect".into(),
-                after: timeout,
-            })?
-            .map_err(|e| WireError::Io {
-                addr: addr.into(),
-                what: "connect".into(),
-                source: e,
-            })?;
-        let _ = tcp.set_nodelay(true);
+        let tcp = tcp_connect(addr, timeout).await?;
         Self::over(addr, Box::new(tcp), client_id, timeout).await
     }
 
@@ -159,6 +180,99 @@ impl Connection {
             &self.addr,
             "ApiVersions negotiation did not converge",
         ))
+    }
+
+    /// SaslHandshake v1, then SaslAuthenticate (v0-v2) rounds.
+    async fn authenticate(&mut self, sasl: &SaslCredentials) -> Result<(), WireError> {
+        let mechanism = sasl.mechanism.as_str();
+        let auth_err = |addr: &str, message: String| WireError::Auth {
+            addr: addr.to_string(),
+            mechanism,
+            user: sasl.username.clone(),
+            message,
+        };
+        // v0 would switch to bare tokens; every broker since Kafka 1.0 has v1.
+        if self
+            .broker_versions(SaslHandshakeRequest::KEY)
+            .is_none_or(|(_, hi)| hi < 1)
+        {
+            return Err(auth_err(
+                &self.addr,
+                "the broker offers no SaslHandshake v1 (is this a SASL listener?)".into(),
+            ));
+        }
+        let hs = self
+            .send(
+                &SaslHandshakeRequest::default()
+                    .with_mechanism(StrBytes::from_static_str(mechanism)),
+                "SaslHandshake",
+                1,
+            )
+            .await?;
+        if hs.error_code != 0 {
+            let offered: Vec<&str> = hs.mechanisms.iter().map(|m| m.as_str()).collect();
+            return Err(auth_err(
+                &self.addr,
+                format!(
+                    "the listener does not enable {mechanism} (it offers {offered:?}; error code {})",
+                    hs.error_code
+                ),
+            ));
+        }
+        match sasl.mechanism {
+            SaslMechanism::Plain => {
+                let token = format!("\0{}\0{}", sasl.username, sasl.password);
+                self.sasl_round(token.into_bytes(), &auth_err).await?;
+            }
+            SaslMechanism::ScramSha256 | SaslMechanism::ScramSha512 => {
+                let hash = if sasl.mechanism == SaslMechanism::ScramSha256 {
+                    ScramHash::Sha256
+                } else {
+                    ScramHash::Sha512
+                };
+                let mut scram =
+                    ScramClient::new(hash, &sasl.username, &sasl.password, &random_nonce()?);
+                let server_first = self
+                    .sasl_round(scram.client_first().into_bytes(), &auth_err)
+                    .await?;
+                let client_final = scram
+                    .client_final(&String::from_utf8_lossy(&server_first))
+                    .map_err(|m| auth_err(&self.addr, m))?;
+                let server_final = self
+                    .sasl_round(client_final.into_bytes(), &auth_err)
+                    .await?;
+                scram
+                    .verify_server_final(&String::from_utf8_lossy(&server_final))
+                    .map_err(|m| auth_err(&self.addr, m))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// One SaslAuthenticate: sends `token`, returns the server's.
+    async fn sasl_round(
+        &mut self,
+        token: Vec<u8>,
+        auth_err: &impl Fn(&str, String) -> WireError,
+    ) -> Result<Vec<u8>, WireError> {
+        let resp = self
+            .send(
+                &SaslAuthenticateRequest::default().with_auth_bytes(token.into()),
+                "SaslAuthenticate",
+                2,
+            )
+            .await?;
+        if resp.error_code != 0 {
+            return Err(auth_err(
+                &self.addr,
+                format!(
+                    "{} (error code {})",
+                    resp.error_message.as_deref().unwrap_or("no message"),
+                    resp.error_code
+                ),
+            ));
+        }
+        Ok(resp.auth_bytes.to_vec())
     }
 
     /// Sends `req` in the highest version both sides support (capped at
@@ -234,18 +348,10 @@ impl Connection {
             self.stream.read_exact(&mut frame).await?;
             Ok(frame)
         };
-        let frame = tokio::time::timeout(timeout, io)
-            .await
-            .map_err(|_| WireError::Timeout {
-                addr: addr.clone(),
-                what: what.clone(),
-                after: timeout,
-            })?
-            .map_err(|e| WireError::Io {
-                addr: addr.clone(),
-                what,
-                source: e,
-            })?;
+        let frame = within(&addr, &what, timeout, async {
+            io.await.map_err(|e| io_error(&addr, what.clone(), e))
+        })
+        .await?;
         let got = i32::from_be_bytes(frame[..4].try_into().expect("4 bytes"));
         if got != id {
             return Err(WireError::protocol(
@@ -255,6 +361,90 @@ impl Connection {
         }
         Ok(frame)
     }
+}
+
+/// With TLS 1.3 the broker refuses a client certificate only after the
+/// handshake, as an alert on the first read: still a TLS failure.
+fn io_error(addr: &str, what: String, e: std::io::Error) -> WireError {
+    match e.get_ref().and_then(|r| r.downcast_ref::<rustls::Error>()) {
+        Some(tls) => WireError::Tls {
+            addr: addr.into(),
+            message: format!("{tls} (answering {what})"),
+        },
+        None => WireError::Io {
+            addr: addr.into(),
+            what,
+            source: e,
+        },
+    }
+}
+
+/// Runs `step` within `timeout`, naming `what` timed out.
+async fn within<T>(
+    addr: &str,
+    what: &str,
+    timeout: Duration,
+    step: impl std::future::Future<Output = Result<T, WireError>>,
+) -> Result<T, WireError> {
+    tokio::time::timeout(timeout, step)
+        .await
+        .map_err(|_| WireError::Timeout {
+            addr: addr.into(),
+            what: what.into(),
+            after: timeout,
+        })?
+}
+
+async fn tcp_connect(addr: &str, timeout: Duration) -> Result<TcpStream, WireError> {
+    let tcp = within(addr, "connect", timeout, async {
+        TcpStream::connect(addr)
+            .await
+            .map_err(|e| io_error(addr, "connect".into(), e))
+    })
+    .await?;
+    let _ = tcp.set_nodelay(true);
+    Ok(tcp)
+}
+
+/// The TLS handshake, checking the broker's certificate against `addr`'s
+/// host name or IP address, as librdkafka does by default.
+async fn tls_connect(
+    addr: &str,
+    config: std::sync::Arc<rustls::ClientConfig>,
+    tcp: TcpStream,
+    timeout: Duration,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, WireError> {
+    let host = addr
+        .rsplit_once(':')
+        .map(|(h, _)| h)
+        .unwrap_or(addr)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let tls_error = |message: String| WireError::Tls {
+        addr: addr.into(),
+        message,
+    };
+    let name = rustls::pki_types::ServerName::try_from(host.to_string())
+        .map_err(|e| tls_error(format!("{host:?} is not a valid server name: {e}")))?;
+    let connector = tokio_rustls::TlsConnector::from(config);
+    within(addr, "TLS handshake", timeout, async {
+        connector
+            .connect(name, tcp)
+            .await
+            .map_err(|e| tls_error(e.to_string()))
+    })
+    .await
+}
+
+/// A SCRAM client nonce: 18 random bytes, base64.
+fn random_nonce() -> Result<String, WireError> {
+    use base64::Engine;
+    let mut bytes = [0u8; 18];
+    getrandom::fill(&mut bytes).map_err(|e| WireError::Protocol {
+        addr: String::new(),
+        message: format!("no randomness for a SCRAM nonce: {e}"),
+    })?;
+    Ok(base64::engine::general_purpose::STANDARD.encode(bytes))
 }
 
 fn decode_api_versions(

@@ -320,3 +320,163 @@ pub fn hold_kafka_lock(dir: &Path) -> std::process::Child {
     assert_eq!(line.trim(), "held");
     child
 }
+
+/// A started stand-in cluster of three brokers with their log dirs under
+/// `root/data`, after `change` adjusted the spec (extra topics, SASL, ...).
+pub fn standin_cluster(
+    root: &Path,
+    change: impl FnOnce(&mut kafka_snapshot_standin::ClusterSpec),
+) -> kafka_snapshot_standin::StandinCluster {
+    let mut spec = kafka_snapshot_standin::ClusterSpec::new(3);
+    spec.data_root = Some(root.join("data"));
+    change(&mut spec);
+    let c = kafka_snapshot_standin::StandinCluster::create(&root.join("cluster"), &spec)
+        .expect("stand-in cluster");
+    c.start_all(std::time::Duration::from_secs(60))
+        .expect("cluster starts");
+    c
+}
+
+/// The agent's config for one broker of a stand-in cluster; short
+/// intervals so that scenarios run in seconds. Tests change fields, then
+/// [`AgentToml::write`] it.
+pub struct AgentToml {
+    pub broker: i32,
+    /// `[broker]` lines naming the log dirs (`log_dirs = [...]` or
+    /// `server_properties = "..."`).
+    pub dirs: String,
+    pub stop_command: String,
+    pub start_command: String,
+    pub stop_timeout: &'static str,
+    pub recovery_timeout: &'static str,
+    pub store: PathBuf,
+    /// Extra `[snapshot]` lines.
+    pub snapshot: String,
+    /// Extra `[storage]` lines.
+    pub storage: String,
+    /// The whole `[kafka]` section body.
+    pub kafka: String,
+    /// Extra `[gate]` lines.
+    pub gate: String,
+}
+
+impl AgentToml {
+    /// Broker `n` of `c`, PLAINTEXT, storing into `store`.
+    pub fn new(c: &kafka_snapshot_standin::StandinCluster, n: i32, store: &Path) -> AgentToml {
+        let dirs: Vec<String> = c
+            .log_dirs(n)
+            .iter()
+            .map(|d| format!("{:?}", d.display().to_string()))
+            .collect();
+        AgentToml {
+            broker: n,
+            dirs: format!("log_dirs = [{}]", dirs.join(", ")),
+            stop_command: c.stop_script(n).display().to_string(),
+            start_command: c.start_script(n).display().to_string(),
+            stop_timeout: "60s",
+            recovery_timeout: "60s",
+            store: store.to_path_buf(),
+            snapshot: String::new(),
+            storage: String::new(),
+            kafka: kafka_section(&c.bootstrap(), ""),
+            gate: String::new(),
+        }
+    }
+
+    /// Writes `root/agent-<broker>.toml` and returns its path.
+    pub fn write(&self, root: &Path) -> PathBuf {
+        let text = format!(
+            "[broker]\n{}\nstop_command = {:?}\nstart_command = {:?}\nstop_timeout = {:?}\n\
+             command_timeout = \"60s\"\nrecovery_timeout = {:?}\n\
+             [snapshot]\n{}\n[storage]\nurl = {:?}\n{}\n[kafka]\n{}\n\
+             [gate]\nstable_checks = 2\ncheck_interval = \"300ms\"\n{}\n",
+            self.dirs,
+            self.stop_command,
+            self.start_command,
+            self.stop_timeout,
+            self.recovery_timeout,
+            self.snapshot,
+            store_url(&self.store),
+            self.storage,
+            self.kafka,
+            self.gate,
+        );
+        let path = root.join(format!("agent-{}.toml", self.broker));
+        fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+/// A `[kafka]` section body for `bootstrap` (comma-separated) plus `extra`
+/// lines (security settings).
+pub fn kafka_section(bootstrap: &str, extra: &str) -> String {
+    let servers: Vec<String> = bootstrap.split(',').map(|b| format!("{b:?}")).collect();
+    format!(
+        "bootstrap_servers = [{}]\nrequest_timeout = \"10s\"\n{extra}",
+        servers.join(", ")
+    )
+}
+
+/// Every `manifest.json` and `archive.tar.zst` under a file store: what
+/// a committed (or half-committed) snapshot leaves.
+pub fn stored_objects(store: &Path) -> Vec<PathBuf> {
+    tree(store, &[])
+        .into_keys()
+        .filter(|p| {
+            p.file_name().is_some_and(|n| {
+                n == "manifest.json" || n.to_string_lossy().starts_with("archive.tar.zst")
+            })
+        })
+        .collect()
+}
+
+/// Runs `check` and returns its text report, asserting the exit code.
+pub fn check(cfg: &str, want: i32) -> String {
+    stdout(&run(&["check", "--config", cfg], want))
+}
+
+/// The ids of the failed conditions in a `check` report.
+pub fn failed_ids(report: &str) -> Vec<String> {
+    report
+        .lines()
+        .filter_map(|l| l.strip_prefix("  FAIL  "))
+        .map(|l| l.split_whitespace().next().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// The reason and items printed under a failed condition.
+pub fn failure(report: &str, id: &str) -> String {
+    let mut lines = report.lines().skip_while(|l| {
+        l.strip_prefix("  FAIL  ")
+            .is_none_or(|r| r.split_whitespace().next() != Some(id))
+    });
+    assert!(lines.next().is_some(), "{id} did not fail:\n{report}");
+    lines
+        .take_while(|l| l.starts_with("        "))
+        .map(|l| l.trim())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Asserts `check` fails exactly `ids`, and that the first of them says
+/// `reason` and lists an item starting with `item`.
+pub fn assert_not_safe(cfg: &str, ids: &[&str], reason: &str, item: &str) {
+    let report = check(cfg, 1);
+    assert!(report.starts_with("broker "), "{report}");
+    assert!(report.contains("NOT safe to stop"), "{report}");
+    assert_eq!(failed_ids(&report), ids, "{report}");
+    let f = failure(&report, ids[0]);
+    assert!(
+        f.contains(reason),
+        "{ids:?}: {reason:?} missing in:\n{report}"
+    );
+    assert!(
+        f.lines().skip(1).any(|l| l.starts_with(item)),
+        "{ids:?}: no item {item:?} in:\n{report}"
+    );
+}
+
+pub fn assert_safe(cfg: &str) {
+    let report = check(cfg, 0);
+    assert_eq!(failed_ids(&report), Vec::<String>::new(), "{report}");
+}

@@ -3,49 +3,15 @@
 //! the agent through scripts, observed from the cluster's own event log.
 
 use crate::common::*;
-use kafka_snapshot_standin::{ClusterSpec, ReplicaRef, StandinCluster};
-use std::fs;
-use std::path::{Path, PathBuf};
+use kafka_snapshot_standin::ReplicaRef;
 use std::time::Duration;
-
-fn cluster(root: &Path) -> StandinCluster {
-    let mut spec = ClusterSpec::new(3);
-    spec.data_root = Some(root.join("data"));
-    let c = StandinCluster::create(&root.join("cluster"), &spec).expect("stand-in cluster");
-    c.start_all(Duration::from_secs(60))
-        .expect("cluster starts");
-    c
-}
-
-/// An agent config for broker `n` of `c`.
-fn agent_config(root: &Path, c: &StandinCluster, n: i32, store: &Path) -> PathBuf {
-    let dirs: Vec<String> = c
-        .log_dirs(n)
-        .iter()
-        .map(|d| format!("{:?}", d.display().to_string()))
-        .collect();
-    let text = format!(
-        "[broker]\nlog_dirs = [{}]\nstop_command = {:?}\nstart_command = {:?}\nstop_timeout = \"60s\"\n\
-         command_timeout = \"60s\"\nrecovery_timeout = \"60s\"\n\
-         [storage]\nurl = {:?}\n[kafka]\nbootstrap_servers = [{}]\nrequest_timeout = \"10s\"\n\
-         [gate]\nstable_checks = 2\ncheck_interval = \"300ms\"\n",
-        dirs.join(", "),
-        c.stop_script(n).display().to_string(),
-        c.start_script(n).display().to_string(),
-        store_url(store),
-        c.bootstrap().split(',').map(|b| format!("{b:?}")).collect::<Vec<_>>().join(", "),
-    );
-    let path = root.join(format!("agent-{n}.toml"));
-    fs::write(&path, text).unwrap();
-    path
-}
 
 #[test]
 fn check_reports_each_condition_against_the_live_cluster() {
     let t = scratch("ext4");
-    let c = cluster(t.path());
+    let c = standin_cluster(t.path(), |_| {});
     let store = new_store(t.path());
-    let cfg = agent_config(t.path(), &c, 1, &store);
+    let cfg = AgentToml::new(&c, 1, &store).write(t.path());
     let cfg_s = cfg.display().to_string();
 
     let out = run(&["check", "--config", &cfg_s], 0);
@@ -104,9 +70,9 @@ fn check_reports_each_condition_against_the_live_cluster() {
 #[test]
 fn snapshot_cycle_stops_one_broker_and_brings_it_back() {
     let t = scratch("xfs");
-    let c = cluster(t.path());
+    let c = standin_cluster(t.path(), |_| {});
     let store = new_store(t.path());
-    let cfg = agent_config(t.path(), &c, 2, &store);
+    let cfg = AgentToml::new(&c, 2, &store).write(t.path());
     let out = run(
         &[
             "snapshot",

@@ -13,3 +13,5 @@ mod daemon;
 mod hostile;
 mod roundtrip;
 mod s3;
+mod scenarios;
+mod security;

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use kafka_protocol::messages::{MetadataRequest, MetadataResponse};
 
-use crate::definition::{BrokerDef, ClusterDef, DataDef, SaslUser, StatePaths, TopicDef};
+use crate::definition::{
+    BrokerDef, ClusterDef, DataDef, SaslUser, SecurityProtocol, StatePaths, TlsDef, TopicDef,
+};
 use crate::events::{self, Event, EventKind};
 use crate::fsutil;
 use crate::liveness::{BrokerStatus, Liveness, Owner};
@@ -61,6 +63,10 @@ pub struct ClusterSpec {
     /// Users (name, password) of a SASL_PLAINTEXT listener on every broker
     /// (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512); none by default.
     pub sasl_users: Vec<(String, String)>,
+    /// PEM certificate and key (and optional client CA) of an SSL listener
+    /// on every broker (and a SASL_SSL one with `sasl_users`); none by
+    /// default.
+    pub tls: Option<TlsDef>,
     /// Initial scenario (written before any broker starts).
     pub scenario: Scenario,
     pub seed: u64,
@@ -88,6 +94,7 @@ impl ClusterSpec {
             append_record_bytes: 256,
             broker_binary: None,
             sasl_users: Vec::new(),
+            tls: None,
             scenario: Scenario::default(),
             seed: 1,
         }
@@ -194,12 +201,17 @@ impl StandinCluster {
             None => dir.join("data"),
         };
         let sasl = !spec.sasl_users.is_empty();
-        let ports = free_ports(spec.brokers * if sasl { 2 } else { 1 })?;
+        let tls = spec.tls.is_some();
+        let listeners = 1 + usize::from(sasl) + usize::from(tls) + usize::from(sasl && tls);
+        let mut ports = free_ports(spec.brokers * listeners)?.into_iter();
+        let mut port_if = |on: bool| if on { ports.next() } else { None };
         let brokers: Vec<BrokerDef> = (1..=spec.brokers)
             .map(|i| BrokerDef {
                 node_id: i as i32,
-                port: ports[i - 1],
-                sasl_port: sasl.then(|| ports[spec.brokers + i - 1]),
+                port: port_if(true).expect("a port per listener"),
+                sasl_port: port_if(sasl),
+                ssl_port: port_if(tls),
+                sasl_ssl_port: port_if(sasl && tls),
                 log_dirs: (1..=spec.log_dirs_per_broker)
                     .map(|d| {
                         data_root
@@ -265,6 +277,7 @@ impl StandinCluster {
                     password: password.clone(),
                 })
                 .collect(),
+            tls: spec.tls.clone(),
             brokers,
             topics,
         };
@@ -317,11 +330,17 @@ impl StandinCluster {
     /// `127.0.0.1:port` of every broker's SASL_PLAINTEXT listener, if the
     /// cluster has SASL users.
     pub fn sasl_bootstrap(&self) -> Option<String> {
+        self.bootstrap_for(SecurityProtocol::SaslPlaintext)
+    }
+
+    /// `127.0.0.1:port` of every broker's listener for `protocol`,
+    /// comma-separated, if the cluster has that listener.
+    pub fn bootstrap_for(&self, protocol: SecurityProtocol) -> Option<String> {
         let ports: Option<Vec<String>> = self
             .def
             .brokers
             .iter()
-            .map(|b| b.sasl_port.map(|p| format!("127.0.0.1:{p}")))
+            .map(|b| b.port_for(protocol).map(|p| format!("127.0.0.1:{p}")))
             .collect();
         ports.filter(|p| !p.is_empty()).map(|p| p.join(","))
     }
@@ -329,7 +348,7 @@ impl StandinCluster {
     /// The broker's SASL_PLAINTEXT listener, if any.
     pub fn sasl_address(&self, node_id: i32) -> Option<String> {
         self.broker(node_id)
-            .sasl_port
+            .port_for(SecurityProtocol::SaslPlaintext)
             .map(|p| format!("127.0.0.1:{p}"))
     }
 

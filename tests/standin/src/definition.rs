@@ -33,6 +33,10 @@ pub struct ClusterDef {
     /// When set, every broker also listens on its `sasl_port`.
     #[serde(default)]
     pub sasl_users: Vec<SaslUser>,
+    /// Certificate and key of the SSL (and, with SASL users, SASL_SSL)
+    /// listeners. When set, every broker also listens on its `ssl_port`.
+    #[serde(default)]
+    pub tls: Option<TlsDef>,
     pub brokers: Vec<BrokerDef>,
     pub topics: Vec<TopicDef>,
 }
@@ -58,8 +62,69 @@ pub struct BrokerDef {
     /// SASL_PLAINTEXT listener on 127.0.0.1, if the cluster has SASL users.
     #[serde(default)]
     pub sasl_port: Option<u16>,
+    /// SSL listener on 127.0.0.1, if the cluster has TLS.
+    #[serde(default)]
+    pub ssl_port: Option<u16>,
+    /// SASL_SSL listener on 127.0.0.1, if the cluster has TLS and SASL users.
+    #[serde(default)]
+    pub sasl_ssl_port: Option<u16>,
     /// `log.dirs`; the first one is also the metadata log dir.
     pub log_dirs: Vec<PathBuf>,
+}
+
+/// PEM files of the TLS listeners.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsDef {
+    /// The broker certificate chain (leaf first), valid for 127.0.0.1.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// With it, the SSL listener requires a client certificate signed by
+    /// this CA (`ssl.client.auth=required`); the SASL_SSL listener never
+    /// does (clients authenticate with SASL there).
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+}
+
+/// A listener's security protocol, as in Kafka's `listener.security.protocol.map`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SecurityProtocol {
+    Plaintext,
+    SaslPlaintext,
+    Ssl,
+    SaslSsl,
+}
+
+impl SecurityProtocol {
+    pub const ALL: [SecurityProtocol; 4] = [
+        SecurityProtocol::Plaintext,
+        SecurityProtocol::SaslPlaintext,
+        SecurityProtocol::Ssl,
+        SecurityProtocol::SaslSsl,
+    ];
+
+    pub fn uses_sasl(self) -> bool {
+        matches!(
+            self,
+            SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl
+        )
+    }
+
+    pub fn uses_tls(self) -> bool {
+        matches!(self, SecurityProtocol::Ssl | SecurityProtocol::SaslSsl)
+    }
+}
+
+impl BrokerDef {
+    /// The broker's port for `protocol`, if it has that listener.
+    pub fn port_for(&self, protocol: SecurityProtocol) -> Option<u16> {
+        match protocol {
+            SecurityProtocol::Plaintext => Some(self.port),
+            SecurityProtocol::SaslPlaintext => self.sasl_port,
+            SecurityProtocol::Ssl => self.ssl_port,
+            SecurityProtocol::SaslSsl => self.sasl_ssl_port,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -132,18 +197,24 @@ impl ClusterDef {
                 "node id {} is listed twice",
                 b.node_id
             );
-            ensure!(
-                ports.insert(b.port),
-                "port {} is used by two brokers",
-                b.port
-            );
-            match b.sasl_port {
-                Some(p) => ensure!(ports.insert(p), "port {p} is used twice"),
-                None => ensure!(
-                    self.sasl_users.is_empty(),
-                    "broker {} has no sasl_port but the cluster has SASL users",
-                    b.node_id
-                ),
+            for protocol in SecurityProtocol::ALL {
+                let wanted = (!protocol.uses_sasl() || !self.sasl_users.is_empty())
+                    && (!protocol.uses_tls() || self.tls.is_some());
+                match b.port_for(protocol) {
+                    Some(p) => {
+                        ensure!(ports.insert(p), "port {p} is used twice");
+                        ensure!(
+                            wanted,
+                            "broker {} has a {protocol:?} port but the cluster has no such listener",
+                            b.node_id
+                        );
+                    }
+                    None => ensure!(
+                        !wanted,
+                        "broker {} has no {protocol:?} port but the cluster has that listener",
+                        b.node_id
+                    ),
+                }
             }
             ensure!(
                 !b.log_dirs.is_empty(),

@@ -36,6 +36,7 @@ pub mod events;
 pub mod fsutil;
 pub mod liveness;
 pub mod logdir;
+pub mod quorum;
 pub mod scenario;
 mod scripts;
 pub mod view;
@@ -45,7 +46,9 @@ pub use broker::api::SUPPORTED as SUPPORTED_APIS;
 pub use cluster::{
     broker_binary, wait_until, ClusterSpec, StandinCluster, TopicSpec, BROKER_BINARY_ENV,
 };
-pub use definition::{BrokerDef, ClusterDef, SaslUser, TopicDef};
+pub use definition::{BrokerDef, ClusterDef, SaslUser, SecurityProtocol, TlsDef, TopicDef};
 pub use events::{Event, EventKind};
 pub use liveness::{Liveness, Phase};
-pub use scenario::{PartitionRef, Reassignment, ReplicaRef, Scenario, SlowShutdown};
+pub use scenario::{
+    PartitionRef, Quorum, Reassignment, ReplicaRef, Scenario, SlowShutdown, VoterLag,
+};

@@ -15,6 +15,7 @@
 //! offline = [{ topic = "orders", partition = 1 }]
 //! reassignments = [{ topic = "orders", partition = 2, target = [1, 2, 4] }]
 //! future_dirs = [{ topic = "orders", partition = 0, broker = 1 }]
+//! quorum = { voters = [1, 2, 3], leader = 1, lag = [{ voter = 3, records = 5000 }] }
 //! ```
 
 use std::path::Path;
@@ -53,6 +54,45 @@ pub struct Scenario {
     /// the broker's last log dir. The library creates and removes the dirs
     /// when it writes the scenario; DescribeLogDirs reports what is on disk.
     pub future_dirs: Vec<ReplicaRef>,
+    /// The KRaft controller quorum DescribeQuorum reports; `None`: one
+    /// separate controller, node [`Quorum::SEPARATE_CONTROLLER`], always up.
+    pub quorum: Option<Quorum>,
+}
+
+/// A KRaft controller quorum (see [`crate::quorum`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Quorum {
+    /// Voter node ids: stand-in brokers are combined broker+controller
+    /// nodes, up while their process serves; other ids are controllers
+    /// that are not modelled as processes, always up.
+    pub voters: Vec<i32>,
+    /// The elected leader (while it is up).
+    pub leader: i32,
+    /// Records a voter stays behind the leader while it is up.
+    #[serde(default)]
+    pub lag: Vec<VoterLag>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VoterLag {
+    pub voter: i32,
+    pub records: i64,
+}
+
+impl Quorum {
+    /// The node id of the default quorum's only controller.
+    pub const SEPARATE_CONTROLLER: i32 = 3000;
+
+    pub fn lag_of(&self, voter: i32) -> i64 {
+        self.lag
+            .iter()
+            .filter(|l| l.voter == voter)
+            .map(|l| l.records)
+            .max()
+            .unwrap_or(0)
+    }
 }
 
 impl Default for Scenario {
@@ -68,6 +108,7 @@ impl Default for Scenario {
             offline: Vec::new(),
             reassignments: Vec::new(),
             future_dirs: Vec::new(),
+            quorum: None,
         }
     }
 }
@@ -177,7 +218,32 @@ impl Scenario {
                 r.partition
             );
         }
+        if let Some(q) = &self.quorum {
+            ensure!(!q.voters.is_empty(), "scenario quorum: no voters");
+            ensure!(
+                q.voters.contains(&q.leader),
+                "scenario quorum: leader {} is not a voter",
+                q.leader
+            );
+            for l in &q.lag {
+                ensure!(
+                    q.voters.contains(&l.voter) && l.records >= 0,
+                    "scenario quorum: lag of {} records for {}, not a voter",
+                    l.records,
+                    l.voter
+                );
+            }
+        }
         Ok(())
+    }
+
+    /// The quorum DescribeQuorum reports.
+    pub fn quorum(&self) -> Quorum {
+        self.quorum.clone().unwrap_or(Quorum {
+            voters: vec![Quorum::SEPARATE_CONTROLLER],
+            leader: Quorum::SEPARATE_CONTROLLER,
+            lag: Vec::new(),
+        })
     }
 
     pub fn slow_shutdown_ms(&self, broker: i32) -> u64 {
@@ -225,12 +291,14 @@ out_of_sync = [{ topic = "orders", partition = 0, broker = 3 }]
 offline = [{ topic = "orders", partition = 1 }]
 reassignments = [{ topic = "orders", partition = 2, target = [1, 2, 4] }]
 future_dirs = [{ topic = "orders", partition = 0, broker = 1 }]
+quorum = { voters = [1, 2, 3], leader = 1, lag = [{ voter = 3, records = 5000 }] }
 "#;
         let s: Scenario = toml::from_str(text).unwrap();
         assert_eq!(s.slow_shutdown_ms(2), 3000);
         assert!(s.is_out_of_sync("orders", 0, 3));
         assert!(s.is_offline("orders", 1));
         assert_eq!(s.reassignment("orders", 2).unwrap().target, vec![1, 2, 4]);
+        assert_eq!(s.quorum().lag_of(3), 5000);
         let round: Scenario = toml::from_str(&toml::to_string_pretty(&s).unwrap()).unwrap();
         assert_eq!(round, s);
     }

@@ -233,11 +233,14 @@ mod tests {
                 seed: 1,
             },
             sasl_users: Vec::new(),
+            tls: None,
             brokers: (1..=4)
                 .map(|i| BrokerDef {
                     node_id: i,
                     port: 9000 + i as u16,
                     sasl_port: None,
+                    ssl_port: None,
+                    sasl_ssl_port: None,
                     log_dirs: vec![format!("/tmp/b{i}").into()],
                 })
                 .collect(),

@@ -20,9 +20,10 @@ use kafka_protocol::messages::metadata_response::{
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, ApiVersionsResponse, BrokerId, DescribeClusterRequest,
     DescribeClusterResponse, DescribeConfigsRequest, DescribeLogDirsRequest,
-    DescribeLogDirsResponse, ListPartitionReassignmentsRequest, ListPartitionReassignmentsResponse,
-    MetadataRequest, MetadataResponse, RequestHeader, ResponseHeader, SaslAuthenticateRequest,
-    SaslHandshakeRequest, TopicName,
+    DescribeLogDirsResponse, DescribeQuorumRequest, DescribeQuorumResponse,
+    ListPartitionReassignmentsRequest, ListPartitionReassignmentsResponse, MetadataRequest,
+    MetadataResponse, RequestHeader, ResponseHeader, SaslAuthenticateRequest, SaslHandshakeRequest,
+    TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
 
@@ -30,9 +31,11 @@ use anyhow::{Context, Result};
 
 use super::sasl::{self, Auth};
 use super::{configs, Broker};
-use crate::definition::BrokerDef;
+use crate::definition::{BrokerDef, SecurityProtocol};
 use crate::fsutil;
+use crate::liveness;
 use crate::logdir;
+use crate::quorum;
 use crate::view::{self, ClusterView};
 
 /// Every API and version range the stand-in implements and advertises.
@@ -45,12 +48,14 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeCluster, 0, 2),
     (ApiKey::SaslHandshake, 0, 1),
     (ApiKey::SaslAuthenticate, 0, 2),
+    (ApiKey::DescribeQuorum, 0, 2),
 ];
 
 /// Kafka error codes used here.
 pub mod error {
     pub const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
     pub const LEADER_NOT_AVAILABLE: i16 = 5;
+    pub const NOT_LEADER_OR_FOLLOWER: i16 = 6;
     pub const UNSUPPORTED_VERSION: i16 = 35;
     pub const INVALID_REQUEST: i16 = 42;
     pub const KAFKA_STORAGE_ERROR: i16 = 56;
@@ -74,11 +79,7 @@ pub(super) enum Reply {
 }
 
 /// Which listener a connection came in on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Listener {
-    Plaintext,
-    SaslPlaintext,
-}
+pub(super) type Listener = SecurityProtocol;
 
 /// Per-connection state.
 pub(super) struct Session {
@@ -90,23 +91,19 @@ impl Session {
     pub fn new(listener: Listener) -> Session {
         Session {
             listener,
-            auth: match listener {
-                Listener::Plaintext => Auth::Done,
-                Listener::SaslPlaintext => Auth::AwaitHandshake,
+            auth: if listener.uses_sasl() {
+                Auth::AwaitHandshake
+            } else {
+                Auth::Done
             },
         }
     }
 }
 
-impl Listener {
-    /// The port of `b` on this listener: Metadata and DescribeCluster
-    /// advertise the endpoints of the listener the request came in on.
-    fn port(self, b: &BrokerDef) -> i32 {
-        match self {
-            Listener::Plaintext => i32::from(b.port),
-            Listener::SaslPlaintext => b.sasl_port.map(i32::from).unwrap_or(-1),
-        }
-    }
+/// The port of `b` on `listener`: Metadata and DescribeCluster advertise
+/// the endpoints of the listener the request came in on.
+fn port(listener: Listener, b: &BrokerDef) -> i32 {
+    b.port_for(listener).map(i32::from).unwrap_or(-1)
 }
 
 pub(super) fn handle(broker: &Broker, session: &mut Session, frame: Vec<u8>) -> Result<Reply> {
@@ -199,6 +196,10 @@ pub(super) fn handle(broker: &Broker, session: &mut Session, frame: Vec<u8>) -> 
         ApiKey::ListPartitionReassignments => {
             let req = ListPartitionReassignmentsRequest::decode(&mut buf, version)?;
             respond(corr, version, &list_reassignments(broker, &req)?)
+        }
+        ApiKey::DescribeQuorum => {
+            let req = DescribeQuorumRequest::decode(&mut buf, version)?;
+            respond(corr, version, &describe_quorum(broker, &req)?)
         }
         ApiKey::DescribeCluster => {
             let req = DescribeClusterRequest::decode(&mut buf, version)?;
@@ -330,7 +331,7 @@ fn metadata(
             MetadataResponseBroker::default()
                 .with_node_id(BrokerId(b.node_id))
                 .with_host(str_bytes("127.0.0.1"))
-                .with_port(listener.port(b))
+                .with_port(port(listener, b))
                 .with_rack(None)
         })
         .collect();
@@ -451,7 +452,7 @@ fn describe_cluster(
                 DescribeClusterBroker::default()
                     .with_broker_id(BrokerId(b.node_id))
                     .with_host(str_bytes("127.0.0.1"))
-                    .with_port(listener.port(b))
+                    .with_port(port(listener, b))
                     .with_rack(None)
                     .with_is_fenced(!registered),
             );
@@ -465,6 +466,69 @@ fn describe_cluster(
         response.cluster_authorized_operations = CLUSTER_AUTHORIZED_OPERATIONS;
     }
     Ok(response)
+}
+
+/// DescribeQuorum of the metadata log `__cluster_metadata-0`, which a
+/// broker forwards to the active controller; any other partition is
+/// UNKNOWN_TOPIC_OR_PARTITION, a quorum without leader NOT_LEADER_OR_FOLLOWER.
+fn describe_quorum(broker: &Broker, req: &DescribeQuorumRequest) -> Result<DescribeQuorumResponse> {
+    use kafka_protocol::messages::describe_quorum_response::{
+        PartitionData, ReplicaState, TopicData,
+    };
+    let scenario = crate::scenario::Scenario::load(&broker.paths.scenario())?;
+    let now_ms = fsutil::monotonic_ns() / 1_000_000;
+    let life = |id: i32| {
+        if broker.def.broker(id).is_err() {
+            return quorum::VoterLife::Up;
+        }
+        let status = liveness::BrokerStatus::load(&broker.paths, id)
+            .ok()
+            .flatten();
+        if liveness::Liveness::of(status.as_ref()).alive {
+            quorum::VoterLife::Up
+        } else {
+            quorum::VoterLife::Down {
+                since_ms: status.map(|s| s.phase_mono_ns / 1_000_000).unwrap_or(0),
+            }
+        }
+    };
+    let q = quorum::compute(&scenario.quorum(), now_ms, fsutil::unix_ms(), life);
+    let replica = |v: &quorum::VoterView| {
+        ReplicaState::default()
+            .with_replica_id(BrokerId(v.id))
+            .with_log_end_offset(v.log_end_offset)
+            .with_last_fetch_timestamp(v.last_fetch_ms)
+            .with_last_caught_up_timestamp(v.last_caught_up_ms)
+    };
+    let topics = req
+        .topics
+        .iter()
+        .map(|t| {
+            let partitions = t
+                .partitions
+                .iter()
+                .map(|p| {
+                    let base = PartitionData::default().with_partition_index(p.partition_index);
+                    if t.topic_name.0.as_str() != "__cluster_metadata" || p.partition_index != 0 {
+                        return base.with_error_code(error::UNKNOWN_TOPIC_OR_PARTITION);
+                    }
+                    let Some(leader) = q.leader else {
+                        return base
+                            .with_error_code(error::NOT_LEADER_OR_FOLLOWER)
+                            .with_leader_id(BrokerId(-1));
+                    };
+                    base.with_leader_id(BrokerId(leader))
+                        .with_leader_epoch(q.leader_epoch)
+                        .with_high_watermark(q.high_watermark)
+                        .with_current_voters(q.voters.iter().map(replica).collect())
+                })
+                .collect();
+            TopicData::default()
+                .with_topic_name(t.topic_name.clone())
+                .with_partitions(partitions)
+        })
+        .collect();
+    Ok(DescribeQuorumResponse::default().with_topics(topics))
 }
 
 fn list_reassignments(

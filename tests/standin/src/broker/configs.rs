@@ -12,7 +12,7 @@ use anyhow::Result;
 
 use super::api::error;
 use super::Broker;
-use crate::definition::TopicDef;
+use crate::definition::{SecurityProtocol, TopicDef};
 
 pub const RESOURCE_TOPIC: i8 = 2;
 pub const RESOURCE_BROKER: i8 = 4;
@@ -284,10 +284,22 @@ fn topic_configs(broker: &Broker, t: &TopicDef) -> Vec<Entry> {
 
 fn broker_configs(broker: &Broker) -> Vec<Entry> {
     let id = broker.node_id().to_string();
-    let mut listener = format!("PLAINTEXT://127.0.0.1:{}", broker.me.port);
-    if let Some(p) = broker.me.sasl_port {
-        listener.push_str(&format!(",SASL_PLAINTEXT://127.0.0.1:{p}"));
-    }
+    let listener = SecurityProtocol::ALL
+        .iter()
+        .filter_map(|&p| {
+            let name = match p {
+                SecurityProtocol::Plaintext => "PLAINTEXT",
+                SecurityProtocol::SaslPlaintext => "SASL_PLAINTEXT",
+                SecurityProtocol::Ssl => "SSL",
+                SecurityProtocol::SaslSsl => "SASL_SSL",
+            };
+            broker
+                .me
+                .port_for(p)
+                .map(|port| format!("{name}://127.0.0.1:{port}"))
+        })
+        .collect::<Vec<_>>()
+        .join(",");
     let log_dirs: Vec<String> = broker
         .me
         .log_dirs

@@ -32,7 +32,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use nix::sys::signal::{SigSet, Signal};
 
-use crate::definition::{BrokerDef, ClusterDef, StatePaths};
+use crate::definition::{BrokerDef, ClusterDef, SecurityProtocol, StatePaths};
 use crate::events::{Event, EventKind};
 use crate::fsutil;
 use crate::liveness::{self, BrokerStatus, Phase};
@@ -191,15 +191,20 @@ fn start(paths: &StatePaths, def: &ClusterDef, me: &BrokerDef) -> Result<Started
     logdir::check_meta_properties(&def.cluster_id, node_id, &me.log_dirs)?;
     logdir::remove_clean_shutdown_markers(&me.log_dirs)?;
     logdir::ensure_partition_dirs(def, node_id)?;
-    let listener = TcpListener::bind(("127.0.0.1", me.port))
-        .with_context(|| format!("binding 127.0.0.1:{}", me.port))?;
-    let sasl_listener = match me.sasl_port {
-        Some(port) => Some(
-            TcpListener::bind(("127.0.0.1", port))
-                .with_context(|| format!("binding 127.0.0.1:{port} (SASL_PLAINTEXT)"))?,
-        ),
-        None => None,
-    };
+    // Every listener is bound before the start script sees the pid file.
+    let mut listeners = Vec::new();
+    for protocol in SecurityProtocol::ALL {
+        let Some(port) = me.port_for(protocol) else {
+            continue;
+        };
+        let tls = match (&def.tls, protocol.uses_tls()) {
+            (Some(t), true) => Some(server::tls_config(t, protocol == SecurityProtocol::Ssl)?),
+            _ => None,
+        };
+        let l = TcpListener::bind(("127.0.0.1", port))
+            .with_context(|| format!("binding 127.0.0.1:{port} ({protocol:?})"))?;
+        listeners.push((protocol, l, tls));
+    }
 
     let pid = std::process::id() as i32;
     let now = fsutil::monotonic_ns();
@@ -236,15 +241,11 @@ fn start(paths: &StatePaths, def: &ClusterDef, me: &BrokerDef) -> Result<Started
         ),
     );
 
-    let b = broker.clone();
-    std::thread::Builder::new()
-        .name("acceptor".into())
-        .spawn(move || server::accept_loop(b, listener, api::Listener::Plaintext))?;
-    if let Some(l) = sasl_listener {
+    for (protocol, l, tls) in listeners {
         let b = broker.clone();
         std::thread::Builder::new()
-            .name("sasl-acceptor".into())
-            .spawn(move || server::accept_loop(b, l, api::Listener::SaslPlaintext))?;
+            .name(format!("acceptor-{protocol:?}"))
+            .spawn(move || server::accept_loop(b, l, protocol, tls))?;
     }
     Ok(Started {
         broker,
