@@ -569,7 +569,11 @@ async fn background(s: Arc<Shared>, mut shutdown: tokio::sync::watch::Receiver<b
         if needs.verify && !s.verifying.swap(true, Ordering::SeqCst) {
             let s2 = s.clone();
             tokio::task::spawn_blocking(move || {
-                while let Ok(Some((c, b, id))) = s2.engine().next_unverified() {
+                loop {
+                    // Its own statement: the engine lock must not be held
+                    // while verifying (verify_one records the result).
+                    let next = s2.engine().next_unverified();
+                    let Ok(Some((c, b, id))) = next else { break };
                     verify_one(&s2, &c, b, &id);
                 }
                 s2.verifying.store(false, Ordering::SeqCst);

@@ -32,6 +32,7 @@ pub fn run(config: &Path) -> Result<ExitCode> {
             tracing::warn!(
                 "shutdown requested: a broker this agent stopped is started again first, then the lease released"
             );
+            kafka_snapshot::service::notify_stopping();
             let _ = tx.send(true);
         });
         kafka_snapshot::daemon::run(cfg, config, rx).await?;

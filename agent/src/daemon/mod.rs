@@ -165,6 +165,9 @@ impl Daemon {
 
     fn on_ready(&self) {
         tracing::info!(broker = self.broker, coordinator = %self.coord_cfg.url, "agent daemon ready");
+        crate::service::spawn_watchdog();
+        crate::service::notify_ready();
+        crate::service::notify_status(&format!("broker {}: idle", self.broker));
     }
 
     /// Changes the state and writes it out.
