@@ -1,0 +1,106 @@
+//! `ksnap-standin-cluster --dir DIR [--brokers N] [--data-root DIR]
+//! [--size BYTES] --info FILE`: creates a stand-in cluster, starts every
+//! broker, writes what an agent needs to FILE as JSON (bootstrap servers,
+//! cluster id, and per broker its start/stop scripts and log dirs), then
+//! keeps the cluster alive until SIGTERM or SIGINT. For the demo and manual
+//! experiments; tests use the library directly.
+//!
+//! Exit codes: 0 after a signal, 1 when the cluster cannot start, 2 on bad
+//! arguments.
+
+use kafka_snapshot_standin::{ClusterSpec, StandinCluster};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+fn usage() -> ExitCode {
+    eprintln!(
+        "usage: ksnap-standin-cluster --dir DIR [--brokers N] [--data-root DIR] [--size BYTES] --info FILE"
+    );
+    ExitCode::from(2)
+}
+
+fn main() -> ExitCode {
+    let mut dir: Option<PathBuf> = None;
+    let mut info: Option<PathBuf> = None;
+    let mut spec = ClusterSpec::new(3);
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let value = args.next();
+        match (arg.as_str(), value) {
+            ("--dir", Some(v)) => dir = Some(PathBuf::from(v)),
+            ("--info", Some(v)) => info = Some(PathBuf::from(v)),
+            ("--data-root", Some(v)) => spec.data_root = Some(PathBuf::from(v)),
+            ("--brokers", Some(v)) => match v.parse::<usize>() {
+                Ok(n) if n >= 1 => {
+                    let seed = spec.seed;
+                    spec = ClusterSpec {
+                        data_root: spec.data_root.take(),
+                        seed,
+                        bytes_per_broker: spec.bytes_per_broker,
+                        ..ClusterSpec::new(n)
+                    };
+                }
+                _ => return usage(),
+            },
+            ("--size", Some(v)) => match kafka_snapshot_testkit::parse_size(&v) {
+                Ok(n) => spec.bytes_per_broker = n,
+                Err(_) => return usage(),
+            },
+            _ => return usage(),
+        }
+    }
+    let (Some(dir), Some(info)) = (dir, info) else {
+        return usage();
+    };
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGTERM, on_signal as libc::sighandler_t);
+        libc::signal(libc::SIGINT, on_signal as libc::sighandler_t);
+    }
+    let cluster = match StandinCluster::create(&dir, &spec)
+        .and_then(|c| c.start_all(Duration::from_secs(120)).map(|()| c))
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("stand-in cluster: {e:#}");
+            return ExitCode::from(1);
+        }
+    };
+    let brokers: Vec<serde_json::Value> = cluster
+        .node_ids()
+        .into_iter()
+        .map(|n| {
+            serde_json::json!({
+                "node_id": n,
+                "start_script": cluster.start_script(n),
+                "stop_script": cluster.stop_script(n),
+                "log_dirs": cluster.log_dirs(n),
+            })
+        })
+        .collect();
+    let doc = serde_json::json!({
+        "bootstrap": cluster.bootstrap(),
+        "cluster_id": cluster.cluster_id(),
+        "brokers": brokers,
+    });
+    let tmp = info.with_extension("tmp");
+    if let Err(e) = std::fs::write(&tmp, serde_json::to_vec_pretty(&doc).expect("JSON"))
+        .and_then(|()| std::fs::rename(&tmp, &info))
+    {
+        eprintln!("writing {}: {e}", info.display());
+        return ExitCode::from(1);
+    }
+    while !STOP.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Dropping the cluster SIGKILLs its brokers.
+    ExitCode::SUCCESS
+}
