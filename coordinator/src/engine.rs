@@ -621,13 +621,7 @@ impl Engine {
                 }
                 Self::event(&tx, now, "info", Some(broker), Some(epoch), "broker_recovered",
                     &format!("broker {broker} is back in every ISR after {:.1}s down; archive {snapshot_id} is being built", *downtime_ms as f64 / 1000.0))?;
-                tx.execute(
-                    "UPDATE brokers SET last_error = NULL WHERE id = ?",
-                    [broker],
-                )?;
-                if active {
-                    Self::close(&tx, now, epoch)?;
-                }
+                Self::ended_well(&tx, now, broker, epoch, active, true)?;
             }
             Outcome::Committed {
                 snapshot,
@@ -651,13 +645,7 @@ impl Engine {
                         *downtime_ms as f64 / 1000.0
                     ),
                 )?;
-                tx.execute(
-                    "UPDATE brokers SET last_error = NULL WHERE id = ?",
-                    [broker],
-                )?;
-                if active {
-                    Self::close(&tx, now, epoch)?;
-                }
+                Self::ended_well(&tx, now, broker, epoch, active, true)?;
             }
             Outcome::Skipped { reason } => {
                 if let Some(cycle) = cycle_id {
@@ -680,9 +668,7 @@ impl Engine {
                     "skipped",
                     &format!("broker {broker} skipped for now, its gate did not pass: {reason}"),
                 )?;
-                if active {
-                    Self::close(&tx, now, epoch)?;
-                }
+                Self::ended_well(&tx, now, broker, epoch, active, false)?;
             }
             Outcome::Restored {
                 snapshot_id,
@@ -700,13 +686,7 @@ impl Engine {
                     "restored",
                     &format!("broker {broker} restored from {snapshot_id}"),
                 )?;
-                tx.execute(
-                    "UPDATE brokers SET last_error = NULL WHERE id = ?",
-                    [broker],
-                )?;
-                if active {
-                    Self::close(&tx, now, epoch)?;
-                }
+                Self::ended_well(&tx, now, broker, epoch, active, true)?;
             }
             Outcome::Failed {
                 reason,
@@ -746,6 +726,29 @@ impl Engine {
             }
         }
         tx.commit()?;
+        Ok(())
+    }
+
+    /// A lease ended as planned: the slot is free again (if the lease was
+    /// still active) and, unless the broker was merely skipped, its last
+    /// error is history.
+    fn ended_well(
+        tx: &Transaction,
+        now: Now,
+        broker: i32,
+        epoch: i64,
+        active: bool,
+        clear_error: bool,
+    ) -> rusqlite::Result<()> {
+        if clear_error {
+            tx.execute(
+                "UPDATE brokers SET last_error = NULL WHERE id = ?",
+                [broker],
+            )?;
+        }
+        if active {
+            Self::close(tx, now, epoch)?;
+        }
         Ok(())
     }
 

@@ -101,3 +101,35 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Archive(cmd) => archive::run(cmd),
     }
 }
+
+/// Runs `body` on a two-thread runtime with a shutdown channel that turns
+/// true on SIGTERM or SIGINT (logging `why` and telling systemd).
+pub(crate) fn with_shutdown<F, Fut>(why: &'static str, body: F) -> Result<ExitCode>
+where
+    F: FnOnce(tokio::sync::watch::Receiver<bool>) -> Fut,
+    Fut: std::future::Future<Output = Result<ExitCode>>,
+{
+    use tokio::signal::unix::{signal, SignalKind};
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| kafka_snapshot::Error::io("starting the async runtime", e))?;
+    runtime.block_on(async {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let mut term = signal(SignalKind::terminate())
+            .map_err(|e| kafka_snapshot::Error::io("installing SIGTERM handler", e))?;
+        let mut int = signal(SignalKind::interrupt())
+            .map_err(|e| kafka_snapshot::Error::io("installing SIGINT handler", e))?;
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            tracing::warn!("shutdown requested: {why}");
+            kafka_snapshot::service::notify_stopping();
+            let _ = tx.send(true);
+        });
+        body(rx).await
+    })
+}

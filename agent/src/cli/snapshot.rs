@@ -10,7 +10,6 @@ use kafka_snapshot::{Error, Result};
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
-use tokio::signal::unix::{signal, SignalKind};
 
 pub fn run(config: &Path, gate_timeout: &str) -> Result<ExitCode> {
     let gate_timeout =
@@ -20,57 +19,42 @@ pub fn run(config: &Path, gate_timeout: &str) -> Result<ExitCode> {
         &cfg.storage.url,
         &StoreOptions::from_config(&cfg.storage),
     )?);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| Error::io("starting the async runtime", e))?;
-    runtime.block_on(async {
-        let (tx, rx) = tokio::sync::watch::channel(false);
-        let mut term = signal(SignalKind::terminate())
-            .map_err(|e| Error::io("installing SIGTERM handler", e))?;
-        let mut int = signal(SignalKind::interrupt())
-            .map_err(|e| Error::io("installing SIGINT handler", e))?;
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-            tracing::warn!("shutdown requested: the broker is started again first if it is down");
-            let _ = tx.send(true);
-        });
-        let mut cycle = Cycle::new(cfg, config, store, rx)?;
-        let result = match cycle.wait_safe(gate_timeout).await {
-            Ok(()) => cycle.run().await,
-            Err(e) => Err(e),
-        };
-        match result {
-            Ok(m) => {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&serde_json::json!({
-                        "snapshot_id": m.snapshot_id,
-                        "broker": m.node_id,
-                        "capture": m.capture.used,
-                        "broker_downtime_ms": m.broker_downtime_ms,
-                        "files": m.totals.files,
-                        "data_bytes": m.totals.bytes,
-                        "archive_bytes": m.archive.size,
-                    }))
-                    .expect("serialisable")
-                );
-                Ok(ExitCode::SUCCESS)
-            }
-            Err(e) => {
-                match &e {
-                    CycleError::StartFailed { .. } | CycleError::StillStopping { .. } => {
-                        tracing::error!("{e}")
-                    }
-                    _ => tracing::warn!("{e}"),
+    super::with_shutdown(
+        "the broker is started again first if it is down",
+        |rx| async move {
+            let mut cycle = Cycle::new(cfg, config, store, rx)?;
+            let result = match cycle.wait_safe(gate_timeout).await {
+                Ok(()) => cycle.run().await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(m) => {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&serde_json::json!({
+                            "snapshot_id": m.snapshot_id,
+                            "broker": m.node_id,
+                            "capture": m.capture.used,
+                            "broker_downtime_ms": m.broker_downtime_ms,
+                            "files": m.totals.files,
+                            "data_bytes": m.totals.bytes,
+                            "archive_bytes": m.archive.size,
+                        }))
+                        .expect("serialisable")
+                    );
+                    Ok(ExitCode::SUCCESS)
                 }
-                eprintln!("error: {e}");
-                Ok(ExitCode::from(1))
+                Err(e) => {
+                    match &e {
+                        CycleError::StartFailed { .. } | CycleError::StillStopping { .. } => {
+                            tracing::error!("{e}")
+                        }
+                        _ => tracing::warn!("{e}"),
+                    }
+                    eprintln!("error: {e}");
+                    Ok(ExitCode::from(1))
+                }
             }
-        }
-    })
+        },
+    )
 }

@@ -62,8 +62,8 @@ fn main() -> ExitCode {
     };
     // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
     unsafe {
-        libc::signal(libc::SIGTERM, on_signal as libc::sighandler_t);
-        libc::signal(libc::SIGINT, on_signal as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
     }
     let cluster = match StandinCluster::create(&dir, &spec)
         .and_then(|c| c.start_all(Duration::from_secs(120)).map(|()| c))
