@@ -49,19 +49,6 @@ pub struct CoordinatorSection {
     /// Limit on every request to the coordinator, connecting included.
     #[serde(default = "default_coordinator_timeout", deserialize_with = "duration")]
     pub request_timeout: Duration,
-    /// Read from `token_file` when the config is loaded.
-    #[serde(skip)]
-    resolved_token: Option<Secret>,
-}
-
-/// A secret read from a file; `Debug` never shows it.
-#[derive(Clone, Default)]
-struct Secret(String);
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("<redacted>")
-    }
 }
 
 fn default_state_file() -> PathBuf {
@@ -75,12 +62,15 @@ fn default_coordinator_timeout() -> Duration {
 }
 
 impl CoordinatorSection {
-    /// The token read from `token_file` (set once the config is loaded).
-    pub fn token(&self) -> &str {
-        self.resolved_token
-            .as_ref()
-            .map(|s| s.0.as_str())
-            .unwrap_or_default()
+    /// Reads the bearer token from `token_file`. Done when the daemon
+    /// starts, not when the config is parsed, so that `validate` can check a
+    /// config rendered for another root (Ansible validates before it
+    /// installs anything).
+    pub fn read_token(&self, config_path: &Path) -> Result<String> {
+        read_token(&self.token_file).map_err(|m| Error::Config {
+            file: config_path.to_path_buf(),
+            message: format!("coordinator.token_file: {m}"),
+        })
     }
 }
 
@@ -692,17 +682,8 @@ impl AgentConfig {
         Ok(())
     }
 
-    /// Reads secrets referenced by path (`kafka.sasl_password_file`,
-    /// `coordinator.token_file`).
+    /// Reads secrets referenced by path (`kafka.sasl_password_file`).
     fn resolve_secrets(&mut self, path: &Path) -> Result<()> {
-        if let Some(c) = &mut self.coordinator {
-            c.resolved_token = Some(Secret(read_token(&c.token_file).map_err(|m| {
-                Error::Config {
-                    file: path.to_path_buf(),
-                    message: format!("coordinator.token_file: {m}"),
-                }
-            })?));
-        }
         if let Some(k) = &mut self.kafka {
             k.resolve_secrets().map_err(|(key, m)| Error::Config {
                 file: path.to_path_buf(),
@@ -1039,7 +1020,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cfg = with_coordinator(dir.path(), 0o600, "").unwrap();
         let c = cfg.coordinator(Path::new("/etc/agent.toml")).unwrap();
-        assert_eq!(c.token(), "s3cr3t-token");
+        assert_eq!(
+            c.read_token(Path::new("/etc/agent.toml")).unwrap(),
+            "s3cr3t-token"
+        );
         assert_eq!(
             c.state_file,
             PathBuf::from("/var/lib/kafka-snapshot-agent/state.json")
@@ -1047,7 +1031,6 @@ mod tests {
         assert_eq!(c.poll_interval, Duration::from_secs(10));
         assert_eq!(c.request_timeout, Duration::from_secs(10));
         assert_eq!(cfg.metrics.listen.to_string(), "127.0.0.1:9641");
-        assert!(!format!("{cfg:?}").contains("s3cr3t"));
         let cfg = with_coordinator(
             dir.path(),
             0o400,
@@ -1078,16 +1061,19 @@ mod tests {
     #[test]
     fn coordinator_mistakes_are_named() {
         let dir = tempfile::tempdir().unwrap();
-        let e = with_coordinator(dir.path(), 0o644, "")
-            .unwrap_err()
-            .to_string();
+        let token_err = |mode| {
+            let cfg = with_coordinator(dir.path(), mode, "").unwrap();
+            let c = cfg.coordinator.unwrap();
+            c.read_token(Path::new("/etc/agent.toml"))
+                .unwrap_err()
+                .to_string()
+        };
+        let e = token_err(0o644);
         assert!(
             e.contains("coordinator.token_file") && e.contains("0644") && e.contains("chmod 600"),
             "{e}"
         );
-        let e = with_coordinator(dir.path(), 0o640, "")
-            .unwrap_err()
-            .to_string();
+        let e = token_err(0o640);
         assert!(e.contains("coordinator.token_file"), "{e}");
         let cases = [
             ("poll_interval = \"0s\"\n", "coordinator.poll_interval"),
@@ -1133,13 +1119,18 @@ mod tests {
         .to_string();
         assert!(e.contains("coordinator.ca_file"), "{e}");
         std::fs::write(&token, "\n").unwrap();
-        let e = parse(&format!(
+        let cfg = parse(&format!(
             "[broker]\nlog_dirs=['/a']\n[storage]\nurl='file:///x'\n\
              [coordinator]\nurl = \"http://c:80\"\ntoken_file = {:?}\n",
             token.display().to_string()
         ))
-        .unwrap_err()
-        .to_string();
+        .unwrap();
+        let e = cfg
+            .coordinator
+            .unwrap()
+            .read_token(Path::new("/etc/agent.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("coordinator.token_file") && e.contains("empty"),
             "{e}"

@@ -125,7 +125,7 @@ impl CoordinatorClient {
         Ok(CoordinatorClient {
             http,
             base: cfg.url.trim_end_matches('/').to_string(),
-            token: cfg.token().to_string(),
+            token: cfg.read_token(config_path)?,
             broker,
         })
     }
