@@ -213,6 +213,7 @@ pub fn format_status(s: &StatusView) -> String {
                 Some((st, _)) if st == "pending" || st == "leased" || st == "archiving" => {
                     format!("this cycle ({st})")
                 }
+                _ if s.suspended => "suspended".into(),
                 _ => s.next_due.clone().unwrap_or_else(|| "-".into()),
             };
             vec![
@@ -396,6 +397,7 @@ pub async fn restore(
         let o: RestoreView = api
             .get(&format!("/v1/restores/{}", order.id), "restore progress")
             .await?;
+        let done = matches!(o.state.as_str(), "done" | "failed");
         let line = format!(
             "{}{}{}",
             o.state,
@@ -408,7 +410,7 @@ pub async fn restore(
                 .map(|p| format!(": {p}"))
                 .unwrap_or_default()
         );
-        if line != last {
+        if line != last && !done {
             println!("  {line}");
             last = line;
         }
