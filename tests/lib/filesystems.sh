@@ -24,6 +24,9 @@ _test_fs_mount() { # image size mountpoint mkfs...
 }
 
 test_fs_setup() {
+    # From the root as it is now: callers may set it after sourcing.
+    KSNAP_TEST_XFS=$KSNAP_TEST_ROOT/xfs
+    KSNAP_TEST_EXT4=$KSNAP_TEST_ROOT/ext4
     mkdir -p "$KSNAP_TEST_ROOT"
     _test_fs_mount "$KSNAP_TEST_ROOT/xfs.img" "${KSNAP_XFS_SIZE:-8G}" "$KSNAP_TEST_XFS" \
         mkfs.xfs -q -f -m reflink=1
