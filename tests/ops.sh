@@ -4,6 +4,8 @@
 #
 # - the roles' filter plugin (unit tests), ansible-lint (production
 #   profile), ansible-playbook --syntax-check;
+# - the Prometheus alert rules: `promtool check rules` and the promtool
+#   unit tests beside them (Debian's prometheus package brings promtool);
 # - site.yml run for real against this machine (connection local) as three
 #   brokers and a coordinator, each into its own temporary root, with
 #   service management off: files, owners, modes, users and rendered
@@ -30,12 +32,14 @@ fi
 # Debian's own python3: the venv outlives pyenv shims and the like.
 missing=()
 command -v systemd-analyze >/dev/null || missing+=(systemd)
+command -v promtool >/dev/null || missing+=(prometheus)
 [[ -x /usr/bin/python3 ]] || missing+=(python3)
 /usr/bin/python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 if ((${#missing[@]})); then
     echo "installing: ${missing[*]}"
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    # --no-install-recommends: promtool is all we need of prometheus.
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
 CACHE=/var/cache/kafka-snapshot-tests
@@ -94,6 +98,22 @@ if (cd ansible && ansible-playbook -i inventory/example/hosts.yml --syntax-check
 else
     cat "$T/syntax.log"
     not_ok "ansible-playbook --syntax-check"
+fi
+
+# --- alert rules -------------------------------------------------------------------
+# That every metric the rules use exists is checked by the coordinator's
+# integration tests (alert_rules_use_only_declared_metrics).
+if promtool check rules coordinator/alerts/kafka-snapshot.rules.yml >"$T/promtool.log" 2>&1; then
+    ok "promtool check rules: coordinator/alerts/kafka-snapshot.rules.yml"
+else
+    cat "$T/promtool.log"
+    not_ok "promtool check rules"
+fi
+if (cd coordinator/alerts && promtool test rules kafka-snapshot.rules.test.yml) >"$T/promtool.log" 2>&1; then
+    ok "promtool test rules: left-stopped and missing-snapshot alerts fire, and only then"
+else
+    cat "$T/promtool.log"
+    not_ok "promtool test rules"
 fi
 
 # --- what the binaries of this build support -----------------------------------------

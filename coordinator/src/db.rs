@@ -108,6 +108,14 @@ CREATE TABLE IF NOT EXISTS events (
     kind TEXT NOT NULL,
     message TEXT NOT NULL
 );
+-- When each phase of a lease was first reported (by a heartbeat), for the
+-- phase durations of the latest lease of every broker in /metrics.
+CREATE TABLE IF NOT EXISTS lease_phases (
+    epoch INTEGER NOT NULL,
+    phase TEXT NOT NULL,
+    started_at TEXT NOT NULL,
+    PRIMARY KEY (epoch, phase)
+);
 CREATE TABLE IF NOT EXISTS counters (
     name TEXT NOT NULL,
     label TEXT NOT NULL,

@@ -456,6 +456,12 @@ impl Engine {
                 hb.epoch as i64
             ],
         )?;
+        // The first heartbeat in a phase marks its start: as precise as the
+        // heartbeats (ttl / 3), which is enough to see where time goes.
+        tx.execute(
+            "INSERT OR IGNORE INTO lease_phases(epoch, phase, started_at) VALUES (?,?,?)",
+            params![hb.epoch as i64, hb.phase.as_str(), ts(now)],
+        )?;
         tx.execute(
             "UPDATE brokers SET phase = ?, last_seen = ? WHERE id = ?",
             params![hb.phase.as_str(), ts(now), hb.broker],
@@ -1742,9 +1748,68 @@ impl Engine {
         let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
+
+    /// How long each phase of every broker's latest lease (that reported a
+    /// phase) lasted: the first phase from the grant, each phase until the
+    /// next one was first reported, the last one until the lease ended (or
+    /// until `now` while it runs).
+    pub fn last_lease_phases(&self, now: Now) -> ApiResult<Vec<PhaseDuration>> {
+        let mut st = self.conn.prepare(
+            "SELECT l.broker, l.epoch, l.kind, l.granted_at, l.ended_at, p.phase, p.started_at
+             FROM leases l JOIN lease_phases p ON p.epoch = l.epoch
+             WHERE l.epoch IN (SELECT max(epoch) FROM lease_phases
+                               JOIN leases USING (epoch) GROUP BY broker)
+             ORDER BY l.broker, p.started_at, p.rowid",
+        )?;
+        type Row = (i32, i64, String, String, Option<String>, String, String);
+        let rows: Vec<Row> = st
+            .query_map([], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                ))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut out = Vec::new();
+        for (i, (broker, epoch, kind, granted, ended, phase, _)) in rows.iter().enumerate() {
+            let first = i == 0 || rows[i - 1].1 != *epoch;
+            let start = if first {
+                parse_ts(granted)
+            } else {
+                parse_ts(&rows[i].6)
+            };
+            let end = match rows.get(i + 1).filter(|n| n.1 == *epoch) {
+                Some(next) => parse_ts(&next.6),
+                None => ended.as_deref().map(parse_ts).unwrap_or(now),
+            };
+            out.push(PhaseDuration {
+                broker: *broker,
+                epoch: *epoch,
+                kind: kind.clone(),
+                phase: phase.clone(),
+                seconds: (end - start).num_milliseconds().max(0) as f64 / 1000.0,
+            });
+        }
+        Ok(out)
+    }
 }
 
 use crate::schedule::Schedule;
+
+/// One phase of a broker's latest lease, for `/metrics`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PhaseDuration {
+    pub broker: i32,
+    pub epoch: i64,
+    pub kind: String,
+    pub phase: String,
+    pub seconds: f64,
+}
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct RestoreView {
@@ -2291,5 +2356,83 @@ bootstrap_servers = ["k1:9092"]
             .recent_events
             .iter()
             .any(|ev| ev.message.contains("still running")));
+    }
+
+    #[test]
+    fn phase_durations_of_the_latest_lease_come_from_its_heartbeats() {
+        let mut e = engine();
+        start_cycle(&mut e);
+        let epoch = epoch_of(&poll_grant(&mut e, 1, secs(10)));
+        // Repeated heartbeats in a phase keep its first report as its start.
+        for (at, phase) in [
+            (12, Phase::Gating),
+            (20, Phase::Gating),
+            (30, Phase::Stopping),
+            (45, Phase::Capturing),
+            (50, Phase::Capturing),
+            (60, Phase::Starting),
+        ] {
+            e.heartbeat(&hb(1, epoch, phase), secs(at)).unwrap();
+        }
+        // While the lease runs, its last phase lasts until now.
+        let running = e.last_lease_phases(secs(64)).unwrap();
+        let got: Vec<(&str, f64)> = running
+            .iter()
+            .map(|p| (p.phase.as_str(), p.seconds))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("gating", 20.0),
+                ("stopping", 15.0),
+                ("capturing", 15.0),
+                ("starting", 4.0)
+            ]
+        );
+        assert!(running
+            .iter()
+            .all(|p| p.broker == 1 && p.epoch == epoch as i64 && p.kind == "snapshot"));
+        e.heartbeat(&hb(1, epoch, Phase::Recovering), secs(70))
+            .unwrap();
+        e.release(
+            &Release {
+                broker: 1,
+                epoch,
+                outcome: Outcome::Recovered {
+                    snapshot_id: "s1".into(),
+                    downtime_ms: 30_000,
+                },
+            },
+            secs(80),
+        )
+        .unwrap();
+        // Ended: the last phase stops at the release, whenever one looks.
+        let done = e.last_lease_phases(secs(500)).unwrap();
+        assert_eq!(done.len(), 5);
+        assert_eq!(done[3].seconds, 10.0, "{done:?}");
+        assert_eq!(
+            (done[4].phase.as_str(), done[4].seconds),
+            ("recovering", 10.0)
+        );
+        // Every broker has its own latest lease.
+        let epoch2 = epoch_of(&poll_grant(&mut e, 2, secs(90)));
+        e.heartbeat(&hb(2, epoch2, Phase::Gating), secs(95))
+            .unwrap();
+        let both = e.last_lease_phases(secs(100)).unwrap();
+        assert_eq!(both.len(), 6, "{both:?}");
+        assert_eq!(both[..5], done[..]);
+        assert_eq!(
+            (both[5].broker, both[5].phase.as_str(), both[5].seconds),
+            (2, "gating", 10.0)
+        );
+        let text = crate::metrics::render(&e, secs(100)).unwrap();
+        for line in [
+            "# TYPE kafka_snapshot_phase_duration_seconds gauge\n",
+            "kafka_snapshot_phase_duration_seconds{broker=\"1\",kind=\"snapshot\",phase=\"capturing\"} 15\n",
+            "kafka_snapshot_phase_duration_seconds{broker=\"2\",kind=\"snapshot\",phase=\"gating\"} 10\n",
+            "kafka_snapshot_lease_age_seconds{broker=\"2\"} 10\n",
+        ] {
+            assert!(text.contains(line), "{line} not in\n{text}");
+        }
     }
 }

@@ -136,6 +136,11 @@ pub fn render(e: &Engine, now: DateTime<Utc>) -> Result<String, ApiError> {
     let n = format!("{P}_lease_held");
     o.family(&n, "gauge", "1 while a lease is held (state active) or the slot waits for the cluster (state settling).");
     let n_age = format!("{P}_lease_age_seconds");
+    o.family(
+        &n_age,
+        "gauge",
+        "How long the current lease (active or settling) has been held, from its grant.",
+    );
     if let Some(l) = &status.lease {
         o.sample(
             &n,
@@ -147,7 +152,6 @@ pub fn render(e: &Engine, now: DateTime<Utc>) -> Result<String, ApiError> {
             ],
             1.0,
         );
-        o.family(&n_age, "gauge", "How long the current lease has been held.");
         if let Some(t) = secs(&l.granted_at) {
             o.sample(
                 &n_age,
@@ -155,6 +159,25 @@ pub fn render(e: &Engine, now: DateTime<Utc>) -> Result<String, ApiError> {
                 now.timestamp_millis() as f64 / 1000.0 - t,
             );
         }
+    }
+
+    let n = format!("{P}_phase_duration_seconds");
+    o.family(
+        &n,
+        "gauge",
+        "Time spent in each phase of the broker's latest lease, as its heartbeats reported them \
+         (the first phase from the grant; the last one until the lease ended, or until now).",
+    );
+    for p in e.last_lease_phases(now)? {
+        o.sample(
+            &n,
+            &[
+                ("broker", &p.broker.to_string()),
+                ("kind", &p.kind),
+                ("phase", &p.phase),
+            ],
+            p.seconds,
+        );
     }
 
     let n = format!("{P}_cycle_running");

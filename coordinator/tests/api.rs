@@ -219,3 +219,102 @@ fn https_with_a_generated_certificate() {
     let plain = reqwest::blocking::get(format!("http://localhost:{}/healthz", c.port));
     assert!(plain.is_err() || !plain.unwrap().status().is_success());
 }
+
+/// The `kafka_snapshot_*` names the shipped alert rules use.
+fn names_in_rules(rules: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    let mut rest = rules;
+    while let Some(i) = rest.find("kafka_snapshot_") {
+        let before = rules.len() - rest.len() + i;
+        let word_start = before == 0
+            || !rules.as_bytes()[before - 1].is_ascii_alphanumeric()
+                && rules.as_bytes()[before - 1] != b'_';
+        let tail = &rest[i..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_lowercase() || c == '_'))
+            .unwrap_or(tail.len());
+        if word_start {
+            names.insert(tail[..end].to_string());
+        }
+        rest = &tail[end..];
+    }
+    names
+}
+
+/// Guards against an alert that can never fire because the metric it
+/// reads was renamed or never existed: every metric in
+/// `alerts/kafka-snapshot.rules.yml` is declared (`# TYPE`) by a running
+/// coordinator's /metrics or by the agent's endpoint.
+#[test]
+fn alert_rules_use_only_declared_metrics() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/alerts/kafka-snapshot.rules.yml"
+    );
+    let rules = std::fs::read_to_string(path).unwrap();
+    let used = names_in_rules(&rules);
+    assert!(used.len() >= 8, "only {used:?} found in {path}");
+
+    // No cluster is needed to serve /metrics.
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    let mut c = Coordinator::create(
+        &t.path().join("coord"),
+        &CoordinatorSpec::new(
+            &[1, 2, 3],
+            "127.0.0.1:1",
+            &format!("file://{}", store.display()),
+        ),
+    );
+    c.start();
+    let text = reqwest::blocking::get(format!("{}/metrics", c.url))
+        .unwrap()
+        .text()
+        .unwrap();
+    let coordinator: std::collections::BTreeSet<String> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_string)
+        .collect();
+    assert!(
+        coordinator.contains("kafka_snapshot_phase_duration_seconds"),
+        "{text}"
+    );
+    let agent: std::collections::BTreeSet<String> = kafka_snapshot::daemon::metrics::FAMILIES
+        .iter()
+        .map(|f| f.0.to_string())
+        .collect();
+    assert!(
+        coordinator.is_disjoint(&agent),
+        "a name on both endpoints: {:?}",
+        coordinator.intersection(&agent).collect::<Vec<_>>()
+    );
+    let missing: Vec<&String> = used
+        .iter()
+        .filter(|n| !coordinator.contains(*n) && !agent.contains(*n))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{path} uses metrics no endpoint declares: {missing:?}\ncoordinator: {coordinator:?}\nagent: {agent:?}"
+    );
+    // Both endpoints are used by the rules.
+    assert!(used.iter().any(|n| agent.contains(n)), "{used:?}");
+    assert!(used.iter().any(|n| coordinator.contains(n)), "{used:?}");
+}
+
+#[test]
+fn metric_names_are_read_from_rules_text() {
+    let names = names_in_rules(
+        "expr: time() - kafka_snapshot_last_snapshot_timestamp_seconds > 1\n\
+         expr: rate(kafka_snapshot_failures_total{reason=\"gate\"}[5m])\n\
+         not_kafka_snapshot_x kafka-snapshot-agent",
+    );
+    assert_eq!(
+        names.into_iter().collect::<Vec<_>>(),
+        vec![
+            "kafka_snapshot_failures_total",
+            "kafka_snapshot_last_snapshot_timestamp_seconds"
+        ]
+    );
+}

@@ -7,12 +7,14 @@
 //! - `recover`: what a (re)started daemon finishes first: the broker its
 //!   predecessor stopped is started before the coordinator is contacted.
 //! - `snapshot` and `restore`: the work under a lease.
+//! - [`metrics`]: the Prometheus endpoint on `[metrics] listen`.
 //!
 //! The broker is never left stopped because of the agent: a lost lease,
 //! an abort, a failure or SIGTERM while it is down starts it again first.
 
 pub mod client;
 pub mod lease;
+pub mod metrics;
 mod recover;
 mod restore;
 mod snapshot;
@@ -62,6 +64,22 @@ pub async fn run(
             s
         })
         .unwrap_or_else(|| AgentState::idle(Some(broker)));
+    let metrics = metrics::Metrics::new(broker);
+    metrics.observe(state.phase, state.broker_stopped_by_agent, state.lease_held);
+    // Up before the recovery, so a broker left down shows while it is
+    // started again. Without the endpoint the agent still does its work.
+    match metrics::bind(cfg.metrics.listen).await {
+        Ok(l) => {
+            tracing::info!(broker, listen = %cfg.metrics.listen, "metrics endpoint listening");
+            tokio::spawn(metrics::serve(l, metrics.clone(), shutdown.clone()));
+        }
+        Err(e) => tracing::error!(
+            broker,
+            listen = %cfg.metrics.listen,
+            error = %e,
+            "cannot listen for metrics (metrics.listen); snapshots go on without the endpoint"
+        ),
+    }
     let mut d = Daemon {
         state_path: coord_cfg.state_file.clone(),
         coord_cfg,
@@ -72,6 +90,7 @@ pub async fn run(
         coord,
         control,
         state: Arc::new(Mutex::new(state)),
+        metrics,
         shutdown,
     };
     tracing::info!(broker, state_file = %d.state_path.display(), "agent daemon starting");
@@ -155,6 +174,7 @@ pub(crate) struct Daemon {
     coord: Arc<CoordinatorClient>,
     control: BrokerControl,
     state: Arc<Mutex<AgentState>>,
+    metrics: metrics::Metrics,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -174,6 +194,8 @@ impl Daemon {
     fn update(&self, f: impl FnOnce(&mut AgentState)) -> Result<()> {
         let mut s = self.state.lock().expect("state lock");
         f(&mut s);
+        self.metrics
+            .observe(s.phase, s.broker_stopped_by_agent, s.lease_held);
         s.save(&self.state_path)
     }
 
@@ -187,11 +209,13 @@ impl Daemon {
         let state = self.state.clone();
         let path = self.state_path.clone();
         let broker = self.broker;
+        let metrics = self.metrics.clone();
         Arc::new(move |phase: Phase, line: Option<String>| {
             {
                 let mut s = state.lock().expect("state lock");
                 if s.phase != phase {
                     s.enter(phase);
+                    metrics.observe(s.phase, s.broker_stopped_by_agent, s.lease_held);
                     tracing::info!(broker, %phase, "phase");
                     if let Err(e) = s.save(&path) {
                         tracing::error!(broker, %phase, error = %e, "could not write the state file");
@@ -340,6 +364,7 @@ impl Daemon {
     /// Refuses a lease outright (nothing was touched).
     async fn refuse(&self, epoch: u64, reason: String) {
         tracing::error!(broker = self.broker, epoch, reason, "refusing the lease");
+        self.metrics.failed(metrics::FailureReason::Setup);
         self.release(
             epoch,
             Outcome::Failed {

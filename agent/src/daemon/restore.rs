@@ -69,6 +69,13 @@ impl Daemon {
         let result = self.restore(&mut cycle, store, &order).await;
         session.stop();
         let loss = session.loss();
+        match (&result, &loss) {
+            (Ok(downtime_ms), None) => {
+                self.metrics.downtime(*downtime_ms);
+                self.metrics.restore_finished(true);
+            }
+            _ => self.metrics.restore_finished(false),
+        }
         match (result, &loss) {
             (_, Some(Loss::Stale(_))) => {
                 let phase = self.snapshot_state().phase;

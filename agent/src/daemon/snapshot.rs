@@ -6,6 +6,7 @@
 //! and the release says `Committed`.
 
 use super::lease::{LeaseSession, Loss};
+use super::metrics::FailureReason;
 use super::state::Work;
 use super::Daemon;
 use crate::cycle::{Archive, CycleError, Restarted};
@@ -69,6 +70,7 @@ impl Daemon {
                 downtime_ms,
                 archive: Archive::Pending(pending),
             }) => {
+                self.metrics.downtime(downtime_ms);
                 let _ = self.update(|s| s.snapshot_id = Some(snapshot_id.clone()));
                 if loss.is_none() {
                     self.release(
@@ -84,11 +86,18 @@ impl Daemon {
                 // left to lose.
                 cycle.set_interrupt(self.shutdown.clone());
                 let result = match cycle.archive(*pending).await {
-                    Ok(m) => ReportResult::Committed {
-                        snapshot: SnapshotSummary::of(&m),
-                    },
+                    Ok(m) => {
+                        let snapshot = SnapshotSummary::of(&m);
+                        self.metrics.snapshot_committed(&snapshot);
+                        ReportResult::Committed { snapshot }
+                    }
                     Err(e) => {
                         tracing::error!(snapshot = %snapshot_id, error = %e, "archiving failed");
+                        self.metrics.failed(if self.shutting_down() {
+                            FailureReason::Shutdown
+                        } else {
+                            FailureReason::Archive
+                        });
                         ReportResult::Failed {
                             snapshot_id: snapshot_id.clone(),
                             reason: e.to_string(),
@@ -117,6 +126,8 @@ impl Daemon {
                 downtime_ms,
                 archive: Archive::Committed(m),
             }) => {
+                self.metrics.downtime(downtime_ms);
+                self.metrics.snapshot_committed(&SnapshotSummary::of(&m));
                 let _ = self.update(|s| s.snapshot_id = Some(snapshot_id));
                 if loss.is_none() {
                     self.release(
@@ -141,6 +152,22 @@ impl Daemon {
     /// coordinator expects (a lost lease cannot be released).
     async fn end_failed(&mut self, epoch: u64, e: CycleError, loss: Option<Loss>) {
         let phase = self.snapshot_state().phase;
+        self.metrics.failed(match (&e, &loss) {
+            (_, Some(_)) => FailureReason::Lease,
+            (_, None) if self.shutting_down() => FailureReason::Shutdown,
+            (CycleError::NotSafe(_), None) => FailureReason::Gate,
+            (CycleError::StopFailed(_) | CycleError::UncleanStop { .. }, None) => {
+                FailureReason::Stop
+            }
+            (CycleError::Capture(_), None) => FailureReason::Capture,
+            (CycleError::StartFailed { .. } | CycleError::StillStopping { .. }, None) => {
+                FailureReason::Start
+            }
+            (CycleError::RecoveryTimeout { .. }, None) => FailureReason::Recovery,
+            (CycleError::Commit(_), None) => FailureReason::Archive,
+            (CycleError::Interrupted { .. }, None) => FailureReason::Shutdown,
+            (CycleError::Setup(_), None) => FailureReason::Setup,
+        });
         match (&e, &loss) {
             (_, Some(Loss::Stale(_))) => {
                 self.report_loss(epoch, &loss, &format!("during {phase} ({e})"))

@@ -242,6 +242,8 @@ struct Setup {
     c: StandinCluster,
     store: PathBuf,
     coord: FakeCoordinator,
+    /// The daemon's `[metrics] listen` port.
+    metrics_port: u16,
 }
 
 fn setup(fs_kind: &str) -> Setup {
@@ -267,12 +269,18 @@ fn setup_with(fs_kind: &str, change: impl FnOnce(&mut ClusterSpec)) -> Setup {
     let c = cluster(&root, change);
     let store = new_store(&root);
     let coord = FakeCoordinator::start(TOKEN);
+    let metrics_port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     Setup {
         _t: t,
         root,
         c,
         store,
         coord,
+        metrics_port,
     }
 }
 
@@ -296,7 +304,8 @@ impl Setup {
              [kafka]\nbootstrap_servers = [{}]\nrequest_timeout = \"5s\"\n\
              [gate]\nstable_checks = 2\ncheck_interval = \"300ms\"\n\
              [coordinator]\nurl = {:?}\ntoken_file = {:?}\nstate_file = {:?}\n\
-             poll_interval = \"200ms\"\nrequest_timeout = \"5s\"\n",
+             poll_interval = \"200ms\"\nrequest_timeout = \"5s\"\n\
+             [metrics]\nlisten = \"127.0.0.1:{}\"\n",
             dirs.join(", "),
             self.c.stop_script(2).display().to_string(),
             self.c.start_script(2).display().to_string(),
@@ -310,10 +319,40 @@ impl Setup {
             self.coord.url(),
             token_file.display().to_string(),
             self.state_file().display().to_string(),
+            self.metrics_port,
         );
         let path = self.root.join("agent-2.toml");
         fs::write(&path, text).unwrap();
         path
+    }
+
+    /// GET /metrics of the daemon.
+    fn scrape(&self) -> String {
+        let mut c = TcpStream::connect(("127.0.0.1", self.metrics_port)).expect("metrics endpoint");
+        c.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .unwrap();
+        let mut out = String::new();
+        c.read_to_string(&mut out).unwrap();
+        let (head, body) = out.split_once("\r\n\r\n").expect("an HTTP answer");
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        body.to_string()
+    }
+
+    /// Scrapes until `done` holds for the text; returns it.
+    fn scrape_until(&self, what: &str, daemon: &Daemon, done: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let text = self.scrape();
+            if done(&text) {
+                return text;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "metrics never showed {what}:\n{text}\ndaemon log:\n{}",
+                daemon.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     fn state_file(&self) -> PathBuf {
@@ -395,6 +434,12 @@ fn releases(coord: &FakeCoordinator) -> Vec<Value> {
         .into_iter()
         .map(|r| r.body)
         .collect()
+}
+
+/// The value of one series (name with its labels) in a scrape.
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
 fn first_at(reqs: &[Req], path: &str) -> Option<u64> {
@@ -521,6 +566,49 @@ fn copy_snapshot_commits_before_the_release() {
     assert!(s.coord.of("/v1/agent/report").is_empty());
     assert!(s.c.is_running(2));
     assert_eq!(s.c.max_brokers_down().unwrap(), 1);
+
+    // The agent's metrics tell the same story.
+    let m = s.scrape_until("the agent back to idle", &d, |t| {
+        metric(t, "kafka_snapshot_agent_phase{broker=\"2\",phase=\"idle\"}") == Some(1.0)
+    });
+    let at = |series: &str| metric(&m, series).unwrap_or_else(|| panic!("no {series} in\n{m}"));
+    assert_eq!(
+        at("kafka_snapshot_agent_snapshots_total{broker=\"2\"}"),
+        1.0
+    );
+    assert_eq!(
+        at("kafka_snapshot_agent_last_snapshot_size_bytes{broker=\"2\"}"),
+        snap["archive_bytes"].as_f64().unwrap()
+    );
+    assert_eq!(
+        at("kafka_snapshot_agent_last_snapshot_data_bytes{broker=\"2\"}"),
+        snap["data_bytes"].as_f64().unwrap()
+    );
+    let committed = chrono::DateTime::parse_from_rfc3339(snap["committed"].as_str().unwrap())
+        .unwrap()
+        .timestamp_millis() as f64
+        / 1000.0;
+    assert_eq!(
+        at("kafka_snapshot_agent_last_snapshot_timestamp_seconds{broker=\"2\"}"),
+        committed
+    );
+    let downtime = rel[0]["outcome"]["downtime_ms"].as_f64().unwrap() / 1000.0;
+    assert!(
+        (at("kafka_snapshot_agent_last_downtime_seconds{broker=\"2\"}") - downtime).abs() < 1e-6,
+        "{m}"
+    );
+    assert_eq!(
+        at("kafka_snapshot_agent_broker_stopped_by_agent{broker=\"2\"}"),
+        0.0
+    );
+    assert_eq!(at("kafka_snapshot_agent_lease_held{broker=\"2\"}"), 0.0);
+    for phase in ["gating", "stopping", "capturing", "starting", "recovering"] {
+        let secs = at(&format!(
+            "kafka_snapshot_agent_phase_duration_seconds{{broker=\"2\",phase=\"{phase}\"}}"
+        ));
+        assert!((0.0..120.0).contains(&secs), "{phase}: {secs}");
+    }
+    assert!(!m.contains("kafka_snapshot_agent_failures_total{"), "{m}");
 }
 
 #[test]
@@ -566,6 +654,33 @@ fn gate_never_passing_skips_and_leaves_the_broker_alone() {
     for h in s.coord.of("/v1/agent/heartbeat") {
         assert_eq!(h.body["phase"], "gating", "{}", h.body);
     }
+    let m = s.scrape_until("the skip counted", &d, |t| {
+        metric(
+            t,
+            "kafka_snapshot_agent_failures_total{broker=\"2\",reason=\"gate\"}",
+        ) == Some(1.0)
+    });
+    // Only the gate ran: one phase, about as long as the gate timeout.
+    let gating = metric(
+        &m,
+        "kafka_snapshot_agent_phase_duration_seconds{broker=\"2\",phase=\"gating\"}",
+    )
+    .unwrap_or_else(|| panic!("{m}"));
+    assert!(gating >= 1.4, "{m}");
+    assert_eq!(
+        m.matches("kafka_snapshot_agent_phase_duration_seconds{")
+            .count(),
+        1,
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "kafka_snapshot_agent_snapshots_total{broker=\"2\"}"),
+        Some(0.0)
+    );
+    assert!(
+        !m.contains("kafka_snapshot_agent_last_snapshot_timestamp_seconds{"),
+        "{m}"
+    );
 }
 
 #[test]
