@@ -116,13 +116,15 @@ impl Observer {
     }
 }
 
+/// Fields drop in order: agents, coordinator, cluster, then the dir.
 struct Fleet {
-    _t: tempfile::TempDir,
-    root: PathBuf,
-    cluster: Arc<StandinCluster>,
-    coord: Coordinator,
     agents: Vec<Agent>,
+    coord: Coordinator,
+    cluster: Arc<StandinCluster>,
+    root: PathBuf,
     store: PathBuf,
+    /// Last: dropped after the cluster, whose brokers live in it.
+    _t: tempfile::TempDir,
 }
 
 impl Fleet {

@@ -237,13 +237,14 @@ fn cluster(root: &Path, change: impl FnOnce(&mut ClusterSpec)) -> StandinCluster
 }
 
 struct Setup {
-    _t: tempfile::TempDir,
     root: PathBuf,
     c: StandinCluster,
     store: PathBuf,
     coord: FakeCoordinator,
     /// The daemon's `[metrics] listen` port.
     metrics_port: u16,
+    /// Last: dropped after the cluster, whose brokers live in it.
+    _t: tempfile::TempDir,
 }
 
 fn setup(fs_kind: &str) -> Setup {

@@ -267,7 +267,11 @@ fn ticker(broker: &Broker, stop: &AtomicBool) {
         since_owner_check += tick;
         if since_owner_check >= Duration::from_secs(1) {
             since_owner_check = Duration::ZERO;
-            if liveness::Owner::owner_alive(&broker.paths) == Some(false) {
+            // The owner is gone, or so is the cluster's state dir (a test's
+            // temporary dir removed before the brokers were killed): nobody
+            // can stop this broker any more, so it stops itself.
+            let state_gone = broker.paths.owner().parent().is_some_and(|d| !d.exists());
+            if state_gone || liveness::Owner::owner_alive(&broker.paths) == Some(false) {
                 broker.event(
                     EventKind::Crashed,
                     Some("the process that owns the cluster is gone".into()),
