@@ -318,3 +318,44 @@ fn metric_names_are_read_from_rules_text() {
         ]
     );
 }
+
+/// Under systemd (Type=notify, WatchdogSec=) the service says READY=1 once
+/// it serves, pings the watchdog at half of WATCHDOG_USEC, and says
+/// STOPPING=1 on SIGTERM before it exits 0.
+#[test]
+fn serve_tells_systemd_it_is_ready_alive_and_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let t = tempfile::tempdir().unwrap();
+    let sock_path = t.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let spec = CoordinatorSpec::new(
+        &[1],
+        "127.0.0.1:1",
+        &format!("file://{}", t.path().join("store").display()),
+    );
+    let mut c = Coordinator::create(&t.path().join("coord"), &spec);
+    let path = sock_path.display().to_string();
+    c.start_with_env(&[("NOTIFY_SOCKET", &path), ("WATCHDOG_USEC", "200000")]);
+    let mut buf = [0u8; 512];
+    let mut recv = || {
+        let n = sock.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let mut seen = Vec::new();
+    while !seen.contains(&"READY=1\n".to_string())
+        || seen.iter().filter(|m| *m == "WATCHDOG=1\n").count() < 3
+    {
+        seen.push(recv());
+        assert!(seen.len() < 100, "{seen:?}");
+    }
+    assert_eq!(c.terminate(), Some(0), "{}", c.logs());
+    loop {
+        let m = recv();
+        if m == "STOPPING=1\n" {
+            break;
+        }
+        assert_eq!(m, "WATCHDOG=1\n", "unexpected notification");
+    }
+}

@@ -138,6 +138,11 @@ impl Coordinator {
     }
 
     pub fn start(&mut self) {
+        self.start_with_env(&[]);
+    }
+
+    /// Starts `serve` with extra environment variables.
+    pub fn start_with_env(&mut self, env: &[(&str, &str)]) {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -147,6 +152,7 @@ impl Coordinator {
             .args(["serve", "--config"])
             .arg(&self.config)
             .env("KAFKA_SNAPSHOT_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -163,6 +169,17 @@ impl Coordinator {
             std::thread::sleep(Duration::from_millis(50));
         }
         panic!("coordinator did not listen: {}", self.logs());
+    }
+
+    /// SIGTERM, then waits for the exit; returns the exit code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        let mut c = self.child.take()?;
+        let ok = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -TERM failed");
+        c.wait().ok().and_then(|s| s.code())
     }
 
     pub fn kill(&mut self) {
@@ -244,21 +261,12 @@ impl Http {
         token: Option<&str>,
         body: Vec<u8>,
     ) -> (u16, serde_json::Value) {
-        let mut r = self
+        let r = self
             .client
             .post(format!("{}{path}", self.base))
             .header("content-type", "application/json")
             .body(body);
-        if let Some(t) = token {
-            r = r.bearer_auth(t);
-        }
-        let resp = r.send().expect("request");
-        let code = resp.status().as_u16();
-        let text = resp.text().unwrap_or_default();
-        (
-            code,
-            serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
-        )
+        send(r, token)
     }
 
     pub fn post(
@@ -271,18 +279,22 @@ impl Http {
     }
 
     pub fn get(&self, path: &str, token: Option<&str>) -> (u16, serde_json::Value) {
-        let mut r = self.client.get(format!("{}{path}", self.base));
-        if let Some(t) = token {
-            r = r.bearer_auth(t);
-        }
-        let resp = r.send().expect("request");
-        let code = resp.status().as_u16();
-        let text = resp.text().unwrap_or_default();
-        (
-            code,
-            serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
-        )
+        send(self.client.get(format!("{}{path}", self.base)), token)
     }
+}
+
+/// Sends with an optional bearer token: (status, JSON body or the text).
+fn send(mut r: reqwest::blocking::RequestBuilder, token: Option<&str>) -> (u16, serde_json::Value) {
+    if let Some(t) = token {
+        r = r.bearer_auth(t);
+    }
+    let resp = r.send().expect("request");
+    let code = resp.status().as_u16();
+    let text = resp.text().unwrap_or_default();
+    (
+        code,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+    )
 }
 
 pub fn poll_body(broker: i32, epoch: Option<u64>) -> serde_json::Value {
