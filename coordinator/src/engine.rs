@@ -65,6 +65,13 @@ fn parse_ts(s: &str) -> Now {
         .unwrap_or_default()
 }
 
+/// A config duration as a chrono one, capped at a century so that adding
+/// it to a time can never overflow.
+fn cdur(d: Duration) -> chrono::Duration {
+    let century = chrono::Duration::days(36_500);
+    chrono::Duration::from_std(d).map_or(century, |c| c.min(century))
+}
+
 fn ms(d: Duration) -> u64 {
     d.as_millis() as u64
 }
@@ -216,7 +223,7 @@ impl Engine {
                 let action = Self::lease_action(&self.cfg, &tx, epoch)?;
                 tx.execute(
                     "UPDATE leases SET expires_at = ? WHERE epoch = ?",
-                    params![ts(now + chrono::Duration::from_std(ttl).unwrap()), epoch],
+                    params![ts(now + cdur(ttl)), epoch],
                 )?;
                 tx.commit()?;
                 return Ok(PollDecision::Answer(action));
@@ -330,7 +337,7 @@ impl Engine {
         check: Result<(), String>,
         now: Now,
     ) -> ApiResult<Action> {
-        let ttl = chrono::Duration::from_std(self.ttl()).unwrap();
+        let ttl = cdur(self.ttl());
         let tx = self.conn.transaction()?;
         if Self::slot(&tx)?.is_some() {
             return Ok(Action::Idle);
@@ -449,7 +456,7 @@ impl Engine {
             "UPDATE leases SET expires_at = ?, phase = ?, progress = ?,
                 stopped_at = coalesce(stopped_at, ?) WHERE epoch = ?",
             params![
-                ts(now + chrono::Duration::from_std(ttl).unwrap()),
+                ts(now + cdur(ttl)),
                 hb.phase.as_str(),
                 hb.progress,
                 stopped_at,
@@ -633,23 +640,14 @@ impl Engine {
                 snapshot,
                 downtime_ms,
             } => {
-                Self::commit_snapshot(&tx, now, snapshot, "agent")?;
-                if let Some(cycle) = cycle_id {
-                    Self::broker_done(&tx, now, cycle, broker, epoch, &snapshot.snapshot_id)?;
-                }
-                Self::event(
+                Self::record_committed(
                     &tx,
                     now,
-                    "info",
-                    Some(broker),
-                    Some(epoch),
-                    "snapshot_committed",
-                    &format!(
-                        "snapshot {} of broker {broker} committed ({} bytes, {:.1}s down)",
-                        snapshot.snapshot_id,
-                        snapshot.archive_bytes,
-                        *downtime_ms as f64 / 1000.0
-                    ),
+                    cycle_id,
+                    broker,
+                    epoch,
+                    snapshot,
+                    Some(*downtime_ms),
                 )?;
                 Self::ended_well(&tx, now, broker, epoch, active, true)?;
             }
@@ -758,6 +756,46 @@ impl Engine {
         Ok(())
     }
 
+    /// A committed snapshot reported under lease `epoch` of `broker`: into
+    /// the catalog, and the broker is done for its cycle.
+    #[allow(clippy::too_many_arguments)]
+    fn record_committed(
+        tx: &Transaction,
+        now: Now,
+        cycle_id: Option<i64>,
+        broker: i32,
+        epoch: i64,
+        snapshot: &SnapshotSummary,
+        downtime_ms: Option<u64>,
+    ) -> ApiResult<()> {
+        if snapshot.broker != broker {
+            return Err(ApiError::BadRequest(format!(
+                "snapshot {} is of broker {}, reported by broker {broker}",
+                snapshot.snapshot_id, snapshot.broker
+            )));
+        }
+        Self::commit_snapshot(tx, now, snapshot, "agent")?;
+        if let Some(cycle) = cycle_id {
+            Self::broker_done(tx, now, cycle, broker, epoch, &snapshot.snapshot_id)?;
+        }
+        let down = downtime_ms
+            .map(|d| format!(", {:.1}s down", d as f64 / 1000.0))
+            .unwrap_or_default();
+        Self::event(
+            tx,
+            now,
+            "info",
+            Some(broker),
+            Some(epoch),
+            "snapshot_committed",
+            &format!(
+                "snapshot {} of broker {broker} committed ({} bytes{down})",
+                snapshot.snapshot_id, snapshot.archive_bytes
+            ),
+        )?;
+        Ok(())
+    }
+
     fn close(tx: &Transaction, now: Now, epoch: i64) -> rusqlite::Result<()> {
         tx.execute(
             "UPDATE leases SET state = 'released', ended_at = ? WHERE epoch = ?",
@@ -833,28 +871,7 @@ impl Engine {
         };
         match &rep.result {
             ReportResult::Committed { snapshot } => {
-                if snapshot.broker != broker {
-                    return Err(ApiError::BadRequest(format!(
-                        "snapshot {} is of broker {}, reported by broker {broker}",
-                        snapshot.snapshot_id, snapshot.broker
-                    )));
-                }
-                Self::commit_snapshot(&tx, now, snapshot, "agent")?;
-                if let Some(cycle) = cycle_id {
-                    Self::broker_done(&tx, now, cycle, broker, epoch, &snapshot.snapshot_id)?;
-                }
-                Self::event(
-                    &tx,
-                    now,
-                    "info",
-                    Some(broker),
-                    Some(epoch),
-                    "snapshot_committed",
-                    &format!(
-                        "snapshot {} of broker {broker} committed ({} bytes)",
-                        snapshot.snapshot_id, snapshot.archive_bytes
-                    ),
-                )?;
+                Self::record_committed(&tx, now, cycle_id, broker, epoch, snapshot, None)?;
             }
             ReportResult::Failed {
                 snapshot_id,
@@ -915,9 +932,8 @@ impl Engine {
     /// Expires leases, starts due cycles, moves stuck cycles on. Returns
     /// what needs a look at the cluster.
     pub fn tick(&mut self, now: Now) -> ApiResult<TickNeeds> {
-        let gate_timeout = chrono::Duration::from_std(self.cfg.schedule.gate_timeout).unwrap();
-        let archive_timeout =
-            chrono::Duration::from_std(self.cfg.schedule.archive_timeout).unwrap();
+        let gate_timeout = cdur(self.cfg.schedule.gate_timeout);
+        let archive_timeout = cdur(self.cfg.schedule.archive_timeout);
         let tx = self.conn.transaction()?;
         tx.execute(
             "INSERT OR REPLACE INTO meta(key, value) VALUES ('max_attempts', ?)",
@@ -1009,8 +1025,7 @@ impl Engine {
                                 params![c, broker],
                                 |r| Ok((r.get(0)?, r.get(1)?)),
                             )?;
-                            let poll = chrono::Duration::from_std(self.cfg.lease.poll_interval * 3)
-                                .unwrap();
+                            let poll = cdur(self.cfg.lease.poll_interval * 3);
                             let why = match (reason, seen.map(|s| parse_ts(&s))) {
                                 (Some(r), _) => r,
                                 (None, Some(s)) if now - s < poll => {
@@ -1084,7 +1099,7 @@ impl Engine {
         if now < next {
             return Ok(());
         }
-        let deadline = chrono::Duration::from_std(cfg.schedule.starting_deadline).unwrap();
+        let deadline = cdur(cfg.schedule.starting_deadline);
         let mut following = sched.next_after(next);
         while following <= now {
             following = sched.next_after(following);
@@ -1185,7 +1200,7 @@ impl Engine {
 
     /// Applies the coordinator's in-sync check to whatever waits for it.
     pub fn apply_cluster_check(&mut self, check: Result<(), String>, now: Now) -> ApiResult<()> {
-        let final_timeout = chrono::Duration::from_std(self.cfg.schedule.gate_timeout).unwrap();
+        let final_timeout = cdur(self.cfg.schedule.gate_timeout);
         let tx = self.conn.transaction()?;
         if let Some((epoch, broker, state)) = Self::slot(&tx)? {
             if state == "settling" {
