@@ -630,6 +630,15 @@ impl AgentConfig {
         if self.gate.stable_checks == 0 {
             return Err(err("gate.stable_checks", "must be at least 1".into()));
         }
+        if self.broker.recovery_timeout <= self.gate.check_interval {
+            return Err(err(
+                "broker.recovery_timeout",
+                format!(
+                    "{:?} must exceed gate.check_interval ({:?}): the recovery check could not run twice",
+                    self.broker.recovery_timeout, self.gate.check_interval
+                ),
+            ));
+        }
         if let Some(c) = &self.coordinator {
             let rest = c
                 .url

@@ -162,6 +162,8 @@ impl Cycle {
         if let Some(o) = &self.observer {
             o(phase, progress);
         }
+        // Recorded (state file, heartbeats) before a test may stop here.
+        crate::pausepoint(&format!("phase-{phase}"));
     }
 
     pub fn broker(&self) -> i32 {
@@ -334,6 +336,11 @@ impl Cycle {
             return Err(CycleError::NotSafe(Box::new(report)));
         }
         self.phase(Phase::Stopping, None);
+        // The lease may have been lost while the gate ran (or while the
+        // phase was recorded): never stop the broker without it.
+        if self.shutting_down() {
+            return Err(CycleError::Interrupted { restarted: false });
+        }
         let stopped_at = Utc::now();
         match self.control.stop().await {
             Ok(Stopped::Clean) => {}

@@ -83,6 +83,14 @@ impl Error {
         }
     }
 
+    /// True when the error says only that cold storage (or a disk) could
+    /// not be read just now (unreachable, timed out, an I/O error), and
+    /// nothing about whether the snapshot is good. A verification that
+    /// ends so must be retried, not recorded as a failed snapshot.
+    pub fn is_unreadable(&self) -> bool {
+        matches!(self, Error::Storage { .. } | Error::Io { .. })
+    }
+
     /// Process exit code for the CLI: 2 for usage and configuration errors,
     /// 1 for everything else (failed checks, corrupt archives, I/O).
     pub fn exit_code(&self) -> i32 {

@@ -46,4 +46,57 @@ pub fn failpoint(name: &str) {
         eprintln!("failpoint {name}: aborting");
         std::process::abort();
     }
+    pausepoint(name);
+}
+
+/// Fault-injection hook: when `KAFKA_SNAPSHOT_PAUSE` lists `name`
+/// (comma-separated) the process stops here the first time it passes,
+/// creates `$KAFKA_SNAPSHOT_PAUSE_DIR/<name>` (holding its pid) and waits
+/// until that file is removed. A test uses the pause to inject a fault at
+/// an exact point (SIGKILL the agent, kill the coordinator, cut the
+/// network, fill the disk) and then lets the process go on. Heartbeats and
+/// the other tasks keep running meanwhile.
+pub fn pausepoint(name: &str) {
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    static PASSED: Mutex<Option<HashSet<String>>> = Mutex::new(None);
+
+    let Ok(points) = std::env::var("KAFKA_SNAPSHOT_PAUSE") else {
+        return;
+    };
+    if !points.split(',').any(|p| p.trim() == name) {
+        return;
+    }
+    {
+        let mut passed = PASSED.lock().unwrap_or_else(|e| e.into_inner());
+        if !passed
+            .get_or_insert_with(HashSet::new)
+            .insert(name.to_string())
+        {
+            return;
+        }
+    }
+    let dir = std::env::var_os("KAFKA_SNAPSHOT_PAUSE_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    let marker = dir.join(name);
+    let wait = || {
+        if let Err(e) = std::fs::write(&marker, format!("{}\n", std::process::id())) {
+            eprintln!("pausepoint {name}: cannot write {}: {e}", marker.display());
+            return;
+        }
+        tracing::warn!(point = name, marker = %marker.display(), "pausepoint: paused");
+        while marker.exists() {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        tracing::warn!(point = name, "pausepoint: going on");
+    };
+    // On a runtime worker, hand its other tasks (heartbeats) to another
+    // worker while this one waits.
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(wait)
+        }
+        _ => wait(),
+    }
 }

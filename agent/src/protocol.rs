@@ -98,6 +98,12 @@ pub struct PollRequest {
     pub lease_epoch: Option<u64>,
     /// True when the broker process is running (its log dirs are locked).
     pub broker_running: bool,
+    /// A random id the agent process picks when it starts. A grant whose
+    /// answer was lost is handed out again only to the same process, so a
+    /// second agent acting as the same broker (a misdeployment) never
+    /// receives a lease another agent already works under.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

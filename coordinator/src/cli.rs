@@ -455,10 +455,7 @@ pub async fn verify(
         }
         None => rows,
     };
-    let store = kafka_snapshot::storage::open(
-        &cfg.storage.url,
-        &kafka_snapshot::storage::StoreOptions::from_config(&cfg.storage),
-    )?;
+    let store = crate::server::open_store(cfg).await?;
     let store: std::sync::Arc<dyn kafka_snapshot::storage::ColdStore> = std::sync::Arc::from(store);
     let mut all_ok = true;
     let mut results = Vec::new();
@@ -474,7 +471,40 @@ pub async fn verify(
         })
         .await
         .map_err(|e| Error::Usage(format!("verify worker: {e}")))?;
+        if let Some(e) = outcome.as_ref().err().filter(|e| e.is_unreadable()) {
+            // Says nothing about the snapshot: report it, record nothing.
+            all_ok = false;
+            if !json {
+                println!(
+                    "broker {} snapshot {}: NOT VERIFIED, cold storage could not be read: {e}",
+                    r.broker, r.snapshot_id
+                );
+            }
+            results.push(serde_json::json!({
+                "broker": r.broker, "snapshot_id": r.snapshot_id, "ok": false,
+                "unreadable": true, "error": e.to_string(),
+            }));
+            continue;
+        }
         let error = outcome.as_ref().err().map(|e| e.to_string());
+        if error.is_some() {
+            // Retention may have deleted it while it was read: then it is
+            // no longer in the catalog, and nothing is wrong with it.
+            let now: Vec<SnapshotRow> = api.get("/v1/snapshots", "snapshots").await?;
+            if !now.iter().any(|n| {
+                n.snapshot_id == r.snapshot_id
+                    && n.broker == r.broker
+                    && n.cluster_id == r.cluster_id
+            }) {
+                if !json {
+                    println!(
+                        "broker {} snapshot {}: deleted by retention meanwhile",
+                        r.broker, r.snapshot_id
+                    );
+                }
+                continue;
+            }
+        }
         if !json {
             match &error {
                 None => println!("broker {} snapshot {}: ok", r.broker, r.snapshot_id),

@@ -36,7 +36,9 @@ CREATE TABLE IF NOT EXISTS leases (
     outcome TEXT,
     reason TEXT,
     stopped_at TEXT,
-    ended_at TEXT
+    ended_at TEXT,
+    holder_instance TEXT,
+    holder_host TEXT
 );
 CREATE INDEX IF NOT EXISTS leases_state ON leases(state);
 -- state: running -> finishing -> done | partial | failed
@@ -148,6 +150,18 @@ fn init(conn: &Connection) -> rusqlite::Result<()> {
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
     conn.execute_batch(SCHEMA)?;
+    // Added after schema version 1 shipped: which agent process a lease
+    // was handed to.
+    for (table, column) in [("leases", "holder_instance"), ("leases", "holder_host")] {
+        let present: bool = conn.query_row(
+            &format!("SELECT count(*) > 0 FROM pragma_table_info('{table}') WHERE name = ?"),
+            [column],
+            |r| r.get(0),
+        )?;
+        if !present {
+            conn.execute(&format!("ALTER TABLE {table} ADD COLUMN {column} TEXT"), [])?;
+        }
+    }
     conn.execute(
         "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', '1')",
         [],

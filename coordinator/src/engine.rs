@@ -205,16 +205,60 @@ impl Engine {
             ],
         )?;
         // An active lease of this broker the agent does not know about.
-        let own: Option<(i64, Option<String>)> = tx
+        // epoch, phase, holder_instance, holder_host
+        type Own = (i64, Option<String>, Option<String>, Option<String>);
+        let own: Option<Own> = tx
             .query_row(
-                "SELECT epoch, phase FROM leases WHERE broker = ? AND state = 'active'",
+                "SELECT epoch, phase, holder_instance, holder_host FROM leases
+                 WHERE broker = ? AND state = 'active'",
                 [req.broker],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
             )
             .optional()?;
-        if let Some((epoch, phase)) = own {
+        if let Some((epoch, phase, instance, host)) = own {
             if req.lease_epoch == Some(epoch as u64) {
                 // Busy under it; nothing new.
+                tx.commit()?;
+                return Ok(PollDecision::Answer(Action::Idle));
+            }
+            // Another agent process than the one the lease was handed to: a
+            // second agent acting as this broker (a copy of the config, an
+            // old host still running), or the holder restarted without its
+            // state file. Either way it gets nothing and the holder is not
+            // disturbed; a dead holder's lease expires within the TTL.
+            let other = matches!((&instance, &req.instance), (Some(a), Some(b)) if a != b);
+            if other {
+                let seen: bool = tx.query_row(
+                    "SELECT count(*) > 0 FROM events WHERE kind = 'duplicate_agent' AND epoch = ?",
+                    [epoch],
+                    |r| r.get(0),
+                )?;
+                if !seen {
+                    let message = format!(
+                        "two agents act as broker {}: lease {epoch} is held by the agent on {} \
+                         (instance {}); the agent on {} (instance {}) gets nothing. Only one agent \
+                         may run per broker: stop the other one (if the holder restarted without \
+                         its state file, its lease expires within lease.ttl)",
+                        req.broker,
+                        host.as_deref().unwrap_or("?"),
+                        instance.as_deref().unwrap_or("?"),
+                        req.hostname,
+                        req.instance.as_deref().unwrap_or("?"),
+                    );
+                    Self::event(
+                        &tx,
+                        now,
+                        "error",
+                        Some(req.broker),
+                        Some(epoch),
+                        "duplicate_agent",
+                        &message,
+                    )?;
+                    tx.execute(
+                        "UPDATE brokers SET last_error = ?, last_error_at = ? WHERE id = ?",
+                        params![message, ts(now), req.broker],
+                    )?;
+                }
                 tx.commit()?;
                 return Ok(PollDecision::Answer(Action::Idle));
             }
@@ -331,10 +375,13 @@ impl Engine {
 
     /// Grants the lease to `cand` if the slot is still free and it is still
     /// its turn, given the coordinator's own cluster check.
+    /// `holder` is the poll the candidate came from: the lease records which
+    /// agent process and host it was handed to.
     pub fn grant(
         &mut self,
         cand: &Candidate,
         check: Result<(), String>,
+        holder: &PollRequest,
         now: Now,
     ) -> ApiResult<Action> {
         let ttl = cdur(self.ttl());
@@ -403,6 +450,10 @@ impl Engine {
                 epoch
             }
         };
+        tx.execute(
+            "UPDATE leases SET holder_instance = ?, holder_host = ? WHERE epoch = ?",
+            params![holder.instance, holder.hostname, epoch],
+        )?;
         Self::event(
             &tx,
             now,
@@ -706,6 +757,18 @@ impl Engine {
                     params![msg, ts(now), broker],
                 )?;
                 if active {
+                    if !*broker_running {
+                        // What an operator must act on: an ERROR of its own.
+                        Self::event(
+                            &tx,
+                            now,
+                            "error",
+                            Some(broker),
+                            Some(epoch),
+                            "left_stopped",
+                            &msg,
+                        )?;
+                    }
                     // Not clean: the slot waits for the cluster.
                     Self::settle(&tx, now, epoch, &msg)?;
                 } else {
@@ -1464,6 +1527,19 @@ impl Engine {
         now: Now,
     ) -> ApiResult<()> {
         let tx = self.conn.transaction()?;
+        let deleted: bool = tx
+            .query_row(
+                "SELECT deleted_at IS NOT NULL FROM snapshots
+                 WHERE cluster_id = ? AND broker = ? AND snapshot_id = ?",
+                params![cluster_id, broker, snapshot_id],
+                |r| r.get(0),
+            )
+            .optional()?
+            .unwrap_or(false);
+        if deleted {
+            // Retention removed it while it was read back: nothing to say.
+            return Ok(());
+        }
         let n = tx.execute(
             "UPDATE snapshots SET verified_at = ?, verify_ok = ?, verify_message = ?
              WHERE cluster_id = ? AND broker = ? AND snapshot_id = ?",
@@ -1989,6 +2065,7 @@ bootstrap_servers = ["k1:9092"]
             phase: Phase::Idle,
             lease_epoch: epoch,
             broker_running: true,
+            instance: None,
         }
     }
 
@@ -1996,7 +2073,7 @@ bootstrap_servers = ["k1:9092"]
     fn poll_grant(e: &mut Engine, broker: i32, now: Now) -> Action {
         match e.poll(&poll_req(broker, None), now).unwrap() {
             PollDecision::Answer(a) => a,
-            PollDecision::Check(c) => e.grant(&c, Ok(()), now).unwrap(),
+            PollDecision::Check(c) => e.grant(&c, Ok(()), &poll_req(broker, None), now).unwrap(),
         }
     }
 
@@ -2046,6 +2123,72 @@ bootstrap_servers = ["k1:9092"]
     }
 
     #[test]
+    fn a_second_agent_acting_as_the_same_broker_never_gets_a_lease_in_use() {
+        let mut e = engine();
+        start_cycle(&mut e);
+        let mut a = poll_req(1, None);
+        a.instance = Some("aaaa".into());
+        let mut b = poll_req(1, None);
+        b.instance = Some("bbbb".into());
+        b.hostname = "old-host".into();
+        let PollDecision::Check(c) = e.poll(&a, secs(2)).unwrap() else {
+            panic!("broker 1 should be a candidate")
+        };
+        let Action::Snapshot { lease } = e.grant(&c, Ok(()), &a, secs(2)).unwrap() else {
+            panic!("granted")
+        };
+        // The answer may not have reached `a` yet: only `a` gets it again.
+        assert_eq!(
+            e.poll(&b, secs(3)).unwrap(),
+            PollDecision::Answer(Action::Idle)
+        );
+        assert!(matches!(
+            e.poll(&a, secs(3)).unwrap(),
+            PollDecision::Answer(Action::Snapshot { .. })
+        ));
+        let hb = Heartbeat {
+            broker: 1,
+            epoch: lease.epoch,
+            phase: Phase::Stopping,
+            progress: None,
+        };
+        e.heartbeat(&hb, secs(4)).unwrap();
+        // `b`, on another host, polls while `a` works: `b` gets nothing and
+        // `a` keeps its lease; the operator is told.
+        assert_eq!(
+            e.poll(&b, secs(5)).unwrap(),
+            PollDecision::Answer(Action::Idle)
+        );
+        e.heartbeat(&hb, secs(6))
+            .expect("the holder keeps its lease");
+        let st = e.status(secs(6)).unwrap();
+        let err = st.brokers[0].last_error.clone().unwrap_or_default();
+        assert!(
+            err.contains("two agents act as broker 1") && err.contains("old-host"),
+            "{err}"
+        );
+        // A second process on the holder's own host gets nothing either.
+        let mut a2 = a.clone();
+        a2.instance = Some("cccc".into());
+        assert_eq!(
+            e.poll(&a2, secs(7)).unwrap(),
+            PollDecision::Answer(Action::Idle)
+        );
+        e.heartbeat(&hb, secs(8))
+            .expect("the holder keeps its lease");
+        // The same process polling without the lease it works under lost
+        // track of it: the lease is closed the careful way.
+        assert_eq!(
+            e.poll(&a, secs(9)).unwrap(),
+            PollDecision::Answer(Action::Idle)
+        );
+        assert!(matches!(
+            e.heartbeat(&hb, secs(10)),
+            Err(ApiError::Conflict(_))
+        ));
+    }
+
+    #[test]
     fn a_cycle_leases_one_broker_at_a_time_in_id_order() {
         let mut e = engine();
         start_cycle(&mut e);
@@ -2059,8 +2202,13 @@ bootstrap_servers = ["k1:9092"]
             panic!("broker 1 should be a candidate")
         };
         assert_eq!(
-            e.grant(&c, Err("orders-0 under-replicated".into()), secs(2))
-                .unwrap(),
+            e.grant(
+                &c,
+                Err("orders-0 under-replicated".into()),
+                &poll_req(1, None),
+                secs(2)
+            )
+            .unwrap(),
             Action::Idle
         );
         let st = e.status(secs(2)).unwrap();

@@ -39,6 +39,8 @@ pub struct Shared {
     kafka: KafkaClient,
     pub store: Arc<dyn ColdStore>,
     verifying: AtomicBool,
+    /// Cold storage could not be read: no verification before then.
+    verify_after: Mutex<Option<Instant>>,
     pruning: AtomicBool,
     last_check: Mutex<Option<Instant>>,
 }
@@ -66,6 +68,7 @@ impl Shared {
             kafka,
             store,
             verifying: AtomicBool::new(false),
+            verify_after: Mutex::new(None),
             pruning: AtomicBool::new(false),
             last_check: Mutex::new(None),
             cfg,
@@ -207,7 +210,7 @@ async fn poll(State(s): S, headers: HeaderMap, body: Bytes) -> HttpResult<Json<P
             if let Err(e) = &check {
                 tracing::info!(broker = req.broker, "no lease yet: {e}");
             }
-            s.engine().grant(&cand, check, Utc::now())?
+            s.engine().grant(&cand, check, &req, Utc::now())?
         }
     };
     Ok(Json(PollResponse {
@@ -513,22 +516,40 @@ pub fn rebuild_catalog(s: &Shared) -> std::result::Result<RebuildResult, HttpErr
     })
 }
 
-fn verify_one(s: &Shared, cluster: &str, broker: i32, id: &str) {
+/// Verifies one snapshot and records the result. Returns false when cold
+/// storage could not be read (nothing is recorded: the snapshot is not
+/// known to be bad, and is verified again later).
+fn verify_one(s: &Shared, cluster: &str, broker: i32, id: &str) -> bool {
     let snap = SnapshotRef {
         cluster_id: cluster.to_string(),
         broker,
         snapshot_id: id.to_string(),
     };
-    let result = kafka_snapshot::verify::verify(s.store.as_ref(), &snap)
-        .map(|_| ())
-        .map_err(|e| e.to_string());
+    let result = match kafka_snapshot::verify::verify(s.store.as_ref(), &snap) {
+        Ok(_) => Ok(()),
+        Err(e) if e.is_unreadable() => {
+            tracing::warn!(
+                broker,
+                snapshot = id,
+                error = %e,
+                "cannot read the snapshot back from cold storage now; verifying it again in {:?}",
+                VERIFY_RETRY
+            );
+            return false;
+        }
+        Err(e) => Err(e.to_string()),
+    };
     if let Err(e) = s
         .engine()
         .record_verification(cluster, broker, id, result, Utc::now())
     {
         tracing::error!("recording the verification of {id}: {e}");
     }
+    true
 }
+
+/// Pause before verifying again after cold storage could not be read.
+const VERIFY_RETRY: Duration = Duration::from_secs(10);
 
 // ----- the background loop ---------------------------------------------------
 
@@ -566,7 +587,12 @@ async fn background(s: Arc<Shared>, mut shutdown: tokio::sync::watch::Receiver<b
                 }
             }
         }
-        if needs.verify && !s.verifying.swap(true, Ordering::SeqCst) {
+        let verify_due = s
+            .verify_after
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none_or(|t| Instant::now() >= t);
+        if needs.verify && verify_due && !s.verifying.swap(true, Ordering::SeqCst) {
             let s2 = s.clone();
             tokio::task::spawn_blocking(move || {
                 loop {
@@ -574,7 +600,11 @@ async fn background(s: Arc<Shared>, mut shutdown: tokio::sync::watch::Receiver<b
                     // while verifying (verify_one records the result).
                     let next = s2.engine().next_unverified();
                     let Ok(Some((c, b, id))) = next else { break };
-                    verify_one(&s2, &c, b, &id);
+                    if !verify_one(&s2, &c, b, &id) {
+                        *s2.verify_after.lock().unwrap_or_else(|p| p.into_inner()) =
+                            Some(Instant::now() + VERIFY_RETRY);
+                        break;
+                    }
                 }
                 s2.verifying.store(false, Ordering::SeqCst);
             });
@@ -595,13 +625,20 @@ async fn background(s: Arc<Shared>, mut shutdown: tokio::sync::watch::Receiver<b
     }
 }
 
+/// Opens cold storage off the runtime: the S3 store runs its own I/O
+/// runtime and blocks on it, which is not allowed on a runtime thread.
+pub async fn open_store(cfg: &CoordinatorConfig) -> Result<Box<dyn ColdStore>> {
+    let url = cfg.storage.url.clone();
+    let opts = StoreOptions::from_config(&cfg.storage);
+    tokio::task::spawn_blocking(move || storage::open(&url, &opts))
+        .await
+        .map_err(|e| Error::Usage(format!("opening cold storage: {e}")))?
+}
+
 /// Runs the coordinator until SIGTERM/SIGINT.
 pub async fn serve(cfg: CoordinatorConfig, on_ready: impl FnOnce()) -> Result<()> {
     let conn = crate::db::open(&cfg.server.database)?;
-    let store: Arc<dyn ColdStore> = Arc::from(storage::open(
-        &cfg.storage.url,
-        &StoreOptions::from_config(&cfg.storage),
-    )?);
+    let store: Arc<dyn ColdStore> = Arc::from(open_store(&cfg).await?);
     let engine = Engine::new(conn, cfg.clone());
     let shared = Arc::new(Shared::new(cfg.clone(), engine, store)?);
     let app = router(shared.clone());

@@ -19,6 +19,19 @@ pub enum Loss {
     Stale(String),
     /// The coordinator asked the agent to give up (an operator cancelled).
     Aborted,
+    /// No heartbeat was answered for two thirds of the TTL: by now the
+    /// coordinator may have expired the lease (and, once the cluster is
+    /// back in sync, lease another broker), so the agent must stop acting
+    /// under it before that can happen.
+    Expired(String),
+}
+
+/// Share of the TTL after the last answered heartbeat was sent (or the
+/// lease arrived) within which the agent still acts under the lease. The
+/// coordinator renews the lease for a whole TTL from when it receives a
+/// heartbeat, so the agent's deadline always comes first.
+fn valid_for(ttl: Duration) -> Duration {
+    ttl * 2 / 3
 }
 
 pub struct LeaseSession {
@@ -59,6 +72,7 @@ impl LeaseSession {
             let loss = loss.clone();
             let epoch = lease.epoch;
             let mut ttl = Duration::from_millis(lease.ttl_ms);
+            let mut valid_until = tokio::time::Instant::now() + valid_for(ttl);
             tokio::spawn(async move {
                 let mut failures = 0u32;
                 loop {
@@ -68,7 +82,21 @@ impl LeaseSession {
                     } else {
                         backoff(failures).min(every)
                     };
-                    tokio::time::sleep(pause).await;
+                    let expired = || {
+                        let phase = progress_rx.borrow().0;
+                        let why = format!(
+                            "no heartbeat answered for {:?} of the {ttl:?} lease TTL",
+                            valid_for(ttl)
+                        );
+                        tracing::error!(epoch, %phase, "lease expired on this side: {why}; giving up the work under it");
+                        *loss.lock().expect("lease loss lock") = Some(Loss::Expired(why));
+                        let _ = tx.send(true);
+                    };
+                    let wake = (tokio::time::Instant::now() + pause).min(valid_until);
+                    tokio::time::sleep_until(wake).await;
+                    if tokio::time::Instant::now() >= valid_until {
+                        return expired();
+                    }
                     let (phase, progress) = progress_rx.borrow().clone();
                     let hb = Heartbeat {
                         broker: coord.broker,
@@ -76,10 +104,16 @@ impl LeaseSession {
                         phase,
                         progress,
                     };
-                    match coord.heartbeat(&hb).await {
+                    let sent = tokio::time::Instant::now();
+                    let answer = tokio::select! {
+                        r = coord.heartbeat(&hb) => r,
+                        _ = tokio::time::sleep_until(valid_until) => return expired(),
+                    };
+                    match answer {
                         Ok(r) => {
                             failures = 0;
                             ttl = Duration::from_millis(r.ttl_ms);
+                            valid_until = sent + valid_for(ttl);
                             if r.abort {
                                 tracing::warn!(epoch, %phase, "the coordinator asks to abort this lease");
                                 *loss.lock().expect("lease loss lock") = Some(Loss::Aborted);

@@ -52,6 +52,7 @@ pub async fn run(
     let coord_cfg = cfg.coordinator(config_path)?.clone();
     let kafka_cfg = cfg.kafka(config_path, "the daemon")?.clone();
     let log_dirs = cfg.log_dirs()?;
+    let _lock = state::StateLock::acquire(&coord_cfg.state_file)?;
     let previous = AgentState::load(&coord_cfg.state_file)?;
     let broker = resolve_broker(&cfg, &log_dirs, previous.as_ref())?;
     let kafka = Arc::new(KafkaClient::new(&kafka_cfg).map_err(Error::Usage)?);
@@ -92,13 +93,26 @@ pub async fn run(
         state: Arc::new(Mutex::new(state)),
         metrics,
         shutdown,
+        instance: instance_id()?,
     };
-    tracing::info!(broker, state_file = %d.state_path.display(), "agent daemon starting");
+    tracing::info!(broker, instance = %d.instance, state_file = %d.state_path.display(), "agent daemon starting");
     d.recover(previous).await?;
     d.on_ready();
     d.serve().await;
     tracing::info!(broker, "agent daemon stopped");
     Ok(())
+}
+
+/// 64 random bits, hex: which agent process polls.
+fn instance_id() -> Result<String> {
+    let mut rnd = [0u8; 8];
+    getrandom::fill(&mut rnd).map_err(|e| {
+        Error::io(
+            "reading the OS random source for the agent's instance id",
+            std::io::Error::other(e.to_string()),
+        )
+    })?;
+    Ok(hex::encode(rnd))
 }
 
 /// The broker this host runs: `node.id` (or `broker.id`) from
@@ -176,6 +190,8 @@ pub(crate) struct Daemon {
     state: Arc<Mutex<AgentState>>,
     metrics: metrics::Metrics,
     shutdown: watch::Receiver<bool>,
+    /// This process's id towards the coordinator (see `PollRequest::instance`).
+    instance: String,
 }
 
 impl Daemon {
@@ -322,6 +338,7 @@ impl Daemon {
                 phase: state.phase,
                 lease_epoch: state.lease_held.then_some(state.lease_epoch).flatten(),
                 broker_running: self.broker_running(),
+                instance: Some(self.instance.clone()),
             };
             match self.coord.poll(&req).await {
                 Ok(resp) => {

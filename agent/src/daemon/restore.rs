@@ -101,10 +101,16 @@ impl Daemon {
             (result, _) => {
                 let e = match result {
                     Err(e) => e,
-                    Ok(_) => "the restore finished, but the coordinator asked to abort".into(),
+                    Ok(_) => {
+                        "the restore finished, but the lease ended before it could be released"
+                            .into()
+                    }
                 };
                 let why = match (&loss, self.shutting_down()) {
                     (Some(Loss::Aborted), _) => format!("aborted by the coordinator: {e}"),
+                    (Some(Loss::Expired(why)), _) => {
+                        format!("lease expired on the agent ({why}): {e}")
+                    }
                     (_, true) => format!("the agent is shutting down: {e}"),
                     _ => e,
                 };

@@ -185,7 +185,12 @@ impl Daemon {
             }
             _ => {
                 let why = match (&loss, self.shutting_down()) {
-                    (Some(Loss::Aborted), _) => format!("aborted by the coordinator: {e}"),
+                    (Some(Loss::Aborted), _) => {
+                        format!("aborted by the coordinator: {}", gave_up(&e))
+                    }
+                    (Some(Loss::Expired(why)), _) => {
+                        format!("lease expired on the agent ({why}): {}", gave_up(&e))
+                    }
                     (_, true) => format!("the agent is shutting down: {e}"),
                     _ => e.to_string(),
                 };
@@ -204,12 +209,28 @@ impl Daemon {
             }
         }
     }
+}
 
+/// What an interrupted cycle did, for a reason that is not a shutdown.
+fn gave_up(e: &CycleError) -> String {
+    match e {
+        CycleError::Interrupted { restarted: true } => {
+            "gave up the snapshot; the broker was started again".into()
+        }
+        CycleError::Interrupted { restarted: false } => {
+            "gave up the snapshot before the broker was stopped".into()
+        }
+        other => other.to_string(),
+    }
+}
+
+impl Daemon {
     /// The lease was lost (409): it cannot be released; tell the operator.
     pub(super) async fn report_loss(&self, epoch: u64, loss: &Option<Loss>, when: &str) {
         let detail = match loss {
             Some(Loss::Stale(m)) => m.clone(),
             Some(Loss::Aborted) => "aborted".into(),
+            Some(Loss::Expired(why)) => why.clone(),
             None => String::new(),
         };
         let running = self.broker_running();

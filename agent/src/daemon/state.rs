@@ -169,9 +169,87 @@ impl AgentState {
     }
 }
 
+/// Held for the daemon's lifetime: one daemon per state file. Two
+/// daemons acting for the same broker from one host would both believe
+/// they own the broker's state (and could both stop it).
+#[derive(Debug)]
+pub struct StateLock {
+    _file: fs::File,
+    pub path: std::path::PathBuf,
+}
+
+impl StateLock {
+    /// Locks `<state file>.lock` (flock, released when the process dies);
+    /// an error names the file and the pid of the daemon holding it.
+    pub fn acquire(state_path: &Path) -> Result<StateLock> {
+        use std::io::{Read, Seek};
+        use std::os::fd::AsRawFd;
+        let dir = state_path.parent().ok_or_else(|| {
+            Error::Usage(format!(
+                "state file {} has no directory",
+                state_path.display()
+            ))
+        })?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .ctx(|| format!("creating {}", dir.display()))?;
+        let mut name = state_path.as_os_str().to_owned();
+        name.push(".lock");
+        let path = std::path::PathBuf::from(name);
+        let mut f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .ctx(|| format!("opening {}", path.display()))?;
+        // SAFETY: flock on a valid, owned fd.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let mut holder = String::new();
+            let _ = f.read_to_string(&mut holder);
+            return Err(Error::Usage(format!(
+                "another agent daemon{} holds {} (state file {}): only one may run per broker host; \
+                 stop it first",
+                match holder.trim() {
+                    "" => String::new(),
+                    pid => format!(" (pid {pid})"),
+                },
+                path.display(),
+                state_path.display()
+            )));
+        }
+        let pid = format!("{}\n", std::process::id());
+        let write = |f: &mut fs::File| -> std::io::Result<()> {
+            f.set_len(0)?;
+            f.rewind()?;
+            f.write_all(pid.as_bytes())
+        };
+        write(&mut f).ctx(|| format!("writing {}", path.display()))?;
+        Ok(StateLock { _file: f, path })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_daemon_per_state_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let held = StateLock::acquire(&path).unwrap();
+        let e = StateLock::acquire(&path).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!("pid {}", std::process::id()))
+                && e.contains(&held.path.display().to_string()),
+            "{e}"
+        );
+        drop(held);
+        StateLock::acquire(&path).expect("free again once the holder is gone");
+    }
 
     #[test]
     fn round_trip_and_atomic_replace() {
