@@ -43,7 +43,12 @@ garage_setup
 # --- checks ---------------------------------------------------------------
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# Fault scenarios and hostile-input cases record themselves here when they
+# pass; tests/report.py turns that into the README's "What we test" figures.
+export KSNAP_TEST_REPORT=$PWD/target/test-report
+rm -rf "$KSNAP_TEST_REPORT"
 cargo test --workspace --locked
+python3 tests/report.py --report "$KSNAP_TEST_REPORT" --readme README.md
 
 # --- systemd units, polkit rule, Ansible roles ------------------------------
 ./tests/ops.sh

@@ -5,6 +5,7 @@ mod common;
 
 use common::*;
 use kafka_snapshot_standin::{ClusterSpec, StandinCluster};
+use kafka_snapshot_testkit::report;
 use serde_json::json;
 use std::time::Duration;
 
@@ -43,68 +44,232 @@ fn refusals_leave_no_trace_and_epochs_fence_stale_agents() {
     let t1 = token(1);
     let t2 = token(2);
 
-    // Operator endpoints: no token, a wrong one, an agent's.
-    assert_eq!(http.get("/v1/status", None).0, 401);
-    assert_eq!(
-        http.get("/v1/status", Some("not-the-admin-token-at-all")).0,
-        401
-    );
-    assert_eq!(http.get("/v1/status", Some(&t1)).0, 401);
-    assert_eq!(
-        http.post("/v1/run-now", Some(&t1), &json!({"broker": null}))
-            .0,
-        401
-    );
+    // Every refused request: (what, path, token, body, status, text in the
+    // error). None of them may change anything.
     let before = state(&c);
-
-    // Agent endpoints.
-    let (code, body) = http.post("/v1/agent/poll", None, &poll_body(1, None));
-    assert_eq!(code, 401, "{body}");
-    let (code, body) = http.post(
-        "/v1/agent/poll",
-        Some("wrong-token-xxxxxxxxxxxxxxx"),
-        &poll_body(1, None),
-    );
-    assert_eq!(
-        (code, body["error"].as_str().unwrap()),
-        (401, "unknown agent token")
-    );
-    let (code, body) = http.post("/v1/agent/poll", Some(&t1), &poll_body(2, None));
-    assert_eq!(code, 403, "{body}");
-    assert!(body["error"]
-        .as_str()
-        .unwrap()
-        .contains("belongs to broker 1, not broker 2"));
-    let (code, body) = http.post_raw("/v1/agent/poll", Some(&t1), b"{\"protocol\": 1, ".to_vec());
-    assert_eq!(code, 400, "{body}");
+    let j = |v: serde_json::Value| serde_json::to_vec(&v).unwrap();
     let mut extra = poll_body(1, None);
     extra["surprise"] = json!(1);
-    let (code, body) = http.post("/v1/agent/poll", Some(&t1), &extra);
-    assert!(
-        code == 400 && body["error"].as_str().unwrap().contains("unknown field"),
-        "{code} {body}"
-    );
-    let (code, _) = http.post_raw("/v1/agent/poll", Some(&t1), vec![b' '; 300 * 1024]);
-    assert_eq!(code, 413);
     let mut old = poll_body(1, None);
     old["protocol"] = json!(0);
-    let (code, body) = http.post("/v1/agent/poll", Some(&t1), &old);
-    assert!(
-        code == 400 && body["error"].as_str().unwrap().contains("protocol 0"),
-        "{body}"
-    );
-    let (code, _) = http.post(
-        "/v1/agent/heartbeat",
-        Some(&t2),
-        &json!({"broker": 2, "epoch": 99, "phase": "capturing", "progress": null}),
-    );
-    assert_eq!(code, 409);
-    let (code, _) = http.post(
-        "/v1/restores",
-        Some(ADMIN),
-        &json!({"broker": 9, "snapshot_id": null, "force": false}),
-    );
-    assert_eq!(code, 404);
+    let hb2 = j(json!({"broker": 2, "epoch": 99, "phase": "capturing", "progress": null}));
+    // (what, "[GET ]path", token, body, status, text in the error)
+    type Refused<'a> = (&'a str, &'a str, Option<&'a str>, Vec<u8>, u16, &'a str);
+    let refused: Vec<Refused> = vec![
+        (
+            "status without a token",
+            "GET /v1/status",
+            None,
+            vec![],
+            401,
+            "",
+        ),
+        (
+            "status with a wrong token",
+            "GET /v1/status",
+            Some("not-the-admin-token-at-all"),
+            vec![],
+            401,
+            "",
+        ),
+        (
+            "status with an agent's token",
+            "GET /v1/status",
+            Some(&t1),
+            vec![],
+            401,
+            "",
+        ),
+        (
+            "run-now with an agent's token",
+            "/v1/run-now",
+            Some(&t1),
+            j(json!({"broker": null})),
+            401,
+            "",
+        ),
+        (
+            "restore with an agent's token",
+            "/v1/restores",
+            Some(&t1),
+            j(json!({"broker": 1, "snapshot_id": null, "force": true})),
+            401,
+            "",
+        ),
+        (
+            "poll without a token",
+            "/v1/agent/poll",
+            None,
+            j(poll_body(1, None)),
+            401,
+            "",
+        ),
+        (
+            "poll with an unknown token",
+            "/v1/agent/poll",
+            Some("wrong-token-xxxxxxxxxxxxxxx"),
+            j(poll_body(1, None)),
+            401,
+            "unknown agent token",
+        ),
+        (
+            "poll with the admin token",
+            "/v1/agent/poll",
+            Some(ADMIN),
+            j(poll_body(1, None)),
+            401,
+            "",
+        ),
+        (
+            "broker 1's token polling as broker 2",
+            "/v1/agent/poll",
+            Some(&t1),
+            j(poll_body(2, None)),
+            403,
+            "belongs to broker 1, not broker 2",
+        ),
+        (
+            "broker 1's token heartbeating as broker 2",
+            "/v1/agent/heartbeat",
+            Some(&t1),
+            hb2.clone(),
+            403,
+            "belongs to broker 1",
+        ),
+        (
+            "broker 1's token releasing as broker 2",
+            "/v1/agent/release",
+            Some(&t1),
+            j(json!({"broker": 2, "epoch": 1, "outcome": {"type": "skipped", "reason": "x"}})),
+            403,
+            "belongs to broker 1",
+        ),
+        (
+            "broker 1's token sending a notice as broker 2",
+            "/v1/agent/notice",
+            Some(&t1),
+            j(json!({"broker": 2, "level": "error", "message": "x", "epoch": null})),
+            403,
+            "belongs to broker 1",
+        ),
+        (
+            "malformed JSON (poll)",
+            "/v1/agent/poll",
+            Some(&t1),
+            b"{\"protocol\": 1, ".to_vec(),
+            400,
+            "malformed",
+        ),
+        (
+            "malformed JSON (release)",
+            "/v1/agent/release",
+            Some(&t1),
+            b"[1, 2".to_vec(),
+            400,
+            "malformed",
+        ),
+        (
+            "malformed JSON (run-now)",
+            "/v1/run-now",
+            Some(ADMIN),
+            b"{broker: 1}".to_vec(),
+            400,
+            "malformed",
+        ),
+        (
+            "wrong type",
+            "/v1/agent/poll",
+            Some(&t1),
+            j(json!({"protocol": "one", "broker": 1})),
+            400,
+            "malformed",
+        ),
+        (
+            "unknown field",
+            "/v1/agent/poll",
+            Some(&t1),
+            j(extra),
+            400,
+            "unknown field",
+        ),
+        (
+            "old protocol",
+            "/v1/agent/poll",
+            Some(&t1),
+            j(old),
+            400,
+            "protocol 0",
+        ),
+        (
+            "oversized poll",
+            "/v1/agent/poll",
+            Some(&t1),
+            vec![b' '; 300 * 1024],
+            413,
+            "",
+        ),
+        (
+            "oversized release",
+            "/v1/agent/release",
+            Some(&t1),
+            vec![b' '; 300 * 1024],
+            413,
+            "",
+        ),
+        (
+            "oversized restore order",
+            "/v1/restores",
+            Some(ADMIN),
+            vec![b' '; 300 * 1024],
+            413,
+            "",
+        ),
+        (
+            "stale epoch heartbeat",
+            "/v1/agent/heartbeat",
+            Some(&t2),
+            hb2,
+            409,
+            "stale lease epoch",
+        ),
+        (
+            "stale epoch release",
+            "/v1/agent/release",
+            Some(&t2),
+            j(json!({"broker": 2, "epoch": 99, "outcome": {"type": "skipped", "reason": "x"}})),
+            409,
+            "stale lease epoch",
+        ),
+        (
+            "restore of an unknown broker",
+            "/v1/restores",
+            Some(ADMIN),
+            j(json!({"broker": 9, "snapshot_id": null, "force": false})),
+            404,
+            "broker 9",
+        ),
+        (
+            "run-now of an unknown broker",
+            "/v1/run-now",
+            Some(ADMIN),
+            j(json!({"broker": 9})),
+            404,
+            "broker 9",
+        ),
+    ];
+    for (what, path, tok, body, want, text) in &refused {
+        let (code, answer) = match path.strip_prefix("GET ") {
+            Some(p) => http.get(p, *tok),
+            None => http.post_raw(path, *tok, body.clone()),
+        };
+        assert_eq!(code, *want, "{what}: {answer}");
+        assert!(
+            answer.to_string().contains(text),
+            "{what}: the error should say {text:?}: {answer}"
+        );
+        assert_eq!(state(&c), before, "{what} changed the state");
+        report::record("api", what, &[("inputs", 1)]);
+    }
     assert_eq!(state(&c), before, "refused requests changed the state");
 
     // A cycle: broker 1 gets the lease (the coordinator's own check passes
@@ -357,5 +522,117 @@ fn serve_tells_systemd_it_is_ready_alive_and_stopping() {
             break;
         }
         assert_eq!(m, "WATCHDOG=1\n", "unexpected notification");
+    }
+}
+
+/// Every kind of bad coordinator config: `validate` exits 2 and names the
+/// file and the key (or section) at fault.
+#[test]
+fn validate_refuses_every_bad_config_naming_file_and_key() {
+    let t = tempfile::tempdir().unwrap();
+    let good = Coordinator::create(
+        &t.path().join("good"),
+        &CoordinatorSpec::new(&[1, 2, 3], "127.0.0.1:9092", "file:///var/tmp/snap"),
+    );
+    good.cli_ok(&["validate"], 0);
+    let base = std::fs::read_to_string(&good.config).unwrap();
+    let sha1 = sha256_hex(&token(1));
+    let sha2 = sha256_hex(&token(2));
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "unknown section",
+            format!("{base}\n[leases]\nttl = \"1m\"\n"),
+            "leases",
+        ),
+        (
+            "unknown key",
+            base.replace("[lease]\n", "[lease]\nttl_seconds = 5\n"),
+            "ttl_seconds",
+        ),
+        (
+            "unknown key of an agent",
+            base.replacen("[[agents]]\n", "[[agents]]\nhost = \"h\"\n", 1),
+            "host",
+        ),
+        (
+            "wrong type",
+            base.replace("keep_last = 7", "keep_last = \"seven\""),
+            "keep_last",
+        ),
+        (
+            "unparsable duration",
+            base.replace("ttl = \"10s\"", "ttl = \"ten\""),
+            "ttl",
+        ),
+        (
+            "missing [storage]",
+            base.replace("[storage]\n", "[unused]\n")
+                .replace("[unused]\nurl", "[storage_x]\nurl"),
+            "storage",
+        ),
+        (
+            "missing kafka.bootstrap_servers",
+            base.replace("bootstrap_servers", "bootstrap"),
+            "bootstrap",
+        ),
+        (
+            "no agents",
+            base.replace("[[agents]]", "[[nobody]]"),
+            "agents",
+        ),
+        (
+            "two agents share a token",
+            base.replace(&sha2, &sha1),
+            "agents.token_sha256",
+        ),
+        (
+            "lease TTL too short",
+            base.replace("ttl = \"10s\"", "ttl = \"1s\""),
+            "lease.ttl",
+        ),
+        (
+            "poll interval not shorter than the TTL",
+            base.replace("poll_interval = \"500ms\"", "poll_interval = \"20s\""),
+            "lease.poll_interval",
+        ),
+        (
+            "no attempts",
+            base.replace(
+                "gate_timeout = \"2m\"",
+                "gate_timeout = \"2m\"\nmax_attempts = 0",
+            ),
+            "schedule.max_attempts",
+        ),
+        (
+            "retention that keeps nothing",
+            base.replace("keep_last = 7", "keep_last = 0"),
+            "retention.keep_last",
+        ),
+        (
+            "bad schedule",
+            base.replace(
+                "suspend = true",
+                "suspend = true\nschedule = \"61 * * * *\"",
+            ),
+            "schedule.schedule",
+        ),
+    ];
+    for (i, (what, text, key)) in cases.iter().enumerate() {
+        assert_ne!(text, &base, "{what}: the case changes nothing");
+        let path = t.path().join(format!("bad-{i}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let out = std::process::Command::new(bin("kafka-snapshot-coordinator"))
+            .args(["validate", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{what}: {err}");
+        assert!(
+            err.contains(&path.display().to_string()) && err.contains(key),
+            "{what}: validate must name {} and {key:?}: {err}",
+            path.display()
+        );
+        report::record("configs", &format!("coordinator: {what}"), &[("inputs", 1)]);
     }
 }

@@ -5,237 +5,12 @@
 
 mod common;
 
-use common::*;
-use kafka_snapshot_standin::{ClusterSpec, StandinCluster};
+use common::fleet::{Fleet, Observer};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-
-fn scratch() -> tempfile::TempDir {
-    let root = std::env::var("KSNAP_TEST_XFS").unwrap_or_else(|_| {
-        panic!("KSNAP_TEST_XFS is not set: run the tests through tests/run.sh, which mounts the test filesystems")
-    });
-    tempfile::tempdir_in(root).expect("scratch dir on XFS")
-}
-
-struct Agent {
-    child: Option<Child>,
-    config: PathBuf,
-    log: PathBuf,
-}
-
-impl Agent {
-    fn start(&mut self) {
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        self.child = Some(
-            Command::new(bin("kafka-snapshot-agent"))
-                .args(["run", "--config"])
-                .arg(&self.config)
-                .env("KAFKA_SNAPSHOT_LOG", "info")
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("start agent"),
-        );
-    }
-    fn logs(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-/// Polls the cluster's metadata and records every partition seen under its
-/// min ISR (2 here) and the most brokers seen missing at once.
-struct Observer {
-    stop: Arc<AtomicBool>,
-    under_min_isr: Arc<Mutex<Vec<String>>>,
-    max_missing: Arc<Mutex<usize>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Observer {
-    fn start(c: &Arc<StandinCluster>) -> Observer {
-        let stop = Arc::new(AtomicBool::new(false));
-        let under = Arc::new(Mutex::new(Vec::new()));
-        let missing = Arc::new(Mutex::new(0));
-        let (s, u, m) = (stop.clone(), under.clone(), missing.clone());
-        let c = c.clone();
-        let thread = std::thread::spawn(move || {
-            while !s.load(Ordering::Relaxed) {
-                if let Ok(md) = c.metadata() {
-                    let live = md.brokers.len();
-                    let mut mm = m.lock().unwrap();
-                    *mm = (*mm).max(3usize.saturating_sub(live));
-                    for t in &md.topics {
-                        for p in &t.partitions {
-                            if p.isr_nodes.len() < 2 {
-                                u.lock().unwrap().push(format!(
-                                    "{}-{} isr {:?}",
-                                    t.name.as_ref().map(|n| n.0.to_string()).unwrap_or_default(),
-                                    p.partition_index,
-                                    p.isr_nodes
-                                ));
-                            }
-                        }
-                    }
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        });
-        Observer {
-            stop,
-            under_min_isr: under,
-            max_missing: missing,
-            thread: Some(thread),
-        }
-    }
-
-    fn finish(mut self) -> (Vec<String>, usize) {
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread.take().unwrap().join().unwrap();
-        let u = self.under_min_isr.lock().unwrap().clone();
-        let m = *self.max_missing.lock().unwrap();
-        (u, m)
-    }
-}
-
-/// Fields drop in order: agents, coordinator, cluster, then the dir.
-struct Fleet {
-    agents: Vec<Agent>,
-    coord: Coordinator,
-    cluster: Arc<StandinCluster>,
-    root: PathBuf,
-    store: PathBuf,
-    /// Last: dropped after the cluster, whose brokers live in it.
-    _t: tempfile::TempDir,
-}
-
-impl Fleet {
-    fn new() -> Fleet {
-        Fleet::with(|_| {})
-    }
-
-    fn with(change: impl FnOnce(&mut ClusterSpec)) -> Fleet {
-        let t = scratch();
-        let root = t.path().to_path_buf();
-        let mut spec = ClusterSpec::new(3);
-        spec.data_root = Some(root.join("data"));
-        // No appends: restored files must stay as the snapshot has them.
-        spec.append_interval = Duration::from_secs(3600);
-        change(&mut spec);
-        let cluster =
-            Arc::new(StandinCluster::create(&root.join("cluster"), &spec).expect("stand-in"));
-        cluster
-            .start_all(Duration::from_secs(60))
-            .expect("cluster starts");
-        let store = root.join("store");
-        let mut cs = CoordinatorSpec::new(
-            &[1, 2, 3],
-            &cluster.bootstrap(),
-            &format!("file://{}", store.display()),
-        );
-        cs.lease = "ttl = \"6s\"\npoll_interval = \"300ms\"\n".into();
-        let mut coord = Coordinator::create(&root.join("coordinator"), &cs);
-        coord.start();
-        let mut agents = Vec::new();
-        for n in 1..=3 {
-            let dir = root.join(format!("agent-{n}"));
-            fs::create_dir_all(&dir).unwrap();
-            let token_file = dir.join("token");
-            write_secret(&token_file, &token(n));
-            let dirs: Vec<String> = cluster
-                .log_dirs(n)
-                .iter()
-                .map(|d| format!("{:?}", d.display().to_string()))
-                .collect();
-            let text = format!(
-                "[broker]\nlog_dirs = [{}]\nstop_command = {:?}\nstart_command = {:?}\n\
-                 stop_timeout = \"60s\"\ncommand_timeout = \"60s\"\nrecovery_timeout = \"90s\"\n\
-                 [storage]\nurl = \"file://{}\"\n\
-                 [kafka]\nbootstrap_servers = [{}]\nrequest_timeout = \"5s\"\n\
-                 [gate]\nstable_checks = 2\ncheck_interval = \"300ms\"\n\
-                 [coordinator]\nurl = {:?}\ntoken_file = {:?}\nstate_file = {:?}\npoll_interval = \"300ms\"\n",
-                dirs.join(", "),
-                cluster.stop_script(n).display().to_string(),
-                cluster.start_script(n).display().to_string(),
-                store.display(),
-                cluster.bootstrap().split(',').map(|b| format!("{b:?}")).collect::<Vec<_>>().join(", "),
-                coord.url,
-                token_file.display().to_string(),
-                dir.join("state.json").display().to_string(),
-            );
-            let config = dir.join("agent.toml");
-            fs::write(&config, text).unwrap();
-            let mut a = Agent {
-                child: None,
-                config,
-                log: dir.join("agent.log"),
-            };
-            a.start();
-            agents.push(a);
-        }
-        Fleet {
-            _t: t,
-            root,
-            cluster,
-            coord,
-            agents,
-            store,
-        }
-    }
-
-    fn logs(&self) -> String {
-        let mut s = format!("--- coordinator\n{}", self.coord.logs());
-        for (i, a) in self.agents.iter().enumerate() {
-            s.push_str(&format!("--- agent {}\n{}", i + 1, a.logs()));
-        }
-        s
-    }
-
-    /// Waits until `f(status)` holds.
-    fn wait_status(&self, what: &str, timeout: Duration, f: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let st = self.coord.status();
-            if f(&st) {
-                return st;
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "timed out waiting for {what}\nstatus: {st:#}\n{}",
-                    self.logs()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(300));
-        }
-    }
-
-    fn wait_cycle_end(&self, timeout: Duration) -> Value {
-        self.wait_status("the cycle to end", timeout, |st| {
-            matches!(
-                st["cycle"]["state"].as_str(),
-                Some("done" | "partial" | "failed")
-            )
-        })
-    }
-}
+use std::time::Duration;
 
 fn sha256_file(p: &Path) -> String {
     hex::encode(Sha256::digest(fs::read(p).unwrap()))
@@ -299,7 +74,7 @@ fn a_rolling_cycle_then_a_restore_of_broker_2() {
     // is moved aside, not deleted.
     let manifest: Value = serde_json::from_slice(
         &fs::read(
-            f.store
+            Path::new(f.store_url.strip_prefix("file://").unwrap())
                 .join(f.cluster.cluster_id())
                 .join("broker-2")
                 .join(&id2)
@@ -346,7 +121,8 @@ fn a_rolling_cycle_then_a_restore_of_broker_2() {
         );
     }
 
-    let (under, missing) = observer.finish();
+    let seen = observer.finish();
+    let (under, missing) = (seen.under_min_isr, seen.max_missing);
     assert!(
         under.is_empty(),
         "partitions under min ISR during the cycle: {under:?}"
@@ -378,7 +154,8 @@ fn the_coordinator_killed_mid_cycle_resumes_it() {
     // cycle ends with every broker snapshotted.
     assert_eq!(st["cycle"]["state"], "done", "{st:#}\n{}", f.logs());
     assert_eq!(snaps.len(), 3, "{snaps:#?}");
-    let (under, missing) = observer.finish();
+    let seen = observer.finish();
+    let (under, missing) = (seen.under_min_isr, seen.max_missing);
     assert!(under.is_empty(), "{under:?}");
     assert!(missing <= 1);
     assert!(f.cluster.max_brokers_down().unwrap() <= 1);

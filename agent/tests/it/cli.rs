@@ -48,6 +48,63 @@ fn validate_names_file_and_key() {
     assert!(text.contains("server_properties"));
 }
 
+/// Every kind of bad config: `validate` exits 2 and names the file and the
+/// key (or section) at fault.
+#[test]
+fn validate_refuses_every_bad_config_naming_file_and_key() {
+    let base =
+        "[broker]\nlog_dirs = [\"/data/kafka-logs\"]\n[storage]\nurl = \"file:///mnt/snap\"\n";
+    let with = |section: &str, lines: &str| -> String {
+        if base.contains(&format!("[{section}]\n")) {
+            base.replace(
+                &format!("[{section}]\n"),
+                &format!("[{section}]\n{lines}\n"),
+            )
+        } else {
+            format!("{base}[{section}]\n{lines}\n")
+        }
+    };
+    let coordinator =
+        "url = \"http://c:9640\"\ntoken_file = \"/etc/t\"\nstate_file = \"/var/lib/a/state.json\"";
+    let s3 = "[storage.s3]\nendpoint = \"http://127.0.0.1:9000\"\nregion = \"r\"\naccess_key_id = \"k\"\nsecret_access_key = \"s\"";
+    let cases: Vec<(&str, String, &str)> = vec![
+        ("unknown section", format!("{base}[brokers]\nx = 1\n"), "brokers"),
+        ("unknown key", with("snapshot", "zstd_levle = 3"), "zstd_levle"),
+        ("unknown key in [broker]", with("broker", "stop_cmd = \"x\""), "stop_cmd"),
+        ("wrong type (string for a number)", with("snapshot", "zstd_level = \"high\""), "zstd_level"),
+        ("wrong type (number for a list)", base.replace("log_dirs = [\"/data/kafka-logs\"]", "log_dirs = 3"), "log_dirs"),
+        ("unparsable duration", with("broker", "stop_timeout = \"thirty\""), "stop_timeout"),
+        ("missing [storage]", "[broker]\nlog_dirs = [\"/d\"]\n".into(), "storage"),
+        ("missing storage.url", "[broker]\nlog_dirs = [\"/d\"]\n[storage]\nbandwidth_limit = \"1MiB\"\n".into(), "url"),
+        ("no log dirs at all", "[broker]\n[storage]\nurl = \"file:///x\"\n".into(), "broker.log_dirs"),
+        ("out of range", with("snapshot", "zstd_level = 30"), "snapshot.zstd_level"),
+        ("unknown store scheme", base.replace("file:///mnt/snap", "ftp://host/x"), "storage.url"),
+        ("recovery timeout shorter than the check interval", format!("{}[gate]\ncheck_interval = \"10s\"\n", with("broker", "recovery_timeout = \"5s\"")), "broker.recovery_timeout"),
+        ("S3 deadline shorter than a request", format!("{}{s3}\nrequest_timeout = \"60s\"\ndeadline = \"30s\"\n", base.replace("file:///mnt/snap", "s3://kafka-snapshots/prod")), "storage.s3.deadline"),
+        ("metrics on a public address", with("metrics", "listen = \"0.0.0.0:9641\""), "metrics.listen"),
+        ("ca_file without https", with("coordinator", &format!("{coordinator}\nca_file = \"/etc/ca.pem\"")), "coordinator.ca_file"),
+        ("relative state file", with("coordinator", &coordinator.replace("/var/lib/a/state.json", "state.json")), "coordinator.state_file"),
+        ("Kerberos", with("kafka", "bootstrap_servers = [\"k:9092\"]\nsecurity_protocol = \"SASL_PLAINTEXT\"\nsasl_mechanism = \"GSSAPI\""), "sasl_mechanism"),
+    ];
+    let t = tempfile::tempdir().unwrap();
+    for (i, (what, text, key)) in cases.iter().enumerate() {
+        let path = t.path().join(format!("bad-{i}.toml"));
+        fs::write(&path, text).unwrap();
+        let out = run(&["validate", "--config", &path.display().to_string()], 2);
+        let err = stderr(&out);
+        assert!(
+            err.contains(&path.display().to_string()) && err.contains(key),
+            "{what}: validate must name {} and {key:?}: {err}",
+            path.display()
+        );
+        kafka_snapshot_testkit::report::record(
+            "configs",
+            &format!("agent: {what}"),
+            &[("inputs", 1)],
+        );
+    }
+}
+
 #[test]
 fn usage_errors_exit_2() {
     run(&["archive", "create"], 2);

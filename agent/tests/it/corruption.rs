@@ -3,7 +3,7 @@
 
 use crate::common::*;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 struct Fixture {
     _t: tempfile::TempDir,
@@ -78,14 +78,6 @@ impl Fixture {
     }
 }
 
-fn flip(path: &Path, pos: usize) -> Vec<u8> {
-    let orig = fs::read(path).unwrap();
-    let mut bad = orig.clone();
-    bad[pos] ^= 0x5a;
-    fs::write(path, &bad).unwrap();
-    orig
-}
-
 /// A small deterministic PRNG (splitmix64) for reproducible positions.
 fn positions(len: usize, n: usize, seed: u64) -> Vec<usize> {
     let mut s = seed;
@@ -100,25 +92,162 @@ fn positions(len: usize, n: usize, seed: u64) -> Vec<usize> {
     out
 }
 
+/// Where the bytes of a zstd archive are: frame headers, block headers,
+/// block contents and the content checksums that end each frame
+/// (RFC 8878 section 3.1.1).
+#[derive(Default)]
+struct Layout {
+    header: Vec<usize>,
+    block_header: Vec<usize>,
+    data: Vec<usize>,
+    trailer: Vec<usize>,
+}
+
+fn layout(bytes: &[u8]) -> Layout {
+    let mut l = Layout::default();
+    let mut p = 0;
+    while p < bytes.len() {
+        assert_eq!(
+            &bytes[p..p + 4],
+            &[0x28, 0xb5, 0x2f, 0xfd],
+            "a zstd frame at {p}"
+        );
+        let fhd = bytes[p + 4];
+        let single_segment = fhd & 0x20 != 0;
+        let checksum = fhd & 0x04 != 0;
+        let dict = [0, 1, 2, 4][(fhd & 0x03) as usize];
+        let fcs = match fhd >> 6 {
+            0 if single_segment => 1,
+            0 => 0,
+            1 => 2,
+            2 => 4,
+            _ => 8,
+        };
+        let len = 5 + usize::from(!single_segment) + dict + fcs;
+        l.header.extend(p..p + len);
+        p += len;
+        loop {
+            let h =
+                u32::from(bytes[p]) | u32::from(bytes[p + 1]) << 8 | u32::from(bytes[p + 2]) << 16;
+            l.block_header.extend(p..p + 3);
+            p += 3;
+            let size = (h >> 3) as usize;
+            let stored = if (h >> 1) & 3 == 1 { 1 } else { size };
+            l.data.extend(p..p + stored);
+            p += stored;
+            if h & 1 == 1 {
+                break;
+            }
+        }
+        if checksum {
+            l.trailer.extend(p..p + 4);
+            p += 4;
+        }
+    }
+    l
+}
+
+/// `n` positions of `from`, spread evenly (all of them if it has fewer).
+fn spread(from: &[usize], n: usize) -> Vec<usize> {
+    if from.len() <= n {
+        return from.to_vec();
+    }
+    (0..n).map(|i| from[i * from.len() / n]).collect()
+}
+
+/// The archive decompressed, changed by `edit`, compressed again: a valid
+/// zstd stream whose tar content is damaged (corruption before the
+/// compressor, or a re-packed archive).
+fn repack(orig: &[u8], edit: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+    let mut tar = zstd::decode_all(orig).unwrap();
+    edit(&mut tar);
+    zstd::encode_all(&tar[..], 3).unwrap()
+}
+
+/// Offsets of the tar headers and of the file data in a tar stream.
+fn tar_layout(tar: &[u8]) -> (Vec<usize>, Vec<usize>) {
+    let (mut headers, mut data) = (Vec::new(), Vec::new());
+    let mut p = 0;
+    while p + 512 <= tar.len() && tar[p..p + 512].iter().any(|b| *b != 0) {
+        let h = tar::Header::from_byte_slice(&tar[p..p + 512]);
+        let size = h.entry_size().unwrap() as usize;
+        headers.push(p);
+        data.extend(p + 512..p + 512 + size);
+        p += 512 + size.div_ceil(512) * 512;
+    }
+    (headers, data)
+}
+
 #[test]
-fn every_flipped_byte_is_detected_by_verify_and_extract() {
+fn single_byte_corruption_of_every_class_is_caught_before_the_target_is_touched() {
     let f = fixture();
     f.verify(0);
-    let len = fs::metadata(&f.archive).unwrap().len() as usize;
-    // Header, frame ends and random positions throughout the archive.
-    for (i, pos) in positions(len, 48, 7).into_iter().enumerate() {
-        let orig = flip(&f.archive, pos);
-        let err = f.verify(1);
-        assert!(
-            err.contains(&f.id),
-            "flip at {pos}: error does not name the snapshot: {err}"
-        );
-        // Extract on a subset keeps the test quick; all positions are verified.
-        if i % 4 == 0 {
+    let orig = fs::read(&f.archive).unwrap();
+    let l = layout(&orig);
+    assert!(!l.header.is_empty() && !l.trailer.is_empty() && l.data.len() > 1000);
+    let randoms = |from: &[usize], n: usize, seed: u64| -> Vec<usize> {
+        positions(from.len(), n, seed)
+            .into_iter()
+            .map(|i| from[i])
+            .collect()
+    };
+    let mut classes: Vec<(&str, Vec<usize>)> = vec![
+        ("zstd frame header", l.header.clone()),
+        ("zstd block header", spread(&l.block_header, 24)),
+        ("zstd frame checksum (trailer)", l.trailer.clone()),
+        ("compressed data", randoms(&l.data, 160, 11)),
+    ];
+    classes[0].1.truncate(6);
+    let mut tried = 0;
+    for (class, at) in &classes {
+        for &pos in at {
+            let mut bad = orig.clone();
+            bad[pos] ^= 0x5a;
+            fs::write(&f.archive, &bad).unwrap();
+            let err = f.verify(1);
+            assert!(
+                err.contains(&f.id),
+                "{class}: flip at {pos}: the error does not name the snapshot: {err}"
+            );
             f.extract_fails();
+            tried += 1;
         }
-        fs::write(&f.archive, orig).unwrap();
+        kafka_snapshot_testkit::report::record(
+            "corruption",
+            class,
+            &[("positions", at.len() as u64)],
+        );
     }
+    // Damage inside the tar stream under a valid zstd frame: the tar
+    // headers (names, sizes, modes, checksums) and the file data.
+    let tar = zstd::decode_all(&orig[..]).unwrap();
+    let (headers, data) = tar_layout(&tar);
+    let header_bytes: Vec<usize> = headers
+        .iter()
+        .flat_map(|h| [*h, h + 100, h + 124, h + 148, h + 156])
+        .collect();
+    for (class, at) in [
+        ("tar header (valid zstd)", spread(&header_bytes, 20)),
+        ("file data (valid zstd)", randoms(&data, 20, 13)),
+    ] {
+        for &pos in &at {
+            fs::write(&f.archive, repack(&orig, |t| t[pos] ^= 0x5a)).unwrap();
+            let err = f.verify(1);
+            assert!(
+                err.contains(&f.id),
+                "{class}: flip at tar offset {pos}: {err}"
+            );
+            f.extract_fails();
+            tried += 1;
+        }
+        kafka_snapshot_testkit::report::record(
+            "corruption",
+            class,
+            &[("positions", at.len() as u64)],
+        );
+    }
+    assert!(tried >= 200, "only {tried} positions");
+    fs::write(&f.archive, &orig).unwrap();
     f.verify(0);
 }
 
@@ -131,6 +260,11 @@ fn truncated_archive_is_detected() {
     assert!(err.contains("truncated"), "{err}");
     let err = f.extract_fails();
     assert!(err.contains("truncated"), "{err}");
+    report("truncated archive");
+}
+
+fn report(case: &str) {
+    kafka_snapshot_testkit::report::record("snapshots", case, &[("inputs", 1)]);
 }
 
 #[test]
@@ -146,11 +280,13 @@ fn edited_or_truncated_manifest_is_refused() {
         "{err}"
     );
     f.extract_fails();
+    report("edited manifest");
 
     fs::write(&f.manifest, &orig[..orig.len() - 100]).unwrap();
     let err = f.verify(1);
     assert!(err.contains("truncated"), "{err}");
     f.extract_fails();
+    report("truncated manifest");
 }
 
 #[test]
@@ -189,6 +325,7 @@ fn manifest_of_another_broker_or_cluster_is_refused() {
         "{}",
         stderr(&out)
     );
+    report("manifest of another broker");
     let out = run(
         &[
             "archive",
@@ -209,6 +346,7 @@ fn manifest_of_another_broker_or_cluster_is_refused() {
         "{}",
         stderr(&out)
     );
+    report("manifest of another cluster");
     // Ambiguous without narrowing: a usage error that lists the candidates.
     let out = run(
         &["archive", "verify", "--store", &url, "--snapshot", &f.id],
@@ -241,4 +379,5 @@ fn restore_into_a_dir_of_another_cluster_is_refused() {
         err.contains("SomeOtherCluster") && err.contains("--allow-other-identity"),
         "{err}"
     );
+    report("restore over another cluster's log dir");
 }

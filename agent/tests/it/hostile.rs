@@ -184,6 +184,7 @@ impl Case {
         );
         assert_eq!(snapshot_of_disk(), before, "extract changed the disk");
         assert!(!outside.exists(), "{} was created", outside.display());
+        kafka_snapshot_testkit::report::record("hostile_archives", expect, &[("inputs", 1)]);
     }
 
     fn outside(&self) -> PathBuf {
@@ -383,4 +384,9 @@ fn huge_declared_sizes_are_refused() {
         1,
     );
     assert!(stderr(&out).contains("available"), "{}", stderr(&out));
+    kafka_snapshot_testkit::report::record(
+        "hostile_archives",
+        "a size no disk here holds",
+        &[("inputs", 1)],
+    );
 }

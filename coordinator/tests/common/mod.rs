@@ -2,6 +2,8 @@
 //! small HTTP client acting as agents or as the operator.
 #![allow(dead_code)]
 
+pub mod fleet;
+
 use sha2::{Digest, Sha256};
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -57,6 +59,8 @@ pub struct CoordinatorSpec {
     pub schedule: String,
     pub lease: String,
     pub retention: String,
+    /// Lines after `url` in `[storage]` (e.g. a `[storage.s3]` table).
+    pub storage_extra: String,
     pub tls: Option<(PathBuf, PathBuf)>,
 }
 
@@ -69,6 +73,7 @@ impl CoordinatorSpec {
             schedule: "suspend = true\ngate_timeout = \"2m\"\n".into(),
             lease: "ttl = \"10s\"\npoll_interval = \"500ms\"\n".into(),
             retention: "keep_last = 7\n".into(),
+            storage_extra: String::new(),
             tls: None,
         }
     }
@@ -111,7 +116,7 @@ impl Coordinator {
         let text = format!(
             "[server]\nlisten = \"127.0.0.1:{port}\"\ndatabase = {:?}\nadmin_token_file = {:?}\n{tls}\n\
              {agents}\n[schedule]\n{}\n[lease]\n{}\n[retention]\n{}\n\
-             [storage]\nurl = {:?}\n[kafka]\nbootstrap_servers = [{}]\nrequest_timeout = \"5s\"\n\
+             [storage]\nurl = {:?}\n{}\n[kafka]\nbootstrap_servers = [{}]\nrequest_timeout = \"5s\"\n\
              [gate]\ncheck_interval = \"300ms\"\n",
             dir.join("state.db").display().to_string(),
             admin.display().to_string(),
@@ -119,6 +124,7 @@ impl Coordinator {
             spec.lease,
             spec.retention,
             spec.store_url,
+            spec.storage_extra,
             spec.bootstrap
                 .split(',')
                 .map(|b| format!("{b:?}"))

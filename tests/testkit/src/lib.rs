@@ -31,8 +31,11 @@
 //! ```
 
 mod crc32c;
+pub mod garage;
 mod kafka_files;
+pub mod net;
 mod records;
+pub mod report;
 mod rng;
 
 use std::collections::HashSet;

@@ -1,0 +1,416 @@
+//! The whole product as real processes, for end-to-end and fault tests:
+//! three stand-in brokers on XFS, one agent daemon per broker and one
+//! coordinator. Each agent reaches the coordinator through its own TCP
+//! proxy, so a test can cut one agent off; each agent can be paused at a
+//! named point (`KAFKA_SNAPSHOT_PAUSE`) so a fault lands in an exact phase.
+//! An [`Observer`] polls the cluster throughout.
+
+use super::*;
+use kafka_snapshot_standin::{ClusterSpec, StandinCluster};
+use kafka_snapshot_testkit::net::{Mode, Proxy};
+use serde_json::Value;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub fn scratch() -> tempfile::TempDir {
+    let root = std::env::var("KSNAP_TEST_XFS").unwrap_or_else(|_| {
+        panic!("KSNAP_TEST_XFS is not set: run the tests through tests/run.sh, which mounts the test filesystems")
+    });
+    let mut t = tempfile::tempdir_in(root).expect("scratch dir on XFS");
+    // To look at what a failed run left: KSNAP_KEEP_TEST_DIRS=1.
+    if std::env::var_os("KSNAP_KEEP_TEST_DIRS").is_some() {
+        t.disable_cleanup(true);
+        eprintln!("keeping {}", t.path().display());
+    }
+    t
+}
+
+pub struct Agent {
+    pub n: i32,
+    child: Option<Child>,
+    pub config: PathBuf,
+    pub log: PathBuf,
+    pub pause_dir: PathBuf,
+    /// Between this agent and the coordinator.
+    pub link: Proxy,
+}
+
+impl Agent {
+    pub fn start(&mut self) {
+        self.start_with(&[]);
+    }
+
+    /// Starts the daemon; `pause` lists pausepoints it stops at.
+    pub fn start_with(&mut self, pause: &[&str]) {
+        assert!(self.child.is_none(), "agent {} already runs", self.n);
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        fs::create_dir_all(&self.pause_dir).unwrap();
+        self.child = Some(
+            Command::new(bin("kafka-snapshot-agent"))
+                .args(["run", "--config"])
+                .arg(&self.config)
+                .env("KAFKA_SNAPSHOT_LOG", "info")
+                .env("KAFKA_SNAPSHOT_PAUSE", pause.join(","))
+                .env("KAFKA_SNAPSHOT_PAUSE_DIR", &self.pause_dir)
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("start agent"),
+        );
+    }
+
+    /// SIGKILL: nothing of the agent runs after this.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then the exit code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        let mut c = self.child.take()?;
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        c.wait().ok().and_then(|s| s.code())
+    }
+
+    pub fn runs(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
+    /// Waits until the daemon stops at `point`.
+    pub fn wait_paused(&self, point: &str, timeout: Duration) {
+        let marker = self.pause_dir.join(point);
+        let deadline = Instant::now() + timeout;
+        while !marker.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "agent {} never reached {point}\n{}",
+                self.n,
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Lets a paused daemon go on.
+    pub fn resume(&self, point: &str) {
+        let _ = fs::remove_file(self.pause_dir.join(point));
+    }
+
+    pub fn logs(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// What the observer saw of the cluster.
+pub struct Seen {
+    pub under_min_isr: Vec<String>,
+    pub max_missing: usize,
+}
+
+/// Polls the cluster's metadata and records every partition seen under its
+/// min ISR (2 here) and the most brokers seen missing at once.
+pub struct Observer {
+    stop: Arc<AtomicBool>,
+    under_min_isr: Arc<Mutex<Vec<String>>>,
+    max_missing: Arc<Mutex<usize>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Observer {
+    pub fn start(c: &Arc<StandinCluster>) -> Observer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let under = Arc::new(Mutex::new(Vec::new()));
+        let missing = Arc::new(Mutex::new(0));
+        let (s, u, m) = (stop.clone(), under.clone(), missing.clone());
+        let c = c.clone();
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                if let Ok(md) = c.metadata() {
+                    let live = md.brokers.len();
+                    let mut mm = m.lock().unwrap();
+                    *mm = (*mm).max(3usize.saturating_sub(live));
+                    for t in &md.topics {
+                        for p in &t.partitions {
+                            if p.isr_nodes.len() < 2 {
+                                u.lock().unwrap().push(format!(
+                                    "{}-{} isr {:?}",
+                                    t.name.as_ref().map(|n| n.0.to_string()).unwrap_or_default(),
+                                    p.partition_index,
+                                    p.isr_nodes
+                                ));
+                            }
+                        }
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        Observer {
+            stop,
+            under_min_isr: under,
+            max_missing: missing,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn finish(mut self) -> Seen {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap();
+        let under_min_isr = self.under_min_isr.lock().unwrap().clone();
+        let max_missing = *self.max_missing.lock().unwrap();
+        Seen {
+            under_min_isr,
+            max_missing,
+        }
+    }
+}
+
+/// How a fleet is set up.
+pub struct FleetSpec {
+    pub capture: &'static str,
+    /// `[storage]` url; default a file:// store on the scratch XFS.
+    pub store_url: Option<String>,
+    /// Extra lines of the agents' and the coordinator's `[storage]`
+    /// section (after `url`), e.g. a `[storage.s3]` table.
+    pub storage_extra: String,
+    /// The coordinator's instead, if it differs (it may reach cold storage
+    /// by another way than the agents).
+    pub coordinator_storage_extra: Option<String>,
+    pub ttl: &'static str,
+    pub recovery_timeout: &'static str,
+    pub max_attempts: u32,
+}
+
+impl Default for FleetSpec {
+    fn default() -> FleetSpec {
+        FleetSpec {
+            capture: "reflink",
+            store_url: None,
+            storage_extra: String::new(),
+            coordinator_storage_extra: None,
+            ttl: "6s",
+            recovery_timeout: "90s",
+            max_attempts: 3,
+        }
+    }
+}
+
+/// Fields drop in order: agents, coordinator, cluster, then the dir.
+pub struct Fleet {
+    pub agents: Vec<Agent>,
+    pub coord: Coordinator,
+    pub cluster: Arc<StandinCluster>,
+    pub root: PathBuf,
+    pub store_url: String,
+    /// Last: dropped after the cluster, whose brokers live in it.
+    _t: tempfile::TempDir,
+}
+
+fn toml_list(csv: &str) -> String {
+    csv.split(',')
+        .map(|b| format!("{b:?}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl Fleet {
+    pub fn new() -> Fleet {
+        Fleet::with(|_| {})
+    }
+
+    pub fn with(change: impl FnOnce(&mut ClusterSpec)) -> Fleet {
+        Fleet::build(FleetSpec::default(), change)
+    }
+
+    pub fn build(fs_spec: FleetSpec, change: impl FnOnce(&mut ClusterSpec)) -> Fleet {
+        let t = scratch();
+        let root = t.path().to_path_buf();
+        let mut spec = ClusterSpec::new(3);
+        spec.data_root = Some(root.join("data"));
+        // No appends: restored files must stay as the snapshot has them.
+        spec.append_interval = Duration::from_secs(3600);
+        change(&mut spec);
+        let cluster =
+            Arc::new(StandinCluster::create(&root.join("cluster"), &spec).expect("stand-in"));
+        cluster
+            .start_all(Duration::from_secs(60))
+            .expect("cluster starts");
+        let store_url = fs_spec
+            .store_url
+            .clone()
+            .unwrap_or_else(|| format!("file://{}", root.join("store").display()));
+        let mut cs = CoordinatorSpec::new(&[1, 2, 3], &cluster.bootstrap(), &store_url);
+        cs.lease = format!("ttl = {:?}\npoll_interval = \"300ms\"\n", fs_spec.ttl);
+        cs.schedule = format!(
+            "suspend = true\ngate_timeout = \"2m\"\nmax_attempts = {}\n",
+            fs_spec.max_attempts
+        );
+        cs.storage_extra = fs_spec
+            .coordinator_storage_extra
+            .clone()
+            .unwrap_or_else(|| fs_spec.storage_extra.clone());
+        let mut coord = Coordinator::create(&root.join("coordinator"), &cs);
+        coord.start();
+        let mut agents = Vec::new();
+        for n in 1..=3 {
+            let dir = root.join(format!("agent-{n}"));
+            fs::create_dir_all(&dir).unwrap();
+            let link = Proxy::start(&format!("127.0.0.1:{}", coord.port)).expect("proxy");
+            let config = write_agent_config(
+                &dir,
+                n,
+                &cluster,
+                &fs_spec,
+                &store_url,
+                &format!("http://127.0.0.1:{}", link.port()),
+                &dir.join("state.json"),
+            );
+            let mut a = Agent {
+                n,
+                child: None,
+                config,
+                log: dir.join("agent.log"),
+                pause_dir: dir.join("pause"),
+                link,
+            };
+            a.start();
+            agents.push(a);
+        }
+        Fleet {
+            _t: t,
+            root,
+            cluster,
+            coord,
+            agents,
+            store_url,
+        }
+    }
+
+    pub fn agent(&mut self, n: i32) -> &mut Agent {
+        &mut self.agents[(n - 1) as usize]
+    }
+
+    /// Cuts agent `n` off the coordinator (or reconnects it).
+    pub fn link(&self, n: i32, mode: Mode) {
+        self.agents[(n - 1) as usize].link.set(mode);
+    }
+
+    pub fn logs(&self) -> String {
+        let mut s = format!("--- coordinator\n{}", self.coord.logs());
+        for a in &self.agents {
+            s.push_str(&format!("--- agent {}\n{}", a.n, a.logs()));
+        }
+        s
+    }
+
+    /// Waits until `f(status)` holds.
+    pub fn wait_status(&self, what: &str, timeout: Duration, f: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let st = self.coord.status();
+            if f(&st) {
+                return st;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "timed out waiting for {what}\nstatus: {st:#}\n{}",
+                    self.logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    pub fn wait_cycle_end(&self, timeout: Duration) -> Value {
+        self.wait_status("the cycle to end", timeout, |st| {
+            matches!(
+                st["cycle"]["state"].as_str(),
+                Some("done" | "partial" | "failed")
+            )
+        })
+    }
+
+    pub fn snapshots(&self) -> Vec<Value> {
+        serde_json::from_str(&self.coord.cli_ok(&["snapshots", "--json"], 0)).unwrap()
+    }
+
+    /// Runs `kafka-snapshot-agent` with `args` and agent 1's config (for
+    /// its storage settings); returns (exit code, stdout, stderr).
+    pub fn agent_cli(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(bin("kafka-snapshot-agent"))
+            .args(args)
+            .arg("--config")
+            .arg(&self.agents[0].config)
+            .env("KAFKA_SNAPSHOT_LOG", "warn")
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+/// The agent config of broker `n`, written into `dir`.
+pub fn write_agent_config(
+    dir: &Path,
+    n: i32,
+    cluster: &StandinCluster,
+    spec: &FleetSpec,
+    store_url: &str,
+    coordinator_url: &str,
+    state_file: &Path,
+) -> PathBuf {
+    let token_file = dir.join("token");
+    write_secret(&token_file, &token(n));
+    let dirs: Vec<String> = cluster
+        .log_dirs(n)
+        .iter()
+        .map(|d| format!("{:?}", d.display().to_string()))
+        .collect();
+    let text = format!(
+        "[broker]\nlog_dirs = [{}]\nstop_command = {:?}\nstart_command = {:?}\n\
+         stop_timeout = \"60s\"\ncommand_timeout = \"60s\"\nrecovery_timeout = {:?}\n\
+         [snapshot]\ncapture = {:?}\n\
+         [storage]\nurl = {:?}\n{}\n\
+         [kafka]\nbootstrap_servers = [{}]\nrequest_timeout = \"5s\"\n\
+         [gate]\nstable_checks = 2\ncheck_interval = \"300ms\"\n\
+         [coordinator]\nurl = {:?}\ntoken_file = {:?}\nstate_file = {:?}\npoll_interval = \"300ms\"\n\
+         [metrics]\nlisten = \"127.0.0.1:0\"\n",
+        dirs.join(", "),
+        cluster.stop_script(n).display().to_string(),
+        cluster.start_script(n).display().to_string(),
+        spec.recovery_timeout,
+        spec.capture,
+        store_url,
+        spec.storage_extra,
+        toml_list(&cluster.bootstrap()),
+        coordinator_url,
+        token_file.display().to_string(),
+        state_file.display().to_string(),
+    );
+    let config = dir.join("agent.toml");
+    fs::write(&config, text).unwrap();
+    config
+}
