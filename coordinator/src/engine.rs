@@ -1623,6 +1623,49 @@ impl Engine {
             .collect())
     }
 
+    /// Takes a snapshot out of the catalog before retention deletes it
+    /// from cold storage, so that nothing (a restore order, a verification)
+    /// picks a snapshot whose files are going. A coordinator killed before
+    /// the deletion leaves a complete snapshot in storage that the catalog
+    /// no longer lists (`catalog rebuild` finds it again), never a listed
+    /// snapshot without its files.
+    pub fn begin_deletion(&mut self, d: &crate::retention::Deletion, now: Now) -> ApiResult<()> {
+        self.conn.execute(
+            "UPDATE snapshots SET deleted_at = ? WHERE cluster_id = ? AND broker = ? AND snapshot_id = ?",
+            params![ts(now), d.cluster_id, d.broker, d.snapshot_id],
+        )?;
+        Ok(())
+    }
+
+    /// Retention could not delete it: it is listed again.
+    pub fn deletion_failed(
+        &mut self,
+        d: &crate::retention::Deletion,
+        error: &str,
+        now: Now,
+    ) -> ApiResult<()> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "UPDATE snapshots SET deleted_at = NULL WHERE cluster_id = ? AND broker = ? AND snapshot_id = ?",
+            params![d.cluster_id, d.broker, d.snapshot_id],
+        )?;
+        Self::event(
+            &tx,
+            now,
+            "warning",
+            Some(d.broker),
+            None,
+            "retention",
+            &format!(
+                "snapshot {} of broker {} could not be deleted ({error}); it stays in the catalog",
+                d.snapshot_id, d.broker
+            ),
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Retention deleted it from cold storage.
     pub fn mark_deleted(&mut self, d: &crate::retention::Deletion, now: Now) -> ApiResult<()> {
         let tx = self.conn.transaction()?;
         tx.execute(

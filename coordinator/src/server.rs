@@ -441,13 +441,7 @@ pub fn run_retention(s: &Shared, dry_run: bool) -> PruneResult {
     };
     for d in &plan.delete {
         if !dry_run {
-            let r = delete_from_store(s.store.as_ref(), d)
-                .map_err(|e| e.to_string())
-                .and_then(|()| {
-                    s.engine()
-                        .mark_deleted(d, Utc::now())
-                        .map_err(|e| e.to_string())
-                });
+            let r = delete_one(s, d);
             if let Err(e) = r {
                 out.error = Some(format!(
                     "snapshot {} of broker {}: {e}",
@@ -468,6 +462,24 @@ pub fn run_retention(s: &Shared, dry_run: bool) -> PruneResult {
         }
     }
     out
+}
+
+/// Out of the catalog first, then out of cold storage (see
+/// `Engine::begin_deletion`). Each engine call is its own statement: the
+/// engine lock must not be held while storage is worked on.
+fn delete_one(s: &Shared, d: &retention::Deletion) -> std::result::Result<(), String> {
+    let begun = s.engine().begin_deletion(d, Utc::now());
+    begun.map_err(|e| e.to_string())?;
+    if let Err(e) = delete_from_store(s.store.as_ref(), d) {
+        let e = e.to_string();
+        let recorded = s.engine().deletion_failed(d, &e, Utc::now());
+        if let Err(e2) = recorded {
+            tracing::error!("recording a failed deletion: {e2}");
+        }
+        return Err(e);
+    }
+    let done = s.engine().mark_deleted(d, Utc::now());
+    done.map_err(|e| e.to_string())
 }
 
 fn delete_from_store(store: &dyn ColdStore, d: &retention::Deletion) -> Result<()> {
