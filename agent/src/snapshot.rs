@@ -18,18 +18,23 @@ use std::path::PathBuf;
 /// A new snapshot id: UTC time to the millisecond, then random bits, so ids
 /// sort by time and never collide.
 pub fn new_snapshot_id() -> Result<String> {
-    let mut rnd = [0u8; 4];
-    getrandom::fill(&mut rnd).map_err(|e| {
-        Error::io(
-            "reading the OS random source for a snapshot id",
-            std::io::Error::other(e.to_string()),
-        )
-    })?;
     Ok(format!(
         "{}-{}",
         Utc::now().format("%Y%m%dT%H%M%S%.3fZ"),
-        hex::encode(rnd)
+        random_hex(4, "a snapshot id")?
     ))
+}
+
+/// `bytes` random bytes from the OS, hex; `what` names them in the error.
+pub fn random_hex(bytes: usize, what: &str) -> Result<String> {
+    let mut rnd = vec![0u8; bytes];
+    getrandom::fill(&mut rnd).map_err(|e| {
+        Error::io(
+            format!("reading the OS random source for {what}"),
+            std::io::Error::other(e.to_string()),
+        )
+    })?;
+    Ok(hex::encode(rnd))
 }
 
 /// Whether a string has the shape of a snapshot id (safe as a key part).

@@ -165,6 +165,17 @@ fn leftovers(f: &Fleet) -> Vec<String> {
             }
         });
     }
+    // Multipart uploads that were neither completed nor aborted (S3: they
+    // hold billable parts and show in no listing).
+    let cfg = kafka_snapshot::config::AgentConfig::load(&f.agents[0].config).unwrap();
+    let store = kafka_snapshot::storage::open(
+        &cfg.storage.url,
+        &kafka_snapshot::storage::StoreOptions::from_config(&cfg.storage),
+    )
+    .unwrap();
+    for u in store.pending_uploads("").unwrap() {
+        found.push(format!("pending upload {u:?}"));
+    }
     let (code, out, _) = f.agent_cli(&["archive", "list", "--store", &f.store_url, "--json"]);
     if code == 0 {
         let listed: Vec<Value> = serde_json::from_str(&out).unwrap_or_default();

@@ -105,14 +105,7 @@ pub async fn run(
 
 /// 64 random bits, hex: which agent process polls.
 fn instance_id() -> Result<String> {
-    let mut rnd = [0u8; 8];
-    getrandom::fill(&mut rnd).map_err(|e| {
-        Error::io(
-            "reading the OS random source for the agent's instance id",
-            std::io::Error::other(e.to_string()),
-        )
-    })?;
-    Ok(hex::encode(rnd))
+    crate::snapshot::random_hex(8, "the agent's instance id")
 }
 
 /// The broker this host runs: `node.id` (or `broker.id`) from

@@ -135,14 +135,7 @@ impl AgentState {
 
     /// Replaces the state file atomically and durably.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let dir = path.parent().ok_or_else(|| {
-            Error::Usage(format!("state file {} has no directory", path.display()))
-        })?;
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .ctx(|| format!("creating {}", dir.display()))?;
+        let dir = state_dir(path)?;
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -169,6 +162,19 @@ impl AgentState {
     }
 }
 
+/// The state file's directory, created (private) if it is missing.
+fn state_dir(path: &Path) -> Result<&Path> {
+    let dir = path
+        .parent()
+        .ok_or_else(|| Error::Usage(format!("state file {} has no directory", path.display())))?;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .ctx(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
+
 /// Held for the daemon's lifetime: one daemon per state file. Two
 /// daemons acting for the same broker from one host would both believe
 /// they own the broker's state (and could both stop it).
@@ -184,17 +190,7 @@ impl StateLock {
     pub fn acquire(state_path: &Path) -> Result<StateLock> {
         use std::io::{Read, Seek};
         use std::os::fd::AsRawFd;
-        let dir = state_path.parent().ok_or_else(|| {
-            Error::Usage(format!(
-                "state file {} has no directory",
-                state_path.display()
-            ))
-        })?;
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .ctx(|| format!("creating {}", dir.display()))?;
+        state_dir(state_path)?;
         let mut name = state_path.as_os_str().to_owned();
         name.push(".lock");
         let path = std::path::PathBuf::from(name);
