@@ -96,10 +96,8 @@ def render(report_dir):
         total[unit] = total.get(unit, 0) + n
         if group == "faults":
             result = faults_result(rows)
-        cases = []
-        for r in rows:
-            if r["case"] not in cases:
-                cases.append(r["case"])
+        # Sorted: tests run in parallel, so the order they finish in varies.
+        cases = sorted({r["case"] for r in rows})
         lines.append(f"- **{title}**: {n} {unit}. Result: {result}.")
         lines.append(f"  Cases: {'; '.join(cases)}.")
     lines.append("")

@@ -146,7 +146,7 @@ fn case() -> Case {
 impl Case {
     /// Verify and extract both refuse; nothing changes on disk around the
     /// target, and `outside` never appears.
-    fn refused(&self, outside: &Path, expect: &str) {
+    fn refused(&self, outside: &Path, expect: &str, case: &str) {
         let url = store_url(&self.store);
         let out = run(&["archive", "verify", "--store", &url, "--snapshot", ID], 1);
         assert!(
@@ -184,7 +184,7 @@ impl Case {
         );
         assert_eq!(snapshot_of_disk(), before, "extract changed the disk");
         assert!(!outside.exists(), "{} was created", outside.display());
-        kafka_snapshot_testkit::report::record("hostile_archives", expect, &[("inputs", 1)]);
+        kafka_snapshot_testkit::report::record("hostile_archives", case, &[("inputs", 1)]);
     }
 
     fn outside(&self) -> PathBuf {
@@ -211,7 +211,11 @@ fn absolute_path_is_refused() {
         &tar,
         vec![rr, record("logdir-0/a", EntryType::File, b"pwned", None)],
     );
-    c.refused(&c.outside(), "absolute path");
+    c.refused(
+        &c.outside(),
+        "absolute path",
+        "absolute path in the archive",
+    );
 }
 
 #[test]
@@ -230,7 +234,7 @@ fn dot_dot_is_refused_in_archive_and_in_manifest() {
             record("logdir-0/a", EntryType::File, b"pwned", None),
         ],
     );
-    c.refused(&c.outside(), "'..'");
+    c.refused(&c.outside(), "'..'", "'..' in the archive only");
     // Both agree on the hostile path: the manifest itself is refused.
     let (rd, _) = root_dir();
     let tar = build_tar(&[
@@ -245,7 +249,7 @@ fn dot_dot_is_refused_in_archive_and_in_manifest() {
             record("logdir-0/../../evil", EntryType::File, b"pwned", None),
         ],
     );
-    c.refused(&c.outside(), "'..'");
+    c.refused(&c.outside(), "'..'", "'..' in archive and manifest");
 }
 
 #[test]
@@ -263,7 +267,7 @@ fn escaping_symlinks_are_refused() {
             record("logdir-0/ln", EntryType::Symlink, b"", Some("../../evil")),
         ],
     );
-    c.refused(&c.outside(), "'..'");
+    c.refused(&c.outside(), "'..'", "symlink escaping with '..'");
 
     let (rd, _) = root_dir();
     let mut link = raw("logdir-0/ln", tar::EntryType::Symlink, b"");
@@ -278,7 +282,7 @@ fn escaping_symlinks_are_refused() {
             record("logdir-0/ln", EntryType::Symlink, b"", Some(&abs)),
         ],
     );
-    c.refused(&c.outside(), "absolute");
+    c.refused(&c.outside(), "absolute", "symlink to an absolute path");
 }
 
 #[test]
@@ -301,7 +305,11 @@ fn writing_through_a_symlink_is_refused() {
             record("logdir-0/ln/x", EntryType::File, b"data", None),
         ],
     );
-    c.refused(&c.outside(), "below the symlink");
+    c.refused(
+        &c.outside(),
+        "below the symlink",
+        "a file written through a symlink",
+    );
 }
 
 #[test]
@@ -319,7 +327,7 @@ fn hardlinks_and_devices_are_refused() {
             record("logdir-0/hl", EntryType::File, b"", None),
         ],
     );
-    c.refused(&c.outside(), "hard links");
+    c.refused(&c.outside(), "hard links", "hard link to /etc/passwd");
 
     let (rd, _) = root_dir();
     let tar = build_tar(&[rd, raw("logdir-0/dev", tar::EntryType::Char, b"")]);
@@ -331,7 +339,7 @@ fn hardlinks_and_devices_are_refused() {
             record("logdir-0/dev", EntryType::File, b"", None),
         ],
     );
-    c.refused(&c.outside(), "device");
+    c.refused(&c.outside(), "device", "character device");
 
     let (rd, _) = root_dir();
     let tar = build_tar(&[rd, raw("logdir-0/fifo", tar::EntryType::Fifo, b"")]);
@@ -340,7 +348,7 @@ fn hardlinks_and_devices_are_refused() {
         &tar,
         vec![rr, record("logdir-0/fifo", EntryType::File, b"", None)],
     );
-    c.refused(&c.outside(), "fifo");
+    c.refused(&c.outside(), "fifo", "fifo");
 }
 
 #[test]
@@ -358,7 +366,11 @@ fn huge_declared_sizes_are_refused() {
             record("logdir-0/big", EntryType::File, b"tiny", None),
         ],
     );
-    c.refused(&c.outside(), "declares 1099511627776 bytes");
+    c.refused(
+        &c.outside(),
+        "declares 1099511627776 bytes",
+        "declared size of 1 TiB for a 4-byte file",
+    );
 
     // When the manifest agrees on a size no disk here can hold, extract
     // refuses before reading anything.
