@@ -6,8 +6,23 @@
 # S3-compatible server (Garage, built once into a cache dir) for the s3://
 # backend's tests. Last, tests/ops.sh checks the systemd units and runs the
 # Ansible roles into temporary roots.
+#
+#   tests/run.sh              everything (what CI runs)
+#   tests/run.sh --soak N     the same setup, then only the fault matrix
+#                             (coordinator/tests/faults.rs), N times over;
+#                             stops at the first failure
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+soak=
+case ${1:-} in
+    "") ;;
+    --soak)
+        soak=${2:-}
+        [[ $soak =~ ^[1-9][0-9]*$ ]] || { echo "usage: tests/run.sh [--soak ROUNDS]" >&2; exit 2; }
+        ;;
+    *) echo "usage: tests/run.sh [--soak ROUNDS]" >&2; exit 2 ;;
+esac
 
 if [[ $(id -u) -ne 0 ]]; then
     echo "tests/run.sh needs root: it installs packages and loop-mounts test filesystems" >&2
@@ -39,6 +54,14 @@ export KSNAP_TEST_XFS KSNAP_TEST_EXT4
 
 # --- S3-compatible server ---------------------------------------------------
 garage_setup
+
+if [[ -n $soak ]]; then
+    for round in $(seq "$soak"); do
+        echo "=== soak round $round of $soak"
+        cargo test --locked -p kafka-snapshot-coordinator --test faults
+    done
+    exit 0
+fi
 
 # --- checks ---------------------------------------------------------------
 cargo fmt --all --check

@@ -609,12 +609,26 @@ fn two_agents_race_for_a_lease() {
     let mut f = Fleet::new();
     // 1. The same agent started twice on one host: the second refuses.
     let label = "second daemon with the same state file";
-    let out = Command::new(bin("kafka-snapshot-agent"))
+    // Once the first one is up (it has polled), a second one must refuse.
+    f.wait_status("agent 2 polling", Duration::from_secs(60), |st| {
+        st["brokers"][1]["agent_last_seen"].is_string()
+    });
+    let mut second = Command::new(bin("kafka-snapshot-agent"))
         .args(["run", "--config"])
         .arg(&f.agents[1].config)
         .env("KAFKA_SNAPSHOT_LOG", "warn")
-        .output()
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while second.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = second.kill();
+            panic!("{label}: the second daemon did not refuse to run");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = second.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{label}: {err}");
     assert!(err.contains("another agent daemon"), "{label}: {err}");
