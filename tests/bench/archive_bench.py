@@ -14,8 +14,15 @@ import time
 import json
 
 
+# CPU seconds (user + system, the command and every process it waited for)
+# of the last run().
+last_cpu = 0.0
+
+
 def run(cmd, shell=False):
-    """Runs a command; returns (seconds, peak RSS in KiB of the largest process)."""
+    """Runs a command; returns (seconds, peak RSS in KiB of the largest
+    process, stdout) and leaves its CPU seconds in `last_cpu`."""
+    global last_cpu
     start = time.monotonic()
     proc = subprocess.Popen(cmd, shell=shell, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     _, status, rusage = os.wait4(proc.pid, 0)
@@ -24,6 +31,7 @@ def run(cmd, shell=False):
     err = proc.stderr.read()
     if os.waitstatus_to_exitcode(status) != 0:
         sys.exit(f"command failed: {cmd}\n{err.decode(errors='replace')}")
+    last_cpu = rusage.ru_utime + rusage.ru_stime
     return elapsed, rusage.ru_maxrss, out
 
 
@@ -98,6 +106,7 @@ def main():
             )
             create[lv]["baseline"].append(t)
             create[lv].setdefault("baseline_rss_kib", []).append(rss)
+            create[lv].setdefault("baseline_cpu", []).append(last_cpu)
             if lv != levels[0]:
                 os.remove(baseline_archive)
             shutil.rmtree(store)
@@ -109,6 +118,7 @@ def main():
             )
             create[lv]["agent"].append(t)
             create[lv]["rss_kib"].append(rss)
+            create[lv].setdefault("agent_cpu", []).append(last_cpu)
             created = json.loads(out)
             create[lv]["archive_bytes"].append(created["archive_bytes"])
             if lv == levels[0]:
@@ -129,6 +139,7 @@ def main():
         drop_caches()
         t, _, _ = run(f"zstd -q -d -c {keep_baseline} | tar -x -C {target}-base", shell=True)
         extract["baseline"].append(t)
+        extract.setdefault("baseline_cpu", []).append(last_cpu)
         shutil.rmtree(target + "-base")
         os.makedirs(target + "-base")
         drop_caches()
@@ -144,6 +155,7 @@ def main():
         )
         extract["agent"].append(t)
         extract["rss_kib"].append(rss)
+        extract.setdefault("agent_cpu", []).append(last_cpu)
         shutil.rmtree(target, ignore_errors=True)
         shutil.rmtree(target + "-base", ignore_errors=True)
 

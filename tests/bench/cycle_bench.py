@@ -237,8 +237,10 @@ def wait_cluster_in_sync(cluster):
 
 
 def baseline_stop_start(cluster, n):
-    """The stand-in's own stop + start, no agent: sigterm -> caught_up."""
+    """The stand-in's own stop + start, no agent: sigterm -> caught_up,
+    from the same cache state as the agent's runs."""
     b = cluster.broker(n)
+    cold_data_warm_metadata(b["log_dirs"])
     t0 = time.monotonic()
     subprocess.run([b["stop_script"]], check=True, stdout=subprocess.DEVNULL)
     cluster.wait_event(n, "exited", t0)
