@@ -240,6 +240,7 @@ def baseline_stop_start(cluster, n):
     """The stand-in's own stop + start, no agent: sigterm -> caught_up,
     from the same cache state as the agent's runs."""
     b = cluster.broker(n)
+    settle(cluster, n)
     cold_data_warm_metadata(b["log_dirs"])
     t0 = time.monotonic()
     subprocess.run([b["stop_script"]], check=True, stdout=subprocess.DEVNULL)
@@ -249,23 +250,43 @@ def baseline_stop_start(cluster, n):
     return cluster.downtime(n, t0)
 
 
+def settle(cluster, n, seconds=3.0):
+    """Waits until the cluster is in sync and broker n has served for
+    `seconds`: a broker restarted a moment ago is still opening its
+    partitions (the stand-in's first round of appends after a start reads
+    every led partition's index and segment tail), and a stop then waits
+    for that."""
+    wait_cluster_in_sync(cluster)
+    ups = [e["mono_ns"] / 1e9 for e in cluster.events(n, 0) if e["kind"] == "caught_up"]
+    if ups:
+        time.sleep(max(0.0, ups[-1] + seconds - time.monotonic()))
+
+
 def cold_data_warm_metadata(dirs):
-    """Drops the page cache, then stats every file again: a running Kafka
-    broker keeps its segments and indexes open, so their inodes are cached
-    when it stops, while most of their data is not."""
+    """Drops the page cache, then stats every file again and reads the tail
+    of every segment: a running Kafka broker keeps its segments and indexes
+    open and appends to its active segments, so their inodes and tails are
+    cached when it stops, while most of their data is not. (Without the
+    tails, the stand-in's next round of appends after the drop reads them
+    from disk and holds up its shutdown by up to a second.)"""
     drop_caches()
     for d in dirs:
         for root, _, files in os.walk(d):
             for f in files:
-                os.lstat(os.path.join(root, f))
+                p = os.path.join(root, f)
+                size = os.lstat(p).st_size
+                if f.endswith(".log") and size:
+                    with open(p, "rb") as fh:
+                        fh.seek(max(0, size - 65536))
+                        fh.read()
 
 
 def snapshot_run(a, cluster, cfg, store):
     """One `kafka-snapshot-agent snapshot`: downtime from the cluster's view,
     peak RSS, and the agent's CPU and I/O while the broker serves again."""
-    wait_cluster_in_sync(cluster)
     shutil.rmtree(store, ignore_errors=True)
     os.makedirs(store)
+    settle(cluster, BROKER)
     cold_data_warm_metadata(cluster.broker(BROKER)["log_dirs"])
     t0 = time.monotonic()
     env = dict(os.environ, KAFKA_SNAPSHOT_LOG="warn")
@@ -332,6 +353,7 @@ def downtime_size(a, size, results, last):
             # cp -a reads the log dirs while the broker runs and appends a
             # little: like for like, stop it, as the agent's copy capture does.
             b = cluster.broker(BROKER)
+            settle(cluster, BROKER)
             t0 = time.monotonic()
             subprocess.run([b["stop_script"]], check=True, stdout=subprocess.DEVNULL)
             cluster.wait_event(BROKER, "exited", t0)
@@ -449,7 +471,8 @@ check_interval = "200ms"
             spawn([agent_bin, "run", "--config", cfg], f"agent-{n}")
             ports[n] = agents[n]["metrics_port"]
         time.sleep(1)
-        wait_cluster_in_sync(cluster)
+        for n in (1, 2, 3):
+            settle(cluster, n)
         cold_data_warm_metadata([d for n in (1, 2, 3) for d in cluster.broker(n)["log_dirs"]])
         t0 = time.monotonic()
         c("run-now")
