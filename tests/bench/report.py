@@ -103,6 +103,7 @@ def main():
                        f"{c['archive_bytes'][0]}")
         e = arc["extract"]
         b, bs, g = med(e["baseline"]), med(e["baseline_sync"]), med(e["agent"])
+        ea_med = g
         r1 = paired(e["baseline"], e["agent"], lambda b, g: b / g)
         r2 = paired(e["baseline_sync"], e["agent"], lambda b, g: b / g)
         row("3", f"extract + verify, level {arc['levels'][0]}", "`zstd -d \\| tar -x`",
@@ -110,6 +111,20 @@ def main():
         row("3", "extract + verify, same data", "`zstd -d \\| tar -x && sync -f` (durable, as the agent)",
             f"{mib / bs:.0f} MiB/s", f"{mib / g:.0f} MiB/s", f"{r2:.2f}", "(>= 1.0)", r2 >= 1.0)
         raw.append(f"extract: baseline {e['baseline']}, baseline+sync {e['baseline_sync']}, agent {e['agent']}")
+        if "s3" in arc:
+            s3 = arc["s3"]
+            c0 = arc["create"][str(arc["levels"][0])]
+            amib = med(s3["archive_bytes"]) / MIB
+            up = paired(c0["agent"], s3["create"], lambda f, x: f / x)
+            down = paired(e["agent"], s3["extract"], lambda f, x: f / x)
+            row("2", f"archive create into s3:// (local Garage, {amib:.0f} MiB archive), "
+                f"peak RSS {max(s3['create_rss_kib']) / 1024:.0f} MiB",
+                "the agent into file://", f"{mib / med(c0['agent']):.0f} MiB/s",
+                f"{mib / med(s3['create']):.0f} MiB/s", f"{up:.2f}", "reported", None)
+            row("3", f"extract + verify from s3://, peak RSS {max(s3['extract_rss_kib']) / 1024:.0f} MiB",
+                "the agent from file://", f"{mib / ea_med:.0f} MiB/s",
+                f"{mib / med(s3['extract']):.0f} MiB/s", f"{down:.2f}", "reported", None)
+            raw.append(f"s3: create {s3['create']}, extract {s3['extract']}")
 
     if cyc:
         big = cyc["downtime"][-1]
