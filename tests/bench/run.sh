@@ -1,37 +1,74 @@
 #!/usr/bin/env bash
-# Archive benchmark: agent `archive create` / `archive extract` against
-# `tar | zstd -T0 | sha256sum` and `zstd -d | tar -x` on the same generated
-# Kafka-like log dirs, written to the same disk, in the same run.
+# The benchmark: every figure beside a baseline measured in the same run.
 #
-#   tests/bench/run.sh [--size 2GiB] [--runs 3] [--level 3] [--fs xfs|ext4] [--s3]
+#   tests/bench/run.sh [--quick] [--only archive|cycle] [--runs 3]
+#                      [--size 2GiB] [--levels 3,1,9] [--fs ext4|xfs] [--s3]
+#                      [--sizes 1GiB,8GiB] [--segment-size 1GiB]
+#                      [--small-partitions 2000] [--throttle 20MiB]
 #
-# --s3 also runs create/extract through a local Garage S3 server
-# (tests/lib/garage.sh) whose data lives on the same scratch filesystem.
+# Archive (archive_bench.py, --size of generated log dirs on --fs):
+#   agent `archive create` at each of --levels against
+#   `tar | zstd -T0 -L | tee | sha256sum`, and `archive extract` (full
+#   verification, durable) against `zstd -d | tar -x` with and without a
+#   final sync. --s3 adds create/extract through a local Garage server.
+# Cycle (cycle_bench.py, a three-broker stand-in cluster on XFS with each
+#   --sizes per broker: generated topics in segments of up to
+#   --segment-size plus --small-partitions near-empty partitions):
+#   broker downtime from the cluster's events (sigterm -> back in every
+#   ISR) of `kafka-snapshot-agent snapshot` with reflink and with copy
+#   capture, against the stand-in's own stop + start and `cp -a`; the
+#   agent's peak RSS; its CPU and disk I/O while it archives from staging
+#   with the broker serving, unthrottled and with --throttle as
+#   `storage.bandwidth_limit`; one full rolling cycle of the three brokers
+#   (coordinator + three agent daemons) with the time of each phase.
 #
-# Needs root (loop-mounted scratch filesystems). Prints a table and writes
-# it to target/bench/archive.md.
+# --quick: small sizes and one run, to check the benchmark itself.
+# Needs root (loop-mounted scratch filesystems, dropping the page cache).
+# Prints one table and writes it to target/bench/report.md (the JSON of
+# each part beside it).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-size=2GiB runs=3 level=3 fs=ext4 s3=
+runs=3 size=2GiB levels=3,1,9 fs=ext4 s3= only=
+sizes=1GiB,8GiB segment_size=1GiB small_partitions=2000 throttle=20MiB
 while (($#)); do
     case $1 in
-        --size) size=$2; shift 2 ;;
+        --quick)
+            runs=1 size=256MiB sizes=256MiB,1GiB segment_size=256MiB small_partitions=300 throttle=10MiB
+            shift ;;
+        --only) only=$2; shift 2 ;;
         --runs) runs=$2; shift 2 ;;
-        --level) level=$2; shift 2 ;;
+        --size) size=$2; shift 2 ;;
+        --level | --levels) levels=$2; shift 2 ;;
         --fs) fs=$2; shift 2 ;;
         --s3) s3=1; shift ;;
+        --sizes) sizes=$2; shift 2 ;;
+        --segment-size) segment_size=$2; shift 2 ;;
+        --small-partitions) small_partitions=$2; shift 2 ;;
+        --throttle) throttle=$2; shift 2 ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
 done
+case $only in '' | archive | cycle) ;; *) echo "--only must be archive or cycle" >&2; exit 2 ;; esac
+if [[ $(id -u) -ne 0 ]]; then
+    echo "tests/bench/run.sh needs root: it loop-mounts scratch filesystems and drops the page cache" >&2
+    exit 2
+fi
 
 command -v zstd >/dev/null || { apt-get update -qq && apt-get install -y -qq zstd >/dev/null; }
 command -v mkfs.xfs >/dev/null || { apt-get update -qq && apt-get install -y -qq xfsprogs >/dev/null; }
 
-cargo build --release --locked -p kafka-snapshot-agent -p kafka-snapshot-testkit
+cargo build --release --locked -p kafka-snapshot-agent -p kafka-snapshot-coordinator \
+    -p kafka-snapshot-testkit -p kafka-snapshot-standin
 
+# The XFS image holds three brokers' data at the largest size, one `cp -a`
+# of a broker and the archives; it is sparse, so only what is used counts.
+largest=$(python3 -c "
+import sys; sys.path.insert(0, 'tests/bench')
+from archive_bench import parse_size
+print(max(parse_size(s) for s in '$sizes'.split(',')) // 2**30 + 1)")
 export KSNAP_TEST_ROOT=${KSNAP_TEST_ROOT:-/var/tmp/kafka-snapshot-bench}
-export KSNAP_XFS_SIZE=${KSNAP_XFS_SIZE:-24G} KSNAP_EXT4_SIZE=${KSNAP_EXT4_SIZE:-24G}
+export KSNAP_XFS_SIZE=${KSNAP_XFS_SIZE:-$((largest * 6 + 8))G} KSNAP_EXT4_SIZE=${KSNAP_EXT4_SIZE:-24G}
 source tests/lib/filesystems.sh
 trap test_fs_teardown EXIT
 test_fs_setup
@@ -52,10 +89,27 @@ if [[ -n $s3 ]]; then
     s3_args=(--s3-url "s3://$KSNAP_TEST_S3_BUCKET/bench")
 fi
 
-target_dir=${CARGO_TARGET_DIR:-target}
-mkdir -p target/bench
-python3 tests/bench/archive_bench.py \
-    --work "$work" --size "$size" --runs "$runs" --level "$level" \
-    --agent "$target_dir/release/kafka-snapshot-agent" \
-    --gen "$target_dir/release/ksnap-gen-logdirs" \
-    --out target/bench/archive.md "${s3_args[@]}"
+target_dir=$(realpath "${CARGO_TARGET_DIR:-target}")
+out=target/bench
+mkdir -p "$out"
+report_args=(--fs "$fs" --out "$out/report.md")
+if [[ $only != cycle ]]; then
+    python3 tests/bench/archive_bench.py \
+        --work "$work" --size "$size" --runs "$runs" --levels "$levels" \
+        --agent "$target_dir/release/kafka-snapshot-agent" \
+        --gen "$target_dir/release/ksnap-gen-logdirs" \
+        --out "$out/archive.json" "${s3_args[@]}"
+    report_args+=(--archive "$out/archive.json")
+    # Give the ext4 image's freed blocks back to the host disk before the
+    # cycle part fills the XFS one.
+    fstrim "$KSNAP_TEST_EXT4" 2>/dev/null || true
+fi
+if [[ $only != archive ]]; then
+    python3 tests/bench/cycle_bench.py \
+        --work "$KSNAP_TEST_XFS" --bin "$target_dir/release" --sizes "$sizes" --runs "$runs" \
+        --level "${levels%%,*}" --segment-size "$segment_size" \
+        --small-partitions "$small_partitions" --throttle "$throttle" \
+        --out "$out/cycle.json"
+    report_args+=(--cycle "$out/cycle.json")
+fi
+python3 tests/bench/report.py "${report_args[@]}"

@@ -124,7 +124,12 @@ pub fn log_end_offset(dir: &Path) -> Result<i64> {
     let mut f = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let len = f.metadata()?.len();
     let mut next = *base;
-    let mut pos = 0u64;
+    // Like Kafka, start from the last offset index entry (the position of
+    // a batch) instead of reading every batch header of a segment that can
+    // be a gigabyte: a start from a cold page cache would read it all.
+    let mut pos = last_indexed_position(&path.with_extension("index"))
+        .filter(|&p| p < len)
+        .unwrap_or(0);
     let mut head = [0u8; 27];
     // Batch header: baseOffset i64, batchLength i32, partitionLeaderEpoch
     // i32, magic i8, crc u32, attributes i16, lastOffsetDelta i32.
@@ -141,6 +146,21 @@ pub fn log_end_offset(dir: &Path) -> Result<i64> {
         pos += 12 + batch_len as u64;
     }
     Ok(next)
+}
+
+/// The position of the last entry of an offset index (8-byte entries:
+/// relative offset, position), if it has one.
+fn last_indexed_position(index: &Path) -> Option<u64> {
+    let mut f = fs::File::open(index).ok()?;
+    let len = f.metadata().ok()?.len();
+    if len < 8 || len % 8 != 0 {
+        return None;
+    }
+    let mut entry = [0u8; 8];
+    f.seek(SeekFrom::Start(len - 8)).ok()?;
+    f.read_exact(&mut entry).ok()?;
+    let position = i32::from_be_bytes(entry[4..8].try_into().unwrap());
+    u64::try_from(position).ok().filter(|&p| p > 0)
 }
 
 /// Appends record batches to the active segment of one partition.
