@@ -1,9 +1,11 @@
 //! Operator commands: they talk to the running coordinator over its API
 //! with the admin token, and print a table (or `--json`).
 
+use crate::api::{
+    NewRestore, PruneRequest, PruneResult, RebuildResult, RestoreView, RunNow, SnapshotRow,
+    StatusView, Verified,
+};
 use crate::config::CoordinatorConfig;
-use crate::engine::{RestoreView, SnapshotRow, StatusView};
-use crate::server::{NewRestore, PruneRequest, PruneResult, RebuildResult, RunNow, Verified};
 use kafka_snapshot::catalog::SnapshotRef;
 use kafka_snapshot::protocol::ErrorBody;
 use kafka_snapshot::{Error, Result};

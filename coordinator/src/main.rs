@@ -3,15 +3,17 @@
 //! restores. `serve` runs the service; every other command is an operator
 //! command that talks to it (or, for `catalog list`, to cold storage).
 
+mod api;
 mod cli;
 mod config;
-mod db;
 mod engine;
 mod health;
 mod metrics;
 mod retention;
 mod schedule;
 mod server;
+mod state;
+mod store;
 mod tls;
 
 use clap::{Parser, Subcommand};

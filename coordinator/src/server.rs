@@ -3,6 +3,9 @@
 //! starts cycles, checks the cluster, verifies new snapshots and applies
 //! retention.
 
+use crate::api::{
+    NewRestore, PruneRequest, PruneResult, PrunedView, RebuildResult, RunNow, Verified,
+};
 use crate::config::CoordinatorConfig;
 use crate::engine::{ApiError, Candidate, Engine, PollDecision};
 use crate::{health, metrics, retention, tls};
@@ -268,25 +271,11 @@ async fn snapshots(
     Ok(Json(s.engine().snapshots(q.broker)?))
 }
 
-#[derive(Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct RunNow {
-    pub broker: Option<i32>,
-}
-
 async fn run_now(State(s): S, headers: HeaderMap, body: Bytes) -> HttpResult<impl IntoResponse> {
     admin_auth(&s, &headers)?;
     let r: RunNow = parse(&body)?;
     let id = s.engine().run_now(r.broker, Utc::now())?;
     Ok(Json(serde_json::json!({ "cycle_id": id })))
-}
-
-#[derive(Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct NewRestore {
-    pub broker: i32,
-    pub snapshot_id: Option<String>,
-    pub force: bool,
 }
 
 async fn create_restore(
@@ -311,15 +300,6 @@ async fn get_restore(
     Ok(Json(s.engine().restore(id)?))
 }
 
-#[derive(Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct Verified {
-    pub cluster_id: String,
-    pub broker: i32,
-    pub snapshot_id: String,
-    pub error: Option<String>,
-}
-
 async fn verified(State(s): S, headers: HeaderMap, body: Bytes) -> HttpResult<Json<Ack>> {
     admin_auth(&s, &headers)?;
     let v: Verified = parse(&body)?;
@@ -330,12 +310,6 @@ async fn verified(State(s): S, headers: HeaderMap, body: Bytes) -> HttpResult<Js
     s.engine()
         .record_verification(&v.cluster_id, v.broker, &v.snapshot_id, result, Utc::now())?;
     Ok(Json(Ack { ok: true }))
-}
-
-#[derive(Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct PruneRequest {
-    pub dry_run: bool,
 }
 
 async fn prune(State(s): S, headers: HeaderMap, body: Bytes) -> HttpResult<impl IntoResponse> {
@@ -390,21 +364,6 @@ pub fn router(shared: Arc<Shared>) -> Router {
 }
 
 // ----- retention, verification, rebuild ----------------------------------------
-
-#[derive(Debug, serde::Serialize, Deserialize)]
-pub struct PruneResult {
-    pub dry_run: bool,
-    pub deleted: Vec<PrunedView>,
-    pub held: Vec<(i32, String)>,
-    pub error: Option<String>,
-}
-
-#[derive(Debug, serde::Serialize, Deserialize)]
-pub struct PrunedView {
-    pub broker: i32,
-    pub snapshot_id: String,
-    pub reason: String,
-}
 
 /// Plans retention and, unless `dry_run`, deletes in plan order, stopping
 /// at the first storage error.
@@ -489,13 +448,6 @@ fn delete_from_store(store: &dyn ColdStore, d: &retention::Deletion) -> Result<(
         // Already gone from storage: the catalog just catches up.
         None => Ok(()),
     }
-}
-
-#[derive(Debug, serde::Serialize, Deserialize)]
-pub struct RebuildResult {
-    pub before: usize,
-    pub after: usize,
-    pub skipped: Vec<String>,
 }
 
 pub fn rebuild_catalog(s: &Shared) -> std::result::Result<RebuildResult, HttpError> {
@@ -649,7 +601,7 @@ pub async fn open_store(cfg: &CoordinatorConfig) -> Result<Box<dyn ColdStore>> {
 
 /// Runs the coordinator until SIGTERM/SIGINT.
 pub async fn serve(cfg: CoordinatorConfig, on_ready: impl FnOnce()) -> Result<()> {
-    let conn = crate::db::open(&cfg.server.database)?;
+    let conn = crate::store::open(&cfg.server.database)?;
     let store: Arc<dyn ColdStore> = Arc::from(open_store(&cfg).await?);
     let engine = Engine::new(conn, cfg.clone());
     let shared = Arc::new(Shared::new(cfg.clone(), engine, store)?);

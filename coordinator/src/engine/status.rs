@@ -1,0 +1,97 @@
+//! What `status` and `/metrics` show.
+
+use super::{ApiResult, Engine};
+use crate::api::{BrokerView, StatusView};
+use crate::store::{brokers, cycles, events, leases, parse_ts, snapshots, ts, Now};
+use events::Meta;
+
+/// One phase of a broker's latest lease, for `/metrics`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PhaseDuration {
+    pub broker: i32,
+    pub epoch: i64,
+    pub kind: String,
+    pub phase: String,
+    pub seconds: f64,
+}
+
+impl Engine {
+    pub fn status(&self, now: Now) -> ApiResult<StatusView> {
+        let c = &self.conn;
+        let mut views = Vec::new();
+        for b in self.cfg.brokers() {
+            let agent = brokers::agent(c, b)?;
+            let last = snapshots::newest(c, b)?;
+            let (hostname, agent_last_seen, phase, broker_running, last_error) = match agent {
+                Some(a) => (
+                    a.hostname,
+                    a.last_seen,
+                    a.phase,
+                    a.broker_running,
+                    a.last_error,
+                ),
+                None => (None, None, "unknown".to_string(), None, None),
+            };
+            views.push(BrokerView {
+                broker: b,
+                hostname,
+                agent_last_seen,
+                phase,
+                broker_running,
+                last_error,
+                snapshots: snapshots::count(c, b)?,
+                last_snapshot_id: last.as_ref().map(|l| l.snapshot_id.clone()),
+                last_snapshot_at: last.as_ref().map(|l| l.committed.clone()),
+                last_snapshot_age_seconds: last
+                    .as_ref()
+                    .map(|l| (now - parse_ts(&l.committed)).num_seconds().max(0)),
+                last_snapshot_bytes: last.as_ref().map(|l| l.archive_bytes),
+                last_downtime_ms: last.as_ref().and_then(|l| l.downtime_ms),
+                last_verified: last.as_ref().and_then(|l| l.verify_ok),
+            });
+        }
+        Ok(StatusView {
+            now: ts(now),
+            schedule: self.cfg.schedule().to_string(),
+            suspended: self.cfg.schedule.suspend,
+            next_due: events::meta(c, Meta::NextDue)?,
+            lease: leases::slot_view(c)?,
+            cycle: cycles::latest_view(c)?,
+            brokers: views,
+            recent_events: events::recent(c, 15)?,
+        })
+    }
+
+    pub fn counters(&self) -> ApiResult<Vec<(String, String, i64)>> {
+        Ok(events::counters(&self.conn)?)
+    }
+
+    /// How long each phase of every broker's latest lease (that reported a
+    /// phase) lasted: the first phase from the grant, each phase until the
+    /// next one was first reported, the last one until the lease ended (or
+    /// until `now` while it runs).
+    pub fn last_lease_phases(&self, now: Now) -> ApiResult<Vec<PhaseDuration>> {
+        let rows = leases::latest_phases(&self.conn)?;
+        let mut out = Vec::new();
+        for (i, row) in rows.iter().enumerate() {
+            let first = i == 0 || rows[i - 1].epoch != row.epoch;
+            let start = if first {
+                parse_ts(&row.granted_at)
+            } else {
+                parse_ts(&row.started_at)
+            };
+            let end = match rows.get(i + 1).filter(|n| n.epoch == row.epoch) {
+                Some(next) => parse_ts(&next.started_at),
+                None => row.ended_at.as_deref().map(parse_ts).unwrap_or(now),
+            };
+            out.push(PhaseDuration {
+                broker: row.broker,
+                epoch: row.epoch,
+                kind: row.kind.clone(),
+                phase: row.phase.clone(),
+                seconds: (end - start).num_milliseconds().max(0) as f64 / 1000.0,
+            });
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,592 @@
+//! The engine's decisions over an in-memory database, with time driven by
+//! the test.
+
+use super::*;
+use crate::config::CoordinatorConfig;
+use crate::store::Now;
+use chrono::{DateTime, Utc};
+use kafka_snapshot::protocol::{
+    Action, Heartbeat, Outcome, Phase, PollRequest, Release, ReportResult, SnapshotReport,
+    SnapshotSummary,
+};
+
+const CFG: &str = r#"
+[server]
+listen = "127.0.0.1:9640"
+database = "/var/lib/c/state.db"
+admin_token_file = "/etc/t"
+[[agents]]
+broker = 1
+token_sha256 = "1111111111111111111111111111111111111111111111111111111111111111"
+[[agents]]
+broker = 2
+token_sha256 = "2222222222222222222222222222222222222222222222222222222222222222"
+[[agents]]
+broker = 3
+token_sha256 = "3333333333333333333333333333333333333333333333333333333333333333"
+[schedule]
+schedule = "@every 24h"
+gate_timeout = "10m"
+max_attempts = 2
+[lease]
+ttl = "60s"
+poll_interval = "5s"
+[storage]
+url = "file:///mnt/s"
+[kafka]
+bootstrap_servers = ["k1:9092"]
+"#;
+
+fn engine() -> Engine {
+    let cfg = CoordinatorConfig::parse(CFG, std::path::Path::new("/c.toml")).unwrap();
+    Engine::new(crate::store::open_in_memory(), cfg)
+}
+
+fn t0() -> Now {
+    DateTime::parse_from_rfc3339("2026-05-01T02:00:00Z")
+        .unwrap()
+        .with_timezone(&Utc)
+}
+
+fn secs(n: i64) -> Now {
+    t0() + chrono::Duration::seconds(n)
+}
+
+fn poll_req(broker: i32, epoch: Option<u64>) -> PollRequest {
+    PollRequest {
+        protocol: kafka_snapshot::protocol::PROTOCOL_VERSION,
+        broker,
+        agent_version: "test".into(),
+        hostname: format!("host{broker}"),
+        phase: Phase::Idle,
+        lease_epoch: epoch,
+        broker_running: true,
+        instance: None,
+    }
+}
+
+/// Polls and, if a grant is possible, grants with a passing check.
+fn poll_grant(e: &mut Engine, broker: i32, now: Now) -> Action {
+    match e.poll(&poll_req(broker, None), now).unwrap() {
+        PollDecision::Answer(a) => a,
+        PollDecision::Check(c) => e.grant(&c, Ok(()), &poll_req(broker, None), now).unwrap(),
+    }
+}
+
+fn epoch_of(a: &Action) -> u64 {
+    match a {
+        Action::Snapshot { lease } | Action::Restore { lease, .. } => lease.epoch,
+        Action::Idle => panic!("no lease granted"),
+    }
+}
+
+fn summary(broker: i32, id: &str) -> SnapshotSummary {
+    SnapshotSummary {
+        snapshot_id: id.into(),
+        cluster_id: "cluster-a".into(),
+        broker,
+        host: format!("host{broker}"),
+        committed: t0(),
+        capture: "reflink".into(),
+        clean_shutdown: true,
+        downtime_ms: Some(1500),
+        files: 10,
+        data_bytes: 1000,
+        archive_bytes: 500,
+        archive_sha256: "00".repeat(32),
+        manifest_sha256: "11".repeat(32),
+    }
+}
+
+fn hb(broker: i32, epoch: u64, phase: Phase) -> Heartbeat {
+    Heartbeat {
+        broker,
+        epoch,
+        phase,
+        progress: None,
+    }
+}
+
+fn slot_state(e: &Engine) -> Option<(i32, String)> {
+    e.status(t0()).unwrap().lease.map(|l| (l.broker, l.state))
+}
+
+fn start_cycle(e: &mut Engine) {
+    e.tick(t0()).unwrap(); // first start: due now
+    e.tick(secs(1)).unwrap(); // starts the cycle
+    let st = e.status(secs(1)).unwrap();
+    assert_eq!(st.cycle.unwrap().state, "running");
+}
+
+#[test]
+fn a_second_agent_acting_as_the_same_broker_never_gets_a_lease_in_use() {
+    let mut e = engine();
+    start_cycle(&mut e);
+    let mut a = poll_req(1, None);
+    a.instance = Some("aaaa".into());
+    let mut b = poll_req(1, None);
+    b.instance = Some("bbbb".into());
+    b.hostname = "old-host".into();
+    let PollDecision::Check(c) = e.poll(&a, secs(2)).unwrap() else {
+        panic!("broker 1 should be a candidate")
+    };
+    let Action::Snapshot { lease } = e.grant(&c, Ok(()), &a, secs(2)).unwrap() else {
+        panic!("granted")
+    };
+    // The answer may not have reached `a` yet: only `a` gets it again.
+    assert_eq!(
+        e.poll(&b, secs(3)).unwrap(),
+        PollDecision::Answer(Action::Idle)
+    );
+    assert!(matches!(
+        e.poll(&a, secs(3)).unwrap(),
+        PollDecision::Answer(Action::Snapshot { .. })
+    ));
+    let hb = Heartbeat {
+        broker: 1,
+        epoch: lease.epoch,
+        phase: Phase::Stopping,
+        progress: None,
+    };
+    e.heartbeat(&hb, secs(4)).unwrap();
+    // `b`, on another host, polls while `a` works: `b` gets nothing and
+    // `a` keeps its lease; the operator is told.
+    assert_eq!(
+        e.poll(&b, secs(5)).unwrap(),
+        PollDecision::Answer(Action::Idle)
+    );
+    e.heartbeat(&hb, secs(6))
+        .expect("the holder keeps its lease");
+    let st = e.status(secs(6)).unwrap();
+    let err = st.brokers[0].last_error.clone().unwrap_or_default();
+    assert!(
+        err.contains("two agents act as broker 1") && err.contains("old-host"),
+        "{err}"
+    );
+    // A second process on the holder's own host gets nothing either.
+    let mut a2 = a.clone();
+    a2.instance = Some("cccc".into());
+    assert_eq!(
+        e.poll(&a2, secs(7)).unwrap(),
+        PollDecision::Answer(Action::Idle)
+    );
+    e.heartbeat(&hb, secs(8))
+        .expect("the holder keeps its lease");
+    // The same process polling without the lease it works under lost
+    // track of it: the lease is closed the careful way.
+    assert_eq!(
+        e.poll(&a, secs(9)).unwrap(),
+        PollDecision::Answer(Action::Idle)
+    );
+    assert!(matches!(
+        e.heartbeat(&hb, secs(10)),
+        Err(ApiError::Conflict(_))
+    ));
+}
+
+#[test]
+fn a_cycle_leases_one_broker_at_a_time_in_id_order() {
+    let mut e = engine();
+    start_cycle(&mut e);
+    assert_eq!(
+        poll_grant(&mut e, 2, secs(2)),
+        Action::Idle,
+        "not broker 2's turn"
+    );
+    // The coordinator's own check refuses: no lease, reason recorded.
+    let PollDecision::Check(c) = e.poll(&poll_req(1, None), secs(2)).unwrap() else {
+        panic!("broker 1 should be a candidate")
+    };
+    assert_eq!(
+        e.grant(
+            &c,
+            Err("orders-0 under-replicated".into()),
+            &poll_req(1, None),
+            secs(2)
+        )
+        .unwrap(),
+        Action::Idle
+    );
+    let st = e.status(secs(2)).unwrap();
+    assert!(st.cycle.unwrap().brokers[0]
+        .reason
+        .as_deref()
+        .unwrap()
+        .contains("orders-0"));
+
+    let a = poll_grant(&mut e, 1, secs(3));
+    let epoch = epoch_of(&a);
+    assert_eq!(
+        poll_grant(&mut e, 2, secs(4)),
+        Action::Idle,
+        "the slot is held"
+    );
+    e.heartbeat(&hb(1, epoch, Phase::Capturing), secs(5))
+        .unwrap();
+    let err = e
+        .heartbeat(&hb(1, epoch + 7, Phase::Capturing), secs(5))
+        .unwrap_err();
+    assert!(
+        matches!(err, ApiError::Conflict(ref m) if m.contains("stale lease epoch")),
+        "{err:?}"
+    );
+
+    e.release(
+        &Release {
+            broker: 1,
+            epoch,
+            outcome: Outcome::Recovered {
+                snapshot_id: "s1".into(),
+                downtime_ms: 2000,
+            },
+        },
+        secs(6),
+    )
+    .unwrap();
+    assert_eq!(slot_state(&e), None, "a clean release frees the slot");
+    let a2 = poll_grant(&mut e, 2, secs(7));
+    assert!(epoch_of(&a2) > epoch, "epochs grow");
+    // Broker 1's archive finishes while broker 2 holds the lease.
+    e.report(
+        &SnapshotReport {
+            broker: 1,
+            epoch,
+            result: ReportResult::Committed {
+                snapshot: summary(1, "s1"),
+            },
+        },
+        secs(8),
+    )
+    .unwrap();
+    assert_eq!(e.snapshots(Some(1)).unwrap().len(), 1);
+    // A stale release of broker 1's old lease after broker 2's grant is fine
+    // only for broker 1's latest lease; another broker's epoch is refused.
+    let err = e
+        .release(
+            &Release {
+                broker: 2,
+                epoch,
+                outcome: Outcome::Skipped { reason: "x".into() },
+            },
+            secs(8),
+        )
+        .unwrap_err();
+    assert!(matches!(err, ApiError::Conflict(_)), "{err:?}");
+}
+
+#[test]
+fn an_expired_lease_keeps_the_slot_closed_until_the_cluster_is_in_sync() {
+    let mut e = engine();
+    start_cycle(&mut e);
+    let epoch = epoch_of(&poll_grant(&mut e, 1, secs(2)));
+    e.heartbeat(&hb(1, epoch, Phase::Capturing), secs(3))
+        .unwrap();
+    let needs = e.tick(secs(3 + 61)).unwrap();
+    assert!(needs.settle_check);
+    assert_eq!(slot_state(&e), Some((1, "settling".into())));
+    // The agent comes back too late.
+    let err = e
+        .heartbeat(&hb(1, epoch, Phase::Starting), secs(70))
+        .unwrap_err();
+    assert!(
+        matches!(err, ApiError::Conflict(ref m) if m.contains("settling")),
+        "{err:?}"
+    );
+    // Broker 1 was requeued, but nobody gets a lease while settling.
+    assert_eq!(poll_grant(&mut e, 2, secs(71)), Action::Idle);
+    assert_eq!(poll_grant(&mut e, 1, secs(71)), Action::Idle);
+    e.apply_cluster_check(Err("orders-0 (missing [1])".into()), secs(72))
+        .unwrap();
+    assert_eq!(slot_state(&e), Some((1, "settling".into())));
+    e.apply_cluster_check(Ok(()), secs(80)).unwrap();
+    assert_eq!(slot_state(&e), None);
+    // Broker 2 is next (broker 1 went to the end of the line).
+    assert!(matches!(
+        poll_grant(&mut e, 2, secs(81)),
+        Action::Snapshot { .. }
+    ));
+}
+
+#[test]
+fn a_failed_release_with_the_broker_down_is_loud_and_settles() {
+    let mut e = engine();
+    start_cycle(&mut e);
+    let epoch = epoch_of(&poll_grant(&mut e, 1, secs(2)));
+    e.release(
+        &Release {
+            broker: 1,
+            epoch,
+            outcome: Outcome::Failed {
+                reason: "start command failed 3 times".into(),
+                broker_running: false,
+            },
+        },
+        secs(3),
+    )
+    .unwrap();
+    assert_eq!(slot_state(&e), Some((1, "settling".into())));
+    let st = e.status(secs(3)).unwrap();
+    let b1 = &st.brokers[0];
+    assert!(
+        b1.last_error
+            .as_deref()
+            .unwrap()
+            .contains("BROKER 1 LEFT STOPPED"),
+        "{b1:?}"
+    );
+    let text = crate::metrics::render(&e, secs(3)).unwrap();
+    assert!(
+        text.contains("kafka_snapshot_broker_left_stopped{broker=\"1\"} 1"),
+        "{text}"
+    );
+}
+
+#[test]
+fn skipped_brokers_are_retried_at_the_end_then_failed() {
+    let mut e = engine();
+    start_cycle(&mut e);
+    let skip = |e: &mut Engine, b: i32, at: Now| {
+        let epoch = epoch_of(&poll_grant(e, b, at));
+        e.release(
+            &Release {
+                broker: b,
+                epoch,
+                outcome: Outcome::Skipped {
+                    reason: "gate: orders-1 under min ISR".into(),
+                },
+            },
+            at,
+        )
+        .unwrap();
+    };
+    let done = |e: &mut Engine, b: i32, at: Now| {
+        let epoch = epoch_of(&poll_grant(e, b, at));
+        e.release(
+            &Release {
+                broker: b,
+                epoch,
+                outcome: Outcome::Committed {
+                    snapshot: summary(b, &format!("s{b}")),
+                    downtime_ms: 1000,
+                },
+            },
+            at,
+        )
+        .unwrap();
+    };
+    skip(&mut e, 1, secs(2));
+    done(&mut e, 2, secs(3));
+    done(&mut e, 3, secs(4));
+    skip(&mut e, 1, secs(5)); // second and last attempt
+    let needs = e.tick(secs(6)).unwrap();
+    assert!(needs.final_check);
+    e.apply_cluster_check(Ok(()), secs(7)).unwrap();
+    let st = e.status(secs(7)).unwrap();
+    let c = st.cycle.unwrap();
+    assert_eq!(c.state, "partial");
+    assert!(c.message.unwrap().contains("[1]"));
+    let b1 = c.brokers.iter().find(|b| b.broker == 1).unwrap();
+    assert_eq!((b1.state.as_str(), b1.attempts), ("failed", 2));
+    assert!(b1.reason.as_deref().unwrap().contains("under min ISR"));
+    assert!(e.tick(secs(8)).unwrap().prune);
+}
+
+#[test]
+fn a_broker_whose_agent_never_polls_is_skipped_after_the_gate_timeout() {
+    let mut e = engine();
+    start_cycle(&mut e);
+    e.tick(secs(2)).unwrap();
+    e.tick(secs(2 + 601)).unwrap();
+    let st = e.status(secs(604)).unwrap();
+    let b1 = st
+        .cycle
+        .unwrap()
+        .brokers
+        .into_iter()
+        .find(|b| b.broker == 1)
+        .unwrap();
+    assert_eq!(b1.state, "pending");
+    assert!(b1.reason.unwrap().contains("never polled"));
+    assert!(matches!(
+        poll_grant(&mut e, 2, secs(605)),
+        Action::Snapshot { .. }
+    ));
+}
+
+#[test]
+fn restores_need_the_lease_and_go_first() {
+    let mut e = engine();
+    let err = e.create_restore(2, None, false, t0()).unwrap_err();
+    assert!(
+        matches!(err, ApiError::NotFound(ref m) if m.contains("no usable snapshot")),
+        "{err:?}"
+    );
+    crate::store::snapshots::upsert(e.conn(), &summary(2, "s2"), "agent").unwrap();
+    let err = e.create_restore(7, None, false, t0()).unwrap_err();
+    assert!(
+        matches!(err, ApiError::NotFound(ref m) if m.contains("broker 7")),
+        "{err:?}"
+    );
+    let order = e.create_restore(2, None, false, t0()).unwrap();
+    assert_eq!(
+        (order.state.as_str(), order.snapshot_id.as_str()),
+        ("pending", "s2")
+    );
+    let err = e.create_restore(2, None, false, t0()).unwrap_err();
+    assert!(matches!(err, ApiError::Conflict(_)));
+    start_cycle(&mut e);
+    assert_eq!(
+        poll_grant(&mut e, 1, secs(2)),
+        Action::Idle,
+        "the restore goes first"
+    );
+    let a = poll_grant(&mut e, 2, secs(3));
+    let Action::Restore { lease, order: o } = a else {
+        panic!("{a:?}")
+    };
+    assert_eq!(
+        (o.snapshot_id.as_str(), o.cluster_id.as_str(), o.force),
+        ("s2", "cluster-a", false)
+    );
+    e.heartbeat(
+        &Heartbeat {
+            broker: 2,
+            epoch: lease.epoch,
+            phase: Phase::Downloading,
+            progress: Some("40%".into()),
+        },
+        secs(4),
+    )
+    .unwrap();
+    assert_eq!(
+        e.restore(order.id).unwrap().progress.as_deref(),
+        Some("40%")
+    );
+    e.release(
+        &Release {
+            broker: 2,
+            epoch: lease.epoch,
+            outcome: Outcome::Restored {
+                snapshot_id: "s2".into(),
+                downtime_ms: 9000,
+            },
+        },
+        secs(5),
+    )
+    .unwrap();
+    assert_eq!(e.restore(order.id).unwrap().state, "done");
+    assert!(matches!(
+        poll_grant(&mut e, 1, secs(6)),
+        Action::Snapshot { .. }
+    ));
+}
+
+#[test]
+fn an_agent_that_lost_its_lease_closes_it_carefully() {
+    let mut e = engine();
+    start_cycle(&mut e);
+    let epoch = epoch_of(&poll_grant(&mut e, 1, secs(2)));
+    // No heartbeat yet: the grant may not have arrived; hand it out again.
+    assert_eq!(epoch_of(&poll_grant(&mut e, 1, secs(3))), epoch);
+    e.heartbeat(&hb(1, epoch, Phase::Stopping), secs(4))
+        .unwrap();
+    // Now it polls as if it held nothing (it restarted).
+    assert_eq!(poll_grant(&mut e, 1, secs(5)), Action::Idle);
+    assert_eq!(slot_state(&e), Some((1, "settling".into())));
+}
+
+#[test]
+fn schedule_respects_suspend_and_running_cycles() {
+    let mut e = engine();
+    start_cycle(&mut e);
+    assert!(matches!(
+        e.run_now(None, secs(2)),
+        Err(ApiError::Conflict(_))
+    ));
+    // A day later the first cycle is still running: no second one.
+    e.tick(secs(86_402)).unwrap();
+    let st = e.status(secs(86_402)).unwrap();
+    assert_eq!(st.cycle.unwrap().id, 1);
+    assert!(st
+        .recent_events
+        .iter()
+        .any(|ev| ev.message.contains("still running")));
+}
+
+#[test]
+fn phase_durations_of_the_latest_lease_come_from_its_heartbeats() {
+    let mut e = engine();
+    start_cycle(&mut e);
+    let epoch = epoch_of(&poll_grant(&mut e, 1, secs(10)));
+    // Repeated heartbeats in a phase keep its first report as its start.
+    for (at, phase) in [
+        (12, Phase::Gating),
+        (20, Phase::Gating),
+        (30, Phase::Stopping),
+        (45, Phase::Capturing),
+        (50, Phase::Capturing),
+        (60, Phase::Starting),
+    ] {
+        e.heartbeat(&hb(1, epoch, phase), secs(at)).unwrap();
+    }
+    // While the lease runs, its last phase lasts until now.
+    let running = e.last_lease_phases(secs(64)).unwrap();
+    let got: Vec<(&str, f64)> = running
+        .iter()
+        .map(|p| (p.phase.as_str(), p.seconds))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("gating", 20.0),
+            ("stopping", 15.0),
+            ("capturing", 15.0),
+            ("starting", 4.0)
+        ]
+    );
+    assert!(running
+        .iter()
+        .all(|p| p.broker == 1 && p.epoch == epoch as i64 && p.kind == "snapshot"));
+    e.heartbeat(&hb(1, epoch, Phase::Recovering), secs(70))
+        .unwrap();
+    e.release(
+        &Release {
+            broker: 1,
+            epoch,
+            outcome: Outcome::Recovered {
+                snapshot_id: "s1".into(),
+                downtime_ms: 30_000,
+            },
+        },
+        secs(80),
+    )
+    .unwrap();
+    // Ended: the last phase stops at the release, whenever one looks.
+    let done = e.last_lease_phases(secs(500)).unwrap();
+    assert_eq!(done.len(), 5);
+    assert_eq!(done[3].seconds, 10.0, "{done:?}");
+    assert_eq!(
+        (done[4].phase.as_str(), done[4].seconds),
+        ("recovering", 10.0)
+    );
+    // Every broker has its own latest lease.
+    let epoch2 = epoch_of(&poll_grant(&mut e, 2, secs(90)));
+    e.heartbeat(&hb(2, epoch2, Phase::Gating), secs(95))
+        .unwrap();
+    let both = e.last_lease_phases(secs(100)).unwrap();
+    assert_eq!(both.len(), 6, "{both:?}");
+    assert_eq!(both[..5], done[..]);
+    assert_eq!(
+        (both[5].broker, both[5].phase.as_str(), both[5].seconds),
+        (2, "gating", 10.0)
+    );
+    let text = crate::metrics::render(&e, secs(100)).unwrap();
+    for line in [
+        "# TYPE kafka_snapshot_phase_duration_seconds gauge\n",
+        "kafka_snapshot_phase_duration_seconds{broker=\"1\",kind=\"snapshot\",phase=\"capturing\"} 15\n",
+        "kafka_snapshot_phase_duration_seconds{broker=\"2\",kind=\"snapshot\",phase=\"gating\"} 10\n",
+        "kafka_snapshot_lease_age_seconds{broker=\"2\"} 10\n",
+    ] {
+        assert!(text.contains(line), "{line} not in\n{text}");
+    }
+}

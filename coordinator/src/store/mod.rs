@@ -1,0 +1,389 @@
+//! The coordinator's state in SQLite, and every SQL statement that reads or
+//! writes it: one module per table (group), each a set of small functions
+//! over a connection or a transaction. The engine decides; this module only
+//! stores. Every decision is one transaction, so a coordinator killed at
+//! any moment restarts from a consistent state.
+//!
+//! States are stored by name ([`crate::state`]); timestamps as RFC 3339
+//! text in UTC with milliseconds, which sorts as time does.
+
+pub mod brokers;
+pub mod cycles;
+pub mod events;
+pub mod leases;
+pub mod restores;
+pub mod snapshots;
+
+use chrono::{DateTime, Utc};
+use kafka_snapshot::{Error, Result};
+use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSqlOutput, ValueRef};
+use rusqlite::{Connection, OptionalExtension, ToSql};
+use std::path::Path;
+
+pub type Now = DateTime<Utc>;
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS brokers (
+    id INTEGER PRIMARY KEY,
+    hostname TEXT,
+    agent_version TEXT,
+    last_seen TEXT,
+    phase TEXT NOT NULL DEFAULT 'idle',
+    broker_running INTEGER,
+    last_error TEXT,
+    last_error_at TEXT
+);
+-- One row per grant; the epoch is the fencing token.
+-- state: active -> released | settling -> cleared
+CREATE TABLE IF NOT EXISTS leases (
+    epoch INTEGER PRIMARY KEY AUTOINCREMENT,
+    broker INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    cycle_id INTEGER,
+    order_id INTEGER,
+    state TEXT NOT NULL,
+    granted_at TEXT NOT NULL,
+    expires_at TEXT NOT NULL,
+    phase TEXT,
+    progress TEXT,
+    outcome TEXT,
+    reason TEXT,
+    stopped_at TEXT,
+    ended_at TEXT,
+    holder_instance TEXT,
+    holder_host TEXT
+);
+CREATE INDEX IF NOT EXISTS leases_state ON leases(state);
+-- state: running -> finishing -> done | partial | failed
+CREATE TABLE IF NOT EXISTS cycles (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    trigger TEXT NOT NULL,
+    state TEXT NOT NULL,
+    started_at TEXT NOT NULL,
+    finished_at TEXT,
+    message TEXT
+);
+-- state: pending -> leased -> archiving -> done | failed (skips go back to pending)
+CREATE TABLE IF NOT EXISTS cycle_brokers (
+    cycle_id INTEGER NOT NULL,
+    broker INTEGER NOT NULL,
+    position INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    epoch INTEGER,
+    snapshot_id TEXT,
+    reason TEXT,
+    waiting_since TEXT,
+    archiving_since TEXT,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (cycle_id, broker)
+);
+CREATE TABLE IF NOT EXISTS snapshots (
+    snapshot_id TEXT NOT NULL,
+    cluster_id TEXT NOT NULL,
+    broker INTEGER NOT NULL,
+    host TEXT NOT NULL,
+    committed TEXT NOT NULL,
+    capture TEXT NOT NULL,
+    clean_shutdown INTEGER NOT NULL,
+    downtime_ms INTEGER,
+    files INTEGER NOT NULL,
+    data_bytes INTEGER NOT NULL,
+    archive_bytes INTEGER NOT NULL,
+    archive_sha256 TEXT NOT NULL,
+    manifest_sha256 TEXT NOT NULL,
+    verified_at TEXT,
+    verify_ok INTEGER,
+    verify_message TEXT,
+    deleted_at TEXT,
+    source TEXT NOT NULL,
+    PRIMARY KEY (cluster_id, broker, snapshot_id)
+);
+-- state: pending -> running -> done | failed
+CREATE TABLE IF NOT EXISTS restores (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    broker INTEGER NOT NULL,
+    cluster_id TEXT NOT NULL,
+    snapshot_id TEXT NOT NULL,
+    force INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    epoch INTEGER,
+    phase TEXT,
+    progress TEXT,
+    message TEXT,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at TEXT NOT NULL,
+    level TEXT NOT NULL,
+    broker INTEGER,
+    epoch INTEGER,
+    kind TEXT NOT NULL,
+    message TEXT NOT NULL
+);
+-- When each phase of a lease was first reported (by a heartbeat), for the
+-- phase durations of the latest lease of every broker in /metrics.
+CREATE TABLE IF NOT EXISTS lease_phases (
+    epoch INTEGER NOT NULL,
+    phase TEXT NOT NULL,
+    started_at TEXT NOT NULL,
+    PRIMARY KEY (epoch, phase)
+);
+CREATE TABLE IF NOT EXISTS counters (
+    name TEXT NOT NULL,
+    label TEXT NOT NULL,
+    value INTEGER NOT NULL,
+    PRIMARY KEY (name, label)
+);
+"#;
+
+/// The schema version this build writes. Each step of [`MIGRATIONS`]
+/// brings a database one version up; a database of a newer version than
+/// this is refused (a downgraded coordinator must not guess).
+pub const SCHEMA_VERSION: u32 = 2;
+
+/// `(version reached, what it changes)`, applied in order, each in the
+/// transaction that also records the new version.
+const MIGRATIONS: &[(u32, Migration)] = &[(2, v2_lease_holder)];
+
+type Migration = fn(&Connection) -> rusqlite::Result<()>;
+
+/// Version 2: which agent process and host a lease was handed to (so a
+/// second agent acting as the same broker gets nothing), and the
+/// coordinator no longer keeps a copy of `schedule.max_attempts` in `meta`.
+fn v2_lease_holder(conn: &Connection) -> rusqlite::Result<()> {
+    for column in ["holder_instance", "holder_host"] {
+        let present: bool = conn.query_row(
+            "SELECT count(*) > 0 FROM pragma_table_info('leases') WHERE name = ?",
+            [column],
+            |r| r.get(0),
+        )?;
+        if !present {
+            conn.execute(&format!("ALTER TABLE leases ADD COLUMN {column} TEXT"), [])?;
+        }
+    }
+    conn.execute("DELETE FROM meta WHERE key = 'max_attempts'", [])?;
+    Ok(())
+}
+
+pub fn open(path: &Path) -> Result<Connection> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    }
+    let mut conn = Connection::open(path).map_err(|e| db_err(path, e))?;
+    init(&mut conn, path)?;
+    Ok(conn)
+}
+
+#[cfg(test)]
+pub fn open_in_memory() -> Connection {
+    let mut conn = Connection::open_in_memory().expect("in-memory database");
+    init(&mut conn, Path::new(":memory:")).expect("schema");
+    conn
+}
+
+fn init(conn: &mut Connection, path: &Path) -> Result<()> {
+    let fail = |e| db_err(path, e);
+    // WAL + FULL: a committed transaction survives a crash or power cut.
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(fail)?;
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(fail)?;
+    conn.pragma_update(None, "foreign_keys", "ON")
+        .map_err(fail)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))
+        .map_err(fail)?;
+    let tx = conn.transaction().map_err(fail)?;
+    let fresh: bool = tx
+        .query_row(
+            "SELECT count(*) = 0 FROM sqlite_master WHERE type = 'table' AND name = 'meta'",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(fail)?;
+    tx.execute_batch(SCHEMA).map_err(fail)?;
+    let stored: Option<String> = tx
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'schema_version'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(fail)?;
+    // A new database gets the whole schema at once; one written before
+    // versions were recorded is version 1.
+    let version = match stored {
+        None if fresh => SCHEMA_VERSION,
+        None => 1,
+        Some(v) => v.parse::<u32>().map_err(|_| Error::Config {
+            file: path.to_path_buf(),
+            message: format!("schema_version {v:?} is not a number: not a coordinator database"),
+        })?,
+    };
+    if version > SCHEMA_VERSION {
+        return Err(Error::Config {
+            file: path.to_path_buf(),
+            message: format!(
+                "the database is of schema version {version}, written by a newer coordinator; \
+                 this one knows versions up to {SCHEMA_VERSION}: run the newer coordinator"
+            ),
+        });
+    }
+    for (to, step) in MIGRATIONS {
+        if *to > version {
+            step(&tx).map_err(fail)?;
+        }
+    }
+    tx.execute(
+        "INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)",
+        [SCHEMA_VERSION.to_string()],
+    )
+    .map_err(fail)?;
+    tx.commit().map_err(fail)?;
+    Ok(())
+}
+
+pub fn db_err(path: &Path, e: rusqlite::Error) -> Error {
+    Error::Usage(format!("database {}: {e}", path.display()))
+}
+
+/// A time as the database stores it.
+pub fn ts(t: Now) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// A time the database stored ([`ts`]); the epoch if it is not one.
+pub fn parse_ts(s: &str) -> Now {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .unwrap_or_default()
+}
+
+/// A state column: stored by name, read back into its type.
+pub struct Stored<T>(pub T);
+
+impl<T: std::str::FromStr<Err = crate::state::UnknownState>> FromSql for Stored<T> {
+    fn column_result(v: ValueRef<'_>) -> FromSqlResult<Self> {
+        let s = v.as_str()?;
+        s.parse()
+            .map(Stored)
+            .map_err(|e| FromSqlError::Other(Box::new(e)))
+    }
+}
+
+/// Read a state column.
+pub fn state<T: std::str::FromStr<Err = crate::state::UnknownState>>(
+    r: &rusqlite::Row<'_>,
+    i: usize,
+) -> rusqlite::Result<T> {
+    r.get::<_, Stored<T>>(i).map(|s| s.0)
+}
+
+/// The names of every state of a machine that `pred` holds for, as a
+/// JSON array: `state IN (SELECT value FROM json_each(?))` then selects
+/// rows by the same predicate the state machine defines, so the SQL cannot
+/// drift from it.
+pub fn names_where<T: Copy + std::fmt::Display>(all: &[T], pred: impl Fn(T) -> bool) -> String {
+    let names: Vec<String> = all
+        .iter()
+        .filter(|s| pred(**s))
+        .map(|s| s.to_string())
+        .collect();
+    serde_json::to_string(&names).unwrap_or_else(|_| "[]".to_string())
+}
+
+/// Write a state column.
+pub struct Name(pub &'static str);
+
+impl ToSql for Name {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(self.0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_version_1_database_is_migrated_and_keeps_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        {
+            // What the first release created: no holder columns, version
+            // 1, and a copy of max_attempts in meta.
+            let conn = Connection::open(&path).unwrap();
+            let v1 = SCHEMA
+                .replace("    holder_instance TEXT,\n    holder_host TEXT\n", "")
+                .replace("    ended_at TEXT,\n", "    ended_at TEXT\n");
+            conn.execute_batch(&v1).unwrap();
+            conn.execute_batch(
+                "INSERT INTO meta VALUES ('schema_version', '1'), ('max_attempts', '3');
+                 INSERT INTO leases(broker, kind, state, granted_at, expires_at)
+                 VALUES (1, 'snapshot', 'released', 't', 't');",
+            )
+            .unwrap();
+            let cols: i64 = conn
+                .query_row(
+                    "SELECT count(*) FROM pragma_table_info('leases') WHERE name LIKE 'holder%'",
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            assert_eq!(cols, 0, "the fixture is a version 1 schema");
+        }
+        let conn = open(&path).unwrap();
+        let meta = |k: &str| -> Option<String> {
+            conn.query_row("SELECT value FROM meta WHERE key = ?", [k], |r| r.get(0))
+                .optional()
+                .unwrap()
+        };
+        assert_eq!(meta("schema_version").as_deref(), Some("2"));
+        assert_eq!(meta("max_attempts"), None);
+        let (n, holder): (i64, Option<String>) = conn
+            .query_row(
+                "SELECT count(*), max(holder_instance) FROM leases",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!((n, holder), (1, None));
+        drop(conn);
+        // Opening again changes nothing.
+        let conn = open(&path).unwrap();
+        let v: String = conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'schema_version'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(v, "2");
+    }
+
+    #[test]
+    fn a_database_of_a_newer_coordinator_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        drop(open(&path).unwrap());
+        Connection::open(&path)
+            .unwrap()
+            .execute(
+                "UPDATE meta SET value = '9' WHERE key = 'schema_version'",
+                [],
+            )
+            .unwrap();
+        let e = open(&path).unwrap_err().to_string();
+        assert!(
+            e.contains("state.db") && e.contains("schema version 9") && e.contains("newer"),
+            "{e}"
+        );
+    }
+}
