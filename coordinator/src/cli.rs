@@ -21,7 +21,7 @@ pub struct Api {
 
 impl Api {
     pub fn new(cfg: &CoordinatorConfig) -> Result<Api> {
-        let token = crate::server::read_token(&cfg.server.admin_token_file)?;
+        let token = crate::shared::read_token(&cfg.server.admin_token_file)?;
         let mut b = reqwest::Client::builder()
             .timeout(Duration::from_secs(60))
             .connect_timeout(Duration::from_secs(10));
@@ -440,24 +440,26 @@ pub async fn restore(
 
 /// Verifies snapshots by reading them back from cold storage here, and
 /// records the results in the coordinator's catalog.
-pub async fn verify(
-    api: &Api,
-    cfg: &CoordinatorConfig,
-    snapshot: Option<String>,
-    json: bool,
-) -> Result<bool> {
+/// Which snapshots `verify` reads back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Which {
+    One(String),
+    All,
+}
+
+pub async fn verify(api: &Api, cfg: &CoordinatorConfig, which: Which, json: bool) -> Result<bool> {
     let rows: Vec<SnapshotRow> = api.get("/v1/snapshots", "snapshots").await?;
-    let chosen: Vec<SnapshotRow> = match &snapshot {
-        Some(id) => {
+    let chosen: Vec<SnapshotRow> = match &which {
+        Which::One(id) => {
             let r: Vec<_> = rows.into_iter().filter(|r| &r.snapshot_id == id).collect();
             if r.is_empty() {
                 return Err(Error::Usage(format!("snapshot {id} is not in the catalog")));
             }
             r
         }
-        None => rows,
+        Which::All => rows,
     };
-    let store = crate::server::open_store(cfg).await?;
+    let store = crate::jobs::open_store(cfg).await?;
     let store: std::sync::Arc<dyn kafka_snapshot::storage::ColdStore> = std::sync::Arc::from(store);
     let mut all_ok = true;
     let mut results = Vec::new();

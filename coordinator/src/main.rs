@@ -8,10 +8,12 @@ mod cli;
 mod config;
 mod engine;
 mod health;
+mod jobs;
 mod metrics;
 mod retention;
 mod schedule;
 mod server;
+mod shared;
 mod state;
 mod store;
 mod tls;
@@ -78,9 +80,11 @@ enum Command {
         #[arg(long)]
         no_wait: bool,
     },
-    /// Read snapshots back from cold storage and check every byte.
+    /// Read snapshots back from cold storage and check every byte: one
+    /// (`--snapshot ID`) or every snapshot in the catalog (`--all`).
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["snapshot", "all"])))]
     Verify {
-        #[arg(long, conflicts_with = "all")]
+        #[arg(long)]
         snapshot: Option<String>,
         #[arg(long)]
         all: bool,
@@ -172,10 +176,17 @@ fn run(cli: Cli) -> kafka_snapshot::Result<ExitCode> {
         }
         Command::Serve => {
             let cfg = load(&cli.config)?;
-            runtime()?.block_on(server::serve(cfg, || {
-                kafka_snapshot::service::spawn_watchdog();
-                kafka_snapshot::service::notify_ready();
-            }))?;
+            runtime()?.block_on(async {
+                let shutdown = shutdown_signal()?;
+                let listener = tokio::net::TcpListener::bind(cfg.server.listen)
+                    .await
+                    .map_err(|e| Error::io(format!("listening on {}", cfg.server.listen), e))?;
+                server::serve(cfg, listener, shutdown, || {
+                    kafka_snapshot::service::spawn_watchdog();
+                    kafka_snapshot::service::notify_ready();
+                })
+                .await
+            })?;
             Ok(ExitCode::SUCCESS)
         }
         cmd => {
@@ -201,9 +212,15 @@ fn run(cli: Cli) -> kafka_snapshot::Result<ExitCode> {
                     } => ok(cli::restore(&api, broker, snapshot, force, yes, !no_wait).await?),
                     Command::Verify {
                         snapshot,
-                        all: _,
+                        all,
                         json,
-                    } => ok(cli::verify(&api, &cfg, snapshot, json).await?),
+                    } => {
+                        let which = match (snapshot, all) {
+                            (Some(id), false) => cli::Which::One(id),
+                            _ => cli::Which::All,
+                        };
+                        ok(cli::verify(&api, &cfg, which, json).await?)
+                    }
                     Command::Prune { dry_run, json } => ok(cli::prune(&api, dry_run, json).await?),
                     Command::Catalog(CatalogCommand::Rebuild { json }) => {
                         cli::rebuild(&api, json).await?;
@@ -216,6 +233,25 @@ fn run(cli: Cli) -> kafka_snapshot::Result<ExitCode> {
             })
         }
     }
+}
+
+/// Completes on the first SIGTERM or SIGINT, after telling systemd the
+/// service is stopping. Installed before the service starts: a coordinator
+/// that could not be stopped cleanly does not start at all.
+fn shutdown_signal() -> kafka_snapshot::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())
+        .map_err(|e| Error::io("installing the SIGTERM handler", e))?;
+    let mut int = signal(SignalKind::interrupt())
+        .map_err(|e| Error::io("installing the SIGINT handler", e))?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::info!("shutting down");
+        kafka_snapshot::service::notify_stopping();
+    })
 }
 
 fn main() -> ExitCode {
@@ -233,5 +269,41 @@ fn main() -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::from(e.exit_code() as u8)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verify_asks_which_snapshots() {
+        let parse =
+            |args: &[&str]| Cli::try_parse_from(["kafka-snapshot-coordinator"].iter().chain(args));
+        let e = parse(&["verify"]).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(
+            e.to_string().contains("--snapshot") && e.to_string().contains("--all"),
+            "{e}"
+        );
+        assert!(parse(&["verify", "--snapshot", "s1", "--all"]).is_err());
+        assert!(matches!(
+            parse(&["verify", "--all"]).unwrap().command,
+            Command::Verify {
+                all: true,
+                snapshot: None,
+                ..
+            }
+        ));
+        assert!(matches!(
+            parse(&["verify", "--snapshot", "s1", "--json"])
+                .unwrap()
+                .command,
+            Command::Verify {
+                all: false,
+                snapshot: Some(_),
+                json: true
+            }
+        ));
     }
 }

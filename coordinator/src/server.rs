@@ -1,14 +1,13 @@
-//! `coordinator serve`: the HTTP API (agents and the operator CLI), the
-//! Prometheus endpoint, and the background loop that expires leases,
-//! starts cycles, checks the cluster, verifies new snapshots and applies
-//! retention.
+//! The coordinator's HTTP API: the agents' endpoints (token per broker),
+//! the operator's (admin token), `/metrics` and `/healthz`; and
+//! [`serve`], which runs it with the background jobs until shut down.
 
-use crate::api::{
-    NewRestore, PruneRequest, PruneResult, PrunedView, RebuildResult, RunNow, Verified,
-};
+use crate::api::{NewRestore, PruneRequest, RunNow, Verified};
 use crate::config::CoordinatorConfig;
 use crate::engine::{ApiError, Candidate, Engine, PollDecision};
-use crate::{health, metrics, retention, tls};
+use crate::jobs::{self, RebuildError};
+use crate::shared::Shared;
+use crate::{health, metrics, tls};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path as UrlPath, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -16,102 +15,18 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::Utc;
-use kafka_snapshot::catalog::{self, SnapshotRef};
-use kafka_snapshot::kafka::fetch::KafkaClient;
-use kafka_snapshot::kafka::view::ClusterView;
 use kafka_snapshot::protocol::{
     Ack, ErrorBody, Heartbeat, Notice, PollRequest, PollResponse, Release, SnapshotReport,
     MAX_BODY_BYTES,
 };
-use kafka_snapshot::storage::{self, ColdStore, StoreOptions};
+use kafka_snapshot::storage::ColdStore;
 use kafka_snapshot::{Error, Result};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-
-pub struct Shared {
-    pub engine: Mutex<Engine>,
-    pub cfg: CoordinatorConfig,
-    /// sha256(token) -> broker.
-    agents: HashMap<[u8; 32], i32>,
-    admin: [u8; 32],
-    kafka: KafkaClient,
-    pub store: Arc<dyn ColdStore>,
-    verifying: AtomicBool,
-    /// Cold storage could not be read: no verification before then.
-    verify_after: Mutex<Option<Instant>>,
-    pruning: AtomicBool,
-    last_check: Mutex<Option<Instant>>,
-}
-
-impl Shared {
-    pub fn new(
-        cfg: CoordinatorConfig,
-        engine: Engine,
-        store: Arc<dyn ColdStore>,
-    ) -> Result<Shared> {
-        let admin = read_token(&cfg.server.admin_token_file)?;
-        let mut agents = HashMap::new();
-        for a in &cfg.agents {
-            let mut h = [0u8; 32];
-            hex::decode_to_slice(a.token_sha256.to_ascii_lowercase(), &mut h).map_err(|e| {
-                Error::Usage(format!("agents token_sha256 of broker {}: {e}", a.broker))
-            })?;
-            agents.insert(h, a.broker);
-        }
-        let kafka = KafkaClient::new(&cfg.kafka).map_err(Error::Usage)?;
-        Ok(Shared {
-            engine: Mutex::new(engine),
-            agents,
-            admin: Sha256::digest(admin.as_bytes()).into(),
-            kafka,
-            store,
-            verifying: AtomicBool::new(false),
-            verify_after: Mutex::new(None),
-            pruning: AtomicBool::new(false),
-            last_check: Mutex::new(None),
-            cfg,
-        })
-    }
-
-    fn engine(&self) -> std::sync::MutexGuard<'_, Engine> {
-        // A panic while holding the lock leaves SQLite consistent (every
-        // change is a transaction), so the state is still good to use.
-        self.engine.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    async fn view(&self) -> std::result::Result<ClusterView, String> {
-        self.kafka.view().await
-    }
-}
-
-/// Reads a bearer token file; it must not be readable by others.
-pub fn read_token(path: &std::path::Path) -> Result<String> {
-    use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::metadata(path)
-        .map_err(|e| Error::io(format!("token file {}", path.display()), e))?;
-    if meta.permissions().mode() & 0o077 != 0 {
-        return Err(Error::Usage(format!(
-            "token file {} is readable by group or others (mode {:o}); chmod 600 it",
-            path.display(),
-            meta.permissions().mode() & 0o777
-        )));
-    }
-    let t = std::fs::read_to_string(path)
-        .map_err(|e| Error::io(format!("token file {}", path.display()), e))?;
-    let t = t.trim().to_string();
-    if t.len() < 16 {
-        return Err(Error::Usage(format!(
-            "token file {}: the token is shorter than 16 characters",
-            path.display()
-        )));
-    }
-    Ok(t)
-}
+use std::future::Future;
+use std::sync::Arc;
+use tokio::net::TcpListener;
 
 // ----- errors and auth ------------------------------------------------------
 
@@ -316,7 +231,7 @@ async fn prune(State(s): S, headers: HeaderMap, body: Bytes) -> HttpResult<impl 
     admin_auth(&s, &headers)?;
     let r: PruneRequest = parse(&body)?;
     let s2 = s.clone();
-    let result = tokio::task::spawn_blocking(move || run_retention(&s2, r.dry_run))
+    let result = tokio::task::spawn_blocking(move || jobs::run_retention(&s2, r.dry_run))
         .await
         .map_err(|e| HttpError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     Ok(Json(result))
@@ -325,10 +240,14 @@ async fn prune(State(s): S, headers: HeaderMap, body: Bytes) -> HttpResult<impl 
 async fn rebuild(State(s): S, headers: HeaderMap) -> HttpResult<impl IntoResponse> {
     admin_auth(&s, &headers)?;
     let s2 = s.clone();
-    let r = tokio::task::spawn_blocking(move || rebuild_catalog(&s2))
+    let r = tokio::task::spawn_blocking(move || jobs::rebuild_catalog(&s2))
         .await
-        .map_err(|e| HttpError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
-    Ok(Json(r))
+        .map_err(|e| HttpError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    match r {
+        Ok(r) => Ok(Json(r)),
+        Err(RebuildError::Storage(e)) => Err(HttpError(StatusCode::BAD_GATEWAY, e)),
+        Err(RebuildError::Engine(e)) => Err(e.into()),
+    }
 }
 
 async fn metrics_endpoint(State(s): S) -> HttpResult<impl IntoResponse> {
@@ -363,284 +282,41 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
-// ----- retention, verification, rebuild ----------------------------------------
-
-/// Plans retention and, unless `dry_run`, deletes in plan order, stopping
-/// at the first storage error.
-pub fn run_retention(s: &Shared, dry_run: bool) -> PruneResult {
-    let now = Utc::now();
-    let plan = {
-        let e = s.engine();
-        let (cands, busy) = match (e.retention_candidates(), e.busy_brokers()) {
-            (Ok(c), Ok(b)) => (c, b),
-            (Err(err), _) | (_, Err(err)) => {
-                return PruneResult {
-                    dry_run,
-                    deleted: Vec::new(),
-                    held: Vec::new(),
-                    error: Some(err.to_string()),
-                }
-            }
-        };
-        retention::plan(
-            &cands,
-            &retention::Policy {
-                keep_last: s.cfg.retention.keep_last as usize,
-                max_age: s.cfg.retention.max_age,
-            },
-            &busy,
-            now,
-        )
-    };
-    let mut out = PruneResult {
-        dry_run,
-        deleted: Vec::new(),
-        held: plan.held.clone(),
-        error: None,
-    };
-    for d in &plan.delete {
-        if !dry_run {
-            let r = delete_one(s, d);
-            if let Err(e) = r {
-                out.error = Some(format!(
-                    "snapshot {} of broker {}: {e}",
-                    d.snapshot_id, d.broker
-                ));
-                break;
-            }
-        }
-        out.deleted.push(PrunedView {
-            broker: d.broker,
-            snapshot_id: d.snapshot_id.clone(),
-            reason: d.reason.clone(),
-        });
-    }
-    if !dry_run {
-        if let Err(e) = s.engine().prune_done(out.error.as_deref(), Utc::now()) {
-            tracing::error!("recording retention: {e}");
-        }
-    }
-    out
-}
-
-/// Out of the catalog first, then out of cold storage (see
-/// `Engine::begin_deletion`). Each engine call is its own statement: the
-/// engine lock must not be held while storage is worked on.
-fn delete_one(s: &Shared, d: &retention::Deletion) -> std::result::Result<(), String> {
-    let begun = s.engine().begin_deletion(d, Utc::now());
-    begun.map_err(|e| e.to_string())?;
-    if let Err(e) = delete_from_store(s.store.as_ref(), d) {
-        let e = e.to_string();
-        let recorded = s.engine().deletion_failed(d, &e, Utc::now());
-        if let Err(e2) = recorded {
-            tracing::error!("recording a failed deletion: {e2}");
-        }
-        return Err(e);
-    }
-    let done = s.engine().mark_deleted(d, Utc::now());
-    done.map_err(|e| e.to_string())
-}
-
-fn delete_from_store(store: &dyn ColdStore, d: &retention::Deletion) -> Result<()> {
-    let listed = catalog::list(store, Some(&d.cluster_id), Some(d.broker))?;
-    match listed.iter().find(|l| l.snap.snapshot_id == d.snapshot_id) {
-        Some(l) => catalog::delete_snapshot(store, l),
-        // Already gone from storage: the catalog just catches up.
-        None => Ok(()),
-    }
-}
-
-pub fn rebuild_catalog(s: &Shared) -> std::result::Result<RebuildResult, HttpError> {
-    let listed = catalog::list(s.store.as_ref(), None, None).map_err(|e| {
-        HttpError(
-            StatusCode::BAD_GATEWAY,
-            format!("listing cold storage: {e}"),
-        )
-    })?;
-    let mut found = Vec::new();
-    let mut skipped = Vec::new();
-    for l in listed {
-        match l.status {
-            catalog::Status::Complete(m) => {
-                found.push(kafka_snapshot::protocol::SnapshotSummary::of(&m))
-            }
-            catalog::Status::Incomplete => {
-                skipped.push(format!("{}: incomplete (no manifest)", l.snap.prefix()))
-            }
-            catalog::Status::Damaged(e) => {
-                skipped.push(format!("{}: damaged: {e}", l.snap.prefix()))
-            }
-        }
-    }
-    let (before, after) = s.engine().rebuild_catalog(&found, Utc::now())?;
-    Ok(RebuildResult {
-        before,
-        after,
-        skipped,
-    })
-}
-
-/// Verifies one snapshot and records the result. Returns false when cold
-/// storage could not be read (nothing is recorded: the snapshot is not
-/// known to be bad, and is verified again later).
-fn verify_one(s: &Shared, cluster: &str, broker: i32, id: &str) -> bool {
-    let snap = SnapshotRef {
-        cluster_id: cluster.to_string(),
-        broker,
-        snapshot_id: id.to_string(),
-    };
-    let result = match kafka_snapshot::verify::verify(s.store.as_ref(), &snap) {
-        Ok(_) => Ok(()),
-        Err(e) if e.is_unreadable() => {
-            tracing::warn!(
-                broker,
-                snapshot = id,
-                error = %e,
-                "cannot read the snapshot back from cold storage now; verifying it again in {:?}",
-                VERIFY_RETRY
-            );
-            return false;
-        }
-        Err(e) => Err(e.to_string()),
-    };
-    if let Err(e) = s
-        .engine()
-        .record_verification(cluster, broker, id, result, Utc::now())
-    {
-        tracing::error!("recording the verification of {id}: {e}");
-    }
-    true
-}
-
-/// Pause before verifying again after cold storage could not be read.
-const VERIFY_RETRY: Duration = Duration::from_secs(10);
-
-// ----- the background loop ---------------------------------------------------
-
-async fn background(s: Arc<Shared>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
-    let mut interval = tokio::time::interval(Duration::from_secs(1));
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = interval.tick() => {}
-            _ = shutdown.changed() => return,
-        }
-        let needs = match s.engine().tick(Utc::now()) {
-            Ok(n) => n,
-            Err(e) => {
-                tracing::error!("coordinator tick: {e}");
-                continue;
-            }
-        };
-        if needs.settle_check || needs.final_check {
-            let due = {
-                let mut last = s.last_check.lock().unwrap_or_else(|p| p.into_inner());
-                let due = last.is_none_or(|t| t.elapsed() >= s.cfg.gate.check_interval);
-                if due {
-                    *last = Some(Instant::now());
-                }
-                due
-            };
-            if due {
-                let check = match s.view().await {
-                    Ok(v) => health::in_sync(&v, &s.cfg.brokers()),
-                    Err(e) => Err(format!("cluster not reachable: {e}")),
-                };
-                if let Err(e) = s.engine().apply_cluster_check(check, Utc::now()) {
-                    tracing::error!("applying the cluster check: {e}");
-                }
-            }
-        }
-        let verify_due = s
-            .verify_after
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_none_or(|t| Instant::now() >= t);
-        if needs.verify && verify_due && !s.verifying.swap(true, Ordering::SeqCst) {
-            let s2 = s.clone();
-            tokio::task::spawn_blocking(move || {
-                loop {
-                    // Its own statement: the engine lock must not be held
-                    // while verifying (verify_one records the result).
-                    let next = s2.engine().next_unverified();
-                    let Ok(Some((c, b, id))) = next else { break };
-                    if !verify_one(&s2, &c, b, &id) {
-                        *s2.verify_after.lock().unwrap_or_else(|p| p.into_inner()) =
-                            Some(Instant::now() + VERIFY_RETRY);
-                        break;
-                    }
-                }
-                s2.verifying.store(false, Ordering::SeqCst);
-            });
-        }
-        if needs.prune
-            && s.cfg.retention.prune_after_cycle
-            && !s.pruning.swap(true, Ordering::SeqCst)
-        {
-            let s2 = s.clone();
-            tokio::task::spawn_blocking(move || {
-                let r = run_retention(&s2, false);
-                tracing::info!(deleted = r.deleted.len(), error = ?r.error, "retention applied");
-                s2.pruning.store(false, Ordering::SeqCst);
-            });
-        } else if needs.prune && !s.cfg.retention.prune_after_cycle {
-            let _ = s.engine().prune_done(None, Utc::now());
-        }
-    }
-}
-
-/// Opens cold storage off the runtime: the S3 store runs its own I/O
-/// runtime and blocks on it, which is not allowed on a runtime thread.
-pub async fn open_store(cfg: &CoordinatorConfig) -> Result<Box<dyn ColdStore>> {
-    let url = cfg.storage.url.clone();
-    let opts = StoreOptions::from_config(&cfg.storage);
-    tokio::task::spawn_blocking(move || storage::open(&url, &opts))
-        .await
-        .map_err(|e| Error::Usage(format!("opening cold storage: {e}")))?
-}
-
-/// Runs the coordinator until SIGTERM/SIGINT.
-pub async fn serve(cfg: CoordinatorConfig, on_ready: impl FnOnce()) -> Result<()> {
+/// Runs the coordinator on `listener` until `shutdown` completes: the HTTP
+/// API and the background jobs. Returns once both have stopped (a job in
+/// progress ends after its current step). `on_ready` runs once it serves.
+pub async fn serve(
+    cfg: CoordinatorConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_ready: impl FnOnce(),
+) -> Result<()> {
     let conn = crate::store::open(&cfg.server.database)?;
-    let store: Arc<dyn ColdStore> = Arc::from(open_store(&cfg).await?);
+    let store: Arc<dyn ColdStore> = Arc::from(jobs::open_store(&cfg).await?);
     let engine = Engine::new(conn, cfg.clone());
     let shared = Arc::new(Shared::new(cfg.clone(), engine, store)?);
     let app = router(shared.clone());
-    let listener = tokio::net::TcpListener::bind(cfg.server.listen)
-        .await
-        .map_err(|e| Error::io(format!("listening on {}", cfg.server.listen), e))?;
+    let acceptor = match (&cfg.server.tls_cert, &cfg.server.tls_key) {
+        (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
+        _ => None,
+    };
     let (tx, rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(background(shared.clone(), rx.clone()));
+    let background = tokio::spawn(jobs::background(shared.clone(), rx.clone()));
     tokio::spawn(async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
-            return;
-        };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-        tracing::info!("shutting down");
-        kafka_snapshot::service::notify_stopping();
+        shutdown.await;
         let _ = tx.send(true);
     });
     tracing::info!(
         listen = %cfg.server.listen,
-        tls = cfg.server.tls_cert.is_some(),
+        tls = acceptor.is_some(),
         brokers = ?cfg.brokers(),
         schedule = %cfg.schedule(),
         "coordinator serving"
     );
     on_ready();
-    match (&cfg.server.tls_cert, &cfg.server.tls_key) {
-        (Some(cert), Some(key)) => {
-            let acceptor = tls::acceptor(cert, key)?;
-            tls::serve(listener, acceptor, app, rx).await
-        }
-        _ => {
+    let served = match acceptor {
+        Some(acceptor) => tls::serve(listener, acceptor, app, rx).await,
+        None => {
             let mut rx = rx;
             axum::serve(listener, app)
                 .with_graceful_shutdown(async move {
@@ -649,5 +325,79 @@ pub async fn serve(cfg: CoordinatorConfig, on_ready: impl FnOnce()) -> Result<()
                 .await
                 .map_err(|e| Error::io("serving HTTP", e))
         }
+    };
+    if let Err(e) = background.await {
+        tracing::error!("the background loop failed: {e}");
+    }
+    served
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// `serve` runs on the listener it is given and returns, with its
+    /// background loop ended, once the shutdown future completes: the
+    /// caller owns signals (tests pass a channel, `main` SIGTERM/SIGINT).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn serve_stops_when_its_shutdown_future_completes() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("admin.token");
+        std::fs::write(&token, "0123456789abcdef0123\n").unwrap();
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let text = format!(
+            r#"
+[server]
+listen = "127.0.0.1:1"
+database = "{db}"
+admin_token_file = "{token}"
+[[agents]]
+broker = 1
+token_sha256 = "1111111111111111111111111111111111111111111111111111111111111111"
+[schedule]
+schedule = "@every 24h"
+suspend = true
+[storage]
+url = "file://{store}"
+[kafka]
+bootstrap_servers = ["127.0.0.1:1"]
+"#,
+            db = dir.path().join("state.db").display(),
+            token = token.display(),
+            store = dir.path().display(),
+        );
+        let cfg = CoordinatorConfig::parse(&text, &dir.path().join("c.toml")).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (ready_tx, ready) = tokio::sync::oneshot::channel::<()>();
+        let server = serve(
+            cfg,
+            listener,
+            async {
+                let _ = stopped.await;
+            },
+            move || {
+                let _ = ready_tx.send(());
+            },
+        );
+        let client = async move {
+            ready.await.expect("serve says it is ready");
+            let body = reqwest::get(format!("http://{addr}/healthz"))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            assert_eq!(body, "ok\n");
+            stop.send(()).unwrap();
+        };
+        let (served, ()) = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+            tokio::join!(server, client)
+        })
+        .await
+        .expect("serve returns after its shutdown");
+        served.expect("a clean shutdown");
     }
 }
