@@ -4,9 +4,9 @@
 use crate::config::CoordinatorConfig;
 use crate::engine::{RestoreView, SnapshotRow, StatusView};
 use crate::server::{NewRestore, PruneRequest, PruneResult, RebuildResult, RunNow, Verified};
-use kafka_snapshot::catalog::SnapshotRef;
-use kafka_snapshot::protocol::ErrorBody;
 use kafka_snapshot::{Error, Result};
+use kafka_snapshot_model::layout::SnapshotRef;
+use kafka_snapshot_model::protocol::ErrorBody;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::time::Duration;

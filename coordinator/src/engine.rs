@@ -11,7 +11,7 @@
 
 use crate::config::CoordinatorConfig;
 use chrono::{DateTime, Utc};
-use kafka_snapshot::protocol::{
+use kafka_snapshot_model::protocol::{
     Action, Heartbeat, HeartbeatResponse, Lease, Notice, NoticeLevel, Outcome, PollRequest,
     Release, ReportResult, RestoreOrder, SnapshotReport, SnapshotSummary,
 };
@@ -181,11 +181,11 @@ impl Engine {
     // ----- agents -----------------------------------------------------------
 
     pub fn poll(&mut self, req: &PollRequest, now: Now) -> ApiResult<PollDecision> {
-        if req.protocol != kafka_snapshot::protocol::PROTOCOL_VERSION {
+        if req.protocol != kafka_snapshot_model::protocol::PROTOCOL_VERSION {
             return Err(ApiError::BadRequest(format!(
                 "agent speaks protocol {}, this coordinator speaks {}",
                 req.protocol,
-                kafka_snapshot::protocol::PROTOCOL_VERSION
+                kafka_snapshot_model::protocol::PROTOCOL_VERSION
             )));
         }
         let ttl = self.ttl();
@@ -2055,7 +2055,7 @@ pub struct StatusView {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kafka_snapshot::protocol::Phase;
+    use kafka_snapshot_model::protocol::Phase;
 
     const CFG: &str = r#"
 [server]
@@ -2101,7 +2101,7 @@ bootstrap_servers = ["k1:9092"]
 
     fn poll_req(broker: i32, epoch: Option<u64>) -> PollRequest {
         PollRequest {
-            protocol: kafka_snapshot::protocol::PROTOCOL_VERSION,
+            protocol: kafka_snapshot_model::protocol::PROTOCOL_VERSION,
             broker,
             agent_version: "test".into(),
             hostname: format!("host{broker}"),

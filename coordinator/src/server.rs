@@ -13,15 +13,16 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::Utc;
-use kafka_snapshot::catalog::{self, SnapshotRef};
+use kafka_snapshot::catalog;
 use kafka_snapshot::kafka::fetch::KafkaClient;
 use kafka_snapshot::kafka::view::ClusterView;
-use kafka_snapshot::protocol::{
+use kafka_snapshot::storage::{self, ColdStore, StoreOptions};
+use kafka_snapshot::{Error, Result};
+use kafka_snapshot_model::layout::SnapshotRef;
+use kafka_snapshot_model::protocol::{
     Ack, ErrorBody, Heartbeat, Notice, PollRequest, PollResponse, Release, SnapshotReport,
     MAX_BODY_BYTES,
 };
-use kafka_snapshot::storage::{self, ColdStore, StoreOptions};
-use kafka_snapshot::{Error, Result};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -510,7 +511,7 @@ pub fn rebuild_catalog(s: &Shared) -> std::result::Result<RebuildResult, HttpErr
     for l in listed {
         match l.status {
             catalog::Status::Complete(m) => {
-                found.push(kafka_snapshot::protocol::SnapshotSummary::of(&m))
+                found.push(kafka_snapshot_model::protocol::SnapshotSummary::of(&m))
             }
             catalog::Status::Incomplete => {
                 skipped.push(format!("{}: incomplete (no manifest)", l.snap.prefix()))

@@ -4,10 +4,10 @@
 //! before the action the phase names, so that an agent killed at any point
 //! leaves a file that tells its successor what to finish.
 
-use crate::error::{Error, IoContext, Result};
-use crate::protocol::Phase;
-use crate::storage::fsync_dir;
 use chrono::{DateTime, Utc};
+use kafka_snapshot::storage::fsync_dir;
+use kafka_snapshot_model::error::{Error, IoContext, Result};
+use kafka_snapshot_model::protocol::Phase;
 use serde::{Deserialize, Serialize};
 use std::fs;
 use std::io::Write;

@@ -17,7 +17,7 @@ pub use s3::{parse_s3_url, S3Store};
 pub use throttle::Throttle;
 
 use crate::config::{S3Section, StorageSection};
-use crate::error::{Error, Result};
+use kafka_snapshot_model::error::{Error, Result};
 use std::fs;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};

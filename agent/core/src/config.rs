@@ -2,9 +2,9 @@
 //! here and only here, and [`AgentConfig::validate`] names the file and key
 //! of every problem.
 
-use crate::capture::CaptureMode;
-use crate::error::{Error, Result};
 use crate::kafka::gate::LowReplicationPolicy;
+use kafka_snapshot_model::error::{Error, Result};
+use kafka_snapshot_model::manifest::CaptureMode;
 use serde::{Deserialize, Deserializer};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -885,7 +885,7 @@ mod tests {
 
     #[test]
     fn example_config_parses() {
-        let text = include_str!("../agent.example.toml");
+        let text = include_str!("../../agent.example.toml");
         let cfg = parse(text).unwrap();
         assert_eq!(cfg.snapshot.zstd_level, 3);
     }

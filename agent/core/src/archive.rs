@@ -7,10 +7,10 @@
 //! feeds zstd. Reading (and waiting for the disk) and hashing overlap with
 //! compression instead of taking turns with it.
 
-use crate::error::{Error, IoContext, Result};
 use crate::hashing::HashingWriter;
 use crate::logdir::{Entry, EntryKind, Inventory};
-use crate::manifest::{archive_prefix, EntryRecord, EntryType};
+use kafka_snapshot_model::error::{Error, IoContext, Result};
+use kafka_snapshot_model::manifest::{archive_prefix, EntryRecord, EntryType};
 use sha2::{Digest, Sha256};
 use std::fs;
 use std::io::{self, Read, Write};

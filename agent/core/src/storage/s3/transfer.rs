@@ -21,9 +21,9 @@
 
 use super::{abort_multipart, block_until, store_err, Failure, Rt, Shared};
 use crate::config::VerifyUpload;
-use crate::error::{Error, Result};
 use base64::Engine;
 use bytes::Bytes;
+use kafka_snapshot_model::error::{Error, Result};
 use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path as ObjPath;
 use object_store::{GetOptions, ObjectStore, ObjectStoreExt, PutOptions, PutPayload};
