@@ -118,7 +118,9 @@ impl Cycle {
         let broker = logdir::read_meta_properties(&log_dirs[0])?.node_id;
         let client = KafkaClient::new(cfg.kafka(config_path, "a snapshot cycle")?)
             .map_err(kafka_snapshot::Error::Usage)?
-            .with_quorum(kafka_snapshot::kafka::is_controller(&cfg)?);
+            .with_quorum(kafka_snapshot::kafka::is_controller(
+                cfg.broker.server_properties.as_deref(),
+            )?);
         Ok(Cycle::with_parts(
             cfg,
             log_dirs,

@@ -25,6 +25,7 @@ pub mod kafka;
 pub mod logdir;
 pub mod props;
 pub mod service;
+pub mod settings;
 pub mod snapshot;
 pub mod storage;
 pub mod verify;

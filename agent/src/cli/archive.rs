@@ -3,8 +3,9 @@
 
 use clap::{Args, Subcommand};
 use kafka_snapshot::archive::ArchiveOptions;
-use kafka_snapshot::config::{parse_byte_size, AgentConfig};
+use kafka_snapshot::config::AgentConfig;
 use kafka_snapshot::extract::{extract, is_root, original_targets, ExtractOptions};
+use kafka_snapshot::settings::parse_byte_size;
 use kafka_snapshot::snapshot::{capture, BrokerTimes, CaptureRequest};
 use kafka_snapshot::storage::{self, ColdStore, StoreOptions};
 use kafka_snapshot::{catalog, logdir, verify, Error, Result};

@@ -10,13 +10,14 @@
 
 mod file;
 mod s3;
+mod section;
 mod throttle;
 
 pub use file::FileStore;
 pub use s3::{parse_s3_url, S3Store};
+pub use section::{check_store_url, S3Section, StorageSection, VerifyUpload};
 pub use throttle::Throttle;
 
-use crate::config::{S3Section, StorageSection};
 use kafka_snapshot_model::error::{Error, Result};
 use std::fs;
 use std::io::{self, Read, Write};

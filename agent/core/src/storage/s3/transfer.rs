@@ -20,7 +20,7 @@
 //! [`Download`] reads an object with ranged GETs, a few ranges ahead.
 
 use super::{abort_multipart, block_until, store_err, Failure, Rt, Shared};
-use crate::config::VerifyUpload;
+use crate::storage::VerifyUpload;
 use base64::Engine;
 use bytes::Bytes;
 use kafka_snapshot_model::error::{Error, Result};
