@@ -489,7 +489,7 @@ impl Cycle {
         let mut task = tokio::task::spawn_blocking(f);
         loop {
             tokio::select! {
-                r = &mut task => return r.map_err(|e| kafka_snapshot::Error::Usage(format!("worker thread: {e}")))?,
+                r = &mut task => return r.map_err(|e| kafka_snapshot::Error::Internal(format!("worker thread: {e}")))?,
                 changed = self.shutdown.changed() => {
                     if changed.is_err() || *self.shutdown.borrow() {
                         cancel.store(true, Ordering::Relaxed);

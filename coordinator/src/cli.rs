@@ -54,24 +54,29 @@ impl Api {
         what: &str,
     ) -> Result<T> {
         let resp = req.bearer_auth(&self.token).send().await.map_err(|e| {
-            Error::Usage(format!(
-                "coordinator at {}: {what}: {e} (is `kafka-snapshot-coordinator serve` running?)",
-                self.base
-            ))
+            Error::unavailable(
+                format!("coordinator at {}: {what}", self.base),
+                format!("{e} (is `kafka-snapshot-coordinator serve` running?)"),
+            )
         })?;
         let status = resp.status();
         let body = resp
             .bytes()
             .await
-            .map_err(|e| Error::Usage(format!("coordinator at {}: {what}: {e}", self.base)))?;
+            .map_err(|e| Error::unavailable(format!("coordinator at {}: {what}", self.base), e))?;
         if !status.is_success() {
             let msg = serde_json::from_slice::<ErrorBody>(&body)
                 .map(|e| e.error)
                 .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
-            return Err(Error::Usage(format!("{what}: {status}: {msg}")));
+            let message = format!("{status}: {msg}");
+            return Err(match status.as_u16() {
+                400 | 401 | 403 => Error::Usage(format!("{what}: {message}")),
+                500.. => Error::unavailable(what, message),
+                _ => Error::refused(what, message),
+            });
         }
         serde_json::from_slice(&body)
-            .map_err(|e| Error::Usage(format!("{what}: unexpected answer: {e}")))
+            .map_err(|e| Error::Internal(format!("{what}: unexpected answer: {e}")))
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str, what: &str) -> Result<T> {
@@ -449,7 +454,10 @@ pub async fn verify(
         Some(id) => {
             let r: Vec<_> = rows.into_iter().filter(|r| &r.snapshot_id == id).collect();
             if r.is_empty() {
-                return Err(Error::Usage(format!("snapshot {id} is not in the catalog")));
+                return Err(Error::refused(
+                    format!("snapshot {id}"),
+                    "is not in the catalog",
+                ));
             }
             r
         }
@@ -470,7 +478,7 @@ pub async fn verify(
             kafka_snapshot::verify::verify(st.as_ref(), &snap).map(|(_, rep)| rep)
         })
         .await
-        .map_err(|e| Error::Usage(format!("verify worker: {e}")))?;
+        .map_err(|e| Error::Internal(format!("verify worker: {e}")))?;
         if let Some(e) = outcome.as_ref().err().filter(|e| e.is_unreadable()) {
             // Says nothing about the snapshot: report it, record nothing.
             all_ok = false;

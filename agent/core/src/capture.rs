@@ -256,7 +256,7 @@ pub fn clone_into_staging(inv: &Inventory, staging: &[PathBuf]) -> Result<()> {
             .into_iter()
             .map(|w| {
                 w.join()
-                    .unwrap_or_else(|_| Err(Error::Usage("a clone thread panicked".into())))
+                    .unwrap_or_else(|_| Err(Error::panicked("cloning log dir files")))
             })
             .collect();
         results.into_iter().collect::<Result<()>>()

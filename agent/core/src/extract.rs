@@ -179,7 +179,7 @@ pub fn prepare(
         visitor.writeback = None;
         let flushed = flusher
             .join()
-            .unwrap_or_else(|_| Err(Error::Usage("the flusher thread panicked".into())));
+            .unwrap_or_else(|_| Err(Error::panicked("flushing restored files")));
         let report = walked?;
         flushed?;
         visitor.finish_dirs()?;
@@ -510,10 +510,10 @@ impl Visitor for ExtractVisitor {
             .as_ref()
             .is_some_and(|c| c.load(Ordering::Relaxed))
         {
-            return Err(Error::Usage(format!(
-                "restore of snapshot {} cancelled",
-                self.snapshot
-            )));
+            return Err(Error::unavailable(
+                format!("restore of snapshot {}", self.snapshot),
+                "cancelled: the agent is shutting down",
+            ));
         }
         let dest = self.dest(rec)?;
         match rec.kind {

@@ -12,4 +12,4 @@ pub mod layout;
 pub mod manifest;
 pub mod protocol;
 
-pub use error::{Error, Result};
+pub use error::{Error, ErrorKind, Result};

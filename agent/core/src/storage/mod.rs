@@ -176,7 +176,7 @@ pub(crate) fn check_key(key: &str) -> Result<()> {
             .split('/')
             .any(|c| c.is_empty() || c == "." || c == "..");
     if bad {
-        return Err(Error::Usage(format!("invalid storage key {key:?}")));
+        return Err(Error::Internal(format!("invalid storage key {key:?}")));
     }
     Ok(())
 }
