@@ -66,6 +66,7 @@ fi
 # --- checks ---------------------------------------------------------------
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+python3 tests/lint/module_cycles.py
 # Fault scenarios and hostile-input cases record themselves here when they
 # pass; tests/report.py turns that into the README's "What we test" figures.
 export KSNAP_TEST_REPORT=$PWD/target/test-report

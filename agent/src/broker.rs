@@ -2,8 +2,8 @@
 //! commands, and know from the log dirs themselves (Kafka's `.lock`) when
 //! the process is really gone, whatever the process manager says.
 
-use crate::config::BrokerSection;
-use crate::logdir::{self, CLEAN_SHUTDOWN};
+use kafka_snapshot::config::BrokerSection;
+use kafka_snapshot::logdir::{self, CLEAN_SHUTDOWN};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -117,7 +117,9 @@ impl BrokerControl {
         for d in &self.log_dirs {
             match logdir::lock_log_dir(d) {
                 Ok(_held_briefly) => {}
-                Err(crate::Error::BrokerRunning { .. }) => locked.push(d.display().to_string()),
+                Err(kafka_snapshot::Error::BrokerRunning { .. }) => {
+                    locked.push(d.display().to_string())
+                }
                 Err(e) => return Err(BrokerError::Lock(e.to_string())),
             }
         }

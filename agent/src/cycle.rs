@@ -11,18 +11,18 @@
 //! still to build), so the daemon can give the lease back while the
 //! archive is written from staging ([`Cycle::archive`]).
 
-use crate::archive::ArchiveOptions;
 use crate::broker::{BrokerControl, BrokerError, Stopped};
-use crate::capture::CaptureMode;
-use crate::config::AgentConfig;
-use crate::kafka::fetch::KafkaClient;
-use crate::kafka::gate::{recovery, GateReport, Recovery};
-use crate::logdir;
-use crate::manifest::Manifest;
-use crate::protocol::Phase;
-use crate::snapshot::{capture, BrokerTimes, CaptureRequest, Captured};
-use crate::storage::ColdStore;
 use chrono::Utc;
+use kafka_snapshot::archive::ArchiveOptions;
+use kafka_snapshot::config::AgentConfig;
+use kafka_snapshot::kafka::fetch::KafkaClient;
+use kafka_snapshot::kafka::gate::{recovery, GateReport, Recovery};
+use kafka_snapshot::logdir;
+use kafka_snapshot::snapshot::{capture, BrokerTimes, CaptureRequest, Captured};
+use kafka_snapshot::storage::ColdStore;
+use kafka_snapshot_model::manifest::CaptureMode;
+use kafka_snapshot_model::manifest::Manifest;
+use kafka_snapshot_model::protocol::Phase;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -40,7 +40,7 @@ pub enum CycleError {
     )]
     UncleanStop { dirs: String },
     #[error("capture failed (the broker was started again): {0}")]
-    Capture(crate::Error),
+    Capture(kafka_snapshot::Error),
     #[error("BROKER LEFT STOPPED: the start command failed {attempts} times ({error}); start it by hand: {command}")]
     StartFailed {
         attempts: u32,
@@ -59,7 +59,7 @@ pub enum CycleError {
         last: Box<Recovery>,
     },
     #[error("archiving failed after the broker was restarted: {0}")]
-    Commit(crate::Error),
+    Commit(kafka_snapshot::Error),
     #[error("interrupted by shutdown{}", if *.restarted { " (the broker was started again first)" } else { "" })]
     Interrupted { restarted: bool },
     #[error("{0}")]
@@ -113,12 +113,14 @@ impl Cycle {
         config_path: &std::path::Path,
         store: Arc<dyn ColdStore>,
         shutdown: watch::Receiver<bool>,
-    ) -> Result<Cycle, crate::Error> {
+    ) -> Result<Cycle, kafka_snapshot::Error> {
         let log_dirs = cfg.log_dirs()?;
         let broker = logdir::read_meta_properties(&log_dirs[0])?.node_id;
         let client = KafkaClient::new(cfg.kafka(config_path, "a snapshot cycle")?)
-            .map_err(crate::Error::Usage)?
-            .with_quorum(crate::kafka::is_controller(&cfg)?);
+            .map_err(kafka_snapshot::Error::Usage)?
+            .with_quorum(kafka_snapshot::kafka::is_controller(
+                cfg.broker.server_properties.as_deref(),
+            )?);
         Ok(Cycle::with_parts(
             cfg,
             log_dirs,
@@ -163,7 +165,7 @@ impl Cycle {
             o(phase, progress);
         }
         // Recorded (state file, heartbeats) before a test may stop here.
-        crate::pausepoint(&format!("phase-{phase}"));
+        kafka_snapshot::pausepoint(&format!("phase-{phase}"));
     }
 
     pub fn broker(&self) -> i32 {
@@ -212,7 +214,7 @@ impl Cycle {
 
     /// One gate evaluation against the live cluster.
     pub async fn check(&self) -> GateReport {
-        crate::kafka::check_now(
+        kafka_snapshot::kafka::check_now(
             &self.client,
             self.broker,
             self.cfg.gate.low_replication_policy,
@@ -366,7 +368,7 @@ impl Cycle {
                 return Err(CycleError::StopFailed(e));
             }
         }
-        crate::failpoint("after-stop");
+        kafka_snapshot::failpoint("after-stop");
         if self.shutting_down() {
             self.ensure_started().await?;
             return Err(CycleError::Interrupted { restarted: true });
@@ -482,12 +484,12 @@ impl Cycle {
     pub async fn blocking<T: Send + 'static>(
         &mut self,
         cancel: Arc<AtomicBool>,
-        f: impl FnOnce() -> crate::Result<T> + Send + 'static,
-    ) -> crate::Result<T> {
+        f: impl FnOnce() -> kafka_snapshot::Result<T> + Send + 'static,
+    ) -> kafka_snapshot::Result<T> {
         let mut task = tokio::task::spawn_blocking(f);
         loop {
             tokio::select! {
-                r = &mut task => return r.map_err(|e| crate::Error::Usage(format!("worker thread: {e}")))?,
+                r = &mut task => return r.map_err(|e| kafka_snapshot::Error::Internal(format!("worker thread: {e}")))?,
                 changed = self.shutdown.changed() => {
                     if changed.is_err() || *self.shutdown.borrow() {
                         cancel.store(true, Ordering::Relaxed);

@@ -1,14 +1,14 @@
 //! Operator commands: they talk to the running coordinator over its API
 //! with the admin token, and print a table (or `--json`).
 
-use crate::api::{
+use crate::config::CoordinatorConfig;
+use kafka_snapshot::{Error, Result};
+use kafka_snapshot_model::api::{
     NewRestore, PruneRequest, PruneResult, RebuildResult, RestoreView, RunNow, SnapshotRow,
     StatusView, Verified,
 };
-use crate::config::CoordinatorConfig;
-use kafka_snapshot::catalog::SnapshotRef;
-use kafka_snapshot::protocol::ErrorBody;
-use kafka_snapshot::{Error, Result};
+use kafka_snapshot_model::layout::SnapshotRef;
+use kafka_snapshot_model::protocol::ErrorBody;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::time::Duration;
@@ -56,24 +56,29 @@ impl Api {
         what: &str,
     ) -> Result<T> {
         let resp = req.bearer_auth(&self.token).send().await.map_err(|e| {
-            Error::Usage(format!(
-                "coordinator at {}: {what}: {e} (is `kafka-snapshot-coordinator serve` running?)",
-                self.base
-            ))
+            Error::unavailable(
+                format!("coordinator at {}: {what}", self.base),
+                format!("{e} (is `kafka-snapshot-coordinator serve` running?)"),
+            )
         })?;
         let status = resp.status();
         let body = resp
             .bytes()
             .await
-            .map_err(|e| Error::Usage(format!("coordinator at {}: {what}: {e}", self.base)))?;
+            .map_err(|e| Error::unavailable(format!("coordinator at {}: {what}", self.base), e))?;
         if !status.is_success() {
             let msg = serde_json::from_slice::<ErrorBody>(&body)
                 .map(|e| e.error)
                 .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
-            return Err(Error::Usage(format!("{what}: {status}: {msg}")));
+            let message = format!("{status}: {msg}");
+            return Err(match status.as_u16() {
+                400 | 401 | 403 => Error::Usage(format!("{what}: {message}")),
+                500.. => Error::unavailable(what, message),
+                _ => Error::refused(what, message),
+            });
         }
         serde_json::from_slice(&body)
-            .map_err(|e| Error::Usage(format!("{what}: unexpected answer: {e}")))
+            .map_err(|e| Error::Internal(format!("{what}: unexpected answer: {e}")))
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str, what: &str) -> Result<T> {
@@ -453,7 +458,10 @@ pub async fn verify(api: &Api, cfg: &CoordinatorConfig, which: Which, json: bool
         Which::One(id) => {
             let r: Vec<_> = rows.into_iter().filter(|r| &r.snapshot_id == id).collect();
             if r.is_empty() {
-                return Err(Error::Usage(format!("snapshot {id} is not in the catalog")));
+                return Err(Error::refused(
+                    format!("snapshot {id}"),
+                    "is not in the catalog",
+                ));
             }
             r
         }
@@ -474,7 +482,7 @@ pub async fn verify(api: &Api, cfg: &CoordinatorConfig, which: Which, json: bool
             kafka_snapshot::verify::verify(st.as_ref(), &snap).map(|(_, rep)| rep)
         })
         .await
-        .map_err(|e| Error::Usage(format!("verify worker: {e}")))?;
+        .map_err(|e| Error::Internal(format!("verify worker: {e}")))?;
         if let Some(e) = outcome.as_ref().err().filter(|e| e.is_unreadable()) {
             // Says nothing about the snapshot: report it, record nothing.
             all_ok = false;

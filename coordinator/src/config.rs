@@ -3,8 +3,10 @@
 //! configured with exactly the same sections (and checks) as the agent's.
 
 use crate::schedule::Schedule;
-use kafka_snapshot::config::{duration, KafkaSection, StorageSection};
 use kafka_snapshot::kafka::gate::LowReplicationPolicy;
+use kafka_snapshot::kafka::KafkaSection;
+use kafka_snapshot::settings::duration;
+use kafka_snapshot::storage::StorageSection;
 use kafka_snapshot::{Error, Result};
 use serde::Deserialize;
 use std::collections::BTreeMap;

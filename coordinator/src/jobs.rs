@@ -4,15 +4,16 @@
 //! snapshots, retention, and rebuilding the catalog. Storage is never
 //! worked on while the engine's lock is held.
 
-use crate::api::{PruneResult, PrunedView, RebuildResult};
 use crate::config::CoordinatorConfig;
 use crate::engine::ApiError;
 use crate::shared::Shared;
 use crate::{health, retention};
 use chrono::Utc;
-use kafka_snapshot::catalog::{self, SnapshotRef};
+use kafka_snapshot::catalog;
 use kafka_snapshot::storage::{self, ColdStore, StoreOptions};
 use kafka_snapshot::{Error, Result};
+use kafka_snapshot_model::api::{PruneResult, PrunedView, RebuildResult};
+use kafka_snapshot_model::layout::SnapshotRef;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,7 +25,7 @@ pub async fn open_store(cfg: &CoordinatorConfig) -> Result<Box<dyn ColdStore>> {
     let opts = StoreOptions::from_config(&cfg.storage);
     tokio::task::spawn_blocking(move || storage::open(&url, &opts))
         .await
-        .map_err(|e| Error::Usage(format!("opening cold storage: {e}")))?
+        .map_err(|_| Error::panicked("opening cold storage"))?
 }
 
 /// Plans retention and, unless `dry_run`, deletes in plan order, stopping
@@ -128,7 +129,7 @@ pub fn rebuild_catalog(s: &Shared) -> std::result::Result<RebuildResult, Rebuild
     for l in listed {
         match l.status {
             catalog::Status::Complete(m) => {
-                found.push(kafka_snapshot::protocol::SnapshotSummary::of(&m))
+                found.push(kafka_snapshot_model::protocol::SnapshotSummary::of(&m))
             }
             catalog::Status::Incomplete => {
                 skipped.push(format!("{}: incomplete (no manifest)", l.snap.prefix()))

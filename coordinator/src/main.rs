@@ -3,7 +3,6 @@
 //! restores. `serve` runs the service; every other command is an operator
 //! command that talks to it (or, for `catalog list`, to cold storage).
 
-mod api;
 mod cli;
 mod config;
 mod engine;

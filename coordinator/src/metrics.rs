@@ -253,3 +253,76 @@ pub fn render(e: &Engine, now: DateTime<Utc>) -> Result<String, ApiError> {
     }
     Ok(o.text)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::tests::{engine, epoch_of, hb, poll_grant, secs, start_cycle};
+    use kafka_snapshot_model::protocol::{Outcome, Phase, Release};
+
+    #[test]
+    fn a_broker_left_stopped_is_a_metric_of_its_own() {
+        let mut e = engine();
+        start_cycle(&mut e);
+        let epoch = epoch_of(&poll_grant(&mut e, 1, secs(2)));
+        let failed = Outcome::Failed {
+            reason: "start command failed 3 times".into(),
+            broker_running: false,
+        };
+        e.release(
+            &Release {
+                broker: 1,
+                epoch,
+                outcome: failed,
+            },
+            secs(3),
+        )
+        .unwrap();
+        let text = render(&e, secs(3)).unwrap();
+        assert!(
+            text.contains("kafka_snapshot_broker_left_stopped{broker=\"1\"} 1"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn phase_durations_and_lease_age_of_each_brokers_latest_lease() {
+        let mut e = engine();
+        start_cycle(&mut e);
+        let epoch = epoch_of(&poll_grant(&mut e, 1, secs(10)));
+        for (at, phase) in [
+            (12, Phase::Gating),
+            (30, Phase::Stopping),
+            (45, Phase::Capturing),
+            (60, Phase::Starting),
+            (70, Phase::Recovering),
+        ] {
+            e.heartbeat(&hb(1, epoch, phase), secs(at)).unwrap();
+        }
+        let recovered = Outcome::Recovered {
+            snapshot_id: "s1".into(),
+            downtime_ms: 30_000,
+        };
+        e.release(
+            &Release {
+                broker: 1,
+                epoch,
+                outcome: recovered,
+            },
+            secs(80),
+        )
+        .unwrap();
+        let epoch2 = epoch_of(&poll_grant(&mut e, 2, secs(90)));
+        e.heartbeat(&hb(2, epoch2, Phase::Gating), secs(95))
+            .unwrap();
+        let text = render(&e, secs(100)).unwrap();
+        for line in [
+            "# TYPE kafka_snapshot_phase_duration_seconds gauge\n",
+            "kafka_snapshot_phase_duration_seconds{broker=\"1\",kind=\"snapshot\",phase=\"capturing\"} 15\n",
+            "kafka_snapshot_phase_duration_seconds{broker=\"2\",kind=\"snapshot\",phase=\"gating\"} 10\n",
+            "kafka_snapshot_lease_age_seconds{broker=\"2\"} 10\n",
+        ] {
+            assert!(text.contains(line), "{line} not in\n{text}");
+        }
+    }
+}

@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, Utc};
 use croner::Cron;
-use kafka_snapshot::config::parse_duration;
+use kafka_snapshot::settings::parse_duration;
 use std::str::FromStr;
 use std::time::Duration;
 

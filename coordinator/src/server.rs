@@ -2,7 +2,6 @@
 //! the operator's (admin token), `/metrics` and `/healthz`; and
 //! [`serve`], which runs it with the background jobs until shut down.
 
-use crate::api::{NewRestore, PruneRequest, RunNow, Verified};
 use crate::config::CoordinatorConfig;
 use crate::engine::{ApiError, Candidate, Engine, PollDecision};
 use crate::jobs::{self, RebuildError};
@@ -15,12 +14,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::Utc;
-use kafka_snapshot::protocol::{
+use kafka_snapshot::storage::ColdStore;
+use kafka_snapshot::{Error, Result};
+use kafka_snapshot_model::api::{NewRestore, PruneRequest, RunNow, Verified};
+use kafka_snapshot_model::protocol::{
     Ack, ErrorBody, Heartbeat, Notice, PollRequest, PollResponse, Release, SnapshotReport,
     MAX_BODY_BYTES,
 };
-use kafka_snapshot::storage::ColdStore;
-use kafka_snapshot::{Error, Result};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};

@@ -446,7 +446,7 @@ fn alert_rules_use_only_declared_metrics() {
         coordinator.contains("kafka_snapshot_phase_duration_seconds"),
         "{text}"
     );
-    let agent: std::collections::BTreeSet<String> = kafka_snapshot::daemon::metrics::FAMILIES
+    let agent: std::collections::BTreeSet<String> = kafka_snapshot_agent::daemon::metrics::FAMILIES
         .iter()
         .map(|f| f.0.to_string())
         .collect();

@@ -6,9 +6,9 @@ mod common;
 
 use common::*;
 use kafka_snapshot::archive::ArchiveOptions;
-use kafka_snapshot::capture::CaptureMode;
 use kafka_snapshot::snapshot::{capture, BrokerTimes, CaptureRequest};
 use kafka_snapshot::storage::open_url;
+use kafka_snapshot_model::manifest::CaptureMode;
 use kafka_snapshot_testkit::{generate, Spec};
 use serde_json::Value;
 use std::fs;

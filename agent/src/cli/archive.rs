@@ -3,12 +3,14 @@
 
 use clap::{Args, Subcommand};
 use kafka_snapshot::archive::ArchiveOptions;
-use kafka_snapshot::capture::CaptureMode;
-use kafka_snapshot::config::{parse_byte_size, AgentConfig};
+use kafka_snapshot::config::AgentConfig;
 use kafka_snapshot::extract::{extract, is_root, original_targets, ExtractOptions};
+use kafka_snapshot::settings::parse_byte_size;
 use kafka_snapshot::snapshot::{capture, BrokerTimes, CaptureRequest};
 use kafka_snapshot::storage::{self, ColdStore, StoreOptions};
 use kafka_snapshot::{catalog, logdir, verify, Error, Result};
+use kafka_snapshot_model::layout::SnapshotRef;
+use kafka_snapshot_model::manifest::CaptureMode;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -215,7 +217,7 @@ fn list(a: ListArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn find(a: &SnapshotArgs) -> Result<(Box<dyn ColdStore>, catalog::SnapshotRef)> {
+fn find(a: &SnapshotArgs) -> Result<(Box<dyn ColdStore>, SnapshotRef)> {
     let cfg = a.store.config()?;
     let store = a.store.open(cfg.as_ref())?;
     let snap = catalog::find(store.as_ref(), &a.snapshot, a.cluster.as_deref(), a.broker)?;

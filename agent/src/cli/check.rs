@@ -13,7 +13,7 @@ pub fn run(config: &Path, broker: Option<i32>, json: bool) -> Result<ExitCode> {
     let cfg = AgentConfig::load(config)?;
     let kafka = cfg.kafka(config, "check")?.clone();
     let dirs = cfg.log_dirs()?;
-    let controller = kafka_snapshot::kafka::is_controller(&cfg)?;
+    let controller = kafka_snapshot::kafka::is_controller(cfg.broker.server_properties.as_deref())?;
     let broker = match broker {
         Some(b) => b,
         None => logdir::read_meta_properties(&dirs[0])?.node_id,

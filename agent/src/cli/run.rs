@@ -15,7 +15,7 @@ pub fn run(config: &Path) -> Result<ExitCode> {
     super::with_shutdown(
         "a broker this agent stopped is started again first, then the lease released",
         |rx| async move {
-            kafka_snapshot::daemon::run(cfg, config, rx).await?;
+            kafka_snapshot_agent::daemon::run(cfg, config, rx).await?;
             Ok(ExitCode::SUCCESS)
         },
     )

@@ -3,10 +3,11 @@
 //! for recovery, commit. SIGTERM or SIGINT while the broker is down starts
 //! it again before the agent exits.
 
-use kafka_snapshot::config::{parse_duration, AgentConfig};
-use kafka_snapshot::cycle::{Cycle, CycleError};
+use kafka_snapshot::config::AgentConfig;
+use kafka_snapshot::settings::parse_duration;
 use kafka_snapshot::storage::{open, StoreOptions};
 use kafka_snapshot::{Error, Result};
+use kafka_snapshot_agent::cycle::{Cycle, CycleError};
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;

@@ -1,11 +1,11 @@
-//! The agent's HTTP client to the coordinator ([`crate::protocol`]): JSON
+//! The agent's HTTP client to the coordinator ([`kafka_snapshot_model::protocol`]): JSON
 //! bodies, the bearer token on every request, a timeout on every request,
 //! and retries with backoff for what a flaky network or a restarting
 //! coordinator causes.
 
-use crate::config::CoordinatorSection;
-use crate::error::{Error, Result};
-use crate::protocol::{
+use kafka_snapshot::config::CoordinatorSection;
+use kafka_snapshot_model::error::{Error, Result};
+use kafka_snapshot_model::protocol::{
     Ack, ErrorBody, Heartbeat, HeartbeatResponse, Notice, PollRequest, PollResponse, Release,
     SnapshotReport,
 };
@@ -95,7 +95,10 @@ impl CoordinatorClient {
         let mut b = reqwest::Client::builder()
             .timeout(cfg.request_timeout)
             .connect_timeout(cfg.request_timeout)
-            .user_agent(format!("kafka-snapshot-agent/{}", crate::AGENT_VERSION))
+            .user_agent(format!(
+                "kafka-snapshot-agent/{}",
+                kafka_snapshot::AGENT_VERSION
+            ))
             // A redirect could carry the token somewhere else.
             .redirect(reqwest::redirect::Policy::none());
         if let Some(ca) = &cfg.ca_file {

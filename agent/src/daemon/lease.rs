@@ -4,7 +4,7 @@
 //! shutting down.
 
 use super::client::{backoff, CoordinatorClient};
-use crate::protocol::{Heartbeat, Lease, Phase};
+use kafka_snapshot_model::protocol::{Heartbeat, Lease, Phase};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;

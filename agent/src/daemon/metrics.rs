@@ -7,7 +7,7 @@
 //! connection: a loopback scraper needs nothing more, and the agent no
 //! web framework.
 
-use crate::protocol::{Phase, SnapshotSummary};
+use kafka_snapshot_model::protocol::{Phase, SnapshotSummary};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;

@@ -21,16 +21,16 @@ mod snapshot;
 pub mod state;
 
 use crate::broker::BrokerControl;
-use crate::config::{AgentConfig, CoordinatorSection};
 use crate::cycle::{Cycle, PhaseObserver};
-use crate::error::{Error, Result};
-use crate::kafka::fetch::KafkaClient;
-use crate::logdir;
-use crate::protocol::{
+use client::{CallError, CoordinatorClient};
+use kafka_snapshot::config::{AgentConfig, CoordinatorSection};
+use kafka_snapshot::kafka::fetch::KafkaClient;
+use kafka_snapshot::logdir;
+use kafka_snapshot::storage::{ColdStore, StoreOptions};
+use kafka_snapshot_model::error::{Error, Result};
+use kafka_snapshot_model::protocol::{
     Action, Notice, NoticeLevel, Outcome, Phase, PollRequest, Release, PROTOCOL_VERSION,
 };
-use crate::storage::{ColdStore, StoreOptions};
-use client::{CallError, CoordinatorClient};
 use lease::Progress;
 use state::AgentState;
 use std::path::{Path, PathBuf};
@@ -105,7 +105,7 @@ pub async fn run(
 
 /// 64 random bits, hex: which agent process polls.
 fn instance_id() -> Result<String> {
-    crate::snapshot::random_hex(8, "the agent's instance id")
+    kafka_snapshot::snapshot::random_hex(8, "the agent's instance id")
 }
 
 /// The broker this host runs: `node.id` (or `broker.id`) from
@@ -150,7 +150,7 @@ fn resolve_broker(
 pub fn local_node_id(cfg: &AgentConfig, log_dirs: &[PathBuf]) -> Option<(i32, String)> {
     if let Some(p) = &cfg.broker.server_properties {
         if let Ok(text) = std::fs::read_to_string(p) {
-            let props = crate::props::parse(&text);
+            let props = kafka_snapshot::props::parse(&text);
             for key in ["node.id", "broker.id"] {
                 if let Some(id) = props.get(key).and_then(|v| v.trim().parse::<i32>().ok()) {
                     if id >= 0 {
@@ -194,9 +194,9 @@ impl Daemon {
 
     fn on_ready(&self) {
         tracing::info!(broker = self.broker, coordinator = %self.coord_cfg.url, "agent daemon ready");
-        crate::service::spawn_watchdog();
-        crate::service::notify_ready();
-        crate::service::notify_status(&format!("broker {}: idle", self.broker));
+        kafka_snapshot::service::spawn_watchdog();
+        kafka_snapshot::service::notify_ready();
+        kafka_snapshot::service::notify_status(&format!("broker {}: idle", self.broker));
     }
 
     /// Changes the state and writes it out.
@@ -251,7 +251,7 @@ impl Daemon {
     async fn open_store(&self) -> Result<Arc<dyn ColdStore>, String> {
         let url = self.cfg.storage.url.clone();
         let opts = StoreOptions::from_config(&self.cfg.storage);
-        tokio::task::spawn_blocking(move || crate::storage::open(&url, &opts))
+        tokio::task::spawn_blocking(move || kafka_snapshot::storage::open(&url, &opts))
             .await
             .map_err(|e| format!("opening cold storage: {e}"))?
             .map(Arc::from)
@@ -326,8 +326,8 @@ impl Daemon {
             let req = PollRequest {
                 protocol: PROTOCOL_VERSION,
                 broker: self.broker,
-                agent_version: crate::AGENT_VERSION.to_string(),
-                hostname: crate::snapshot::hostname(),
+                agent_version: kafka_snapshot::AGENT_VERSION.to_string(),
+                hostname: kafka_snapshot::snapshot::hostname(),
                 phase: state.phase,
                 lease_epoch: state.lease_held.then_some(state.lease_epoch).flatten(),
                 broker_running: self.broker_running(),

@@ -6,10 +6,10 @@
 
 use super::state::{AgentState, Work};
 use super::Daemon;
-use crate::capture::{staging_root, StagingLock};
-use crate::error::Result;
-use crate::extract::remove_unfinished_restores;
-use crate::protocol::{NoticeLevel, Outcome, Phase, ReportResult, SnapshotReport};
+use kafka_snapshot::capture::{staging_root, StagingLock};
+use kafka_snapshot::extract::remove_unfinished_restores;
+use kafka_snapshot_model::error::Result;
+use kafka_snapshot_model::protocol::{NoticeLevel, Outcome, Phase, ReportResult, SnapshotReport};
 
 impl Daemon {
     pub(super) async fn recover(&mut self, previous: Option<AgentState>) -> Result<()> {

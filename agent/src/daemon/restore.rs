@@ -17,12 +17,12 @@ use super::lease::{LeaseSession, Loss};
 use super::state::Work;
 use super::Daemon;
 use crate::broker::Stopped;
-use crate::catalog;
 use crate::cycle::Cycle;
-use crate::extract::{is_root, prepare, ExtractOptions, Prepared};
-use crate::manifest::Manifest;
-use crate::protocol::{Lease, Outcome, Phase, RestoreOrder};
 use chrono::Utc;
+use kafka_snapshot::catalog;
+use kafka_snapshot::extract::{is_root, prepare, ExtractOptions, Prepared};
+use kafka_snapshot_model::manifest::Manifest;
+use kafka_snapshot_model::protocol::{Lease, Outcome, Phase, RestoreOrder};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -133,7 +133,7 @@ impl Daemon {
     async fn restore(
         &mut self,
         cycle: &mut Cycle,
-        store: Arc<dyn crate::storage::ColdStore>,
+        store: Arc<dyn kafka_snapshot::storage::ColdStore>,
         order: &RestoreOrder,
     ) -> Result<u64, String> {
         let (snap, m) = {
@@ -143,7 +143,7 @@ impl Daemon {
             tokio::task::spawn_blocking(move || {
                 let snap = catalog::find(store.as_ref(), &id, Some(&cluster), None)?;
                 let m = catalog::load_manifest(store.as_ref(), &snap)?;
-                Ok::<_, crate::Error>((snap, m))
+                Ok::<_, kafka_snapshot::Error>((snap, m))
             })
             .await
             .map_err(|e| format!("worker thread: {e}"))?

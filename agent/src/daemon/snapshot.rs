@@ -10,7 +10,7 @@ use super::metrics::FailureReason;
 use super::state::Work;
 use super::Daemon;
 use crate::cycle::{Archive, CycleError, Restarted};
-use crate::protocol::{
+use kafka_snapshot_model::protocol::{
     Lease, NoticeLevel, Outcome, Phase, ReportResult, SnapshotReport, SnapshotSummary,
 };
 use std::time::Duration;

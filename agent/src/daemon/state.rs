@@ -4,10 +4,10 @@
 //! before the action the phase names, so that an agent killed at any point
 //! leaves a file that tells its successor what to finish.
 
-use crate::error::{Error, IoContext, Result};
-use crate::protocol::Phase;
-use crate::storage::fsync_dir;
 use chrono::{DateTime, Utc};
+use kafka_snapshot::storage::fsync_dir;
+use kafka_snapshot_model::error::{Error, IoContext, Result};
+use kafka_snapshot_model::protocol::Phase;
 use serde::{Deserialize, Serialize};
 use std::fs;
 use std::io::Write;
@@ -118,17 +118,21 @@ impl AgentState {
                 ))
             }
         };
-        let s: AgentState = serde_json::from_slice(&bytes).map_err(|e| Error::Usage(format!(
-            "state file {} is unreadable ({e}); it records whether this agent stopped the broker. \
-             Check that the broker runs (start it if not), then move the file away and start the agent again",
-            path.display()
-        )))?;
+        let s: AgentState = serde_json::from_slice(&bytes).map_err(|e| Error::refused(
+            format!("state file {}", path.display()),
+            format!(
+                "is unreadable ({e}); it records whether this agent stopped the broker. \
+                 Check that the broker runs (start it if not), then move the file away and start the agent again"
+            ),
+        ))?;
         if s.version != STATE_VERSION {
-            return Err(Error::Usage(format!(
-                "state file {} has version {} but this agent writes version {STATE_VERSION}",
-                path.display(),
-                s.version
-            )));
+            return Err(Error::refused(
+                format!("state file {}", path.display()),
+                format!(
+                    "has version {} but this agent writes version {STATE_VERSION}",
+                    s.version
+                ),
+            ));
         }
         Ok(Some(s))
     }
@@ -206,6 +210,8 @@ impl StateLock {
         if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             let mut holder = String::new();
             let _ = f.read_to_string(&mut holder);
+            // The user's class (exit 2), not a refusal: two daemons set up
+            // for one state file is a mistake in how the host is set up.
             return Err(Error::Usage(format!(
                 "another agent daemon{} holds {} (state file {}): only one may run per broker host; \
                  stop it first",

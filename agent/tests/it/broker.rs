@@ -2,8 +2,8 @@
 //! stop/start are concerned: it holds `.lock` while it runs, and a clean
 //! stop leaves `.kafka_cleanshutdown`.
 
-use kafka_snapshot::broker::{BrokerControl, BrokerError, Stopped};
 use kafka_snapshot::config::AgentConfig;
+use kafka_snapshot_agent::broker::{BrokerControl, BrokerError, Stopped};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -3,9 +3,9 @@
 //! nothing is written anywhere.
 
 use crate::common::*;
-use kafka_snapshot::capture::CaptureMode;
 use kafka_snapshot::hashing::sha256_hex;
-use kafka_snapshot::manifest::{
+use kafka_snapshot_model::manifest::CaptureMode;
+use kafka_snapshot_model::manifest::{
     ArchiveRecord, CaptureRecord, EntryRecord, EntryType, LogDirRecord, Manifest, Timestamps,
     Totals, FORMAT_VERSION,
 };

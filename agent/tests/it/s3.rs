@@ -4,7 +4,7 @@
 
 use crate::common::*;
 use kafka_snapshot::catalog;
-use kafka_snapshot::config::S3Section;
+use kafka_snapshot::storage::S3Section;
 use kafka_snapshot::storage::{self, ColdStore, StoreOptions};
 use std::collections::BTreeSet;
 use std::fs;

@@ -5,7 +5,7 @@
 use super::{ms, ApiError, ApiResult, Candidate, Ctx, Engine, PollDecision};
 use crate::state::{self, CycleState, EventLevel, LeaseKind, LeaseState, RestoreState};
 use crate::store::{brokers, cycles, events, leases, restores, Now};
-use kafka_snapshot::protocol::{
+use kafka_snapshot_model::protocol::{
     Action, Heartbeat, HeartbeatResponse, Lease, Notice, NoticeLevel, Outcome, PollRequest,
     Release, ReportResult, SnapshotReport, PROTOCOL_VERSION,
 };

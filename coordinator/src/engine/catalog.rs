@@ -2,12 +2,12 @@
 //! two-step deletion, and rebuilding it from cold storage.
 
 use super::{ApiError, ApiResult, Engine};
-use crate::api::SnapshotRow;
 use crate::retention::{Candidate, Deletion};
 use crate::state::EventLevel;
 use crate::store::{cycles, events, leases, parse_ts, snapshots, Now};
 use events::Meta;
-use kafka_snapshot::protocol::SnapshotSummary;
+use kafka_snapshot_model::api::SnapshotRow;
+use kafka_snapshot_model::protocol::SnapshotSummary;
 use snapshots::Key;
 use std::collections::BTreeSet;
 

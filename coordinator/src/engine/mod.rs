@@ -29,7 +29,7 @@ mod tick;
 mod turns;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use crate::config::CoordinatorConfig;
 use crate::state::{EventLevel, IllegalTransition};
@@ -79,7 +79,7 @@ fn ms(d: Duration) -> u64 {
 /// coordinator's own look at the cluster.
 #[derive(Debug, Clone, PartialEq)]
 pub enum PollDecision {
-    Answer(kafka_snapshot::protocol::Action),
+    Answer(kafka_snapshot_model::protocol::Action),
     Check(Candidate),
 }
 

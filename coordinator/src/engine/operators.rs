@@ -1,9 +1,9 @@
 //! What operators order: a cycle now, and restores.
 
 use super::{ApiError, ApiResult, Engine};
-use crate::api::RestoreView;
 use crate::state::EventLevel;
 use crate::store::{cycles, restores, snapshots, Now};
+use kafka_snapshot_model::api::RestoreView;
 
 impl Engine {
     fn configured(&self, broker: i32) -> ApiResult<()> {

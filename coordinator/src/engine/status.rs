@@ -1,9 +1,9 @@
 //! What `status` and `/metrics` show.
 
 use super::{ApiResult, Engine};
-use crate::api::{BrokerView, StatusView};
 use crate::store::{brokers, cycles, events, leases, parse_ts, snapshots, ts, Now};
 use events::Meta;
+use kafka_snapshot_model::api::{BrokerView, StatusView};
 
 /// One phase of a broker's latest lease, for `/metrics`.
 #[derive(Debug, Clone, PartialEq)]

@@ -6,7 +6,7 @@
 use super::{ApiError, ApiResult, Ctx};
 use crate::state::{self, EventLevel, LeaseKind, LeaseState, RestoreState};
 use crate::store::{brokers, cycles, leases, restores, snapshots};
-use kafka_snapshot::protocol::SnapshotSummary;
+use kafka_snapshot_model::protocol::SnapshotSummary;
 
 impl Ctx<'_> {
     /// The lease ended badly: the slot stays closed until the cluster is

@@ -1,7 +1,7 @@
 //! What the coordinator last heard from each broker's agent.
 
 use super::{ts, Now};
-use kafka_snapshot::protocol::{Phase, PollRequest};
+use kafka_snapshot_model::protocol::{Phase, PollRequest};
 use rusqlite::{params, Connection, OptionalExtension};
 
 /// A poll: the agent is alive, and this is where it stands.

@@ -1,8 +1,8 @@
 //! Rolling cycles and each broker's turn in them.
 
 use super::{names_where, state, ts, Name, Now};
-use crate::api::{CycleBrokerView, CycleView};
 use crate::state::{CycleBrokerState, CycleState, Turn};
+use kafka_snapshot_model::api::{CycleBrokerView, CycleView};
 use rusqlite::{params, Connection, OptionalExtension};
 
 /// The open cycle (running or finishing), if any.

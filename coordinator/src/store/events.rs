@@ -2,8 +2,8 @@
 //! housekeeping flags).
 
 use super::{ts, Name, Now};
-use crate::api::EventView;
 use crate::state::EventLevel;
+use kafka_snapshot_model::api::EventView;
 use rusqlite::{params, Connection, OptionalExtension};
 
 pub fn insert(

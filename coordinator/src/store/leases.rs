@@ -2,8 +2,8 @@
 //! fencing token), and when each phase of a lease was first reported.
 
 use super::{names_where, state, ts, Name, Now};
-use crate::api::LeaseView;
 use crate::state::{LeaseKind, LeaseState};
+use kafka_snapshot_model::api::LeaseView;
 use rusqlite::{params, Connection, OptionalExtension};
 
 /// A lease as the engine needs it.

@@ -250,8 +250,11 @@ fn init(conn: &mut Connection, path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The database could not be opened, read or written (missing directory
+/// permissions, a full disk, locked by another process): nothing about
+/// the state is known to be wrong, so it is "unavailable".
 pub fn db_err(path: &Path, e: rusqlite::Error) -> Error {
-    Error::Usage(format!("database {}: {e}", path.display()))
+    Error::unavailable(format!("database {}", path.display()), e)
 }
 
 /// A time as the database stores it.

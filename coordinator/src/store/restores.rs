@@ -1,9 +1,9 @@
 //! Operators' restore orders.
 
 use super::{names_where, state, ts, Name, Now};
-use crate::api::RestoreView;
 use crate::state::RestoreState;
-use kafka_snapshot::protocol::RestoreOrder;
+use kafka_snapshot_model::api::RestoreView;
+use kafka_snapshot_model::protocol::RestoreOrder;
 use rusqlite::{params, Connection, OptionalExtension};
 
 /// The oldest pending order of `broker`.

@@ -3,8 +3,8 @@
 //! of the catalog can be put back.
 
 use super::{ts, Now};
-use crate::api::SnapshotRow;
-use kafka_snapshot::protocol::SnapshotSummary;
+use kafka_snapshot_model::api::SnapshotRow;
+use kafka_snapshot_model::protocol::SnapshotSummary;
 use rusqlite::{params, Connection, OptionalExtension};
 
 /// Which snapshot: the catalog's key.

@@ -1,8 +1,8 @@
 //! What is in a Kafka log dir: `meta.properties`, where the log dirs are
 //! (`server.properties`), and the inventory of files a snapshot holds.
 
-use crate::error::{Error, IoContext, Result};
 use crate::props;
+use kafka_snapshot_model::error::{Error, IoContext, Result};
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::io::AsRawFd;

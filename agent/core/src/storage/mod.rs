@@ -10,14 +10,15 @@
 
 mod file;
 mod s3;
+mod section;
 mod throttle;
 
 pub use file::FileStore;
 pub use s3::{parse_s3_url, S3Store};
+pub use section::{check_store_url, S3Section, StorageSection, VerifyUpload};
 pub use throttle::Throttle;
 
-use crate::config::{S3Section, StorageSection};
-use crate::error::{Error, Result};
+use kafka_snapshot_model::error::{Error, Result};
 use std::fs;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -175,7 +176,7 @@ pub(crate) fn check_key(key: &str) -> Result<()> {
             .split('/')
             .any(|c| c.is_empty() || c == "." || c == "..");
     if bad {
-        return Err(Error::Usage(format!("invalid storage key {key:?}")));
+        return Err(Error::Internal(format!("invalid storage key {key:?}")));
     }
     Ok(())
 }

@@ -4,8 +4,8 @@
 //! (PLAIN, SCRAM-SHA-256/512), with the codecs of the `kafka-protocol` crate.
 
 use super::scram::{ScramClient, ScramHash};
+use super::section::SaslMechanism;
 use super::security::{SaslCredentials, Security};
-use crate::config::SaslMechanism;
 use bytes::{Buf, BufMut, BytesMut};
 use kafka_protocol::messages::{
     ApiVersionsRequest, ApiVersionsResponse, RequestHeader, ResponseHeader,

@@ -3,11 +3,11 @@
 //! refused, and it is the authority for every file's size, mode, owner, mtime
 //! and hash.
 
-use crate::capture::CaptureMode;
 use crate::error::{Error, Result};
-use crate::hashing::sha256_hex;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::path::{Component, Path};
 
 pub const FORMAT_VERSION: u32 = 1;
 pub const MANIFEST_FILE: &str = "manifest.json";
@@ -35,6 +35,26 @@ pub struct Manifest {
     pub entries: Vec<EntryRecord>,
     /// SHA-256 of the canonical JSON of everything above (see [`canonical_hash`]).
     pub manifest_sha256: String,
+}
+
+/// How the log dirs were (or are to be) captured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+#[serde(rename_all = "lowercase")]
+pub enum CaptureMode {
+    Auto,
+    Reflink,
+    Copy,
+}
+
+impl std::fmt::Display for CaptureMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CaptureMode::Auto => "auto",
+            CaptureMode::Reflink => "reflink",
+            CaptureMode::Copy => "copy",
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -152,7 +172,9 @@ pub fn canonical_hash(value: &serde_json::Value) -> String {
         obj.remove("manifest_sha256");
     }
     // serde_json's Map is a BTreeMap (no preserve_order feature): sorted keys.
-    sha256_hex(&serde_json::to_vec(&v).expect("JSON value serialises"))
+    hex::encode(Sha256::digest(
+        serde_json::to_vec(&v).expect("JSON value serialises"),
+    ))
 }
 
 impl Manifest {
@@ -184,7 +206,7 @@ impl Manifest {
             Some(v) => {
                 return Err(err(format!(
                     "format_version {v} is not supported by agent {} (supports {FORMAT_VERSION})",
-                    crate::AGENT_VERSION
+                    env!("CARGO_PKG_VERSION")
                 )))
             }
             None => return Err(err("format_version is missing".into())),
@@ -220,7 +242,7 @@ impl Manifest {
             if e.kind == EntryType::File && e.sha256.as_deref().map(|h| h.len()) != Some(64) {
                 return Err(format!("file {} has no valid sha256", e.path));
             }
-            crate::extract::check_entry_path(&e.path, self.log_dirs.len())
+            check_entry_path(&e.path, self.log_dirs.len())
                 .map_err(|r| format!("entry {:?}: {r}", e.path))?;
         }
         let totals = Totals::of(&self.entries);
@@ -243,6 +265,45 @@ impl Manifest {
                     .is_some_and(|r| r.starts_with('/'))
         })
     }
+}
+
+/// An archive path is `logdir-<i>` or `logdir-<i>/<relative path>` with
+/// `i` a known log dir, and nothing that could leave it: no absolute path,
+/// no `..`, no `.` or empty components.
+pub fn check_entry_path(path: &str, log_dirs: usize) -> Result<(), String> {
+    if path.is_empty() {
+        return Err("empty path".into());
+    }
+    if path.starts_with('/') {
+        return Err("absolute path".into());
+    }
+    if path.contains('\0') {
+        return Err("NUL in path".into());
+    }
+    let mut parts = path.split('/');
+    let first = parts.next().unwrap_or_default();
+    let known = (0..log_dirs).any(|i| archive_prefix(i) == first);
+    if !known {
+        return Err(format!(
+            "{first:?} is not a log dir prefix of this snapshot"
+        ));
+    }
+    for p in parts {
+        match p {
+            "" => return Err("empty path component".into()),
+            "." => return Err("'.' path component".into()),
+            ".." => return Err("'..' path component".into()),
+            _ => {}
+        }
+    }
+    // Belt and braces: the platform's own view of the path.
+    if Path::new(path)
+        .components()
+        .any(|c| !matches!(c, Component::Normal(_)))
+    {
+        return Err("path is not plainly relative".into());
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -2,33 +2,13 @@
 //! manifest is present and intact; anything else under a snapshot prefix is
 //! listed as incomplete or damaged, never as complete.
 
-use crate::error::{Error, Result};
-use crate::manifest::{Manifest, ARCHIVE_FILE, MANIFEST_FILE};
-use crate::snapshot::is_snapshot_id;
 use crate::storage::{ColdStore, ObjectMeta};
+use kafka_snapshot_model::error::{Error, Result};
+use kafka_snapshot_model::layout::{
+    broker_prefix, is_snapshot_id, list_prefix, parse_key, SnapshotRef,
+};
+use kafka_snapshot_model::manifest::Manifest;
 use std::collections::BTreeMap;
-
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct SnapshotRef {
-    pub cluster_id: String,
-    pub broker: i32,
-    pub snapshot_id: String,
-}
-
-impl SnapshotRef {
-    pub fn prefix(&self) -> String {
-        format!(
-            "{}/broker-{}/{}",
-            self.cluster_id, self.broker, self.snapshot_id
-        )
-    }
-    pub fn archive_key(&self) -> String {
-        format!("{}/{ARCHIVE_FILE}", self.prefix())
-    }
-    pub fn manifest_key(&self) -> String {
-        format!("{}/{MANIFEST_FILE}", self.prefix())
-    }
-}
 
 #[derive(Debug, Clone)]
 pub enum Status {
@@ -46,25 +26,6 @@ pub struct Listed {
     pub objects: Vec<ObjectMeta>,
 }
 
-fn parse_key(key: &str) -> Option<(SnapshotRef, &str)> {
-    let mut it = key.splitn(4, '/');
-    let cluster = it.next()?;
-    let broker = it.next()?.strip_prefix("broker-")?.parse().ok()?;
-    let id = it.next()?;
-    let file = it.next()?;
-    if !is_snapshot_id(id) {
-        return None;
-    }
-    Some((
-        SnapshotRef {
-            cluster_id: cluster.to_string(),
-            broker,
-            snapshot_id: id.to_string(),
-        },
-        file,
-    ))
-}
-
 /// Lists the snapshots in `store`, optionally of one cluster and broker,
 /// oldest first.
 pub fn list(
@@ -72,11 +33,7 @@ pub fn list(
     cluster: Option<&str>,
     broker: Option<i32>,
 ) -> Result<Vec<Listed>> {
-    let prefix = match (cluster, broker) {
-        (Some(c), Some(b)) => format!("{c}/broker-{b}/"),
-        (Some(c), None) => format!("{c}/"),
-        _ => String::new(),
-    };
+    let prefix = list_prefix(cluster, broker);
     let mut groups: BTreeMap<SnapshotRef, Vec<ObjectMeta>> = BTreeMap::new();
     for obj in store.list(&prefix)? {
         if let Some((snap, _)) = parse_key(&obj.key) {
@@ -208,8 +165,8 @@ pub fn remove_incomplete(
             removed += 1;
         }
     }
-    let keep_prefix = format!("{cluster}/broker-{broker}/{keep}/");
-    for u in store.pending_uploads(&format!("{cluster}/broker-{broker}/"))? {
+    let keep_prefix = format!("{}{keep}/", broker_prefix(cluster, broker));
+    for u in store.pending_uploads(&broker_prefix(cluster, broker))? {
         if !u.key.starts_with(&keep_prefix) {
             tracing::warn!(key = %u.key, initiated = %u.initiated,
                 "aborting an upload left by an interrupted snapshot");

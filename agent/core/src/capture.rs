@@ -7,9 +7,9 @@
 //!   broker stays stopped.
 //! - `auto` probes each log dir and picks reflink where all support it.
 
-use crate::error::{Error, IoContext, Result};
 use crate::logdir::{EntryKind, Inventory};
-use serde::{Deserialize, Serialize};
+use kafka_snapshot_model::error::{Error, IoContext, Result};
+use kafka_snapshot_model::manifest::CaptureMode;
 use std::fs;
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -20,24 +20,6 @@ use std::path::{Path, PathBuf};
 /// which is on the same filesystem in the usual `/data/diskN/kafka-logs`
 /// layout). Never inside the log dir: Kafka refuses unknown dirs there.
 pub const STAGING_DIR_NAME: &str = ".kafka-snapshot-staging";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum CaptureMode {
-    Auto,
-    Reflink,
-    Copy,
-}
-
-impl std::fmt::Display for CaptureMode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            CaptureMode::Auto => "auto",
-            CaptureMode::Reflink => "reflink",
-            CaptureMode::Copy => "copy",
-        })
-    }
-}
 
 nix::ioctl_write_int!(ficlone, 0x94, 9);
 
@@ -274,7 +256,7 @@ pub fn clone_into_staging(inv: &Inventory, staging: &[PathBuf]) -> Result<()> {
             .into_iter()
             .map(|w| {
                 w.join()
-                    .unwrap_or_else(|_| Err(Error::Usage("a clone thread panicked".into())))
+                    .unwrap_or_else(|_| Err(Error::panicked("cloning log dir files")))
             })
             .collect();
         results.into_iter().collect::<Result<()>>()

@@ -3,7 +3,7 @@
 //! credentials file, in that order. Every resolved value remembers the
 //! setting it came from, so that an error can name it.
 
-use crate::config::{S3Section, VerifyUpload};
+use crate::storage::{S3Section, VerifyUpload};
 use std::path::PathBuf;
 use std::time::Duration;
 

@@ -4,7 +4,7 @@
 //! (`ssl_certificate_location` + `ssl_key_location`, PEM), and SASL PLAIN or
 //! SCRAM-SHA-256/512 for SASL_PLAINTEXT and SASL_SSL.
 
-use crate::config::{KafkaSection, SaslMechanism};
+use super::section::{KafkaSection, SaslMechanism};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::path::Path;

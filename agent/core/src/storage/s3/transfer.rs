@@ -20,10 +20,10 @@
 //! [`Download`] reads an object with ranged GETs, a few ranges ahead.
 
 use super::{abort_multipart, block_until, store_err, Failure, Rt, Shared};
-use crate::config::VerifyUpload;
-use crate::error::{Error, Result};
+use crate::storage::VerifyUpload;
 use base64::Engine;
 use bytes::Bytes;
+use kafka_snapshot_model::error::{Error, Result};
 use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path as ObjPath;
 use object_store::{GetOptions, ObjectStore, ObjectStoreExt, PutOptions, PutPayload};

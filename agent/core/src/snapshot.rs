@@ -2,26 +2,24 @@
 //! [`Captured::commit`] to build the archive and write the manifest.
 
 use crate::archive::{write_archive, ArchiveOptions};
-use crate::capture::{clone_into_staging, resolve_mode, CaptureMode, Staging, StagingLock};
-use crate::catalog::SnapshotRef;
-use crate::error::{Error, Result};
+use crate::capture::{clone_into_staging, resolve_mode, Staging, StagingLock};
 use crate::logdir::{self, Inventory};
-use crate::manifest::{
-    archive_prefix, ArchiveRecord, CaptureRecord, LogDirRecord, Manifest, Timestamps, Totals,
-    ARCHIVE_FILE, FORMAT_VERSION,
-};
 use crate::storage::ColdStore;
 use chrono::{DateTime, Utc};
+use kafka_snapshot_model::error::{Error, Result};
+use kafka_snapshot_model::layout::{format_snapshot_id, SnapshotRef};
+use kafka_snapshot_model::manifest::{
+    archive_prefix, ArchiveRecord, CaptureMode, CaptureRecord, LogDirRecord, Manifest, Timestamps,
+    Totals, ARCHIVE_FILE, FORMAT_VERSION,
+};
 use std::fs;
 use std::path::PathBuf;
 
-/// A new snapshot id: UTC time to the millisecond, then random bits, so ids
-/// sort by time and never collide.
+/// A new snapshot id: now, then random bits (see [`format_snapshot_id`]).
 pub fn new_snapshot_id() -> Result<String> {
-    Ok(format!(
-        "{}-{}",
-        Utc::now().format("%Y%m%dT%H%M%S%.3fZ"),
-        random_hex(4, "a snapshot id")?
+    Ok(format_snapshot_id(
+        Utc::now(),
+        &random_hex(4, "a snapshot id")?,
     ))
 }
 
@@ -35,15 +33,6 @@ pub fn random_hex(bytes: usize, what: &str) -> Result<String> {
         )
     })?;
     Ok(hex::encode(rnd))
-}
-
-/// Whether a string has the shape of a snapshot id (safe as a key part).
-pub fn is_snapshot_id(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 64
-        && !s.starts_with('.')
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
 }
 
 pub fn hostname() -> String {

@@ -3,13 +3,13 @@
 //! order, by path, type and size), refuses unsafe entries, hashes every
 //! file, and checks the whole archive's size and SHA-256 at the end.
 
-use crate::catalog::{load_manifest, SnapshotRef};
-use crate::error::{Error, Result};
-use crate::extract::check_entry_path;
+use crate::catalog::load_manifest;
 use crate::hashing::HashingReader;
 use crate::logdir::check_symlink_target;
-use crate::manifest::{EntryRecord, EntryType, Manifest};
 use crate::storage::ColdStore;
+use kafka_snapshot_model::error::{Error, Result};
+use kafka_snapshot_model::layout::SnapshotRef;
+use kafka_snapshot_model::manifest::{check_entry_path, EntryRecord, EntryType, Manifest};
 use std::io::{self, Read};
 use std::path::Path;
 use std::sync::mpsc;

@@ -8,63 +8,25 @@
 //! the daemon downloads and checks while the broker still runs, and stops it
 //! only for the renames.
 
-use crate::catalog::{load_manifest, SnapshotRef};
-use crate::error::{Error, IoContext, Result};
+use crate::catalog::load_manifest;
 use crate::logdir::{self, read_meta_properties};
-use crate::manifest::{archive_prefix, EntryRecord, EntryType, Manifest};
 use crate::storage::{fsync_dir, ColdStore};
 use crate::verify::{walk, Report, Visitor};
 use chrono::Utc;
+use kafka_snapshot_model::error::{Error, IoContext, Result};
+use kafka_snapshot_model::layout::SnapshotRef;
+use kafka_snapshot_model::manifest::{EntryRecord, EntryType, Manifest};
 use std::collections::HashSet;
 use std::fs;
 use std::io::{self, Read};
 use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::io::AsRawFd;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 
 /// Finished files waiting for their writeback to be started.
 const WRITEBACK_DEPTH: usize = 64;
-
-/// An archive path is `logdir-<i>` or `logdir-<i>/<relative path>` with
-/// `i` a known log dir, and nothing that could leave it: no absolute path,
-/// no `..`, no `.` or empty components.
-pub fn check_entry_path(path: &str, log_dirs: usize) -> Result<(), String> {
-    if path.is_empty() {
-        return Err("empty path".into());
-    }
-    if path.starts_with('/') {
-        return Err("absolute path".into());
-    }
-    if path.contains('\0') {
-        return Err("NUL in path".into());
-    }
-    let mut parts = path.split('/');
-    let first = parts.next().unwrap_or_default();
-    let known = (0..log_dirs).any(|i| archive_prefix(i) == first);
-    if !known {
-        return Err(format!(
-            "{first:?} is not a log dir prefix of this snapshot"
-        ));
-    }
-    for p in parts {
-        match p {
-            "" => return Err("empty path component".into()),
-            "." => return Err("'.' path component".into()),
-            ".." => return Err("'..' path component".into()),
-            _ => {}
-        }
-    }
-    // Belt and braces: the platform's own view of the path.
-    if Path::new(path)
-        .components()
-        .any(|c| !matches!(c, Component::Normal(_)))
-    {
-        return Err("path is not plainly relative".into());
-    }
-    Ok(())
-}
 
 #[derive(Debug, Clone)]
 pub struct ExtractOptions {
@@ -217,7 +179,7 @@ pub fn prepare(
         visitor.writeback = None;
         let flushed = flusher
             .join()
-            .unwrap_or_else(|_| Err(Error::Usage("the flusher thread panicked".into())));
+            .unwrap_or_else(|_| Err(Error::panicked("flushing restored files")));
         let report = walked?;
         flushed?;
         visitor.finish_dirs()?;
@@ -548,10 +510,10 @@ impl Visitor for ExtractVisitor {
             .as_ref()
             .is_some_and(|c| c.load(Ordering::Relaxed))
         {
-            return Err(Error::Usage(format!(
-                "restore of snapshot {} cancelled",
-                self.snapshot
-            )));
+            return Err(Error::unavailable(
+                format!("restore of snapshot {}", self.snapshot),
+                "cancelled: the agent is shutting down",
+            ));
         }
         let dest = self.dest(rec)?;
         match rec.kind {

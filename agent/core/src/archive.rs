@@ -7,10 +7,10 @@
 //! feeds zstd. Reading (and waiting for the disk) and hashing overlap with
 //! compression instead of taking turns with it.
 
-use crate::error::{Error, IoContext, Result};
 use crate::hashing::HashingWriter;
 use crate::logdir::{Entry, EntryKind, Inventory};
-use crate::manifest::{archive_prefix, EntryRecord, EntryType};
+use kafka_snapshot_model::error::{Error, IoContext, Result};
+use kafka_snapshot_model::manifest::{archive_prefix, EntryRecord, EntryType};
 use sha2::{Digest, Sha256};
 use std::fs;
 use std::io::{self, Read, Write};
@@ -150,7 +150,7 @@ fn write_entries<W: Write>(
     chunks: &mpsc::Receiver<Chunk>,
     free: &mpsc::SyncSender<Vec<u8>>,
 ) -> Result<()> {
-    let reader_gone = || Error::Usage("the archive reader thread stopped".into());
+    let reader_gone = || Error::Internal("the archive reader thread stopped".into());
     for e in &inv.entries {
         let path = archive_path(e);
         let (kind, link_target, sha256) = match &e.kind {
@@ -243,8 +243,9 @@ fn read_file(
     let mut left = e.size;
     while left > 0 {
         if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
-            return Err(Error::Usage(
-                "archiving cancelled: the agent is shutting down".into(),
+            return Err(Error::unavailable(
+                "archiving cancelled",
+                "the agent is shutting down",
             ));
         }
         let Ok(mut buf) = free.recv() else {

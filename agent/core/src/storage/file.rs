@@ -4,7 +4,7 @@
 
 use super::throttle::{Throttle, Throttled};
 use super::{check_key, fsync_dir, ColdStore, ObjectMeta, ObjectWriter, TEMP_MARKER};
-use crate::error::{Error, Result};
+use kafka_snapshot_model::error::{Error, Result};
 use std::fs;
 use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;

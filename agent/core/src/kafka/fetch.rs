@@ -3,10 +3,10 @@
 //! the raw client. Any error or partial answer is an error, never a view:
 //! the gate fails closed.
 
+use super::section::KafkaSection;
 use super::security::Security;
 use super::view::{ClusterView, PartitionState, QuorumState, Reassignment};
 use super::wire::Connection;
-use crate::config::KafkaSection;
 use kafka_protocol::messages::{
     describe_quorum_request, DescribeQuorumRequest, ListPartitionReassignmentsRequest, TopicName,
 };

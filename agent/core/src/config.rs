@@ -2,10 +2,13 @@
 //! here and only here, and [`AgentConfig::validate`] names the file and key
 //! of every problem.
 
-use crate::capture::CaptureMode;
-use crate::error::{Error, Result};
 use crate::kafka::gate::LowReplicationPolicy;
-use serde::{Deserialize, Deserializer};
+use crate::kafka::KafkaSection;
+use crate::settings::duration;
+use crate::storage::StorageSection;
+use kafka_snapshot_model::error::{Error, Result};
+use kafka_snapshot_model::manifest::CaptureMode;
+use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -134,95 +137,6 @@ fn default_recovery_timeout() -> Duration {
     Duration::from_secs(2 * 3600)
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-pub enum SecurityProtocol {
-    #[default]
-    #[serde(rename = "PLAINTEXT")]
-    Plaintext,
-    #[serde(rename = "SSL")]
-    Ssl,
-    #[serde(rename = "SASL_PLAINTEXT")]
-    SaslPlaintext,
-    #[serde(rename = "SASL_SSL")]
-    SaslSsl,
-}
-
-impl SecurityProtocol {
-    pub fn as_librdkafka(self) -> &'static str {
-        match self {
-            SecurityProtocol::Plaintext => "plaintext",
-            SecurityProtocol::Ssl => "ssl",
-            SecurityProtocol::SaslPlaintext => "sasl_plaintext",
-            SecurityProtocol::SaslSsl => "sasl_ssl",
-        }
-    }
-
-    pub fn uses_tls(self) -> bool {
-        matches!(self, SecurityProtocol::Ssl | SecurityProtocol::SaslSsl)
-    }
-
-    pub fn uses_sasl(self) -> bool {
-        matches!(
-            self,
-            SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl
-        )
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-pub enum SaslMechanism {
-    #[serde(rename = "PLAIN")]
-    Plain,
-    #[serde(rename = "SCRAM-SHA-256")]
-    ScramSha256,
-    #[serde(rename = "SCRAM-SHA-512")]
-    ScramSha512,
-}
-
-impl SaslMechanism {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SaslMechanism::Plain => "PLAIN",
-            SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
-            SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
-        }
-    }
-}
-
-/// One section for both Kafka clients (rdkafka and the raw client).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KafkaSection {
-    pub bootstrap_servers: Vec<String>,
-    #[serde(default)]
-    pub security_protocol: SecurityProtocol,
-    pub sasl_mechanism: Option<SaslMechanism>,
-    pub sasl_username: Option<String>,
-    /// Prefer `sasl_password_file` (mode 0600) to a password in the config.
-    pub sasl_password: Option<String>,
-    pub sasl_password_file: Option<PathBuf>,
-    pub ssl_ca_location: Option<PathBuf>,
-    pub ssl_certificate_location: Option<PathBuf>,
-    pub ssl_key_location: Option<PathBuf>,
-    #[serde(default = "default_request_timeout", deserialize_with = "duration")]
-    pub request_timeout: Duration,
-    /// Read from `sasl_password_file` when the config is loaded.
-    #[serde(skip)]
-    resolved_password: Option<String>,
-}
-
-fn default_request_timeout() -> Duration {
-    Duration::from_secs(30)
-}
-
-impl KafkaSection {
-    pub fn sasl_password(&self) -> Option<&str> {
-        self.resolved_password
-            .as_deref()
-            .or(self.sasl_password.as_deref())
-    }
-}
-
 /// The pre-stop gate's settings.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -242,61 +156,6 @@ impl Default for GateSection {
             check_interval: Duration::from_secs(10),
             low_replication_policy: LowReplicationPolicy::Refuse,
         }
-    }
-}
-
-/// Parses `500ms`, `30s`, `10m`, `2h`, `1h30m` (a bare number is seconds).
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    if let Ok(secs) = t.parse::<u64>() {
-        return Ok(Duration::from_secs(secs));
-    }
-    let mut total = Duration::ZERO;
-    let mut rest = t;
-    if rest.is_empty() {
-        return Err("empty duration".into());
-    }
-    while !rest.is_empty() {
-        let digits = rest.bytes().take_while(|b| b.is_ascii_digit()).count();
-        let unit_len = rest[digits..]
-            .bytes()
-            .take_while(|b| b.is_ascii_alphabetic())
-            .count();
-        if digits == 0 || unit_len == 0 {
-            return Err(format!("{text:?} is not a duration like 30s, 10m or 1h30m"));
-        }
-        let n: u64 = rest[..digits]
-            .parse()
-            .map_err(|_| format!("{text:?}: number too large"))?;
-        let unit = &rest[digits..digits + unit_len];
-        total += match unit {
-            "ms" => Duration::from_millis(n),
-            "s" => Duration::from_secs(n),
-            "m" => Duration::from_secs(n * 60),
-            "h" => Duration::from_secs(n * 3600),
-            "d" => Duration::from_secs(n * 86400),
-            _ => {
-                return Err(format!(
-                    "{text:?}: unknown unit {unit:?} (use ms, s, m, h, d)"
-                ))
-            }
-        };
-        rest = &rest[digits + unit_len..];
-    }
-    Ok(total)
-}
-
-/// Serde helper: a duration as seconds or text (see [`parse_duration`]).
-pub fn duration<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Duration, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Secs(u64),
-        Text(String),
-    }
-    match Raw::deserialize(d)? {
-        Raw::Secs(s) => Ok(Duration::from_secs(s)),
-        Raw::Text(t) => parse_duration(&t).map_err(serde::de::Error::custom),
     }
 }
 
@@ -320,234 +179,6 @@ impl Default for SnapshotSection {
             allow_unclean: false,
         }
     }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StorageSection {
-    /// `file:///mnt/kafka-snapshots` (a local path or an NFS mount) or
-    /// `s3://bucket/prefix`.
-    pub url: String,
-    /// Bytes per second for everything sent to or read from the store, by
-    /// either backend (`"100MiB"` or an integer). Unlimited when unset.
-    #[serde(default, deserialize_with = "opt_byte_size")]
-    pub bandwidth_limit: Option<u64>,
-    /// Settings of the `s3://` backend; without this section they come from
-    /// the standard AWS environment variables and credentials file.
-    pub s3: Option<S3Section>,
-}
-
-/// `[storage.s3]`. Credentials come from here when set, otherwise from
-/// `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`, otherwise from the shared
-/// credentials file (`~/.aws/credentials`).
-#[derive(Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct S3Section {
-    /// `http(s)://host:port` of an S3-compatible server (MinIO, Ceph RGW,
-    /// Garage); unset means AWS S3 in `region`.
-    pub endpoint: Option<String>,
-    pub region: Option<String>,
-    /// `https://endpoint/bucket/key` instead of `https://bucket.endpoint/key`;
-    /// defaults to true when `endpoint` is set, false for AWS.
-    pub path_style: Option<bool>,
-    pub access_key_id: Option<String>,
-    /// Prefer `credentials_file` (mode 0600) to a secret in this file.
-    pub secret_access_key: Option<String>,
-    /// An AWS shared credentials file, read for `profile`.
-    pub credentials_file: Option<PathBuf>,
-    pub profile: Option<String>,
-    /// Limit on every single request, connection included.
-    #[serde(deserialize_with = "duration")]
-    pub request_timeout: Duration,
-    /// Limit on one whole object transfer, retries included.
-    #[serde(deserialize_with = "duration")]
-    pub deadline: Duration,
-    /// Multipart part size (also the ranged-read size); with
-    /// `parts_in_flight` it bounds the memory a transfer uses.
-    #[serde(deserialize_with = "byte_size")]
-    pub part_size: u64,
-    pub parts_in_flight: usize,
-    /// Attempts after the first for a failed request (with backoff).
-    pub retries: usize,
-    /// How an upload is confirmed before the manifest is written.
-    pub verify_upload: VerifyUpload,
-}
-
-impl Default for S3Section {
-    fn default() -> Self {
-        S3Section {
-            endpoint: None,
-            region: None,
-            path_style: None,
-            access_key_id: None,
-            secret_access_key: None,
-            credentials_file: None,
-            profile: None,
-            request_timeout: Duration::from_secs(60),
-            deadline: Duration::from_secs(24 * 3600),
-            part_size: 8 << 20,
-            parts_in_flight: 2,
-            retries: 10,
-            verify_upload: VerifyUpload::Checksum,
-        }
-    }
-}
-
-// By hand, so that the secret never reaches a log line.
-impl std::fmt::Debug for S3Section {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("S3Section")
-            .field("endpoint", &self.endpoint)
-            .field("region", &self.region)
-            .field("path_style", &self.path_style)
-            .field("access_key_id", &self.access_key_id)
-            .field(
-                "secret_access_key",
-                &self.secret_access_key.as_ref().map(|_| "<redacted>"),
-            )
-            .field("credentials_file", &self.credentials_file)
-            .field("profile", &self.profile)
-            .field("request_timeout", &self.request_timeout)
-            .field("deadline", &self.deadline)
-            .field("part_size", &self.part_size)
-            .field("parts_in_flight", &self.parts_in_flight)
-            .field("retries", &self.retries)
-            .field("verify_upload", &self.verify_upload)
-            .finish()
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum VerifyUpload {
-    /// Compare the SHA-256 checksums the server verified and stored for
-    /// every part with those of the bytes sent; read the object back when
-    /// the server keeps no checksums.
-    Checksum,
-    /// Always read the whole object back and hash it.
-    ReadBack,
-}
-
-impl S3Section {
-    fn validate(&self) -> Result<(), (&'static str, String)> {
-        if let Some(e) = &self.endpoint {
-            if !(e.starts_with("http://") || e.starts_with("https://")) || e.len() < 10 {
-                return Err((
-                    "storage.s3.endpoint",
-                    format!("{e:?} is not an http:// or https:// URL"),
-                ));
-            }
-        }
-        if self.region.as_deref().is_some_and(|r| r.trim().is_empty()) {
-            return Err(("storage.s3.region", "is empty".into()));
-        }
-        match (&self.access_key_id, &self.secret_access_key) {
-            (Some(_), None) => {
-                return Err((
-                    "storage.s3.secret_access_key",
-                    "missing: set it with access_key_id (or use credentials_file)".into(),
-                ))
-            }
-            (None, Some(_)) => {
-                return Err((
-                    "storage.s3.access_key_id",
-                    "missing: set it with secret_access_key (or use credentials_file)".into(),
-                ))
-            }
-            (Some(_), Some(_)) if self.credentials_file.is_some() => {
-                return Err((
-                    "storage.s3.credentials_file",
-                    "set either access_key_id/secret_access_key or credentials_file, not both"
-                        .into(),
-                ))
-            }
-            _ => {}
-        }
-        if self.profile.is_some() && self.access_key_id.is_some() {
-            return Err((
-                "storage.s3.profile",
-                "names a profile of a credentials file, but access_key_id is set".into(),
-            ));
-        }
-        if self.request_timeout.is_zero() {
-            return Err(("storage.s3.request_timeout", "must be more than 0".into()));
-        }
-        if self.deadline <= self.request_timeout {
-            return Err((
-                "storage.s3.deadline",
-                format!(
-                    "{:?} must exceed request_timeout ({:?})",
-                    self.deadline, self.request_timeout
-                ),
-            ));
-        }
-        // S3's limits: parts of 5 MiB to 5 GiB.
-        if !(5 << 20..=5 << 30).contains(&self.part_size) {
-            return Err((
-                "storage.s3.part_size",
-                format!("{} bytes is outside 5MiB..=5GiB", self.part_size),
-            ));
-        }
-        if !(1..=16).contains(&self.parts_in_flight) {
-            return Err((
-                "storage.s3.parts_in_flight",
-                format!("{} is outside 1..=16", self.parts_in_flight),
-            ));
-        }
-        if self.retries > 100 {
-            return Err(("storage.s3.retries", "must be at most 100".into()));
-        }
-        Ok(())
-    }
-}
-
-/// Parses `1048576`, `512KiB`, `16MiB`, `1GiB` (powers of 1024) or `100MB`
-/// (powers of 1000); a trailing `/s` is allowed for rates.
-pub fn parse_byte_size(text: &str) -> Result<u64, String> {
-    let t = text.trim();
-    let t = t.strip_suffix("/s").unwrap_or(t).trim_end();
-    let digits = t.bytes().take_while(|b| b.is_ascii_digit()).count();
-    if digits == 0 {
-        return Err(format!("{text:?} is not a size like 100MiB or 1048576"));
-    }
-    let n: u64 = t[..digits]
-        .parse()
-        .map_err(|_| format!("{text:?}: number too large"))?;
-    let mult: u64 = match t[digits..].trim_start() {
-        "" | "B" => 1,
-        "KiB" => 1 << 10,
-        "MiB" => 1 << 20,
-        "GiB" => 1 << 30,
-        "TiB" => 1 << 40,
-        "KB" | "kB" => 1_000,
-        "MB" => 1_000_000,
-        "GB" => 1_000_000_000,
-        "TB" => 1_000_000_000_000,
-        unit => {
-            return Err(format!(
-                "{text:?}: unknown unit {unit:?} (use B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)"
-            ))
-        }
-    };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("{text:?}: number too large"))
-}
-
-fn byte_size<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<u64, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Bytes(u64),
-        Text(String),
-    }
-    match Raw::deserialize(d)? {
-        Raw::Bytes(n) => Ok(n),
-        Raw::Text(t) => parse_byte_size(&t).map_err(serde::de::Error::custom),
-    }
-}
-
-fn opt_byte_size<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<u64>, D::Error> {
-    byte_size(d).map(Some)
 }
 
 impl AgentConfig {
@@ -730,102 +361,6 @@ impl AgentConfig {
     }
 }
 
-type KeyError = (String, String);
-
-fn bad(key: &str, message: String) -> KeyError {
-    (key.to_string(), message)
-}
-
-impl StorageSection {
-    /// Checks what serde cannot; errors are (key, message).
-    pub fn validate(&self) -> std::result::Result<(), KeyError> {
-        check_store_url(&self.url).map_err(|m| ("storage.url".to_string(), m))?;
-        if self.bandwidth_limit == Some(0) {
-            return Err(bad(
-                "storage.bandwidth_limit",
-                "must be more than 0 (leave it out for no limit)".into(),
-            ));
-        }
-        if let Some(s3) = &self.s3 {
-            if !self.url.starts_with("s3://") {
-                return Err(bad(
-                    "storage.s3",
-                    format!("is set, but storage.url {:?} is not an s3:// URL", self.url),
-                ));
-            }
-            s3.validate().map_err(|(key, m)| bad(key, m))?;
-        }
-        Ok(())
-    }
-}
-
-impl KafkaSection {
-    /// Reads `sasl_password_file`, if set.
-    pub fn resolve_secrets(&mut self) -> std::result::Result<(), KeyError> {
-        if let Some(f) = &self.sasl_password_file {
-            let pw = std::fs::read_to_string(f).map_err(|e| {
-                bad(
-                    "kafka.sasl_password_file",
-                    format!("cannot read {}: {e}", f.display()),
-                )
-            })?;
-            self.resolved_password = Some(pw.trim_end_matches(['\n', '\r']).to_string());
-        }
-        Ok(())
-    }
-
-    /// Checks what serde cannot; errors are (key, message).
-    pub fn validate(&self) -> std::result::Result<(), KeyError> {
-        if self.bootstrap_servers.is_empty() {
-            return Err(bad("kafka.bootstrap_servers", "is empty".into()));
-        }
-        if let Some(b) = self.bootstrap_servers.iter().find(|b| !b.contains(':')) {
-            return Err(bad(
-                "kafka.bootstrap_servers",
-                format!("{b:?} is not host:port"),
-            ));
-        }
-        if self.request_timeout.is_zero() {
-            return Err(bad("kafka.request_timeout", "must be more than 0".into()));
-        }
-        if self.security_protocol.uses_sasl() {
-            if self.sasl_mechanism.is_none() {
-                return Err(bad(
-                    "kafka.sasl_mechanism",
-                    format!("required with {:?}", self.security_protocol),
-                ));
-            }
-            if self.sasl_username.is_none() {
-                return Err(bad("kafka.sasl_username", "required with SASL".into()));
-            }
-            match (&self.sasl_password, &self.sasl_password_file) {
-                (Some(_), Some(_)) => {
-                    return Err(bad(
-                        "kafka.sasl_password_file",
-                        "set sasl_password or sasl_password_file, not both".into(),
-                    ))
-                }
-                (None, None) => {
-                    return Err(bad(
-                        "kafka.sasl_password",
-                        "required with SASL (or sasl_password_file)".into(),
-                    ))
-                }
-                _ => {}
-            }
-        } else if self.sasl_mechanism.is_some() {
-            return Err(bad(
-                "kafka.sasl_mechanism",
-                format!(
-                    "set, but security_protocol {:?} does not use SASL",
-                    self.security_protocol
-                ),
-            ));
-        }
-        Ok(())
-    }
-}
-
 /// Reads a bearer token file: private to its owner, one non-empty line.
 fn read_token(file: &Path) -> Result<String, String> {
     use std::os::unix::fs::PermissionsExt;
@@ -854,30 +389,11 @@ fn read_token(file: &Path) -> Result<String, String> {
     Ok(token.to_string())
 }
 
-/// Checks the shape of a store URL without touching the store.
-pub fn check_store_url(url: &str) -> Result<(), String> {
-    if let Some(p) = url.strip_prefix("file://") {
-        if p.starts_with('/') {
-            return Ok(());
-        }
-        return Err(format!(
-            "{url:?}: file:// needs an absolute path, e.g. file:///mnt/kafka-snapshots"
-        ));
-    }
-    if url.starts_with('/') {
-        return Ok(());
-    }
-    if url.starts_with("s3://") {
-        return crate::storage::parse_s3_url(url).map(|_| ());
-    }
-    Err(format!(
-        "{url:?}: unsupported store URL (use file:///path or s3://bucket/prefix)"
-    ))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::settings::{parse_byte_size, parse_duration};
+    use crate::storage::VerifyUpload;
 
     fn parse(text: &str) -> Result<AgentConfig> {
         AgentConfig::parse(text, Path::new("/etc/agent.toml"))
@@ -885,7 +401,7 @@ mod tests {
 
     #[test]
     fn example_config_parses() {
-        let text = include_str!("../agent.example.toml");
+        let text = include_str!("../../agent.example.toml");
         let cfg = parse(text).unwrap();
         assert_eq!(cfg.snapshot.zstd_level, 3);
     }

@@ -5,20 +5,22 @@
 pub mod fetch;
 pub mod gate;
 pub mod scram;
+mod section;
 pub mod security;
 pub mod view;
 pub mod wire;
 
-use crate::config::AgentConfig;
 use crate::{logdir, props, Error};
 use gate::{evaluate, GateReport, LowReplicationPolicy};
-use std::path::PathBuf;
+pub use section::{KafkaSection, SaslMechanism, SecurityProtocol};
+use std::path::{Path, PathBuf};
 
 /// Whether this node is a KRaft controller: `process.roles` in the
 /// broker's server.properties includes `controller`. Unknown (false) when
-/// the config lists `broker.log_dirs` instead of `server_properties`.
-pub fn is_controller(cfg: &AgentConfig) -> crate::Result<bool> {
-    let Some(path) = &cfg.broker.server_properties else {
+/// the config lists `broker.log_dirs` instead of `server_properties`
+/// (`server_properties` is `None`).
+pub fn is_controller(server_properties: Option<&Path>) -> crate::Result<bool> {
+    let Some(path) = server_properties else {
         return Ok(false);
     };
     let text = std::fs::read_to_string(path)

@@ -24,10 +24,10 @@ pub(crate) use settings::S3Settings;
 
 use super::throttle::Throttle;
 use super::{check_key, ColdStore, ObjectMeta, ObjectWriter, PendingUpload};
-use crate::error::{Error, Result};
 use bytes::Bytes;
 use futures_util::TryStreamExt;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use kafka_snapshot_model::error::{Error, Result};
 use object_store::aws::{AmazonS3, AmazonS3Builder, AwsAuthorizer, AwsCredential, Checksum};
 use object_store::client::{HttpClient, HttpConnector, HttpError, HttpErrorKind};
 use object_store::client::{HttpRequestBody, ReqwestConnector};

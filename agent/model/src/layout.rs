@@ -1,0 +1,110 @@
+//! Where a snapshot lives in cold storage:
+//! `<root>/<cluster.id>/broker-<N>/<snapshot-id>/{archive.tar.zst,manifest.json}`
+//! (the store's URL is the root, so keys start at the cluster id), and the
+//! shape of a snapshot id. Pure naming and parsing: no store is touched.
+
+use crate::manifest::{ARCHIVE_FILE, MANIFEST_FILE};
+use chrono::{DateTime, Utc};
+
+/// One snapshot's place in cold storage.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SnapshotRef {
+    pub cluster_id: String,
+    pub broker: i32,
+    pub snapshot_id: String,
+}
+
+impl SnapshotRef {
+    pub fn prefix(&self) -> String {
+        format!(
+            "{}/{}",
+            broker_prefix(&self.cluster_id, self.broker).trim_end_matches('/'),
+            self.snapshot_id
+        )
+    }
+    pub fn archive_key(&self) -> String {
+        format!("{}/{ARCHIVE_FILE}", self.prefix())
+    }
+    pub fn manifest_key(&self) -> String {
+        format!("{}/{MANIFEST_FILE}", self.prefix())
+    }
+}
+
+/// The prefix (with its trailing `/`) of every snapshot of one broker.
+pub fn broker_prefix(cluster: &str, broker: i32) -> String {
+    format!("{cluster}/broker-{broker}/")
+}
+
+/// The prefix to list: one broker, one cluster, or the whole store.
+pub fn list_prefix(cluster: Option<&str>, broker: Option<i32>) -> String {
+    match (cluster, broker) {
+        (Some(c), Some(b)) => broker_prefix(c, b),
+        (Some(c), None) => format!("{c}/"),
+        _ => String::new(),
+    }
+}
+
+/// Splits a key into the snapshot it belongs to and the file name below the
+/// snapshot's prefix; `None` for a key outside the layout.
+pub fn parse_key(key: &str) -> Option<(SnapshotRef, &str)> {
+    let mut it = key.splitn(4, '/');
+    let cluster = it.next()?;
+    let broker = it.next()?.strip_prefix("broker-")?.parse().ok()?;
+    let id = it.next()?;
+    let file = it.next()?;
+    if !is_snapshot_id(id) {
+        return None;
+    }
+    Some((
+        SnapshotRef {
+            cluster_id: cluster.to_string(),
+            broker,
+            snapshot_id: id.to_string(),
+        },
+        file,
+    ))
+}
+
+/// A snapshot id: UTC time to the millisecond, then `suffix` (random hex),
+/// so ids sort by time and never collide.
+pub fn format_snapshot_id(at: DateTime<Utc>, suffix: &str) -> String {
+    format!("{}-{suffix}", at.format("%Y%m%dT%H%M%S%.3fZ"))
+}
+
+/// Whether a string has the shape of a snapshot id (safe as a key part).
+pub fn is_snapshot_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && !s.starts_with('.')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_round_trip() {
+        let snap = SnapshotRef {
+            cluster_id: "c1".into(),
+            broker: 2,
+            snapshot_id: format_snapshot_id(
+                DateTime::from_timestamp(1_700_000_000, 5_000_000).unwrap(),
+                "0a1b2c3d",
+            ),
+        };
+        assert_eq!(snap.snapshot_id, "20231114T221320.005Z-0a1b2c3d");
+        assert_eq!(
+            snap.manifest_key(),
+            "c1/broker-2/20231114T221320.005Z-0a1b2c3d/manifest.json"
+        );
+        let key = snap.archive_key();
+        let (parsed, file) = parse_key(&key).unwrap();
+        assert_eq!((parsed, file), (snap, ARCHIVE_FILE));
+        assert!(parse_key("c1/broker-x/id/manifest.json").is_none());
+        assert!(parse_key("c1/broker-2/../manifest.json").is_none());
+        assert_eq!(list_prefix(Some("c1"), None), "c1/");
+        assert_eq!(list_prefix(None, Some(2)), "");
+    }
+}
