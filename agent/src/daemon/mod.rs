@@ -364,9 +364,15 @@ impl Daemon {
                 }
             }
             let mut shutdown = self.shutdown.clone();
+            let sleep = tokio::time::sleep(interval);
+            tokio::pin!(sleep);
             tokio::select! {
-                _ = tokio::time::sleep(interval) => {}
-                _ = shutdown.changed() => {}
+                _ = &mut sleep => {}
+                changed = shutdown.changed() => if changed.is_err() {
+                    // No shutdown can come any more: wait out the interval
+                    // rather than poll the coordinator in a tight loop.
+                    sleep.await;
+                },
             }
         }
     }
