@@ -683,8 +683,8 @@ impl AgentConfig {
         problems
     }
 
-    /// Reads secrets referenced by path (`kafka.sasl_password_file`); the
-    /// problems are (key, message).
+    /// Reads secrets referenced by path (`kafka.sasl_password_file`); a
+    /// problem is (key, message).
     fn resolve_secrets(&mut self) -> Option<KeyError> {
         self.kafka.as_mut()?.resolve_secrets().err()
     }
