@@ -486,17 +486,10 @@ impl Cycle {
         cancel: Arc<AtomicBool>,
         f: impl FnOnce() -> kafka_snapshot::Result<T> + Send + 'static,
     ) -> kafka_snapshot::Result<T> {
-        let mut task = tokio::task::spawn_blocking(f);
-        loop {
-            tokio::select! {
-                r = &mut task => return r.map_err(|e| kafka_snapshot::Error::Internal(format!("worker thread: {e}")))?,
-                changed = self.shutdown.changed() => {
-                    if changed.is_err() || *self.shutdown.borrow() {
-                        cancel.store(true, Ordering::Relaxed);
-                    }
-                }
-            }
-        }
+        let task = tokio::task::spawn_blocking(f);
+        await_cancelling(task, &mut self.shutdown, &cancel)
+            .await
+            .map_err(|e| kafka_snapshot::Error::Internal(format!("worker thread: {e}")))?
     }
 
     /// Waits until the restarted broker is registered and back in every
@@ -547,5 +540,117 @@ impl Cycle {
                 return Err(CycleError::Interrupted { restarted: true });
             }
         }
+    }
+}
+
+/// Awaits `task`, setting `cancel` once `shutdown` turns true. A closed
+/// channel (its sender dropped) holds its last value for good: no shutdown
+/// can come any more, so only the task is awaited from then on (`changed()`
+/// would fail at once, again and again).
+async fn await_cancelling<T>(
+    mut task: tokio::task::JoinHandle<T>,
+    shutdown: &mut watch::Receiver<bool>,
+    cancel: &AtomicBool,
+) -> Result<T, tokio::task::JoinError> {
+    let mut open = true;
+    loop {
+        tokio::select! {
+            r = &mut task => return r,
+            changed = shutdown.changed(), if open => {
+                open = changed.is_ok();
+                if *shutdown.borrow() {
+                    cancel.store(true, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// CPU time this thread has used.
+    fn thread_cpu_time() -> Duration {
+        let mut t = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `t` is a valid timespec for the call to fill in.
+        let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+        assert_eq!(rc, 0, "clock_gettime");
+        Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+    }
+
+    /// Awaits a blocking job of `sleep` on this thread (a current-thread
+    /// runtime): what it returned, whether it was asked to cancel, and the
+    /// CPU time this thread spent waiting for it.
+    async fn wait_for_job(
+        shutdown: &mut watch::Receiver<bool>,
+        sleep: Duration,
+    ) -> (u32, bool, Duration) {
+        let cancel = AtomicBool::new(false);
+        let task = tokio::task::spawn_blocking(move || {
+            std::thread::sleep(sleep);
+            7
+        });
+        let cpu = thread_cpu_time();
+        let r = await_cancelling(task, shutdown, &cancel).await.unwrap();
+        (r, cancel.load(Ordering::Relaxed), thread_cpu_time() - cpu)
+    }
+
+    /// Regression: with its sender dropped, `changed()` fails at once, and
+    /// the wait for an archive spun on it at full CPU until the archive
+    /// was done (after every SIGTERM: the signal task drops the sender
+    /// once it has sent `true`).
+    #[tokio::test]
+    async fn a_closed_shutdown_channel_is_not_polled_in_a_loop() {
+        let (tx, mut rx) = watch::channel(false);
+        drop(tx);
+        let (r, cancelled, cpu) = wait_for_job(&mut rx, Duration::from_millis(300)).await;
+        assert_eq!(r, 7);
+        assert!(
+            cpu < Duration::from_millis(60),
+            "the wait used {cpu:?} of CPU"
+        );
+        assert!(!cancelled, "no shutdown was asked for");
+
+        // Shutdown asked for, then the sender gone: cancelled, still no spin.
+        let (tx, mut rx) = watch::channel(false);
+        tx.send(true).unwrap();
+        drop(tx);
+        let (r, cancelled, cpu) = wait_for_job(&mut rx, Duration::from_millis(300)).await;
+        assert_eq!(r, 7);
+        assert!(cancelled, "the shutdown must reach the job");
+        assert!(
+            cpu < Duration::from_millis(60),
+            "the wait used {cpu:?} of CPU"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_shutdown_while_the_job_runs_cancels_it() {
+        let (tx, mut rx) = watch::channel(false);
+        let cancel = Arc::new(AtomicBool::new(false));
+        let seen = cancel.clone();
+        let task = tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            while !seen.load(Ordering::Relaxed) {
+                assert!(
+                    started.elapsed() < Duration::from_secs(10),
+                    "never cancelled"
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            "cancelled"
+        });
+        let ask = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            tx.send(true).unwrap();
+            tx
+        });
+        let r = await_cancelling(task, &mut rx, &cancel).await.unwrap();
+        assert_eq!(r, "cancelled");
+        drop(ask.await.unwrap());
     }
 }

@@ -5,7 +5,7 @@
 use crate::schedule::Schedule;
 use kafka_snapshot::kafka::gate::LowReplicationPolicy;
 use kafka_snapshot::kafka::KafkaSection;
-use kafka_snapshot::settings::duration;
+use kafka_snapshot::settings::{duration, problems_error};
 use kafka_snapshot::storage::StorageSection;
 use kafka_snapshot::{Error, Result};
 use serde::Deserialize;
@@ -188,47 +188,51 @@ impl CoordinatorConfig {
             file: path.to_path_buf(),
             message: e.to_string().trim_end().to_string(),
         })?;
-        let err = |key: &str, message: String| Error::Config {
-            file: path.to_path_buf(),
-            message: format!("{key}: {message}"),
-        };
-        cfg.parsed_schedule =
-            Some(Schedule::parse(&cfg.schedule.schedule).map_err(|m| err("schedule.schedule", m))?);
-        cfg.validate().map_err(|(k, m)| err(&k, m))?;
-        cfg.kafka.resolve_secrets().map_err(|(k, m)| err(&k, m))?;
+        let mut problems = Vec::new();
+        match Schedule::parse(&cfg.schedule.schedule) {
+            Ok(schedule) => cfg.parsed_schedule = Some(schedule),
+            Err(m) => problems.push(("schedule.schedule".to_string(), m)),
+        }
+        problems.extend(cfg.problems());
+        if let Err(p) = cfg.kafka.resolve_secrets() {
+            problems.push(p);
+        }
+        problems_error(path, problems)?;
         Ok(cfg)
     }
 
-    fn validate(&self) -> std::result::Result<(), (String, String)> {
-        let bad = |k: &str, m: String| Err((k.to_string(), m));
+    /// Every problem serde cannot see, as (key, message).
+    fn problems(&self) -> Vec<(String, String)> {
+        let mut problems = Vec::new();
+        let mut bad = |k: &str, m: String| problems.push((k.to_string(), m));
         if !self.server.database.is_absolute() {
-            return bad(
+            bad(
                 "server.database",
                 format!("{} is not an absolute path", self.server.database.display()),
             );
         }
         match (&self.server.tls_cert, &self.server.tls_key) {
-            (Some(_), None) => return bad("server.tls_key", "required with tls_cert".into()),
-            (None, Some(_)) => return bad("server.tls_cert", "required with tls_key".into()),
+            (Some(_), None) => bad("server.tls_key", "required with tls_cert".into()),
+            (None, Some(_)) => bad("server.tls_cert", "required with tls_key".into()),
             _ => {}
         }
         if let Some(url) = &self.server.url {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return bad("server.url", format!("{url:?} is not an http(s):// URL"));
+                bad("server.url", format!("{url:?} is not an http(s):// URL"));
             }
         }
         let mut seen = BTreeMap::new();
         for (i, a) in self.agents.iter().enumerate() {
             let key = format!("agents[{i}].token_sha256");
             if a.broker < 0 {
-                return bad(&format!("agents[{i}].broker"), "must be >= 0".into());
+                bad(&format!("agents[{i}].broker"), "must be >= 0".into());
             }
             if a.token_sha256.len() != 64 || !a.token_sha256.bytes().all(|b| b.is_ascii_hexdigit())
             {
-                return bad(&key, "is not a hex SHA-256 (64 hex digits)".into());
+                bad(&key, "is not a hex SHA-256 (64 hex digits)".into());
             }
             if let Some(j) = seen.insert(a.broker, i) {
-                return bad(
+                bad(
                     &format!("agents[{i}].broker"),
                     format!("broker {} is listed twice (agents[{j}])", a.broker),
                 );
@@ -239,19 +243,18 @@ impl CoordinatorConfig {
                 .iter()
                 .any(|b| b.token_sha256.eq_ignore_ascii_case(&a.token_sha256))
         }) {
-            return bad(
+            bad(
                 "agents.token_sha256",
                 "two brokers share a token: every agent needs its own".into(),
             );
         }
         if self.lease.ttl < Duration::from_secs(3) {
-            return bad("lease.ttl", "must be at least 3s".into());
+            bad("lease.ttl", "must be at least 3s".into());
         }
         if self.lease.poll_interval.is_zero() {
-            return bad("lease.poll_interval", "must be more than 0".into());
-        }
-        if self.lease.poll_interval >= self.lease.ttl {
-            return bad(
+            bad("lease.poll_interval", "must be more than 0".into());
+        } else if self.lease.poll_interval >= self.lease.ttl {
+            bad(
                 "lease.poll_interval",
                 format!(
                     "{:?} is not shorter than lease.ttl {:?}",
@@ -260,26 +263,30 @@ impl CoordinatorConfig {
             );
         }
         if self.schedule.max_attempts == 0 {
-            return bad("schedule.max_attempts", "must be at least 1".into());
+            bad("schedule.max_attempts", "must be at least 1".into());
         }
         if self.schedule.gate_timeout.is_zero() {
-            return bad("schedule.gate_timeout", "must be more than 0".into());
+            bad("schedule.gate_timeout", "must be more than 0".into());
         }
         if self.retention.keep_last == 0 {
-            return bad(
+            bad(
                 "retention.keep_last",
                 "must be at least 1 (the newest verified snapshot is always kept)".into(),
             );
         }
         if self.retention.max_age == Some(Duration::ZERO) {
-            return bad("retention.max_age", "must be more than 0".into());
+            bad("retention.max_age", "must be more than 0".into());
         }
         if self.gate.check_interval.is_zero() {
-            return bad("gate.check_interval", "must be more than 0".into());
+            bad("gate.check_interval", "must be more than 0".into());
         }
-        self.storage.validate()?;
-        self.kafka.validate()?;
-        Ok(())
+        if let Err(found) = self.storage.validate() {
+            problems.extend(found);
+        }
+        if let Err(found) = self.kafka.validate() {
+            problems.extend(found);
+        }
+        problems
     }
 
     pub fn schedule(&self) -> &Schedule {
@@ -351,6 +358,42 @@ bootstrap_servers = ["k1:9092"]
         assert_eq!(
             cfg.gate.low_replication_policy,
             LowReplicationPolicy::Refuse
+        );
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let e = parse(&format!(
+            "{}[retention]\nkeep_last = 0\n[gate]\ncheck_interval = \"0s\"\n",
+            MIN.replace("/var/lib/c/state.db", "state.db")
+        ))
+        .unwrap_err();
+        assert!(matches!(e, Error::Config { .. }), "{e:?}");
+        let e = e.to_string();
+        assert!(
+            e.starts_with("config /etc/coordinator.toml: 3 problems:\n  - "),
+            "{e}"
+        );
+        for key in [
+            "server.database",
+            "retention.keep_last",
+            "gate.check_interval",
+        ] {
+            assert!(e.contains(&format!("\n  - {key}: ")), "{key}: {e}");
+        }
+        // A bad schedule is one of the problems, not a stop.
+        let e = err_of("[schedule]\nschedule = \"61 * * * *\"\n[retention]\nkeep_last = 0\n");
+        assert!(
+            e.contains("2 problems:")
+                && e.contains("schedule.schedule")
+                && e.contains("retention.keep_last"),
+            "{e}"
+        );
+        // One problem reads as it always has.
+        assert_eq!(
+            err_of("[retention]\nkeep_last = 0\n"),
+            "config /etc/coordinator.toml: retention.keep_last: must be at least 1 \
+             (the newest verified snapshot is always kept)"
         );
     }
 

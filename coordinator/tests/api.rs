@@ -617,17 +617,21 @@ fn validate_refuses_every_bad_config_naming_file_and_key() {
             "schedule.schedule",
         ),
     ];
+    let validate = |path: &std::path::Path| {
+        let out = std::process::Command::new(bin("kafka-snapshot-coordinator"))
+            .args(["validate", "--config"])
+            .arg(path)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.code(), err)
+    };
     for (i, (what, text, key)) in cases.iter().enumerate() {
         assert_ne!(text, &base, "{what}: the case changes nothing");
         let path = t.path().join(format!("bad-{i}.toml"));
         std::fs::write(&path, text).unwrap();
-        let out = std::process::Command::new(bin("kafka-snapshot-coordinator"))
-            .args(["validate", "--config"])
-            .arg(&path)
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{what}: {err}");
+        let (code, err) = validate(&path);
+        assert_eq!(code, Some(2), "{what}: {err}");
         assert!(
             err.contains(&path.display().to_string()) && err.contains(key),
             "{what}: validate must name {} and {key:?}: {err}",
@@ -635,4 +639,29 @@ fn validate_refuses_every_bad_config_naming_file_and_key() {
         );
         report::record("configs", &format!("coordinator: {what}"), &[("inputs", 1)]);
     }
+
+    // Three independent mistakes: one run names all three.
+    let text = base
+        .replace("ttl = \"10s\"", "ttl = \"1s\"")
+        .replace("keep_last = 7", "keep_last = 0")
+        .replace(
+            "gate_timeout = \"2m\"",
+            "gate_timeout = \"2m\"\nmax_attempts = 0",
+        );
+    let path = t.path().join("three.toml");
+    std::fs::write(&path, text).unwrap();
+    let (code, err) = validate(&path);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains(&format!("{}: 3 problems:", path.display())),
+        "{err}"
+    );
+    for key in ["lease.ttl", "retention.keep_last", "schedule.max_attempts"] {
+        assert!(err.contains(&format!("  - {key}: ")), "{key}: {err}");
+    }
+    report::record(
+        "configs",
+        "coordinator: three problems at once",
+        &[("inputs", 1)],
+    );
 }

@@ -4,7 +4,7 @@
 
 use crate::kafka::gate::LowReplicationPolicy;
 use crate::kafka::KafkaSection;
-use crate::settings::duration;
+use crate::settings::{bad, duration, problems_error, KeyError};
 use crate::storage::StorageSection;
 use kafka_snapshot_model::error::{Error, Result};
 use kafka_snapshot_model::manifest::CaptureMode;
@@ -195,80 +195,82 @@ impl AgentConfig {
             file: path.to_path_buf(),
             message: e.to_string().trim_end().to_string(),
         })?;
-        cfg.validate(path)?;
-        cfg.resolve_secrets(path)?;
+        let mut problems = cfg.problems();
+        problems.extend(cfg.resolve_secrets());
+        problems_error(path, problems)?;
         Ok(cfg)
     }
 
-    /// Cross-field checks serde cannot express.
+    /// Cross-field checks serde cannot express: one error that names every
+    /// problem found.
     pub fn validate(&self, path: &Path) -> Result<()> {
-        let err = |key: &str, message: String| Error::Config {
-            file: path.to_path_buf(),
-            message: format!("{key}: {message}"),
-        };
+        problems_error(path, self.problems())
+    }
+
+    /// Every problem [`Self::validate`] reports, as (key, message).
+    fn problems(&self) -> Vec<KeyError> {
+        let mut problems = Vec::new();
+        let mut err = |key: &str, message: String| problems.push(bad(key, message));
         match (&self.broker.server_properties, &self.broker.log_dirs) {
-            (Some(_), Some(_)) => {
-                return Err(err(
-                    "broker.log_dirs",
-                    "set either broker.server_properties or broker.log_dirs, not both".into(),
-                ))
-            }
-            (None, None) => {
-                return Err(err(
-                    "broker.server_properties",
-                    "missing: set broker.server_properties (or broker.log_dirs)".into(),
-                ))
-            }
+            (Some(_), Some(_)) => err(
+                "broker.log_dirs",
+                "set either broker.server_properties or broker.log_dirs, not both".into(),
+            ),
+            (None, None) => err(
+                "broker.server_properties",
+                "missing: set broker.server_properties (or broker.log_dirs)".into(),
+            ),
             (None, Some(dirs)) => {
                 if dirs.is_empty() {
-                    return Err(err("broker.log_dirs", "is empty".into()));
-                }
-                if let Some(d) = dirs.iter().find(|d| !d.is_absolute()) {
-                    return Err(err(
+                    err("broker.log_dirs", "is empty".into());
+                } else if let Some(d) = dirs.iter().find(|d| !d.is_absolute()) {
+                    err(
                         "broker.log_dirs",
                         format!("{} is not an absolute path", d.display()),
-                    ));
+                    );
                 }
             }
             (Some(p), None) => {
                 if !p.is_absolute() {
-                    return Err(err(
+                    err(
                         "broker.server_properties",
                         format!("{} is not an absolute path", p.display()),
-                    ));
+                    );
                 }
             }
         }
         if !(1..=19).contains(&self.snapshot.zstd_level) {
-            return Err(err(
+            err(
                 "snapshot.zstd_level",
                 format!("{} is outside 1..=19", self.snapshot.zstd_level),
-            ));
+            );
         }
         if self.snapshot.zstd_threads > 256 {
-            return Err(err("snapshot.zstd_threads", "must be at most 256".into()));
+            err("snapshot.zstd_threads", "must be at most 256".into());
         }
-        self.storage.validate().map_err(|(k, m)| err(&k, m))?;
+        if let Err(found) = self.storage.validate() {
+            found.into_iter().for_each(|(k, m)| err(&k, m));
+        }
         if self.broker.stop_command.trim().is_empty() {
-            return Err(err("broker.stop_command", "is empty".into()));
+            err("broker.stop_command", "is empty".into());
         }
         if self.broker.start_command.trim().is_empty() {
-            return Err(err("broker.start_command", "is empty".into()));
+            err("broker.start_command", "is empty".into());
         }
         if self.broker.stop_timeout.is_zero() {
-            return Err(err("broker.stop_timeout", "must be more than 0".into()));
+            err("broker.stop_timeout", "must be more than 0".into());
         }
         if self.gate.stable_checks == 0 {
-            return Err(err("gate.stable_checks", "must be at least 1".into()));
+            err("gate.stable_checks", "must be at least 1".into());
         }
         if self.broker.recovery_timeout <= self.gate.check_interval {
-            return Err(err(
+            err(
                 "broker.recovery_timeout",
                 format!(
                     "{:?} must exceed gate.check_interval ({:?}): the recovery check could not run twice",
                     self.broker.recovery_timeout, self.gate.check_interval
                 ),
-            ));
+            );
         }
         if let Some(c) = &self.coordinator {
             let rest = c
@@ -276,61 +278,52 @@ impl AgentConfig {
                 .strip_prefix("https://")
                 .or_else(|| c.url.strip_prefix("http://"));
             if rest.is_none_or(|r| r.is_empty() || r.starts_with('/')) {
-                return Err(err(
+                err(
                     "coordinator.url",
                     format!("{:?} is not an http:// or https:// URL", c.url),
-                ));
+                );
             }
             if c.ca_file.is_some() && !c.url.starts_with("https://") {
-                return Err(err(
+                err(
                     "coordinator.ca_file",
                     format!("is set, but coordinator.url {:?} is not https://", c.url),
-                ));
+                );
             }
             if !c.state_file.is_absolute() {
-                return Err(err(
+                err(
                     "coordinator.state_file",
                     format!("{} is not an absolute path", c.state_file.display()),
-                ));
+                );
             }
             if c.poll_interval.is_zero() {
-                return Err(err(
-                    "coordinator.poll_interval",
-                    "must be more than 0".into(),
-                ));
+                err("coordinator.poll_interval", "must be more than 0".into());
             }
             if c.request_timeout.is_zero() {
-                return Err(err(
-                    "coordinator.request_timeout",
-                    "must be more than 0".into(),
-                ));
+                err("coordinator.request_timeout", "must be more than 0".into());
             }
         }
         if !self.metrics.listen.ip().is_loopback() {
-            return Err(err(
+            err(
                 "metrics.listen",
                 format!(
                     "{} is not a loopback address: the metrics endpoint has no authentication; \
                      use 127.0.0.1 or [::1] (and a scraper on the host, or a proxy)",
                     self.metrics.listen
                 ),
-            ));
+            );
         }
         if let Some(k) = &self.kafka {
-            k.validate().map_err(|(key, m)| err(&key, m))?;
+            if let Err(found) = k.validate() {
+                found.into_iter().for_each(|(key, m)| err(&key, m));
+            }
         }
-        Ok(())
+        problems
     }
 
-    /// Reads secrets referenced by path (`kafka.sasl_password_file`).
-    fn resolve_secrets(&mut self, path: &Path) -> Result<()> {
-        if let Some(k) = &mut self.kafka {
-            k.resolve_secrets().map_err(|(key, m)| Error::Config {
-                file: path.to_path_buf(),
-                message: format!("{key}: {m}"),
-            })?;
-        }
-        Ok(())
+    /// Reads secrets referenced by path (`kafka.sasl_password_file`); a
+    /// problem is (key, message).
+    fn resolve_secrets(&mut self) -> Option<KeyError> {
+        self.kafka.as_mut()?.resolve_secrets().err()
     }
 
     /// The Kafka section, or a config error saying it is needed.
@@ -453,6 +446,51 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("storage.url"), "{e}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let e = parse(
+            "[broker]\nlog_dirs=['/a']\n[snapshot]\nzstd_level=30\n[storage]\nurl='ftp://x'\n\
+             [metrics]\nlisten = \"0.0.0.0:9641\"\n",
+        )
+        .unwrap_err();
+        assert!(matches!(e, Error::Config { .. }), "{e:?}");
+        let e = e.to_string();
+        assert!(
+            e.starts_with("config /etc/agent.toml: 3 problems:\n  - "),
+            "{e}"
+        );
+        for key in ["snapshot.zstd_level", "storage.url", "metrics.listen"] {
+            assert!(e.contains(&format!("\n  - {key}: ")), "{key}: {e}");
+        }
+        // One problem reads as it always has.
+        let e = parse(
+            "[broker]\nlog_dirs=['/a']\n[snapshot]\nzstd_level=30\n[storage]\nurl='file:///x'\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            e,
+            "config /etc/agent.toml: snapshot.zstd_level: 30 is outside 1..=19"
+        );
+    }
+
+    #[test]
+    fn a_missing_password_file_is_reported_with_the_other_problems() {
+        let e = parse(
+            "[broker]\nlog_dirs=['/a']\n[storage]\nurl='file:///x'\nbandwidth_limit = 0\n\
+             [kafka]\nbootstrap_servers = ['k:9092']\nsecurity_protocol = 'SASL_SSL'\n\
+             sasl_mechanism = 'PLAIN'\nsasl_username = 'u'\n\
+             sasl_password_file = '/nonexistent/kafka-password'\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("2 problems:"), "{e}");
+        assert!(
+            e.contains("storage.bandwidth_limit") && e.contains("kafka.sasl_password_file"),
+            "{e}"
+        );
     }
 
     const S3_BASE: &str = "[broker]\nlog_dirs=['/a']\n[storage]\nurl='s3://kafka-snapshots/prod'\n";

@@ -118,3 +118,25 @@ pub fn opt_byte_size<'de, D: Deserializer<'de>>(
 ) -> std::result::Result<Option<u64>, D::Error> {
     byte_size(d).map(Some)
 }
+
+/// One error for every problem found in config `file`: a single problem
+/// reads `config FILE: key: message`, several are listed one per line under
+/// `config FILE: N problems:`. `Ok` when there are none.
+pub fn problems_error(
+    file: &std::path::Path,
+    problems: Vec<KeyError>,
+) -> kafka_snapshot_model::error::Result<()> {
+    let message = match problems.as_slice() {
+        [] => return Ok(()),
+        [(key, m)] => format!("{key}: {m}"),
+        all => all
+            .iter()
+            .fold(format!("{} problems:", all.len()), |text, (key, m)| {
+                format!("{text}\n  - {key}: {m}")
+            }),
+    };
+    Err(kafka_snapshot_model::error::Error::Config {
+        file: file.to_path_buf(),
+        message,
+    })
+}

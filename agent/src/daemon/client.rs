@@ -220,15 +220,19 @@ impl CoordinatorClient {
                 });
             }
             tracing::warn!(error = %err, attempt, retry_in_ms = pause.as_millis() as u64, "coordinator request failed; retrying");
-            match cancel.as_mut() {
-                Some(c) => {
-                    tokio::select! {
-                        _ = tokio::time::sleep(pause) => {}
-                        _ = c.changed() => {}
-                    }
+            let sleep = tokio::time::sleep(pause);
+            tokio::pin!(sleep);
+            if let Some(c) = cancel.as_mut() {
+                tokio::select! {
+                    _ = &mut sleep => continue,
+                    changed = c.changed() => if changed.is_ok() {
+                        continue;
+                    },
                 }
-                None => tokio::time::sleep(pause).await,
             }
+            // No cancel, or its sender is gone and none can come any more
+            // (`changed()` fails at once): the whole pause, not a tight loop.
+            sleep.await;
         }
     }
 

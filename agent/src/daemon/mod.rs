@@ -29,10 +29,10 @@ use kafka_snapshot::logdir;
 use kafka_snapshot::storage::{ColdStore, StoreOptions};
 use kafka_snapshot_model::error::{Error, Result};
 use kafka_snapshot_model::protocol::{
-    Action, Notice, NoticeLevel, Outcome, Phase, PollRequest, Release, PROTOCOL_VERSION,
+    Action, Lease, Notice, NoticeLevel, Outcome, Phase, PollRequest, Release, PROTOCOL_VERSION,
 };
-use lease::Progress;
-use state::AgentState;
+use lease::{LeaseSession, Progress};
+use state::{AgentState, Work};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -364,9 +364,15 @@ impl Daemon {
                 }
             }
             let mut shutdown = self.shutdown.clone();
+            let sleep = tokio::time::sleep(interval);
+            tokio::pin!(sleep);
             tokio::select! {
-                _ = tokio::time::sleep(interval) => {}
-                _ = shutdown.changed() => {}
+                _ = &mut sleep => {}
+                changed = shutdown.changed() => if changed.is_err() {
+                    // No shutdown can come any more: wait out the interval
+                    // rather than poll the coordinator in a tight loop.
+                    sleep.await;
+                },
             }
         }
     }
@@ -383,5 +389,43 @@ impl Daemon {
             },
         )
         .await;
+    }
+
+    /// Starts work under `lease`, the same way for every kind of work:
+    /// records it in the state file (in phase `first`), opens cold storage
+    /// and starts the heartbeats. `None` when the lease was refused instead.
+    async fn begin_lease(
+        &self,
+        lease: &Lease,
+        work: Work,
+        first: Phase,
+        snapshot_id: Option<String>,
+        restore_order: Option<i64>,
+    ) -> Option<(Arc<dyn ColdStore>, LeaseSession)> {
+        let epoch = lease.epoch;
+        if let Err(e) = self.update(|s| {
+            s.work = Some(work);
+            s.lease_epoch = Some(epoch);
+            s.lease_held = true;
+            s.snapshot_id = snapshot_id;
+            s.restore_order = restore_order;
+            s.enter(first);
+        }) {
+            // Without a state file the agent could not recover a broker it
+            // stopped: touch nothing.
+            self.refuse(epoch, format!("cannot record the agent's state: {e}"))
+                .await;
+            return None;
+        }
+        let store = match self.open_store().await {
+            Ok(s) => s,
+            Err(e) => {
+                self.refuse(epoch, format!("cold storage: {e}")).await;
+                self.finish();
+                return None;
+            }
+        };
+        let session = LeaseSession::start(self.coord.clone(), lease, first, self.shutdown.clone());
+        Some((store, session))
     }
 }

@@ -13,7 +13,7 @@
 //! Any failure after the stop starts the broker again (on its old data if
 //! the swap had not happened yet) and releases with `Failed`.
 
-use super::lease::{LeaseSession, Loss};
+use super::lease::Loss;
 use super::state::Work;
 use super::Daemon;
 use crate::broker::Stopped;
@@ -39,31 +39,18 @@ impl Daemon {
             force = order.force,
             "restore lease granted"
         );
-        if let Err(e) = self.update(|s| {
-            s.work = Some(Work::Restore);
-            s.lease_epoch = Some(epoch);
-            s.lease_held = true;
-            s.snapshot_id = Some(order.snapshot_id.clone());
-            s.restore_order = Some(order.id);
-            s.enter(Phase::Downloading);
-        }) {
-            return self
-                .refuse(epoch, format!("cannot record the agent's state: {e}"))
-                .await;
-        }
-        let store = match self.open_store().await {
-            Ok(s) => s,
-            Err(e) => {
-                self.refuse(epoch, format!("cold storage: {e}")).await;
-                return self.finish();
-            }
+        let Some((store, mut session)) = self
+            .begin_lease(
+                &lease,
+                Work::Restore,
+                Phase::Downloading,
+                Some(order.snapshot_id.clone()),
+                Some(order.id),
+            )
+            .await
+        else {
+            return;
         };
-        let mut session = LeaseSession::start(
-            self.coord.clone(),
-            &lease,
-            Phase::Downloading,
-            self.shutdown.clone(),
-        );
         let mut cycle = self.cycle(Some(store.clone()), session.interrupt());
         cycle.set_observer(self.observer(session.progress()));
         let result = self.restore(&mut cycle, store, &order).await;

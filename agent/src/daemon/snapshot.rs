@@ -5,7 +5,7 @@
 //! reported; with copy capture the snapshot is committed before the restart
 //! and the release says `Committed`.
 
-use super::lease::{LeaseSession, Loss};
+use super::lease::Loss;
 use super::metrics::FailureReason;
 use super::state::Work;
 use super::Daemon;
@@ -26,33 +26,12 @@ impl Daemon {
             cycle = ?lease.cycle_id,
             "snapshot lease granted"
         );
-        if let Err(e) = self.update(|s| {
-            s.work = Some(Work::Snapshot);
-            s.lease_epoch = Some(epoch);
-            s.lease_held = true;
-            s.snapshot_id = None;
-            s.restore_order = None;
-            s.enter(Phase::Gating);
-        }) {
-            // Without a state file the agent could not recover a broker it
-            // stopped: touch nothing.
-            return self
-                .refuse(epoch, format!("cannot record the agent's state: {e}"))
-                .await;
-        }
-        let store = match self.open_store().await {
-            Ok(s) => s,
-            Err(e) => {
-                self.refuse(epoch, format!("cold storage: {e}")).await;
-                return self.finish();
-            }
+        let Some((store, mut session)) = self
+            .begin_lease(&lease, Work::Snapshot, Phase::Gating, None, None)
+            .await
+        else {
+            return;
         };
-        let mut session = LeaseSession::start(
-            self.coord.clone(),
-            &lease,
-            Phase::Gating,
-            self.shutdown.clone(),
-        );
         let mut cycle = self.cycle(Some(store), session.interrupt());
         cycle.set_observer(self.observer(session.progress()));
 

@@ -103,6 +103,33 @@ fn validate_refuses_every_bad_config_naming_file_and_key() {
             &[("inputs", 1)],
         );
     }
+
+    // Three independent mistakes: one run names all three.
+    let path = t.path().join("three.toml");
+    fs::write(
+        &path,
+        format!(
+            "{}[metrics]\nlisten = \"0.0.0.0:9641\"\n",
+            with("snapshot", "zstd_level = 30").replace("file:///mnt/snap", "ftp://host/x")
+        ),
+    )
+    .unwrap();
+    let err = stderr(&run(
+        &["validate", "--config", &path.display().to_string()],
+        2,
+    ));
+    assert!(
+        err.contains(&format!("{}: 3 problems:", path.display())),
+        "{err}"
+    );
+    for key in ["snapshot.zstd_level", "storage.url", "metrics.listen"] {
+        assert!(err.contains(&format!("  - {key}: ")), "{key}: {err}");
+    }
+    kafka_snapshot_testkit::report::record(
+        "configs",
+        "agent: three problems at once",
+        &[("inputs", 1)],
+    );
 }
 
 #[test]

@@ -110,47 +110,43 @@ impl KafkaSection {
         Ok(())
     }
 
-    /// Checks what serde cannot; errors are (key, message).
-    pub fn validate(&self) -> std::result::Result<(), KeyError> {
+    /// Checks what serde cannot; the problems are (key, message).
+    pub fn validate(&self) -> std::result::Result<(), Vec<KeyError>> {
+        let mut problems = Vec::new();
         if self.bootstrap_servers.is_empty() {
-            return Err(bad("kafka.bootstrap_servers", "is empty".into()));
-        }
-        if let Some(b) = self.bootstrap_servers.iter().find(|b| !b.contains(':')) {
-            return Err(bad(
+            problems.push(bad("kafka.bootstrap_servers", "is empty".into()));
+        } else if let Some(b) = self.bootstrap_servers.iter().find(|b| !b.contains(':')) {
+            problems.push(bad(
                 "kafka.bootstrap_servers",
                 format!("{b:?} is not host:port"),
             ));
         }
         if self.request_timeout.is_zero() {
-            return Err(bad("kafka.request_timeout", "must be more than 0".into()));
+            problems.push(bad("kafka.request_timeout", "must be more than 0".into()));
         }
         if self.security_protocol.uses_sasl() {
             if self.sasl_mechanism.is_none() {
-                return Err(bad(
+                problems.push(bad(
                     "kafka.sasl_mechanism",
                     format!("required with {:?}", self.security_protocol),
                 ));
             }
             if self.sasl_username.is_none() {
-                return Err(bad("kafka.sasl_username", "required with SASL".into()));
+                problems.push(bad("kafka.sasl_username", "required with SASL".into()));
             }
             match (&self.sasl_password, &self.sasl_password_file) {
-                (Some(_), Some(_)) => {
-                    return Err(bad(
-                        "kafka.sasl_password_file",
-                        "set sasl_password or sasl_password_file, not both".into(),
-                    ))
-                }
-                (None, None) => {
-                    return Err(bad(
-                        "kafka.sasl_password",
-                        "required with SASL (or sasl_password_file)".into(),
-                    ))
-                }
+                (Some(_), Some(_)) => problems.push(bad(
+                    "kafka.sasl_password_file",
+                    "set sasl_password or sasl_password_file, not both".into(),
+                )),
+                (None, None) => problems.push(bad(
+                    "kafka.sasl_password",
+                    "required with SASL (or sasl_password_file)".into(),
+                )),
                 _ => {}
             }
         } else if self.sasl_mechanism.is_some() {
-            return Err(bad(
+            problems.push(bad(
                 "kafka.sasl_mechanism",
                 format!(
                     "set, but security_protocol {:?} does not use SASL",
@@ -158,6 +154,10 @@ impl KafkaSection {
                 ),
             ));
         }
-        Ok(())
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
     }
 }

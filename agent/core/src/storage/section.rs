@@ -114,51 +114,45 @@ pub enum VerifyUpload {
 }
 
 impl S3Section {
-    fn validate(&self) -> Result<(), (&'static str, String)> {
+    /// Every problem of the section, as (key, message).
+    fn validate(&self) -> Vec<(&'static str, String)> {
+        let mut problems = Vec::new();
         if let Some(e) = &self.endpoint {
             if !(e.starts_with("http://") || e.starts_with("https://")) || e.len() < 10 {
-                return Err((
+                problems.push((
                     "storage.s3.endpoint",
                     format!("{e:?} is not an http:// or https:// URL"),
                 ));
             }
         }
         if self.region.as_deref().is_some_and(|r| r.trim().is_empty()) {
-            return Err(("storage.s3.region", "is empty".into()));
+            problems.push(("storage.s3.region", "is empty".into()));
         }
         match (&self.access_key_id, &self.secret_access_key) {
-            (Some(_), None) => {
-                return Err((
-                    "storage.s3.secret_access_key",
-                    "missing: set it with access_key_id (or use credentials_file)".into(),
-                ))
-            }
-            (None, Some(_)) => {
-                return Err((
-                    "storage.s3.access_key_id",
-                    "missing: set it with secret_access_key (or use credentials_file)".into(),
-                ))
-            }
-            (Some(_), Some(_)) if self.credentials_file.is_some() => {
-                return Err((
-                    "storage.s3.credentials_file",
-                    "set either access_key_id/secret_access_key or credentials_file, not both"
-                        .into(),
-                ))
-            }
+            (Some(_), None) => problems.push((
+                "storage.s3.secret_access_key",
+                "missing: set it with access_key_id (or use credentials_file)".into(),
+            )),
+            (None, Some(_)) => problems.push((
+                "storage.s3.access_key_id",
+                "missing: set it with secret_access_key (or use credentials_file)".into(),
+            )),
+            (Some(_), Some(_)) if self.credentials_file.is_some() => problems.push((
+                "storage.s3.credentials_file",
+                "set either access_key_id/secret_access_key or credentials_file, not both".into(),
+            )),
             _ => {}
         }
         if self.profile.is_some() && self.access_key_id.is_some() {
-            return Err((
+            problems.push((
                 "storage.s3.profile",
                 "names a profile of a credentials file, but access_key_id is set".into(),
             ));
         }
         if self.request_timeout.is_zero() {
-            return Err(("storage.s3.request_timeout", "must be more than 0".into()));
-        }
-        if self.deadline <= self.request_timeout {
-            return Err((
+            problems.push(("storage.s3.request_timeout", "must be more than 0".into()));
+        } else if self.deadline <= self.request_timeout {
+            problems.push((
                 "storage.s3.deadline",
                 format!(
                     "{:?} must exceed request_timeout ({:?})",
@@ -168,44 +162,51 @@ impl S3Section {
         }
         // S3's limits: parts of 5 MiB to 5 GiB.
         if !(5 << 20..=5 << 30).contains(&self.part_size) {
-            return Err((
+            problems.push((
                 "storage.s3.part_size",
                 format!("{} bytes is outside 5MiB..=5GiB", self.part_size),
             ));
         }
         if !(1..=16).contains(&self.parts_in_flight) {
-            return Err((
+            problems.push((
                 "storage.s3.parts_in_flight",
                 format!("{} is outside 1..=16", self.parts_in_flight),
             ));
         }
         if self.retries > 100 {
-            return Err(("storage.s3.retries", "must be at most 100".into()));
+            problems.push(("storage.s3.retries", "must be at most 100".into()));
         }
-        Ok(())
+        problems
     }
 }
 
 impl StorageSection {
-    /// Checks what serde cannot; errors are (key, message).
-    pub fn validate(&self) -> std::result::Result<(), KeyError> {
-        check_store_url(&self.url).map_err(|m| ("storage.url".to_string(), m))?;
+    /// Checks what serde cannot; the problems are (key, message).
+    pub fn validate(&self) -> std::result::Result<(), Vec<KeyError>> {
+        let mut problems = Vec::new();
+        if let Err(m) = check_store_url(&self.url) {
+            problems.push(bad("storage.url", m));
+        }
         if self.bandwidth_limit == Some(0) {
-            return Err(bad(
+            problems.push(bad(
                 "storage.bandwidth_limit",
                 "must be more than 0 (leave it out for no limit)".into(),
             ));
         }
         if let Some(s3) = &self.s3 {
             if !self.url.starts_with("s3://") {
-                return Err(bad(
+                problems.push(bad(
                     "storage.s3",
                     format!("is set, but storage.url {:?} is not an s3:// URL", self.url),
                 ));
             }
-            s3.validate().map_err(|(key, m)| bad(key, m))?;
+            problems.extend(s3.validate().into_iter().map(|(key, m)| bad(key, m)));
         }
-        Ok(())
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
     }
 }
 
