@@ -40,12 +40,16 @@ impl Fake {
         BrokerControl::new(&cfg.broker, vec![self.dir.clone()])
     }
 
-    /// Starts the fake broker: removes the marker, holds the lock.
+    /// Starts the fake broker: removes the marker, holds the lock, and
+    /// returns once the lock is held (a loaded machine can take longer than
+    /// any fixed pause to start python).
     fn start_cmd(&self) -> String {
         format!(
-            "rm -f {d}/.kafka_cleanshutdown; python3 -c {hold:?} {d}/.lock >/dev/null 2>&1 & echo $! > {p}; sleep 0.5",
-            hold = "import fcntl, sys, time; f = open(sys.argv[1], 'a'); fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB); time.sleep(600)",
+            "rm -f {d}/.kafka_cleanshutdown {r}; python3 -c {hold:?} {d}/.lock {r} >/dev/null 2>&1 & echo $! > {p}; \
+             i=0; while [ ! -e {r} ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done",
+            hold = "import fcntl, sys, time; f = open(sys.argv[1], 'a'); fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB); open(sys.argv[2], 'w').close(); time.sleep(600)",
             d = self.dir.display(),
+            r = self.pidfile.with_extension("locked").display(),
             p = self.pidfile.display()
         )
     }

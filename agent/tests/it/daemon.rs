@@ -655,11 +655,14 @@ fn gate_never_passing_skips_and_leaves_the_broker_alone() {
     for h in s.coord.of("/v1/agent/heartbeat") {
         assert_eq!(h.body["phase"], "gating", "{}", h.body);
     }
-    let m = s.scrape_until("the skip counted", &d, |t| {
+    // The failure is counted before the release and the phase durations
+    // are recorded after it: wait for both.
+    let m = s.scrape_until("the skip counted and its phases recorded", &d, |t| {
         metric(
             t,
             "kafka_snapshot_agent_failures_total{broker=\"2\",reason=\"gate\"}",
         ) == Some(1.0)
+            && t.contains("kafka_snapshot_agent_phase_duration_seconds{")
     });
     // Only the gate ran: one phase, about as long as the gate timeout.
     let gating = metric(
