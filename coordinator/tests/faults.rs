@@ -19,7 +19,7 @@
 
 mod common;
 
-use common::fleet::{Fleet, FleetSpec, Observer, Seen};
+use common::fleet::{observe, Fleet, FleetSpec, Seen};
 use common::*;
 use kafka_snapshot_testkit::net::Mode;
 use kafka_snapshot_testkit::report;
@@ -276,7 +276,7 @@ fn matrix(group: &str, fault: &str, mut inject: impl FnMut(&mut Fleet, &str)) {
     let mut f = Fleet::build(FleetSpec::default(), |_| {});
     for (phase, point) in PHASES {
         let label = format!("{fault} at {phase}");
-        let observer = Observer::start(&f.cluster);
+        let observer = observe(&f.cluster);
         cycle_paused_at(&mut f, point);
         inject(&mut f, point);
         f.wait_cycle_end(CYCLE);
@@ -337,7 +337,7 @@ fn broker_fails_to_start_or_never_catches_up() {
     //    else is leased while it is down; once the cause is gone the
     //    agent starts it on its own.
     let label = "broker fails to start";
-    let observer = Observer::start(&f.cluster);
+    let observer = observe(&f.cluster);
     cycle_paused_at(&mut f, "phase-stopping");
     f.cluster
         .update_scenario(|s| s.fail_start = vec![2])
@@ -381,7 +381,7 @@ fn broker_fails_to_start_or_never_catches_up() {
     // 2. It starts but never rejoins its ISRs: the recovery check times
     //    out; status says so; the slot stays closed until it catches up.
     let label = "broker never catches up";
-    let observer = Observer::start(&f.cluster);
+    let observer = observe(&f.cluster);
     f.cluster
         .update_scenario(|s| s.never_catch_up = vec![2])
         .unwrap();
@@ -489,7 +489,7 @@ fn cold_storage_full_while_archiving() {
             ..FleetSpec::default()
         };
         let mut f = Fleet::build(spec, |_| {});
-        let observer = Observer::start(&f.cluster);
+        let observer = observe(&f.cluster);
         // The archive of broker 2 meets a full disk.
         let point = if capture == "copy" {
             "phase-capturing"
@@ -576,7 +576,7 @@ fn s3_failing_while_archiving() {
             garage: &garage,
             down: false,
         };
-        let observer = Observer::start(&f.cluster);
+        let observer = observe(&f.cluster);
         let failures = |f: &mut Fleet| f.agent(2).logs().matches("archiving failed").count();
         let before = failures(&mut f);
         cycle_paused_at(&mut f, "phase-archiving");
@@ -658,7 +658,7 @@ fn two_agents_race_for_a_lease() {
         .stderr(fs::File::create(&twin_log).unwrap())
         .spawn()
         .unwrap();
-    let observer = Observer::start(&f.cluster);
+    let observer = observe(&f.cluster);
     for _ in 0..2 {
         f.wait_status("the slot to be free", CYCLE, |st| {
             st["lease"]["state"].as_str().is_none_or(|s| s == "free")
@@ -698,7 +698,7 @@ fn a_restore_ordered_during_a_cycle() {
     let mut f = Fleet::new();
     next_cycle_completes(&f, "first cycle");
     let label = "restore of broker 3 ordered while broker 1 is captured";
-    let observer = Observer::start(&f.cluster);
+    let observer = observe(&f.cluster);
     f.agent(1).kill();
     f.agent(1).start_with(&["phase-capturing"]);
     f.coord.cli_ok(&["run-now"], 0);

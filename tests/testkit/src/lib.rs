@@ -31,12 +31,17 @@
 //! ```
 
 mod crc32c;
+/// The protocol types the harnesses hand out (`MetadataResponse`, ...).
+pub use kafka_protocol;
 pub mod garage;
+pub mod kafka;
 mod kafka_files;
 pub mod net;
+pub mod observer;
 mod records;
 pub mod report;
 mod rng;
+pub mod wire;
 
 use std::collections::HashSet;
 use std::fs::{self, File, FileTimes, OpenOptions};
