@@ -37,13 +37,7 @@ fn a_rolling_cycle_then_a_restore_of_broker_2() {
         assert!(s["downtime_ms"].as_i64().unwrap() > 0);
     }
     // The coordinator reads every new snapshot back.
-    f.wait_status("every snapshot verified", Duration::from_secs(60), |st| {
-        st["brokers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|b| b["last_verified"] == true)
-    });
+    f.wait_all_verified(Duration::from_secs(60));
     let table = f.coord.cli_ok(&["status"], 0);
     assert!(
         table.contains("lease:    free") && table.contains("BROKER"),

@@ -98,16 +98,7 @@ fn complete_means_verified(f: &Fleet, label: &str) -> u64 {
     for s in listed.iter().filter(|s| s["complete"] == true) {
         let id = s["snapshot_id"].as_str().unwrap();
         let broker = s["broker"].to_string();
-        let (code, _, err) = f.agent_cli(&[
-            "archive",
-            "verify",
-            "--store",
-            &f.store_url,
-            "--snapshot",
-            id,
-            "--broker",
-            &broker,
-        ]);
+        let (code, _, err) = f.verify_snapshot(id, &broker);
         if code != 0 && !still_complete(f, id) {
             // Retention deleted it meanwhile (manifest first).
             continue;

@@ -166,13 +166,7 @@ fn rolling_cycle(f: &Fleet<KafkaCluster>, acked: &mut Vec<u64>) -> (Seen, ReadBa
     for s in &snaps {
         assert_eq!(s["capture"], "reflink", "{s:#}");
     }
-    f.wait_status("every snapshot verified", Duration::from_secs(120), |st| {
-        st["brokers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|b| b["last_verified"] == true)
-    });
+    f.wait_all_verified(Duration::from_secs(120));
     let from = acked.len();
     acked.extend(producer.finish());
     let seen = observer.finish();
@@ -265,16 +259,7 @@ fn after_load(
     );
     for s in f.snapshots() {
         let id = s["snapshot_id"].as_str().unwrap();
-        let (code, _, err) = f.agent_cli(&[
-            "archive",
-            "verify",
-            "--store",
-            &f.store_url,
-            "--snapshot",
-            id,
-            "--broker",
-            &s["broker"].to_string(),
-        ]);
+        let (code, _, err) = f.verify_snapshot(id, &s["broker"].to_string());
         assert_eq!(code, 0, "{label}: snapshot {id} does not verify: {err}");
     }
     ReadBack {

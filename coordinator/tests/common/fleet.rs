@@ -358,8 +358,35 @@ impl<C: TestCluster> Fleet<C> {
         })
     }
 
+    /// Waits until the coordinator has read back every broker's last
+    /// snapshot.
+    pub fn wait_all_verified(&self, timeout: Duration) {
+        self.wait_status("every snapshot verified", timeout, |st| {
+            st["brokers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|b| b["last_verified"] == true)
+        });
+    }
+
     pub fn snapshots(&self) -> Vec<Value> {
         serde_json::from_str(&self.coord.cli_ok(&["snapshots", "--json"], 0)).unwrap()
+    }
+
+    /// `archive verify` of one snapshot in the fleet's store: (exit code,
+    /// stdout, stderr).
+    pub fn verify_snapshot(&self, id: &str, broker: &str) -> (i32, String, String) {
+        self.agent_cli(&[
+            "archive",
+            "verify",
+            "--store",
+            &self.store_url,
+            "--snapshot",
+            id,
+            "--broker",
+            broker,
+        ])
     }
 
     /// Runs `kafka-snapshot-agent` with `args` and agent 1's config (for

@@ -21,7 +21,6 @@
 
 use std::fs;
 use std::io::Read;
-use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -32,6 +31,8 @@ use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableT
 use kafka_protocol::messages::{CreateTopicsRequest, MetadataRequest, MetadataResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
 
+use crate::kafka_files::uuid_base64url;
+use crate::process::{alive, free_ports, run_script};
 use crate::wire::Connection;
 
 /// Where tests/lib/kafka.sh put the Kafka release: `libs/` and
@@ -566,17 +567,8 @@ impl Drop for KafkaCluster {
     }
 }
 
-/// A pid is alive unless gone or a zombie (the node is no child of ours,
-/// and whoever reaps it may be slow).
+/// [`alive`] in bash, for the scripts.
 const ALIVE_FN: &str = "alive() { local s; s=$(cat \"/proc/$1/stat\" 2>/dev/null) || return 1; s=${s##*) }; [[ ${s:0:1} != Z ]]; }\n";
-
-fn alive(pid: i32) -> bool {
-    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    let state = stat.rsplit(')').next().unwrap_or("").trim_start();
-    !state.starts_with('Z')
-}
 
 fn controller_properties(n: &Node, voters: &str) -> String {
     format!(
@@ -656,59 +648,20 @@ fn in_sync_problem(brokers: &[i32], md: &MetadataResponse) -> Option<String> {
     None
 }
 
-/// A KRaft cluster id: 16 random bytes, base64url without padding (what
-/// `kafka-storage random-uuid` prints).
+/// A KRaft cluster id: 16 random bytes as Kafka prints a uuid (what
+/// `kafka-storage random-uuid` prints, which never starts with '-').
 fn random_cluster_id() -> Result<String> {
-    let mut bytes = [0u8; 16];
-    fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .context("reading /dev/urandom")?;
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut bits = 0u32;
-    let mut nbits = 0;
-    let mut out = String::new();
-    for b in bytes {
-        bits = (bits << 8) | u32::from(b);
-        nbits += 8;
-        while nbits >= 6 {
-            nbits -= 6;
-            out.push(ALPHABET[((bits >> nbits) & 63) as usize] as char);
+    let mut f = fs::File::open("/dev/urandom").context("opening /dev/urandom")?;
+    loop {
+        let mut bytes = [0u8; 16];
+        f.read_exact(&mut bytes).context("reading /dev/urandom")?;
+        let id = uuid_base64url(&bytes);
+        if !id.starts_with('-') {
+            return Ok(id);
         }
     }
-    if nbits > 0 {
-        out.push(ALPHABET[((bits << (6 - nbits)) & 63) as usize] as char);
-    }
-    Ok(out)
 }
 
 fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
-}
-
-fn run_script(script: &Path) -> Result<()> {
-    let out = Command::new(script)
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("running {}", script.display()))?;
-    ensure!(
-        out.status.success(),
-        "{} failed ({}): {}{}",
-        script.display(),
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
-}
-
-/// Ports that were free a moment ago (bound to 127.0.0.1:0 together).
-fn free_ports(n: usize) -> Result<Vec<u16>> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<std::io::Result<_>>()
-        .context("picking free ports")?;
-    listeners
-        .iter()
-        .map(|l| Ok(l.local_addr()?.port()))
-        .collect()
 }

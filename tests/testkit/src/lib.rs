@@ -38,6 +38,7 @@ pub mod kafka;
 mod kafka_files;
 pub mod net;
 pub mod observer;
+pub mod process;
 mod records;
 pub mod report;
 mod rng;
