@@ -29,6 +29,11 @@ GROUPS = {
         "scenarios",
         None,  # computed below from the figures
     ),
+    "real_kafka": (
+        "Against Apache Kafka itself (`coordinator/tests/real_kafka.rs`)",
+        "scenarios",
+        None,  # computed below from the figures
+    ),
     "corruption": (
         "Single-byte corruption of an archive (`agent/tests/it/corruption.rs`)",
         "positions",
@@ -83,6 +88,22 @@ def faults_result(rows):
     )
 
 
+def real_kafka_result(rows):
+    acked = sum(r.get("records_acked", 0) for r in rows)
+    read = sum(r.get("records_read_back", 0) for r in rows)
+    missing = max((r.get("max_brokers_missing", 0) for r in rows), default=0)
+    samples = sum(r.get("samples", 0) for r in rows)
+    under = sum(r.get("samples_under_min_isr", 0) for r in rows)
+    offline = sum(r.get("samples_offline", 0) for r in rows)
+    return (
+        f"all passed: a producer with acks=all wrote throughout; {acked} "
+        f"acknowledged records, {read} of them read back exactly "
+        f"once; at most {missing} broker missing from Metadata in {samples} "
+        f"samples, {under} samples with a partition under min ISR and "
+        f"{offline} with one offline; every snapshot verified"
+    )
+
+
 def render(report_dir):
     lines = [BEGIN, ""]
     total = {}
@@ -96,6 +117,8 @@ def render(report_dir):
         total[unit] = total.get(unit, 0) + n
         if group == "faults":
             result = faults_result(rows)
+        elif group == "real_kafka":
+            result = real_kafka_result(rows)
         # Sorted: tests run in parallel, so the order they finish in varies.
         cases = sorted({r["case"] for r in rows})
         lines.append(f"- **{title}**: {n} {unit}. Result: {result}.")

@@ -39,6 +39,9 @@ command -v losetup >/dev/null || missing+=(mount)
 command -v cc >/dev/null || missing+=(gcc)
 command -v make >/dev/null || missing+=(make)
 command -v python3 >/dev/null || missing+=(python3)
+# Real Kafka: a JDK (17+, Kafka 4.x) and Maven to resolve its jars.
+command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null || missing+=(maven)
 if ((${#missing[@]})); then
     echo "installing: ${missing[*]}"
     apt-get update -qq
@@ -48,12 +51,16 @@ fi
 # --- filesystems ----------------------------------------------------------
 source tests/lib/filesystems.sh
 source tests/lib/garage.sh
+source tests/lib/kafka.sh
 trap 'garage_teardown; test_fs_teardown' EXIT
 test_fs_setup
 export KSNAP_TEST_XFS KSNAP_TEST_EXT4
 
 # --- S3-compatible server ---------------------------------------------------
 garage_setup
+
+# --- Apache Kafka (coordinator/tests/real_kafka.rs) ---------------------------
+kafka_setup
 
 if [[ -n $soak ]]; then
     for round in $(seq "$soak"); do

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::fleet::{Fleet, Observer};
+use common::fleet::{observe, Fleet};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::fs;
@@ -19,7 +19,7 @@ fn sha256_file(p: &Path) -> String {
 #[test]
 fn a_rolling_cycle_then_a_restore_of_broker_2() {
     let f = Fleet::new();
-    let observer = Observer::start(&f.cluster);
+    let observer = observe(&f.cluster);
 
     f.coord.cli_ok(&["run-now"], 0);
     let st = f.wait_cycle_end(Duration::from_secs(240));
@@ -37,13 +37,7 @@ fn a_rolling_cycle_then_a_restore_of_broker_2() {
         assert!(s["downtime_ms"].as_i64().unwrap() > 0);
     }
     // The coordinator reads every new snapshot back.
-    f.wait_status("every snapshot verified", Duration::from_secs(60), |st| {
-        st["brokers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|b| b["last_verified"] == true)
-    });
+    f.wait_all_verified(Duration::from_secs(60));
     let table = f.coord.cli_ok(&["status"], 0);
     assert!(
         table.contains("lease:    free") && table.contains("BROKER"),
@@ -138,7 +132,7 @@ fn the_coordinator_killed_mid_cycle_resumes_it() {
     // Restarted brokers take 4 s to catch up: time to kill the coordinator
     // while a lease is at work.
     let mut f = Fleet::with(|spec| spec.scenario.catch_up_delay_ms = 4000);
-    let observer = Observer::start(&f.cluster);
+    let observer = observe(&f.cluster);
     f.coord.cli_ok(&["run-now"], 0);
     // Kill it while some broker holds the lease and works under it.
     f.wait_status("a lease at work", Duration::from_secs(60), |st| {

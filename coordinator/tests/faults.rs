@@ -19,7 +19,7 @@
 
 mod common;
 
-use common::fleet::{Fleet, FleetSpec, Observer, Seen};
+use common::fleet::{observe, Fleet, FleetSpec, Seen};
 use common::*;
 use kafka_snapshot_testkit::net::Mode;
 use kafka_snapshot_testkit::report;
@@ -98,16 +98,7 @@ fn complete_means_verified(f: &Fleet, label: &str) -> u64 {
     for s in listed.iter().filter(|s| s["complete"] == true) {
         let id = s["snapshot_id"].as_str().unwrap();
         let broker = s["broker"].to_string();
-        let (code, _, err) = f.agent_cli(&[
-            "archive",
-            "verify",
-            "--store",
-            &f.store_url,
-            "--snapshot",
-            id,
-            "--broker",
-            &broker,
-        ]);
+        let (code, _, err) = f.verify_snapshot(id, &broker);
         if code != 0 && !still_complete(f, id) {
             // Retention deleted it meanwhile (manifest first).
             continue;
@@ -276,7 +267,7 @@ fn matrix(group: &str, fault: &str, mut inject: impl FnMut(&mut Fleet, &str)) {
     let mut f = Fleet::build(FleetSpec::default(), |_| {});
     for (phase, point) in PHASES {
         let label = format!("{fault} at {phase}");
-        let observer = Observer::start(&f.cluster);
+        let observer = observe(&f.cluster);
         cycle_paused_at(&mut f, point);
         inject(&mut f, point);
         f.wait_cycle_end(CYCLE);
@@ -337,7 +328,7 @@ fn broker_fails_to_start_or_never_catches_up() {
     //    else is leased while it is down; once the cause is gone the
     //    agent starts it on its own.
     let label = "broker fails to start";
-    let observer = Observer::start(&f.cluster);
+    let observer = observe(&f.cluster);
     cycle_paused_at(&mut f, "phase-stopping");
     f.cluster
         .update_scenario(|s| s.fail_start = vec![2])
@@ -381,7 +372,7 @@ fn broker_fails_to_start_or_never_catches_up() {
     // 2. It starts but never rejoins its ISRs: the recovery check times
     //    out; status says so; the slot stays closed until it catches up.
     let label = "broker never catches up";
-    let observer = Observer::start(&f.cluster);
+    let observer = observe(&f.cluster);
     f.cluster
         .update_scenario(|s| s.never_catch_up = vec![2])
         .unwrap();
@@ -489,7 +480,7 @@ fn cold_storage_full_while_archiving() {
             ..FleetSpec::default()
         };
         let mut f = Fleet::build(spec, |_| {});
-        let observer = Observer::start(&f.cluster);
+        let observer = observe(&f.cluster);
         // The archive of broker 2 meets a full disk.
         let point = if capture == "copy" {
             "phase-capturing"
@@ -576,7 +567,7 @@ fn s3_failing_while_archiving() {
             garage: &garage,
             down: false,
         };
-        let observer = Observer::start(&f.cluster);
+        let observer = observe(&f.cluster);
         let failures = |f: &mut Fleet| f.agent(2).logs().matches("archiving failed").count();
         let before = failures(&mut f);
         cycle_paused_at(&mut f, "phase-archiving");
@@ -658,7 +649,7 @@ fn two_agents_race_for_a_lease() {
         .stderr(fs::File::create(&twin_log).unwrap())
         .spawn()
         .unwrap();
-    let observer = Observer::start(&f.cluster);
+    let observer = observe(&f.cluster);
     for _ in 0..2 {
         f.wait_status("the slot to be free", CYCLE, |st| {
             st["lease"]["state"].as_str().is_none_or(|s| s == "free")
@@ -698,7 +689,7 @@ fn a_restore_ordered_during_a_cycle() {
     let mut f = Fleet::new();
     next_cycle_completes(&f, "first cycle");
     let label = "restore of broker 3 ordered while broker 1 is captured";
-    let observer = Observer::start(&f.cluster);
+    let observer = observe(&f.cluster);
     f.agent(1).kill();
     f.agent(1).start_with(&["phase-capturing"]);
     f.coord.cli_ok(&["run-now"], 0);

@@ -1,19 +1,20 @@
 //! The whole product as real processes, for end-to-end and fault tests:
-//! three stand-in brokers on XFS, one agent daemon per broker and one
-//! coordinator. Each agent reaches the coordinator through its own TCP
+//! three brokers on XFS (stand-in brokers, or real Kafka through
+//! [`TestCluster`]), one agent daemon per broker and one coordinator. Each agent reaches the coordinator through its own TCP
 //! proxy, so a test can cut one agent off; each agent can be paused at a
 //! named point (`KAFKA_SNAPSHOT_PAUSE`) so a fault lands in an exact phase.
 //! An [`Observer`] polls the cluster throughout.
 
 use super::*;
 use kafka_snapshot_standin::{ClusterSpec, StandinCluster};
+use kafka_snapshot_testkit::kafka::KafkaCluster;
+use kafka_snapshot_testkit::kafka_protocol::messages::MetadataResponse;
 use kafka_snapshot_testkit::net::{Mode, Proxy};
 use serde_json::Value;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub fn scratch() -> tempfile::TempDir {
@@ -121,68 +122,66 @@ impl Drop for Agent {
     }
 }
 
-/// What the observer saw of the cluster.
-pub struct Seen {
-    pub under_min_isr: Vec<String>,
-    pub max_missing: usize,
+#[allow(unused_imports)] // not every test binary names them
+pub use kafka_snapshot_testkit::observer::{Observer, Seen};
+
+/// What a fleet needs of the cluster under test: the stand-in or real Kafka.
+pub trait TestCluster: Send + Sync + 'static {
+    fn bootstrap(&self) -> String;
+    fn cluster_id(&self) -> &str;
+    fn log_dirs(&self, broker: i32) -> &[PathBuf];
+    fn start_script(&self, broker: i32) -> PathBuf;
+    fn stop_script(&self, broker: i32) -> PathBuf;
+    fn metadata(&self) -> anyhow::Result<MetadataResponse>;
 }
 
-/// Polls the cluster's metadata and records every partition seen under its
-/// min ISR (2 here) and the most brokers seen missing at once.
-pub struct Observer {
-    stop: Arc<AtomicBool>,
-    under_min_isr: Arc<Mutex<Vec<String>>>,
-    max_missing: Arc<Mutex<usize>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+impl TestCluster for StandinCluster {
+    fn bootstrap(&self) -> String {
+        StandinCluster::bootstrap(self)
+    }
+    fn cluster_id(&self) -> &str {
+        StandinCluster::cluster_id(self)
+    }
+    fn log_dirs(&self, broker: i32) -> &[PathBuf] {
+        StandinCluster::log_dirs(self, broker)
+    }
+    fn start_script(&self, broker: i32) -> PathBuf {
+        StandinCluster::start_script(self, broker)
+    }
+    fn stop_script(&self, broker: i32) -> PathBuf {
+        StandinCluster::stop_script(self, broker)
+    }
+    fn metadata(&self) -> anyhow::Result<MetadataResponse> {
+        StandinCluster::metadata(self)
+    }
 }
 
-impl Observer {
-    pub fn start(c: &Arc<StandinCluster>) -> Observer {
-        let stop = Arc::new(AtomicBool::new(false));
-        let under = Arc::new(Mutex::new(Vec::new()));
-        let missing = Arc::new(Mutex::new(0));
-        let (s, u, m) = (stop.clone(), under.clone(), missing.clone());
-        let c = c.clone();
-        let thread = std::thread::spawn(move || {
-            while !s.load(Ordering::Relaxed) {
-                if let Ok(md) = c.metadata() {
-                    let live = md.brokers.len();
-                    let mut mm = m.lock().unwrap();
-                    *mm = (*mm).max(3usize.saturating_sub(live));
-                    for t in &md.topics {
-                        for p in &t.partitions {
-                            if p.isr_nodes.len() < 2 {
-                                u.lock().unwrap().push(format!(
-                                    "{}-{} isr {:?}",
-                                    t.name.as_ref().map(|n| n.0.to_string()).unwrap_or_default(),
-                                    p.partition_index,
-                                    p.isr_nodes
-                                ));
-                            }
-                        }
-                    }
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        });
-        Observer {
-            stop,
-            under_min_isr: under,
-            max_missing: missing,
-            thread: Some(thread),
-        }
+impl TestCluster for KafkaCluster {
+    fn bootstrap(&self) -> String {
+        KafkaCluster::bootstrap(self)
     }
+    fn cluster_id(&self) -> &str {
+        KafkaCluster::cluster_id(self)
+    }
+    fn log_dirs(&self, broker: i32) -> &[PathBuf] {
+        KafkaCluster::log_dirs(self, broker)
+    }
+    fn start_script(&self, broker: i32) -> PathBuf {
+        KafkaCluster::start_script(self, broker)
+    }
+    fn stop_script(&self, broker: i32) -> PathBuf {
+        KafkaCluster::stop_script(self, broker)
+    }
+    fn metadata(&self) -> anyhow::Result<MetadataResponse> {
+        KafkaCluster::metadata(self)
+    }
+}
 
-    pub fn finish(mut self) -> Seen {
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread.take().unwrap().join().unwrap();
-        let under_min_isr = self.under_min_isr.lock().unwrap().clone();
-        let max_missing = *self.max_missing.lock().unwrap();
-        Seen {
-            under_min_isr,
-            max_missing,
-        }
-    }
+/// Starts an [`Observer`] of a three-broker cluster whose partitions all
+/// have min ISR 2.
+pub fn observe<C: TestCluster>(c: &Arc<C>) -> Observer {
+    let c = c.clone();
+    Observer::start(3, 2, move || c.metadata())
 }
 
 /// How a fleet is set up.
@@ -216,10 +215,10 @@ impl Default for FleetSpec {
 }
 
 /// Fields drop in order: agents, coordinator, cluster, then the dir.
-pub struct Fleet {
+pub struct Fleet<C: TestCluster = StandinCluster> {
     pub agents: Vec<Agent>,
     pub coord: Coordinator,
-    pub cluster: Arc<StandinCluster>,
+    pub cluster: Arc<C>,
     pub root: PathBuf,
     pub store_url: String,
     /// Last: dropped after the cluster, whose brokers live in it.
@@ -255,6 +254,15 @@ impl Fleet {
         cluster
             .start_all(Duration::from_secs(60))
             .expect("cluster starts");
+        Fleet::around(t, cluster, fs_spec)
+    }
+}
+
+impl<C: TestCluster> Fleet<C> {
+    /// A coordinator and three agent daemons (brokers 1, 2, 3) for a
+    /// running `cluster` whose data lives in the scratch dir `t`.
+    pub fn around(t: tempfile::TempDir, cluster: Arc<C>, fs_spec: FleetSpec) -> Fleet<C> {
+        let root = t.path().to_path_buf();
         let store_url = fs_spec
             .store_url
             .clone()
@@ -279,7 +287,7 @@ impl Fleet {
             let config = write_agent_config(
                 &dir,
                 n,
-                &cluster,
+                &*cluster,
                 &fs_spec,
                 &store_url,
                 &format!("http://127.0.0.1:{}", link.port()),
@@ -350,8 +358,35 @@ impl Fleet {
         })
     }
 
+    /// Waits until the coordinator has read back every broker's last
+    /// snapshot.
+    pub fn wait_all_verified(&self, timeout: Duration) {
+        self.wait_status("every snapshot verified", timeout, |st| {
+            st["brokers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|b| b["last_verified"] == true)
+        });
+    }
+
     pub fn snapshots(&self) -> Vec<Value> {
         serde_json::from_str(&self.coord.cli_ok(&["snapshots", "--json"], 0)).unwrap()
+    }
+
+    /// `archive verify` of one snapshot in the fleet's store: (exit code,
+    /// stdout, stderr).
+    pub fn verify_snapshot(&self, id: &str, broker: &str) -> (i32, String, String) {
+        self.agent_cli(&[
+            "archive",
+            "verify",
+            "--store",
+            &self.store_url,
+            "--snapshot",
+            id,
+            "--broker",
+            broker,
+        ])
     }
 
     /// Runs `kafka-snapshot-agent` with `args` and agent 1's config (for
@@ -376,7 +411,7 @@ impl Fleet {
 pub fn write_agent_config(
     dir: &Path,
     n: i32,
-    cluster: &StandinCluster,
+    cluster: &impl TestCluster,
     spec: &FleetSpec,
     store_url: &str,
     coordinator_url: &str,

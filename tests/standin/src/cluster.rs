@@ -2,9 +2,7 @@
 //! controls it from a test.
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
@@ -20,6 +18,7 @@ use crate::logdir;
 use crate::scenario::Scenario;
 use crate::scripts;
 use crate::wire::Connection;
+use kafka_snapshot_testkit::process::{free_ports, run_script};
 
 /// The environment variable naming the broker binary, when it is not next
 /// to the running test executable's target dir.
@@ -586,22 +585,6 @@ fn in_sync_problem(def: &ClusterDef, scenario: &Scenario, md: &MetadataResponse)
     None
 }
 
-fn run_script(script: &Path) -> Result<()> {
-    let out = Command::new(script)
-        .output()
-        .with_context(|| format!("running {}", script.display()))?;
-    if !out.status.success() {
-        bail!(
-            "{} failed ({}): {}{}",
-            script.display(),
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(())
-}
-
 /// Polls `check` every 20 ms until it returns true or `timeout` passes.
 pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> Result<bool>) -> Result<()> {
     let deadline = Instant::now() + timeout;
@@ -614,16 +597,4 @@ pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> Result<bool>) ->
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-/// Ports that were free a moment ago (bound to 127.0.0.1:0 together).
-fn free_ports(n: usize) -> Result<Vec<u16>> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<std::io::Result<_>>()
-        .context("picking free ports")?;
-    listeners
-        .iter()
-        .map(|l| Ok(l.local_addr()?.port()))
-        .collect()
 }

@@ -40,7 +40,8 @@ pub mod quorum;
 pub mod scenario;
 mod scripts;
 pub mod view;
-pub mod wire;
+/// The blocking test client, shared with the real-Kafka harness.
+pub use kafka_snapshot_testkit::wire;
 
 pub use broker::api::SUPPORTED as SUPPORTED_APIS;
 pub use cluster::{

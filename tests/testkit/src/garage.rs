@@ -44,12 +44,7 @@ impl Garage {
             .args(["-KILL", &pid.to_string()])
             .status();
         let start = Instant::now();
-        loop {
-            let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let state = stat.rsplit(')').next().unwrap_or("").trim_start();
-            if stat.is_empty() || state.starts_with('Z') {
-                break;
-            }
+        while crate::process::alive(pid) {
             assert!(
                 start.elapsed() < Duration::from_secs(10),
                 "garage {pid} does not die"

@@ -18,7 +18,7 @@
 //! meta.properties  .lock  .kafka_cleanshutdown
 //! recovery-point-offset-checkpoint  log-start-offset-checkpoint
 //! replication-offset-checkpoint     cleaner-offset-checkpoint
-//! bootstrap.checkpoint                          (first dir only)
+//! bootstrap.checkpoint                          (every dir)
 //! __cluster_metadata-0/                         (first dir only)
 //!     00000000000000000000.{log,index,timeindex}
 //!     00000000000000000100-0000000001.checkpoint  quorum-state
@@ -31,12 +31,18 @@
 //! ```
 
 mod crc32c;
+/// The protocol types the harnesses hand out (`MetadataResponse`, ...).
+pub use kafka_protocol;
 pub mod garage;
+pub mod kafka;
 mod kafka_files;
 pub mod net;
+pub mod observer;
+pub mod process;
 mod records;
 pub mod report;
 mod rng;
+pub mod wire;
 
 use std::collections::HashSet;
 use std::fs::{self, File, FileTimes, OpenOptions};
@@ -1267,14 +1273,16 @@ fn write_log_dir_files(
             .as_bytes(),
         at(FORMAT_SECS, jitter()),
     )?;
-    if index == 0 {
-        // `kafka-storage format` also leaves the bootstrap metadata here.
+    {
+        // `kafka-storage format` also leaves the bootstrap metadata, in
+        // every log dir (observed on Kafka 4.0.2; each dir's own copy, so
+        // the bytes differ).
         let mut buf = Vec::new();
         let pool = ValuePool::new(spec.seed, 0);
         let mut enc = BatchEncoder::new(
             &pool,
             Flavor::Metadata { topics: Vec::new() },
-            Rng::derive(spec.seed, "bootstrap", 0),
+            Rng::derive(spec.seed, "bootstrap", index as u64),
         );
         enc.encode(&mut buf, simple_meta(0, FORMAT_SECS * 1000), usize::MAX, 3);
         fsw.write_file(
@@ -1515,7 +1523,7 @@ mod tests {
             );
             assert_eq!(fs::metadata(dir.join(".lock")).unwrap().len(), 0);
             assert_eq!(dir.join(METADATA_DIR).is_dir(), i == 0);
-            assert_eq!(dir.join("bootstrap.checkpoint").is_file(), i == 0);
+            assert!(dir.join("bootstrap.checkpoint").is_file());
 
             // Checkpoints list exactly the partitions hosted here.
             let mut hosted = BTreeSet::new();

@@ -1,0 +1,405 @@
+//! The product against Apache Kafka itself (the release tests/lib/kafka.sh
+//! installs, `KSNAP_TEST_KAFKA_HOME`): a KRaft cluster of three dedicated
+//! controllers and three brokers, two log dirs each, on the test XFS. One
+//! cluster serves the checks in order, in one test, so six JVMs start
+//! once:
+//!
+//! 1. `kafka-snapshot-agent check` passes on the healthy cluster, and fails
+//!    naming the partitions when another broker is down.
+//! 2. A rolling cycle through the coordinator and three agent daemons
+//!    while a producer writes with acks=all and idempotence.
+//! 3. `coordinator restore --broker 2` while the producer writes.
+//!
+//! After 2 and 3: every acknowledged record is read back exactly once, an
+//! observer polling Metadata never saw more than one broker missing nor a
+//! partition offline or under min ISR, and every snapshot verifies.
+
+mod common;
+
+use common::bin;
+use common::fleet::{observe, scratch, write_agent_config, Fleet, FleetSpec, Seen};
+use kafka_snapshot_testkit::kafka::{KafkaCluster, KafkaSpec, VERSION_ENV};
+use kafka_snapshot_testkit::report;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::Producer as _;
+use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const TOPIC: &str = "orders";
+const PARTITIONS: i32 = 6;
+
+#[test]
+fn real_kafka_gate_cycle_and_restore() {
+    let started = Instant::now();
+    let t = scratch();
+    let root = t.path().to_path_buf();
+    let spec = KafkaSpec {
+        data_root: Some(root.join("data")),
+        ..KafkaSpec::default()
+    };
+    let cluster =
+        Arc::new(KafkaCluster::create(&root.join("kafka"), &spec).expect("Kafka cluster"));
+    cluster
+        .start_all(Duration::from_secs(180))
+        .expect("Kafka cluster starts");
+    cluster
+        .create_topic(TOPIC, PARTITIONS, 3, 2)
+        .expect("topic created");
+    eprintln!("cluster up after {:?}", started.elapsed());
+
+    gate_on_real_kafka(&cluster, &root);
+    eprintln!("gate checked after {:?}", started.elapsed());
+
+    let spec = FleetSpec {
+        ttl: "10s",
+        recovery_timeout: "180s",
+        ..FleetSpec::default()
+    };
+    let f = Fleet::around(t, cluster, spec);
+    let mut acked = Vec::new();
+    let cycle = rolling_cycle(&f, &mut acked);
+    eprintln!("cycle done after {:?}", started.elapsed());
+    let restore = restore_broker_2(&f, &mut acked);
+    eprintln!("restore done after {:?}", started.elapsed());
+
+    let version = std::env::var(VERSION_ENV).unwrap_or_else(|_| "?".into());
+    for (case, (seen, read)) in [
+        (format!("rolling cycle under load (Kafka {version})"), cycle),
+        (
+            format!("restore of broker 2 under load (Kafka {version})"),
+            restore,
+        ),
+    ] {
+        report::record(
+            "real_kafka",
+            &case,
+            &[
+                ("records_acked", read.acked),
+                ("records_read_back", read.read_back),
+                ("max_brokers_missing", seen.max_missing as u64),
+                ("samples", seen.samples),
+                ("samples_under_min_isr", seen.samples_under_min_isr),
+                ("samples_offline", seen.samples_offline),
+            ],
+        );
+    }
+}
+
+/// `check` on a healthy cluster, then with broker 3 stopped: stopping
+/// broker 1 too would leave the partitions they share with one in-sync
+/// replica, under min ISR 2.
+fn gate_on_real_kafka(cluster: &Arc<KafkaCluster>, root: &std::path::Path) {
+    let dir = root.join("check");
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = write_agent_config(
+        &dir,
+        1,
+        &**cluster,
+        &FleetSpec::default(),
+        &format!("file://{}", root.join("store").display()),
+        "http://127.0.0.1:9",
+        &dir.join("state.json"),
+    );
+    let check = |broker: i32| {
+        let out = Command::new(bin("kafka-snapshot-agent"))
+            .args(["check", "--broker", &broker.to_string(), "--config"])
+            .arg(&cfg)
+            .env("KAFKA_SNAPSHOT_LOG", "warn")
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    for b in cluster.broker_ids() {
+        let (code, out) = check(b);
+        assert_eq!(code, 0, "check of broker {b} on a healthy cluster:\n{out}");
+        assert!(out.contains("safe to stop"), "{out}");
+    }
+
+    cluster.stop(3).expect("broker 3 stops");
+    wait_for("broker 3 out of every ISR", Duration::from_secs(60), || {
+        cluster.metadata().is_ok_and(|md| {
+            md.topics.iter().all(|t| {
+                t.partitions
+                    .iter()
+                    .all(|p| !p.isr_nodes.iter().any(|b| b.0 == 3))
+            })
+        })
+    });
+    let (code, out) = check(1);
+    assert_eq!(code, 1, "check of broker 1 with broker 3 down:\n{out}");
+    assert!(out.contains("NOT safe to stop"), "{out}");
+    assert!(
+        out.contains(&format!("{TOPIC}-")),
+        "the failure names no partition of {TOPIC}:\n{out}"
+    );
+    cluster.start(3).expect("broker 3 starts");
+    cluster
+        .wait_in_sync(Duration::from_secs(120))
+        .expect("broker 3 back in every ISR");
+}
+
+fn rolling_cycle(f: &Fleet<KafkaCluster>, acked: &mut Vec<u64>) -> (Seen, ReadBack) {
+    let observer = observe(&f.cluster);
+    let producer = Producer::start(&f.cluster.bootstrap(), 0);
+    f.coord.cli_ok(&["run-now"], 0);
+    let st = f.wait_cycle_end(Duration::from_secs(480));
+    assert_eq!(st["cycle"]["state"], "done", "{st:#}\n{}", f.logs());
+    let snaps = f.snapshots();
+    let brokers: Vec<i64> = snaps
+        .iter()
+        .map(|s| s["broker"].as_i64().unwrap())
+        .collect();
+    assert_eq!(brokers, vec![1, 2, 3], "{snaps:#?}");
+    for s in &snaps {
+        assert_eq!(s["capture"], "reflink", "{s:#}");
+    }
+    f.wait_all_verified(Duration::from_secs(120));
+    let from = acked.len();
+    acked.extend(producer.finish());
+    let seen = observer.finish();
+    let read = after_load(f, &seen, acked, from, "rolling cycle");
+    (seen, read)
+}
+
+fn restore_broker_2(f: &Fleet<KafkaCluster>, acked: &mut Vec<u64>) -> (Seen, ReadBack) {
+    let snap2: Value = f
+        .snapshots()
+        .into_iter()
+        .find(|s| s["broker"] == 2)
+        .expect("a snapshot of broker 2");
+    let id2 = snap2["snapshot_id"].as_str().unwrap().to_string();
+    let observer = observe(&f.cluster);
+    // Keys after the cycle's: one sequence over the whole test.
+    let first = acked.iter().max().map_or(0, |m| m + 1);
+    let producer = Producer::start(&f.cluster.bootstrap(), first);
+    std::thread::sleep(Duration::from_secs(2));
+    let out = f.coord.cli_ok(&["restore", "--broker", "2", "--yes"], 0);
+    assert!(
+        out.contains(&format!("from snapshot {id2}")) && out.contains("done"),
+        "{out}\n{}",
+        f.logs()
+    );
+    f.cluster
+        .wait_in_sync(Duration::from_secs(120))
+        .expect("broker 2 back in every ISR");
+    std::thread::sleep(Duration::from_secs(2));
+    let from = acked.len();
+    acked.extend(producer.finish());
+    let seen = observer.finish();
+    let read = after_load(f, &seen, acked, from, "restore");
+    (seen, read)
+}
+
+/// How many records a phase's producer had acknowledged, and how many of
+/// them were read back exactly once.
+struct ReadBack {
+    acked: u64,
+    read_back: u64,
+}
+
+/// The checks after a phase under load; `acked` holds every key
+/// acknowledged so far in the test, this phase's from index `from` on.
+fn after_load(
+    f: &Fleet<KafkaCluster>,
+    seen: &Seen,
+    acked: &[u64],
+    from: usize,
+    label: &str,
+) -> ReadBack {
+    assert!(
+        seen.samples > 10,
+        "{label}: the observer got only {} Metadata answers",
+        seen.samples
+    );
+    assert!(
+        seen.max_missing <= 1,
+        "{label}: {} brokers missing at once\n{}",
+        seen.max_missing,
+        f.logs()
+    );
+    assert!(
+        seen.under_min_isr.is_empty() && seen.offline.is_empty(),
+        "{label}: under min ISR: {:?}; offline: {:?}",
+        first(&seen.under_min_isr),
+        first(&seen.offline)
+    );
+    let counts = read_all(&f.cluster.bootstrap());
+    let twice: Vec<(&u64, &u32)> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "{label}: records read more than once: {:?}",
+        first(&twice)
+    );
+    let lost: Vec<&u64> = acked.iter().filter(|k| !counts.contains_key(k)).collect();
+    assert!(
+        lost.is_empty(),
+        "{label}: {} of {} acknowledged records are gone, e.g. {:?}",
+        lost.len(),
+        acked.len(),
+        first(&lost)
+    );
+    let phase = &acked[from..];
+    assert!(
+        phase.len() > 100,
+        "{label}: only {} records acknowledged",
+        phase.len()
+    );
+    for s in f.snapshots() {
+        let id = s["snapshot_id"].as_str().unwrap();
+        let (code, _, err) = f.verify_snapshot(id, &s["broker"].to_string());
+        assert_eq!(code, 0, "{label}: snapshot {id} does not verify: {err}");
+    }
+    ReadBack {
+        acked: phase.len() as u64,
+        read_back: phase.iter().filter(|k| counts.get(k) == Some(&1)).count() as u64,
+    }
+}
+
+fn first<T: std::fmt::Debug>(v: &[T]) -> &[T] {
+    &v[..v.len().min(10)]
+}
+
+/// Records every acknowledged key.
+struct Acks(Arc<Mutex<Vec<u64>>>);
+
+impl ClientContext for Acks {}
+
+impl ProducerContext for Acks {
+    type DeliveryOpaque = Box<u64>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, key: Self::DeliveryOpaque) {
+        if result.is_ok() {
+            self.0.lock().unwrap().push(*key);
+        }
+    }
+}
+
+/// Writes records with keys `first, first + 1, ...` to [`TOPIC`] with
+/// acks=all and idempotence, about 200 a second, until finished.
+struct Producer {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    acked: Arc<Mutex<Vec<u64>>>,
+}
+
+impl Producer {
+    fn start(bootstrap: &str, first: u64) -> Producer {
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let producer: ThreadedProducer<Acks> = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "5")
+            // Longer than any broker's downtime here: a record is either
+            // acknowledged or the test fails, never silently dropped.
+            .set("message.timeout.ms", "300000")
+            .create_with_context(Acks(acked.clone()))
+            .expect("producer");
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut key = first;
+            while !s.load(Ordering::Relaxed) {
+                let k = key.to_string();
+                let v = format!("record {key} written during the test");
+                let rec = BaseRecord::with_opaque_to(TOPIC, Box::new(key))
+                    .key(&k)
+                    .payload(&v);
+                match producer.send(rec) {
+                    Ok(()) => key += 1,
+                    // Queue full: let it drain.
+                    Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            producer
+                .flush(Duration::from_secs(120))
+                .expect("every record delivered or failed within 120 s");
+        });
+        Producer {
+            stop,
+            thread: Some(thread),
+            acked,
+        }
+    }
+
+    /// Stops writing, waits for every outstanding acknowledgement, and
+    /// returns the acknowledged keys.
+    fn finish(mut self) -> Vec<u64> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap();
+        std::mem::take(&mut *self.acked.lock().unwrap())
+    }
+}
+
+impl Drop for Producer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Reads every partition of [`TOPIC`] from the start to its high
+/// watermark: how often each key was read.
+fn read_all(bootstrap: &str) -> HashMap<u64, u32> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "ksnap-read-back")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .create()
+        .expect("consumer");
+    let mut ends = HashMap::new();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        let (_, high) = consumer
+            .fetch_watermarks(TOPIC, p, Duration::from_secs(30))
+            .expect("watermarks");
+        ends.insert(p, high);
+        tpl.add_partition_offset(TOPIC, p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).expect("assign");
+    let mut counts: HashMap<u64, u32> = HashMap::new();
+    let mut done: HashMap<i32, bool> = ends.iter().map(|(p, h)| (*p, *h == 0)).collect();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while done.values().any(|d| !d) {
+        assert!(
+            Instant::now() < deadline,
+            "reading {TOPIC} back did not reach the ends {ends:?}"
+        );
+        let Some(msg) = consumer.poll(Duration::from_millis(500)) else {
+            continue;
+        };
+        let msg = msg.expect("consuming");
+        let key: u64 = std::str::from_utf8(msg.key().expect("a key"))
+            .unwrap()
+            .parse()
+            .unwrap();
+        *counts.entry(key).or_default() += 1;
+        if msg.offset() + 1 >= ends[&msg.partition()] {
+            done.insert(msg.partition(), true);
+        }
+    }
+    counts
+}
+
+fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
