@@ -5,6 +5,7 @@ use crate::common::*;
 use kafka_snapshot_testkit::Spec;
 use std::fs;
 use std::path::PathBuf;
+use std::process::Command;
 
 fn big_spec(dirs: Vec<PathBuf>) -> Spec {
     let mut spec = Spec::small(CLUSTER, 1, dirs);
@@ -269,4 +270,63 @@ fn log_dirs_from_server_properties() {
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["broker"], 2);
+}
+
+/// The agent's unit runs it as `kafka-snapshot` with CAP_CHOWN, CAP_FOWNER,
+/// CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH as ambient capabilities: a
+/// restore run so must give every file back its recorded owner, or Kafka
+/// (another user) cannot write its own log dirs. Regression: owners were
+/// restored only when running as root.
+#[test]
+fn extract_as_the_service_user_with_its_capabilities_restores_owners() {
+    let t = scratch("xfs");
+    let dirs = small_broker(t.path(), 1);
+    for d in &dirs {
+        let st = Command::new("chown")
+            .args(["-R", "4242:4343"])
+            .arg(d)
+            .status()
+            .unwrap();
+        assert!(st.success(), "chown {}", d.display());
+    }
+    let store = new_store(t.path());
+    let created = create(&dirs, &store, "copy");
+    let id = created["snapshot_id"].as_str().unwrap();
+    let targets = [t.path().join("restore/a"), t.path().join("restore/b")];
+    fs::create_dir_all(t.path().join("restore")).unwrap();
+    let caps = "+chown,+fowner,+dac_override,+dac_read_search";
+    let mut cmd = Command::new("setpriv");
+    cmd.args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        &format!("--inh-caps={caps}"),
+        &format!("--ambient-caps={caps}"),
+    ])
+    .arg(env!("CARGO_BIN_EXE_kafka-snapshot-agent"))
+    .env("KAFKA_SNAPSHOT_LOG", "warn");
+    let (a, b) = (
+        targets[0].display().to_string(),
+        targets[1].display().to_string(),
+    );
+    let url = store_url(&store);
+    run_with(
+        cmd,
+        &[
+            "archive",
+            "extract",
+            "--store",
+            &url,
+            "--snapshot",
+            id,
+            "--into",
+            &a,
+            &b,
+        ],
+        0,
+    );
+    for (orig, restored) in dirs.iter().zip(&targets) {
+        // Owners, modes, mtimes and content as captured.
+        assert_same_tree(orig, restored, NOT_ARCHIVED);
+    }
 }
