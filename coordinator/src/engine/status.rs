@@ -15,6 +15,14 @@ pub struct PhaseDuration {
     pub seconds: f64,
 }
 
+/// Snapshots of a broker not verified yet, for `/metrics`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unverified {
+    pub broker: i32,
+    pub count: i64,
+    pub oldest_age_seconds: i64,
+}
+
 impl Engine {
     pub fn status(&self, now: Now) -> ApiResult<StatusView> {
         let c = &self.conn;
@@ -60,6 +68,23 @@ impl Engine {
             brokers: views,
             recent_events: events::recent(c, 15)?,
         })
+    }
+
+    /// Per broker, listed snapshots waiting for their first verification
+    /// and how long the oldest has waited; empty when the coordinator does
+    /// not verify new snapshots (`retention.verify_new = false`).
+    pub fn unverified(&self, now: Now) -> ApiResult<Vec<Unverified>> {
+        if !self.cfg.retention.verify_new {
+            return Ok(Vec::new());
+        }
+        Ok(snapshots::unverified(&self.conn)?
+            .into_iter()
+            .map(|(broker, count, oldest)| Unverified {
+                broker,
+                count,
+                oldest_age_seconds: (now - parse_ts(&oldest)).num_seconds().max(0),
+            })
+            .collect())
     }
 
     pub fn counters(&self) -> ApiResult<Vec<(String, String, i64)>> {
