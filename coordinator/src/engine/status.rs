@@ -58,10 +58,15 @@ impl Engine {
                 last_verified: last.as_ref().and_then(|l| l.verify_ok),
             });
         }
+        let suspended_because = super::operators::suspension(
+            self.cfg.schedule.suspend,
+            events::meta(c, Meta::Suspended)?,
+        );
         Ok(StatusView {
             now: ts(now),
             schedule: self.cfg.schedule().to_string(),
-            suspended: self.cfg.schedule.suspend,
+            suspended: suspended_because.is_some(),
+            suspended_because,
             next_due: events::meta(c, Meta::NextDue)?,
             lease: leases::slot_view(c)?,
             cycle: cycles::latest_view(c)?,
