@@ -110,7 +110,7 @@ else
     not_ok "promtool check rules"
 fi
 if (cd coordinator/alerts && promtool test rules kafka-snapshot.rules.test.yml) >"$T/promtool.log" 2>&1; then
-    ok "promtool test rules: left-stopped and missing-snapshot alerts fire, and only then"
+    ok "promtool test rules: left-stopped, missing-snapshot and unverified alerts fire, and only then"
 else
     cat "$T/promtool.log"
     not_ok "promtool test rules"

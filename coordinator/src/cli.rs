@@ -4,8 +4,8 @@
 use crate::config::CoordinatorConfig;
 use kafka_snapshot::{Error, Result};
 use kafka_snapshot_model::api::{
-    NewRestore, PruneRequest, PruneResult, RebuildResult, RestoreView, RunNow, SnapshotRow,
-    StatusView, Verified,
+    CancelCycle, CycleCancelled, NewRestore, PruneRequest, PruneResult, RebuildResult, RestoreView,
+    RunNow, SnapshotRow, StatusView, Suspend, Verified,
 };
 use kafka_snapshot_model::layout::SnapshotRef;
 use kafka_snapshot_model::protocol::ErrorBody;
@@ -177,7 +177,11 @@ pub fn format_status(s: &StatusView) -> String {
     out.push_str(&format!(
         "schedule: {}{}; next due {}\n",
         s.schedule,
-        if s.suspended { " (SUSPENDED)" } else { "" },
+        match (&s.suspended_because, s.suspended) {
+            (Some(why), _) => format!(" (SUSPENDED: {why})"),
+            (None, true) => " (SUSPENDED)".to_string(),
+            (None, false) => String::new(),
+        },
         s.next_due.as_deref().unwrap_or("-")
     ));
     if let Some(c) = &s.cycle {
@@ -351,6 +355,70 @@ pub async fn run_now(api: &Api, broker: Option<i32>) -> Result<()> {
             .map(|b| format!("broker {b}"))
             .unwrap_or_else(|| "every broker".into())
     );
+    Ok(())
+}
+
+pub async fn suspend(api: &Api, reason: Option<String>) -> Result<()> {
+    let _: serde_json::Value = api
+        .post("/v1/suspend", &Suspend { reason }, "suspend")
+        .await?;
+    println!(
+        "suspended: no scheduled cycle starts and no snapshot lease is granted until \
+         `kafka-snapshot-coordinator resume` (a lease in progress finishes; restores still go)"
+    );
+    Ok(())
+}
+
+pub async fn resume(api: &Api) -> Result<()> {
+    let _: serde_json::Value = api
+        .post("/v1/resume", &serde_json::json!({}), "resume")
+        .await?;
+    println!("resumed");
+    Ok(())
+}
+
+/// What `cancel` cancels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cancelled {
+    Cycle(Option<i64>),
+    Restore(i64),
+}
+
+pub async fn cancel(api: &Api, what: Cancelled) -> Result<()> {
+    match what {
+        Cancelled::Cycle(cycle_id) => {
+            let r: CycleCancelled = api
+                .post("/v1/cycles/cancel", &CancelCycle { cycle_id }, "cancel")
+                .await?;
+            match (r.aborted_lease, r.broker) {
+                (Some(epoch), Some(broker)) => println!(
+                    "cycle {} cancelled; lease {epoch} of broker {broker} is being aborted: its \
+                     agent starts the broker again if it stopped it, and no lease is granted \
+                     until the cluster is back in sync",
+                    r.cycle_id
+                ),
+                _ => println!("cycle {} cancelled", r.cycle_id),
+            }
+        }
+        Cancelled::Restore(id) => {
+            let o: RestoreView = api
+                .post(
+                    &format!("/v1/restores/{id}/cancel"),
+                    &serde_json::json!({}),
+                    "cancel",
+                )
+                .await?;
+            if o.state == "running" {
+                println!(
+                    "restore order {id} (broker {}) is being aborted: its agent stops at its next \
+                     safe point with the broker running; follow it with `status`",
+                    o.broker
+                );
+            } else {
+                println!("restore order {id} (broker {}): {}", o.broker, o.state);
+            }
+        }
+    }
     Ok(())
 }
 

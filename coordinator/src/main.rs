@@ -62,6 +62,30 @@ enum Command {
         #[arg(long)]
         broker: Option<i32>,
     },
+    /// Suspend: no scheduled cycle starts and no snapshot lease is granted
+    /// until `resume` (a lease in progress finishes; restores still go).
+    /// Kept across restarts.
+    Suspend {
+        /// Shown by `status` and in the event log.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Lift a `suspend`.
+    Resume,
+    /// Cancel the running cycle, or a restore order. A lease in progress is
+    /// aborted safely: its agent starts the broker again if it stopped it.
+    #[command(group(clap::ArgGroup::new("what").required(true).args(["cycle", "restore"])))]
+    Cancel {
+        /// The running cycle.
+        #[arg(long)]
+        cycle: bool,
+        /// With --cycle: only if the running cycle is this one.
+        #[arg(long, requires = "cycle")]
+        id: Option<i64>,
+        /// A restore order, by id.
+        #[arg(long)]
+        restore: Option<i64>,
+    },
     /// Restore a broker from a snapshot (its newest by default). Waits and
     /// shows progress until the order ends; exit 1 if it failed.
     Restore {
@@ -196,6 +220,23 @@ fn run(cli: Cli) -> kafka_snapshot::Result<ExitCode> {
                     Command::Status { json } => ok(cli::status(&api, json).await.map(|_| true)?),
                     Command::Snapshots { broker, json } => {
                         cli::snapshots(&api, broker, json).await?;
+                        ExitCode::SUCCESS
+                    }
+                    Command::Suspend { reason } => {
+                        cli::suspend(&api, reason).await?;
+                        ExitCode::SUCCESS
+                    }
+                    Command::Resume => {
+                        cli::resume(&api).await?;
+                        ExitCode::SUCCESS
+                    }
+                    Command::Cancel { cycle, id, restore } => {
+                        let what = match (cycle, restore) {
+                            (true, _) => cli::Cancelled::Cycle(id),
+                            (false, Some(r)) => cli::Cancelled::Restore(r),
+                            (false, None) => unreachable!("clap requires --cycle or --restore"),
+                        };
+                        cli::cancel(&api, what).await?;
                         ExitCode::SUCCESS
                     }
                     Command::RunNow { broker } => {

@@ -99,6 +99,32 @@ pub fn render(e: &Engine, now: DateTime<Utc>) -> Result<String, ApiError> {
             );
         }
     }
+    // Verification that cannot read a snapshot (storage unreachable, or
+    // files the coordinator's user may not read) is retried, not recorded
+    // as a failure: these say how long that has gone on.
+    let unverified = e.unverified(now)?;
+    let n = format!("{P}_unverified_snapshots");
+    o.family(
+        &n,
+        "gauge",
+        "Snapshots in the catalog not verified yet, per broker (with retention.verify_new).",
+    );
+    for u in &unverified {
+        o.sample(&n, &[("broker", &u.broker.to_string())], u.count as f64);
+    }
+    let n = format!("{P}_oldest_unverified_age_seconds");
+    o.family(
+        &n,
+        "gauge",
+        "How long the oldest snapshot not verified yet has waited, per broker.",
+    );
+    for u in &unverified {
+        o.sample(
+            &n,
+            &[("broker", &u.broker.to_string())],
+            u.oldest_age_seconds as f64,
+        );
+    }
     let n = format!("{P}_snapshots");
     o.family(&n, "gauge", "Snapshots in the catalog, per broker.");
     for b in &status.brokers {
@@ -259,6 +285,28 @@ mod tests {
     use super::*;
     use crate::engine::tests::{engine, epoch_of, hb, poll_grant, secs, start_cycle};
     use kafka_snapshot_model::protocol::{Outcome, Phase, Release};
+
+    #[test]
+    fn snapshots_waiting_for_verification_are_counted_with_their_age() {
+        let mut e = engine();
+        let mut s = crate::engine::tests::summary(2, "s2");
+        s.committed = secs(0);
+        crate::store::snapshots::upsert(e.conn(), &s, "agent").unwrap();
+        let text = render(&e, secs(600)).unwrap();
+        for line in [
+            "kafka_snapshot_unverified_snapshots{broker=\"2\"} 1\n",
+            "kafka_snapshot_oldest_unverified_age_seconds{broker=\"2\"} 600\n",
+        ] {
+            assert!(text.contains(line), "{line} not in\n{text}");
+        }
+        e.record_verification("cluster-a", 2, "s2", Ok(()), secs(601))
+            .unwrap();
+        let text = render(&e, secs(602)).unwrap();
+        assert!(
+            !text.contains("kafka_snapshot_unverified_snapshots{"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn a_broker_left_stopped_is_a_metric_of_its_own() {

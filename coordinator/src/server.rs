@@ -16,7 +16,7 @@ use axum::{Json, Router};
 use chrono::Utc;
 use kafka_snapshot::storage::ColdStore;
 use kafka_snapshot::{Error, Result};
-use kafka_snapshot_model::api::{NewRestore, PruneRequest, RunNow, Verified};
+use kafka_snapshot_model::api::{CancelCycle, NewRestore, PruneRequest, RunNow, Suspend, Verified};
 use kafka_snapshot_model::protocol::{
     Ack, ErrorBody, Heartbeat, Notice, PollRequest, PollResponse, Release, SnapshotReport,
     MAX_BODY_BYTES,
@@ -206,6 +206,38 @@ async fn create_restore(
     Ok((StatusCode::CREATED, Json(order)))
 }
 
+async fn cancel_restore(
+    State(s): S,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<i64>,
+) -> HttpResult<impl IntoResponse> {
+    admin_auth(&s, &headers)?;
+    Ok(Json(s.engine().cancel_restore(id, Utc::now())?))
+}
+
+async fn cancel_cycle(
+    State(s): S,
+    headers: HeaderMap,
+    body: Bytes,
+) -> HttpResult<impl IntoResponse> {
+    admin_auth(&s, &headers)?;
+    let r: CancelCycle = parse(&body)?;
+    Ok(Json(s.engine().cancel_cycle(r.cycle_id, Utc::now())?))
+}
+
+async fn suspend(State(s): S, headers: HeaderMap, body: Bytes) -> HttpResult<Json<Ack>> {
+    admin_auth(&s, &headers)?;
+    let r: Suspend = parse(&body)?;
+    s.engine().suspend(r.reason.as_deref(), Utc::now())?;
+    Ok(Json(Ack { ok: true }))
+}
+
+async fn resume(State(s): S, headers: HeaderMap) -> HttpResult<Json<Ack>> {
+    admin_auth(&s, &headers)?;
+    s.engine().resume(Utc::now())?;
+    Ok(Json(Ack { ok: true }))
+}
+
 async fn get_restore(
     State(s): S,
     headers: HeaderMap,
@@ -274,6 +306,10 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/run-now", post(run_now))
         .route("/v1/restores", post(create_restore))
         .route("/v1/restores/{id}", get(get_restore))
+        .route("/v1/restores/{id}/cancel", post(cancel_restore))
+        .route("/v1/cycles/cancel", post(cancel_cycle))
+        .route("/v1/suspend", post(suspend))
+        .route("/v1/resume", post(resume))
         .route("/v1/prune", post(prune))
         .route("/v1/catalog/rebuild", post(rebuild))
         .route("/metrics", get(metrics_endpoint))

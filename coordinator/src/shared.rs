@@ -74,16 +74,20 @@ impl Shared {
     }
 }
 
-/// Reads a bearer token file; it must not be readable by others.
+/// Reads the admin token file. Others may not read it and its group may
+/// not write it; its group may read it: the deployment makes it
+/// `root:<the coordinator's group> 0640`, so that the service and the
+/// operators in that group (who run the CLI) can read it and nobody else.
 pub fn read_token(path: &std::path::Path) -> Result<String> {
     use std::os::unix::fs::PermissionsExt;
     let meta = std::fs::metadata(path)
         .map_err(|e| Error::io(format!("token file {}", path.display()), e))?;
-    if meta.permissions().mode() & 0o077 != 0 {
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o027 != 0 {
         return Err(Error::Usage(format!(
-            "token file {} is readable by group or others (mode {:o}); chmod 600 it",
+            "token file {} has mode {mode:04o}: others must not read it and its group must not \
+             write it; chmod 640 it (group read is for the coordinator's operators) or 600",
             path.display(),
-            meta.permissions().mode() & 0o777
         )));
     }
     let t = std::fs::read_to_string(path)
@@ -96,4 +100,38 @@ pub fn read_token(path: &std::path::Path) -> Result<String> {
         )));
     }
     Ok(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// Regression: the Ansible role installs the admin token as
+    /// root:<coordinator group> 0640, and serve refused any group bit, so
+    /// the coordinator it deployed did not start.
+    #[test]
+    fn the_admin_token_may_be_read_by_its_group_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("admin.token");
+        std::fs::write(&path, "0123456789abcdef0123\n").unwrap();
+        let with_mode = |mode| {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            read_token(&path)
+        };
+        for mode in [0o600, 0o400, 0o640, 0o440] {
+            assert_eq!(with_mode(mode).unwrap(), "0123456789abcdef0123", "{mode:o}");
+        }
+        for mode in [0o644, 0o604, 0o660, 0o620, 0o666] {
+            let e = with_mode(mode).unwrap_err();
+            assert_eq!(e.exit_code(), 2);
+            let e = e.to_string();
+            assert!(
+                e.contains("admin.token")
+                    && e.contains(&format!("{mode:04o}"))
+                    && e.contains("chmod 640"),
+                "{e}"
+            );
+        }
+    }
 }

@@ -12,10 +12,12 @@
 //!                │  └───release failed / expiry / lost by its agent──▶ settling
 //!                                                  settling ──cluster in sync──▶ cleared
 //! cycle        running ──no broker left open──▶ finishing ──final check──▶ done | partial | failed
+//!                 └──────────── operator cancels (either) ─────────────▶ cancelled
 //! cycle broker pending ──grant──▶ leased ──recovered──▶ archiving ──committed──▶ done
 //!                 ▲                 │ committed (copy capture) ──▶ done │
 //!                 └── failed attempt, attempts < max ◀──────────────────┘ (else failed)
 //! restore      pending ──grant──▶ running ──▶ done | failed
+//!                 └──operator cancels──▶ cancelled    (running: its lease is aborted)
 //! ```
 //!
 //! The rule all of it serves, at most one broker down because of this
@@ -166,6 +168,10 @@ stored_enum!(
         Partial = "partial",
         /// The cluster was not back in sync in time at the end.
         Failed = "failed",
+        /// An operator cancelled it: no further broker is leased. A lease it
+        /// held is aborted and ends the careful way (its broker is started
+        /// again, the slot waits for the cluster).
+        Cancelled = "cancelled",
     }
 );
 
@@ -173,6 +179,14 @@ impl CycleState {
     /// Running or finishing: no second cycle starts meanwhile.
     pub fn is_open(self) -> bool {
         matches!(self, CycleState::Running | CycleState::Finishing)
+    }
+
+    /// An operator cancels the cycle.
+    pub fn on_cancel(self) -> Result<CycleState, IllegalTransition> {
+        match self {
+            CycleState::Running | CycleState::Finishing => Ok(CycleState::Cancelled),
+            s => illegal("cycle", s.as_str(), "cancel"),
+        }
     }
 
     /// A running cycle with no broker left open moves to its final check.
@@ -309,8 +323,20 @@ stored_enum!(
         Running = "running",
         Done = "done",
         Failed = "failed",
+        /// Cancelled by an operator before its lease was granted.
+        Cancelled = "cancelled",
     }
 );
+
+/// What cancelling a restore order does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cancel {
+    /// Nothing was started: the order ends now.
+    Now(RestoreState),
+    /// Its agent holds the lease: the lease is aborted, and the agent ends
+    /// the order at its next safe point (the broker running again).
+    AbortLease,
+}
 
 impl RestoreState {
     /// Pending or running: a broker has at most one open order.
@@ -322,6 +348,15 @@ impl RestoreState {
         match self {
             RestoreState::Pending => Ok(RestoreState::Running),
             s => illegal("restore", s.as_str(), "grant"),
+        }
+    }
+
+    /// An operator cancels the order.
+    pub fn on_cancel(self) -> Result<Cancel, IllegalTransition> {
+        match self {
+            RestoreState::Pending => Ok(Cancel::Now(RestoreState::Cancelled)),
+            RestoreState::Running => Ok(Cancel::AbortLease),
+            s => illegal("restore", s.as_str(), "cancel"),
         }
     }
 
@@ -495,6 +530,13 @@ mod tests {
         assert!(Running.finish(&[], &Ok(()), Duration::ZERO, min).is_err());
         assert!(Running.is_open() && Finishing.is_open());
         assert!(!Done.is_open() && !Partial.is_open() && !Failed.is_open());
+        assert!(!Cancelled.is_open());
+        assert_eq!(Running.on_cancel(), Ok(Cancelled));
+        assert_eq!(Finishing.on_cancel(), Ok(Cancelled));
+        for s in [Done, Partial, Failed, Cancelled] {
+            assert!(s.on_cancel().is_err(), "{s}");
+        }
+        assert!(Cancelled.finish(&[], &Ok(()), Duration::ZERO, min).is_err());
     }
 
     #[test]
@@ -507,5 +549,11 @@ mod tests {
         assert_eq!(Pending.finish(false), Failed);
         assert_eq!(Done.finish(false), Done);
         assert_eq!(Failed.finish(true), Failed);
+        assert_eq!(Cancelled.finish(true), Cancelled);
+        assert_eq!(Pending.on_cancel(), Ok(Cancel::Now(Cancelled)));
+        assert_eq!(Running.on_cancel(), Ok(Cancel::AbortLease));
+        for s in [Done, Failed, Cancelled] {
+            assert!(s.on_cancel().is_err(), "{s}");
+        }
     }
 }

@@ -336,6 +336,32 @@ fn refusals_leave_no_trace_and_epochs_fence_stale_agents() {
         metrics.contains("kafka_snapshot_cycle_running 1"),
         "{metrics}"
     );
+
+    // Day-2: suspend survives a restart; cancelling the cycle aborts the
+    // lease it holds through the agent's next heartbeat.
+    c.cli_ok(&["suspend", "--reason", "disk swap on broker 3"], 0);
+    c.kill();
+    c.start();
+    let status = c.cli_ok(&["status"], 0);
+    assert!(
+        status.contains("SUSPENDED: suspended by an operator") && status.contains("disk swap"),
+        "{status}"
+    );
+    let out = c.cli_ok(&["cancel", "--cycle"], 0);
+    assert!(
+        out.contains(&format!("lease {epoch2} of broker 2 is being aborted")),
+        "{out}"
+    );
+    let (code, body) = http.post("/v1/agent/heartbeat", Some(&t2), &hb(2, epoch2));
+    assert_eq!((code, &body["abort"]), (200, &json!(true)), "{body}");
+    assert_eq!(c.status()["cycle"]["state"], "cancelled");
+    c.cli_ok(&["resume"], 0);
+    let st = c.status();
+    assert!(
+        !st["suspended_because"].to_string().contains("operator"),
+        "{st}"
+    );
+    c.cli_ok(&["cancel"], 2);
 }
 
 #[test]

@@ -104,6 +104,10 @@ pub struct StatusView {
     pub now: String,
     pub schedule: String,
     pub suspended: bool,
+    /// Why: `schedule.suspend` in the config, or what the operator said
+    /// with `coordinator suspend`.
+    #[serde(default)]
+    pub suspended_because: Option<String>,
     pub next_due: Option<String>,
     pub lease: Option<LeaseView>,
     pub cycle: Option<CycleView>,
@@ -165,4 +169,30 @@ pub struct RebuildResult {
     pub before: usize,
     pub after: usize,
     pub skipped: Vec<String>,
+}
+
+/// `POST /v1/suspend`: no scheduled cycle starts and no snapshot lease is
+/// granted until `POST /v1/resume`; restores still go.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Suspend {
+    pub reason: Option<String>,
+}
+
+/// `POST /v1/cycles/cancel`: the open cycle (or the one named, which must
+/// be the open one).
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CancelCycle {
+    pub cycle_id: Option<i64>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+pub struct CycleCancelled {
+    pub cycle_id: i64,
+    /// The lease of the cycle that was held, now told to abort: its agent
+    /// starts its broker again if it stopped it, and the slot waits for the
+    /// cluster to be back in sync.
+    pub aborted_lease: Option<i64>,
+    pub broker: Option<i32>,
 }

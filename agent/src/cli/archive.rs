@@ -4,7 +4,7 @@
 use clap::{Args, Subcommand};
 use kafka_snapshot::archive::ArchiveOptions;
 use kafka_snapshot::config::AgentConfig;
-use kafka_snapshot::extract::{extract, is_root, original_targets, ExtractOptions};
+use kafka_snapshot::extract::{can_restore_owners, extract, original_targets, ExtractOptions};
 use kafka_snapshot::settings::parse_byte_size;
 use kafka_snapshot::snapshot::{capture, BrokerTimes, CaptureRequest};
 use kafka_snapshot::storage::{self, ColdStore, StoreOptions};
@@ -252,7 +252,7 @@ fn extract_cmd(a: ExtractArgs) -> Result<ExitCode> {
     let opts = ExtractOptions {
         targets,
         allow_other_identity: a.allow_other_identity,
-        restore_owner: is_root() && !a.no_owner,
+        restore_owner: can_restore_owners() && !a.no_owner,
         broker_may_run: false,
         cancel: None,
     };

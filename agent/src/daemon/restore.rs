@@ -20,7 +20,7 @@ use crate::broker::Stopped;
 use crate::cycle::Cycle;
 use chrono::Utc;
 use kafka_snapshot::catalog;
-use kafka_snapshot::extract::{is_root, prepare, ExtractOptions, Prepared};
+use kafka_snapshot::extract::{can_restore_owners, prepare, ExtractOptions, Prepared};
 use kafka_snapshot_model::manifest::Manifest;
 use kafka_snapshot_model::protocol::{Lease, Outcome, Phase, RestoreOrder};
 use std::path::PathBuf;
@@ -143,7 +143,7 @@ impl Daemon {
         let opts = ExtractOptions {
             targets: targets.clone(),
             allow_other_identity: order.force,
-            restore_owner: is_root(),
+            restore_owner: can_restore_owners(),
             broker_may_run: true,
             cancel: Some(cancel.clone()),
         };

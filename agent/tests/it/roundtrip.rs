@@ -4,7 +4,9 @@
 use crate::common::*;
 use kafka_snapshot_testkit::Spec;
 use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::PathBuf;
+use std::process::Command;
 
 fn big_spec(dirs: Vec<PathBuf>) -> Spec {
     let mut spec = Spec::small(CLUSTER, 1, dirs);
@@ -269,4 +271,138 @@ fn log_dirs_from_server_properties() {
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["broker"], 2);
+}
+
+/// The agent's unit runs it as `kafka-snapshot` with CAP_CHOWN, CAP_FOWNER,
+/// CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH as ambient capabilities: a
+/// restore run so must give every file back its recorded owner, or Kafka
+/// (another user) cannot write its own log dirs. Regression: owners were
+/// restored only when running as root.
+#[test]
+fn extract_as_the_service_user_with_its_capabilities_restores_owners() {
+    let t = scratch("xfs");
+    let dirs = small_broker(t.path(), 1);
+    for d in &dirs {
+        let st = Command::new("chown")
+            .args(["-R", "4242:4343"])
+            .arg(d)
+            .status()
+            .unwrap();
+        assert!(st.success(), "chown {}", d.display());
+    }
+    let store = new_store(t.path());
+    let created = create(&dirs, &store, "copy");
+    let id = created["snapshot_id"].as_str().unwrap();
+    let targets = [t.path().join("restore/a"), t.path().join("restore/b")];
+    fs::create_dir_all(t.path().join("restore")).unwrap();
+    let caps = "+chown,+fowner,+dac_override,+dac_read_search";
+    let mut cmd = Command::new("setpriv");
+    cmd.args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        &format!("--inh-caps={caps}"),
+        &format!("--ambient-caps={caps}"),
+    ])
+    .arg(env!("CARGO_BIN_EXE_kafka-snapshot-agent"))
+    .env("KAFKA_SNAPSHOT_LOG", "warn");
+    let (a, b) = (
+        targets[0].display().to_string(),
+        targets[1].display().to_string(),
+    );
+    let url = store_url(&store);
+    run_with(
+        cmd,
+        &[
+            "archive",
+            "extract",
+            "--store",
+            &url,
+            "--snapshot",
+            id,
+            "--into",
+            &a,
+            &b,
+        ],
+        0,
+    );
+    for (orig, restored) in dirs.iter().zip(&targets) {
+        // Owners, modes, mtimes and content as captured.
+        assert_same_tree(orig, restored, NOT_ARCHIVED);
+    }
+}
+
+/// The coordinator (another user, in the store's group) must read what the
+/// agents write to verify it and delete it to prune. Regression: under the
+/// agent unit's umask the file store wrote 0750 directories and 0640 files
+/// of the agent's own group, which the coordinator could not read or
+/// delete, and retried verifying every 10 s forever.
+#[test]
+fn a_file_store_is_shared_through_its_group_whatever_the_umask() {
+    let t = scratch("xfs");
+    let dirs = small_broker(t.path(), 1);
+    let store = new_store(t.path());
+    // What the deployment makes: root:<snapshot group> 2770.
+    let st = Command::new("chown")
+        .arg("0:4343")
+        .arg(&store)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    fs::set_permissions(&store, fs::Permissions::from_mode(0o2770)).unwrap();
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", "umask 0077; exec \"$0\" \"$@\""])
+        .arg(env!("CARGO_BIN_EXE_kafka-snapshot-agent"))
+        .env("KAFKA_SNAPSHOT_LOG", "warn");
+    let url = store_url(&store);
+    let out = run_with(
+        cmd,
+        &[
+            "archive",
+            "create",
+            "--log-dirs",
+            &dirs_arg(&dirs),
+            "--store",
+            &url,
+            "--capture",
+            "copy",
+            "--json",
+        ],
+        0,
+    );
+    let created: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = created["snapshot_id"].as_str().unwrap();
+    let snap = snapshot_dir(&store, 1, id);
+    let mut d = snap.clone();
+    while d != store {
+        let md = fs::metadata(&d).unwrap();
+        assert_eq!(md.permissions().mode() & 0o7777, 0o2770, "{}", d.display());
+        assert_eq!(md.gid(), 4343, "{}", d.display());
+        d = d.parent().unwrap().to_path_buf();
+    }
+    for f in fs::read_dir(&snap).unwrap() {
+        let md = f.unwrap().metadata().unwrap();
+        assert_eq!(md.permissions().mode() & 0o777, 0o640);
+        assert_eq!(md.gid(), 4343);
+    }
+    // Another user in the group, with no capabilities, reads it back and
+    // deletes it.
+    let as_coordinator = |program: &str| {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--groups=4343"])
+            .arg(program)
+            .env("KAFKA_SNAPSHOT_LOG", "warn");
+        c
+    };
+    run_with(
+        as_coordinator(env!("CARGO_BIN_EXE_kafka-snapshot-agent")),
+        &["archive", "verify", "--store", &url, "--snapshot", id],
+        0,
+    );
+    run_with(
+        as_coordinator("rm"),
+        &["-r", &snap.display().to_string()],
+        0,
+    );
+    assert!(!snap.exists());
 }

@@ -42,7 +42,11 @@ impl Engine {
             cx.commit()?;
             return Ok(PollDecision::Answer(Action::Idle));
         }
-        let head = cx.cycle_head()?;
+        // Suspended by an operator: no snapshot lease (restores still go).
+        let head = match cx.paused()? {
+            Some(_) => None,
+            None => cx.cycle_head()?,
+        };
         cx.commit()?;
         Ok(match head {
             Some((cycle_id, broker)) if broker == req.broker => {
@@ -83,7 +87,7 @@ impl Engine {
         }
         let (kind, cycle_id, order_id) = match cand {
             Candidate::Snapshot { cycle_id, .. } => {
-                if cx.cycle_head()? != Some((*cycle_id, broker)) {
+                if cx.paused()?.is_some() || cx.cycle_head()? != Some((*cycle_id, broker)) {
                     return Ok(Action::Idle);
                 }
                 (LeaseKind::Snapshot, Some(*cycle_id), None)
@@ -154,7 +158,7 @@ impl Engine {
         cx.commit()?;
         Ok(HeartbeatResponse {
             ttl_ms: ms(ttl),
-            abort: false,
+            abort: lease.abort_requested.is_some(),
         })
     }
 

@@ -172,7 +172,7 @@ impl Ctx<'_> {
 /// Reads the state for tests and tools that look inside.
 #[cfg(test)]
 impl Engine {
-    fn conn(&self) -> &Connection {
+    pub(crate) fn conn(&self) -> &Connection {
         &self.conn
     }
 }

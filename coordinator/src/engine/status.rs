@@ -15,6 +15,14 @@ pub struct PhaseDuration {
     pub seconds: f64,
 }
 
+/// Snapshots of a broker not verified yet, for `/metrics`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unverified {
+    pub broker: i32,
+    pub count: i64,
+    pub oldest_age_seconds: i64,
+}
+
 impl Engine {
     pub fn status(&self, now: Now) -> ApiResult<StatusView> {
         let c = &self.conn;
@@ -50,16 +58,38 @@ impl Engine {
                 last_verified: last.as_ref().and_then(|l| l.verify_ok),
             });
         }
+        let suspended_because = super::operators::suspension(
+            self.cfg.schedule.suspend,
+            events::meta(c, Meta::Suspended)?,
+        );
         Ok(StatusView {
             now: ts(now),
             schedule: self.cfg.schedule().to_string(),
-            suspended: self.cfg.schedule.suspend,
+            suspended: suspended_because.is_some(),
+            suspended_because,
             next_due: events::meta(c, Meta::NextDue)?,
             lease: leases::slot_view(c)?,
             cycle: cycles::latest_view(c)?,
             brokers: views,
             recent_events: events::recent(c, 15)?,
         })
+    }
+
+    /// Per broker, listed snapshots waiting for their first verification
+    /// and how long the oldest has waited; empty when the coordinator does
+    /// not verify new snapshots (`retention.verify_new = false`).
+    pub fn unverified(&self, now: Now) -> ApiResult<Vec<Unverified>> {
+        if !self.cfg.retention.verify_new {
+            return Ok(Vec::new());
+        }
+        Ok(snapshots::unverified(&self.conn)?
+            .into_iter()
+            .map(|(broker, count, oldest)| Unverified {
+                broker,
+                count,
+                oldest_age_seconds: (now - parse_ts(&oldest)).num_seconds().max(0),
+            })
+            .collect())
     }
 
     pub fn counters(&self) -> ApiResult<Vec<(String, String, i64)>> {

@@ -576,3 +576,124 @@ fn phase_durations_of_the_latest_lease_come_from_its_heartbeats() {
         (2, "gating", 10.0)
     );
 }
+
+#[test]
+fn a_suspended_coordinator_grants_no_snapshot_lease_and_counts_no_wait() {
+    let mut e = engine();
+    start_cycle(&mut e);
+    e.suspend(Some("disk replacement on broker 1"), secs(2))
+        .unwrap();
+    let st = e.status(secs(2)).unwrap();
+    assert!(st.suspended);
+    assert!(
+        st.suspended_because
+            .as_deref()
+            .unwrap()
+            .contains("disk replacement"),
+        "{st:?}"
+    );
+    assert_eq!(poll_grant(&mut e, 1, secs(3)), Action::Idle);
+    assert!(matches!(e.run_now(None, secs(3)), Err(ApiError::Conflict(m)) if m.contains("resume")));
+    // Far past the gate timeout: the broker's turn was not counted.
+    e.tick(secs(4)).unwrap();
+    e.tick(secs(2000)).unwrap();
+    let b1 = e.status(secs(2000)).unwrap().cycle.unwrap().brokers[0].clone();
+    assert_eq!(
+        (b1.broker, b1.state.as_str(), b1.attempts),
+        (1, "pending", 0)
+    );
+    // Restores still go.
+    crate::store::snapshots::upsert(e.conn(), &summary(2, "s2"), "agent").unwrap();
+    e.create_restore(2, None, false, secs(2001)).unwrap();
+    assert!(matches!(
+        poll_grant(&mut e, 2, secs(2002)),
+        Action::Restore { .. }
+    ));
+    // A second suspend keeps it suspended; resume lifts it (once).
+    e.resume(secs(2003)).unwrap();
+    assert!(matches!(e.resume(secs(2004)), Err(ApiError::Conflict(_))));
+    assert!(!e.status(secs(2004)).unwrap().suspended);
+}
+
+#[test]
+fn cancelling_a_cycle_aborts_its_lease_the_careful_way() {
+    let mut e = engine();
+    start_cycle(&mut e);
+    let epoch = epoch_of(&poll_grant(&mut e, 1, secs(2)));
+    assert!(
+        !e.heartbeat(&hb(1, epoch, Phase::Stopping), secs(3))
+            .unwrap()
+            .abort
+    );
+    let c = e.cancel_cycle(None, secs(4)).unwrap();
+    assert_eq!((c.aborted_lease, c.broker), (Some(epoch as i64), Some(1)));
+    let st = e.status(secs(4)).unwrap();
+    assert_eq!(st.cycle.unwrap().state, "cancelled");
+    // The agent hears it at its next heartbeat, starts its broker again
+    // and releases: the slot waits for the cluster as after any failure.
+    assert!(
+        e.heartbeat(&hb(1, epoch, Phase::Starting), secs(5))
+            .unwrap()
+            .abort
+    );
+    e.release(
+        &Release {
+            broker: 1,
+            epoch,
+            outcome: Outcome::Failed {
+                reason: "aborted by the coordinator".into(),
+                broker_running: true,
+            },
+        },
+        secs(6),
+    )
+    .unwrap();
+    assert_eq!(slot_state(&e), Some((1, "settling".into())));
+    e.apply_cluster_check(Ok(()), secs(7)).unwrap();
+    assert_eq!(slot_state(&e), None);
+    // Nobody else's turn comes: the cycle is over.
+    assert_eq!(poll_grant(&mut e, 2, secs(8)), Action::Idle);
+    assert!(matches!(
+        e.cancel_cycle(None, secs(9)),
+        Err(ApiError::NotFound(_))
+    ));
+    // A new cycle can start.
+    assert!(e.run_now(None, secs(10)).is_ok());
+    assert!(matches!(
+        e.cancel_cycle(Some(1), secs(11)),
+        Err(ApiError::Conflict(_))
+    ));
+}
+
+#[test]
+fn cancelling_a_restore_order_ends_it_or_aborts_its_lease() {
+    let mut e = engine();
+    crate::store::snapshots::upsert(e.conn(), &summary(2, "s2"), "agent").unwrap();
+    let waiting = e.create_restore(2, None, false, t0()).unwrap();
+    let o = e.cancel_restore(waiting.id, secs(1)).unwrap();
+    assert_eq!(o.state, "cancelled");
+    assert_eq!(
+        poll_grant(&mut e, 2, secs(2)),
+        Action::Idle,
+        "nothing to restore"
+    );
+    assert!(matches!(
+        e.cancel_restore(waiting.id, secs(3)),
+        Err(ApiError::Conflict(_))
+    ));
+    let running = e.create_restore(2, None, false, secs(4)).unwrap();
+    let Action::Restore { lease, .. } = poll_grant(&mut e, 2, secs(5)) else {
+        panic!("the restore should be granted")
+    };
+    let o = e.cancel_restore(running.id, secs(6)).unwrap();
+    assert_eq!(o.state, "running", "it ends when its agent does");
+    assert!(
+        e.heartbeat(&hb(2, lease.epoch, Phase::Downloading), secs(7))
+            .unwrap()
+            .abort
+    );
+    assert!(matches!(
+        e.cancel_restore(99, secs(8)),
+        Err(ApiError::NotFound(_))
+    ));
+}

@@ -138,13 +138,13 @@ impl Ctx<'_> {
             following = sched.next_after(now);
         }
         events::set_meta(&self.tx, Meta::NextDue, &ts(following))?;
-        if self.cfg.schedule.suspend {
+        if let Some(why) = self.suspended()? {
             self.event(
                 EventLevel::Info,
                 None,
                 None,
                 "schedule",
-                "cycle due but the schedule is suspended",
+                &format!("cycle due but the schedule is suspended ({why})"),
             )?;
             return Ok(());
         }
@@ -215,7 +215,8 @@ impl Ctx<'_> {
     /// never polls, or no lease could be granted): skipped for now, and the
     /// wait counts as an attempt so a dead agent cannot hold a cycle.
     fn turn_wait(&self, cycle_state: CycleState) -> ApiResult<()> {
-        if cycle_state != CycleState::Running {
+        // Suspended by an operator: nobody's turn comes, so nobody waits.
+        if cycle_state != CycleState::Running || self.paused()?.is_some() {
             return Ok(());
         }
         let Some((cycle, broker)) = self.cycle_head()? else {

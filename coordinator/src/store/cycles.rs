@@ -218,6 +218,15 @@ pub fn set_waiting_since(
     Ok(())
 }
 
+/// Every broker of `cycle` waiting for its turn starts its wait afresh.
+pub fn reset_waits(c: &Connection, cycle: i64) -> rusqlite::Result<()> {
+    c.execute(
+        "UPDATE cycle_brokers SET waiting_since = NULL WHERE cycle_id = ?",
+        [cycle],
+    )?;
+    Ok(())
+}
+
 /// Its snapshot `snapshot_id` moved on under lease `epoch` (archiving or
 /// done); news of an older lease changes nothing.
 pub fn snapshot_moved(

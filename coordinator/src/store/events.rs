@@ -68,6 +68,9 @@ pub enum Meta {
     NextDue,
     /// A cycle ended: retention is to be applied.
     PruneDue,
+    /// An operator suspended the schedule (`coordinator suspend`): why,
+    /// who and when.
+    Suspended,
 }
 
 impl Meta {
@@ -75,6 +78,7 @@ impl Meta {
         match self {
             Meta::NextDue => "next_due",
             Meta::PruneDue => "prune_due",
+            Meta::Suspended => "suspended",
         }
     }
 }

@@ -19,10 +19,13 @@ pub struct LeaseRow {
     pub phase: Option<String>,
     pub holder_instance: Option<String>,
     pub holder_host: Option<String>,
+    /// An operator cancelled what the lease was granted for: its agent is
+    /// told to abort.
+    pub abort_requested: Option<String>,
 }
 
-const COLUMNS: &str =
-    "epoch, broker, kind, state, cycle_id, order_id, phase, holder_instance, holder_host";
+const COLUMNS: &str = "epoch, broker, kind, state, cycle_id, order_id, phase, holder_instance, \
+                       holder_host, abort_requested";
 
 /// The states that hold the slot.
 fn holding() -> String {
@@ -40,6 +43,7 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<LeaseRow> {
         phase: r.get(6)?,
         holder_instance: r.get(7)?,
         holder_host: r.get(8)?,
+        abort_requested: r.get(9)?,
     })
 }
 
@@ -61,6 +65,16 @@ pub fn slot(c: &Connection) -> rusqlite::Result<Option<LeaseRow>> {
              ORDER BY epoch LIMIT 1"
         ),
         [holding()],
+        row,
+    )
+    .optional()
+}
+
+/// The latest lease granted for restore order `order`.
+pub fn of_order(c: &Connection, order: i64) -> rusqlite::Result<Option<LeaseRow>> {
+    c.query_row(
+        &format!("SELECT {COLUMNS} FROM leases WHERE order_id = ? ORDER BY epoch DESC LIMIT 1"),
+        [order],
         row,
     )
     .optional()
@@ -182,6 +196,15 @@ pub fn set_state(c: &Connection, epoch: i64, to: LeaseState) -> rusqlite::Result
     c.execute(
         "UPDATE leases SET state = ? WHERE epoch = ?",
         params![Name(to.as_str()), epoch],
+    )?;
+    Ok(())
+}
+
+/// Tells the lease's agent to abort (its next heartbeat answer says so).
+pub fn request_abort(c: &Connection, epoch: i64, why: &str) -> rusqlite::Result<()> {
+    c.execute(
+        "UPDATE leases SET abort_requested = ? WHERE epoch = ?",
+        params![why, epoch],
     )?;
     Ok(())
 }

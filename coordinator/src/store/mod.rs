@@ -55,7 +55,8 @@ CREATE TABLE IF NOT EXISTS leases (
     stopped_at TEXT,
     ended_at TEXT,
     holder_instance TEXT,
-    holder_host TEXT
+    holder_host TEXT,
+    abort_requested TEXT
 );
 CREATE INDEX IF NOT EXISTS leases_state ON leases(state);
 -- state: running -> finishing -> done | partial | failed
@@ -146,11 +147,11 @@ CREATE TABLE IF NOT EXISTS counters (
 /// The schema version this build writes. Each step of [`MIGRATIONS`]
 /// brings a database one version up; a database of a newer version than
 /// this is refused (a downgraded coordinator must not guess).
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// `(version reached, what it changes)`, applied in order, each in the
 /// transaction that also records the new version.
-const MIGRATIONS: &[(u32, Migration)] = &[(2, v2_lease_holder)];
+const MIGRATIONS: &[(u32, Migration)] = &[(2, v2_lease_holder), (3, v3_lease_abort)];
 
 type Migration = fn(&Connection) -> rusqlite::Result<()>;
 
@@ -159,16 +160,27 @@ type Migration = fn(&Connection) -> rusqlite::Result<()>;
 /// coordinator no longer keeps a copy of `schedule.max_attempts` in `meta`.
 fn v2_lease_holder(conn: &Connection) -> rusqlite::Result<()> {
     for column in ["holder_instance", "holder_host"] {
-        let present: bool = conn.query_row(
-            "SELECT count(*) > 0 FROM pragma_table_info('leases') WHERE name = ?",
-            [column],
-            |r| r.get(0),
-        )?;
-        if !present {
-            conn.execute(&format!("ALTER TABLE leases ADD COLUMN {column} TEXT"), [])?;
-        }
+        add_column(conn, "leases", column)?;
     }
     conn.execute("DELETE FROM meta WHERE key = 'max_attempts'", [])?;
+    Ok(())
+}
+
+/// Version 3: an operator may cancel a cycle or a restore order while its
+/// lease is held; the lease records that its agent is to abort.
+fn v3_lease_abort(conn: &Connection) -> rusqlite::Result<()> {
+    add_column(conn, "leases", "abort_requested")
+}
+
+fn add_column(conn: &Connection, table: &str, column: &str) -> rusqlite::Result<()> {
+    let present: bool = conn.query_row(
+        &format!("SELECT count(*) > 0 FROM pragma_table_info('{table}') WHERE name = ?"),
+        [column],
+        |r| r.get(0),
+    )?;
+    if !present {
+        conn.execute(&format!("ALTER TABLE {table} ADD COLUMN {column} TEXT"), [])?;
+    }
     Ok(())
 }
 
@@ -324,7 +336,10 @@ mod tests {
             // 1, and a copy of max_attempts in meta.
             let conn = Connection::open(&path).unwrap();
             let v1 = SCHEMA
-                .replace("    holder_instance TEXT,\n    holder_host TEXT\n", "")
+                .replace(
+                    "    holder_instance TEXT,\n    holder_host TEXT,\n    abort_requested TEXT\n",
+                    "",
+                )
                 .replace("    ended_at TEXT,\n", "    ended_at TEXT\n");
             conn.execute_batch(&v1).unwrap();
             conn.execute_batch(
@@ -348,7 +363,7 @@ mod tests {
                 .optional()
                 .unwrap()
         };
-        assert_eq!(meta("schema_version").as_deref(), Some("2"));
+        assert_eq!(meta("schema_version").as_deref(), Some("3"));
         assert_eq!(meta("max_attempts"), None);
         let (n, holder): (i64, Option<String>) = conn
             .query_row(
@@ -368,7 +383,7 @@ mod tests {
                 |r| r.get(0),
             )
             .unwrap();
-        assert_eq!(v, "2");
+        assert_eq!(v, "3");
     }
 
     #[test]

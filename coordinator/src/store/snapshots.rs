@@ -201,3 +201,14 @@ pub fn count(c: &Connection, broker: i32) -> rusqlite::Result<i64> {
         |r| r.get(0),
     )
 }
+
+/// Per broker, the listed snapshots never verified: (broker, how many, the
+/// commit time of the oldest).
+pub fn unverified(c: &Connection) -> rusqlite::Result<Vec<(i32, i64, String)>> {
+    let mut st = c.prepare(
+        "SELECT broker, count(*), min(committed) FROM snapshots
+         WHERE verified_at IS NULL AND deleted_at IS NULL GROUP BY broker ORDER BY broker",
+    )?;
+    let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    rows.collect()
+}

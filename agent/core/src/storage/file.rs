@@ -1,15 +1,29 @@
 //! The `file://` backend: a local directory or a mounted network
 //! filesystem (NFS). Objects are written to a temporary name, fsynced,
 //! renamed into place, and the directory fsynced.
+//!
+//! The agents write snapshots and the coordinator, another user (often on
+//! another host), reads them to verify and deletes them to prune. They
+//! share the store through its group: every directory the store creates is
+//! `2770` (group-writable, so the coordinator can delete; set-group-ID, so
+//! everything below the root keeps the root's group) and every object
+//! `0640`, whatever the process's umask. Make the root
+//! `root:<snapshot group> 2770` and put the agents' and the coordinator's
+//! users in that group (the Ansible roles do).
 
 use super::throttle::{Throttle, Throttled};
 use super::{check_key, fsync_dir, ColdStore, ObjectMeta, ObjectWriter, TEMP_MARKER};
 use kafka_snapshot_model::error::{Error, Result};
 use std::fs;
 use std::io::{self, BufWriter, Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+/// Directories the store creates: group-writable, set-group-ID.
+const DIR_MODE: u32 = 0o2770;
+/// Objects: the group (the coordinator) reads them.
+const FILE_MODE: u32 = 0o640;
 
 /// A local directory or a mounted network filesystem (NFS).
 pub struct FileStore {
@@ -41,6 +55,30 @@ impl FileStore {
         self
     }
 
+    /// Creates `dir` and every missing directory between it and the root,
+    /// `2770` each (see the module doc). Directories that exist are left as
+    /// they are.
+    fn create_dirs(&self, dir: &Path) -> io::Result<()> {
+        let Ok(below) = dir.strip_prefix(&self.root) else {
+            return fs::create_dir_all(dir);
+        };
+        let mut at = self.root.clone();
+        for part in below.components() {
+            at.push(part);
+            match fs::DirBuilder::new().mode(DIR_MODE).create(&at) {
+                // The umask took bits off: put them back (the set-group-ID
+                // bit is the kernel's to give, from a set-group-ID parent).
+                Ok(()) => {
+                    let setgid = fs::metadata(&at)?.permissions().mode() & 0o2000;
+                    fs::set_permissions(&at, fs::Permissions::from_mode(0o770 | setgid))?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
     fn path(&self, key: &str) -> Result<PathBuf> {
         check_key(key)?;
         Ok(self.root.join(key))
@@ -55,7 +93,7 @@ impl ColdStore for FileStore {
     fn create(&self, key: &str) -> Result<Box<dyn ObjectWriter>> {
         let path = self.path(key)?;
         let dir = path.parent().expect("key has a parent").to_path_buf();
-        fs::create_dir_all(&dir)
+        self.create_dirs(&dir)
             .map_err(|e| self.error(key, format!("creating directory: {e}")))?;
         let name = path.file_name().expect("key has a name").to_string_lossy();
         let mut rnd = [0u8; 4];
@@ -64,9 +102,12 @@ impl ColdStore for FileStore {
         let file = fs::OpenOptions::new()
             .write(true)
             .create_new(true)
-            .mode(0o640)
+            .mode(FILE_MODE)
             .open(&tmp)
             .map_err(|e| self.error(key, format!("creating {}: {e}", tmp.display())))?;
+        // The umask may have taken the group's read bit.
+        file.set_permissions(fs::Permissions::from_mode(FILE_MODE))
+            .map_err(|e| self.error(key, format!("mode of {}: {e}", tmp.display())))?;
         Ok(Box::new(FileObjectWriter {
             out: Some(BufWriter::with_capacity(1 << 20, file)),
             tmp,
