@@ -48,8 +48,8 @@ pub fn run_retention(s: &Shared, dry_run: bool) -> PruneResult {
         retention::plan(
             &cands,
             &retention::Policy {
-                keep_last: s.cfg.retention.keep_last as usize,
-                max_age: s.cfg.retention.max_age,
+                keep_last: s.cfg().retention.keep_last as usize,
+                max_age: s.cfg().retention.max_age,
             },
             &busy,
             now,
@@ -225,7 +225,7 @@ async fn tick_loop(
         if needs.settle_check || needs.final_check {
             let due = {
                 let mut last = s.last_check.lock().unwrap_or_else(|p| p.into_inner());
-                let due = last.is_none_or(|t| t.elapsed() >= s.cfg.gate.check_interval);
+                let due = last.is_none_or(|t| t.elapsed() >= s.cfg().gate.check_interval);
                 if due {
                     *last = Some(Instant::now());
                 }
@@ -233,7 +233,7 @@ async fn tick_loop(
             };
             if due {
                 let check = match s.view().await {
-                    Ok(v) => health::in_sync(&v, &s.cfg.brokers()),
+                    Ok(v) => health::in_sync(&v, &s.cfg().brokers()),
                     Err(e) => Err(format!("cluster not reachable: {e}")),
                 };
                 if let Err(e) = s.engine().apply_cluster_check(check, Utc::now()) {
@@ -264,7 +264,7 @@ async fn tick_loop(
             });
         }
         if needs.prune
-            && s.cfg.retention.prune_after_cycle
+            && s.cfg().retention.prune_after_cycle
             && !s.pruning.swap(true, Ordering::SeqCst)
         {
             let s2 = s.clone();
@@ -273,7 +273,7 @@ async fn tick_loop(
                 tracing::info!(deleted = r.deleted.len(), error = ?r.error, "retention applied");
                 s2.pruning.store(false, Ordering::SeqCst);
             });
-        } else if needs.prune && !s.cfg.retention.prune_after_cycle {
+        } else if needs.prune && !s.cfg().retention.prune_after_cycle {
             let _ = s.engine().prune_done(None, Utc::now());
         }
     }

@@ -541,6 +541,14 @@ fn serve_tells_systemd_it_is_ready_alive_and_stopping() {
         seen.push(recv());
         assert!(seen.len() < 100, "{seen:?}");
     }
+    // SIGHUP (`systemctl reload`) reads the config again; the service
+    // goes on.
+    c.signal("HUP");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !c.logs().contains("config reloaded") {
+        assert!(std::time::Instant::now() < deadline, "{}", c.logs());
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert_eq!(c.terminate(), Some(0), "{}", c.logs());
     loop {
         let m = recv();
