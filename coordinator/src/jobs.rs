@@ -182,6 +182,10 @@ fn verify_one(s: &Shared, cluster: &str, broker: i32, id: &str) -> bool {
     true
 }
 
+/// How often the background loop looks at the cluster when nothing else
+/// does, to notice brokers no agent covers.
+const UNCOVERED_LOOK: Duration = Duration::from_secs(60);
+
 /// Pause before verifying again after cold storage could not be read.
 const VERIFY_RETRY: Duration = Duration::from_secs(10);
 
@@ -222,6 +226,16 @@ async fn tick_loop(
                 continue;
             }
         };
+        // Even with nothing to check, look at the cluster every minute so
+        // that brokers no agent covers are noticed.
+        if !needs.settle_check
+            && !needs.final_check
+            && s.last_look().is_none_or(|t| t.elapsed() >= UNCOVERED_LOOK)
+        {
+            if let Err(e) = s.view().await {
+                tracing::debug!("looking at the cluster: {e}");
+            }
+        }
         if needs.settle_check || needs.final_check {
             let due = {
                 let mut last = s.last_check.lock().unwrap_or_else(|p| p.into_inner());

@@ -169,7 +169,9 @@ async fn notice(State(s): S, headers: HeaderMap, body: Bytes) -> HttpResult<Json
 
 async fn status(State(s): S, headers: HeaderMap) -> HttpResult<impl IntoResponse> {
     admin_auth(&s, &headers)?;
-    Ok(Json(s.engine().status(Utc::now())?))
+    let mut st = s.engine().status(Utc::now())?;
+    st.uncovered_brokers = s.uncovered().into_iter().collect();
+    Ok(Json(st))
 }
 
 #[derive(Deserialize)]
@@ -283,7 +285,8 @@ async fn rebuild(State(s): S, headers: HeaderMap) -> HttpResult<impl IntoRespons
 }
 
 async fn metrics_endpoint(State(s): S) -> HttpResult<impl IntoResponse> {
-    let text = metrics::render(&s.engine(), Utc::now())?;
+    let uncovered = s.uncovered();
+    let text = metrics::render(&s.engine(), &uncovered, Utc::now())?;
     Ok((
         [(
             axum::http::header::CONTENT_TYPE,

@@ -9,7 +9,7 @@ use kafka_snapshot::kafka::view::ClusterView;
 use kafka_snapshot::storage::ColdStore;
 use kafka_snapshot::{Error, Result};
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
@@ -28,6 +28,9 @@ pub struct Shared {
     pub(crate) verify_after: Mutex<Option<Instant>>,
     pub(crate) pruning: AtomicBool,
     pub(crate) last_check: Mutex<Option<Instant>>,
+    /// Brokers the cluster listed, at the last look, that no `[[agents]]`
+    /// entry covers; and when that look was.
+    uncovered: Mutex<(Option<Instant>, BTreeSet<i32>)>,
 }
 
 /// The config and what is derived from it for authentication.
@@ -79,6 +82,7 @@ impl Shared {
             verify_after: Mutex::new(None),
             pruning: AtomicBool::new(false),
             last_check: Mutex::new(None),
+            uncovered: Mutex::new((None, BTreeSet::new())),
         })
     }
 
@@ -139,8 +143,35 @@ impl Shared {
         self.engine.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The coordinator's own look at the cluster; every successful look
+    /// also notes which brokers no agent covers.
     pub async fn view(&self) -> std::result::Result<ClusterView, String> {
-        self.kafka.view().await
+        let v = self.kafka.view().await?;
+        let configured = self.cfg().brokers();
+        let uncovered = v
+            .brokers
+            .iter()
+            .copied()
+            .filter(|b| !configured.contains(b))
+            .collect();
+        *self.uncovered.lock().unwrap_or_else(|p| p.into_inner()) =
+            (Some(Instant::now()), uncovered);
+        Ok(v)
+    }
+
+    /// Brokers in the cluster that no agent covers, as last seen.
+    pub fn uncovered(&self) -> BTreeSet<i32> {
+        self.uncovered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .1
+            .clone()
+    }
+
+    /// When the cluster was last looked at (for the background loop, which
+    /// looks at least every minute so `uncovered` stays current).
+    pub fn last_look(&self) -> Option<Instant> {
+        self.uncovered.lock().unwrap_or_else(|p| p.into_inner()).0
     }
 }
 
