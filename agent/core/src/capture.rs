@@ -196,7 +196,9 @@ pub fn resolve_mode(requested: CaptureMode, log_dirs: &[PathBuf]) -> Result<(Cap
                 });
             }
             let reason = format!("auto: copy, because {why}");
-            tracing::info!(log_dir = %d.display(), %reason, "capture mode chosen");
+            // The broker stays down while the whole archive is written:
+            // worth an operator's look (a metric and an alert say so too).
+            tracing::warn!(log_dir = %d.display(), %reason, "capture falls back to copy");
             return Ok((CaptureMode::Copy, reason));
         }
     }

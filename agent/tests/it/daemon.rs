@@ -610,6 +610,41 @@ fn copy_snapshot_commits_before_the_release() {
         assert!((0.0..120.0).contains(&secs), "{phase}: {secs}");
     }
     assert!(!m.contains("kafka_snapshot_agent_failures_total{"), "{m}");
+    assert_eq!(
+        at("kafka_snapshot_agent_capture_fell_back_to_copy{broker=\"2\"}"),
+        0.0,
+        "copy was asked for"
+    );
+}
+
+/// `capture = "auto"` on a filesystem without reflink works, by copy, with
+/// the broker down for the whole archive: the metric behind the
+/// KafkaSnapshotCaptureFellBackToCopy alert says so.
+#[test]
+fn auto_capture_falling_back_to_copy_is_a_metric() {
+    let s = setup("ext4");
+    let cfg = s.config("auto", TOKEN, "");
+    s.coord.push_action(snapshot_lease(4, 60_000));
+    let d = Daemon::spawn(&cfg, &s.root.join("daemon.log"), None);
+    s.coord
+        .wait_for("the release", Duration::from_secs(90), &d, |r| {
+            r.iter().any(|r| r.path == "/v1/agent/release")
+        });
+    let rel = releases(&s.coord);
+    assert_eq!(rel[0]["outcome"]["type"], "committed", "{rel:?}");
+    assert_eq!(rel[0]["outcome"]["snapshot"]["capture"], "copy");
+    let m = s.scrape_until("the fallback counted", &d, |t| {
+        metric(
+            t,
+            "kafka_snapshot_agent_capture_fell_back_to_copy{broker=\"2\"}",
+        ) == Some(1.0)
+    });
+    assert!(m.contains("# TYPE kafka_snapshot_agent_capture_fell_back_to_copy gauge"));
+    assert!(
+        d.log().contains("capture falls back to copy"),
+        "{}",
+        d.log()
+    );
 }
 
 #[test]
