@@ -14,6 +14,7 @@
 use crate::broker::{BrokerControl, BrokerError, Stopped};
 use chrono::Utc;
 use kafka_snapshot::archive::ArchiveOptions;
+use kafka_snapshot::capture::staging_space;
 use kafka_snapshot::config::AgentConfig;
 use kafka_snapshot::kafka::fetch::KafkaClient;
 use kafka_snapshot::kafka::gate::{recovery, GateReport, Recovery};
@@ -337,6 +338,21 @@ impl Cycle {
         if !report.safe() {
             return Err(CycleError::NotSafe(Box::new(report)));
         }
+        // A reflink capture without enough free space for its staging is
+        // known before the broker goes down: it must not cost a stop.
+        // (`auto` copies instead, decided by the capture itself.)
+        if self.cfg.snapshot.capture == CaptureMode::Reflink {
+            let min_free = self.cfg.snapshot.staging_min_free;
+            if let Some(why) = self
+                .log_dirs
+                .iter()
+                .find_map(|d| staging_space(d, min_free).err())
+            {
+                return Err(CycleError::Setup(format!(
+                    "capture refused before stopping the broker: {why}"
+                )));
+            }
+        }
         self.phase(Phase::Stopping, None);
         // The lease may have been lost while the gate ran (or while the
         // phase was recorded): never stop the broker without it.
@@ -385,6 +401,7 @@ impl Cycle {
             log_dirs: self.log_dirs.clone(),
             mode: self.cfg.snapshot.capture,
             allow_unclean: false,
+            staging_min_free: self.cfg.snapshot.staging_min_free,
         };
         let captured = match self.blocking(cancel.clone(), move || capture(&req)).await {
             Ok(c) => c,

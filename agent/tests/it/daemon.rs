@@ -617,6 +617,39 @@ fn copy_snapshot_commits_before_the_release() {
     );
 }
 
+/// Reflink staging pins what the broker deletes while the archive is
+/// written: with less than `snapshot.staging_min_free` free, a reflink
+/// capture is refused before the broker is stopped, not after.
+#[test]
+fn reflink_without_free_space_is_refused_before_the_stop() {
+    let s = setup("xfs");
+    let cfg = s.config("reflink", TOKEN, "");
+    let text = fs::read_to_string(&cfg).unwrap().replace(
+        "capture = \"reflink\"",
+        "capture = \"reflink\"\nstaging_min_free = \"99.9%\"",
+    );
+    fs::write(&cfg, text).unwrap();
+    s.coord.push_action(snapshot_lease(6, 60_000));
+    let d = Daemon::spawn(&cfg, &s.root.join("daemon.log"), None);
+    s.coord
+        .wait_for("the release", Duration::from_secs(60), &d, |r| {
+            r.iter().any(|r| r.path == "/v1/agent/release")
+        });
+    let rel = releases(&s.coord);
+    assert_eq!(rel[0]["outcome"]["type"], "failed", "{rel:?}");
+    assert_eq!(rel[0]["outcome"]["broker_running"], true, "{rel:?}");
+    let reason = rel[0]["outcome"]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("before stopping the broker") && reason.contains("staging_min_free"),
+        "{reason}"
+    );
+    assert!(
+        s.events_of(2, EventKind::Sigterm).is_empty(),
+        "broker 2 was stopped"
+    );
+    assert!(s.c.is_running(2));
+}
+
 /// `capture = "auto"` on a filesystem without reflink works, by copy, with
 /// the broker down for the whole archive: the metric behind the
 /// KafkaSnapshotCaptureFellBackToCopy alert says so.
