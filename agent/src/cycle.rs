@@ -14,6 +14,7 @@
 use crate::broker::{BrokerControl, BrokerError, Stopped};
 use chrono::Utc;
 use kafka_snapshot::archive::ArchiveOptions;
+use kafka_snapshot::capture::staging_space;
 use kafka_snapshot::config::AgentConfig;
 use kafka_snapshot::kafka::fetch::KafkaClient;
 use kafka_snapshot::kafka::gate::{recovery, GateReport, Recovery};
@@ -337,6 +338,21 @@ impl Cycle {
         if !report.safe() {
             return Err(CycleError::NotSafe(Box::new(report)));
         }
+        // A reflink capture without enough free space for its staging is
+        // known before the broker goes down: it must not cost a stop.
+        // (`auto` copies instead, decided by the capture itself.)
+        if self.cfg.snapshot.capture == CaptureMode::Reflink {
+            let min_free = self.cfg.snapshot.staging_min_free;
+            if let Some(why) = self
+                .log_dirs
+                .iter()
+                .find_map(|d| staging_space(d, min_free).err())
+            {
+                return Err(CycleError::Setup(format!(
+                    "capture refused before stopping the broker: {why}"
+                )));
+            }
+        }
         self.phase(Phase::Stopping, None);
         // The lease may have been lost while the gate ran (or while the
         // phase was recorded): never stop the broker without it.
@@ -385,6 +401,7 @@ impl Cycle {
             log_dirs: self.log_dirs.clone(),
             mode: self.cfg.snapshot.capture,
             allow_unclean: false,
+            staging_min_free: self.cfg.snapshot.staging_min_free,
         };
         let captured = match self.blocking(cancel.clone(), move || capture(&req)).await {
             Ok(c) => c,
@@ -498,6 +515,7 @@ impl Cycle {
         let started = Instant::now();
         let timeout = self.cfg.broker.recovery_timeout;
         let mut last = None;
+        let mut polls = 0;
         self.phase(Phase::Recovering, None);
         loop {
             match self.client.view().await {
@@ -534,13 +552,26 @@ impl Cycle {
                     last: Box::new(last),
                 });
             }
-            let interval = self.cfg.gate.check_interval.min(Duration::from_secs(5));
+            polls += 1;
+            let interval = recovery_poll(polls, self.cfg.gate.check_interval);
             if self.sleep_or_shutdown(interval).await {
                 // The broker runs; stopping the wait is safe.
                 return Err(CycleError::Interrupted { restarted: true });
             }
         }
     }
+}
+
+/// The pause before recovery check number `polls + 1`. The lease (and the
+/// next broker's turn) waits for this check, and a broker usually rejoins
+/// every ISR within seconds of starting: look every 250 ms at first, then
+/// back off, doubling every fourth look, to `gate.check_interval` (at most
+/// 5 s) for a broker that takes long to catch up. A metadata request is
+/// cheap; a check that comes 10 s late holds the lease 10 s longer.
+fn recovery_poll(polls: u32, check_interval: Duration) -> Duration {
+    let cap = check_interval.min(Duration::from_secs(5));
+    let step = Duration::from_millis(250) * 2u32.pow((polls.saturating_sub(1) / 4).min(5));
+    step.min(cap)
 }
 
 /// Awaits `task`, setting `cancel` once `shutdown` turns true. A closed
@@ -597,6 +628,31 @@ mod tests {
         let cpu = thread_cpu_time();
         let r = await_cancelling(task, shutdown, &cancel).await.unwrap();
         (r, cancel.load(Ordering::Relaxed), thread_cpu_time() - cpu)
+    }
+
+    #[test]
+    fn recovery_is_checked_often_at_first_then_at_the_check_interval() {
+        let ten = Duration::from_secs(10);
+        let pauses: Vec<u128> = (1..=24)
+            .map(|n| recovery_poll(n, ten).as_millis())
+            .collect();
+        assert_eq!(&pauses[..4], &[250; 4]);
+        assert_eq!(&pauses[4..8], &[500; 4]);
+        assert_eq!(&pauses[8..12], &[1000; 4]);
+        assert_eq!(&pauses[12..16], &[2000; 4]);
+        assert_eq!(&pauses[16..20], &[4000; 4]);
+        assert_eq!(&pauses[20..], &[5000; 4], "capped at 5 s");
+        // Never slower than the configured check interval.
+        assert!(
+            (1..100).all(|n| recovery_poll(n, Duration::from_secs(2)) <= Duration::from_secs(2))
+        );
+        assert_eq!(
+            recovery_poll(1, Duration::from_millis(100)),
+            Duration::from_millis(100)
+        );
+        // The first seconds after a start are covered closely.
+        let first: Duration = (1..=8).map(|n| recovery_poll(n, ten)).sum();
+        assert_eq!(first, Duration::from_secs(3));
     }
 
     /// Regression: with its sender dropped, `changed()` fails at once, and

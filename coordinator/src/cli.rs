@@ -184,6 +184,13 @@ pub fn format_status(s: &StatusView) -> String {
         },
         s.next_due.as_deref().unwrap_or("-")
     ));
+    if !s.uncovered_brokers.is_empty() {
+        out.push_str(&format!(
+            "NOT COVERED: broker(s) {:?} are in the cluster but no [[agents]] entry covers them: \
+             they are never snapshotted\n",
+            s.uncovered_brokers
+        ));
+    }
     if let Some(c) = &s.cycle {
         let done = c.brokers.iter().filter(|b| b.state == "done").count();
         out.push_str(&format!(

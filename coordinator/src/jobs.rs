@@ -48,8 +48,8 @@ pub fn run_retention(s: &Shared, dry_run: bool) -> PruneResult {
         retention::plan(
             &cands,
             &retention::Policy {
-                keep_last: s.cfg.retention.keep_last as usize,
-                max_age: s.cfg.retention.max_age,
+                keep_last: s.cfg().retention.keep_last as usize,
+                max_age: s.cfg().retention.max_age,
             },
             &busy,
             now,
@@ -182,6 +182,10 @@ fn verify_one(s: &Shared, cluster: &str, broker: i32, id: &str) -> bool {
     true
 }
 
+/// How often the background loop looks at the cluster when nothing else
+/// does, to notice brokers no agent covers.
+const UNCOVERED_LOOK: Duration = Duration::from_secs(60);
+
 /// Pause before verifying again after cold storage could not be read.
 const VERIFY_RETRY: Duration = Duration::from_secs(10);
 
@@ -222,10 +226,20 @@ async fn tick_loop(
                 continue;
             }
         };
+        // Even with nothing to check, look at the cluster every minute so
+        // that brokers no agent covers are noticed.
+        if !needs.settle_check
+            && !needs.final_check
+            && s.last_look().is_none_or(|t| t.elapsed() >= UNCOVERED_LOOK)
+        {
+            if let Err(e) = s.view().await {
+                tracing::debug!("looking at the cluster: {e}");
+            }
+        }
         if needs.settle_check || needs.final_check {
             let due = {
                 let mut last = s.last_check.lock().unwrap_or_else(|p| p.into_inner());
-                let due = last.is_none_or(|t| t.elapsed() >= s.cfg.gate.check_interval);
+                let due = last.is_none_or(|t| t.elapsed() >= s.cfg().gate.check_interval);
                 if due {
                     *last = Some(Instant::now());
                 }
@@ -233,7 +247,7 @@ async fn tick_loop(
             };
             if due {
                 let check = match s.view().await {
-                    Ok(v) => health::in_sync(&v, &s.cfg.brokers()),
+                    Ok(v) => health::in_sync(&v, &s.cfg().brokers()),
                     Err(e) => Err(format!("cluster not reachable: {e}")),
                 };
                 if let Err(e) = s.engine().apply_cluster_check(check, Utc::now()) {
@@ -264,7 +278,7 @@ async fn tick_loop(
             });
         }
         if needs.prune
-            && s.cfg.retention.prune_after_cycle
+            && s.cfg().retention.prune_after_cycle
             && !s.pruning.swap(true, Ordering::SeqCst)
         {
             let s2 = s.clone();
@@ -273,7 +287,7 @@ async fn tick_loop(
                 tracing::info!(deleted = r.deleted.len(), error = ?r.error, "retention applied");
                 s2.pruning.store(false, Ordering::SeqCst);
             });
-        } else if needs.prune && !s.cfg.retention.prune_after_cycle {
+        } else if needs.prune && !s.cfg().retention.prune_after_cycle {
             let _ = s.engine().prune_done(None, Utc::now());
         }
     }

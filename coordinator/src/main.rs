@@ -201,10 +201,11 @@ fn run(cli: Cli) -> kafka_snapshot::Result<ExitCode> {
             let cfg = load(&cli.config)?;
             runtime()?.block_on(async {
                 let shutdown = shutdown_signal()?;
+                let reloads = reload_signal(cli.config.clone())?;
                 let listener = tokio::net::TcpListener::bind(cfg.server.listen)
                     .await
                     .map_err(|e| Error::io(format!("listening on {}", cfg.server.listen), e))?;
-                server::serve(cfg, listener, shutdown, || {
+                server::serve(cfg, listener, shutdown, reloads, || {
                     kafka_snapshot::service::spawn_watchdog();
                     kafka_snapshot::service::notify_ready();
                 })
@@ -292,6 +293,31 @@ fn shutdown_signal() -> kafka_snapshot::Result<impl std::future::Future<Output =
         tracing::info!("shutting down");
         kafka_snapshot::service::notify_stopping();
     })
+}
+
+/// On every SIGHUP (`systemctl reload`), the config file read again and
+/// checked like `validate`; a file with problems is logged and the running
+/// config stays.
+fn reload_signal(
+    path: PathBuf,
+) -> kafka_snapshot::Result<tokio::sync::mpsc::Receiver<CoordinatorConfig>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup =
+        signal(SignalKind::hangup()).map_err(|e| Error::io("installing the SIGHUP handler", e))?;
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            match load(&path) {
+                Ok(cfg) => {
+                    if tx.send(cfg).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => tracing::error!("config reload refused: {e}; the running config stays"),
+            }
+        }
+    });
+    Ok(rx)
 }
 
 fn main() -> ExitCode {

@@ -4,6 +4,7 @@
 
 use crate::engine::{ApiError, Engine};
 use chrono::{DateTime, Utc};
+use std::collections::BTreeSet;
 use std::fmt::Write;
 
 struct Out {
@@ -41,7 +42,12 @@ fn secs(t: &str) -> Option<f64> {
         .map(|t| t.timestamp_millis() as f64 / 1000.0)
 }
 
-pub fn render(e: &Engine, now: DateTime<Utc>) -> Result<String, ApiError> {
+/// `uncovered`: brokers in the cluster that no `[[agents]]` entry covers.
+pub fn render(
+    e: &Engine,
+    uncovered: &BTreeSet<i32>,
+    now: DateTime<Utc>,
+) -> Result<String, ApiError> {
     let status = e.status(now)?;
     let mut o = Out {
         text: String::new(),
@@ -124,6 +130,15 @@ pub fn render(e: &Engine, now: DateTime<Utc>) -> Result<String, ApiError> {
             &[("broker", &u.broker.to_string())],
             u.oldest_age_seconds as f64,
         );
+    }
+    let n = format!("{P}_broker_uncovered");
+    o.family(
+        &n,
+        "gauge",
+        "1 for a broker the cluster lists that no [[agents]] entry covers: it is never snapshotted.",
+    );
+    for b in uncovered {
+        o.sample(&n, &[("broker", &b.to_string())], 1.0);
     }
     let n = format!("{P}_snapshots");
     o.family(&n, "gauge", "Snapshots in the catalog, per broker.");
@@ -292,7 +307,7 @@ mod tests {
         let mut s = crate::engine::tests::summary(2, "s2");
         s.committed = secs(0);
         crate::store::snapshots::upsert(e.conn(), &s, "agent").unwrap();
-        let text = render(&e, secs(600)).unwrap();
+        let text = render(&e, &BTreeSet::new(), secs(600)).unwrap();
         for line in [
             "kafka_snapshot_unverified_snapshots{broker=\"2\"} 1\n",
             "kafka_snapshot_oldest_unverified_age_seconds{broker=\"2\"} 600\n",
@@ -301,7 +316,7 @@ mod tests {
         }
         e.record_verification("cluster-a", 2, "s2", Ok(()), secs(601))
             .unwrap();
-        let text = render(&e, secs(602)).unwrap();
+        let text = render(&e, &BTreeSet::new(), secs(602)).unwrap();
         assert!(
             !text.contains("kafka_snapshot_unverified_snapshots{"),
             "{text}"
@@ -326,7 +341,7 @@ mod tests {
             secs(3),
         )
         .unwrap();
-        let text = render(&e, secs(3)).unwrap();
+        let text = render(&e, &BTreeSet::new(), secs(3)).unwrap();
         assert!(
             text.contains("kafka_snapshot_broker_left_stopped{broker=\"1\"} 1"),
             "{text}"
@@ -363,7 +378,7 @@ mod tests {
         let epoch2 = epoch_of(&poll_grant(&mut e, 2, secs(90)));
         e.heartbeat(&hb(2, epoch2, Phase::Gating), secs(95))
             .unwrap();
-        let text = render(&e, secs(100)).unwrap();
+        let text = render(&e, &BTreeSet::new(), secs(100)).unwrap();
         for line in [
             "# TYPE kafka_snapshot_phase_duration_seconds gauge\n",
             "kafka_snapshot_phase_duration_seconds{broker=\"1\",kind=\"snapshot\",phase=\"capturing\"} 15\n",

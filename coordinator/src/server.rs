@@ -72,22 +72,22 @@ fn bearer_hash(headers: &HeaderMap) -> HttpResult<[u8; 32]> {
 /// The broker the agent token belongs to; the body must name the same one.
 fn agent_auth(s: &Shared, headers: &HeaderMap, claimed: i32) -> HttpResult<i32> {
     let h = bearer_hash(headers)?;
-    match s.agents.get(&h) {
+    match s.settings().agents.get(&h).copied() {
         None => Err(HttpError(
             StatusCode::UNAUTHORIZED,
             "unknown agent token".into(),
         )),
-        Some(b) if *b != claimed => Err(HttpError(
+        Some(b) if b != claimed => Err(HttpError(
             StatusCode::FORBIDDEN,
             format!("this token belongs to broker {b}, not broker {claimed}"),
         )),
-        Some(b) => Ok(*b),
+        Some(b) => Ok(b),
     }
 }
 
 fn admin_auth(s: &Shared, headers: &HeaderMap) -> HttpResult<()> {
     // Comparing digests: equal length, and no prefix of the secret leaks.
-    if bearer_hash(headers)? == s.admin {
+    if bearer_hash(headers)? == s.settings().admin {
         Ok(())
     } else {
         Err(HttpError(
@@ -117,10 +117,10 @@ async fn poll(State(s): S, headers: HeaderMap, body: Bytes) -> HttpResult<Json<P
             let check = match s.view().await {
                 Ok(v) => match &cand {
                     Candidate::Snapshot { broker, .. } => {
-                        health::snapshot_check(&v, *broker, s.cfg.gate.low_replication_policy)
+                        health::snapshot_check(&v, *broker, s.cfg().gate.low_replication_policy)
                     }
                     Candidate::Restore { broker, .. } => {
-                        health::restore_check(&v, *broker, &s.cfg.brokers())
+                        health::restore_check(&v, *broker, &s.cfg().brokers())
                     }
                 },
                 Err(e) => Err(format!("cluster not reachable: {e}")),
@@ -133,7 +133,7 @@ async fn poll(State(s): S, headers: HeaderMap, body: Bytes) -> HttpResult<Json<P
     };
     Ok(Json(PollResponse {
         action,
-        poll_interval_ms: s.cfg.lease.poll_interval.as_millis() as u64,
+        poll_interval_ms: s.cfg().lease.poll_interval.as_millis() as u64,
     }))
 }
 
@@ -169,7 +169,9 @@ async fn notice(State(s): S, headers: HeaderMap, body: Bytes) -> HttpResult<Json
 
 async fn status(State(s): S, headers: HeaderMap) -> HttpResult<impl IntoResponse> {
     admin_auth(&s, &headers)?;
-    Ok(Json(s.engine().status(Utc::now())?))
+    let mut st = s.engine().status(Utc::now())?;
+    st.uncovered_brokers = s.uncovered().into_iter().collect();
+    Ok(Json(st))
 }
 
 #[derive(Deserialize)]
@@ -283,7 +285,8 @@ async fn rebuild(State(s): S, headers: HeaderMap) -> HttpResult<impl IntoRespons
 }
 
 async fn metrics_endpoint(State(s): S) -> HttpResult<impl IntoResponse> {
-    let text = metrics::render(&s.engine(), Utc::now())?;
+    let uncovered = s.uncovered();
+    let text = metrics::render(&s.engine(), &uncovered, Utc::now())?;
     Ok((
         [(
             axum::http::header::CONTENT_TYPE,
@@ -320,11 +323,14 @@ pub fn router(shared: Arc<Shared>) -> Router {
 
 /// Runs the coordinator on `listener` until `shutdown` completes: the HTTP
 /// API and the background jobs. Returns once both have stopped (a job in
-/// progress ends after its current step). `on_ready` runs once it serves.
+/// progress ends after its current step). Every config received on
+/// `reloads` is applied as a reload (see [`Shared::reload`]). `on_ready`
+/// runs once it serves.
 pub async fn serve(
     cfg: CoordinatorConfig,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
+    mut reloads: tokio::sync::mpsc::Receiver<CoordinatorConfig>,
     on_ready: impl FnOnce(),
 ) -> Result<()> {
     let conn = crate::store::open(&cfg.server.database)?;
@@ -341,6 +347,18 @@ pub async fn serve(
     tokio::spawn(async move {
         shutdown.await;
         let _ = tx.send(true);
+    });
+    let reloading = shared.clone();
+    tokio::spawn(async move {
+        while let Some(new) = reloads.recv().await {
+            match reloading.reload(new) {
+                Ok(changed) if changed.is_empty() => {
+                    tracing::info!("config reloaded: nothing changed")
+                }
+                Ok(changed) => tracing::info!(changed = %changed.join(", "), "config reloaded"),
+                Err(e) => tracing::error!("config reload refused: {e}"),
+            }
+        }
     });
     tracing::info!(
         listen = %cfg.server.listen,
@@ -408,12 +426,14 @@ bootstrap_servers = ["127.0.0.1:1"]
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let (ready_tx, ready) = tokio::sync::oneshot::channel::<()>();
+        let (_reload, reloads) = tokio::sync::mpsc::channel(1);
         let server = serve(
             cfg,
             listener,
             async {
                 let _ = stopped.await;
             },
+            reloads,
             move || {
                 let _ = ready_tx.send(());
             },

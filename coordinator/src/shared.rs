@@ -9,17 +9,15 @@ use kafka_snapshot::kafka::view::ClusterView;
 use kafka_snapshot::storage::ColdStore;
 use kafka_snapshot::{Error, Result};
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 pub struct Shared {
     pub engine: Mutex<Engine>,
-    pub cfg: CoordinatorConfig,
-    /// sha256(token) -> broker.
-    pub(crate) agents: HashMap<[u8; 32], i32>,
-    pub(crate) admin: [u8; 32],
+    /// What a reload (SIGHUP) replaces, swapped as one.
+    settings: RwLock<Arc<Settings>>,
     kafka: KafkaClient,
     pub store: Arc<dyn ColdStore>,
     /// Set when the service stops: running jobs end after their current
@@ -30,14 +28,22 @@ pub struct Shared {
     pub(crate) verify_after: Mutex<Option<Instant>>,
     pub(crate) pruning: AtomicBool,
     pub(crate) last_check: Mutex<Option<Instant>>,
+    /// Brokers the cluster listed, at the last look, that no `[[agents]]`
+    /// entry covers; and when that look was.
+    uncovered: Mutex<(Option<Instant>, BTreeSet<i32>)>,
 }
 
-impl Shared {
-    pub fn new(
-        cfg: CoordinatorConfig,
-        engine: Engine,
-        store: Arc<dyn ColdStore>,
-    ) -> Result<Shared> {
+/// The config and what is derived from it for authentication.
+pub struct Settings {
+    pub cfg: Arc<CoordinatorConfig>,
+    /// sha256(token) -> broker.
+    pub agents: HashMap<[u8; 32], i32>,
+    /// sha256 of the admin token.
+    pub admin: [u8; 32],
+}
+
+impl Settings {
+    fn of(cfg: CoordinatorConfig) -> Result<Settings> {
         let admin = read_token(&cfg.server.admin_token_file)?;
         let mut agents = HashMap::new();
         for a in &cfg.agents {
@@ -47,11 +53,28 @@ impl Shared {
             })?;
             agents.insert(h, a.broker);
         }
+        Ok(Settings {
+            cfg: Arc::new(cfg),
+            agents,
+            admin: Sha256::digest(admin.as_bytes()).into(),
+        })
+    }
+}
+
+/// The sections a reload applies; the others need a restart (the listener,
+/// the database, cold storage and the Kafka client are built from them).
+const RELOADABLE: &str = "[schedule], [retention], [lease], [gate], [[agents]] and the admin token";
+
+impl Shared {
+    pub fn new(
+        cfg: CoordinatorConfig,
+        engine: Engine,
+        store: Arc<dyn ColdStore>,
+    ) -> Result<Shared> {
         let kafka = KafkaClient::new(&cfg.kafka).map_err(Error::Usage)?;
         Ok(Shared {
             engine: Mutex::new(engine),
-            agents,
-            admin: Sha256::digest(admin.as_bytes()).into(),
+            settings: RwLock::new(Arc::new(Settings::of(cfg)?)),
             kafka,
             store,
             stopping: AtomicBool::new(false),
@@ -59,8 +82,59 @@ impl Shared {
             verify_after: Mutex::new(None),
             pruning: AtomicBool::new(false),
             last_check: Mutex::new(None),
-            cfg,
+            uncovered: Mutex::new((None, BTreeSet::new())),
         })
+    }
+
+    /// The config in force.
+    pub fn cfg(&self) -> Arc<CoordinatorConfig> {
+        self.settings().cfg.clone()
+    }
+
+    pub fn settings(&self) -> Arc<Settings> {
+        self.settings
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Applies a config read again (SIGHUP): the schedule, retention, lease
+    /// and gate settings, the agents and the admin token. A config that
+    /// changes what needs a restart is refused whole, naming what changed;
+    /// the running config stays. Returns the sections that changed.
+    pub fn reload(&self, new: CoordinatorConfig) -> Result<Vec<&'static str>> {
+        let old = self.cfg();
+        let differs =
+            |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
+        let fixed: Vec<&str> = [
+            ("[server]", differs(&old.server, &new.server)),
+            ("[storage]", differs(&old.storage, &new.storage)),
+            ("[kafka]", differs(&old.kafka, &new.kafka)),
+        ]
+        .into_iter()
+        .filter_map(|(name, changed)| changed.then_some(name))
+        .collect();
+        if !fixed.is_empty() {
+            return Err(Error::Usage(format!(
+                "{} changed: restart the coordinator to apply that (a reload applies {RELOADABLE}); \
+                 nothing was reloaded",
+                fixed.join(", ")
+            )));
+        }
+        let changed: Vec<&'static str> = [
+            ("[schedule]", differs(&old.schedule, &new.schedule)),
+            ("[retention]", differs(&old.retention, &new.retention)),
+            ("[lease]", differs(&old.lease, &new.lease)),
+            ("[gate]", differs(&old.gate, &new.gate)),
+            ("[[agents]]", differs(&old.agents, &new.agents)),
+        ]
+        .into_iter()
+        .filter_map(|(name, changed)| changed.then_some(name))
+        .collect();
+        let settings = Arc::new(Settings::of(new)?);
+        self.engine().set_config((*settings.cfg).clone());
+        *self.settings.write().unwrap_or_else(|p| p.into_inner()) = settings;
+        Ok(changed)
     }
 
     pub fn engine(&self) -> std::sync::MutexGuard<'_, Engine> {
@@ -69,8 +143,35 @@ impl Shared {
         self.engine.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The coordinator's own look at the cluster; every successful look
+    /// also notes which brokers no agent covers.
     pub async fn view(&self) -> std::result::Result<ClusterView, String> {
-        self.kafka.view().await
+        let v = self.kafka.view().await?;
+        let configured = self.cfg().brokers();
+        let uncovered = v
+            .brokers
+            .iter()
+            .copied()
+            .filter(|b| !configured.contains(b))
+            .collect();
+        *self.uncovered.lock().unwrap_or_else(|p| p.into_inner()) =
+            (Some(Instant::now()), uncovered);
+        Ok(v)
+    }
+
+    /// Brokers in the cluster that no agent covers, as last seen.
+    pub fn uncovered(&self) -> BTreeSet<i32> {
+        self.uncovered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .1
+            .clone()
+    }
+
+    /// When the cluster was last looked at (for the background loop, which
+    /// looks at least every minute so `uncovered` stays current).
+    pub fn last_look(&self) -> Option<Instant> {
+        self.uncovered.lock().unwrap_or_else(|p| p.into_inner()).0
     }
 }
 
@@ -106,6 +207,75 @@ pub fn read_token(path: &std::path::Path) -> Result<String> {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    fn config(dir: &std::path::Path, extra: &str) -> CoordinatorConfig {
+        let token = dir.join("admin.token");
+        std::fs::write(&token, "0123456789abcdef0123\n").unwrap();
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let text = format!(
+            r#"
+[server]
+listen = "127.0.0.1:1"
+database = "{db}"
+admin_token_file = "{token}"
+[[agents]]
+broker = 1
+token_sha256 = "{t1}"
+{extra}
+[schedule]
+schedule = "@every 24h"
+suspend = {suspend}
+[storage]
+url = "file://{store}"
+[kafka]
+bootstrap_servers = ["127.0.0.1:1"]
+"#,
+            db = dir.join("state.db").display(),
+            token = token.display(),
+            store = dir.display(),
+            t1 = "1".repeat(64),
+            suspend = extra.is_empty(),
+        );
+        CoordinatorConfig::parse(&text, &dir.join("c.toml")).unwrap()
+    }
+
+    /// SIGHUP: schedule, retention, lease, gate, agents and the admin token
+    /// apply at once; what the listener, database, store and Kafka client
+    /// were built from needs a restart, and such a config is refused whole.
+    #[test]
+    fn a_reload_applies_what_it_can_and_refuses_the_rest_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path(), "");
+        let engine = Engine::new(crate::store::open_in_memory(), cfg.clone());
+        let store: Arc<dyn ColdStore> =
+            Arc::new(kafka_snapshot::storage::FileStore::new(dir.path().into()).unwrap());
+        let s = Shared::new(cfg, engine, store).unwrap();
+        let two = format!(
+            "[[agents]]\nbroker = 2\ntoken_sha256 = \"{}\"",
+            "2".repeat(64)
+        );
+        let mut moved = config(dir.path(), &two);
+        moved.server.listen = "127.0.0.1:2".parse().unwrap();
+        let e = s.reload(moved).unwrap_err().to_string();
+        assert!(
+            e.contains("[server]") && e.contains("restart") && e.contains("nothing was reloaded"),
+            "{e}"
+        );
+        assert_eq!(s.cfg().brokers(), vec![1], "nothing applied");
+        let changed = s.reload(config(dir.path(), &two)).unwrap();
+        assert_eq!(changed, vec!["[schedule]", "[[agents]]"]);
+        assert_eq!(s.cfg().brokers(), vec![1, 2]);
+        assert!(s.settings().agents.values().any(|b| *b == 2));
+        let now = chrono::Utc::now();
+        assert!(
+            !s.engine().status(now).unwrap().suspended,
+            "the engine has it too"
+        );
+        assert_eq!(
+            s.reload(config(dir.path(), &two)).unwrap(),
+            Vec::<&str>::new()
+        );
+    }
 
     /// Regression: the Ansible role installs the admin token as
     /// root:<coordinator group> 0640, and serve refused any group bit, so

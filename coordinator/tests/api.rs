@@ -26,6 +26,40 @@ fn state(c: &Coordinator) -> serde_json::Value {
     s
 }
 
+/// A broker the cluster lists that no `[[agents]]` entry covers is never
+/// snapshotted: `status`, a metric and an alert say so.
+#[test]
+fn a_broker_no_agent_covers_is_named() {
+    let t = tempfile::tempdir().unwrap();
+    let standin = cluster(t.path());
+    let store = t.path().join("store");
+    let mut c = Coordinator::create(
+        &t.path().join("coord"),
+        &CoordinatorSpec::new(
+            &[1, 2],
+            &standin.bootstrap(),
+            &format!("file://{}", store.display()),
+        ),
+    );
+    c.start();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while c.status()["uncovered_brokers"] != json!([3]) {
+        assert!(std::time::Instant::now() < deadline, "{}", c.status());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = c.cli_ok(&["status"], 0);
+    assert!(out.contains("NOT COVERED: broker(s) [3]"), "{out}");
+    let metrics = reqwest::blocking::get(format!("{}/metrics", c.url))
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        metrics.contains("kafka_snapshot_broker_uncovered{broker=\"3\"} 1"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("kafka_snapshot_broker_uncovered{broker=\"1\"}"));
+}
+
 #[test]
 fn refusals_leave_no_trace_and_epochs_fence_stale_agents() {
     let t = tempfile::tempdir().unwrap();
@@ -540,6 +574,14 @@ fn serve_tells_systemd_it_is_ready_alive_and_stopping() {
     {
         seen.push(recv());
         assert!(seen.len() < 100, "{seen:?}");
+    }
+    // SIGHUP (`systemctl reload`) reads the config again; the service
+    // goes on.
+    c.signal("HUP");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !c.logs().contains("config reloaded") {
+        assert!(std::time::Instant::now() < deadline, "{}", c.logs());
+        std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(c.terminate(), Some(0), "{}", c.logs());
     loop {

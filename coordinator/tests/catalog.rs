@@ -26,6 +26,7 @@ fn snapshot(root: &Path, store: &Path, broker: i32, seed: u64) -> String {
         log_dirs: dirs,
         mode: CaptureMode::Copy,
         allow_unclean: false,
+        staging_min_free: kafka_snapshot::settings::FreeSpace::Percent(5.0),
     })
     .unwrap();
     let store = open_url(&format!("file://{}", store.display())).unwrap();

@@ -8,6 +8,7 @@
 //! - `auto` probes each log dir and picks reflink where all support it.
 
 use crate::logdir::{EntryKind, Inventory};
+use crate::settings::FreeSpace;
 use kafka_snapshot_model::error::{Error, IoContext, Result};
 use kafka_snapshot_model::manifest::CaptureMode;
 use std::fs;
@@ -182,13 +183,41 @@ pub fn probe_reflink(log_dir: &Path) -> Result<(), String> {
     })
 }
 
-/// Resolves `auto` to `reflink` or `copy`, with the reason to record.
-pub fn resolve_mode(requested: CaptureMode, log_dirs: &[PathBuf]) -> Result<(CaptureMode, String)> {
+/// Whether reflink staging on `dir`'s filesystem leaves `min` free. Staging
+/// costs no space when it is made, but every segment the broker deletes
+/// (retention, compaction) while the archive is written stays pinned by its
+/// clone, and the broker writes on meanwhile.
+pub fn staging_space(dir: &Path, min: FreeSpace) -> std::result::Result<(), String> {
+    let st = nix::sys::statvfs::statvfs(dir)
+        .map_err(|e| format!("cannot read the free space of {}: {e}", dir.display()))?;
+    let unit = st.fragment_size() as u64;
+    let total = st.blocks() as u64 * unit;
+    let free = st.blocks_available() as u64 * unit;
+    let need = min.required(total);
+    if free < need {
+        return Err(format!(
+            "{} has {} MiB free of {} MiB, less than snapshot.staging_min_free ({min}): \
+             staging would pin the segments the broker deletes while the archive is written",
+            dir.display(),
+            free >> 20,
+            total >> 20
+        ));
+    }
+    Ok(())
+}
+
+/// Resolves `auto` to `reflink` or `copy`, with the reason to record:
+/// reflink where every log dir supports it and keeps `min_free` free.
+pub fn resolve_mode(
+    requested: CaptureMode,
+    log_dirs: &[PathBuf],
+    min_free: FreeSpace,
+) -> Result<(CaptureMode, String)> {
     if requested == CaptureMode::Copy {
         return Ok((CaptureMode::Copy, "copy requested".into()));
     }
     for d in log_dirs {
-        if let Err(why) = probe_reflink(d) {
+        if let Err(why) = probe_reflink(d).and_then(|()| staging_space(d, min_free)) {
             if requested == CaptureMode::Reflink {
                 return Err(Error::LogDir {
                     path: d.clone(),
@@ -196,7 +225,9 @@ pub fn resolve_mode(requested: CaptureMode, log_dirs: &[PathBuf]) -> Result<(Cap
                 });
             }
             let reason = format!("auto: copy, because {why}");
-            tracing::info!(log_dir = %d.display(), %reason, "capture mode chosen");
+            // The broker stays down while the whole archive is written:
+            // worth an operator's look (a metric and an alert say so too).
+            tracing::warn!(log_dir = %d.display(), %reason, "capture falls back to copy");
             return Ok((CaptureMode::Copy, reason));
         }
     }

@@ -4,7 +4,7 @@
 
 use crate::kafka::gate::LowReplicationPolicy;
 use crate::kafka::KafkaSection;
-use crate::settings::{bad, duration, problems_error, KeyError};
+use crate::settings::{bad, duration, problems_error, FreeSpace, KeyError};
 use crate::storage::StorageSection;
 use kafka_snapshot_model::error::{Error, Result};
 use kafka_snapshot_model::manifest::CaptureMode;
@@ -168,6 +168,11 @@ pub struct SnapshotSection {
     pub zstd_threads: u32,
     /// Archive log dirs without `.kafka_cleanshutdown` (crash-consistent).
     pub allow_unclean: bool,
+    /// Free space reflink staging leaves on a log dir's filesystem (`5%`,
+    /// `50GiB`): staging pins every segment the broker deletes while the
+    /// archive is written. Below it, `auto` copies and `reflink` refuses.
+    #[serde(deserialize_with = "crate::settings::free_space")]
+    pub staging_min_free: FreeSpace,
 }
 
 impl Default for SnapshotSection {
@@ -177,6 +182,7 @@ impl Default for SnapshotSection {
             zstd_level: 3,
             zstd_threads: 0,
             allow_unclean: false,
+            staging_min_free: FreeSpace::Percent(5.0),
         }
     }
 }

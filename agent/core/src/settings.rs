@@ -100,6 +100,56 @@ pub fn parse_byte_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{text:?}: number too large"))
 }
 
+/// Free space to keep on a filesystem: a share of it (`5%`) or a size
+/// (`50GiB`); `0` keeps nothing.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum FreeSpace {
+    Percent(f64),
+    Bytes(u64),
+}
+
+impl FreeSpace {
+    pub fn parse(text: &str) -> Result<FreeSpace, String> {
+        match text.trim().strip_suffix('%') {
+            Some(p) => match p.trim().parse::<f64>() {
+                Ok(v) if (0.0..100.0).contains(&v) => Ok(FreeSpace::Percent(v)),
+                _ => Err(format!("{text:?} is not a share like 5% (0 to under 100)")),
+            },
+            None => parse_byte_size(text).map(FreeSpace::Bytes),
+        }
+    }
+
+    /// The bytes to keep free on a filesystem of `total` bytes.
+    pub fn required(self, total: u64) -> u64 {
+        match self {
+            FreeSpace::Percent(p) => (total as f64 * p / 100.0).ceil() as u64,
+            FreeSpace::Bytes(b) => b,
+        }
+    }
+}
+
+impl std::fmt::Display for FreeSpace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FreeSpace::Percent(p) => write!(f, "{p}%"),
+            FreeSpace::Bytes(b) => write!(f, "{b} bytes"),
+        }
+    }
+}
+
+pub fn free_space<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<FreeSpace, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Bytes(u64),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Bytes(b) => Ok(FreeSpace::Bytes(b)),
+        Raw::Text(t) => FreeSpace::parse(&t).map_err(serde::de::Error::custom),
+    }
+}
+
 pub fn byte_size<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<u64, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
@@ -139,4 +189,23 @@ pub fn problems_error(
         file: file.to_path_buf(),
         message,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_space_is_a_share_or_a_size() {
+        assert_eq!(FreeSpace::parse("5%"), Ok(FreeSpace::Percent(5.0)));
+        assert_eq!(FreeSpace::parse(" 12.5 %"), Ok(FreeSpace::Percent(12.5)));
+        assert_eq!(FreeSpace::parse("50GiB"), Ok(FreeSpace::Bytes(50 << 30)));
+        assert_eq!(FreeSpace::parse("0"), Ok(FreeSpace::Bytes(0)));
+        for bad in ["100%", "-1%", "much", "5 percent"] {
+            assert!(FreeSpace::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(FreeSpace::Percent(5.0).required(1000), 50);
+        assert_eq!(FreeSpace::Percent(0.1).required(1001), 2, "rounded up");
+        assert_eq!(FreeSpace::Bytes(7).required(1 << 40), 7);
+    }
 }

@@ -4,6 +4,7 @@
 use crate::archive::{write_archive, ArchiveOptions};
 use crate::capture::{clone_into_staging, resolve_mode, Staging, StagingLock};
 use crate::logdir::{self, Inventory};
+use crate::settings::FreeSpace;
 use crate::storage::ColdStore;
 use chrono::{DateTime, Utc};
 use kafka_snapshot_model::error::{Error, Result};
@@ -47,6 +48,8 @@ pub struct CaptureRequest {
     pub mode: CaptureMode,
     /// Archive dirs without `.kafka_cleanshutdown` (crash-consistent only).
     pub allow_unclean: bool,
+    /// What reflink staging must leave free (`snapshot.staging_min_free`).
+    pub staging_min_free: FreeSpace,
 }
 
 /// The frozen state of a stopped broker, ready to be archived.
@@ -96,7 +99,7 @@ pub fn capture(req: &CaptureRequest) -> Result<Captured> {
             ),
         });
     }
-    let (used, reason) = resolve_mode(req.mode, &req.log_dirs)?;
+    let (used, reason) = resolve_mode(req.mode, &req.log_dirs, req.staging_min_free)?;
     let snapshot_id = new_snapshot_id()?;
     let (content_roots, staging) = if used == CaptureMode::Reflink {
         let roots: Vec<PathBuf> = req

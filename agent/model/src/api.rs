@@ -112,6 +112,10 @@ pub struct StatusView {
     pub lease: Option<LeaseView>,
     pub cycle: Option<CycleView>,
     pub brokers: Vec<BrokerView>,
+    /// Brokers the cluster lists that no `[[agents]]` entry covers: they
+    /// are never snapshotted.
+    #[serde(default)]
+    pub uncovered_brokers: Vec<i32>,
     pub recent_events: Vec<EventView>,
 }
 

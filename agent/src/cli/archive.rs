@@ -178,6 +178,7 @@ fn create(a: CreateArgs) -> Result<ExitCode> {
         log_dirs,
         mode: a.capture.unwrap_or(snap_cfg.capture),
         allow_unclean: a.allow_unclean || snap_cfg.allow_unclean,
+        staging_min_free: snap_cfg.staging_min_free,
     };
     let opts = ArchiveOptions {
         zstd_level: a.zstd_level.unwrap_or(snap_cfg.zstd_level),

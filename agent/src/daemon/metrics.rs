@@ -7,6 +7,7 @@
 //! connection: a loopback scraper needs nothing more, and the agent no
 //! web framework.
 
+use kafka_snapshot_model::manifest::{CaptureMode, Manifest};
 use kafka_snapshot_model::protocol::{Phase, SnapshotSummary};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -50,6 +51,11 @@ pub const FAMILIES: &[(&str, &str, &str)] = &[
         "kafka_snapshot_agent_last_snapshot_data_bytes",
         "gauge",
         "Log dir bytes captured by the last snapshot this agent took.",
+    ),
+    (
+        "kafka_snapshot_agent_capture_fell_back_to_copy",
+        "gauge",
+        "1 when the last snapshot asked for capture = auto used copy (a log dir does not support reflink): the broker stayed down while its archive was written.",
     ),
     (
         "kafka_snapshot_agent_last_downtime_seconds",
@@ -147,6 +153,8 @@ struct Inner {
     /// Those of the last finished work.
     last: Vec<(Phase, Duration)>,
     last_snapshot: Option<(f64, u64, u64)>,
+    /// The last snapshot's capture = auto ended up a copy.
+    fell_back: Option<bool>,
     last_downtime: Option<Duration>,
     failures: BTreeMap<FailureReason, u64>,
     snapshots: u64,
@@ -170,6 +178,7 @@ impl Metrics {
             current: Vec::new(),
             last: Vec::new(),
             last_snapshot: None,
+            fell_back: None,
             last_downtime: None,
             failures: BTreeMap::new(),
             snapshots: 0,
@@ -206,9 +215,14 @@ impl Metrics {
         }
     }
 
-    pub fn snapshot_committed(&self, s: &SnapshotSummary) {
+    pub fn snapshot_committed(&self, manifest: &Manifest) {
+        let s = SnapshotSummary::of(manifest);
         let mut m = self.lock();
         m.snapshots += 1;
+        m.fell_back = Some(
+            manifest.capture.requested == CaptureMode::Auto
+                && manifest.capture.used == CaptureMode::Copy,
+        );
         m.last_snapshot = Some((
             s.committed.timestamp_millis() as f64 / 1000.0,
             s.archive_bytes,
@@ -292,6 +306,15 @@ impl Metrics {
                 };
                 sample(&mut o, name, &[], v);
             }
+        }
+        family(&mut o, "kafka_snapshot_agent_capture_fell_back_to_copy");
+        if let Some(f) = m.fell_back {
+            sample(
+                &mut o,
+                "kafka_snapshot_agent_capture_fell_back_to_copy",
+                &[],
+                flag(f),
+            );
         }
         family(&mut o, "kafka_snapshot_agent_last_downtime_seconds");
         if let Some(d) = m.last_downtime {

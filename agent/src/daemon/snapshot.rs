@@ -67,7 +67,7 @@ impl Daemon {
                 let result = match cycle.archive(*pending).await {
                     Ok(m) => {
                         let snapshot = SnapshotSummary::of(&m);
-                        self.metrics.snapshot_committed(&snapshot);
+                        self.metrics.snapshot_committed(&m);
                         ReportResult::Committed { snapshot }
                     }
                     Err(e) => {
@@ -106,7 +106,7 @@ impl Daemon {
                 archive: Archive::Committed(m),
             }) => {
                 self.metrics.downtime(downtime_ms);
-                self.metrics.snapshot_committed(&SnapshotSummary::of(&m));
+                self.metrics.snapshot_committed(&m);
                 let _ = self.update(|s| s.snapshot_id = Some(snapshot_id));
                 if loss.is_none() {
                     self.release(

@@ -610,6 +610,74 @@ fn copy_snapshot_commits_before_the_release() {
         assert!((0.0..120.0).contains(&secs), "{phase}: {secs}");
     }
     assert!(!m.contains("kafka_snapshot_agent_failures_total{"), "{m}");
+    assert_eq!(
+        at("kafka_snapshot_agent_capture_fell_back_to_copy{broker=\"2\"}"),
+        0.0,
+        "copy was asked for"
+    );
+}
+
+/// Reflink staging pins what the broker deletes while the archive is
+/// written: with less than `snapshot.staging_min_free` free, a reflink
+/// capture is refused before the broker is stopped, not after.
+#[test]
+fn reflink_without_free_space_is_refused_before_the_stop() {
+    let s = setup("xfs");
+    let cfg = s.config("reflink", TOKEN, "");
+    let text = fs::read_to_string(&cfg).unwrap().replace(
+        "capture = \"reflink\"",
+        "capture = \"reflink\"\nstaging_min_free = \"99.9%\"",
+    );
+    fs::write(&cfg, text).unwrap();
+    s.coord.push_action(snapshot_lease(6, 60_000));
+    let d = Daemon::spawn(&cfg, &s.root.join("daemon.log"), None);
+    s.coord
+        .wait_for("the release", Duration::from_secs(60), &d, |r| {
+            r.iter().any(|r| r.path == "/v1/agent/release")
+        });
+    let rel = releases(&s.coord);
+    assert_eq!(rel[0]["outcome"]["type"], "failed", "{rel:?}");
+    assert_eq!(rel[0]["outcome"]["broker_running"], true, "{rel:?}");
+    let reason = rel[0]["outcome"]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("before stopping the broker") && reason.contains("staging_min_free"),
+        "{reason}"
+    );
+    assert!(
+        s.events_of(2, EventKind::Sigterm).is_empty(),
+        "broker 2 was stopped"
+    );
+    assert!(s.c.is_running(2));
+}
+
+/// `capture = "auto"` on a filesystem without reflink works, by copy, with
+/// the broker down for the whole archive: the metric behind the
+/// KafkaSnapshotCaptureFellBackToCopy alert says so.
+#[test]
+fn auto_capture_falling_back_to_copy_is_a_metric() {
+    let s = setup("ext4");
+    let cfg = s.config("auto", TOKEN, "");
+    s.coord.push_action(snapshot_lease(4, 60_000));
+    let d = Daemon::spawn(&cfg, &s.root.join("daemon.log"), None);
+    s.coord
+        .wait_for("the release", Duration::from_secs(90), &d, |r| {
+            r.iter().any(|r| r.path == "/v1/agent/release")
+        });
+    let rel = releases(&s.coord);
+    assert_eq!(rel[0]["outcome"]["type"], "committed", "{rel:?}");
+    assert_eq!(rel[0]["outcome"]["snapshot"]["capture"], "copy");
+    let m = s.scrape_until("the fallback counted", &d, |t| {
+        metric(
+            t,
+            "kafka_snapshot_agent_capture_fell_back_to_copy{broker=\"2\"}",
+        ) == Some(1.0)
+    });
+    assert!(m.contains("# TYPE kafka_snapshot_agent_capture_fell_back_to_copy gauge"));
+    assert!(
+        d.log().contains("capture falls back to copy"),
+        "{}",
+        d.log()
+    );
 }
 
 #[test]

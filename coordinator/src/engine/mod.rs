@@ -120,6 +120,11 @@ impl Engine {
         Engine { conn, cfg }
     }
 
+    /// The config read again (SIGHUP); the next decision uses it.
+    pub fn set_config(&mut self, cfg: CoordinatorConfig) {
+        self.cfg = cfg;
+    }
+
     /// One decision: a transaction with the config and the time in reach.
     fn begin(&mut self, now: Now) -> rusqlite::Result<Ctx<'_>> {
         Ok(Ctx {

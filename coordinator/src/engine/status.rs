@@ -71,6 +71,7 @@ impl Engine {
             lease: leases::slot_view(c)?,
             cycle: cycles::latest_view(c)?,
             brokers: views,
+            uncovered_brokers: Vec::new(),
             recent_events: events::recent(c, 15)?,
         })
     }

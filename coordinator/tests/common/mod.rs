@@ -188,6 +188,16 @@ impl Coordinator {
         c.wait().ok().and_then(|s| s.code())
     }
 
+    /// Sends `signal` (a name `kill` knows) to the running coordinator.
+    pub fn signal(&self, signal: &str) {
+        let c = self.child.as_ref().expect("the coordinator runs");
+        let ok = Command::new("kill")
+            .args([&format!("-{signal}"), &c.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -{signal} failed");
+    }
+
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();

@@ -20,8 +20,9 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// Directories the store creates: group-writable, set-group-ID.
-const DIR_MODE: u32 = 0o2770;
+/// Directories the store creates: group-writable (and set-group-ID,
+/// inherited from the root).
+const DIR_PERMISSIONS: u32 = 0o770;
 /// Objects: the group (the coordinator) reads them.
 const FILE_MODE: u32 = 0o640;
 
@@ -58,6 +59,13 @@ impl FileStore {
     /// Creates `dir` and every missing directory between it and the root,
     /// `2770` each (see the module doc). Directories that exist are left as
     /// they are.
+    ///
+    /// The set-group-ID bit is never asked for: the kernel gives it to a
+    /// directory made in a set-group-ID parent, and systemd's
+    /// `RestrictSUIDSGID=` (in the agent's unit) refuses any mkdir or chmod
+    /// whose mode carries it. Under the unit's `UMask=0007` the new
+    /// directory is right as made; with a stricter umask its permission
+    /// bits are set again, keeping the bit it inherited.
     fn create_dirs(&self, dir: &Path) -> io::Result<()> {
         let Ok(below) = dir.strip_prefix(&self.root) else {
             return fs::create_dir_all(dir);
@@ -65,12 +73,16 @@ impl FileStore {
         let mut at = self.root.clone();
         for part in below.components() {
             at.push(part);
-            match fs::DirBuilder::new().mode(DIR_MODE).create(&at) {
-                // The umask took bits off: put them back (the set-group-ID
-                // bit is the kernel's to give, from a set-group-ID parent).
+            match fs::DirBuilder::new().mode(DIR_PERMISSIONS).create(&at) {
                 Ok(()) => {
-                    let setgid = fs::metadata(&at)?.permissions().mode() & 0o2000;
-                    fs::set_permissions(&at, fs::Permissions::from_mode(0o770 | setgid))?;
+                    let mode = fs::metadata(&at)?.permissions().mode() & 0o7777;
+                    if mode & 0o777 != DIR_PERMISSIONS {
+                        let keep = mode & 0o2000;
+                        fs::set_permissions(
+                            &at,
+                            fs::Permissions::from_mode(DIR_PERMISSIONS | keep),
+                        )?;
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                 Err(e) => return Err(e),
