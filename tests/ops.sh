@@ -2,7 +2,10 @@
 # Tests of what operates the binaries: the systemd units, the polkit rule
 # and the Ansible roles. tests/run.sh calls it; it also runs alone.
 #
-# - the roles' filter plugin (unit tests), ansible-lint (production
+# - the roles' filter plugin (unit tests); the roles are self-contained
+#   (no symlinks, their copies of the units and of the filter plugin
+#   byte-identical to the originals) and their comments agree with what
+#   they install (tests/ops/check_roles.py); ansible-lint (production
 #   profile), ansible-playbook --syntax-check;
 # - the Prometheus alert rules: `promtool check rules` and the promtool
 #   unit tests beside them (Debian's prometheus package brings promtool);
@@ -86,6 +89,11 @@ if "$VENV/bin/python" tests/ops/test_filters.py 2>"$T/filters.log"; then
 else
     cat "$T/filters.log"
     not_ok "filter plugin unit tests"
+fi
+if "$VENV/bin/python" tests/ops/check_roles.py "$REPO"; then
+    ok "roles are self-contained (no symlinks; units and filter plugin identical to the originals) and agree with the example configs"
+else
+    not_ok "roles: symlinks, drifted copies or drifted comments"
 fi
 if (cd ansible && ansible-lint --nocolor -q) >"$T/lint.log" 2>&1; then
     ok "ansible-lint (production profile)"
