@@ -9,6 +9,8 @@
 #   profile), ansible-playbook --syntax-check;
 # - the Prometheus alert rules: `promtool check rules` and the promtool
 #   unit tests beside them (Debian's prometheus package brings promtool);
+# - site.yml --check --diff into fresh roots (nothing installed, no users
+#   yet): it passes, reports changes and writes nothing;
 # - site.yml run for real against this machine (connection local) as three
 #   brokers and a coordinator, each into its own temporary root, with
 #   service management off: files, owners, modes, users and rendered
@@ -202,6 +204,20 @@ INV
 
 # One host at a time: the brokers share this machine's /etc/passwd.
 playbook() { (cd ansible && ansible-playbook -i "$T/inventory.yml" --forks 1 site.yml "$@"); }
+
+# --check on hosts that have nothing yet (no users, no files): it must get
+# through every task, say what it would change, and write nothing.
+if playbook --check --diff >"$T/check.log" 2>&1 &&
+    recap=$(sed -n '/^PLAY RECAP/,$p' "$T/check.log") &&
+    [[ $(grep -Ec 'changed=[1-9][0-9]* .*failed=0 ' <<<"$recap") -eq 4 ]] &&
+    grep -q '^changed: \[broker-a\]' "$T/check.log" &&
+    [[ ! -e $T/broker-a/etc/kafka-snapshot && ! -e $T/coord/etc/kafka-snapshot ]] &&
+    ! getent passwd ksnap-test-agent >/dev/null; then
+    ok "site.yml --check on fresh hosts: passes, reports changes on all 4, writes nothing"
+else
+    cat "$T/check.log"
+    not_ok "site.yml --check on fresh hosts"
+fi
 
 if playbook >"$T/run1.log" 2>&1; then
     ok "site.yml: first run"
