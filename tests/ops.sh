@@ -17,7 +17,8 @@
 #   configs are checked, the configs pass the binaries' `validate`, the
 #   installed units (with their drop-ins) pass `systemd-analyze verify`, a
 #   config the agent rejects is never installed, and a second run changes
-#   nothing. With a build that lacks the daemon, its config sections are
+#   nothing; with a fake systemctl and three forks, the agents' restart
+#   handler runs on one host at a time. With a build that lacks the daemon, its config sections are
 #   still rendered (check mode) and read back.
 #
 # Needs root (it creates the system users ksnap-test-agent and
@@ -296,6 +297,40 @@ if playbook >"$T/run2.log" 2>&1 &&
 else
     cat "$T/run2.log"
     not_ok "site.yml: second run changed something"
+fi
+
+# --- agents restart one host at a time ---------------------------------------------------
+# A change to every broker's agent.toml, with service management on, three
+# forks and a fake systemctl (first in PATH) whose restart takes a second:
+# the restarts must not overlap.
+if [[ $daemon == true ]]; then
+    mkdir -p "$T/fakebin"
+    cat >"$T/fakebin/systemctl" <<FAKE
+#!/bin/sh
+# systemctl as ansible.builtin.systemd_service sees it: the unit is loaded,
+# enabled and running; restarts are logged.
+case "\$1" in
+show) printf '%s\n' "Id=\$2" LoadState=loaded ActiveState=active SubState=running UnitFileState=enabled ;;
+is-enabled) echo enabled ;;
+restart)
+    echo "begin \$2" >>"$T/restarts.log"
+    sleep 1
+    echo "end \$2" >>"$T/restarts.log" ;;
+daemon-reload) ;;
+*) echo "fake systemctl: unexpected: \$*" >>"$T/restarts.log"; exit 1 ;;
+esac
+FAKE
+    chmod +x "$T/fakebin/systemctl"
+    if PATH="$T/fakebin:$PATH" playbook --forks 3 --limit kafka_snapshot_agents \
+        -e kafka_snapshot_manage_services=true -e kafka_snapshot_agent_poll_interval=11s \
+        >"$T/run-restart.log" 2>&1 &&
+        [[ $(grep -c '^begin kafka-snapshot-agent.service$' "$T/restarts.log") -eq 3 ]] &&
+        [[ $(uniq "$T/restarts.log" | wc -l) -eq 6 ]]; then
+        ok "agent restarts go one host at a time (3 forks, 3 restarts, none overlapping)"
+    else
+        cat "$T/run-restart.log" "$T/restarts.log"
+        not_ok "agent restarts: overlapping, missing, or an unexpected systemctl call"
+    fi
 fi
 
 # --- the daemon's sections, before the binary knows them ---------------------------------

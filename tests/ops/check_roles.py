@@ -5,6 +5,7 @@ of the repository, run by tests/ops.sh (venv Python: it reads YAML).
   alone): no symlinks in it, and its copies of shared files (the systemd
   units, the filter plugin) are byte-identical to the originals, so they
   cannot drift apart.
+- The agent's restart handler goes one host at a time.
 
 usage: check_roles.py REPO
 """
@@ -48,6 +49,11 @@ for p in plugins:
     check(p.is_file() and not p.is_symlink(), f"{p.relative_to(REPO)}: missing or a symlink")
 if all(p.is_file() for p in plugins):
     check(plugins[0].read_bytes() == plugins[1].read_bytes(), "the roles' filter_plugins/kafka_snapshot.py differ: copy the agent role's to the coordinator role")
+
+# --- rolling agent restarts -----------------------------------------------------------
+handlers = {h["name"]: h for h in load(AGENT / "handlers/main.yml")}
+restart = handlers.get("Restart kafka-snapshot-agent", {})
+check(restart.get("throttle") == 1, f"agent handler 'Restart kafka-snapshot-agent': throttle {restart.get('throttle')}, want 1 (one host at a time)")
 
 if failures:
     print("role check FAILED:", *failures, sep="\n  ")
