@@ -175,6 +175,7 @@ kafka_snapshot_agents:
     broker-c:
       kafka_snapshot_root: $T/broker-c
       kafka_snapshot_agent_server_properties: /opt/kafka/config/server.properties
+      kafka_snapshot_agent_kafka_unit: confluent-server.service
 kafka_snapshot_coordinator:
   hosts:
     coord:
