@@ -9,6 +9,7 @@ of the repository, run by tests/ops.sh (venv Python: it reads YAML).
 - Comments and example configs agree with what the roles install: no
   variable named that no role defines, schedules in UTC, the token files,
   CA file and port of the example configs are the roles'.
+- Both units hide other processes' /proc entries.
 
 usage: check_roles.py REPO
 """
@@ -133,6 +134,11 @@ for key in ("tls_cert", "tls_key"):
     got = commented(coord_example, "server", key)
     want = coord_vars[f"kafka_snapshot_coordinator_{key}_path"]
     check(got == want, f"coordinator.example.toml: {key} {got!r}, the role installs {want}")
+
+# --- the units' sandbox ----------------------------------------------------------------
+for unit in ("kafka-snapshot-agent.service", "kafka-snapshot-coordinator.service"):
+    text = (REPO / "systemd" / unit).read_text()
+    check(re.search(r"^ProtectProc=invisible$", text, re.M) is not None, f"systemd/{unit}: no ProtectProc=invisible")
 
 if failures:
     print("role check FAILED:", *failures, sep="\n  ")
