@@ -22,7 +22,8 @@
 #   still rendered (check mode) and read back.
 #
 # Needs root (it creates the system users ksnap-test-agent and
-# ksnap-test-coord, and removes them at the end). Leaves nothing behind but
+# ksnap-test-coord and the group ksnap-test-store, and removes them at the
+# end). Leaves nothing behind but
 # a Python venv with ansible-core and ansible-lint in
 # /var/cache/kafka-snapshot-tests/ops-venv.
 set -euo pipefail
@@ -69,7 +70,7 @@ export ANSIBLE_HOME=$T/ansible-home ANSIBLE_LOCAL_TEMP=$T/ansible-tmp XDG_CACHE_
 export ANSIBLE_CONFIG=$REPO/ansible/ansible.cfg ANSIBLE_NOCOLOR=1 ANSIBLE_FORCE_COLOR=0
 remove_test_users() {
     local u
-    for u in ksnap-test-agent ksnap-test-coord; do
+    for u in ksnap-test-agent ksnap-test-coord ksnap-test-store; do
         if getent passwd "$u" >/dev/null; then userdel "$u"; fi
         if getent group "$u" >/dev/null; then groupdel "$u"; fi
     done
@@ -144,6 +145,15 @@ else
 fi
 
 # --- a fleet on this machine ----------------------------------------------------------
+# Pinned ids for the test users and groups (agent uid and gid, coordinator
+# uid and gid, the store's gid): system ids that are free on this machine
+# both as uids and as gids, and differ from one another.
+ids=()
+for ((id = 899; id > 100 && ${#ids[@]} < 5; id--)); do
+    getent passwd "$id" >/dev/null || getent group "$id" >/dev/null || ids+=("$id")
+done
+read -r agent_uid agent_gid coord_uid coord_gid store_gid <<<"${ids[*]}"
+
 mkdir -p "$T"/{broker-a,broker-b,coord}/etc/kafka "$T/broker-c/opt/kafka/config"
 cat >"$T/broker-a/etc/kafka/server.properties" <<'PROPS'
 # KRaft broker, two disks
@@ -190,8 +200,14 @@ all:
     kafka_snapshot_binary_src_dir: $BIN
     kafka_snapshot_agent_user: ksnap-test-agent
     kafka_snapshot_agent_group: ksnap-test-agent
+    kafka_snapshot_agent_uid: $agent_uid
+    kafka_snapshot_agent_gid: $agent_gid
     kafka_snapshot_coordinator_user: ksnap-test-coord
     kafka_snapshot_coordinator_group: ksnap-test-coord
+    kafka_snapshot_coordinator_uid: $coord_uid
+    kafka_snapshot_coordinator_gid: $coord_gid
+    kafka_snapshot_storage_group: ksnap-test-store
+    kafka_snapshot_storage_gid: $store_gid
     kafka_snapshot_storage:
       url: file:///mnt/kafka-snapshots
     kafka_snapshot_kafka:
@@ -228,7 +244,8 @@ else
     not_ok "site.yml: first run"
 fi
 
-if "$VENV/bin/python" tests/ops/check_install.py "$REPO" "$T" "$BIN" "$daemon"; then
+if "$VENV/bin/python" tests/ops/check_install.py "$REPO" "$T" "$BIN" "$daemon" \
+    "$agent_uid" "$agent_gid" "$coord_uid" "$coord_gid" "$store_gid"; then
     ok "installed files, owners, modes, users and configs"
 else
     not_ok "installed files, owners, modes, users and configs"

@@ -2,6 +2,7 @@
 files, owners, modes, users and the rendered configs.
 
 usage: check_install.py REPO TMP BIN_DIR DAEMON_CONFIG(true|false)
+       AGENT_UID AGENT_GID COORD_UID COORD_GID STORE_GID
 """
 
 import grp
@@ -13,6 +14,7 @@ import sys
 import tomllib
 
 repo, tmp, bin_dir, daemon = sys.argv[1:5]
+agent_uid, agent_gid, coord_uid, coord_gid, store_gid = map(int, sys.argv[5:10])
 REPO = pathlib.Path(repo)
 TMP = pathlib.Path(tmp)
 BIN = pathlib.Path(bin_dir)
@@ -20,6 +22,7 @@ DAEMON = daemon == "true"
 
 AGENT_USER = "ksnap-test-agent"
 COORD_USER = "ksnap-test-coord"
+STORE_GROUP = "ksnap-test-store"
 VAULT_TOKEN = "token-from-the-vault-for-broker-b"
 failures = []
 
@@ -36,11 +39,16 @@ def owner_mode(path, user, group, mode):
 
 
 # --- users --------------------------------------------------------------------
-for name in (AGENT_USER, COORD_USER):
+# The inventory pins every id; both users are members of the store's group.
+store = grp.getgrnam(STORE_GROUP)
+check(store.gr_gid == store_gid, f"group {STORE_GROUP}: gid {store.gr_gid}, want {store_gid}")
+for name, uid, gid in ((AGENT_USER, agent_uid, agent_gid), (COORD_USER, coord_uid, coord_gid)):
     pw = pwd.getpwnam(name)
     check(pw.pw_shell == "/usr/sbin/nologin", f"user {name}: shell {pw.pw_shell}")
-    check(pw.pw_uid < 1000, f"user {name}: uid {pw.pw_uid} is not a system uid")
-    check(grp.getgrgid(pw.pw_gid).gr_name == name, f"user {name}: primary group")
+    check(pw.pw_uid == uid, f"user {name}: uid {pw.pw_uid}, want {uid}")
+    check(pw.pw_gid == gid, f"user {name}: primary gid {pw.pw_gid}, want {gid}")
+    check(grp.getgrnam(name).gr_gid == gid, f"group {name}: gid {grp.getgrnam(name).gr_gid}, want {gid}")
+    check(name in store.gr_mem, f"user {name}: not a member of {STORE_GROUP} ({store.gr_mem})")
 
 # --- brokers ------------------------------------------------------------------
 brokers = {
