@@ -18,7 +18,9 @@
 #   installed units (with their drop-ins) pass `systemd-analyze verify`, a
 #   config the agent rejects is never installed, and a second run changes
 #   nothing; with a fake systemctl and three forks, the agents' restart
-#   handler runs on one host at a time. With a build that lacks the daemon, its config sections are
+#   handler runs on one host at a time; the users, their groups and the
+#   store's group get the pinned ids, also when the agent's group is the
+#   store's group (the default). With a build that lacks the daemon, its config sections are
 #   still rendered (check mode) and read back.
 #
 # Needs root (it creates the system users ksnap-test-agent and
@@ -383,6 +385,28 @@ elif grep -q 'snapshot.zstd_level' "$T/run3.log" &&
 else
     cat "$T/run3.log"
     not_ok "a rejected agent.toml: no message naming snapshot.zstd_level, or the file changed"
+fi
+
+# --- the agent's group is the store's group (the roles' default) ------------------------
+# That group takes the store's gid; a different agent gid for it is refused.
+if playbook --limit broker-a -e kafka_snapshot_agent_group=ksnap-test-store -e '{"kafka_snapshot_agent_gid": null}' \
+    >"$T/run-group.log" 2>&1 &&
+    [[ $(id -g ksnap-test-agent) -eq $store_gid ]] &&
+    [[ $(stat -c %g "$T/broker-a/etc/kafka-snapshot/agent.toml") -eq $store_gid ]]; then
+    ok "agent group = store group: the user's primary gid and agent.toml's group are the store's gid"
+else
+    cat "$T/run-group.log"
+    not_ok "agent group = store group"
+fi
+if playbook --limit broker-a -e kafka_snapshot_agent_group=ksnap-test-store -e "kafka_snapshot_agent_gid=$agent_gid" \
+    >"$T/run-group.log" 2>&1; then
+    not_ok "a kafka_snapshot_agent_gid that differs from the store's gid, for the same group, was accepted"
+elif grep -q 'kafka_snapshot_storage_gid only' "$T/run-group.log" &&
+    [[ $(getent group ksnap-test-store | cut -d: -f3) -eq $store_gid ]]; then
+    ok "an agent gid that differs from the store's gid, for the same group, is refused"
+else
+    cat "$T/run-group.log"
+    not_ok "a conflicting agent gid: no message, or the store's gid changed"
 fi
 
 echo "ops: $pass passed, $fail failed"
