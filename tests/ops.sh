@@ -2,21 +2,30 @@
 # Tests of what operates the binaries: the systemd units, the polkit rule
 # and the Ansible roles. tests/run.sh calls it; it also runs alone.
 #
-# - the roles' filter plugin (unit tests), ansible-lint (production
+# - the roles' filter plugin (unit tests); the roles are self-contained
+#   (no symlinks, their copies of the units and of the filter plugin
+#   byte-identical to the originals) and their comments agree with what
+#   they install (tests/ops/check_roles.py); ansible-lint (production
 #   profile), ansible-playbook --syntax-check;
 # - the Prometheus alert rules: `promtool check rules` and the promtool
 #   unit tests beside them (Debian's prometheus package brings promtool);
+# - site.yml --check --diff into fresh roots (nothing installed, no users
+#   yet): it passes, reports changes and writes nothing;
 # - site.yml run for real against this machine (connection local) as three
 #   brokers and a coordinator, each into its own temporary root, with
 #   service management off: files, owners, modes, users and rendered
 #   configs are checked, the configs pass the binaries' `validate`, the
 #   installed units (with their drop-ins) pass `systemd-analyze verify`, a
 #   config the agent rejects is never installed, and a second run changes
-#   nothing. With a build that lacks the daemon, its config sections are
+#   nothing; with a fake systemctl and three forks, the agents' restart
+#   handler runs on one host at a time; the users, their groups and the
+#   store's group get the pinned ids, also when the agent's group is the
+#   store's group (the default). With a build that lacks the daemon, its config sections are
 #   still rendered (check mode) and read back.
 #
 # Needs root (it creates the system users ksnap-test-agent and
-# ksnap-test-coord, and removes them at the end). Leaves nothing behind but
+# ksnap-test-coord and the group ksnap-test-store, and removes them at the
+# end). Leaves nothing behind but
 # a Python venv with ansible-core and ansible-lint in
 # /var/cache/kafka-snapshot-tests/ops-venv.
 set -euo pipefail
@@ -63,7 +72,7 @@ export ANSIBLE_HOME=$T/ansible-home ANSIBLE_LOCAL_TEMP=$T/ansible-tmp XDG_CACHE_
 export ANSIBLE_CONFIG=$REPO/ansible/ansible.cfg ANSIBLE_NOCOLOR=1 ANSIBLE_FORCE_COLOR=0
 remove_test_users() {
     local u
-    for u in ksnap-test-agent ksnap-test-coord; do
+    for u in ksnap-test-agent ksnap-test-coord ksnap-test-store; do
         if getent passwd "$u" >/dev/null; then userdel "$u"; fi
         if getent group "$u" >/dev/null; then groupdel "$u"; fi
     done
@@ -86,6 +95,11 @@ if "$VENV/bin/python" tests/ops/test_filters.py 2>"$T/filters.log"; then
 else
     cat "$T/filters.log"
     not_ok "filter plugin unit tests"
+fi
+if "$VENV/bin/python" tests/ops/check_roles.py "$REPO"; then
+    ok "roles are self-contained (no symlinks; units and filter plugin identical to the originals) and agree with the example configs"
+else
+    not_ok "roles: symlinks, drifted copies or drifted comments"
 fi
 if (cd ansible && ansible-lint --nocolor -q) >"$T/lint.log" 2>&1; then
     ok "ansible-lint (production profile)"
@@ -133,6 +147,15 @@ else
 fi
 
 # --- a fleet on this machine ----------------------------------------------------------
+# Pinned ids for the test users and groups (agent uid and gid, coordinator
+# uid and gid, the store's gid): system ids that are free on this machine
+# both as uids and as gids, and differ from one another.
+ids=()
+for ((id = 899; id > 100 && ${#ids[@]} < 5; id--)); do
+    getent passwd "$id" >/dev/null || getent group "$id" >/dev/null || ids+=("$id")
+done
+read -r agent_uid agent_gid coord_uid coord_gid store_gid <<<"${ids[*]}"
+
 mkdir -p "$T"/{broker-a,broker-b,coord}/etc/kafka "$T/broker-c/opt/kafka/config"
 cat >"$T/broker-a/etc/kafka/server.properties" <<'PROPS'
 # KRaft broker, two disks
@@ -164,6 +187,7 @@ kafka_snapshot_agents:
     broker-c:
       kafka_snapshot_root: $T/broker-c
       kafka_snapshot_agent_server_properties: /opt/kafka/config/server.properties
+      kafka_snapshot_agent_kafka_unit: confluent-server.service
 kafka_snapshot_coordinator:
   hosts:
     coord:
@@ -178,8 +202,14 @@ all:
     kafka_snapshot_binary_src_dir: $BIN
     kafka_snapshot_agent_user: ksnap-test-agent
     kafka_snapshot_agent_group: ksnap-test-agent
+    kafka_snapshot_agent_uid: $agent_uid
+    kafka_snapshot_agent_gid: $agent_gid
     kafka_snapshot_coordinator_user: ksnap-test-coord
     kafka_snapshot_coordinator_group: ksnap-test-coord
+    kafka_snapshot_coordinator_uid: $coord_uid
+    kafka_snapshot_coordinator_gid: $coord_gid
+    kafka_snapshot_storage_group: ksnap-test-store
+    kafka_snapshot_storage_gid: $store_gid
     kafka_snapshot_storage:
       url: file:///mnt/kafka-snapshots
     kafka_snapshot_kafka:
@@ -195,6 +225,20 @@ INV
 # One host at a time: the brokers share this machine's /etc/passwd.
 playbook() { (cd ansible && ansible-playbook -i "$T/inventory.yml" --forks 1 site.yml "$@"); }
 
+# --check on hosts that have nothing yet (no users, no files): it must get
+# through every task, say what it would change, and write nothing.
+if playbook --check --diff >"$T/check.log" 2>&1 &&
+    recap=$(sed -n '/^PLAY RECAP/,$p' "$T/check.log") &&
+    [[ $(grep -Ec 'changed=[1-9][0-9]* .*failed=0 ' <<<"$recap") -eq 4 ]] &&
+    grep -q '^changed: \[broker-a\]' "$T/check.log" &&
+    [[ ! -e $T/broker-a/etc/kafka-snapshot && ! -e $T/coord/etc/kafka-snapshot ]] &&
+    ! getent passwd ksnap-test-agent >/dev/null; then
+    ok "site.yml --check on fresh hosts: passes, reports changes on all 4, writes nothing"
+else
+    cat "$T/check.log"
+    not_ok "site.yml --check on fresh hosts"
+fi
+
 if playbook >"$T/run1.log" 2>&1; then
     ok "site.yml: first run"
 else
@@ -202,7 +246,8 @@ else
     not_ok "site.yml: first run"
 fi
 
-if "$VENV/bin/python" tests/ops/check_install.py "$REPO" "$T" "$BIN" "$daemon"; then
+if "$VENV/bin/python" tests/ops/check_install.py "$REPO" "$T" "$BIN" "$daemon" \
+    "$agent_uid" "$agent_gid" "$coord_uid" "$coord_gid" "$store_gid"; then
     ok "installed files, owners, modes, users and configs"
 else
     not_ok "installed files, owners, modes, users and configs"
@@ -274,6 +319,40 @@ else
     not_ok "site.yml: second run changed something"
 fi
 
+# --- agents restart one host at a time ---------------------------------------------------
+# A change to every broker's agent.toml, with service management on, three
+# forks and a fake systemctl (first in PATH) whose restart takes a second:
+# the restarts must not overlap.
+if [[ $daemon == true ]]; then
+    mkdir -p "$T/fakebin"
+    cat >"$T/fakebin/systemctl" <<FAKE
+#!/bin/sh
+# systemctl as ansible.builtin.systemd_service sees it: the unit is loaded,
+# enabled and running; restarts are logged.
+case "\$1" in
+show) printf '%s\n' "Id=\$2" LoadState=loaded ActiveState=active SubState=running UnitFileState=enabled ;;
+is-enabled) echo enabled ;;
+restart)
+    echo "begin \$2" >>"$T/restarts.log"
+    sleep 1
+    echo "end \$2" >>"$T/restarts.log" ;;
+daemon-reload) ;;
+*) echo "fake systemctl: unexpected: \$*" >>"$T/restarts.log"; exit 1 ;;
+esac
+FAKE
+    chmod +x "$T/fakebin/systemctl"
+    if PATH="$T/fakebin:$PATH" playbook --forks 3 --limit kafka_snapshot_agents \
+        -e kafka_snapshot_manage_services=true -e kafka_snapshot_agent_poll_interval=11s \
+        >"$T/run-restart.log" 2>&1 &&
+        [[ $(grep -c '^begin kafka-snapshot-agent.service$' "$T/restarts.log") -eq 3 ]] &&
+        [[ $(uniq "$T/restarts.log" | wc -l) -eq 6 ]]; then
+        ok "agent restarts go one host at a time (3 forks, 3 restarts, none overlapping)"
+    else
+        cat "$T/run-restart.log" "$T/restarts.log"
+        not_ok "agent restarts: overlapping, missing, or an unexpected systemctl call"
+    fi
+fi
+
 # --- the daemon's sections, before the binary knows them ---------------------------------
 # Without `run` the agent's validate rejects [coordinator]: render them in
 # check mode (validate is not run there) and read the diff.
@@ -306,6 +385,28 @@ elif grep -q 'snapshot.zstd_level' "$T/run3.log" &&
 else
     cat "$T/run3.log"
     not_ok "a rejected agent.toml: no message naming snapshot.zstd_level, or the file changed"
+fi
+
+# --- the agent's group is the store's group (the roles' default) ------------------------
+# That group takes the store's gid; a different agent gid for it is refused.
+if playbook --limit broker-a -e kafka_snapshot_agent_group=ksnap-test-store -e '{"kafka_snapshot_agent_gid": null}' \
+    >"$T/run-group.log" 2>&1 &&
+    [[ $(id -g ksnap-test-agent) -eq $store_gid ]] &&
+    [[ $(stat -c %g "$T/broker-a/etc/kafka-snapshot/agent.toml") -eq $store_gid ]]; then
+    ok "agent group = store group: the user's primary gid and agent.toml's group are the store's gid"
+else
+    cat "$T/run-group.log"
+    not_ok "agent group = store group"
+fi
+if playbook --limit broker-a -e kafka_snapshot_agent_group=ksnap-test-store -e "kafka_snapshot_agent_gid=$agent_gid" \
+    >"$T/run-group.log" 2>&1; then
+    not_ok "a kafka_snapshot_agent_gid that differs from the store's gid, for the same group, was accepted"
+elif grep -q 'kafka_snapshot_storage_gid only' "$T/run-group.log" &&
+    [[ $(getent group ksnap-test-store | cut -d: -f3) -eq $store_gid ]]; then
+    ok "an agent gid that differs from the store's gid, for the same group, is refused"
+else
+    cat "$T/run-group.log"
+    not_ok "a conflicting agent gid: no message, or the store's gid changed"
 fi
 
 echo "ops: $pass passed, $fail failed"

@@ -2,6 +2,7 @@
 files, owners, modes, users and the rendered configs.
 
 usage: check_install.py REPO TMP BIN_DIR DAEMON_CONFIG(true|false)
+       AGENT_UID AGENT_GID COORD_UID COORD_GID STORE_GID
 """
 
 import grp
@@ -13,6 +14,7 @@ import sys
 import tomllib
 
 repo, tmp, bin_dir, daemon = sys.argv[1:5]
+agent_uid, agent_gid, coord_uid, coord_gid, store_gid = map(int, sys.argv[5:10])
 REPO = pathlib.Path(repo)
 TMP = pathlib.Path(tmp)
 BIN = pathlib.Path(bin_dir)
@@ -20,6 +22,7 @@ DAEMON = daemon == "true"
 
 AGENT_USER = "ksnap-test-agent"
 COORD_USER = "ksnap-test-coord"
+STORE_GROUP = "ksnap-test-store"
 VAULT_TOKEN = "token-from-the-vault-for-broker-b"
 failures = []
 
@@ -36,11 +39,16 @@ def owner_mode(path, user, group, mode):
 
 
 # --- users --------------------------------------------------------------------
-for name in (AGENT_USER, COORD_USER):
+# The inventory pins every id; both users are members of the store's group.
+store = grp.getgrnam(STORE_GROUP)
+check(store.gr_gid == store_gid, f"group {STORE_GROUP}: gid {store.gr_gid}, want {store_gid}")
+for name, uid, gid in ((AGENT_USER, agent_uid, agent_gid), (COORD_USER, coord_uid, coord_gid)):
     pw = pwd.getpwnam(name)
     check(pw.pw_shell == "/usr/sbin/nologin", f"user {name}: shell {pw.pw_shell}")
-    check(pw.pw_uid < 1000, f"user {name}: uid {pw.pw_uid} is not a system uid")
-    check(grp.getgrgid(pw.pw_gid).gr_name == name, f"user {name}: primary group")
+    check(pw.pw_uid == uid, f"user {name}: uid {pw.pw_uid}, want {uid}")
+    check(pw.pw_gid == gid, f"user {name}: primary gid {pw.pw_gid}, want {gid}")
+    check(grp.getgrnam(name).gr_gid == gid, f"group {name}: gid {grp.getgrnam(name).gr_gid}, want {gid}")
+    check(name in store.gr_mem, f"user {name}: not a member of {STORE_GROUP} ({store.gr_mem})")
 
 # --- brokers ------------------------------------------------------------------
 brokers = {
@@ -49,6 +57,8 @@ brokers = {
     "broker-b": (2, ["/data/d1/kafka-logs", "/data/d2/kafka-logs", "/data/meta/kafka-meta"]),
     "broker-c": (3, ["/var/lib/kafka/data"]),
 }
+# The broker's unit, kafka.service unless the inventory says otherwise.
+kafka_units = {"broker-c": "confluent-server.service"}
 static_unit = (REPO / "systemd/kafka-snapshot-agent.service").read_bytes()
 static_rule = (REPO / "systemd/polkit/50-kafka-snapshot.rules").read_text()
 agent_bin = (BIN / "kafka-snapshot-agent").read_bytes()
@@ -69,12 +79,13 @@ for host, (broker_id, log_dirs) in brokers.items():
     else:
         check(re.fullmatch(r"[A-Za-z0-9]{43}", tokens[host]) is not None, f"{token_file}: not a generated token")
 
+    kafka_unit = kafka_units.get(host, "kafka.service")
     cfg_path = root / "etc/kafka-snapshot/agent.toml"
     owner_mode(cfg_path, "root", AGENT_USER, 0o640)
     cfg = tomllib.loads(cfg_path.read_text())
     check(cfg["broker"]["log_dirs"] == log_dirs, f"{cfg_path}: log_dirs {cfg['broker']['log_dirs']}")
-    check(cfg["broker"]["stop_command"] == "systemctl stop --no-block kafka.service", f"{cfg_path}: stop_command")
-    check(cfg["broker"]["start_command"] == "systemctl start kafka.service", f"{cfg_path}: start_command")
+    check(cfg["broker"]["stop_command"] == f"systemctl stop --no-block {kafka_unit}", f"{cfg_path}: stop_command")
+    check(cfg["broker"]["start_command"] == f"systemctl start {kafka_unit}", f"{cfg_path}: start_command")
     check(cfg["broker"]["stop_timeout"] == "15m", f"{cfg_path}: broker settings from the inventory")
     check(cfg["storage"] == {"url": "file:///mnt/kafka-snapshots"}, f"{cfg_path}: storage {cfg['storage']}")
     check(cfg["kafka"]["bootstrap_servers"] == ["broker-a:9092", "broker-b:9092"], f"{cfg_path}: kafka")
@@ -104,13 +115,19 @@ for host, (broker_id, log_dirs) in brokers.items():
     check(re.search(r"^User=ksnap-test-agent$", dropin, re.M) is not None, f"{host} drop-in: User=")
     check(re.search(r"^RequiresMountsFor=/mnt/kafka-snapshots$", dropin, re.M) is not None, f"{host} drop-in: RequiresMountsFor=")
     check(re.search(r"^TimeoutStopSec=20min$", dropin, re.M) is not None, f"{host} drop-in: TimeoutStopSec=")
+    after = re.findall(r"^After=(.*)$", dropin, re.M)
+    check(after == ([] if kafka_unit == "kafka.service" else [kafka_unit]), f"{host} drop-in: After={after}")
 
     rule = root / "etc/polkit-1/rules.d/50-kafka-snapshot.rules"
     owner_mode(rule, "root", "root", 0o644)
+    rule_text = rule.read_text()
     check(
-        rule.read_text() == static_rule.replace('"kafka-snapshot"', f'"{AGENT_USER}"'),
-        f"{rule}: differs from systemd/polkit/ beyond the user name",
+        rule_text == static_rule.replace('"kafka-snapshot"', f'"{AGENT_USER}"').replace('"kafka.service"', f'"{kafka_unit}"'),
+        f"{rule}: differs from systemd/polkit/ beyond the user and unit names",
     )
+    # The rule's own names: this host's agent user and broker unit.
+    check(f'subject.user === "{AGENT_USER}"' in rule_text, f"{rule}: does not name user {AGENT_USER}")
+    check(f'action.lookup("unit") === "{kafka_unit}"' in rule_text, f"{rule}: does not name unit {kafka_unit}")
 
 check(len(set(tokens.values())) == len(tokens), "two brokers got the same token")
 

@@ -1,5 +1,7 @@
-"""Filters shared by the kafka_snapshot_agent and kafka_snapshot_coordinator
-roles (the coordinator role links this file).
+"""Filters of the kafka_snapshot_agent and kafka_snapshot_coordinator roles.
+Each role ships its own copy of this file, so that either can be used
+without the other (Galaxy, another repository); tests/ops.sh checks that
+the two copies are identical: edit the agent role's and copy it over.
 
 - ``kafka_properties``: a Kafka ``server.properties`` text -> dict.
 - ``kafka_log_dirs``: that dict -> the broker's log dirs, as the agent reads
