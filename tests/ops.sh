@@ -273,8 +273,10 @@ fi
 # --- systemd-analyze verify on the installed units and drop-ins -----------------------
 # verify resolves ExecStart= and the units' dependencies under --root.
 verify_unit() { # root unit
-    mkdir -p "$1/usr/lib/systemd"
+    mkdir -p "$1/usr/lib/systemd" "$1/bin"
     [[ -d $1/usr/lib/systemd/system ]] || cp -a /usr/lib/systemd/system "$1/usr/lib/systemd/"
+    # What every host's base system has and the units run: ExecReload=/bin/kill.
+    [[ -e $1/bin/kill ]] || cp /bin/kill "$1/bin/kill"
     systemd-analyze verify --man=no --root="$1" "$2" 2>&1
 }
 for pair in broker-a:kafka-snapshot-agent.service coord:kafka-snapshot-coordinator.service; do

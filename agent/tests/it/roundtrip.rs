@@ -394,8 +394,14 @@ fn a_file_store_is_shared_through_its_group_whatever_the_umask() {
             .env("KAFKA_SNAPSHOT_LOG", "warn");
         c
     };
+    // That user may not be able to reach the build's binary (a checkout
+    // under /root): it runs a copy beside the store.
+    let agent = t.path().join("agent");
+    fs::copy(env!("CARGO_BIN_EXE_kafka-snapshot-agent"), &agent).unwrap();
+    fs::set_permissions(&agent, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(t.path(), fs::Permissions::from_mode(0o755)).unwrap();
     run_with(
-        as_coordinator(env!("CARGO_BIN_EXE_kafka-snapshot-agent")),
+        as_coordinator(&agent.display().to_string()),
         &["archive", "verify", "--store", &url, "--snapshot", id],
         0,
     );
