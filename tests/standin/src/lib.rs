@@ -1,7 +1,8 @@
 //! Stand-in Kafka brokers for tests.
 //!
-//! No real Kafka can run here, so tests of the snapshot agent run against
-//! stand-in brokers: one real OS process per broker
+//! Fast tests and the fault matrix run against stand-in brokers (Apache
+//! Kafka itself is tested in `coordinator/tests/real_kafka.rs`; see the
+//! README for where the two differ): one real OS process per broker
 //! (`ksnap-standin-broker --state-dir DIR --node-id N`), started and
 //! stopped by shell scripts like `kafka-server-start.sh` /
 //! `kafka-server-stop.sh`, speaking the real Kafka wire protocol (encoded
