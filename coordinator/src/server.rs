@@ -389,7 +389,6 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
 
     /// `serve` runs on the listener it is given and returns, with its
     /// background loop ended, once the shutdown future completes: the
@@ -397,31 +396,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn serve_stops_when_its_shutdown_future_completes() {
         let dir = tempfile::tempdir().unwrap();
-        let token = dir.path().join("admin.token");
-        std::fs::write(&token, "0123456789abcdef0123\n").unwrap();
-        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let text = format!(
-            r#"
-[server]
-listen = "127.0.0.1:1"
-database = "{db}"
-admin_token_file = "{token}"
-[[agents]]
-broker = 1
-token_sha256 = "1111111111111111111111111111111111111111111111111111111111111111"
-[schedule]
-schedule = "@every 24h"
-suspend = true
-[storage]
-url = "file://{store}"
-[kafka]
-bootstrap_servers = ["127.0.0.1:1"]
-"#,
-            db = dir.path().join("state.db").display(),
-            token = token.display(),
-            store = dir.path().display(),
-        );
-        let cfg = CoordinatorConfig::parse(&text, &dir.path().join("c.toml")).unwrap();
+        let cfg = crate::shared::tests::config(dir.path(), "");
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

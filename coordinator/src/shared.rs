@@ -204,11 +204,14 @@ pub fn read_token(path: &std::path::Path) -> Result<String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
-    fn config(dir: &std::path::Path, extra: &str) -> CoordinatorConfig {
+    /// A coordinator config of broker 1 over `dir` (database, admin token,
+    /// file store), with `extra` TOML after its `[[agents]]` entry; the
+    /// schedule is suspended when `extra` is empty. No Kafka is reachable.
+    pub(crate) fn config(dir: &std::path::Path, extra: &str) -> CoordinatorConfig {
         let token = dir.join("admin.token");
         std::fs::write(&token, "0123456789abcdef0123\n").unwrap();
         std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();

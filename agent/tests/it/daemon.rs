@@ -534,17 +534,28 @@ fn reflink_snapshot_releases_at_recovery_then_reports_the_archive() {
     }
 }
 
+/// Grants the daemon of `cfg` snapshot lease `epoch` and waits for its
+/// release: the daemon and every release the coordinator got.
+fn lease_until_release(
+    s: &Setup,
+    cfg: &std::path::Path,
+    epoch: u64,
+    within: Duration,
+) -> (Daemon, Vec<Value>) {
+    s.coord.push_action(snapshot_lease(epoch, 60_000));
+    let d = Daemon::spawn(cfg, &s.root.join("daemon.log"), None);
+    s.coord.wait_for("the release", within, &d, |r| {
+        r.iter().any(|r| r.path == "/v1/agent/release")
+    });
+    let rel = releases(&s.coord);
+    (d, rel)
+}
+
 #[test]
 fn copy_snapshot_commits_before_the_release() {
     let s = setup("ext4");
     let cfg = s.config("copy", TOKEN, "");
-    s.coord.push_action(snapshot_lease(3, 60_000));
-    let d = Daemon::spawn(&cfg, &s.root.join("daemon.log"), None);
-    s.coord
-        .wait_for("the release", Duration::from_secs(90), &d, |r| {
-            r.iter().any(|r| r.path == "/v1/agent/release")
-        });
-    let rel = releases(&s.coord);
+    let (d, rel) = lease_until_release(&s, &cfg, 3, Duration::from_secs(90));
     assert_eq!(rel[0]["outcome"]["type"], "committed", "{rel:?}");
     let snap = &rel[0]["outcome"]["snapshot"];
     assert_eq!(snap["capture"], "copy");
@@ -629,13 +640,7 @@ fn reflink_without_free_space_is_refused_before_the_stop() {
         "capture = \"reflink\"\nstaging_min_free = \"99.9%\"",
     );
     fs::write(&cfg, text).unwrap();
-    s.coord.push_action(snapshot_lease(6, 60_000));
-    let d = Daemon::spawn(&cfg, &s.root.join("daemon.log"), None);
-    s.coord
-        .wait_for("the release", Duration::from_secs(60), &d, |r| {
-            r.iter().any(|r| r.path == "/v1/agent/release")
-        });
-    let rel = releases(&s.coord);
+    let (_daemon, rel) = lease_until_release(&s, &cfg, 6, Duration::from_secs(60));
     assert_eq!(rel[0]["outcome"]["type"], "failed", "{rel:?}");
     assert_eq!(rel[0]["outcome"]["broker_running"], true, "{rel:?}");
     let reason = rel[0]["outcome"]["reason"].as_str().unwrap();
@@ -657,13 +662,7 @@ fn reflink_without_free_space_is_refused_before_the_stop() {
 fn auto_capture_falling_back_to_copy_is_a_metric() {
     let s = setup("ext4");
     let cfg = s.config("auto", TOKEN, "");
-    s.coord.push_action(snapshot_lease(4, 60_000));
-    let d = Daemon::spawn(&cfg, &s.root.join("daemon.log"), None);
-    s.coord
-        .wait_for("the release", Duration::from_secs(90), &d, |r| {
-            r.iter().any(|r| r.path == "/v1/agent/release")
-        });
-    let rel = releases(&s.coord);
+    let (d, rel) = lease_until_release(&s, &cfg, 4, Duration::from_secs(90));
     assert_eq!(rel[0]["outcome"]["type"], "committed", "{rel:?}");
     assert_eq!(rel[0]["outcome"]["snapshot"]["capture"], "copy");
     let m = s.scrape_until("the fallback counted", &d, |t| {
