@@ -8,9 +8,10 @@
 # Ansible roles into temporary roots.
 #
 #   tests/run.sh              everything (what CI runs); the real-Kafka
-#                             tests run on Kafka 4.0.2, then 4.4.0 and
-#                             3.9.1 (KSNAP_KAFKA_OTHER_VERSIONS, space-
-#                             separated, empty for none)
+#                             tests run on Kafka 4.0.2, then 4.4.0, 3.9.1
+#                             (KRaft) and 3.9.1 with ZooKeeper
+#                             (KSNAP_KAFKA_OTHER_VERSIONS: space-separated
+#                             VERSION or VERSION:zookeeper, empty for none)
 #   tests/run.sh --soak N     the same setup, then only the fault matrix
 #                             (coordinator/tests/faults.rs), N times over;
 #                             stops at the first failure
@@ -82,13 +83,16 @@ python3 tests/lint/module_cycles.py
 export KSNAP_TEST_REPORT=$PWD/target/test-report
 rm -rf "$KSNAP_TEST_REPORT"
 cargo test --workspace --locked
-# The other Kafka releases operators run (KRaft): the real-Kafka tests
-# again (gate, a rolling cycle and a restore under load) on each. The
-# workspace run above tested the default release fully.
-for version in ${KSNAP_KAFKA_OTHER_VERSIONS-4.4.0 3.9.1}; do
-    KSNAP_KAFKA_VERSION=$version
+# The other Kafka releases operators run, and 3.9 in ZooKeeper mode: the
+# real-Kafka tests again (the gate conditions, a rolling cycle and a
+# restore under load) on each. The workspace run above tested the default
+# release (KRaft) fully.
+for other in ${KSNAP_KAFKA_OTHER_VERSIONS-4.4.0 3.9.1 3.9.1:zookeeper}; do
+    KSNAP_KAFKA_VERSION=${other%%:*}
+    mode=kraft
+    [[ $other == *:* ]] && mode=${other#*:}
     kafka_setup
-    cargo test --locked -p kafka-snapshot-coordinator --test real_kafka
+    KSNAP_TEST_KAFKA_MODE=$mode cargo test --locked -p kafka-snapshot-coordinator --test real_kafka
 done
 python3 tests/report.py --report "$KSNAP_TEST_REPORT" --readme README.md
 

@@ -1,24 +1,28 @@
 //! The product against Apache Kafka itself (the release tests/lib/kafka.sh
 //! installs, `KSNAP_TEST_KAFKA_HOME`): a KRaft cluster of three dedicated
-//! controllers and three brokers, two log dirs each, on the test XFS. One
-//! cluster serves the checks in order, in one test, so six JVMs start
-//! once:
+//! controllers and three brokers, two log dirs each: brokers 1 and 2 on the
+//! test XFS (reflink capture), broker 3 on the test ext4 (`capture =
+//! "auto"` falls back to a copy there). One cluster serves the checks in
+//! order, in one test, so six JVMs start once:
 //!
 //! 1. `kafka-snapshot-agent check` passes on the healthy cluster, and fails
-//!    naming the partitions when another broker is down.
+//!    naming the partitions for each condition Kafka can be put into (see
+//!    `real_kafka/gate.rs`).
 //! 2. A rolling cycle through the coordinator and three agent daemons
 //!    while a producer writes with acks=all and idempotence.
 //! 3. `coordinator restore --broker 2` while the producer writes.
 //!
 //! After 2 and 3: every acknowledged record is read back exactly once, an
 //! observer polling Metadata never saw more than one broker missing nor a
-//! partition offline or under min ISR, and every snapshot verifies.
+//! partition offline or under min ISR, a consumer group's committed
+//! offsets are those it committed before, and every snapshot verifies.
 
 mod common;
+#[path = "real_kafka/gate.rs"]
+mod gate;
 
-use common::bin;
-use common::fleet::{observe, scratch, write_agent_config, Fleet, FleetSpec, Seen};
-use kafka_snapshot_testkit::kafka::{KafkaCluster, KafkaSpec, VERSION_ENV};
+use common::fleet::{observe, scratch, Fleet, FleetSpec, Seen};
+use kafka_snapshot_testkit::kafka::{KafkaCluster, KafkaSpec, Mode, VERSION_ENV};
 use kafka_snapshot_testkit::report;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::Producer as _;
@@ -26,7 +30,6 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedPro
 use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
 use serde_json::Value;
 use std::collections::HashMap;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -39,8 +42,10 @@ fn real_kafka_gate_cycle_and_restore() {
     let started = Instant::now();
     let t = scratch();
     let root = t.path().to_path_buf();
+    let ext4 = ext4_scratch();
     let spec = KafkaSpec {
         data_root: Some(root.join("data")),
+        broker_data_roots: vec![(3, ext4.path().join("data"))],
         ..KafkaSpec::default()
     };
     let cluster =
@@ -52,11 +57,13 @@ fn real_kafka_gate_cycle_and_restore() {
         .create_topic(TOPIC, PARTITIONS, 3, 2)
         .expect("topic created");
     eprintln!("cluster up after {:?}", started.elapsed());
+    let committed = commit_group_offsets(&cluster.bootstrap());
 
-    gate_on_real_kafka(&cluster, &root);
+    gate::gate_on_real_kafka(&cluster, &root);
     eprintln!("gate checked after {:?}", started.elapsed());
 
     let spec = FleetSpec {
+        capture: "auto",
         ttl: "10s",
         recovery_timeout: "180s",
         ..FleetSpec::default()
@@ -67,12 +74,16 @@ fn real_kafka_gate_cycle_and_restore() {
     eprintln!("cycle done after {:?}", started.elapsed());
     let restore = restore_broker_2(&f, &mut acked);
     eprintln!("restore done after {:?}", started.elapsed());
+    assert_eq!(
+        group_offsets(&f.cluster.bootstrap()),
+        committed,
+        "the consumer group's committed offsets changed"
+    );
 
-    let version = std::env::var(VERSION_ENV).unwrap_or_else(|_| "?".into());
     for (case, (seen, read)) in [
-        (format!("rolling cycle under load (Kafka {version})"), cycle),
+        (format!("rolling cycle under load ({})", label()), cycle),
         (
-            format!("restore of broker 2 under load (Kafka {version})"),
+            format!("restore of broker 2 under load ({})", label()),
             restore,
         ),
     ] {
@@ -91,75 +102,6 @@ fn real_kafka_gate_cycle_and_restore() {
     }
 }
 
-/// `check` on a healthy cluster, then with broker 3 stopped: stopping
-/// broker 1 too would leave the partitions they share with one in-sync
-/// replica, under min ISR 2.
-fn gate_on_real_kafka(cluster: &Arc<KafkaCluster>, root: &std::path::Path) {
-    let dir = root.join("check");
-    std::fs::create_dir_all(&dir).unwrap();
-    let cfg = write_agent_config(
-        &dir,
-        1,
-        &**cluster,
-        &FleetSpec::default(),
-        &format!("file://{}", root.join("store").display()),
-        "http://127.0.0.1:9",
-        &dir.join("state.json"),
-    );
-    let check = |broker: i32| {
-        let out = Command::new(bin("kafka-snapshot-agent"))
-            .args(["check", "--broker", &broker.to_string(), "--config"])
-            .arg(&cfg)
-            .env("KAFKA_SNAPSHOT_LOG", "warn")
-            .output()
-            .unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        )
-    };
-    for b in cluster.broker_ids() {
-        let (code, out) = check(b);
-        assert_eq!(code, 0, "check of broker {b} on a healthy cluster:\n{out}");
-        assert!(out.contains("safe to stop"), "{out}");
-    }
-
-    cluster.stop(3).expect("broker 3 stops");
-    // Out of every ISR and no longer a registered broker: until its
-    // session ends Kafka (seen on 3.9) still lists it, and a check then
-    // fails closed on the queries it cannot answer instead of naming the
-    // partitions.
-    wait_for(
-        "broker 3 out of every ISR and the cluster",
-        Duration::from_secs(60),
-        || {
-            cluster.metadata().is_ok_and(|md| {
-                md.brokers.iter().all(|b| b.node_id.0 != 3)
-                    && md.topics.iter().all(|t| {
-                        t.partitions
-                            .iter()
-                            .all(|p| !p.isr_nodes.iter().any(|b| b.0 == 3))
-                    })
-            })
-        },
-    );
-    let (code, out) = check(1);
-    assert_eq!(code, 1, "check of broker 1 with broker 3 down:\n{out}");
-    assert!(out.contains("NOT safe to stop"), "{out}");
-    assert!(
-        out.contains(&format!("{TOPIC}-")),
-        "the failure names no partition of {TOPIC}:\n{out}"
-    );
-    cluster.start(3).expect("broker 3 starts");
-    cluster
-        .wait_in_sync(Duration::from_secs(120))
-        .expect("broker 3 back in every ISR");
-}
-
 fn rolling_cycle(f: &Fleet<KafkaCluster>, acked: &mut Vec<u64>) -> (Seen, ReadBack) {
     let observer = observe(&f.cluster);
     let producer = Producer::start(&f.cluster.bootstrap(), 0);
@@ -173,7 +115,9 @@ fn rolling_cycle(f: &Fleet<KafkaCluster>, acked: &mut Vec<u64>) -> (Seen, ReadBa
         .collect();
     assert_eq!(brokers, vec![1, 2, 3], "{snaps:#?}");
     for s in &snaps {
-        assert_eq!(s["capture"], "reflink", "{s:#}");
+        // Broker 3's log dirs are on ext4: `auto` copies there.
+        let want = if s["broker"] == 3 { "copy" } else { "reflink" };
+        assert_eq!(s["capture"], want, "{s:#}");
     }
     f.wait_all_verified(Duration::from_secs(120));
     let from = acked.len();
@@ -405,7 +349,79 @@ fn read_all(bootstrap: &str) -> HashMap<u64, u32> {
     counts
 }
 
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+/// "Kafka <version>, <mode>", for the report.
+fn label() -> String {
+    let version = std::env::var(VERSION_ENV).unwrap_or_else(|_| "?".into());
+    format!("Kafka {version}, {}", Mode::from_env().name())
+}
+
+/// A scratch dir on the test ext4 (no reflink).
+fn ext4_scratch() -> tempfile::TempDir {
+    let root = std::env::var("KSNAP_TEST_EXT4").unwrap_or_else(|_| {
+        panic!("KSNAP_TEST_EXT4 is not set: run the tests through tests/run.sh, which mounts the test filesystems")
+    });
+    tempfile::tempdir_in(root).expect("scratch dir on ext4")
+}
+
+const GROUP: &str = "ksnap-committed";
+
+/// Commits offsets of [`GROUP`] on every partition of [`TOPIC`] (after a
+/// few records written for it) and returns them as the group reads them
+/// back.
+fn commit_group_offsets(bootstrap: &str) -> Vec<(i32, i64)> {
+    let producer = Producer::start(bootstrap, u64::MAX / 2);
+    std::thread::sleep(Duration::from_secs(1));
+    let keys = producer.finish();
+    assert!(!keys.is_empty(), "no record acknowledged before the cycle");
+    let consumer = group_consumer(bootstrap);
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        let (_, high) = consumer
+            .fetch_watermarks(TOPIC, p, Duration::from_secs(30))
+            .expect("watermarks");
+        tpl.add_partition_offset(TOPIC, p, Offset::Offset(high / 2 + p as i64))
+            .unwrap();
+    }
+    consumer
+        .commit(&tpl, rdkafka::consumer::CommitMode::Sync)
+        .expect("offsets committed");
+    let offsets = group_offsets(bootstrap);
+    assert_eq!(offsets.len(), PARTITIONS as usize, "{offsets:?}");
+    offsets
+}
+
+fn group_consumer(bootstrap: &str) -> BaseConsumer {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", GROUP)
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer")
+}
+
+/// The committed offsets of [`GROUP`] on [`TOPIC`], by partition.
+fn group_offsets(bootstrap: &str) -> Vec<(i32, i64)> {
+    let consumer = group_consumer(bootstrap);
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition(TOPIC, p);
+    }
+    let got = consumer
+        .committed_offsets(tpl, Duration::from_secs(30))
+        .expect("committed offsets");
+    got.elements()
+        .iter()
+        .map(|e| match e.offset() {
+            Offset::Offset(o) => (e.partition(), o),
+            other => panic!(
+                "partition {} has no committed offset: {other:?}",
+                e.partition()
+            ),
+        })
+        .collect()
+}
+
+pub(crate) fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !f() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");

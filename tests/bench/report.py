@@ -29,6 +29,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--archive", help="archive_bench.py JSON")
     ap.add_argument("--cycle", help="cycle_bench.py JSON")
+    ap.add_argument("--kafka", help="coordinator/benches/kafka_downtime.rs JSON")
     ap.add_argument("--fs", default="ext4")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
@@ -172,6 +173,23 @@ def main():
             sb = med(big["standin"])
             row("6", f"full cycle, 3 brokers x {gib:.1f} GiB, reflink", "3 x stand-in stop + start",
                 fmt_s(3 * sb), fmt_s(fc["total"]), f"{fc['total'] / (3 * sb):.1f}", "reported", None)
+
+    if a.kafka:
+        with open(a.kafka) as f:
+            kaf = json.load(f)["kafka_downtime"]
+        for d in kaf:
+            gib = d["data_bytes"] / (1 << 30)
+            plain = [p["plain"]["downtime_s"] for p in d["pairs"]]
+            agent = [p["agent"]["downtime_s"] for p in d["pairs"]]
+            over = paired(plain, agent, lambda b, g: g - b)
+            row("7", f"downtime on Apache Kafka (KRaft), reflink, {gib:.1f} GiB/broker",
+                "plain stop + start, until back in every ISR", fmt_s(med(plain)), fmt_s(med(agent)),
+                f"{over:+.2f} s", "<= +0.5 s", over <= 0.5)
+            reported = [p["agent"]["agent_broker_downtime_ms"] / 1000 for p in d["pairs"]]
+            raw.append(f"Kafka {d['size']}: plain {[round(x, 2) for x in plain]}; agent {[round(x, 2) for x in agent]} "
+                       f"(the agent's own broker_downtime, stop to start command's return: "
+                       f"{[round(x, 2) for x in reported]}; whole agent run: "
+                       f"{[round(p['agent']['agent_run_s'], 1) for p in d['pairs']]})")
 
     lines.append("")
     if cyc and "full_cycle" in cyc["downtime"][-1]:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The benchmark: every figure beside a baseline measured in the same run.
 #
-#   tests/bench/run.sh [--quick] [--only archive|cycle] [--runs 3]
+#   tests/bench/run.sh [--quick] [--only archive|cycle|kafka] [--runs 3]
 #                      [--size 2GiB] [--levels 3,1,9] [--fs ext4|xfs] [--s3]
 #                      [--sizes 1GiB,8GiB] [--segment-size 1GiB]
 #                      [--small-partitions 2000] [--throttle 20MiB]
@@ -21,6 +21,11 @@
 #   with the broker serving, unthrottled and with --throttle as
 #   `storage.bandwidth_limit`; one full rolling cycle of the three brokers
 #   (coordinator + three agent daemons) with the time of each phase.
+# Kafka (coordinator/benches/kafka_downtime.rs, real Apache Kafka from
+#   tests/lib/kafka.sh, KRaft, three brokers on XFS with each --sizes per
+#   broker): broker 1's downtime (stop command until back in every ISR) of
+#   `kafka-snapshot-agent snapshot` against a plain stop + start of the
+#   same broker, --runs pairs back to back, alternating which goes first.
 #
 # --quick: small sizes and one run, to check the benchmark itself.
 # Needs root (loop-mounted scratch filesystems, dropping the page cache).
@@ -49,7 +54,7 @@ while (($#)); do
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
 done
-case $only in '' | archive | cycle) ;; *) echo "--only must be archive or cycle" >&2; exit 2 ;; esac
+case $only in '' | archive | cycle | kafka) ;; *) echo "--only must be archive, cycle or kafka" >&2; exit 2 ;; esac
 if [[ $(id -u) -ne 0 ]]; then
     echo "tests/bench/run.sh needs root: it loop-mounts scratch filesystems and drops the page cache" >&2
     exit 2
@@ -93,7 +98,7 @@ target_dir=$(realpath "${CARGO_TARGET_DIR:-target}")
 out=target/bench
 mkdir -p "$out"
 report_args=(--fs "$fs" --out "$out/report.md")
-if [[ $only != cycle ]]; then
+if [[ -z $only || $only == archive ]]; then
     python3 tests/bench/archive_bench.py \
         --work "$work" --size "$size" --runs "$runs" --levels "$levels" \
         --agent "$target_dir/release/kafka-snapshot-agent" \
@@ -104,12 +109,20 @@ if [[ $only != cycle ]]; then
     # cycle part fills the XFS one.
     fstrim "$KSNAP_TEST_EXT4" 2>/dev/null || true
 fi
-if [[ $only != archive ]]; then
+if [[ -z $only || $only == cycle ]]; then
     python3 tests/bench/cycle_bench.py \
         --work "$KSNAP_TEST_XFS" --bin "$target_dir/release" --sizes "$sizes" --runs "$runs" \
         --level "${levels%%,*}" --segment-size "$segment_size" \
         --small-partitions "$small_partitions" --throttle "$throttle" \
         --out "$out/cycle.json"
     report_args+=(--cycle "$out/cycle.json")
+    fstrim "$KSNAP_TEST_XFS" 2>/dev/null || true
+fi
+if [[ -z $only || $only == kafka ]]; then
+    source tests/lib/kafka.sh
+    kafka_setup
+    cargo bench --locked -p kafka-snapshot-coordinator --bench kafka_downtime -- \
+        --sizes "$sizes" --pairs "$runs" --out "$PWD/$out/kafka.json"
+    report_args+=(--kafka "$out/kafka.json")
 fi
 python3 tests/bench/report.py "${report_args[@]}"

@@ -39,6 +39,41 @@ use crate::wire::Connection;
 /// `log4j2.properties`.
 pub const HOME_ENV: &str = "KSNAP_TEST_KAFKA_HOME";
 pub const VERSION_ENV: &str = "KSNAP_TEST_KAFKA_VERSION";
+/// `kraft` (the default) or `zookeeper`: how the cluster is run.
+pub const MODE_ENV: &str = "KSNAP_TEST_KAFKA_MODE";
+
+/// How the brokers agree on metadata.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Dedicated KRaft controllers (100, 101, 102).
+    KRaft,
+    /// One ZooKeeper server and no controller nodes: a controller is
+    /// elected among the brokers, `meta.properties` is `version=0` with
+    /// `broker.id`, written by each broker at its first start (Kafka 3.x).
+    ZooKeeper,
+}
+
+impl Mode {
+    /// [`MODE_ENV`], default KRaft.
+    pub fn from_env() -> Mode {
+        match std::env::var(MODE_ENV).as_deref() {
+            Ok("zookeeper") => Mode::ZooKeeper,
+            Ok("kraft") | Err(_) => Mode::KRaft,
+            Ok(other) => panic!("{MODE_ENV}={other:?}: expected kraft or zookeeper"),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::KRaft => "KRaft",
+            Mode::ZooKeeper => "ZooKeeper",
+        }
+    }
+}
+
+/// The node id the ZooKeeper server goes by in the cluster dir
+/// (`node-0/`): not a Kafka node id.
+const ZOOKEEPER_NODE: i32 = 0;
 
 /// The Kafka home from [`HOME_ENV`]; panics with what to do when unset.
 pub fn home_from_env() -> PathBuf {
@@ -60,12 +95,18 @@ pub fn home_from_env() -> PathBuf {
 pub struct KafkaSpec {
     /// The release (`libs/`, `log4j2.properties`); default [`home_from_env`].
     pub home: PathBuf,
+    /// Default [`Mode::from_env`]. `controllers` is ignored in ZooKeeper
+    /// mode.
+    pub mode: Mode,
     pub controllers: Vec<i32>,
     pub brokers: Vec<i32>,
     pub log_dirs_per_broker: usize,
     /// Where the log dirs go: `<data_root>/broker-N/logs-M` and
     /// `<data_root>/controller-N`; default `<cluster dir>/data`.
     pub data_root: Option<PathBuf>,
+    /// Brokers whose log dirs go under another root than `data_root`
+    /// (another filesystem: ext4 for copy capture beside XFS).
+    pub broker_data_roots: Vec<(i32, PathBuf)>,
     /// JVM flags of every node: a small heap, so that six JVMs fit on a
     /// small CI machine.
     pub jvm_flags: Vec<String>,
@@ -77,10 +118,12 @@ impl Default for KafkaSpec {
     fn default() -> KafkaSpec {
         KafkaSpec {
             home: home_from_env(),
+            mode: Mode::from_env(),
             controllers: vec![100, 101, 102],
             brokers: vec![1, 2, 3],
             log_dirs_per_broker: 2,
             data_root: None,
+            broker_data_roots: Vec::new(),
             jvm_flags: [
                 "-Xms128m",
                 "-Xmx256m",
@@ -97,10 +140,17 @@ impl Default for KafkaSpec {
     }
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    Controller,
+    Broker,
+    ZooKeeper,
+}
+
 #[derive(Clone, Debug)]
 struct Node {
     id: i32,
-    controller: bool,
+    role: Role,
     port: u16,
     log_dirs: Vec<PathBuf>,
     properties: PathBuf,
@@ -110,7 +160,11 @@ struct Node {
 pub struct KafkaCluster {
     dir: PathBuf,
     home: PathBuf,
-    cluster_id: String,
+    mode: Mode,
+    /// Set at creation in KRaft mode (storage is formatted with it); in
+    /// ZooKeeper mode the brokers' first start makes it, and
+    /// [`KafkaCluster::start_all`] reads it from Metadata.
+    cluster_id: std::sync::OnceLock<String>,
     nodes: Vec<Node>,
 }
 
@@ -118,31 +172,49 @@ impl KafkaCluster {
     /// Writes every node's server.properties and scripts into `dir` and
     /// formats its storage (`kafka.tools.StorageTool format`). Starts nothing.
     pub fn create(dir: &Path, spec: &KafkaSpec) -> Result<KafkaCluster> {
+        let controllers: &[i32] = match spec.mode {
+            Mode::KRaft => &spec.controllers,
+            Mode::ZooKeeper => &[ZOOKEEPER_NODE],
+        };
         ensure!(
-            !spec.brokers.is_empty() && !spec.controllers.is_empty(),
+            !spec.brokers.is_empty() && !controllers.is_empty(),
             "a cluster needs brokers and controllers"
         );
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let data_root = spec.data_root.clone().unwrap_or_else(|| dir.join("data"));
-        let ports = free_ports(spec.controllers.len() + spec.brokers.len())?;
+        let ports = free_ports(controllers.len() + spec.brokers.len())?;
         let mut ports = ports.into_iter();
         let mut nodes = Vec::new();
-        for &id in &spec.controllers {
-            nodes.push(Node {
-                id,
-                controller: true,
-                port: ports.next().unwrap(),
-                log_dirs: vec![data_root.join(format!("controller-{id}"))],
-                properties: dir.join(format!("node-{id}/server.properties")),
+        for &id in controllers {
+            nodes.push(match spec.mode {
+                Mode::KRaft => Node {
+                    id,
+                    role: Role::Controller,
+                    port: ports.next().unwrap(),
+                    log_dirs: vec![data_root.join(format!("controller-{id}"))],
+                    properties: dir.join(format!("node-{id}/server.properties")),
+                },
+                Mode::ZooKeeper => Node {
+                    id,
+                    role: Role::ZooKeeper,
+                    port: ports.next().unwrap(),
+                    log_dirs: vec![data_root.join("zookeeper")],
+                    properties: dir.join(format!("node-{id}/zoo.cfg")),
+                },
             });
         }
         for &id in &spec.brokers {
+            let root = spec
+                .broker_data_roots
+                .iter()
+                .find(|(b, _)| *b == id)
+                .map_or(&data_root, |(_, r)| r);
             nodes.push(Node {
                 id,
-                controller: false,
+                role: Role::Broker,
                 port: ports.next().unwrap(),
                 log_dirs: (1..=spec.log_dirs_per_broker)
-                    .map(|m| data_root.join(format!("broker-{id}/logs-{m}")))
+                    .map(|m| root.join(format!("broker-{id}/logs-{m}")))
                     .collect(),
                 properties: dir.join(format!("node-{id}/server.properties")),
             });
@@ -150,27 +222,39 @@ impl KafkaCluster {
         let cluster = KafkaCluster {
             dir: dir.to_path_buf(),
             home: spec.home.clone(),
-            cluster_id: random_cluster_id()?,
+            mode: spec.mode,
+            cluster_id: std::sync::OnceLock::new(),
             nodes,
         };
+        if spec.mode == Mode::KRaft {
+            let _ = cluster.cluster_id.set(random_cluster_id()?);
+        }
         let voters = cluster
             .nodes
             .iter()
-            .filter(|n| n.controller)
+            .filter(|n| n.role == Role::Controller)
             .map(|n| format!("{}@127.0.0.1:{}", n.id, n.port))
             .collect::<Vec<_>>()
             .join(",");
         for n in &cluster.nodes {
             fs::create_dir_all(cluster.node_dir(n.id))?;
-            let props = if n.controller {
-                controller_properties(n, &voters)
-            } else {
-                broker_properties(n, &voters, &spec.broker_properties)
+            let props = match (n.role, spec.mode) {
+                (Role::Controller, _) => controller_properties(n, &voters),
+                (Role::ZooKeeper, _) => zookeeper_properties(n),
+                (Role::Broker, Mode::KRaft) => {
+                    broker_properties(n, &kraft_lines(n, &voters), &spec.broker_properties)
+                }
+                (Role::Broker, Mode::ZooKeeper) => {
+                    let zk = cluster.zookeeper_connect();
+                    broker_properties(n, &zookeeper_lines(n, &zk), &spec.broker_properties)
+                }
             };
             fs::write(&n.properties, props)?;
             cluster.write_scripts(n, &spec.jvm_flags)?;
         }
-        cluster.format()?;
+        if spec.mode == Mode::KRaft {
+            cluster.format()?;
+        }
         Ok(cluster)
     }
 
@@ -189,22 +273,36 @@ impl KafkaCluster {
         &self.dir
     }
 
+    /// The cluster.id; in ZooKeeper mode known only once
+    /// [`KafkaCluster::start_all`] has returned.
     pub fn cluster_id(&self) -> &str {
-        &self.cluster_id
+        self.cluster_id
+            .get()
+            .expect("the cluster.id of a ZooKeeper-mode cluster is known once it started")
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// `host:port` of the ZooKeeper server (ZooKeeper mode).
+    fn zookeeper_connect(&self) -> String {
+        self.address(ZOOKEEPER_NODE)
     }
 
     pub fn broker_ids(&self) -> Vec<i32> {
         self.nodes
             .iter()
-            .filter(|n| !n.controller)
+            .filter(|n| n.role == Role::Broker)
             .map(|n| n.id)
             .collect()
     }
 
+    /// The KRaft controllers (none in ZooKeeper mode).
     pub fn controller_ids(&self) -> Vec<i32> {
         self.nodes
             .iter()
-            .filter(|n| n.controller)
+            .filter(|n| n.role == Role::Controller)
             .map(|n| n.id)
             .collect()
     }
@@ -300,13 +398,28 @@ impl KafkaCluster {
     /// Starts the controllers, then the brokers, and waits until every
     /// broker is registered and unfenced (listed by Metadata).
     pub fn start_all(&self, timeout: Duration) -> Result<()> {
-        for n in self.nodes.iter().filter(|n| n.controller) {
+        for n in self.nodes.iter().filter(|n| n.role != Role::Broker) {
             self.start(n.id)?;
+        }
+        if self.mode == Mode::ZooKeeper {
+            let zk = self.zookeeper_connect();
+            self.wait_for(timeout, "ZooKeeper to accept connections", || {
+                std::net::TcpStream::connect(&zk).is_ok()
+            })?;
         }
         for id in self.broker_ids() {
             self.start(id)?;
         }
-        self.wait_registered(timeout)
+        self.wait_registered(timeout)?;
+        if self.cluster_id.get().is_none() {
+            let md = self.metadata()?;
+            let id = md
+                .cluster_id
+                .context("Metadata gave no cluster.id")?
+                .to_string();
+            let _ = self.cluster_id.set(id);
+        }
+        Ok(())
     }
 
     /// Waits until Metadata lists every broker.
@@ -414,8 +527,7 @@ impl KafkaCluster {
         let req = CreateTopicsRequest::default()
             .with_topics(vec![topic])
             .with_timeout_ms(30_000);
-        let addr = self.address(self.broker_ids()[0]);
-        let resp = Connection::connect(&addr, Duration::from_secs(35))?.send(&req, 5)?;
+        let resp = self.controller(Duration::from_secs(35))?.send(&req, 5)?;
         for t in &resp.topics {
             ensure!(
                 t.error_code == 0,
@@ -424,6 +536,17 @@ impl KafkaCluster {
                 t.error_message
             );
         }
+        self.wait_topic_ready(name, partitions as usize, replication_factor as usize)
+    }
+
+    /// Waits until `name` has `partitions` partitions, each with a leader
+    /// and `replication_factor` replicas in its ISR.
+    pub(crate) fn wait_topic_ready(
+        &self,
+        name: &str,
+        partitions: usize,
+        replication_factor: usize,
+    ) -> Result<()> {
         let mut last = String::new();
         self.wait_until(Duration::from_secs(60), || {
             let Ok(md) = self.metadata() else {
@@ -438,12 +561,24 @@ impl KafkaCluster {
                 return false;
             };
             last = format!("{:?}", t.partitions);
-            t.partitions.len() == partitions as usize
+            t.partitions.len() == partitions
                 && t.partitions
                     .iter()
-                    .all(|p| p.leader_id.0 >= 0 && p.isr_nodes.len() == replication_factor as usize)
+                    .all(|p| p.leader_id.0 >= 0 && p.isr_nodes.len() == replication_factor)
         })
         .with_context(|| format!("topic {name} not ready: {last}"))
+    }
+
+    /// Polls `check` every 100 ms until it holds; the error says `what`
+    /// did not happen.
+    pub(crate) fn wait_for(
+        &self,
+        timeout: Duration,
+        what: &str,
+        check: impl FnMut() -> bool,
+    ) -> Result<()> {
+        self.wait_until(timeout, check)
+            .with_context(|| format!("waiting for {what}"))
     }
 
     fn write_scripts(&self, n: &Node, jvm_flags: &[String]) -> Result<()> {
@@ -464,7 +599,10 @@ impl KafkaCluster {
             "{}/*",
             self.home.join("libs").display()
         )));
-        cmd.push("kafka.Kafka".into());
+        cmd.push(match n.role {
+            Role::ZooKeeper => "org.apache.zookeeper.server.ZooKeeperServerMain".into(),
+            _ => "kafka.Kafka".into(),
+        });
         cmd.push(shell_quote(&n.properties.display().to_string()));
         let pid_file = shell_quote(&self.pid_file(n.id).display().to_string());
         let stdout = shell_quote(&dir.join("stdout.log").display().to_string());
@@ -530,7 +668,7 @@ impl KafkaCluster {
                     "kafka.tools.StorageTool",
                     "format",
                     "-t",
-                    &self.cluster_id,
+                    self.cluster_id(),
                     "-c",
                 ])
                 .arg(&n.properties)
@@ -588,17 +726,50 @@ fn controller_properties(n: &Node, voters: &str) -> String {
     )
 }
 
-fn broker_properties(n: &Node, voters: &str, extra: &[(String, String)]) -> String {
-    let dirs: Vec<String> = n.log_dirs.iter().map(|d| d.display().to_string()).collect();
-    let mut s = format!(
+/// A single ZooKeeper server, its data under the node's one "log dir".
+fn zookeeper_properties(n: &Node) -> String {
+    format!(
+        "dataDir={dir}\n\
+         clientPort={port}\n\
+         clientPortAddress=127.0.0.1\n\
+         tickTime=2000\n\
+         maxClientCnxns=0\n\
+         admin.enableServer=false\n",
+        dir = n.log_dirs[0].display(),
+        port = n.port,
+    )
+}
+
+/// A KRaft broker's identity and controller quorum.
+fn kraft_lines(n: &Node, voters: &str) -> String {
+    format!(
         "process.roles=broker\n\
          node.id={id}\n\
-         listeners=PLAINTEXT://127.0.0.1:{port}\n\
-         advertised.listeners=PLAINTEXT://127.0.0.1:{port}\n\
          controller.listener.names=CONTROLLER\n\
          listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT\n\
+         controller.quorum.voters={voters}\n",
+        id = n.id,
+    )
+}
+
+/// A ZooKeeper-mode broker (Kafka 3.x): `broker.id`, no process.roles.
+fn zookeeper_lines(n: &Node, zookeeper: &str) -> String {
+    format!(
+        "broker.id={id}\n\
+         zookeeper.connect={zookeeper}\n\
+         zookeeper.session.timeout.ms=18000\n\
+         listener.security.protocol.map=PLAINTEXT:PLAINTEXT\n",
+        id = n.id,
+    )
+}
+
+fn broker_properties(n: &Node, identity: &str, extra: &[(String, String)]) -> String {
+    let dirs: Vec<String> = n.log_dirs.iter().map(|d| d.display().to_string()).collect();
+    let mut s = format!(
+        "{identity}\
+         listeners=PLAINTEXT://127.0.0.1:{port}\n\
+         advertised.listeners=PLAINTEXT://127.0.0.1:{port}\n\
          inter.broker.listener.name=PLAINTEXT\n\
-         controller.quorum.voters={voters}\n\
          log.dirs={dirs}\n\
          auto.create.topics.enable=false\n\
          default.replication.factor=3\n\
@@ -615,7 +786,6 @@ fn broker_properties(n: &Node, voters: &str, extra: &[(String, String)]) -> Stri
          num.replica.fetchers=1\n\
          log.cleaner.threads=1\n\
          num.recovery.threads.per.data.dir=1\n",
-        id = n.id,
         port = n.port,
         dirs = dirs.join(","),
     );

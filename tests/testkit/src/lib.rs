@@ -35,6 +35,7 @@ mod crc32c;
 pub use kafka_protocol;
 pub mod garage;
 pub mod kafka;
+pub mod kafka_admin;
 mod kafka_files;
 pub mod net;
 pub mod observer;

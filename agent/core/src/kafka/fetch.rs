@@ -8,7 +8,8 @@ use super::security::Security;
 use super::view::{ClusterView, PartitionState, QuorumState, Reassignment};
 use super::wire::Connection;
 use kafka_protocol::messages::{
-    describe_quorum_request, DescribeQuorumRequest, ListPartitionReassignmentsRequest, TopicName,
+    describe_quorum_request, DescribeQuorumRequest, ListPartitionReassignmentsRequest,
+    ListPartitionReassignmentsResponse, MetadataRequest, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
@@ -213,14 +214,18 @@ impl KafkaClient {
         Ok(out)
     }
 
+    /// ListPartitionReassignments. A KRaft broker forwards it to the
+    /// active controller; a ZooKeeper-mode broker that is not the
+    /// controller answers NOT_CONTROLLER, and the request goes again to
+    /// the controller Metadata names.
     async fn reassignments(&self, conn: &mut Connection) -> Result<Vec<Reassignment>, String> {
-        let addr = conn.addr().to_string();
-        let req = ListPartitionReassignmentsRequest::default()
-            .with_timeout_ms(self.cfg.request_timeout.as_millis().min(i32::MAX as u128) as i32);
-        let resp = conn
-            .send(&req, "ListPartitionReassignments", 0)
-            .await
-            .map_err(|e| e.to_string())?;
+        let mut addr = conn.addr().to_string();
+        let mut resp = self.list_reassignments(conn).await?;
+        if resp.error_code == NOT_CONTROLLER {
+            let mut controller = self.controller_connection(conn).await?;
+            addr = controller.addr().to_string();
+            resp = self.list_reassignments(&mut controller).await?;
+        }
         if resp.error_code != 0 {
             return Err(format!(
                 "{addr}: ListPartitionReassignments error code {}: {}",
@@ -241,7 +246,53 @@ impl KafkaClient {
         }
         Ok(out)
     }
+
+    async fn list_reassignments(
+        &self,
+        conn: &mut Connection,
+    ) -> Result<ListPartitionReassignmentsResponse, String> {
+        let req = ListPartitionReassignmentsRequest::default()
+            .with_timeout_ms(self.cfg.request_timeout.as_millis().min(i32::MAX as u128) as i32);
+        conn.send(&req, "ListPartitionReassignments", 0)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// A connection to the controller that Metadata (asked over `conn`)
+    /// names, at its advertised address, with the same security.
+    async fn controller_connection(&self, conn: &mut Connection) -> Result<Connection, String> {
+        let addr = conn.addr().to_string();
+        // v9: the first flexible version, served by Kafka 2.4 to 4.x.
+        let md = conn
+            .send(
+                &MetadataRequest::default().with_topics(Some(Vec::new())),
+                "Metadata",
+                9,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let id = md.controller_id.0;
+        let b = md
+            .brokers
+            .iter()
+            .find(|b| b.node_id.0 == id)
+            .ok_or_else(|| {
+                format!("{addr}: not the controller, and Metadata names no live controller ({id})")
+            })?;
+        let controller = format!("{}:{}", b.host.as_str(), b.port);
+        Connection::connect(
+            &controller,
+            &self.security,
+            "kafka-snapshot-agent",
+            self.cfg.request_timeout,
+        )
+        .await
+        .map_err(|e| format!("connecting to the controller (broker {id}): {e}"))
+    }
 }
+
+/// Kafka's NOT_CONTROLLER error code.
+const NOT_CONTROLLER: i16 = 41;
 
 fn rdkafka_config(cfg: &KafkaSection) -> ClientConfig {
     let mut c = ClientConfig::new();
