@@ -313,6 +313,19 @@ pub fn write_clean_shutdown_markers(dirs: &[PathBuf], broker_epoch: i64) -> Resu
     Ok(())
 }
 
+/// Deletes `.lock` in every dir, as Kafka does at a clean shutdown.
+pub fn remove_lock_files(dirs: &[PathBuf]) -> Result<()> {
+    for dir in dirs {
+        let p = dir.join(LOCK_FILE);
+        match fs::remove_file(&p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("removing {}", p.display())),
+        }
+    }
+    Ok(())
+}
+
 /// Whether every dir is missing or empty (a broker that was never started).
 pub fn all_empty(dirs: &[PathBuf]) -> Result<bool> {
     for dir in dirs {

@@ -14,8 +14,9 @@
 //! 4. SIGTERM: phase `stopping`, out of every ISR at once. Event `sigterm`.
 //!    Then either exit(1) at once without the marker (`crash_on_sigterm`,
 //!    event `crashed`), or wait `slow_shutdown` ms, write and fsync
-//!    `.kafka_cleanshutdown` in every dir (event `clean_shutdown`), and
-//!    exit 0 (event `exited`). `.lock` is released when the process exits.
+//!    `.kafka_cleanshutdown` in every dir, then unlock and delete `.lock` as
+//!    Kafka does (event `clean_shutdown`), and exit 0 (event `exited`). A
+//!    crash leaves `.lock`, released when the process exits.
 
 pub mod api;
 mod configs;
@@ -110,7 +111,7 @@ pub fn run(state_dir: &Path, node_id: i32) -> Result<i32> {
     let Started {
         broker,
         signals,
-        _locks,
+        locks,
     } = started;
 
     let stop_ticker = Arc::new(AtomicBool::new(false));
@@ -147,6 +148,10 @@ pub fn run(state_dir: &Path, node_id: i32) -> Result<i32> {
     stop_ticker.store(true, Ordering::SeqCst);
     let _ = ticker.join();
     logdir::write_clean_shutdown_markers(&me.log_dirs, broker.epoch())?;
+    // Kafka's LogManager.shutdown: unlock and delete `.lock` in every dir
+    // (FileLock.destroy), after the markers.
+    drop(locks);
+    logdir::remove_lock_files(&me.log_dirs)?;
     broker.event(EventKind::CleanShutdown, None);
     {
         let mut status = broker.status.lock().unwrap();
@@ -163,7 +168,7 @@ pub fn run(state_dir: &Path, node_id: i32) -> Result<i32> {
 struct Started {
     broker: Arc<Broker>,
     signals: SigSet,
-    _locks: Vec<fsutil::KafkaLock>,
+    locks: Vec<fsutil::KafkaLock>,
 }
 
 fn start(paths: &StatePaths, def: &ClusterDef, me: &BrokerDef) -> Result<Started> {
@@ -250,7 +255,7 @@ fn start(paths: &StatePaths, def: &ClusterDef, me: &BrokerDef) -> Result<Started
     Ok(Started {
         broker,
         signals,
-        _locks: locks,
+        locks,
     })
 }
 

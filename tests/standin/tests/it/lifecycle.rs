@@ -64,6 +64,12 @@ fn scripts_start_and_stop_a_broker_with_lock_and_clean_shutdown_marker() {
         .expect("started event with epoch");
     for d in &dirs {
         assert!(!lock_is_held(d), "{} unlocked after exit", d.display());
+        // Kafka deletes `.lock` at a clean shutdown (FileLock.destroy).
+        assert!(
+            !d.join(".lock").exists(),
+            "{} still has .lock after a clean stop",
+            d.display()
+        );
         assert_eq!(
             marker(d).as_deref(),
             Some(format!("{{\"version\":0,\"brokerEpoch\":{epoch}}}").as_str())
