@@ -55,6 +55,7 @@ command -v systemd-nspawn >/dev/null || missing+=(systemd-container)
 command -v debootstrap >/dev/null || missing+=(debootstrap)
 command -v mkfs.xfs >/dev/null || missing+=(xfsprogs)
 command -v nsenter >/dev/null || missing+=(util-linux)
+command -v ss >/dev/null || missing+=(iproute2)
 [[ -x /usr/bin/python3 ]] || missing+=(python3)
 /usr/bin/python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 # The test's Kafka client (tests/deployed/RoundTrip.java) runs as a
