@@ -312,12 +312,13 @@ fi
 coord() { guest_exec b1 kafka-snapshot-coordinator "$@"; }
 status_json() { coord status --json; }
 jq_py() { python3 -c "import json, sys; d = json.load(sys.stdin); $1"; }
-# wait_cycle ID: until the cycle ends; prints its state.
+# wait_cycle ID: until the cycle ends (finishing: every broker is through,
+# the final in-sync check is still to come); prints its state.
 wait_cycle() {
     local state=
     for _ in $(seq 600); do
         state=$(status_json | jq_py "c = d['cycle']; print(c['state'] if c and c['id'] == $1 else 'other')")
-        case $state in running | other) sleep 1 ;; *) break ;; esac
+        case $state in running | finishing | other) sleep 1 ;; *) break ;; esac
     done
     echo "$state"
 }

@@ -57,11 +57,12 @@ guest_boot() {
         return 1
     fi
     GUEST_INIT[$name]=$init
-    # Until systemd listens on its socket, systemctl cannot reach it.
+    # Until systemd listens on its socket, systemctl cannot reach it: it
+    # says "offline" or that it failed to connect.
     local deadline=$((SECONDS + 180))
     while :; do
         state=$(timeout 180 nsenter --target "$init" --all -- systemctl is-system-running --wait 2>&1) || true
-        [[ $state == *"Failed to connect to bus"* && $SECONDS -lt $deadline ]] || break
+        [[ ($state == offline || $state == *"Failed to connect to bus"*) && $SECONDS -lt $deadline ]] || break
         sleep 0.5
     done
     if [[ $state != running ]]; then
