@@ -5,7 +5,8 @@
 # formatting, lints and every test of the workspace. It also starts a real
 # S3-compatible server (Garage, built once into a cache dir) for the s3://
 # backend's tests. Last, tests/ops.sh checks the systemd units and runs the
-# Ansible roles into temporary roots.
+# Ansible roles into temporary roots, and tests/deployed.sh runs what the
+# roles install under a real systemd.
 #
 #   tests/run.sh              everything (what CI runs); the real-Kafka
 #                             tests run on Kafka 4.0.2, then 4.4.0, 3.9.1
@@ -98,3 +99,7 @@ python3 tests/report.py --report "$KSNAP_TEST_REPORT" --readme README.md
 
 # --- systemd units, polkit rule, Ansible roles ------------------------------
 ./tests/ops.sh
+# What those roles install, run under a real systemd (systemd-nspawn
+# guests with a real Kafka): users, capabilities, sandbox, polkit, a cycle
+# and a restore with kafka-owned files.
+./tests/deployed.sh
