@@ -265,7 +265,9 @@ fn plain(cluster: &KafkaCluster, stop: &Path, marker: &Path) -> Value {
 
 fn agent(cluster: &KafkaCluster, cfg: &Path, marker: &Path, store: &Path) -> Value {
     let _ = std::fs::remove_file(marker);
+    // Each run's archive only: the store holds one snapshot at a time.
     let _ = std::fs::remove_dir_all(store);
+    std::fs::create_dir_all(store).unwrap();
     let t = Instant::now();
     let child = Command::new(bin("kafka-snapshot-agent"))
         .args(["snapshot", "--gate-timeout", "5m", "--config"])

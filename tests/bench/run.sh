@@ -121,7 +121,8 @@ fi
 if [[ -z $only || $only == kafka ]]; then
     source tests/lib/kafka.sh
     kafka_setup
-    cargo bench --locked -p kafka-snapshot-coordinator --bench kafka_downtime -- \
+    KSNAP_TEST_XFS=$KSNAP_TEST_XFS \
+        cargo bench --locked -p kafka-snapshot-coordinator --bench kafka_downtime -- \
         --sizes "$sizes" --pairs "$runs" --out "$PWD/$out/kafka.json"
     report_args+=(--kafka "$out/kafka.json")
 fi
