@@ -164,6 +164,8 @@ impl Daemon {
             bytes = prepared.verify.bytes,
             "snapshot extracted and verified beside the log dirs"
         );
+        // After a download that may take hours: a test changes the cluster here.
+        kafka_snapshot::pausepoint("restore-extracted");
 
         // The broker goes down from here on.
         let _ = self.update(|s| s.enter(Phase::Restoring));
@@ -182,6 +184,7 @@ impl Daemon {
                     return Err(format!("stopping the broker failed: {e}{started}"));
                 }
             }
+            kafka_snapshot::failpoint("after-stop");
         } else {
             tracing::info!(
                 broker = self.broker,
