@@ -4,9 +4,10 @@
 //!    cluster's cluster.id) and of this broker (node.id), and extract and
 //!    verify it into `<dir>.restoring-<id>` beside every log dir while the
 //!    broker may still run.
-//! 2. Restoring: stop the broker if it runs (a restore may be for a dead
-//!    broker), move the log dirs aside to `<dir>.pre-restore-<time>` (never
-//!    deleted), rename the restored dirs into place.
+//! 2. Restoring: record the stop in the state file (or give up, the broker
+//!    untouched), stop the broker if it runs, move the log dirs aside to
+//!    `<dir>.pre-restore-<time>` (never deleted), rename the restored dirs
+//!    into place.
 //! 3. Starting, Recovering: start the broker and wait until it is back in
 //!    every ISR; release with `Restored`.
 //!
@@ -167,10 +168,12 @@ impl Daemon {
         // After a download that may take hours: a test changes the cluster here.
         kafka_snapshot::pausepoint("restore-extracted");
 
-        // The broker goes down from here on.
-        let _ = self.update(|s| s.enter(Phase::Restoring));
-        let stopped_at = Utc::now();
         let running = cycle.control().is_running().map_err(|e| e.to_string())?;
+        // The broker goes down from here on: not without a record of it.
+        cycle
+            .enter_stop(Phase::Restoring)
+            .map_err(|e| e.to_string())?;
+        let stopped_at = Utc::now();
         if running {
             match cycle.control().stop().await {
                 Ok(Stopped::Clean) => {}
