@@ -223,6 +223,18 @@ fn restore_lease(epoch: u64, order: i64, cluster: &str, snapshot: &str, force: b
         "order": {"id": order, "cluster_id": cluster, "snapshot_id": snapshot, "force": force}})
 }
 
+fn restore_lease_gated(
+    epoch: u64,
+    order: i64,
+    cluster: &str,
+    snapshot: &str,
+    gate_timeout_ms: u64,
+) -> Value {
+    let mut v = restore_lease(epoch, order, cluster, snapshot, false);
+    v["lease"]["gate_timeout_ms"] = json!(gate_timeout_ms);
+    v
+}
+
 // ---------------------------------------------------------------------------
 // The cluster, the config and the daemon process
 
@@ -1166,6 +1178,11 @@ fn restore_into_wiped_log_dirs_puts_the_snapshot_back() {
     }
     assert!(s.c.is_running(2));
     s.c.wait_in_sync(Duration::from_secs(30)).unwrap();
+    kafka_snapshot_testkit::report::record(
+        "security",
+        "1. restore of a dead broker stops nothing and needs no gate",
+        &[("inputs", 1)],
+    );
 }
 
 /// The snapshot dir in a file store for any cluster.
@@ -1286,7 +1303,7 @@ fn wrong_token_is_logged_and_retried_without_touching_the_broker() {
 }
 
 // ---------------------------------------------------------------------------
-// Restores: no stop without a durable record of it
+// Restores: the cluster is checked again before the stop
 
 /// Takes a reflink snapshot of broker 2 under lease `epoch` and returns its
 /// id once reported.
@@ -1313,6 +1330,16 @@ impl Setup {
             .collect()
     }
 
+    /// Stops broker `n` and waits until its process is gone.
+    fn stop_and_wait(&self, n: i32) {
+        self.c.stop(n).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.c.is_running(n) {
+            assert!(Instant::now() < deadline, "broker {n} did not stop");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Asserts that no restore is half done beside broker 2's log dirs and
     /// that nothing was moved aside (the swap never happened).
     fn assert_untouched_by_restore(&self) {
@@ -1328,6 +1355,156 @@ impl Setup {
         }
     }
 }
+
+/// Partitions with replicas on both `a` and `b` ("topic-p").
+fn shared_partitions(c: &StandinCluster, a: i32, b: i32) -> Vec<String> {
+    let md = c.metadata().unwrap();
+    md.topics
+        .iter()
+        .flat_map(|t| {
+            let name = t.name.as_ref().unwrap().0.to_string();
+            t.partitions
+                .iter()
+                .filter(|p| {
+                    p.replica_nodes.iter().any(|r| r.0 == a)
+                        && p.replica_nodes.iter().any(|r| r.0 == b)
+                })
+                .map(move |p| format!("{name}-{}", p.partition_index))
+        })
+        .collect()
+}
+
+/// Another broker dies while the snapshot is downloaded: the restore
+/// checks the cluster again before stopping the broker, waits while the
+/// gate does not pass, and stops it only once the other broker is back.
+#[test]
+fn restore_waits_for_the_gate_while_another_broker_is_down() {
+    let s = setup_with("xfs", quiet);
+    let cfg = s.config("reflink", TOKEN, "");
+    let pause = s.root.join("pause");
+    let d = Daemon::spawn_paused(
+        &cfg,
+        &s.root.join("daemon.log"),
+        &pause,
+        &["restore-extracted"],
+    );
+    let id = snapshot_of_broker_2(&s, &d, 1);
+    s.c.wait_in_sync(Duration::from_secs(30)).unwrap();
+
+    let ordered_at = monotonic_ns();
+    s.coord
+        .push_action(restore_lease(2, 42, s.c.cluster_id(), &id, false));
+    d.wait_paused(&pause, "restore-extracted", Duration::from_secs(60));
+    // Downloaded and verified; meanwhile broker 3 goes down.
+    s.stop_and_wait(3);
+    go_on(&pause, "restore-extracted");
+
+    // Several gate intervals (300 ms) later broker 2 still runs.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        s.stops_since(2, ordered_at),
+        Vec::<u64>::new(),
+        "broker 2 was stopped while broker 3 was down\n{}",
+        d.log()
+    );
+    assert!(s.c.is_running(2));
+    assert_eq!(releases(&s.coord).len(), 1, "{:?}", releases(&s.coord));
+    let gating = s
+        .coord
+        .of("/v1/agent/heartbeat")
+        .iter()
+        .filter(|h| h.body["epoch"] == 2 && h.body["phase"] == "gating")
+        .count();
+    assert!(gating > 0, "no heartbeat says the restore is gating");
+
+    // Broker 3 is back: the restore goes on.
+    let back_at = monotonic_ns();
+    s.c.start(3).unwrap();
+    s.coord
+        .wait_for("the restore's release", Duration::from_secs(90), &d, |r| {
+            r.iter().filter(|r| r.path == "/v1/agent/release").count() == 2
+        });
+    let rel = releases(&s.coord);
+    assert_eq!(rel[1]["epoch"], 2);
+    assert_eq!(rel[1]["outcome"]["type"], "restored", "{rel:?}");
+    let stopped = s.stops_since(2, ordered_at);
+    assert_eq!(stopped.len(), 1, "{stopped:?}");
+    let caught_up = s
+        .events_of(3, EventKind::CaughtUp)
+        .into_iter()
+        .find(|t| *t > back_at)
+        .expect("broker 3 back in every ISR");
+    assert!(
+        stopped[0] > caught_up,
+        "broker 2 was stopped before broker 3 was back in every ISR"
+    );
+    assert_eq!(s.c.max_brokers_down().unwrap(), 1);
+    assert!(s.c.is_running(2));
+    s.c.wait_in_sync(Duration::from_secs(30)).unwrap();
+    kafka_snapshot_testkit::report::record(
+        "security",
+        "1. restore waits for the gate while another broker is down",
+        &[("inputs", 1)],
+    );
+}
+
+/// The other broker stays down for longer than the lease's gate timeout:
+/// the order fails naming the partitions, the broker under restore is
+/// never stopped and the extracted copy is removed.
+#[test]
+fn restore_whose_gate_never_passes_fails_naming_the_partitions() {
+    let s = setup_with("xfs", quiet);
+    let cfg = s.config("reflink", TOKEN, "");
+    let pause = s.root.join("pause");
+    let d = Daemon::spawn_paused(
+        &cfg,
+        &s.root.join("daemon.log"),
+        &pause,
+        &["restore-extracted"],
+    );
+    let id = snapshot_of_broker_2(&s, &d, 1);
+    s.c.wait_in_sync(Duration::from_secs(30)).unwrap();
+    let shared = shared_partitions(&s.c, 2, 3);
+    assert!(!shared.is_empty());
+
+    let ordered_at = monotonic_ns();
+    s.coord
+        .push_action(restore_lease_gated(2, 43, s.c.cluster_id(), &id, 1_500));
+    d.wait_paused(&pause, "restore-extracted", Duration::from_secs(60));
+    s.stop_and_wait(3);
+    go_on(&pause, "restore-extracted");
+    s.coord
+        .wait_for("the restore's release", Duration::from_secs(60), &d, |r| {
+            r.iter().filter(|r| r.path == "/v1/agent/release").count() == 2
+        });
+    let rel = releases(&s.coord);
+    assert_eq!(rel[1]["epoch"], 2);
+    assert_eq!(rel[1]["outcome"]["type"], "failed", "{rel:?}");
+    assert_eq!(rel[1]["outcome"]["broker_running"], true, "{rel:?}");
+    let reason = rel[1]["outcome"]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("not safe to stop") && reason.contains("was not stopped"),
+        "{reason}"
+    );
+    assert!(
+        shared
+            .iter()
+            .any(|p| reason.contains(&format!("{p} (replicas"))),
+        "no partition of {shared:?} named in: {reason}"
+    );
+    assert_eq!(s.stops_since(2, ordered_at), Vec::<u64>::new());
+    assert!(s.c.is_running(2));
+    s.assert_untouched_by_restore();
+    assert_eq!(s.c.max_brokers_down().unwrap(), 1);
+    kafka_snapshot_testkit::report::record(
+        "security",
+        "1. restore whose gate never passes fails naming the partitions",
+        &[("inputs", 1)],
+    );
+}
+
+// ---------------------------------------------------------------------------
+// No stop without a durable record of it
 
 /// The state file's directory turns read-only while the gate runs: the
 /// phase before the stop cannot be recorded, so the broker is not stopped
