@@ -63,6 +63,8 @@ pub enum CycleError {
     Commit(kafka_snapshot::Error),
     #[error("interrupted by shutdown{}", if *.restarted { " (the broker was started again first)" } else { "" })]
     Interrupted { restarted: bool },
+    #[error("the broker was not stopped: the agent could not record that it stops it, and a restarted agent would not know to start it again: {0}")]
+    NotRecorded(String),
     #[error("{0}")]
     Setup(String),
 }
@@ -72,8 +74,10 @@ const START_ATTEMPTS: u32 = 3;
 const START_RETRY: Duration = Duration::from_secs(5);
 
 /// Told of every phase the cycle enters (with a progress line), before
-/// the cycle acts on it.
-pub type PhaseObserver = Arc<dyn Fn(Phase, Option<String>) + Send + Sync>;
+/// the cycle acts on it. An error means the phase could not be recorded
+/// durably: the phase before a stop must be, or the broker is not stopped
+/// ([`Cycle::enter_stop`]); for any other phase it is only logged.
+pub type PhaseObserver = Arc<dyn Fn(Phase, Option<String>) -> Result<(), String> + Send + Sync>;
 
 /// A snapshot whose broker is back in every ISR.
 pub struct Restarted {
@@ -162,11 +166,33 @@ impl Cycle {
     }
 
     fn phase(&self, phase: Phase, progress: Option<String>) {
-        if let Some(o) = &self.observer {
-            o(phase, progress);
-        }
+        // The observer logs a phase it could not record; only the one
+        // before a stop must be recorded ([`Cycle::enter_stop`]).
+        let _ = self.observe(phase, progress);
         // Recorded (state file, heartbeats) before a test may stop here.
         kafka_snapshot::pausepoint(&format!("phase-{phase}"));
+    }
+
+    fn observe(&self, phase: Phase, progress: Option<String>) -> Result<(), String> {
+        match &self.observer {
+            Some(o) => o(phase, progress),
+            None => Ok(()),
+        }
+    }
+
+    /// The last step before the broker is stopped, by a snapshot
+    /// (`Stopping`) or a restore (`Restoring`): the phase is recorded
+    /// durably first, since a record is all a restarted agent has to know
+    /// that it must start the broker again; without one, or without the
+    /// lease (lost while the gate ran or the phase was recorded), the
+    /// broker is not stopped.
+    pub fn enter_stop(&self, phase: Phase) -> Result<(), CycleError> {
+        self.observe(phase, None).map_err(CycleError::NotRecorded)?;
+        kafka_snapshot::pausepoint(&format!("phase-{phase}"));
+        if self.shutting_down() {
+            return Err(CycleError::Interrupted { restarted: false });
+        }
+        Ok(())
     }
 
     pub fn broker(&self) -> i32 {
@@ -353,12 +379,7 @@ impl Cycle {
                 )));
             }
         }
-        self.phase(Phase::Stopping, None);
-        // The lease may have been lost while the gate ran (or while the
-        // phase was recorded): never stop the broker without it.
-        if self.shutting_down() {
-            return Err(CycleError::Interrupted { restarted: false });
-        }
+        self.enter_stop(Phase::Stopping)?;
         let stopped_at = Utc::now();
         match self.control.stop().await {
             Ok(Stopped::Clean) => {}

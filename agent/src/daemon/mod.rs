@@ -213,25 +213,39 @@ impl Daemon {
     }
 
     /// Persists every phase change before the cycle acts on it, and passes
-    /// phase and progress on to the heartbeats.
+    /// phase and progress on to the heartbeats. A phase that could not be
+    /// written is an error (the cycle does not stop the broker on one) and
+    /// is not taken on: what the daemon holds stays what the file says, and
+    /// the next report of the phase tries again.
     fn observer(&self, progress: watch::Sender<Progress>) -> PhaseObserver {
         let state = self.state.clone();
         let path = self.state_path.clone();
         let broker = self.broker;
         let metrics = self.metrics.clone();
         Arc::new(move |phase: Phase, line: Option<String>| {
-            {
+            let recorded = {
                 let mut s = state.lock().expect("state lock");
-                if s.phase != phase {
-                    s.enter(phase);
-                    metrics.observe(s.phase, s.broker_stopped_by_agent, s.lease_held);
-                    tracing::info!(broker, %phase, "phase");
-                    if let Err(e) = s.save(&path) {
-                        tracing::error!(broker, %phase, error = %e, "could not write the state file");
+                if s.phase == phase {
+                    Ok(())
+                } else {
+                    let mut next = s.clone();
+                    next.enter(phase);
+                    match next.save(&path) {
+                        Ok(()) => {
+                            *s = next;
+                            metrics.observe(s.phase, s.broker_stopped_by_agent, s.lease_held);
+                            tracing::info!(broker, %phase, "phase");
+                            Ok(())
+                        }
+                        Err(e) => {
+                            tracing::error!(broker, %phase, error = %e, "could not write the state file");
+                            Err(e.to_string())
+                        }
                     }
                 }
-            }
+            };
             progress.send_replace((phase, line));
+            recorded
         })
     }
 

@@ -4,10 +4,16 @@
 //!    cluster's cluster.id) and of this broker (node.id), and extract and
 //!    verify it into `<dir>.restoring-<id>` beside every log dir while the
 //!    broker may still run.
-//! 2. Restoring: stop the broker if it runs (a restore may be for a dead
-//!    broker), move the log dirs aside to `<dir>.pre-restore-<time>` (never
-//!    deleted), rename the restored dirs into place.
-//! 3. Starting, Recovering: start the broker and wait until it is back in
+//! 2. Gating: if the broker runs, the same gate as before a snapshot, for
+//!    at most the lease's `gate_timeout_ms` (the download may have taken
+//!    hours, and another broker may have gone down meanwhile). If it never
+//!    passes, the order fails naming the partitions, the broker untouched
+//!    and the extracted copy removed. A dead broker needs no gate.
+//! 3. Restoring: record the stop in the state file (or give up, the broker
+//!    untouched), stop the broker if it runs, move the log dirs aside to
+//!    `<dir>.pre-restore-<time>` (never deleted), rename the restored dirs
+//!    into place.
+//! 4. Starting, Recovering: start the broker and wait until it is back in
 //!    every ISR; release with `Restored`.
 //!
 //! Any failure after the stop starts the broker again (on its old data if
@@ -17,15 +23,17 @@ use super::lease::Loss;
 use super::state::Work;
 use super::Daemon;
 use crate::broker::Stopped;
-use crate::cycle::Cycle;
+use crate::cycle::{Cycle, CycleError};
 use chrono::Utc;
 use kafka_snapshot::catalog;
 use kafka_snapshot::extract::{can_restore_owners, prepare, ExtractOptions, Prepared};
+use kafka_snapshot::kafka::gate::GateReport;
 use kafka_snapshot_model::manifest::Manifest;
 use kafka_snapshot_model::protocol::{Lease, Outcome, Phase, RestoreOrder};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use std::time::Duration;
 
 impl Daemon {
     pub(super) async fn run_restore(&mut self, lease: Lease, order: RestoreOrder) {
@@ -53,7 +61,8 @@ impl Daemon {
         };
         let mut cycle = self.cycle(Some(store.clone()), session.interrupt());
         cycle.set_observer(self.observer(session.progress()));
-        let result = self.restore(&mut cycle, store, &order).await;
+        let gate_timeout = Duration::from_millis(lease.gate_timeout_ms);
+        let result = self.restore(&mut cycle, store, &order, gate_timeout).await;
         session.stop();
         let loss = session.loss();
         match (&result, &loss) {
@@ -122,6 +131,7 @@ impl Daemon {
         cycle: &mut Cycle,
         store: Arc<dyn kafka_snapshot::storage::ColdStore>,
         order: &RestoreOrder,
+        gate_timeout: Duration,
     ) -> Result<u64, String> {
         let (snap, m) = {
             let store = store.clone();
@@ -164,11 +174,22 @@ impl Daemon {
             bytes = prepared.verify.bytes,
             "snapshot extracted and verified beside the log dirs"
         );
+        // After a download that may take hours: a test changes the cluster here.
+        kafka_snapshot::pausepoint("restore-extracted");
 
-        // The broker goes down from here on.
-        let _ = self.update(|s| s.enter(Phase::Restoring));
-        let stopped_at = Utc::now();
         let running = cycle.control().is_running().map_err(|e| e.to_string())?;
+        if running {
+            // The download may have taken hours, and the cluster may have
+            // lost another broker meanwhile: check it again, as before a
+            // snapshot. A dead broker is restored without: stopping nothing
+            // costs the cluster nothing.
+            if let Err(e) = cycle.wait_safe(gate_timeout).await {
+                return Err(not_stopped(e));
+            }
+        }
+        // The broker goes down from here on: not without a record of it.
+        cycle.enter_stop(Phase::Restoring).map_err(not_stopped)?;
+        let stopped_at = Utc::now();
         if running {
             match cycle.control().stop().await {
                 Ok(Stopped::Clean) => {}
@@ -182,6 +203,7 @@ impl Daemon {
                     return Err(format!("stopping the broker failed: {e}{started}"));
                 }
             }
+            kafka_snapshot::failpoint("after-stop");
         } else {
             tracing::info!(
                 broker = self.broker,
@@ -322,5 +344,46 @@ impl Daemon {
                 .collect::<Vec<_>>()
                 .join(", ")
         ))
+    }
+}
+
+/// Why a restore ended before the broker was stopped (the extracted copy
+/// is removed as the restore returns).
+fn not_stopped(e: CycleError) -> String {
+    let why = match e {
+        CycleError::NotSafe(report) => format!(
+            "{}; the gate did not pass within the lease's gate timeout",
+            gate_detail(&report)
+        ),
+        CycleError::NotRecorded(_) => return e.to_string(),
+        other => other.to_string(),
+    };
+    format!("the broker was not stopped: {why}")
+}
+
+/// The gate's summary with the partitions (or dirs) behind each failed
+/// condition, so that the failed order says what to look at.
+fn gate_detail(report: &GateReport) -> String {
+    let listed: Vec<String> = report
+        .failed()
+        .filter(|c| !c.partitions.is_empty())
+        .map(|c| {
+            let more = c.count.saturating_sub(c.partitions.len());
+            format!(
+                "{:?}: {}{}",
+                c.id,
+                c.partitions.join(", "),
+                if more > 0 {
+                    format!(" and {more} more")
+                } else {
+                    String::new()
+                }
+            )
+        })
+        .collect();
+    if listed.is_empty() {
+        report.summary()
+    } else {
+        format!("{} [{}]", report.summary(), listed.join("; "))
     }
 }

@@ -145,7 +145,7 @@ impl Daemon {
             (CycleError::RecoveryTimeout { .. }, None) => FailureReason::Recovery,
             (CycleError::Commit(_), None) => FailureReason::Archive,
             (CycleError::Interrupted { .. }, None) => FailureReason::Shutdown,
-            (CycleError::Setup(_), None) => FailureReason::Setup,
+            (CycleError::Setup(_) | CycleError::NotRecorded(_), None) => FailureReason::Setup,
         });
         match (&e, &loss) {
             (_, Some(Loss::Stale(_))) => {

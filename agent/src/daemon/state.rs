@@ -137,7 +137,10 @@ impl AgentState {
         Ok(Some(s))
     }
 
-    /// Replaces the state file atomically and durably.
+    /// Replaces the state file atomically and durably (temporary file,
+    /// fsync, rename, fsync of the directory). An error means the file may
+    /// still say what it said before: a caller about to stop the broker
+    /// must not go on.
     pub fn save(&self, path: &Path) -> Result<()> {
         let dir = state_dir(path)?;
         let name = path
@@ -145,7 +148,9 @@ impl AgentState {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-        let mut bytes = serde_json::to_vec_pretty(self).expect("serialisable");
+        let mut bytes = serde_json::to_vec_pretty(self).map_err(|e| {
+            Error::Internal(format!("serialising state file {}: {e}", path.display()))
+        })?;
         bytes.push(b'\n');
         let write = || -> std::io::Result<()> {
             let mut f = fs::OpenOptions::new()

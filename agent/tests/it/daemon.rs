@@ -223,6 +223,18 @@ fn restore_lease(epoch: u64, order: i64, cluster: &str, snapshot: &str, force: b
         "order": {"id": order, "cluster_id": cluster, "snapshot_id": snapshot, "force": force}})
 }
 
+fn restore_lease_gated(
+    epoch: u64,
+    order: i64,
+    cluster: &str,
+    snapshot: &str,
+    gate_timeout_ms: u64,
+) -> Value {
+    let mut v = restore_lease(epoch, order, cluster, snapshot, false);
+    v["lease"]["gate_timeout_ms"] = json!(gate_timeout_ms);
+    v
+}
+
 // ---------------------------------------------------------------------------
 // The cluster, the config and the daemon process
 
@@ -378,12 +390,7 @@ struct Daemon {
 
 impl Daemon {
     fn spawn(cfg: &Path, log: &Path, failpoint: Option<&str>) -> Daemon {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kafka-snapshot-agent"));
-        cmd.args(["run", "--config", &cfg.display().to_string()])
-            .env("KAFKA_SNAPSHOT_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(log).unwrap());
+        let mut cmd = Self::command(cfg, log);
         match failpoint {
             Some(f) => cmd.env("KAFKA_SNAPSHOT_FAILPOINT", f),
             None => cmd.env_remove("KAFKA_SNAPSHOT_FAILPOINT"),
@@ -391,6 +398,44 @@ impl Daemon {
         Daemon {
             child: cmd.spawn().expect("spawn the daemon"),
             log: log.to_path_buf(),
+        }
+    }
+
+    /// A daemon that stops the first time it passes each of `points`
+    /// (`KAFKA_SNAPSHOT_PAUSE`) until [`go_on`] lets it continue.
+    fn spawn_paused(cfg: &Path, log: &Path, pause_dir: &Path, points: &[&str]) -> Daemon {
+        fs::create_dir_all(pause_dir).unwrap();
+        let mut cmd = Self::command(cfg, log);
+        cmd.env_remove("KAFKA_SNAPSHOT_FAILPOINT")
+            .env("KAFKA_SNAPSHOT_PAUSE", points.join(","))
+            .env("KAFKA_SNAPSHOT_PAUSE_DIR", pause_dir);
+        Daemon {
+            child: cmd.spawn().expect("spawn the daemon"),
+            log: log.to_path_buf(),
+        }
+    }
+
+    fn command(cfg: &Path, log: &Path) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kafka-snapshot-agent"));
+        cmd.args(["run", "--config", &cfg.display().to_string()])
+            .env("KAFKA_SNAPSHOT_LOG", "info")
+            .env_remove("KAFKA_SNAPSHOT_PAUSE")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(log).unwrap());
+        cmd
+    }
+
+    /// Waits until the daemon is paused at `point`.
+    fn wait_paused(&self, pause_dir: &Path, point: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !pause_dir.join(point).exists() {
+            assert!(
+                Instant::now() < deadline,
+                "the daemon never paused at {point}\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
@@ -426,6 +471,29 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Lets a daemon paused at `point` go on.
+fn go_on(pause_dir: &Path, point: &str) {
+    fs::remove_file(pause_dir.join(point)).unwrap();
+}
+
+/// A directory made immutable (`chattr +i`: nothing in it can be created,
+/// renamed or removed, even by root) for as long as this lives.
+struct Immutable(PathBuf);
+
+impl Immutable {
+    fn new(dir: &Path) -> Immutable {
+        let out = Command::new("chattr").arg("+i").arg(dir).output().unwrap();
+        check_exit(&out, &format!("chattr +i {}", dir.display()), 0);
+        Immutable(dir.to_path_buf())
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = Command::new("chattr").arg("-i").arg(&self.0).status();
     }
 }
 
@@ -885,6 +953,11 @@ fn killed_with_the_broker_down_the_next_daemon_starts_it_before_polling() {
     assert_eq!(poll["phase"], "idle");
     assert_eq!(poll["broker_running"], true);
     assert!(second.log().contains("starting it before anything else"));
+    kafka_snapshot_testkit::report::record(
+        "security",
+        "8. killed right after the snapshot stop: the next daemon starts the broker",
+        &[("inputs", 1)],
+    );
 }
 
 #[test]
@@ -1105,6 +1178,11 @@ fn restore_into_wiped_log_dirs_puts_the_snapshot_back() {
     }
     assert!(s.c.is_running(2));
     s.c.wait_in_sync(Duration::from_secs(30)).unwrap();
+    kafka_snapshot_testkit::report::record(
+        "security",
+        "1. restore of a dead broker stops nothing and needs no gate",
+        &[("inputs", 1)],
+    );
 }
 
 /// The snapshot dir in a file store for any cluster.
@@ -1222,4 +1300,400 @@ fn wrong_token_is_logged_and_retried_without_touching_the_broker() {
     assert!(s.c.is_running(2));
     d.sigterm();
     assert!(d.wait_exit(Duration::from_secs(30)).success());
+}
+
+// ---------------------------------------------------------------------------
+// Restores: the cluster is checked again before the stop
+
+/// Takes a reflink snapshot of broker 2 under lease `epoch` and returns its
+/// id once reported.
+fn snapshot_of_broker_2(s: &Setup, d: &Daemon, epoch: u64) -> String {
+    s.coord.push_action(snapshot_lease(epoch, 60_000));
+    s.coord
+        .wait_for("the snapshot report", Duration::from_secs(90), d, |r| {
+            r.iter().any(|r| r.path == "/v1/agent/report")
+        });
+    let report = &s.coord.of("/v1/agent/report")[0].body;
+    assert_eq!(report["result"]["type"], "committed", "{report}");
+    report["result"]["snapshot"]["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+impl Setup {
+    /// When broker `n` was sent SIGTERM after `since` (monotonic ns).
+    fn stops_since(&self, n: i32, since: u64) -> Vec<u64> {
+        self.events_of(n, EventKind::Sigterm)
+            .into_iter()
+            .filter(|t| *t > since)
+            .collect()
+    }
+
+    /// Stops broker `n` and waits until its process is gone.
+    fn stop_and_wait(&self, n: i32) {
+        self.c.stop(n).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.c.is_running(n) {
+            assert!(Instant::now() < deadline, "broker {n} did not stop");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Asserts that no restore is half done beside broker 2's log dirs and
+    /// that nothing was moved aside (the swap never happened).
+    fn assert_untouched_by_restore(&self) {
+        for dir in self.c.log_dirs(2) {
+            let parent = dir.parent().unwrap();
+            assert!(
+                !names(parent)
+                    .iter()
+                    .any(|n| n.contains(".restoring-") || n.contains(".pre-restore-")),
+                "{:?}",
+                names(parent)
+            );
+        }
+    }
+}
+
+/// Partitions with replicas on both `a` and `b` ("topic-p").
+fn shared_partitions(c: &StandinCluster, a: i32, b: i32) -> Vec<String> {
+    let md = c.metadata().unwrap();
+    md.topics
+        .iter()
+        .flat_map(|t| {
+            let name = t.name.as_ref().unwrap().0.to_string();
+            t.partitions
+                .iter()
+                .filter(|p| {
+                    p.replica_nodes.iter().any(|r| r.0 == a)
+                        && p.replica_nodes.iter().any(|r| r.0 == b)
+                })
+                .map(move |p| format!("{name}-{}", p.partition_index))
+        })
+        .collect()
+}
+
+/// Another broker dies while the snapshot is downloaded: the restore
+/// checks the cluster again before stopping the broker, waits while the
+/// gate does not pass, and stops it only once the other broker is back.
+#[test]
+fn restore_waits_for_the_gate_while_another_broker_is_down() {
+    let s = setup_with("xfs", quiet);
+    let cfg = s.config("reflink", TOKEN, "");
+    let pause = s.root.join("pause");
+    let d = Daemon::spawn_paused(
+        &cfg,
+        &s.root.join("daemon.log"),
+        &pause,
+        &["restore-extracted"],
+    );
+    let id = snapshot_of_broker_2(&s, &d, 1);
+    s.c.wait_in_sync(Duration::from_secs(30)).unwrap();
+
+    let ordered_at = monotonic_ns();
+    s.coord
+        .push_action(restore_lease(2, 42, s.c.cluster_id(), &id, false));
+    d.wait_paused(&pause, "restore-extracted", Duration::from_secs(60));
+    // Downloaded and verified; meanwhile broker 3 goes down.
+    s.stop_and_wait(3);
+    go_on(&pause, "restore-extracted");
+
+    // Several gate intervals (300 ms) later broker 2 still runs.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        s.stops_since(2, ordered_at),
+        Vec::<u64>::new(),
+        "broker 2 was stopped while broker 3 was down\n{}",
+        d.log()
+    );
+    assert!(s.c.is_running(2));
+    assert_eq!(releases(&s.coord).len(), 1, "{:?}", releases(&s.coord));
+    let gating = s
+        .coord
+        .of("/v1/agent/heartbeat")
+        .iter()
+        .filter(|h| h.body["epoch"] == 2 && h.body["phase"] == "gating")
+        .count();
+    assert!(gating > 0, "no heartbeat says the restore is gating");
+
+    // Broker 3 is back: the restore goes on.
+    let back_at = monotonic_ns();
+    s.c.start(3).unwrap();
+    s.coord
+        .wait_for("the restore's release", Duration::from_secs(90), &d, |r| {
+            r.iter().filter(|r| r.path == "/v1/agent/release").count() == 2
+        });
+    let rel = releases(&s.coord);
+    assert_eq!(rel[1]["epoch"], 2);
+    assert_eq!(rel[1]["outcome"]["type"], "restored", "{rel:?}");
+    let stopped = s.stops_since(2, ordered_at);
+    assert_eq!(stopped.len(), 1, "{stopped:?}");
+    let caught_up = s
+        .events_of(3, EventKind::CaughtUp)
+        .into_iter()
+        .find(|t| *t > back_at)
+        .expect("broker 3 back in every ISR");
+    assert!(
+        stopped[0] > caught_up,
+        "broker 2 was stopped before broker 3 was back in every ISR"
+    );
+    assert_eq!(s.c.max_brokers_down().unwrap(), 1);
+    assert!(s.c.is_running(2));
+    s.c.wait_in_sync(Duration::from_secs(30)).unwrap();
+    kafka_snapshot_testkit::report::record(
+        "security",
+        "1. restore waits for the gate while another broker is down",
+        &[("inputs", 1)],
+    );
+}
+
+/// The other broker stays down for longer than the lease's gate timeout:
+/// the order fails naming the partitions, the broker under restore is
+/// never stopped and the extracted copy is removed.
+#[test]
+fn restore_whose_gate_never_passes_fails_naming_the_partitions() {
+    let s = setup_with("xfs", quiet);
+    let cfg = s.config("reflink", TOKEN, "");
+    let pause = s.root.join("pause");
+    let d = Daemon::spawn_paused(
+        &cfg,
+        &s.root.join("daemon.log"),
+        &pause,
+        &["restore-extracted"],
+    );
+    let id = snapshot_of_broker_2(&s, &d, 1);
+    s.c.wait_in_sync(Duration::from_secs(30)).unwrap();
+    let shared = shared_partitions(&s.c, 2, 3);
+    assert!(!shared.is_empty());
+
+    let ordered_at = monotonic_ns();
+    s.coord
+        .push_action(restore_lease_gated(2, 43, s.c.cluster_id(), &id, 1_500));
+    d.wait_paused(&pause, "restore-extracted", Duration::from_secs(60));
+    s.stop_and_wait(3);
+    go_on(&pause, "restore-extracted");
+    s.coord
+        .wait_for("the restore's release", Duration::from_secs(60), &d, |r| {
+            r.iter().filter(|r| r.path == "/v1/agent/release").count() == 2
+        });
+    let rel = releases(&s.coord);
+    assert_eq!(rel[1]["epoch"], 2);
+    assert_eq!(rel[1]["outcome"]["type"], "failed", "{rel:?}");
+    assert_eq!(rel[1]["outcome"]["broker_running"], true, "{rel:?}");
+    let reason = rel[1]["outcome"]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("not safe to stop") && reason.contains("was not stopped"),
+        "{reason}"
+    );
+    assert!(
+        shared
+            .iter()
+            .any(|p| reason.contains(&format!("{p} (replicas"))),
+        "no partition of {shared:?} named in: {reason}"
+    );
+    assert_eq!(s.stops_since(2, ordered_at), Vec::<u64>::new());
+    assert!(s.c.is_running(2));
+    s.assert_untouched_by_restore();
+    assert_eq!(s.c.max_brokers_down().unwrap(), 1);
+    kafka_snapshot_testkit::report::record(
+        "security",
+        "1. restore whose gate never passes fails naming the partitions",
+        &[("inputs", 1)],
+    );
+}
+
+// ---------------------------------------------------------------------------
+// No stop without a durable record of it
+
+/// The state file's directory turns read-only while the gate runs: the
+/// phase before the stop cannot be recorded, so the broker is not stopped
+/// and the lease is released failed, saying why.
+#[test]
+fn snapshot_is_given_up_when_the_stop_cannot_be_recorded() {
+    let s = setup("ext4");
+    let cfg = s.config("copy", TOKEN, "");
+    let pause = s.root.join("pause");
+    let d = Daemon::spawn_paused(&cfg, &s.root.join("daemon.log"), &pause, &["phase-gating"]);
+    s.coord.push_action(snapshot_lease(3, 60_000));
+    d.wait_paused(&pause, "phase-gating", Duration::from_secs(60));
+    let before = fs::read(s.state_file()).unwrap();
+    let st: Value = serde_json::from_slice(&before).unwrap();
+    assert_eq!(st["phase"], "gating", "{st}");
+    let frozen = Immutable::new(s.state_file().parent().unwrap());
+    go_on(&pause, "phase-gating");
+    s.coord
+        .wait_for("the release", Duration::from_secs(60), &d, |r| {
+            r.iter().any(|r| r.path == "/v1/agent/release")
+        });
+    let rel = releases(&s.coord);
+    assert_eq!(rel[0]["epoch"], 3);
+    assert_eq!(rel[0]["outcome"]["type"], "failed", "{rel:?}");
+    assert_eq!(rel[0]["outcome"]["broker_running"], true, "{rel:?}");
+    let reason = rel[0]["outcome"]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("was not stopped")
+            && reason.contains(&s.state_file().display().to_string()),
+        "{reason}"
+    );
+    assert!(
+        s.events_of(2, EventKind::Sigterm).is_empty(),
+        "broker 2 was stopped without a record of it\n{}",
+        d.log()
+    );
+    assert!(s.c.is_running(2));
+    // Nothing was written meanwhile: what is on disk is still true.
+    assert_eq!(fs::read(s.state_file()).unwrap(), before);
+    drop(frozen);
+    kafka_snapshot_testkit::report::record(
+        "security",
+        "8. snapshot given up when the stop cannot be recorded",
+        &[("inputs", 1)],
+    );
+}
+
+/// The same for a restore: the state file cannot be written after the
+/// download, so the broker is not stopped, the order fails and the
+/// extracted copy is removed.
+#[test]
+fn restore_is_given_up_when_the_stop_cannot_be_recorded() {
+    let s = setup_with("xfs", quiet);
+    let cfg = s.config("reflink", TOKEN, "");
+    let pause = s.root.join("pause");
+    let d = Daemon::spawn_paused(
+        &cfg,
+        &s.root.join("daemon.log"),
+        &pause,
+        &["restore-extracted"],
+    );
+    let id = snapshot_of_broker_2(&s, &d, 1);
+    s.c.wait_in_sync(Duration::from_secs(30)).unwrap();
+    let ordered_at = monotonic_ns();
+    s.coord
+        .push_action(restore_lease(2, 44, s.c.cluster_id(), &id, false));
+    d.wait_paused(&pause, "restore-extracted", Duration::from_secs(60));
+    let frozen = Immutable::new(s.state_file().parent().unwrap());
+    go_on(&pause, "restore-extracted");
+    s.coord
+        .wait_for("the restore's release", Duration::from_secs(60), &d, |r| {
+            r.iter().filter(|r| r.path == "/v1/agent/release").count() == 2
+        });
+    let rel = releases(&s.coord);
+    assert_eq!(rel[1]["epoch"], 2);
+    assert_eq!(rel[1]["outcome"]["type"], "failed", "{rel:?}");
+    assert_eq!(rel[1]["outcome"]["broker_running"], true, "{rel:?}");
+    let reason = rel[1]["outcome"]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("was not stopped")
+            && reason.contains(&s.state_file().display().to_string()),
+        "{reason}"
+    );
+    assert_eq!(
+        s.stops_since(2, ordered_at),
+        Vec::<u64>::new(),
+        "broker 2 was stopped without a record of it\n{}",
+        d.log()
+    );
+    assert!(s.c.is_running(2));
+    s.assert_untouched_by_restore();
+    drop(frozen);
+    kafka_snapshot_testkit::report::record(
+        "security",
+        "8. restore given up when the stop cannot be recorded",
+        &[("inputs", 1)],
+    );
+}
+
+/// SIGKILL right after the restore stopped the broker (before the swap):
+/// the state file says so, and the next daemon starts the broker (on its
+/// old data) before it contacts the coordinator, and removes the
+/// extracted copy.
+#[test]
+fn killed_right_after_the_restore_stop_the_next_daemon_starts_the_broker() {
+    let s = setup_with("xfs", quiet);
+    let cfg = s.config("reflink", TOKEN, "");
+    let mut first = Daemon::spawn(&cfg, &s.root.join("daemon-1.log"), None);
+    let id = snapshot_of_broker_2(&s, &first, 1);
+    s.coord.wait_for(
+        "the state back to idle",
+        Duration::from_secs(30),
+        &first,
+        |_| {
+            fs::read(s.state_file())
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+                .is_some_and(|st| st["phase"] == "idle")
+        },
+    );
+    first.sigterm();
+    assert!(first.wait_exit(Duration::from_secs(30)).success());
+    s.c.wait_in_sync(Duration::from_secs(30)).unwrap();
+
+    let pause = s.root.join("pause");
+    let mut second =
+        Daemon::spawn_paused(&cfg, &s.root.join("daemon-2.log"), &pause, &["after-stop"]);
+    s.coord
+        .push_action(restore_lease(2, 45, s.c.cluster_id(), &id, false));
+    second.wait_paused(&pause, "after-stop", Duration::from_secs(60));
+    assert!(!s.c.is_running(2), "the broker should be down");
+    let st: Value = serde_json::from_slice(&fs::read(s.state_file()).unwrap()).unwrap();
+    assert_eq!(st["phase"], "restoring", "{st}");
+    assert_eq!(st["broker_stopped_by_agent"], true, "{st}");
+    assert_eq!(st["lease_epoch"], 2, "{st}");
+    second.child.kill().unwrap();
+    second.wait_exit(Duration::from_secs(10));
+    go_on(&pause, "after-stop");
+
+    let restarted_at = monotonic_ns();
+    let third = Daemon::spawn(&cfg, &s.root.join("daemon-3.log"), None);
+    s.coord.wait_for(
+        "a poll from the new daemon",
+        Duration::from_secs(60),
+        &third,
+        |r| {
+            r.iter()
+                .any(|r| r.path == "/v1/agent/poll" && r.mono_ns > restarted_at)
+        },
+    );
+    let after: Vec<Req> = s
+        .coord
+        .requests()
+        .into_iter()
+        .filter(|r| r.mono_ns > restarted_at)
+        .collect();
+    let started = s
+        .events_of(2, EventKind::Started)
+        .into_iter()
+        .find(|t| *t > restarted_at)
+        .expect("broker 2 started by the new daemon");
+    assert!(
+        started < after[0].mono_ns,
+        "the broker must be started before the coordinator is contacted"
+    );
+    let notice = &after
+        .iter()
+        .find(|r| r.path == "/v1/agent/notice")
+        .expect("a notice")
+        .body;
+    let msg = notice["message"].as_str().unwrap();
+    assert!(
+        msg.contains("interrupted restore") && msg.contains("started again"),
+        "{msg}"
+    );
+    let rel = &after
+        .iter()
+        .find(|r| r.path == "/v1/agent/release")
+        .expect("the old lease released")
+        .body;
+    assert_eq!(rel["epoch"], 2);
+    assert_eq!(rel["outcome"]["type"], "failed");
+    assert_eq!(rel["outcome"]["broker_running"], true);
+    assert!(s.c.is_running(2));
+    s.assert_untouched_by_restore();
+    s.c.wait_in_sync(Duration::from_secs(30)).unwrap();
+    kafka_snapshot_testkit::report::record(
+        "security",
+        "8. killed right after the restore stop: the next daemon starts the broker",
+        &[("inputs", 1)],
+    );
 }
