@@ -84,6 +84,11 @@ pub struct Restarted {
     pub snapshot_id: String,
     /// From the stop command to the start command's success.
     pub downtime_ms: u64,
+    /// From the stop command until the broker was back in every ISR (the
+    /// recovery check passed): how long the cluster was without it. With
+    /// a start command that returns before the JVM is ready (`systemctl
+    /// start`), this is the figure that matters.
+    pub unavailable_ms: u64,
     pub archive: Archive,
 }
 
@@ -110,6 +115,8 @@ pub struct Cycle {
     store: Option<Arc<dyn ColdStore>>,
     shutdown: watch::Receiver<bool>,
     observer: Option<PhaseObserver>,
+    /// [`Restarted::unavailable_ms`] of the last stop.
+    last_unavailable_ms: Option<u64>,
 }
 
 impl Cycle {
@@ -158,6 +165,7 @@ impl Cycle {
             store,
             shutdown,
             observer: None,
+            last_unavailable_ms: None,
         }
     }
 
@@ -347,6 +355,11 @@ impl Cycle {
 
     /// Runs one full cycle. The gate must already have passed
     /// ([`Cycle::wait_safe`]); this re-checks it once right before stopping.
+    /// From the last stop until the broker was back in every ISR.
+    pub fn last_unavailable_ms(&self) -> Option<u64> {
+        self.last_unavailable_ms
+    }
+
     pub async fn run(&mut self) -> Result<Manifest, CycleError> {
         let restarted = self.stop_capture_restart().await?;
         match restarted.archive {
@@ -483,9 +496,18 @@ impl Cycle {
             done => done,
         };
         self.wait_recovered().await?;
+        let unavailable_ms = (Utc::now() - stopped_at).num_milliseconds().max(0) as u64;
+        tracing::info!(
+            broker = self.broker,
+            unavailable_seconds = unavailable_ms as f64 / 1000.0,
+            downtime_seconds = downtime_ms as f64 / 1000.0,
+            "broker back in every ISR"
+        );
+        self.last_unavailable_ms = Some(unavailable_ms);
         Ok(Restarted {
             snapshot_id,
             downtime_ms,
+            unavailable_ms,
             archive,
         })
     }

@@ -37,6 +37,7 @@ pub fn run(config: &Path, gate_timeout: &str) -> Result<ExitCode> {
                             "broker": m.node_id,
                             "capture": m.capture.used,
                             "broker_downtime_ms": m.broker_downtime_ms,
+                            "broker_unavailable_ms": cycle.last_unavailable_ms(),
                             "files": m.totals.files,
                             "data_bytes": m.totals.bytes,
                             "archive_bytes": m.archive.size,

@@ -63,6 +63,11 @@ pub const FAMILIES: &[(&str, &str, &str)] = &[
         "How long the broker was down (stop command to start) for the last snapshot or restore.",
     ),
     (
+        "kafka_snapshot_agent_last_unavailable_seconds",
+        "gauge",
+        "How long the cluster was without the broker for the last snapshot: stop command until back in every ISR (the start command of systemd returns long before).",
+    ),
+    (
         "kafka_snapshot_agent_phase_duration_seconds",
         "gauge",
         "Time spent in each phase of the last finished lease's work (label phase).",
@@ -156,6 +161,7 @@ struct Inner {
     /// The last snapshot's capture = auto ended up a copy.
     fell_back: Option<bool>,
     last_downtime: Option<Duration>,
+    last_unavailable: Option<Duration>,
     failures: BTreeMap<FailureReason, u64>,
     snapshots: u64,
     restores_done: u64,
@@ -180,6 +186,7 @@ impl Metrics {
             last_snapshot: None,
             fell_back: None,
             last_downtime: None,
+            last_unavailable: None,
             failures: BTreeMap::new(),
             snapshots: 0,
             restores_done: 0,
@@ -230,8 +237,14 @@ impl Metrics {
         ));
     }
 
-    pub fn downtime(&self, ms: u64) {
-        self.lock().last_downtime = Some(Duration::from_millis(ms));
+    /// The last stop's downtime (to the start command's return) and, when
+    /// known, how long until the broker was back in every ISR.
+    pub fn downtime(&self, ms: u64, unavailable_ms: Option<u64>) {
+        let mut m = self.lock();
+        m.last_downtime = Some(Duration::from_millis(ms));
+        if let Some(u) = unavailable_ms {
+            m.last_unavailable = Some(Duration::from_millis(u));
+        }
     }
 
     pub fn failed(&self, reason: FailureReason) {
@@ -321,6 +334,15 @@ impl Metrics {
             sample(
                 &mut o,
                 "kafka_snapshot_agent_last_downtime_seconds",
+                &[],
+                d.as_secs_f64(),
+            );
+        }
+        family(&mut o, "kafka_snapshot_agent_last_unavailable_seconds");
+        if let Some(d) = m.last_unavailable {
+            sample(
+                &mut o,
+                "kafka_snapshot_agent_last_unavailable_seconds",
                 &[],
                 d.as_secs_f64(),
             );

@@ -67,7 +67,7 @@ impl Daemon {
         let loss = session.loss();
         match (&result, &loss) {
             (Ok(downtime_ms), None) => {
-                self.metrics.downtime(*downtime_ms);
+                self.metrics.downtime(*downtime_ms, None);
                 self.metrics.restore_finished(true);
             }
             _ => self.metrics.restore_finished(false),

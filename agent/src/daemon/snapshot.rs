@@ -47,9 +47,10 @@ impl Daemon {
             Ok(Restarted {
                 snapshot_id,
                 downtime_ms,
+                unavailable_ms,
                 archive: Archive::Pending(pending),
             }) => {
-                self.metrics.downtime(downtime_ms);
+                self.metrics.downtime(downtime_ms, Some(unavailable_ms));
                 let _ = self.update(|s| s.snapshot_id = Some(snapshot_id.clone()));
                 if loss.is_none() {
                     self.release(
@@ -103,9 +104,10 @@ impl Daemon {
             Ok(Restarted {
                 snapshot_id,
                 downtime_ms,
+                unavailable_ms,
                 archive: Archive::Committed(m),
             }) => {
-                self.metrics.downtime(downtime_ms);
+                self.metrics.downtime(downtime_ms, Some(unavailable_ms));
                 self.metrics.snapshot_committed(&m);
                 let _ = self.update(|s| s.snapshot_id = Some(snapshot_id));
                 if loss.is_none() {

@@ -677,6 +677,12 @@ fn copy_snapshot_commits_before_the_release() {
         (at("kafka_snapshot_agent_last_downtime_seconds{broker=\"2\"}") - downtime).abs() < 1e-6,
         "{m}"
     );
+    // Until back in every ISR: the downtime and then the recovery check.
+    let unavailable = at("kafka_snapshot_agent_last_unavailable_seconds{broker=\"2\"}");
+    assert!(
+        unavailable >= downtime && unavailable < downtime + 120.0,
+        "unavailable {unavailable} s, downtime {downtime} s\n{m}"
+    );
     assert_eq!(
         at("kafka_snapshot_agent_broker_stopped_by_agent{broker=\"2\"}"),
         0.0
