@@ -49,6 +49,11 @@ GROUPS = {
         "inputs",
         "every one refused by `verify` and `extract`; nothing written outside the target",
     ),
+    "security": (
+        "Holes closed: hostile storage, hosts and clocks (`agent/tests/it/hostile.rs`, `agent/tests/it/daemon.rs`, `coordinator/tests`)",
+        "inputs",
+        "each handled as its case says; every case failed on the code before its fix",
+    ),
     "configs": (
         "Bad configs (`agent/tests/it/cli.rs`, `coordinator/tests/api.rs`)",
         "inputs",
