@@ -49,10 +49,47 @@ fn create_private_dir(path: &Path) -> Result<()> {
     }
 }
 
+/// Opens a staging root without following it: the broker's user can
+/// usually write the log dir's parent, and a symlink or a dir of its own
+/// planted there would have the agent clean up (delete) or write wherever
+/// it points. Refused, naming the path; nothing behind it is touched.
+fn open_staging_root(r: &Path) -> Result<fs::File> {
+    let refuse = |message: String| Error::LogDir {
+        path: r.to_path_buf(),
+        message,
+    };
+    let dir = crate::fsat::open_dir(None, r).map_err(|e| match e.raw_os_error() {
+        Some(libc::ELOOP) | Some(libc::ENOTDIR) => refuse(format!(
+            "the staging directory is a symlink or not a directory ({e}); refusing to use it \
+             or anything it points to. Remove it (the link itself, not what it points to) \
+             if nobody needs it"
+        )),
+        _ => Error::io(format!("opening {}", r.display()), e),
+    })?;
+    let md = dir.metadata().ctx(|| format!("stat {}", r.display()))?;
+    let me = nix::unistd::geteuid().as_raw();
+    // Root's (an operator's `archive create`) or this agent's: anyone else
+    // could change what is in it while the agent works there.
+    if md.uid() != me && md.uid() != 0 {
+        return Err(refuse(format!(
+            "the staging directory belongs to uid {}, not to this agent (uid {me}) or root; \
+             refusing to use it",
+            md.uid()
+        )));
+    }
+    if md.permissions().mode() & 0o077 != 0 {
+        dir.set_permissions(fs::Permissions::from_mode(0o700))
+            .ctx(|| format!("chmod 700 {}", r.display()))?;
+    }
+    Ok(dir)
+}
+
 /// Exclusive hold on the staging roots of a run. Taking it also removes
 /// what a crashed earlier run left behind.
 pub struct StagingLock {
     roots: Vec<PathBuf>,
+    /// Each root, opened once without following symlinks.
+    dirs: Vec<fs::File>,
     _locks: Vec<fs::File>,
 }
 
@@ -66,15 +103,12 @@ impl StagingLock {
             }
         }
         let mut locks = Vec::new();
+        let mut dirs = Vec::new();
         for r in &roots {
             create_private_dir(r)?;
+            let dir = open_staging_root(r)?;
             let lock_path = r.join(".lock");
-            let f = fs::OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .mode(0o600)
-                .open(&lock_path)
+            let f = crate::fsat::open_or_create_file(&dir, Path::new(".lock"), 0o600)
                 .ctx(|| format!("opening {}", lock_path.display()))?;
             // SAFETY: flock on a valid, owned fd.
             if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
@@ -84,9 +118,11 @@ impl StagingLock {
                 });
             }
             locks.push(f);
+            dirs.push(dir);
         }
         let lock = StagingLock {
             roots,
+            dirs,
             _locks: locks,
         };
         lock.remove_stale()?;
@@ -94,16 +130,17 @@ impl StagingLock {
     }
 
     /// Removes every staging tree: with the lock held none is in use.
+    /// Through the root's fd, never following a symlink.
     fn remove_stale(&self) -> Result<()> {
-        for r in &self.roots {
-            for ent in fs::read_dir(r).ctx(|| format!("listing {}", r.display()))? {
-                let ent = ent.ctx(|| format!("listing {}", r.display()))?;
-                if ent.file_name() == ".lock" {
+        for (r, dir) in self.roots.iter().zip(&self.dirs) {
+            for name in crate::fsat::names(dir).ctx(|| format!("listing {}", r.display()))? {
+                if name == ".lock" {
                     continue;
                 }
-                let p = ent.path();
+                let p = r.join(&name);
                 tracing::warn!(staging = %p.display(), "removing stale staging left by an interrupted run");
-                remove_tree(&p)?;
+                crate::fsat::remove_tree(dir, Path::new(&name))
+                    .ctx(|| format!("removing {}", p.display()))?;
             }
         }
         Ok(())

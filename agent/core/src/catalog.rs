@@ -7,8 +7,9 @@ use kafka_snapshot_model::error::{Error, Result};
 use kafka_snapshot_model::layout::{
     broker_prefix, is_snapshot_id, list_prefix, parse_key, SnapshotRef,
 };
-use kafka_snapshot_model::manifest::Manifest;
+use kafka_snapshot_model::manifest::{too_large, Manifest, MAX_MANIFEST_BYTES};
 use std::collections::BTreeMap;
+use std::io::Read;
 
 #[derive(Debug, Clone)]
 pub enum Status {
@@ -108,21 +109,28 @@ pub fn find(
 /// broker and snapshot its location says.
 pub fn load_manifest(store: &dyn ColdStore, snap: &SnapshotRef) -> Result<Manifest> {
     let key = snap.manifest_key();
-    if store.stat(&key)?.is_none() {
-        return Err(Error::Manifest {
-            snapshot: snap.snapshot_id.clone(),
-            key,
-            message: "missing: the snapshot is incomplete (the run that wrote it did not finish)"
-                .into(),
-        });
-    }
-    let bytes = store.get(&key)?;
-    let m = Manifest::from_bytes(&bytes, &snap.snapshot_id, &key)?;
     let err = |message: String| Error::Manifest {
         snapshot: snap.snapshot_id.clone(),
         key: key.clone(),
         message,
     };
+    match store.stat(&key)? {
+        None => {
+            return Err(err(
+                "missing: the snapshot is incomplete (the run that wrote it did not finish)".into(),
+            ))
+        }
+        Some(size) if size > MAX_MANIFEST_BYTES => return Err(err(too_large(size))),
+        Some(_) => {}
+    }
+    // Read through the limit too: the object may have grown since the stat.
+    let mut bytes = Vec::new();
+    store
+        .open(&key)?
+        .take(MAX_MANIFEST_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| store.error(&key, format!("reading: {e}")))?;
+    let m = Manifest::from_bytes(&bytes, &snap.snapshot_id, &key)?;
     if m.cluster_id != snap.cluster_id {
         return Err(err(format!(
             "belongs to cluster {} but is stored under cluster {}",

@@ -2,26 +2,34 @@
 //! `<target>.restoring-<id>` and checked completely (every file's hash, the
 //! archive's hash) before anything at the target is touched. Only then is
 //! whatever was at the target moved aside to `<target>.pre-restore-<time>`
-//! (never deleted) and the restored dir renamed into place.
+//! (never deleted) and the restored dir renamed into place: all of them, or
+//! none (a failed rename undoes the ones before it).
+//!
+//! Every step names things relative to the target's parent, opened once
+//! ([`crate::fsat`]): the broker's user can usually write that parent, and
+//! must not be able to swap the extracted copy for something else between
+//! its check and its rename.
 //!
 //! The two steps can be run apart ([`prepare`], then [`Prepared::swap`]):
 //! the daemon downloads and checks while the broker still runs, and stops it
 //! only for the renames.
 
 use crate::catalog::load_manifest;
+use crate::fsat::{self, Identity};
 use crate::logdir::{self, read_meta_properties};
-use crate::storage::{fsync_dir, ColdStore};
+use crate::storage::ColdStore;
 use crate::verify::{walk, Report, Visitor};
 use chrono::Utc;
 use kafka_snapshot_model::error::{Error, IoContext, Result};
 use kafka_snapshot_model::layout::SnapshotRef;
-use kafka_snapshot_model::manifest::{EntryRecord, EntryType, Manifest};
+use kafka_snapshot_model::manifest::{restored_mode, EntryRecord, EntryType, Manifest};
 use std::collections::HashSet;
+use std::ffi::OsString;
 use std::fs;
 use std::io::{self, Read};
 use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::io::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 
@@ -88,9 +96,37 @@ fn has_owner_capabilities(caps: u64) -> bool {
     caps & needed == needed
 }
 
-/// The targets `--original-paths` means: where the log dirs were.
-pub fn original_targets(m: &Manifest) -> Vec<PathBuf> {
-    m.log_dirs.iter().map(|d| PathBuf::from(&d.path)).collect()
+/// The targets `--original-paths` means: where the log dirs were, each of
+/// which must be one of `configured`, the log dirs this node's own
+/// configuration names. The paths come from a manifest in storage: trusted
+/// as they are, a planted one naming `/etc/cron.d` would have that moved
+/// aside and replaced.
+pub fn original_targets(m: &Manifest, configured: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    m.log_dirs
+        .iter()
+        .map(|d| {
+            let p = PathBuf::from(&d.path);
+            let plain = p.is_absolute() && p.components().all(|c| c != Component::ParentDir);
+            if plain && configured.contains(&p) {
+                return Ok(p);
+            }
+            Err(target_err(
+                &p,
+                format!(
+                    "snapshot {} records this as log dir {}, but it is not one of the log dirs \
+                     this node is configured with ({}); refusing to restore there \
+                     (give the targets with --into)",
+                    m.snapshot_id,
+                    d.archive_prefix,
+                    configured
+                        .iter()
+                        .map(|c| c.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ))
+        })
+        .collect()
 }
 
 /// Restores `snap` into `opts.targets`: [`prepare`], then [`Prepared::swap`].
@@ -110,6 +146,12 @@ pub struct Prepared {
     pub verify: Report,
     targets: Vec<PathBuf>,
     restoring: Vec<PathBuf>,
+    /// Each target's parent, opened once: the copies are made, checked and
+    /// renamed relative to it.
+    parents: Vec<fs::File>,
+    /// Each extracted copy as it was created; checked right before and
+    /// right after its rename. `None` where it was never created.
+    copies: Vec<Option<Identity>>,
     swapped: bool,
 }
 
@@ -143,16 +185,33 @@ pub fn prepare(
         .iter()
         .map(|t| sibling(t, &format!("{RESTORING}{}", m.snapshot_id)))
         .collect();
-    for r in &restoring {
-        if fs::symlink_metadata(r).is_ok() {
+    let mut parents = Vec::new();
+    for (t, r) in opts.targets.iter().zip(&restoring) {
+        let parent = t.parent().unwrap_or(Path::new("/"));
+        // The parent itself may be reached through a symlink (`/data` ->
+        // `/mnt/data`): that is the operator's layout, not a name in it.
+        let p = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY)
+            .open(parent)
+            .ctx(|| format!("opening {}", parent.display()))?;
+        if fsat::lstat(&p, Path::new(&file_name(r)))
+            .ctx(|| format!("stat {}", r.display()))?
+            .is_some()
+        {
             // Ours by name: left by an interrupted restore of this snapshot.
+            // Removed without following any symlink in it.
             tracing::warn!(dir = %r.display(), "removing an interrupted restore");
-            fs::remove_dir_all(r).ctx(|| format!("removing {}", r.display()))?;
+            fsat::remove_tree(&p, Path::new(&file_name(r)))
+                .ctx(|| format!("removing {}", r.display()))?;
         }
+        parents.push(p);
     }
     let mut visitor = ExtractVisitor {
         snapshot: m.snapshot_id.clone(),
-        roots: restoring.clone(),
+        parents: &parents,
+        restoring: restoring.clone(),
+        roots: restoring.iter().map(|_| None).collect(),
         symlinks: HashSet::new(),
         dirs: Vec::new(),
         restore_owner: opts.restore_owner,
@@ -183,16 +242,26 @@ pub fn prepare(
         let report = walked?;
         flushed?;
         visitor.finish_dirs()?;
-        for r in &restoring {
-            sync_filesystem(r)?;
+        for (root, r) in visitor.roots.iter().zip(&restoring) {
+            if let Some(root) = root {
+                sync_filesystem(root, r)?;
+            }
         }
         Ok(report)
     });
+    let copies = visitor
+        .roots
+        .iter()
+        .map(|root| root.as_ref().and_then(|f| Identity::of(f).ok()))
+        .collect();
+    drop(visitor);
     let mut prepared = Prepared {
         manifest: m,
         verify: Report::default(),
         targets: opts.targets.clone(),
         restoring,
+        parents,
+        copies,
         swapped: false,
     };
     // On an error, dropping `prepared` removes the partial copies; nothing
@@ -209,50 +278,213 @@ impl Prepared {
 
     /// Moves whatever is at each target aside to
     /// `<target>.pre-restore-<time>` and renames the extracted copy into
-    /// place. Refuses (touching nothing) while a broker holds a target.
+    /// place, every target or none: when a rename fails, the ones already
+    /// done are undone in reverse. Refuses (touching nothing) while a
+    /// broker holds a target, and holds every target's Kafka lock until the
+    /// last rename is done, so that no broker starts on a half-swapped set.
     pub fn swap(mut self) -> Result<ExtractReport> {
+        let mut locks = Vec::new();
         for t in &self.targets {
-            if let Err(e) = logdir::lock_log_dir(t) {
-                return Err(target_err(
-                    t,
-                    format!("{e}; stop the broker before restoring"),
-                ));
+            match logdir::lock_log_dir(t) {
+                Ok(lock) => locks.push(lock),
+                Err(e) => {
+                    return Err(target_err(
+                        t,
+                        format!("{e}; stop the broker before restoring"),
+                    ))
+                }
             }
         }
         let stamp = Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
-        // From here on a failure leaves every dir where it is, for the
-        // operator to finish by hand: nothing is removed.
+        // From here on nothing is removed, whatever happens: the copies
+        // stay unless every rename was undone.
         self.swapped = true;
+        let mut done = Vec::new();
         let mut restored = Vec::new();
-        for ((t, r), d) in self
-            .targets
-            .iter()
-            .zip(&self.restoring)
-            .zip(&self.manifest.log_dirs)
-        {
-            let moved_aside = if fs::symlink_metadata(t).is_ok() {
-                let aside = sibling(t, &format!("{PRE_RESTORE}{stamp}"));
-                fs::rename(t, &aside)
-                    .ctx(|| format!("moving {} aside to {}", t.display(), aside.display()))?;
-                tracing::info!(target = %t.display(), aside = %aside.display(), "moved existing data aside");
-                Some(aside)
-            } else {
-                None
-            };
-            fs::rename(r, t).ctx(|| format!("renaming {} to {}", r.display(), t.display()))?;
-            let parent = t.parent().expect("absolute target has a parent");
-            fsync_dir(parent).ctx(|| format!("fsync {}", parent.display()))?;
-            restored.push(Restored {
-                target: t.clone(),
-                original_path: d.path.clone(),
-                moved_aside,
-            });
+        for i in 0..self.targets.len() {
+            match self.swap_one(i, &stamp, &mut done) {
+                Ok(moved_aside) => restored.push(Restored {
+                    target: self.targets[i].clone(),
+                    original_path: self.manifest.log_dirs[i].path.clone(),
+                    moved_aside,
+                }),
+                Err(e) => return Err(self.roll_back(i, e, &done)),
+            }
         }
+        drop(locks);
         Ok(ExtractReport {
             verify: std::mem::take(&mut self.verify),
             restored,
         })
     }
+
+    /// Checks that the copy at `<target>.restoring-<id>` is the one
+    /// extracted and verified, not something put there since.
+    fn check_copy(&self, i: usize, name: &OsString, place: &Path) -> Result<()> {
+        let found = fsat::lstat(&self.parents[i], Path::new(name))
+            .ctx(|| format!("stat {}", place.display()))?;
+        match (found, self.copies[i]) {
+            (Some(f), Some(want)) if f.identity == want && f.is_dir => Ok(()),
+            (None, _) => Err(target_err(
+                &self.targets[i],
+                format!("the verified copy {} is gone", place.display()),
+            )),
+            _ => Err(target_err(
+                &self.targets[i],
+                format!(
+                    "{} is not the copy that was extracted and verified (it was replaced since): \
+                     refusing to put it in place",
+                    place.display()
+                ),
+            )),
+        }
+    }
+
+    /// Moves target `i` aside and its copy into place, recording each
+    /// rename in `done`; returns where the previous data went.
+    fn swap_one(&self, i: usize, stamp: &str, done: &mut Vec<Step>) -> Result<Option<PathBuf>> {
+        let (t, r, parent) = (&self.targets[i], &self.restoring[i], &self.parents[i]);
+        let (tname, rname) = (file_name(t), file_name(r));
+        self.check_copy(i, &rname, r)?;
+        let existing =
+            fsat::lstat(parent, Path::new(&tname)).ctx(|| format!("stat {}", t.display()))?;
+        let moved_aside = match existing {
+            Some(_) => {
+                let aside = sibling(t, &format!("{PRE_RESTORE}{stamp}"));
+                fsat::rename_noreplace(parent, &tname, &file_name(&aside))
+                    .ctx(|| format!("moving {} aside to {}", t.display(), aside.display()))?;
+                tracing::info!(target = %t.display(), aside = %aside.display(), "moved existing data aside");
+                done.push(Step::MovedAside(i, aside.clone()));
+                Some(aside)
+            }
+            None => None,
+        };
+        fsat::rename_noreplace(parent, &rname, &tname)
+            .ctx(|| format!("renaming {} to {}", r.display(), t.display()))?;
+        done.push(Step::Placed(i));
+        // And what landed is that copy: a swap between the check and the
+        // rename is undone with the rest.
+        self.check_copy(i, &tname, t)?;
+        parent
+            .sync_all()
+            .ctx(|| format!("fsync {}", t.parent().unwrap_or(t).display()))?;
+        Ok(moved_aside)
+    }
+
+    /// Undoes the renames in `done`, last first, after target `failed`
+    /// failed with `cause`; the error says what failed and where every dir
+    /// is now.
+    fn roll_back(&mut self, failed: usize, cause: Error, done: &[Step]) -> Error {
+        let mut problems = Vec::new();
+        // Dirs left holding the restored copy, and dirs left missing.
+        let mut still_placed = HashSet::new();
+        let mut still_aside = HashSet::new();
+        for step in done.iter().rev() {
+            match step {
+                Step::Placed(i) => {
+                    let (t, r) = (&self.targets[*i], &self.restoring[*i]);
+                    if let Err(e) =
+                        fsat::rename_noreplace(&self.parents[*i], &file_name(t), &file_name(r))
+                    {
+                        problems.push(format!(
+                            "renaming {} back to {}: {e}",
+                            t.display(),
+                            r.display()
+                        ));
+                        still_placed.insert(*i);
+                    }
+                }
+                Step::MovedAside(i, aside) => {
+                    let t = &self.targets[*i];
+                    if still_placed.contains(i) {
+                        still_aside.insert(*i);
+                        continue;
+                    }
+                    if let Err(e) =
+                        fsat::rename_noreplace(&self.parents[*i], &file_name(aside), &file_name(t))
+                    {
+                        problems.push(format!(
+                            "moving {} back to {}: {e}",
+                            aside.display(),
+                            t.display()
+                        ));
+                        still_aside.insert(*i);
+                    }
+                }
+            }
+        }
+        for p in &self.parents {
+            if let Err(e) = p.sync_all() {
+                problems.push(format!("fsync of a target's parent: {e}"));
+            }
+        }
+        let t = &self.targets[failed];
+        if done.is_empty() && problems.is_empty() {
+            // Refused before anything was renamed.
+            self.swapped = false;
+            return cause;
+        }
+        if problems.is_empty() {
+            tracing::warn!(target = %t.display(), "swap failed; every log dir was put back");
+            // Every rename was undone: the copies may go with `self`.
+            self.swapped = false;
+            return target_err(
+                t,
+                format!(
+                    "{cause}; rolled back: the {} rename(s) already done were undone, \
+                     every log dir holds what it held before the restore",
+                    done.len()
+                ),
+            );
+        }
+        let aside_of = |i: usize| {
+            done.iter().find_map(|s| match s {
+                Step::MovedAside(j, a) if *j == i => Some(a.clone()),
+                _ => None,
+            })
+        };
+        let states: Vec<String> = (0..self.targets.len())
+            .map(|i| {
+                let (t, r) = (self.targets[i].display(), self.restoring[i].display());
+                match (
+                    still_placed.contains(&i),
+                    still_aside.contains(&i),
+                    aside_of(i),
+                ) {
+                    (true, _, Some(a)) => format!(
+                        "{t} holds the RESTORED snapshot, its previous data is in {}",
+                        a.display()
+                    ),
+                    (true, _, None) => {
+                        format!("{t} holds the RESTORED snapshot (nothing was there before)")
+                    }
+                    (false, true, Some(a)) => format!(
+                        "{t} is MISSING: its previous data is in {}, the restored copy in {r}",
+                        a.display()
+                    ),
+                    _ => format!("{t} holds its previous data (the restored copy is in {r})"),
+                }
+            })
+            .collect();
+        tracing::error!(target = %t.display(), "swap failed and could not be rolled back");
+        target_err(
+            t,
+            format!(
+                "{cause}; ROLLBACK FAILED ({}). Nothing was deleted; the log dirs are now: {}. \
+                 Put them back by hand before starting the broker",
+                problems.join("; "),
+                states.join("; ")
+            ),
+        )
+    }
+}
+
+/// One rename of a swap, to be undone if a later one fails.
+enum Step {
+    /// Target `i` was moved aside to this path.
+    MovedAside(usize, PathBuf),
+    /// The copy of target `i` was renamed into its place.
+    Placed(usize),
 }
 
 impl Drop for Prepared {
@@ -260,10 +492,22 @@ impl Drop for Prepared {
         if self.swapped {
             return;
         }
-        for r in &self.restoring {
-            if let Err(e) = fs::remove_dir_all(r) {
-                if e.kind() != io::ErrorKind::NotFound {
-                    tracing::warn!(dir = %r.display(), error = %e, "could not remove an unfinished restore");
+        for (i, r) in self.restoring.iter().enumerate() {
+            let name = file_name(r);
+            // Only the copy this restore made: whatever else has that name
+            // now is not ours to remove.
+            match fsat::lstat(&self.parents[i], Path::new(&name)) {
+                Ok(Some(f)) if Some(f.identity) == self.copies[i] => {
+                    if let Err(e) = fsat::remove_tree(&self.parents[i], Path::new(&name)) {
+                        tracing::warn!(dir = %r.display(), error = %e, "could not remove an unfinished restore");
+                    }
+                }
+                Ok(None) => {}
+                Ok(Some(_)) => {
+                    tracing::warn!(dir = %r.display(), "not removing an unfinished restore: it is not the copy this restore made")
+                }
+                Err(e) => {
+                    tracing::warn!(dir = %r.display(), error = %e, "could not remove an unfinished restore")
                 }
             }
         }
@@ -302,6 +546,11 @@ pub fn remove_unfinished_restores(dirs: &[PathBuf]) -> Result<Vec<PathBuf>> {
         }
     }
     Ok(removed)
+}
+
+/// The last component of a target or of a name beside it.
+fn file_name(p: &Path) -> OsString {
+    p.file_name().unwrap_or_default().to_os_string()
 }
 
 /// `<dir>.<suffix>` beside `dir`.
@@ -378,13 +627,25 @@ fn precheck_target(m: &Manifest, index: usize, t: &Path, opts: &ExtractOptions) 
             }
         }
     }
-    let need: u64 = m.entries_of(index).map(|e| e.size).sum();
+    // Sizes from the manifest: a sum past u64 is refused, not wrapped.
+    let overflow = || Error::Manifest {
+        snapshot: m.snapshot_id.clone(),
+        key: kafka_snapshot_model::manifest::MANIFEST_FILE.into(),
+        message: format!(
+            "the sizes of log dir {index} add up to more than {} bytes",
+            u64::MAX
+        ),
+    };
+    let need = m
+        .entries_of(index)
+        .try_fold(0u64, |sum, e| sum.checked_add(e.size))
+        .ok_or_else(overflow)?;
     let st = nix::sys::statvfs::statvfs(parent)
         .map_err(|e| Error::io(format!("statvfs {}", parent.display()), e.into()))?;
-    let avail = st.blocks_available() as u64 * st.fragment_size() as u64;
+    let avail = (st.blocks_available() as u64).saturating_mul(st.fragment_size() as u64);
     // Leave 1% or 64 MiB of slack for directories and metadata.
     let slack = (need / 100).max(64 << 20);
-    if need + slack > avail {
+    if need.checked_add(slack).is_none_or(|total| total > avail) {
         return Err(target_err(
             t,
             format!(
@@ -396,12 +657,20 @@ fn precheck_target(m: &Manifest, index: usize, t: &Path, opts: &ExtractOptions) 
     Ok(())
 }
 
-struct ExtractVisitor {
+struct ExtractVisitor<'a> {
     snapshot: String,
-    roots: Vec<PathBuf>,
+    /// Each target's parent, where the copies are created.
+    parents: &'a [fs::File],
+    /// `<target>.restoring-<id>` of each target, for messages and its name.
+    restoring: Vec<PathBuf>,
+    /// Each copy's root, opened right after it was created; everything
+    /// below is created relative to it. Nobody else can write below it
+    /// (mode 0700) until [`ExtractVisitor::finish_dirs`].
+    roots: Vec<Option<fs::File>>,
     /// Symlinks already created: nothing is ever written through one.
     symlinks: HashSet<String>,
-    dirs: Vec<(PathBuf, EntryRecord)>,
+    /// Log dir index and path below its root of every dir, in archive order.
+    dirs: Vec<(usize, String, EntryRecord)>,
     restore_owner: bool,
     buf: Vec<u8>,
     /// Finished files go here to be flushed.
@@ -409,8 +678,10 @@ struct ExtractVisitor {
     cancel: Option<Arc<AtomicBool>>,
 }
 
-impl ExtractVisitor {
-    fn dest(&self, rec: &EntryRecord) -> Result<PathBuf> {
+impl ExtractVisitor<'_> {
+    /// The log dir index of an entry and its path below that log dir's
+    /// root ("" for the root itself).
+    fn dest<'r>(&self, rec: &'r EntryRecord) -> Result<(usize, &'r str)> {
         let (prefix, rest) = match rec.path.split_once('/') {
             Some((p, r)) => (p, r),
             None => (rec.path.as_str(), ""),
@@ -419,37 +690,53 @@ impl ExtractVisitor {
             .strip_prefix("logdir-")
             .and_then(|n| n.parse().ok())
             .filter(|&i| i < self.roots.len())
-            .ok_or_else(|| Error::UnsafeEntry {
-                snapshot: self.snapshot.clone(),
-                path: rec.path.clone(),
-                reason: "not under a log dir prefix of this snapshot".into(),
-            })?;
+            .ok_or_else(|| self.unsafe_entry(rec, "not under a log dir prefix of this snapshot"))?;
         // Refuse to write below a symlink the archive created.
         let mut ancestor = rec.path.as_str();
         while let Some((head, _)) = ancestor.rsplit_once('/') {
             if self.symlinks.contains(head) {
-                return Err(Error::UnsafeEntry {
-                    snapshot: self.snapshot.clone(),
-                    path: rec.path.clone(),
-                    reason: format!("would be written through the symlink {head}"),
-                });
+                return Err(
+                    self.unsafe_entry(rec, &format!("would be written through the symlink {head}"))
+                );
             }
             ancestor = head;
         }
-        Ok(if rest.is_empty() {
-            self.roots[index].clone()
-        } else {
-            self.roots[index].join(rest)
-        })
+        Ok((index, rest))
     }
 
-    fn write_file(&mut self, dest: &Path, rec: &EntryRecord, data: &mut dyn Read) -> Result<()> {
-        let f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(dest)
+    fn unsafe_entry(&self, rec: &EntryRecord, reason: &str) -> Error {
+        Error::UnsafeEntry {
+            snapshot: self.snapshot.clone(),
+            path: rec.path.clone(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Where an entry goes, for messages.
+    fn shown(&self, index: usize, rest: &str) -> PathBuf {
+        if rest.is_empty() {
+            self.restoring[index].clone()
+        } else {
+            self.restoring[index].join(rest)
+        }
+    }
+
+    /// The root of log dir `index`, created by its first entry.
+    fn root(&self, index: usize, rec: &EntryRecord) -> Result<&fs::File> {
+        self.roots[index]
+            .as_ref()
+            .ok_or_else(|| self.unsafe_entry(rec, "comes before the root of its log dir"))
+    }
+
+    fn write_file(
+        &mut self,
+        index: usize,
+        rest: &str,
+        rec: &EntryRecord,
+        data: &mut dyn Read,
+    ) -> Result<()> {
+        let dest = self.shown(index, rest);
+        let f = fsat::create_file(self.root(index, rec)?, Path::new(rest), 0o600)
             .ctx(|| format!("creating {}", dest.display()))?;
         let mut off = 0u64;
         loop {
@@ -471,39 +758,52 @@ impl ExtractVisitor {
         }
         f.set_len(off)
             .ctx(|| format!("sizing {}", dest.display()))?;
-        self.apply_metadata_fd(&f, dest, rec)?;
+        self.apply_metadata_fd(&f, &dest, rec)?;
         if let Some(tx) = &self.writeback {
             // A closed channel means the flusher failed; it reports why.
-            let _ = tx.send((dest.to_path_buf(), f));
+            let _ = tx.send((dest, f));
         }
         Ok(())
     }
 
+    /// Owner, mode and mtime as recorded, except the mode bits a restore
+    /// never sets ([`restored_mode`]). The owner goes first: a chown clears
+    /// setuid and setgid bits.
     fn apply_metadata_fd(&self, f: &fs::File, dest: &Path, rec: &EntryRecord) -> Result<()> {
         if self.restore_owner {
             std::os::unix::fs::fchown(f, Some(rec.uid), Some(rec.gid))
                 .ctx(|| format!("chown {}", dest.display()))?;
         }
-        f.set_permissions(fs::Permissions::from_mode(rec.mode))
-            .ctx(|| format!("chmod {}", dest.display()))?;
+        f.set_permissions(fs::Permissions::from_mode(restored_mode(
+            rec.kind, rec.mode,
+        )))
+        .ctx(|| format!("chmod {}", dest.display()))?;
         set_times(f.as_raw_fd(), rec.mtime_ns)
             .ctx(|| format!("setting mtime of {}", dest.display()))
     }
 
     /// Directory modes, owners and mtimes go last (deepest first): creating
     /// their children would change the mtimes, and a read-only mode would
-    /// stop the extraction.
+    /// stop the extraction. Every dir's ancestors are still ours (0700)
+    /// when it is opened: they come later in this order.
     fn finish_dirs(&mut self) -> Result<()> {
         let dirs = std::mem::take(&mut self.dirs);
-        for (dest, rec) in dirs.iter().rev() {
-            let f = fs::File::open(dest).ctx(|| format!("opening {}", dest.display()))?;
-            self.apply_metadata_fd(&f, dest, rec)?;
+        for (index, rest, rec) in dirs.iter().rev() {
+            let dest = self.shown(*index, rest);
+            let root = self.root(*index, rec)?;
+            let f = if rest.is_empty() {
+                root.try_clone()
+            } else {
+                fsat::open_dir(Some(root), Path::new(rest))
+            }
+            .ctx(|| format!("opening {}", dest.display()))?;
+            self.apply_metadata_fd(&f, &dest, rec)?;
         }
         Ok(())
     }
 }
 
-impl Visitor for ExtractVisitor {
+impl Visitor for ExtractVisitor<'_> {
     fn entry(&mut self, rec: &EntryRecord, data: &mut dyn Read) -> Result<()> {
         if self
             .cancel
@@ -515,22 +815,40 @@ impl Visitor for ExtractVisitor {
                 "cancelled: the agent is shutting down",
             ));
         }
-        let dest = self.dest(rec)?;
+        let (index, rest) = self.dest(rec)?;
+        let dest = self.shown(index, rest);
         match rec.kind {
-            EntryType::Dir => {
-                fs::DirBuilder::new()
-                    .mode(0o700)
-                    .create(&dest)
+            EntryType::Dir if rest.is_empty() => {
+                if self.roots[index].is_some() {
+                    return Err(self.unsafe_entry(rec, "a log dir root listed twice"));
+                }
+                let parent = &self.parents[index];
+                let name = file_name(&self.restoring[index]);
+                fsat::mkdir(parent, Path::new(&name), 0o700)
                     .ctx(|| format!("creating {}", dest.display()))?;
-                self.dirs.push((dest, rec.clone()));
+                let root = fsat::open_dir(Some(parent), Path::new(&name))
+                    .ctx(|| format!("opening {}", dest.display()))?;
+                self.roots[index] = Some(root);
+                self.dirs.push((index, String::new(), rec.clone()));
             }
-            EntryType::File => self.write_file(&dest, rec, data)?,
+            EntryType::Dir => {
+                fsat::mkdir(self.root(index, rec)?, Path::new(rest), 0o700)
+                    .ctx(|| format!("creating {}", dest.display()))?;
+                self.dirs.push((index, rest.to_string(), rec.clone()));
+            }
+            EntryType::File => self.write_file(index, rest, rec, data)?,
+            // The manifest and the archive both refuse a root that is not a
+            // directory; this is the last line.
+            EntryType::Symlink if rest.is_empty() => {
+                return Err(self.unsafe_entry(rec, "the root of a log dir must be a directory"))
+            }
             EntryType::Symlink => {
                 let target = rec.link_target.as_deref().unwrap_or_default();
-                std::os::unix::fs::symlink(target, &dest)
+                let root = self.root(index, rec)?;
+                fsat::symlink(Path::new(target), root, Path::new(rest))
                     .ctx(|| format!("creating symlink {}", dest.display()))?;
                 if self.restore_owner {
-                    std::os::unix::fs::lchown(&dest, Some(rec.uid), Some(rec.gid))
+                    fsat::lchown(root, Path::new(rest), rec.uid, rec.gid)
                         .ctx(|| format!("chown {}", dest.display()))?;
                 }
                 self.symlinks.insert(rec.path.clone());
@@ -588,8 +906,7 @@ fn start_writeback(f: &fs::File) -> io::Result<()> {
 
 /// Flushes the filesystem holding `dir` (one syncfs instead of an fsync per
 /// file): data, metadata and the journal, as `sync -f` does.
-fn sync_filesystem(dir: &Path) -> Result<()> {
-    let f = fs::File::open(dir).ctx(|| format!("opening {}", dir.display()))?;
+fn sync_filesystem(f: &fs::File, dir: &Path) -> Result<()> {
     // SAFETY: valid fd.
     if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
         return Err(Error::io(

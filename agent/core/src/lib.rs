@@ -20,6 +20,7 @@ pub mod capture;
 pub mod catalog;
 pub mod config;
 pub mod extract;
+pub mod fsat;
 pub mod hashing;
 pub mod kafka;
 pub mod logdir;

@@ -3,6 +3,7 @@
 
 use crate::props;
 use kafka_snapshot_model::error::{Error, IoContext, Result};
+use kafka_snapshot_model::manifest::{check_entry_mode, EntryType};
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::io::AsRawFd;
@@ -246,6 +247,12 @@ pub fn scan(paths: &[PathBuf]) -> Result<Inventory> {
                 message: "not a directory".into(),
             });
         }
+        check_entry_mode(EntryType::Dir, md.permissions().mode() & 0o7777).map_err(|message| {
+            Error::LogDir {
+                path: path.clone(),
+                message,
+            }
+        })?;
         let meta = read_meta_properties(path)?;
         let clean_shutdown = path.join(CLEAN_SHUTDOWN).exists();
         let is_metadata_dir = path.join("__cluster_metadata-0").is_dir();
@@ -378,6 +385,23 @@ fn walk(
             continue;
         }
         let ft = md.file_type();
+        // What a restore would refuse is refused here, so that every
+        // snapshot taken also verifies.
+        let kind = if ft.is_dir() {
+            Some(EntryType::Dir)
+        } else if ft.is_file() {
+            Some(EntryType::File)
+        } else {
+            None
+        };
+        if let Some(kind) = kind {
+            check_entry_mode(kind, md.permissions().mode() & 0o7777).map_err(|message| {
+                Error::LogDir {
+                    path: root.to_path_buf(),
+                    message: format!("{}: {message}", child_rel.display()),
+                }
+            })?;
+        }
         if ft.is_symlink() {
             let target = fs::read_link(&path).ctx(|| format!("readlink {}", path.display()))?;
             check_symlink_target(&target).map_err(|message| Error::LogDir {

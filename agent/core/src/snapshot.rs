@@ -188,7 +188,10 @@ impl Captured {
             ));
         }
         let archive_finished = Utc::now();
-        let totals = Totals::of(&written.entries);
+        // Sizes of files on one host cannot add up past u64; the check is
+        // for manifests read back.
+        let totals = Totals::of(&written.entries)
+            .map_err(|m| Error::Internal(format!("snapshot {}: {m}", self.snapshot_id)))?;
         let downtime = match (times.stopped, times.restarted) {
             (Some(a), Some(b)) => Some((b - a).num_milliseconds().max(0) as u64),
             _ => None,

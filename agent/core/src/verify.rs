@@ -99,6 +99,14 @@ pub fn walk(
     })
 }
 
+/// Zero bytes accepted after the end-of-archive marker. This tool writes
+/// the two zero blocks of the marker and nothing more; GNU and BSD tar pad
+/// the archive to a whole record of 20 blocks (10 KiB), which is the most
+/// any tar writer adds with the default blocking factor. How much of the
+/// marker the tar reader consumed varies, so a full record is allowed on
+/// top of it.
+pub const MAX_TAR_PADDING: u64 = 10 * 1024;
+
 const PIPELINE_DEPTH: usize = 4;
 const CHUNK: usize = 1 << 20;
 
@@ -316,7 +324,12 @@ fn check_entries(
                 });
             }
             files += 1;
-            bytes += n;
+            bytes = bytes.checked_add(n).ok_or_else(|| {
+                corrupt(format!(
+                    "file sizes add up to more than {} bytes at {clean}",
+                    u64::MAX
+                ))
+            })?;
         }
         last = format!("entry {clean}");
     }
@@ -326,9 +339,12 @@ fn check_entries(
             rec.path
         )));
     }
-    // Past the end-of-archive marker only zero padding may follow.
-    let mut rest = archive.into_inner();
+    // Past the end-of-archive marker only zero padding may follow, and only
+    // as much as a tar writer makes: reading on would let a small archive
+    // of compressed zeros keep a verification busy for as long as it likes.
+    let mut rest = archive.into_inner().take(MAX_TAR_PADDING + 1);
     let mut buf = vec![0u8; 64 * 1024];
+    let mut padding = 0u64;
     loop {
         let n = rest
             .read(&mut buf)
@@ -340,6 +356,13 @@ fn check_entries(
             return Err(corrupt(
                 "unexpected data after the end of the tar archive".into(),
             ));
+        }
+        padding += n as u64;
+        if padding > MAX_TAR_PADDING {
+            return Err(corrupt(format!(
+                "more than {MAX_TAR_PADDING} bytes of padding after the end of the tar archive \
+                 (a tar writer pads to one 10 KiB record at most): damaged or hostile"
+            )));
         }
     }
     Ok(Report {

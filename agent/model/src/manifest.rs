@@ -13,6 +13,16 @@ pub const FORMAT_VERSION: u32 = 1;
 pub const MANIFEST_FILE: &str = "manifest.json";
 pub const ARCHIVE_FILE: &str = "archive.tar.zst";
 
+/// The largest manifest read from storage. A manifest is read whole and
+/// parsed in memory, so a hostile or damaged one must not decide how much:
+/// one entry takes about 330 bytes of pretty-printed JSON (path, type,
+/// size, mode, owners, mtime, a 64-digit SHA-256), a partition dir about
+/// ten entries (the dir, `partition.metadata`, `leader-epoch-checkpoint`
+/// and three or four files per segment), so a large broker of 10,000
+/// partitions with a few segments each writes 20 to 40 MiB. 64 MiB leaves
+/// room above that and still bounds the memory a manifest can take.
+pub const MAX_MANIFEST_BYTES: u64 = 64 << 20;
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
@@ -110,8 +120,10 @@ pub struct Totals {
 }
 
 impl Totals {
-    /// Counts files, dirs, symlinks and file bytes of `entries`.
-    pub fn of(entries: &[EntryRecord]) -> Totals {
+    /// Counts files, dirs, symlinks and file bytes of `entries`. The sizes
+    /// of a manifest read back are untrusted: sizes that add up to more
+    /// than a u64 holds are refused, never wrapped.
+    pub fn of(entries: &[EntryRecord]) -> Result<Totals, String> {
         let mut t = Totals {
             files: 0,
             dirs: 0,
@@ -122,13 +134,20 @@ impl Totals {
             match e.kind {
                 EntryType::File => {
                     t.files += 1;
-                    t.bytes += e.size;
+                    t.bytes = t.bytes.checked_add(e.size).ok_or_else(|| {
+                        format!(
+                            "file sizes add up to more than {} bytes at {} ({} bytes)",
+                            u64::MAX,
+                            e.path,
+                            e.size
+                        )
+                    })?;
                 }
                 EntryType::Dir => t.dirs += 1,
                 EntryType::Symlink => t.symlinks += 1,
             }
         }
-        t
+        Ok(t)
     }
 }
 
@@ -196,6 +215,9 @@ impl Manifest {
             key: key.to_string(),
             message,
         };
+        if bytes.len() as u64 > MAX_MANIFEST_BYTES {
+            return Err(err(too_large(bytes.len() as u64)));
+        }
         let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
             err(format!(
                 "not valid JSON ({e}); the manifest is truncated or was edited"
@@ -238,14 +260,43 @@ impl Manifest {
                 return Err(format!("log dir {i} has prefix {:?}", d.archive_prefix));
             }
         }
+        // Every log dir's root comes first among its entries, once, and is
+        // a directory: a symlink or file there would be renamed into the
+        // target's place.
+        let mut roots = vec![false; self.log_dirs.len()];
         for e in &self.entries {
             if e.kind == EntryType::File && e.sha256.as_deref().map(|h| h.len()) != Some(64) {
                 return Err(format!("file {} has no valid sha256", e.path));
             }
             check_entry_path(&e.path, self.log_dirs.len())
                 .map_err(|r| format!("entry {:?}: {r}", e.path))?;
+            check_entry_mode(e.kind, e.mode).map_err(|r| format!("entry {:?}: {r}", e.path))?;
+            let (prefix, rest) = e.path.split_once('/').unwrap_or((&e.path, ""));
+            let index = (0..self.log_dirs.len())
+                .find(|&i| archive_prefix(i) == prefix)
+                .ok_or_else(|| format!("entry {:?}: no log dir prefix", e.path))?;
+            if rest.is_empty() {
+                if e.kind != EntryType::Dir {
+                    return Err(format!(
+                        "entry {:?}: the root of log dir {index} is a {:?}, not a directory",
+                        e.path, e.kind
+                    ));
+                }
+                if roots[index] {
+                    return Err(format!("entry {:?}: listed twice", e.path));
+                }
+                roots[index] = true;
+            } else if !roots[index] {
+                return Err(format!(
+                    "entry {:?} comes before the root of its log dir",
+                    e.path
+                ));
+            }
         }
-        let totals = Totals::of(&self.entries);
+        if let Some(i) = roots.iter().position(|&seen| !seen) {
+            return Err(format!("log dir {i} has no root directory entry"));
+        }
+        let totals = Totals::of(&self.entries)?;
         if totals != self.totals {
             return Err(format!(
                 "totals {:?} do not match its entries {:?}",
@@ -264,6 +315,63 @@ impl Manifest {
                     .strip_prefix(&prefix)
                     .is_some_and(|r| r.starts_with('/'))
         })
+    }
+}
+
+/// Why a manifest of more than [`MAX_MANIFEST_BYTES`] is refused.
+pub fn too_large(size: u64) -> String {
+    format!(
+        "is {size} bytes, more than the {MAX_MANIFEST_BYTES} a manifest may have \
+         (far above what a real broker's manifest needs): damaged or hostile"
+    )
+}
+
+/// Mode bits no Kafka log dir holds on a file: Kafka creates files with
+/// `0666 & !umask` and never changes their mode, so setuid, setgid or
+/// sticky bits on one mean the snapshot was not made from a log dir.
+const FILE_REFUSED: u32 = 0o7000;
+/// On a directory, setuid and sticky are refused the same way. Setgid is
+/// not: a dir created inside a setgid dir inherits the bit (an operator's
+/// `chmod g+s` on the log dir, or a Kubernetes `fsGroup` volume), so genuine
+/// snapshots hold setgid dirs; a restore clears it ([`restored_mode`]).
+const DIR_REFUSED: u32 = 0o5000;
+
+/// Whether an entry's recorded mode is one a Kafka log dir can hold.
+/// Refused at capture, verify and extract alike, naming the entry.
+pub fn check_entry_mode(kind: EntryType, mode: u32) -> Result<(), String> {
+    if mode & !0o7777 != 0 {
+        return Err(format!("mode {mode:o} has bits other than permissions"));
+    }
+    let refused = match kind {
+        EntryType::File => FILE_REFUSED,
+        EntryType::Dir => DIR_REFUSED,
+        // Linux ignores a symlink's mode; a restore never sets it.
+        EntryType::Symlink => 0,
+    };
+    if mode & refused != 0 {
+        return Err(format!(
+            "mode {mode:04o} has the setuid, setgid or sticky bit, which Kafka never gives a {}; \
+             refusing to restore it",
+            match kind {
+                EntryType::Dir => "directory",
+                _ => "file",
+            }
+        ));
+    }
+    Ok(())
+}
+
+/// The mode a restore gives an entry: the recorded one without
+/// world-write and without setgid. Neither is refused when verifying
+/// because a genuine snapshot can hold them (a broker run under umask 0
+/// writes 0666 files and 0777 dirs; setgid dirs, see [`DIR_REFUSED`]), but
+/// a restore must not leave a tree any local user may write into or one
+/// that hands new files a group the snapshot chose; the broker needs
+/// neither.
+pub fn restored_mode(kind: EntryType, mode: u32) -> u32 {
+    match kind {
+        EntryType::Symlink => mode,
+        _ => mode & 0o0775,
     }
 }
 

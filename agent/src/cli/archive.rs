@@ -133,9 +133,15 @@ pub struct ExtractArgs {
     /// One target dir per log dir of the snapshot, in manifest order.
     #[arg(long, num_args = 1.., required_unless_present = "original_paths", conflicts_with = "original_paths")]
     into: Vec<PathBuf>,
-    /// Restore every log dir to the path it was snapshotted from.
+    /// Restore every log dir to the path it was snapshotted from; each must
+    /// be one of this node's log dirs, read from --server-properties or from
+    /// the log dirs of --config.
     #[arg(long)]
     original_paths: bool,
+    /// This node's server.properties (log.dirs, metadata.log.dir): the only
+    /// paths --original-paths restores into.
+    #[arg(long, requires = "original_paths")]
+    server_properties: Option<PathBuf>,
     /// Restore over dirs whose meta.properties names another cluster or broker.
     #[arg(long)]
     allow_other_identity: bool,
@@ -246,7 +252,20 @@ fn verify_cmd(a: VerifyArgs) -> Result<ExitCode> {
 fn extract_cmd(a: ExtractArgs) -> Result<ExitCode> {
     let (store, snap) = find(&a.snap)?;
     let targets = if a.original_paths {
-        original_targets(&catalog::load_manifest(store.as_ref(), &snap)?)
+        // The manifest says where the dirs were; only this node's own
+        // configuration says where log dirs may be.
+        let configured = match (&a.server_properties, a.snap.store.config()?) {
+            (Some(p), _) => logdir::log_dirs_from_server_properties(p)?,
+            (None, Some(cfg)) => cfg.log_dirs()?,
+            (None, None) => {
+                return Err(Error::Usage(
+                    "--original-paths restores only into this node's configured log dirs: \
+                     give --server-properties FILE or --config FILE to name them"
+                        .into(),
+                ))
+            }
+        };
+        original_targets(&catalog::load_manifest(store.as_ref(), &snap)?, &configured)?
     } else {
         a.into.clone()
     };

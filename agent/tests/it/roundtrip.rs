@@ -111,6 +111,10 @@ fn copy_round_trip_on_ext4_and_auto_falls_back_to_copy() {
     // Restore over the original dirs: they are moved aside, not deleted.
     let before: Vec<_> = dirs.iter().map(|d| tree(d, NOT_ARCHIVED)).collect();
     fs::write(dirs[0].join("orders-0/stray-file"), b"operator data").unwrap();
+    // --original-paths restores only into the log dirs the node's own
+    // server.properties names.
+    let props = t.path().join("server.properties");
+    fs::write(&props, format!("log.dirs={}\n", dirs_arg(&dirs))).unwrap();
     run(
         &[
             "archive",
@@ -120,6 +124,8 @@ fn copy_round_trip_on_ext4_and_auto_falls_back_to_copy() {
             "--snapshot",
             id,
             "--original-paths",
+            "--server-properties",
+            &props.display().to_string(),
         ],
         0,
     );
