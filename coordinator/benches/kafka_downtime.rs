@@ -200,12 +200,17 @@ fn one_size(root: &Path, label: &str, bytes: u64, pairs: usize) -> Value {
     })
 }
 
-/// Waits until every broker is in every ISR, then a little longer: the
-/// previous run's restart must not overlap the next one's stop.
+/// Waits until every broker is in every ISR with its preferred
+/// leaderships back, then a little longer: each run starts from the same
+/// state (a broker that leads nothing stops faster) and the previous run's
+/// restart must not overlap the next one's stop.
 fn settle(cluster: &KafkaCluster) {
     cluster
         .wait_in_sync(Duration::from_secs(300))
         .expect("cluster in sync");
+    cluster
+        .elect_preferred_leaders(Duration::from_secs(120))
+        .expect("preferred leaders");
     std::thread::sleep(Duration::from_secs(5));
 }
 

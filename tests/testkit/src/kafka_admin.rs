@@ -23,7 +23,7 @@ use kafka_protocol::messages::incremental_alter_configs_request::{
 };
 use kafka_protocol::messages::{
     AlterPartitionReassignmentsRequest, AlterReplicaLogDirsRequest, BrokerId, CreateTopicsRequest,
-    DeleteTopicsRequest, IncrementalAlterConfigsRequest, TopicName,
+    DeleteTopicsRequest, ElectLeadersRequest, IncrementalAlterConfigsRequest, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 
@@ -44,6 +44,11 @@ fn s(v: &str) -> StrBytes {
 fn topic(name: &str) -> TopicName {
     TopicName(s(name))
 }
+
+/// ElectLeaders' election type for the preferred (first) replica.
+const ELECTION_PREFERRED: i8 = 0;
+/// ElectLeaders: the preferred replica already leads.
+const ELECTION_NOT_NEEDED: i16 = 84;
 
 /// A dynamic config change: `Some(value)` sets, `None` deletes the key.
 pub type ConfigChange<'a> = (&'a str, Option<&'a str>);
@@ -128,6 +133,45 @@ impl KafkaCluster {
         }
         let rf = replicas.iter().map(Vec::len).max().unwrap_or(0);
         self.wait_topic_ready(name, replicas.len(), rf)
+    }
+
+    /// Moves leadership of every partition back to its preferred replica
+    /// (`kafka-leader-election --election-type preferred
+    /// --all-topic-partitions`) and waits until Metadata shows it: after a
+    /// restart a broker leads nothing until the next automatic rebalance,
+    /// which makes its next stop cheaper than the first.
+    pub fn elect_preferred_leaders(&self, timeout: Duration) -> Result<()> {
+        let req = ElectLeadersRequest::default()
+            .with_election_type(ELECTION_PREFERRED)
+            .with_topic_partitions(None)
+            .with_timeout_ms(30_000);
+        let resp = self.controller(Duration::from_secs(35))?.send(&req, 2)?;
+        ensure!(
+            resp.error_code == 0,
+            "preferred leader election: error {}",
+            resp.error_code
+        );
+        for t in &resp.replica_election_results {
+            for p in &t.partition_result {
+                ensure!(
+                    p.error_code == 0 || p.error_code == ELECTION_NOT_NEEDED,
+                    "preferred leader election of {}-{}: error {} {:?}",
+                    t.topic.0.as_str(),
+                    p.partition_id,
+                    p.error_code,
+                    p.error_message
+                );
+            }
+        }
+        self.wait_for(timeout, "every preferred replica leading", || {
+            self.metadata().is_ok_and(|md| {
+                md.topics.iter().all(|t| {
+                    t.partitions
+                        .iter()
+                        .all(|p| p.replica_nodes.first() == Some(&p.leader_id))
+                })
+            })
+        })
     }
 
     /// Deletes `name` and waits until Metadata no longer lists it.
