@@ -173,6 +173,13 @@ pub fn format_status(s: &StatusView) -> String {
                 .unwrap_or("waiting for the cluster to be back in sync")
         ),
     };
+    out.push_str(&format!(
+        "cluster:  {}\n",
+        s.cluster_id.as_deref().unwrap_or(
+            "UNKNOWN (not reached yet, and no [cluster] id): no snapshot is listed, kept, \
+             deleted or restored until it is known"
+        )
+    ));
     out.push_str(&format!("lease:    {lease}\n"));
     out.push_str(&format!(
         "schedule: {}{}; next due {}\n",
@@ -273,6 +280,20 @@ pub fn format_status(s: &StatusView) -> String {
                 .as_ref()
                 .map(|e| format!("broker {}: {e}", b.broker))
         })
+        .chain(
+            s.brokers
+                .iter()
+                .filter(|b| b.clock_skewed_snapshots > 0)
+                .map(|b| {
+                    format!(
+                "broker {}: {} snapshot(s) committed by a clock far from the coordinator's \
+                 (see SKEW in `snapshots`): check the clock of {}",
+                b.broker,
+                b.clock_skewed_snapshots,
+                b.hostname.as_deref().unwrap_or("its host")
+            )
+                }),
+        )
         .chain(s.cycle.iter().flat_map(|c| {
             c.brokers.iter().filter_map(|b| {
                 b.reason
@@ -290,6 +311,22 @@ pub fn format_status(s: &StatusView) -> String {
     out
 }
 
+/// `committed - seen` when beyond the limit the coordinator flags ("CLOCK
+/// +3d 2h"), "-" otherwise.
+fn skew(ms: Option<i64>) -> String {
+    let limit = crate::engine::CLOCK_SKEW_LIMIT.as_millis() as u64;
+    match ms.filter(|ms| ms.unsigned_abs() > limit) {
+        Some(ms) => format!(
+            "CLOCK {}{}",
+            if ms < 0 { "-" } else { "+" },
+            crate::schedule::humantime(std::time::Duration::from_secs(ms.unsigned_abs() / 1000))
+        ),
+        None => "-".into(),
+    }
+}
+
+/// The catalog as a table. COMMITTED is the agent's clock; SEEN the
+/// coordinator's, which orders and ages snapshots.
 pub fn format_snapshots(rows: &[SnapshotRow]) -> String {
     let rows: Vec<Vec<String>> = rows
         .iter()
@@ -298,6 +335,8 @@ pub fn format_snapshots(rows: &[SnapshotRow]) -> String {
                 s.broker.to_string(),
                 s.snapshot_id.clone(),
                 s.committed.clone(),
+                s.seen_at.clone().unwrap_or_else(|| "-".into()),
+                skew(s.clock_skew_ms),
                 s.capture.clone(),
                 human_bytes(s.data_bytes),
                 human_bytes(s.archive_bytes),
@@ -317,6 +356,8 @@ pub fn format_snapshots(rows: &[SnapshotRow]) -> String {
             "BROKER",
             "SNAPSHOT",
             "COMMITTED",
+            "SEEN",
+            "SKEW",
             "CAPTURE",
             "DATA",
             "ARCHIVE",
@@ -642,7 +683,11 @@ pub async fn prune(api: &Api, dry_run: bool, json: bool) -> Result<bool> {
             );
         }
         for (b, why) in &r.held {
-            println!("left broker {b} alone: {why}");
+            if why.starts_with("snapshot ") {
+                println!("broker {b}: {why}");
+            } else {
+                println!("left broker {b} alone: {why}");
+            }
         }
         if let Some(e) = &r.error {
             eprintln!("stopped at a storage error: {e}");
@@ -668,6 +713,9 @@ pub async fn rebuild(api: &Api, json: bool) -> Result<()> {
         );
         for s in &r.skipped {
             println!("  not listed: {s}");
+        }
+        for (cluster, n) in &r.other_clusters {
+            println!("  not listed: {n} snapshot(s) of another cluster, {cluster}");
         }
     }
     Ok(())

@@ -31,6 +31,8 @@ pub struct CoordinatorConfig {
     pub kafka: KafkaSection,
     #[serde(default)]
     pub gate: CoordinatorGate,
+    #[serde(default)]
+    pub cluster: ClusterSection,
     /// Set after parsing: the schedule, checked.
     #[serde(skip)]
     pub parsed_schedule: Option<Schedule>,
@@ -150,6 +152,21 @@ fn opt_duration<'de, D: serde::Deserializer<'de>>(
     d: D,
 ) -> std::result::Result<Option<Duration>, D::Error> {
     duration(d).map(Some)
+}
+
+/// Which Kafka cluster this coordinator works for. Cold storage may be
+/// shared by several clusters (one coordinator each): only snapshots of
+/// this cluster.id are listed, kept, deleted or restored, and an agent
+/// reporting a snapshot of another cluster is refused.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSection {
+    /// The `cluster.id` of the brokers' `meta.properties`. Without it the
+    /// coordinator asks the cluster (Metadata) the first time it reaches
+    /// it and keeps the answer in its database; with it, a cluster that
+    /// answers with another id is refused. Set it to rebuild the catalog
+    /// of a cluster that cannot be reached (a restore after losing it).
+    pub id: Option<String>,
 }
 
 /// The coordinator's own cluster check before it grants a lease.
@@ -279,6 +296,19 @@ impl CoordinatorConfig {
         }
         if self.gate.check_interval.is_zero() {
             bad("gate.check_interval", "must be more than 0".into());
+        }
+        if let Some(id) = &self.cluster.id {
+            // The first component of every key in cold storage.
+            let ok = !id.is_empty()
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !ok {
+                bad(
+                    "cluster.id",
+                    format!("{id:?} is not a Kafka cluster.id (letters, digits, '-' and '_')"),
+                );
+            }
         }
         if let Err(found) = self.storage.validate() {
             problems.extend(found);

@@ -63,13 +63,19 @@ pub fn run_retention(s: &Shared, dry_run: bool) -> PruneResult {
     };
     for d in &plan.delete {
         if !dry_run {
-            let r = delete_one(s, d);
-            if let Err(e) = r {
-                out.error = Some(format!(
-                    "snapshot {} of broker {}: {e}",
-                    d.snapshot_id, d.broker
-                ));
-                break;
+            match delete_one(s, d) {
+                Ok(None) => {}
+                Ok(Some(kept)) => {
+                    out.held.push((d.broker, kept));
+                    continue;
+                }
+                Err(e) => {
+                    out.error = Some(format!(
+                        "snapshot {} of broker {}: {e}",
+                        d.snapshot_id, d.broker
+                    ));
+                    break;
+                }
             }
         }
         out.deleted.push(PrunedView {
@@ -88,10 +94,13 @@ pub fn run_retention(s: &Shared, dry_run: bool) -> PruneResult {
 
 /// Out of the catalog first, then out of cold storage (see
 /// `Engine::begin_deletion`). Each engine call is its own statement: the
-/// engine lock must not be held while storage is worked on.
-fn delete_one(s: &Shared, d: &retention::Deletion) -> std::result::Result<(), String> {
+/// engine lock must not be held while storage is worked on. `Some`: kept,
+/// and why (a restore order made since the plan reads it).
+fn delete_one(s: &Shared, d: &retention::Deletion) -> std::result::Result<Option<String>, String> {
     let begun = s.engine().begin_deletion(d, Utc::now());
-    begun.map_err(|e| e.to_string())?;
+    if let Some(kept) = begun.map_err(|e| e.to_string())? {
+        return Ok(Some(kept));
+    }
     if let Err(e) = delete_from_store(s.store.as_ref(), d) {
         let e = e.to_string();
         let recorded = s.engine().deletion_failed(d, &e, Utc::now());
@@ -101,7 +110,7 @@ fn delete_one(s: &Shared, d: &retention::Deletion) -> std::result::Result<(), St
         return Err(e);
     }
     let done = s.engine().mark_deleted(d, Utc::now());
-    done.map_err(|e| e.to_string())
+    done.map(|()| None).map_err(|e| e.to_string())
 }
 
 fn delete_from_store(store: &dyn ColdStore, d: &retention::Deletion) -> Result<()> {
@@ -121,12 +130,35 @@ pub enum RebuildError {
     Engine(ApiError),
 }
 
+/// Rebuilds the catalog from the manifests in cold storage: of this
+/// coordinator's cluster only. Another cluster's snapshots in the same
+/// store are counted and logged, never listed (so never kept, deleted or
+/// restored by this coordinator).
 pub fn rebuild_catalog(s: &Shared) -> std::result::Result<RebuildResult, RebuildError> {
+    let ours = s
+        .engine()
+        .cluster_id()
+        .map_err(RebuildError::Engine)?
+        .ok_or_else(|| {
+            RebuildError::Engine(ApiError::Unavailable(
+                "catalog rebuild: this coordinator does not know its cluster.id yet (it has not \
+                 reached the cluster): set [cluster] id in its config, or wait until it reaches \
+                 the cluster; nothing was changed"
+                    .into(),
+            ))
+        })?;
     let listed = catalog::list(s.store.as_ref(), None, None)
         .map_err(|e| RebuildError::Storage(format!("listing cold storage: {e}")))?;
     let mut found = Vec::new();
     let mut skipped = Vec::new();
+    let mut others: std::collections::BTreeMap<String, usize> = Default::default();
     for l in listed {
+        if l.snap.cluster_id != ours {
+            if matches!(l.status, catalog::Status::Complete(_)) {
+                *others.entry(l.snap.cluster_id.clone()).or_default() += 1;
+            }
+            continue;
+        }
         match l.status {
             catalog::Status::Complete(m) => {
                 found.push(kafka_snapshot_model::protocol::SnapshotSummary::of(&m))
@@ -139,14 +171,23 @@ pub fn rebuild_catalog(s: &Shared) -> std::result::Result<RebuildResult, Rebuild
             }
         }
     }
+    let others: Vec<(String, usize)> = others.into_iter().collect();
+    for (cluster, n) in &others {
+        tracing::info!(
+            cluster = %cluster,
+            snapshots = n,
+            "catalog rebuild: cold storage holds snapshots of another cluster; left alone"
+        );
+    }
     let (before, after) = s
         .engine()
-        .rebuild_catalog(&found, Utc::now())
+        .rebuild_catalog(&found, &others, Utc::now())
         .map_err(RebuildError::Engine)?;
     Ok(RebuildResult {
         before,
         after,
         skipped,
+        other_clusters: others,
     })
 }
 
@@ -290,5 +331,214 @@ async fn tick_loop(
         } else if needs.prune && !s.cfg().retention.prune_after_cycle {
             let _ = s.engine().prune_done(None, Utc::now());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::Engine;
+    use kafka_snapshot::archive::ArchiveOptions;
+    use kafka_snapshot::snapshot::{capture, BrokerTimes, CaptureRequest};
+    use kafka_snapshot::storage::{FileStore, ObjectMeta, ObjectWriter};
+    use kafka_snapshot_model::manifest::CaptureMode;
+    use std::io::Read;
+    use std::path::Path;
+    use std::sync::atomic::AtomicBool;
+
+    const OURS: &str = "JobsTestClusterAAAAAAA";
+    const THEIRS: &str = "JobsTestClusterBBBBBBB";
+
+    fn record(case: &str, inputs: u64) {
+        kafka_snapshot_testkit::report::record("security", case, &[("inputs", inputs)]);
+    }
+
+    /// Commits a snapshot of `broker` of `cluster` (small generated log
+    /// dirs under `root`) to the file store at `store`.
+    fn commit(root: &Path, store: &Path, cluster: &str, broker: i32, seed: u64) -> String {
+        let dirs = vec![root.join(format!("data/{cluster}-{broker}-{seed}/logs"))];
+        let mut spec = kafka_snapshot_testkit::Spec::small(cluster, broker, dirs.clone());
+        spec.seed = seed;
+        kafka_snapshot_testkit::generate(&spec).unwrap();
+        let c = capture(&CaptureRequest {
+            log_dirs: dirs,
+            mode: CaptureMode::Copy,
+            allow_unclean: false,
+            staging_min_free: kafka_snapshot::settings::FreeSpace::Percent(1.0),
+        })
+        .unwrap();
+        let store = FileStore::new(store.to_path_buf()).unwrap();
+        let times = BrokerTimes {
+            stopped: None,
+            restarted: None,
+        };
+        c.commit(&store, &ArchiveOptions::default(), times)
+            .unwrap()
+            .snapshot_id
+    }
+
+    /// The file store, except that while `failing` every archive read
+    /// fails once half of the object has been read: a connection reset in
+    /// the middle of the stream, as S3 or an NFS mount going away does.
+    struct HalfReadable {
+        inner: FileStore,
+        failing: Arc<AtomicBool>,
+    }
+
+    struct FailsHalfway {
+        inner: Box<dyn Read + Send>,
+        left: u64,
+    }
+
+    impl Read for FailsHalfway {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if self.left == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "operation timed out",
+                ));
+            }
+            let max = buf.len().min(self.left as usize);
+            let n = self.inner.read(&mut buf[..max])?;
+            self.left -= n as u64;
+            Ok(n)
+        }
+    }
+
+    impl ColdStore for HalfReadable {
+        fn location(&self) -> String {
+            self.inner.location()
+        }
+        fn create(&self, key: &str) -> Result<Box<dyn ObjectWriter>> {
+            self.inner.create(key)
+        }
+        fn open(&self, key: &str) -> Result<Box<dyn Read + Send>> {
+            let inner = self.inner.open(key)?;
+            if !self.failing.load(Ordering::SeqCst) || !key.ends_with("archive.tar.zst") {
+                return Ok(inner);
+            }
+            let size = self.inner.stat(key)?.unwrap_or(0);
+            Ok(Box::new(FailsHalfway {
+                inner,
+                left: size / 2,
+            }))
+        }
+        fn stat(&self, key: &str) -> Result<Option<u64>> {
+            self.inner.stat(key)
+        }
+        fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>> {
+            self.inner.list(prefix)
+        }
+        fn delete(&self, key: &str) -> Result<()> {
+            self.inner.delete(key)
+        }
+    }
+
+    fn shared(dir: &Path, store: Arc<dyn ColdStore>, keep_last: u32) -> Shared {
+        let mut cfg = crate::shared::tests::config(dir, &format!("[cluster]\nid = \"{OURS}\""));
+        cfg.retention.keep_last = keep_last;
+        let engine = Engine::new(crate::store::open_in_memory(), cfg.clone());
+        Shared::new(cfg, engine, store).unwrap()
+    }
+
+    /// Hole 5: cold storage failing in the middle of reading an archive
+    /// back made the coordinator record the snapshot as FAILED for good.
+    /// It is not verified, retried, and verified once storage reads again.
+    #[test]
+    fn a_storage_error_in_the_middle_of_verification_is_retried_not_recorded() {
+        let t = tempfile::tempdir().unwrap();
+        let id = commit(t.path(), t.path(), OURS, 1, 1);
+        let failing = Arc::new(AtomicBool::new(true));
+        let store = HalfReadable {
+            inner: FileStore::new(t.path().to_path_buf()).unwrap(),
+            failing: failing.clone(),
+        };
+        let s = shared(t.path(), Arc::new(store), 7);
+        rebuild_catalog(&s).map_err(|e| format!("{e:?}")).unwrap();
+        for attempt in 0..3 {
+            assert!(
+                !verify_one(&s, OURS, 1, &id),
+                "attempt {attempt}: an unreadable archive is not a verification result"
+            );
+            let rows = s.engine().snapshots(None).unwrap();
+            assert_eq!(
+                (rows[0].verify_ok, rows[0].verified_at.as_deref()),
+                (None, None),
+                "attempt {attempt}: {:?}",
+                rows[0].verify_message
+            );
+        }
+        assert_eq!(
+            s.engine().next_unverified().unwrap().map(|n| n.2),
+            Some(id.clone()),
+            "still waiting for its verification"
+        );
+        // The protection stays: it is the newest snapshot not known to be bad.
+        let order = s
+            .engine()
+            .create_restore(1, None, false, Utc::now())
+            .unwrap();
+        assert_eq!(order.snapshot_id, id);
+        failing.store(false, Ordering::SeqCst);
+        assert!(verify_one(&s, OURS, 1, &id));
+        let rows = s.engine().snapshots(None).unwrap();
+        assert_eq!(
+            rows[0].verify_ok,
+            Some(true),
+            "{:?}",
+            rows[0].verify_message
+        );
+        record(
+            "5. a storage error mid-verification is retried, never recorded as failed",
+            3,
+        );
+    }
+
+    /// Hole 2: two clusters share one store. The rebuild lists only this
+    /// coordinator's cluster (counting the other's), and retention never
+    /// deletes the other's snapshots of a broker with the same id.
+    #[test]
+    fn rebuild_and_retention_leave_another_clusters_snapshots_alone() {
+        let t = tempfile::tempdir().unwrap();
+        let a1 = commit(t.path(), t.path(), OURS, 1, 1);
+        let a2 = commit(t.path(), t.path(), OURS, 1, 2);
+        let b: Vec<String> = (3..=5)
+            .map(|seed| commit(t.path(), t.path(), THEIRS, 1, seed))
+            .collect();
+        let store = FileStore::new(t.path().to_path_buf()).unwrap();
+        let s = shared(t.path(), Arc::new(store), 1);
+        let r = rebuild_catalog(&s).map_err(|e| format!("{e:?}")).unwrap();
+        assert_eq!(r.after, 2);
+        assert_eq!(r.other_clusters, vec![(THEIRS.to_string(), 3)]);
+        let listed: Vec<String> = s
+            .engine()
+            .snapshots(None)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.snapshot_id)
+            .collect();
+        assert_eq!(listed, [a1.clone(), a2.clone()]);
+        let pruned = run_retention(&s, false);
+        assert_eq!(pruned.error, None);
+        let gone: Vec<&str> = pruned
+            .deleted
+            .iter()
+            .map(|d| d.snapshot_id.as_str())
+            .collect();
+        assert_eq!(gone, [a1.as_str()]);
+        for id in &b {
+            let m = t
+                .path()
+                .join(THEIRS)
+                .join("broker-1")
+                .join(id)
+                .join("manifest.json");
+            assert!(m.exists(), "{} was deleted", m.display());
+        }
+        assert!(t.path().join(OURS).join("broker-1").join(&a2).exists());
+        record(
+            "2. a rebuild and retention leave another cluster's snapshots alone",
+            5,
+        );
     }
 }

@@ -61,12 +61,32 @@ pub fn render(
     o.family(
         &n,
         "gauge",
-        "Commit time of the newest snapshot in the catalog, per broker.",
+        "When the coordinator learned of the newest snapshot in the catalog (by its own clock, \
+         not the agent's), per broker.",
+    );
+    let now_secs = now.timestamp_millis() as f64 / 1000.0;
+    for b in &status.brokers {
+        if let Some(age) = b.last_snapshot_age_seconds {
+            o.sample(
+                &n,
+                &[("broker", &b.broker.to_string())],
+                (now_secs - age as f64).floor(),
+            );
+        }
+    }
+    let n = format!("{P}_clock_skewed_snapshots");
+    o.family(
+        &n,
+        "gauge",
+        "Snapshots in the catalog whose agent's commit time is more than 10m from the \
+         coordinator's clock when it learned of them (a wrong clock on the broker host), per broker.",
     );
     for b in &status.brokers {
-        if let Some(t) = b.last_snapshot_at.as_deref().and_then(secs) {
-            o.sample(&n, &[("broker", &b.broker.to_string())], t);
-        }
+        o.sample(
+            &n,
+            &[("broker", &b.broker.to_string())],
+            b.clock_skewed_snapshots as f64,
+        );
     }
     let n = format!("{P}_last_snapshot_size_bytes");
     o.family(
@@ -244,7 +264,7 @@ pub fn render(
 
     // Counters kept in the database.
     let counters = e.counters()?;
-    let families: [(&str, &str, &str); 6] = [
+    let families: [(&str, &str, &str); 7] = [
         (
             "failures_total",
             "broker,reason",
@@ -274,6 +294,11 @@ pub fn render(
             "verify_failures_total",
             "broker",
             "Snapshots that failed verification.",
+        ),
+        (
+            "clock_skew_total",
+            "broker",
+            "Snapshots whose agent's commit time was more than 10m from the coordinator's clock.",
         ),
     ];
     for (name, labels, help) in families {
@@ -306,7 +331,8 @@ mod tests {
         let mut e = engine();
         let mut s = crate::engine::tests::summary(2, "s2");
         s.committed = secs(0);
-        crate::store::snapshots::upsert(e.conn(), &s, "agent").unwrap();
+        let seen = crate::store::snapshots::Seen::reported(s.committed, secs(0));
+        crate::store::snapshots::upsert(e.conn(), &s, "agent", seen).unwrap();
         let text = render(&e, &BTreeSet::new(), secs(600)).unwrap();
         for line in [
             "kafka_snapshot_unverified_snapshots{broker=\"2\"} 1\n",

@@ -7,8 +7,14 @@
 //!   built) is left alone;
 //! - the newest snapshot that passed verification is never deleted (nor,
 //!   while none has, the newest one not known to be bad);
+//! - a snapshot a restore order still reads (pending or running, of this
+//!   broker or, forced, of another) is kept;
 //! - otherwise a snapshot goes when it is beyond the newest `keep_last`, or
 //!   older than `max_age`.
+//!
+//! "Newest" and "older" are by the coordinator's clock (`seen`: when it
+//! learned of the snapshot), never by the agent's commit time: one broker
+//! host with a wrong clock must not make every real snapshot look old.
 
 use chrono::{DateTime, Utc};
 use std::collections::{BTreeMap, BTreeSet};
@@ -19,10 +25,13 @@ pub struct Candidate {
     pub snapshot_id: String,
     pub cluster_id: String,
     pub broker: i32,
-    pub committed: DateTime<Utc>,
+    /// When the coordinator learned of it, by its own clock.
+    pub seen: DateTime<Utc>,
     /// `Some(true)` verified, `Some(false)` failed verification, `None` not
     /// verified yet.
     pub verified: Option<bool>,
+    /// The restore order (pending or running) that reads it.
+    pub read_by_restore: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,7 +46,8 @@ pub struct Deletion {
 pub struct Plan {
     /// Oldest first, the order they are deleted in.
     pub delete: Vec<Deletion>,
-    /// Brokers left alone, and why.
+    /// Brokers left alone, and snapshots kept that would otherwise go,
+    /// and why.
     pub held: Vec<(i32, String)>,
 }
 
@@ -64,7 +74,7 @@ pub fn plan(
             continue;
         }
         // Newest first; ids are time-ordered and break ties.
-        snaps.sort_by(|a, b| (b.committed, &b.snapshot_id).cmp(&(a.committed, &a.snapshot_id)));
+        snaps.sort_by(|a, b| (b.seen, &b.snapshot_id).cmp(&(a.seen, &a.snapshot_id)));
         // Until one is verified, the newest not known to be bad stands in.
         let protected = snaps
             .iter()
@@ -76,7 +86,7 @@ pub fn plan(
             if protected.as_deref() == Some(s.snapshot_id.as_str()) {
                 continue;
             }
-            let age = (now - s.committed).to_std().unwrap_or(Duration::ZERO);
+            let age = (now - s.seen).to_std().unwrap_or(Duration::ZERO);
             let reason = if i >= policy.keep_last {
                 format!("beyond the newest {} (keep_last)", policy.keep_last)
             } else if let Some(max) = policy.max_age.filter(|m| age > *m) {
@@ -88,6 +98,16 @@ pub fn plan(
             } else {
                 continue;
             };
+            if let Some(order) = s.read_by_restore {
+                out.held.push((
+                    broker,
+                    format!(
+                        "snapshot {} kept: restore order {order} reads it",
+                        s.snapshot_id
+                    ),
+                ));
+                continue;
+            }
             doomed.push(Deletion {
                 snapshot_id: s.snapshot_id.clone(),
                 cluster_id: s.cluster_id.clone(),
@@ -117,8 +137,9 @@ mod tests {
                 snapshot_id: format!("b{b}-d{d:02}"),
                 cluster_id: "c".into(),
                 broker: *b,
-                committed: day(*d),
+                seen: day(*d),
                 verified: *v,
+                read_by_restore: None,
             })
             .collect()
     }

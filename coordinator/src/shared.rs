@@ -10,7 +10,7 @@ use kafka_snapshot::storage::ColdStore;
 use kafka_snapshot::{Error, Result};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
@@ -31,6 +31,9 @@ pub struct Shared {
     /// Brokers the cluster listed, at the last look, that no `[[agents]]`
     /// entry covers; and when that look was.
     uncovered: Mutex<(Option<Instant>, BTreeSet<i32>)>,
+    /// The cluster answered with this coordinator's cluster.id (asked once
+    /// per process, at the first look that reaches it).
+    cluster_checked: AtomicBool,
 }
 
 /// The config and what is derived from it for authentication.
@@ -83,6 +86,7 @@ impl Shared {
             pruning: AtomicBool::new(false),
             last_check: Mutex::new(None),
             uncovered: Mutex::new((None, BTreeSet::new())),
+            cluster_checked: AtomicBool::new(false),
         })
     }
 
@@ -110,6 +114,7 @@ impl Shared {
             ("[server]", differs(&old.server, &new.server)),
             ("[storage]", differs(&old.storage, &new.storage)),
             ("[kafka]", differs(&old.kafka, &new.kafka)),
+            ("[cluster]", differs(&old.cluster, &new.cluster)),
         ]
         .into_iter()
         .filter_map(|(name, changed)| changed.then_some(name))
@@ -145,8 +150,18 @@ impl Shared {
 
     /// The coordinator's own look at the cluster; every successful look
     /// also notes which brokers no agent covers.
+    /// The first look that reaches the cluster also asks its cluster.id:
+    /// the coordinator learns it (without `[cluster] id`), and a cluster
+    /// of another id fails every look, so nothing is granted on it.
     pub async fn view(&self) -> std::result::Result<ClusterView, String> {
         let v = self.kafka.view().await?;
+        if !self.cluster_checked.load(Ordering::SeqCst) {
+            let live = self.kafka.cluster_id().await?;
+            self.engine()
+                .learn_cluster_id(&live, chrono::Utc::now())
+                .map_err(|e| e.to_string())?;
+            self.cluster_checked.store(true, Ordering::SeqCst);
+        }
         let configured = self.cfg().brokers();
         let uncovered = v
             .brokers

@@ -47,8 +47,14 @@ fn a_broker_no_agent_covers_is_named() {
         assert!(std::time::Instant::now() < deadline, "{}", c.status());
         std::thread::sleep(Duration::from_millis(100));
     }
+    // The first look also learned which cluster this coordinator is for.
+    assert_eq!(c.status()["cluster_id"], json!(standin.cluster_id()));
     let out = c.cli_ok(&["status"], 0);
     assert!(out.contains("NOT COVERED: broker(s) [3]"), "{out}");
+    assert!(
+        out.contains(&format!("cluster:  {}", standin.cluster_id())),
+        "{out}"
+    );
     let metrics = reqwest::blocking::get(format!("{}/metrics", c.url))
         .unwrap()
         .text()

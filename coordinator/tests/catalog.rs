@@ -71,6 +71,8 @@ fn rebuild_verify_and_prune_against_cold_storage() {
         &format!("file://{}", store.display()),
     );
     spec.retention = "keep_last = 2\nverify_new = false\n".into();
+    // No cluster is reachable: the config names it.
+    spec.cluster = Some(CLUSTER.into());
     let mut c = Coordinator::create(&t.path().join("coord"), &spec);
     c.start();
     assert!(ids(&c).is_empty(), "a new coordinator knows no snapshot");

@@ -12,7 +12,8 @@ use kafka_snapshot_model::layout::SnapshotRef;
 use kafka_snapshot_model::manifest::{check_entry_path, EntryRecord, EntryType, Manifest};
 use std::io::{self, Read};
 use std::path::Path;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, OnceLock};
 
 /// Receives every entry's data while the archive is read.
 pub trait Visitor {
@@ -71,20 +72,47 @@ pub fn walk(
         }
         Some(_) => {}
     }
-    let source = store.open(&key)?;
+    let failed = Arc::new(OnceLock::new());
+    let source = SourceReader {
+        inner: store.open(&key)?,
+        read: 0,
+        failed: failed.clone(),
+    };
+    let broken = Arc::new(AtomicBool::new(false));
+    // A storage read that failed makes the decoder and the tar reader fail
+    // too, and they report it as damage: it is not. Neither was the
+    // archive read, so nothing is known about it (the Unavailable class:
+    // a verification that ends so is retried, never recorded as failed).
+    let unreadable = |e: &String| {
+        store.error(
+            &key,
+            format!("reading the archive of snapshot {id} failed ({e}); nothing is known about the snapshot, verify it again later"),
+        )
+    };
     // Decompression (and the archive hash) run on a thread of their own so
     // they overlap with hashing and writing the files on this one.
     std::thread::scope(|scope| {
         let (tx, rx) = mpsc::sync_channel::<io::Result<Vec<u8>>>(PIPELINE_DEPTH);
         let decoder = scope.spawn(move || decode(source, tx));
-        let result = check_entries(snap, m, visitor, ChunkReader::new(rx));
+        let result = check_entries(snap, m, visitor, ChunkReader::new(rx, broken.clone()));
         // Dropping the receiver (inside check_entries) stops the decoder
         // early when the entries failed.
         let raw = decoder
             .join()
             .unwrap_or_else(|_| Err(io::Error::other("the decoder thread panicked")));
+        // The entries failed on the decoder's error, and that error was a
+        // storage read: unreadable. Entries that failed on data read
+        // intact are damage, even if a read ahead failed meanwhile.
+        if let (Err(_), Some(e)) = (&result, failed.get()) {
+            if broken.load(Ordering::SeqCst) {
+                return Err(unreadable(e));
+            }
+        }
         let report = result?;
-        let (size, sha) = raw.map_err(|e| corrupt(format!("reading archive: {e}")))?;
+        let (size, sha) = raw.map_err(|e| match failed.get() {
+            Some(read) => unreadable(read),
+            None => corrupt(format!("reading archive: {e}")),
+        })?;
         if size != m.archive.size || sha != m.archive.sha256 {
             return Err(corrupt(format!(
                 "archive checksum mismatch: {size} bytes with SHA-256 {sha}, manifest says {} bytes with {}",
@@ -113,7 +141,7 @@ const CHUNK: usize = 1 << 20;
 /// Reads the compressed archive, hashing every byte of it, and sends the
 /// decompressed stream in chunks. Returns the archive's size and SHA-256.
 fn decode(
-    source: Box<dyn Read + Send>,
+    source: SourceReader,
     tx: mpsc::SyncSender<io::Result<Vec<u8>>>,
 ) -> io::Result<(u64, String)> {
     let mut raw = HashingReader::new(source);
@@ -150,21 +178,52 @@ fn decode(
     Ok((size, sha))
 }
 
+/// The archive as cold storage yields it, remembering the first read
+/// error: once zstd and tar have wrapped it, it can no longer be told from
+/// damage to the archive.
+struct SourceReader {
+    inner: Box<dyn Read + Send>,
+    read: u64,
+    failed: Arc<OnceLock<String>>,
+}
+
+impl Read for SourceReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self.inner.read(buf) {
+            Ok(n) => {
+                self.read += n as u64;
+                Ok(n)
+            }
+            Err(e) => {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    let at = self.read;
+                    self.failed
+                        .get_or_init(|| format!("read error after {at} bytes: {e}"));
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
 /// `Read` over the chunks the decoder thread sends.
 struct ChunkReader {
     rx: mpsc::Receiver<io::Result<Vec<u8>>>,
     chunk: Vec<u8>,
     pos: usize,
     done: bool,
+    /// Set when the stream ended with the decoder's error.
+    broken: Arc<AtomicBool>,
 }
 
 impl ChunkReader {
-    fn new(rx: mpsc::Receiver<io::Result<Vec<u8>>>) -> Self {
+    fn new(rx: mpsc::Receiver<io::Result<Vec<u8>>>, broken: Arc<AtomicBool>) -> Self {
         ChunkReader {
             rx,
             chunk: Vec::new(),
             pos: 0,
             done: false,
+            broken,
         }
     }
 }
@@ -182,6 +241,7 @@ impl Read for ChunkReader {
                 }
                 Ok(Err(e)) => {
                     self.done = true;
+                    self.broken.store(true, Ordering::SeqCst);
                     return Err(e);
                 }
                 Err(_) => {

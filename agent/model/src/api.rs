@@ -38,6 +38,16 @@ pub struct SnapshotRow {
     pub verify_ok: Option<bool>,
     pub verify_message: Option<String>,
     pub source: String,
+    /// When the coordinator learned of the snapshot, by its own clock: what
+    /// order and age (retention, the default restore pick) go by. For a
+    /// snapshot found by `catalog rebuild`, its commit time but never
+    /// later than the rebuild.
+    #[serde(default)]
+    pub seen_at: Option<String>,
+    /// `committed - seen_at` in milliseconds when known: how far the
+    /// agent's clock was off (or how late its report came).
+    #[serde(default)]
+    pub clock_skew_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -88,6 +98,10 @@ pub struct BrokerView {
     pub last_snapshot_bytes: Option<i64>,
     pub last_downtime_ms: Option<i64>,
     pub last_verified: Option<bool>,
+    /// Listed snapshots whose agent's commit time is far from when the
+    /// coordinator saw them (a wrong clock on the broker host).
+    #[serde(default)]
+    pub clock_skewed_snapshots: i64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -102,6 +116,11 @@ pub struct EventView {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StatusView {
     pub now: String,
+    /// The cluster.id this coordinator works for (config `[cluster] id`,
+    /// or learned from the cluster); `None` until known. Only its
+    /// snapshots are listed, kept, deleted or restored.
+    #[serde(default)]
+    pub cluster_id: Option<String>,
     pub schedule: String,
     pub suspended: bool,
     /// Why: `schedule.suspend` in the config, or what the operator said
@@ -173,6 +192,10 @@ pub struct RebuildResult {
     pub before: usize,
     pub after: usize,
     pub skipped: Vec<String>,
+    /// Complete snapshots of other clusters in the same store, per
+    /// cluster.id: left alone and not listed.
+    #[serde(default)]
+    pub other_clusters: Vec<(String, usize)>,
 }
 
 /// `POST /v1/suspend`: no scheduled cycle starts and no snapshot lease is

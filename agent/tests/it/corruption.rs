@@ -376,3 +376,126 @@ fn restore_into_a_dir_of_another_cluster_is_refused() {
     );
     report("restore over another cluster's log dir");
 }
+
+/// Cold storage whose archive reads fail after `fail_after` bytes, the way
+/// an S3 connection reset or an NFS server gone away fails a read in the
+/// middle of the stream. Everything else is the real file store.
+struct FailingStore {
+    inner: Box<dyn kafka_snapshot::storage::ColdStore>,
+    fail_after: u64,
+}
+
+struct FailingReader {
+    inner: Box<dyn std::io::Read + Send>,
+    left: u64,
+}
+
+impl std::io::Read for FailingReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.left == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "connection reset by peer",
+            ));
+        }
+        let max = buf.len().min(self.left as usize);
+        let n = self.inner.read(&mut buf[..max])?;
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+impl kafka_snapshot::storage::ColdStore for FailingStore {
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+    fn create(
+        &self,
+        key: &str,
+    ) -> kafka_snapshot::Result<Box<dyn kafka_snapshot::storage::ObjectWriter>> {
+        self.inner.create(key)
+    }
+    fn open(&self, key: &str) -> kafka_snapshot::Result<Box<dyn std::io::Read + Send>> {
+        let inner = self.inner.open(key)?;
+        if !key.ends_with("archive.tar.zst") {
+            return Ok(inner);
+        }
+        Ok(Box::new(FailingReader {
+            inner,
+            left: self.fail_after,
+        }))
+    }
+    fn stat(&self, key: &str) -> kafka_snapshot::Result<Option<u64>> {
+        self.inner.stat(key)
+    }
+    fn list(
+        &self,
+        prefix: &str,
+    ) -> kafka_snapshot::Result<Vec<kafka_snapshot::storage::ObjectMeta>> {
+        self.inner.list(prefix)
+    }
+    fn delete(&self, key: &str) -> kafka_snapshot::Result<()> {
+        self.inner.delete(key)
+    }
+}
+
+/// Security hole 5: a storage read that fails in the middle of `verify`
+/// was reported as a corrupt archive (zstd and tar wrap the reader's
+/// error), so an S3 outage marked a good snapshot FAILED for good. It is
+/// "unreadable" (the Unavailable class, retried), names the archive's key,
+/// and an intact read of the same archive still verifies.
+#[test]
+fn a_read_error_in_the_middle_of_verify_is_unreadable_not_corrupt() {
+    use kafka_snapshot_model::error::ErrorKind;
+    use kafka_snapshot_model::layout::SnapshotRef;
+    let f = fixture();
+    let len = fs::metadata(&f.archive).unwrap().len();
+    assert!(len > 1000, "the archive is {len} bytes");
+    let snap = SnapshotRef {
+        cluster_id: CLUSTER.into(),
+        broker: 5,
+        snapshot_id: f.id.clone(),
+    };
+    let open = || kafka_snapshot::storage::open_url(&store_url(&f.store)).unwrap();
+    let cuts = [0, 1, 100, len / 3, len / 2, len - 10, len - 1];
+    for fail_after in cuts {
+        let store = FailingStore {
+            inner: open(),
+            fail_after,
+        };
+        let e = kafka_snapshot::verify::verify(&store, &snap)
+            .map(|_| ())
+            .expect_err("a failed read cannot verify");
+        let msg = e.to_string();
+        assert_eq!(
+            e.kind(),
+            ErrorKind::Unavailable,
+            "read failing after {fail_after} of {len} bytes: {msg}"
+        );
+        assert!(e.is_unreadable(), "{msg}");
+        assert!(
+            msg.contains("archive.tar.zst") && msg.contains(&f.id) && msg.contains("reset"),
+            "the error names the object, the snapshot and the cause: {msg}"
+        );
+    }
+    // The same store reading to the end: the archive is good.
+    let whole = FailingStore {
+        inner: open(),
+        fail_after: u64::MAX,
+    };
+    kafka_snapshot::verify::verify(&whole, &snap).unwrap();
+    // Real damage read without a read error is still corrupt.
+    let mut bad = fs::read(&f.archive).unwrap();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0x5a;
+    fs::write(&f.archive, &bad).unwrap();
+    let e = kafka_snapshot::verify::verify(&whole, &snap)
+        .map(|_| ())
+        .expect_err("a flipped byte");
+    assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
+    kafka_snapshot_testkit::report::record(
+        "security",
+        "5. a storage read failing mid-verify is unreadable, not corrupt",
+        &[("inputs", cuts.len() as u64)],
+    );
+}

@@ -211,7 +211,17 @@ impl Engine {
                 snapshot,
                 downtime_ms,
             } => {
-                cx.record_committed(lease.cycle_id, broker, epoch, snapshot, Some(*downtime_ms))?;
+                let recorded = cx.record_committed(
+                    lease.cycle_id,
+                    broker,
+                    epoch,
+                    snapshot,
+                    Some(*downtime_ms),
+                );
+                if let Err(e) = recorded {
+                    drop(cx);
+                    return Err(self.refused_report(broker, epoch, e, now));
+                }
                 cx.ended_well(broker, epoch, from, true)?;
             }
             Outcome::Skipped { reason } => {
@@ -309,7 +319,10 @@ impl Engine {
         let broker = lease.broker;
         match &rep.result {
             ReportResult::Committed { snapshot } => {
-                cx.record_committed(lease.cycle_id, broker, epoch, snapshot, None)?;
+                if let Err(e) = cx.record_committed(lease.cycle_id, broker, epoch, snapshot, None) {
+                    drop(cx);
+                    return Err(self.refused_report(broker, epoch, e, now));
+                }
             }
             ReportResult::Failed {
                 snapshot_id,
@@ -332,6 +345,30 @@ impl Engine {
         }
         cx.commit()?;
         Ok(())
+    }
+
+    /// A committed snapshot the catalog refused (another cluster's, another
+    /// broker's): nothing of the request was applied, but the refusal is
+    /// recorded, since the agent may only log it.
+    fn refused_report(&mut self, broker: i32, epoch: i64, e: ApiError, now: Now) -> ApiError {
+        let level = match e {
+            ApiError::Unavailable(_) => EventLevel::Warning,
+            _ => EventLevel::Error,
+        };
+        let recorded = self.begin(now).and_then(|cx| {
+            cx.event(
+                level,
+                Some(broker),
+                Some(epoch),
+                "report_refused",
+                &e.to_string(),
+            )?;
+            cx.commit()
+        });
+        if let Err(db) = recorded {
+            tracing::error!(broker, epoch, "recording a refused report ({e}): {db}");
+        }
+        e
     }
 
     pub fn notice(&mut self, n: &Notice, now: Now) -> ApiResult<()> {

@@ -31,6 +31,8 @@ mod turns;
 #[cfg(test)]
 pub(crate) mod tests;
 
+pub use catalog::CLOCK_SKEW_LIMIT;
+
 use crate::config::CoordinatorConfig;
 use crate::state::{EventLevel, IllegalTransition};
 use crate::store::{events, Now};
@@ -46,6 +48,10 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// Not possible yet, for a reason that passes without anyone acting
+    /// (503: the caller retries).
+    #[error("{0}")]
+    Unavailable(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -171,6 +177,20 @@ impl Ctx<'_> {
 
     fn count(&self, name: &str, label: &str) -> rusqlite::Result<()> {
         events::count(&self.tx, name, label, 1)
+    }
+
+    /// The cluster.id this coordinator works for, if known.
+    fn cluster(&self) -> rusqlite::Result<Option<String>> {
+        cluster_of(&self.tx, self.cfg)
+    }
+}
+
+/// The cluster.id a coordinator works for: `[cluster] id`, else the one it
+/// learned from the cluster (see [`Engine::learn_cluster_id`]).
+fn cluster_of(c: &Connection, cfg: &CoordinatorConfig) -> rusqlite::Result<Option<String>> {
+    match &cfg.cluster.id {
+        Some(id) => Ok(Some(id.clone())),
+        None => events::meta(c, events::Meta::ClusterId),
     }
 }
 

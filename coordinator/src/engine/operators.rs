@@ -58,14 +58,28 @@ impl Engine {
                 "restore order {id} of broker {broker} is still open"
             )));
         }
+        // Only this cluster's snapshots: a store shared with another
+        // cluster may hold snapshots of a broker with the same id.
+        let Some(cluster) = cx.cluster()? else {
+            return Err(ApiError::Unavailable(
+                "this coordinator does not know its cluster.id yet (it has not reached the \
+                 cluster, and the config sets no [cluster] id): no snapshot can be chosen"
+                    .into(),
+            ));
+        };
         let found = match snapshot {
-            Some(id) => snapshots::find(&cx.tx, id)?,
-            None => snapshots::newest_usable(&cx.tx, broker)?,
+            Some(id) => snapshots::find(&cx.tx, Some(&cluster), id)?,
+            None => snapshots::newest_usable(&cx.tx, Some(&cluster), broker)?,
         };
         let Some((snapshot_id, cluster_id, of, verified)) = found else {
             return Err(ApiError::NotFound(match snapshot {
-                Some(id) => format!("snapshot {id} is not in the catalog (try `catalog rebuild`)"),
-                None => format!("broker {broker} has no usable snapshot in the catalog"),
+                Some(id) => format!(
+                    "snapshot {id} is not in the catalog of cluster {cluster} (try `catalog \
+                     rebuild`)"
+                ),
+                None => format!(
+                    "broker {broker} has no usable snapshot of cluster {cluster} in the catalog"
+                ),
             }));
         };
         if of != broker && !force {

@@ -26,10 +26,13 @@ pub struct Unverified {
 impl Engine {
     pub fn status(&self, now: Now) -> ApiResult<StatusView> {
         let c = &self.conn;
+        let cluster = self.cluster_id()?;
+        let cluster = cluster.as_deref();
+        let skew_limit = super::catalog::CLOCK_SKEW_LIMIT.as_millis() as i64;
         let mut views = Vec::new();
         for b in self.cfg.brokers() {
             let agent = brokers::agent(c, b)?;
-            let last = snapshots::newest(c, b)?;
+            let last = snapshots::newest(c, cluster, b)?;
             let (hostname, agent_last_seen, phase, broker_running, last_error) = match agent {
                 Some(a) => (
                     a.hostname,
@@ -47,15 +50,18 @@ impl Engine {
                 phase,
                 broker_running,
                 last_error,
-                snapshots: snapshots::count(c, b)?,
+                snapshots: snapshots::count(c, cluster, b)?,
                 last_snapshot_id: last.as_ref().map(|l| l.snapshot_id.clone()),
                 last_snapshot_at: last.as_ref().map(|l| l.committed.clone()),
+                // By the coordinator's clock: an agent's wrong clock must
+                // not make a broker look freshly snapshotted.
                 last_snapshot_age_seconds: last
                     .as_ref()
-                    .map(|l| (now - parse_ts(&l.committed)).num_seconds().max(0)),
+                    .map(|l| (now - parse_ts(&l.seen_at)).num_seconds().max(0)),
                 last_snapshot_bytes: last.as_ref().map(|l| l.archive_bytes),
                 last_downtime_ms: last.as_ref().and_then(|l| l.downtime_ms),
                 last_verified: last.as_ref().and_then(|l| l.verify_ok),
+                clock_skewed_snapshots: snapshots::skewed(c, cluster, b, skew_limit)?,
             });
         }
         let suspended_because = super::operators::suspension(
@@ -64,6 +70,7 @@ impl Engine {
         );
         Ok(StatusView {
             now: ts(now),
+            cluster_id: cluster.map(str::to_string),
             schedule: self.cfg.schedule().to_string(),
             suspended: suspended_because.is_some(),
             suspended_because,
@@ -83,7 +90,8 @@ impl Engine {
         if !self.cfg.retention.verify_new {
             return Ok(Vec::new());
         }
-        Ok(snapshots::unverified(&self.conn)?
+        let cluster = self.cluster_id()?;
+        Ok(snapshots::unverified(&self.conn, cluster.as_deref())?
             .into_iter()
             .map(|(broker, count, oldest)| Unverified {
                 broker,

@@ -35,6 +35,8 @@ poll_interval = "5s"
 url = "file:///mnt/s"
 [kafka]
 bootstrap_servers = ["k1:9092"]
+[cluster]
+id = "cluster-a"
 "#;
 
 pub(crate) fn engine() -> Engine {
@@ -96,6 +98,12 @@ pub(crate) fn summary(broker: i32, id: &str) -> SnapshotSummary {
         archive_sha256: "00".repeat(32),
         manifest_sha256: "11".repeat(32),
     }
+}
+
+/// Into the catalog as if its agent reported it at `seen`.
+pub(crate) fn list_snapshot(e: &Engine, s: &SnapshotSummary, seen: Now) {
+    let seen = crate::store::snapshots::Seen::reported(s.committed, seen);
+    crate::store::snapshots::upsert(e.conn(), s, "agent", seen).unwrap();
 }
 
 pub(crate) fn hb(broker: i32, epoch: u64, phase: Phase) -> Heartbeat {
@@ -416,7 +424,7 @@ fn restores_need_the_lease_and_go_first() {
         matches!(err, ApiError::NotFound(ref m) if m.contains("no usable snapshot")),
         "{err:?}"
     );
-    crate::store::snapshots::upsert(e.conn(), &summary(2, "s2"), "agent").unwrap();
+    list_snapshot(&e, &summary(2, "s2"), t0());
     let err = e.create_restore(7, None, false, t0()).unwrap_err();
     assert!(
         matches!(err, ApiError::NotFound(ref m) if m.contains("broker 7")),
@@ -603,7 +611,7 @@ fn a_suspended_coordinator_grants_no_snapshot_lease_and_counts_no_wait() {
         (1, "pending", 0)
     );
     // Restores still go.
-    crate::store::snapshots::upsert(e.conn(), &summary(2, "s2"), "agent").unwrap();
+    list_snapshot(&e, &summary(2, "s2"), t0());
     e.create_restore(2, None, false, secs(2001)).unwrap();
     assert!(matches!(
         poll_grant(&mut e, 2, secs(2002)),
@@ -668,7 +676,7 @@ fn cancelling_a_cycle_aborts_its_lease_the_careful_way() {
 #[test]
 fn cancelling_a_restore_order_ends_it_or_aborts_its_lease() {
     let mut e = engine();
-    crate::store::snapshots::upsert(e.conn(), &summary(2, "s2"), "agent").unwrap();
+    list_snapshot(&e, &summary(2, "s2"), t0());
     let waiting = e.create_restore(2, None, false, t0()).unwrap();
     let o = e.cancel_restore(waiting.id, secs(1)).unwrap();
     assert_eq!(o.state, "cancelled");
@@ -696,4 +704,362 @@ fn cancelling_a_restore_order_ends_it_or_aborts_its_lease() {
         e.cancel_restore(99, secs(8)),
         Err(ApiError::NotFound(_))
     ));
+}
+
+// ----- the catalog: clusters, clocks, restore orders -------------------------
+
+fn record(case: &str, inputs: u64) {
+    kafka_snapshot_testkit::report::record("security", case, &[("inputs", inputs)]);
+}
+
+fn day(d: i64) -> Now {
+    t0() + chrono::Duration::days(d)
+}
+
+/// A snapshot of `broker` of `cluster`, committed at `committed` by its
+/// agent's clock.
+fn snap(cluster: &str, broker: i32, id: &str, committed: Now) -> SnapshotSummary {
+    SnapshotSummary {
+        cluster_id: cluster.into(),
+        committed,
+        ..summary(broker, id)
+    }
+}
+
+fn plan(
+    e: &Engine,
+    keep_last: usize,
+    max_age_days: Option<u64>,
+    now: Now,
+) -> crate::retention::Plan {
+    crate::retention::plan(
+        &e.retention_candidates().unwrap(),
+        &crate::retention::Policy {
+            keep_last,
+            max_age: max_age_days.map(|d| std::time::Duration::from_secs(d * 86400)),
+        },
+        &e.busy_brokers().unwrap(),
+        now,
+    )
+}
+
+fn deleted(p: &crate::retention::Plan) -> Vec<&str> {
+    p.delete.iter().map(|d| d.snapshot_id.as_str()).collect()
+}
+
+/// Grants broker 1 a snapshot lease of a new cycle at `now`: its epoch.
+fn lease_of_broker_1(e: &mut Engine, now: Now) -> u64 {
+    e.tick(now).unwrap();
+    e.tick(now + chrono::Duration::seconds(1)).unwrap();
+    epoch_of(&poll_grant(e, 1, now + chrono::Duration::seconds(2)))
+}
+
+/// Hole 2: an agent whose snapshot names another cluster.id is refused,
+/// by report and by release, naming both ids and the snapshot; nothing is
+/// listed and the refusal is an event.
+#[test]
+fn a_snapshot_report_of_another_cluster_is_refused_naming_both_ids() {
+    let mut e = engine();
+    let epoch = lease_of_broker_1(&mut e, t0());
+    let foreign = snap("cluster-b", 1, "s-b", secs(3));
+    let report = SnapshotReport {
+        broker: 1,
+        epoch,
+        result: ReportResult::Committed {
+            snapshot: foreign.clone(),
+        },
+    };
+    let err = e.report(&report, secs(4)).unwrap_err();
+    let ApiError::BadRequest(m) = &err else {
+        panic!("{err:?}")
+    };
+    assert!(
+        m.contains("s-b") && m.contains("cluster-b") && m.contains("cluster-a"),
+        "{m}"
+    );
+    let err = e
+        .release(
+            &Release {
+                broker: 1,
+                epoch,
+                outcome: Outcome::Committed {
+                    snapshot: foreign,
+                    downtime_ms: 1000,
+                },
+            },
+            secs(5),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(err, ApiError::BadRequest(ref m) if m.contains("cluster-b")),
+        "{err:?}"
+    );
+    assert!(e.snapshots(None).unwrap().is_empty());
+    let st = e.status(secs(6)).unwrap();
+    assert_eq!(st.cluster_id.as_deref(), Some("cluster-a"));
+    let refused: Vec<_> = st
+        .recent_events
+        .iter()
+        .filter(|ev| ev.kind == "report_refused")
+        .collect();
+    assert_eq!(refused.len(), 2, "{:?}", st.recent_events);
+    assert!(refused[0].message.contains("cluster-b"));
+    // The lease is still held: the agent of our own cluster goes on.
+    let ours = snap("cluster-a", 1, "s-a", secs(3));
+    e.report(
+        &SnapshotReport {
+            broker: 1,
+            epoch,
+            result: ReportResult::Committed { snapshot: ours },
+        },
+        secs(7),
+    )
+    .unwrap();
+    assert_eq!(e.snapshots(None).unwrap().len(), 1);
+    record(
+        "2. a snapshot report naming another cluster.id is refused",
+        2,
+    );
+}
+
+/// Hole 2: a catalog holding another cluster's snapshots of the same
+/// broker ids (a store shared by two clusters, rebuilt before this rule):
+/// listing, verification, retention and the restore pick see only this
+/// coordinator's cluster.
+#[test]
+fn another_clusters_snapshots_are_never_listed_kept_deleted_or_restored() {
+    let mut e = engine();
+    list_snapshot(&e, &snap("cluster-a", 1, "a1", day(1)), day(1));
+    list_snapshot(&e, &snap("cluster-a", 1, "a2", day(2)), day(2));
+    for (i, d) in [3, 4, 5].iter().enumerate() {
+        let id = format!("b{}", i + 1);
+        list_snapshot(&e, &snap("cluster-b", 1, &id, day(*d)), day(*d));
+    }
+    let listed: Vec<String> = e
+        .snapshots(None)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.snapshot_id)
+        .collect();
+    assert_eq!(listed, ["a1", "a2"]);
+    assert_eq!(deleted(&plan(&e, 1, None, day(6))), ["a1"]);
+    assert_eq!(e.status(day(6)).unwrap().brokers[0].snapshots, 2);
+    assert_eq!(
+        e.next_unverified().unwrap().map(|(c, _, id)| (c, id)),
+        Some(("cluster-a".to_string(), "a1".to_string()))
+    );
+    let order = e.create_restore(1, None, false, day(6)).unwrap();
+    assert_eq!(order.snapshot_id, "a2", "the newest of our cluster");
+    e.cancel_restore(order.id, day(6)).unwrap();
+    let err = e.create_restore(1, Some("b3"), true, day(6)).unwrap_err();
+    assert!(
+        matches!(err, ApiError::NotFound(ref m) if m.contains("b3") && m.contains("cluster-a")),
+        "{err:?}"
+    );
+    record(
+        "2. another cluster's snapshots are not listed, pruned or restored",
+        5,
+    );
+}
+
+/// Hole 2: the cluster.id comes from the config, else from the cluster
+/// (kept in the database); a cluster answering with another id is refused
+/// by name, and reported once.
+#[test]
+fn the_cluster_id_is_learned_once_and_another_cluster_is_refused() {
+    let cfg = CFG.replace("[cluster]\nid = \"cluster-a\"\n", "");
+    let cfg = CoordinatorConfig::parse(&cfg, std::path::Path::new("/c.toml")).unwrap();
+    let mut e = Engine::new(crate::store::open_in_memory(), cfg);
+    assert_eq!(e.cluster_id().unwrap(), None);
+    let err = e.create_restore(1, None, false, t0()).unwrap_err();
+    assert!(
+        matches!(err, ApiError::Unavailable(ref m) if m.contains("cluster.id")),
+        "{err:?}"
+    );
+    e.learn_cluster_id("cluster-a", t0()).unwrap();
+    assert_eq!(e.cluster_id().unwrap().as_deref(), Some("cluster-a"));
+    for i in 0..3 {
+        let err = e.learn_cluster_id("cluster-b", secs(i)).unwrap_err();
+        assert!(
+            matches!(err, ApiError::Conflict(ref m) if m.contains("cluster-a") && m.contains("cluster-b")),
+            "{err:?}"
+        );
+    }
+    assert_eq!(e.cluster_id().unwrap().as_deref(), Some("cluster-a"));
+    let events = e.status(secs(5)).unwrap().recent_events;
+    assert_eq!(
+        events
+            .iter()
+            .filter(|ev| ev.kind == "cluster_mismatch")
+            .count(),
+        1,
+        "{events:?}"
+    );
+    // A configured id wins over whatever the cluster says.
+    let mut e = engine();
+    assert!(e.learn_cluster_id("cluster-b", t0()).is_err());
+    assert_eq!(e.cluster_id().unwrap().as_deref(), Some("cluster-a"));
+    record(
+        "2. the coordinator's cluster.id is learned once, another cluster refused",
+        3,
+    );
+}
+
+/// Hole 3: a snapshot committed by a clock a year ahead neither outranks
+/// the real snapshots reported after it (keep_last 1 used to keep it and
+/// delete every real one) nor becomes the default restore target; it is
+/// flagged.
+#[test]
+fn a_future_commit_time_neither_wins_retention_nor_the_restore_pick() {
+    let mut e = engine();
+    let epoch = lease_of_broker_1(&mut e, day(1));
+    let future = snap(
+        "cluster-a",
+        1,
+        "s-future",
+        day(1) + chrono::Duration::days(365),
+    );
+    e.release(
+        &Release {
+            broker: 1,
+            epoch,
+            outcome: Outcome::Committed {
+                snapshot: future,
+                downtime_ms: 1000,
+            },
+        },
+        day(1) + chrono::Duration::seconds(3),
+    )
+    .unwrap();
+    list_snapshot(&e, &snap("cluster-a", 1, "s-real-2", day(2)), day(2));
+    list_snapshot(&e, &snap("cluster-a", 1, "s-real-3", day(3)), day(3));
+    for id in ["s-future", "s-real-2", "s-real-3"] {
+        e.record_verification("cluster-a", 1, id, Ok(()), day(3))
+            .unwrap();
+    }
+    let p = plan(&e, 1, None, day(4));
+    assert_eq!(deleted(&p), ["s-future", "s-real-2"], "{p:?}");
+    let order = e.create_restore(1, None, false, day(4)).unwrap();
+    assert_eq!(order.snapshot_id, "s-real-3");
+    // Flagged: the row, status, the counter and an event.
+    let rows = e.snapshots(Some(1)).unwrap();
+    let f = rows.iter().find(|r| r.snapshot_id == "s-future").unwrap();
+    let at = day(1) + chrono::Duration::seconds(3);
+    assert_eq!(f.clock_skew_ms, Some(365 * 86_400_000 - 3000));
+    assert_eq!(f.seen_at.as_deref(), Some(crate::store::ts(at).as_str()));
+    let st = e.status(day(4)).unwrap();
+    assert_eq!(st.brokers[0].clock_skewed_snapshots, 1);
+    assert_eq!(st.brokers[0].last_snapshot_id.as_deref(), Some("s-real-3"));
+    assert!(e
+        .counters()
+        .unwrap()
+        .contains(&("clock_skew_total".to_string(), "1".to_string(), 1)));
+    let text = crate::metrics::render(&e, &Default::default(), day(4)).unwrap();
+    assert!(
+        text.contains("kafka_snapshot_clock_skewed_snapshots{broker=\"1\"} 1\n"),
+        "{text}"
+    );
+    let events = crate::store::events::recent(e.conn(), 50).unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|ev| ev.kind == "clock_skew" && ev.message.contains("s-future")),
+        "{events:?}"
+    );
+    record(
+        "3. a snapshot dated in the future does not win retention or the restore pick",
+        3,
+    );
+}
+
+/// Hole 3: the newest snapshot, committed by a clock a month behind and
+/// not verified yet, was deleted at once by max_age; its age is the
+/// coordinator's (none), and the newest verified one stays too.
+#[test]
+fn a_past_commit_time_does_not_make_the_newest_snapshot_old() {
+    let mut e = engine();
+    list_snapshot(&e, &snap("cluster-a", 1, "s-old", day(10)), day(10));
+    e.record_verification("cluster-a", 1, "s-old", Ok(()), day(10))
+        .unwrap();
+    let behind = snap(
+        "cluster-a",
+        1,
+        "s-behind",
+        day(20) - chrono::Duration::days(30),
+    );
+    list_snapshot(&e, &behind, day(20));
+    let p = plan(&e, 7, Some(7), day(20));
+    assert!(p.delete.is_empty(), "{p:?}");
+    // Whatever the clocks say, the newest verified one stays.
+    e.record_verification("cluster-a", 1, "s-behind", Ok(()), day(20))
+        .unwrap();
+    let p = plan(&e, 1, Some(1), day(40));
+    assert_eq!(deleted(&p), ["s-old"], "{p:?}");
+    record(
+        "3. a snapshot dated in the past is not aged by its own clock",
+        2,
+    );
+}
+
+/// Hole 4: a snapshot named by a pending restore order (of its broker) and
+/// the source of a forced restore of another broker that is running are
+/// kept, whatever keep_last says; an order made after retention planned
+/// stops the deletion too.
+#[test]
+fn snapshots_named_by_open_restore_orders_are_kept() {
+    let mut e = engine();
+    for d in 1..=3 {
+        list_snapshot(
+            &e,
+            &snap("cluster-a", 2, &format!("b2-{d}"), day(d)),
+            day(d),
+        );
+        list_snapshot(
+            &e,
+            &snap("cluster-a", 3, &format!("b3-{d}"), day(d)),
+            day(d),
+        );
+    }
+    // Forced, broker 1 from broker 3's oldest, and running.
+    let forced = e.create_restore(1, Some("b3-1"), true, day(4)).unwrap();
+    let a = poll_grant(&mut e, 1, day(4));
+    assert!(matches!(a, Action::Restore { .. }), "{a:?}");
+    assert_eq!(e.restore(forced.id).unwrap().state, "running");
+    // Pending, of its own broker.
+    let pending = e.create_restore(2, Some("b2-1"), false, day(4)).unwrap();
+    assert_eq!(pending.state, "pending");
+    let p = plan(&e, 1, None, day(5));
+    assert_eq!(deleted(&p), ["b2-2", "b3-2"], "{p:?}");
+    for id in ["b2-1", "b3-1"] {
+        assert!(
+            p.held
+                .iter()
+                .any(|(_, why)| why.contains(id) && why.contains("restore order")),
+            "{p:?}"
+        );
+    }
+    // A plan made before an order: the deletion itself refuses.
+    let d = crate::retention::Deletion {
+        snapshot_id: "b2-2".into(),
+        cluster_id: "cluster-a".into(),
+        broker: 2,
+        reason: "test".into(),
+    };
+    e.cancel_restore(pending.id, day(5)).unwrap();
+    let late = e.create_restore(2, Some("b2-2"), false, day(5)).unwrap();
+    let kept = e.begin_deletion(&d, day(5)).unwrap();
+    assert!(kept.is_some_and(|k| k.contains(&late.id.to_string())));
+    assert!(e
+        .snapshots(Some(2))
+        .unwrap()
+        .iter()
+        .any(|r| r.snapshot_id == "b2-2"));
+    // Once the order is over the snapshot may go.
+    e.cancel_restore(late.id, day(6)).unwrap();
+    assert_eq!(e.begin_deletion(&d, day(6)).unwrap(), None);
+    record("4. a snapshot read by a pending restore order is kept", 2);
+    record(
+        "4. the source of a running forced restore of another broker is kept",
+        1,
+    );
 }

@@ -42,7 +42,9 @@ impl Engine {
             }
             needs.final_check = next == CycleState::Finishing && open == 0;
         }
-        needs.verify = cx.cfg.retention.verify_new && snapshots::next_unverified(&cx.tx)?.is_some();
+        let cluster = cx.cluster()?;
+        needs.verify = cx.cfg.retention.verify_new
+            && snapshots::next_unverified(&cx.tx, cluster.as_deref())?.is_some();
         needs.prune = events::meta(&cx.tx, Meta::PruneDue)?.is_some();
         cx.commit()?;
         Ok(needs)

@@ -108,7 +108,29 @@ impl Ctx<'_> {
                 snapshot.snapshot_id, snapshot.broker
             )));
         }
-        snapshots::upsert(&self.tx, snapshot, "agent")?;
+        match self.cluster()? {
+            Some(ours) if ours == snapshot.cluster_id => {}
+            Some(ours) => {
+                return Err(ApiError::BadRequest(format!(
+                    "snapshot {} of broker {broker} is of cluster {}, but this coordinator works \
+                     for cluster {ours}: refused, it is not listed (is the agent of broker \
+                     {broker} on a host of another cluster, or configured with this \
+                     coordinator by mistake?)",
+                    snapshot.snapshot_id, snapshot.cluster_id
+                )))
+            }
+            None => {
+                return Err(ApiError::Unavailable(format!(
+                    "snapshot {} of broker {broker} (cluster {}) cannot be listed yet: this \
+                     coordinator does not know its own cluster.id (it has not reached the \
+                     cluster, and the config sets no [cluster] id)",
+                    snapshot.snapshot_id, snapshot.cluster_id
+                )))
+            }
+        }
+        let seen = snapshots::Seen::reported(snapshot.committed, self.now);
+        snapshots::upsert(&self.tx, snapshot, "agent", seen)?;
+        self.flag_skew(snapshot, seen, "reported")?;
         if let Some(cycle) = cycle_id {
             self.snapshot_moved(cycle, broker, epoch, &snapshot.snapshot_id, true)?;
         }

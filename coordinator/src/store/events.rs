@@ -71,6 +71,12 @@ pub enum Meta {
     /// An operator suspended the schedule (`coordinator suspend`): why,
     /// who and when.
     Suspended,
+    /// The cluster.id learned from the cluster the first time the
+    /// coordinator reached it (unless the config names one).
+    ClusterId,
+    /// The cluster.id of a cluster that answered with another id than the
+    /// coordinator's, already reported (so it is reported once).
+    ClusterMismatch,
 }
 
 impl Meta {
@@ -79,6 +85,8 @@ impl Meta {
             Meta::NextDue => "next_due",
             Meta::PruneDue => "prune_due",
             Meta::Suspended => "suspended",
+            Meta::ClusterId => "cluster_id",
+            Meta::ClusterMismatch => "cluster_mismatch",
         }
     }
 }

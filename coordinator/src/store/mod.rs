@@ -102,6 +102,8 @@ CREATE TABLE IF NOT EXISTS snapshots (
     verify_message TEXT,
     deleted_at TEXT,
     source TEXT NOT NULL,
+    seen_at TEXT,
+    clock_skew_ms INTEGER,
     PRIMARY KEY (cluster_id, broker, snapshot_id)
 );
 -- state: pending -> running -> done | failed
@@ -147,11 +149,15 @@ CREATE TABLE IF NOT EXISTS counters (
 /// The schema version this build writes. Each step of [`MIGRATIONS`]
 /// brings a database one version up; a database of a newer version than
 /// this is refused (a downgraded coordinator must not guess).
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 
 /// `(version reached, what it changes)`, applied in order, each in the
 /// transaction that also records the new version.
-const MIGRATIONS: &[(u32, Migration)] = &[(2, v2_lease_holder), (3, v3_lease_abort)];
+const MIGRATIONS: &[(u32, Migration)] = &[
+    (2, v2_lease_holder),
+    (3, v3_lease_abort),
+    (4, v4_snapshot_seen),
+];
 
 type Migration = fn(&Connection) -> rusqlite::Result<()>;
 
@@ -172,14 +178,49 @@ fn v3_lease_abort(conn: &Connection) -> rusqlite::Result<()> {
     add_column(conn, "leases", "abort_requested")
 }
 
+/// Version 4: retention and the restore pick order snapshots by when the
+/// coordinator itself learned of them (`seen_at`), not by the agent's
+/// `committed` clock, and the catalog keeps how far the two were apart
+/// (`clock_skew_ms`, `committed - seen_at`). Snapshots already listed get
+/// what a rebuild gives a snapshot it finds
+/// ([`snapshots::Seen::found`]): their commit time, but never later than
+/// now (the migration), since they existed by then; a commit time in the
+/// future is recorded as skew, one in the past is taken as it is.
+fn v4_snapshot_seen(conn: &Connection) -> rusqlite::Result<()> {
+    add_typed_column(conn, "snapshots", "seen_at", "TEXT")?;
+    add_typed_column(conn, "snapshots", "clock_skew_ms", "INTEGER")?;
+    conn.execute(
+        "UPDATE snapshots SET
+            seen_at = min(committed, ?1),
+            clock_skew_ms = CASE WHEN committed > ?1 THEN
+                CAST(round((julianday(committed) - julianday(?1)) * 86400000.0) AS INTEGER)
+            END
+         WHERE seen_at IS NULL",
+        [ts(Utc::now())],
+    )?;
+    Ok(())
+}
+
 fn add_column(conn: &Connection, table: &str, column: &str) -> rusqlite::Result<()> {
+    add_typed_column(conn, table, column, "TEXT")
+}
+
+fn add_typed_column(
+    conn: &Connection,
+    table: &str,
+    column: &str,
+    kind: &str,
+) -> rusqlite::Result<()> {
     let present: bool = conn.query_row(
         &format!("SELECT count(*) > 0 FROM pragma_table_info('{table}') WHERE name = ?"),
         [column],
         |r| r.get(0),
     )?;
     if !present {
-        conn.execute(&format!("ALTER TABLE {table} ADD COLUMN {column} TEXT"), [])?;
+        conn.execute(
+            &format!("ALTER TABLE {table} ADD COLUMN {column} {kind}"),
+            [],
+        )?;
     }
     Ok(())
 }
@@ -340,7 +381,8 @@ mod tests {
                     "    holder_instance TEXT,\n    holder_host TEXT,\n    abort_requested TEXT\n",
                     "",
                 )
-                .replace("    ended_at TEXT,\n", "    ended_at TEXT\n");
+                .replace("    ended_at TEXT,\n", "    ended_at TEXT\n")
+                .replace("    seen_at TEXT,\n    clock_skew_ms INTEGER,\n", "");
             conn.execute_batch(&v1).unwrap();
             conn.execute_batch(
                 "INSERT INTO meta VALUES ('schema_version', '1'), ('max_attempts', '3');
@@ -363,7 +405,7 @@ mod tests {
                 .optional()
                 .unwrap()
         };
-        assert_eq!(meta("schema_version").as_deref(), Some("3"));
+        assert_eq!(meta("schema_version").as_deref(), Some("4"));
         assert_eq!(meta("max_attempts"), None);
         let (n, holder): (i64, Option<String>) = conn
             .query_row(
@@ -383,7 +425,52 @@ mod tests {
                 |r| r.get(0),
             )
             .unwrap();
-        assert_eq!(v, "3");
+        assert_eq!(v, "4");
+    }
+
+    #[test]
+    fn a_version_3_catalog_gets_seen_times_no_later_than_the_migration() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            let v3 = SCHEMA.replace("    seen_at TEXT,\n    clock_skew_ms INTEGER,\n", "");
+            assert_ne!(v3, SCHEMA);
+            conn.execute_batch(&v3).unwrap();
+            conn.execute_batch(
+                "INSERT INTO meta VALUES ('schema_version', '3');
+                 INSERT INTO snapshots(snapshot_id, cluster_id, broker, host, committed, capture,
+                    clean_shutdown, files, data_bytes, archive_bytes, archive_sha256,
+                    manifest_sha256, source)
+                 VALUES ('past', 'c', 1, 'h', '2020-01-01T00:00:00.000Z', 'copy', 1, 1, 1, 1,
+                    'a', 'm', 'agent'),
+                    ('future', 'c', 1, 'h', '2100-01-01T00:00:00.000Z', 'copy', 1, 1, 1, 1,
+                    'a', 'm', 'agent');",
+            )
+            .unwrap();
+        }
+        let before = Utc::now();
+        let conn = open(&path).unwrap();
+        let row = |id: &str| -> (String, Option<i64>) {
+            conn.query_row(
+                "SELECT seen_at, clock_skew_ms FROM snapshots WHERE snapshot_id = ?",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap()
+        };
+        assert_eq!(row("past"), ("2020-01-01T00:00:00.000Z".to_string(), None));
+        let (seen, skew) = row("future");
+        let seen = parse_ts(&seen);
+        assert!(
+            seen >= before - chrono::Duration::seconds(1) && seen <= Utc::now(),
+            "{seen}"
+        );
+        let want = (parse_ts("2100-01-01T00:00:00.000Z") - seen).num_milliseconds();
+        assert!(
+            skew.is_some_and(|s| (s - want).abs() < 5),
+            "{skew:?} vs {want}"
+        );
     }
 
     #[test]

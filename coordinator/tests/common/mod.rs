@@ -62,6 +62,9 @@ pub struct CoordinatorSpec {
     /// Lines after `url` in `[storage]` (e.g. a `[storage.s3]` table).
     pub storage_extra: String,
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// `[cluster] id`; without it the coordinator learns the id from the
+    /// cluster it reaches.
+    pub cluster: Option<String>,
 }
 
 impl CoordinatorSpec {
@@ -75,6 +78,7 @@ impl CoordinatorSpec {
             retention: "keep_last = 7\n".into(),
             storage_extra: String::new(),
             tls: None,
+            cluster: None,
         }
     }
 }
@@ -117,7 +121,7 @@ impl Coordinator {
             "[server]\nlisten = \"127.0.0.1:{port}\"\ndatabase = {:?}\nadmin_token_file = {:?}\n{tls}\n\
              {agents}\n[schedule]\n{}\n[lease]\n{}\n[retention]\n{}\n\
              [storage]\nurl = {:?}\n{}\n[kafka]\nbootstrap_servers = [{}]\nrequest_timeout = \"5s\"\n\
-             [gate]\ncheck_interval = \"300ms\"\n",
+             [gate]\ncheck_interval = \"300ms\"\n{}",
             dir.join("state.db").display().to_string(),
             admin.display().to_string(),
             spec.schedule,
@@ -130,6 +134,10 @@ impl Coordinator {
                 .map(|b| format!("{b:?}"))
                 .collect::<Vec<_>>()
                 .join(", "),
+            spec.cluster
+                .as_ref()
+                .map(|id| format!("[cluster]\nid = {id:?}\n"))
+                .unwrap_or_default(),
         );
         let config = dir.join("coordinator.toml");
         fs::write(&config, text).unwrap();
