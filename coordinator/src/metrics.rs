@@ -327,6 +327,21 @@ mod tests {
     use kafka_snapshot_model::protocol::{Outcome, Phase, Release};
 
     #[test]
+    fn snapshots_committed_by_a_skewed_clock_are_counted() {
+        let e = engine();
+        let mut s = crate::engine::tests::summary(1, "s-future");
+        // A year ahead of when the coordinator learnt of it.
+        s.committed = secs(365 * 86_400);
+        let seen = crate::store::snapshots::Seen::reported(s.committed, secs(0));
+        crate::store::snapshots::upsert(e.conn(), &s, "agent", seen).unwrap();
+        let text = render(&e, &BTreeSet::new(), secs(60)).unwrap();
+        assert!(
+            text.contains("kafka_snapshot_clock_skewed_snapshots{broker=\"1\"} 1\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn snapshots_waiting_for_verification_are_counted_with_their_age() {
         let mut e = engine();
         let mut s = crate::engine::tests::summary(2, "s2");
