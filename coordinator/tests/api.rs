@@ -84,6 +84,15 @@ fn refusals_leave_no_trace_and_epochs_fence_stale_agents() {
     let t1 = token(1);
     let t2 = token(2);
 
+    // The coordinator's first look at the cluster records its cluster.id
+    // (an event): wait for it, so that only the requests below could
+    // change the state.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while c.status()["cluster_id"] != json!(standin.cluster_id()) {
+        assert!(std::time::Instant::now() < deadline, "{}", c.status());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
     // Every refused request: (what, path, token, body, status, text in the
     // error). None of them may change anything.
     let before = state(&c);
