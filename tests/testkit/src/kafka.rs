@@ -491,7 +491,13 @@ impl KafkaCluster {
         }
     }
 
-    /// Metadata (v12, all topics) from the first broker that answers.
+    /// Metadata (v12, all topics) from the first broker that answers and
+    /// serves: one that lists itself among the brokers. A broker that is
+    /// still starting can answer before it has the cluster's metadata; its
+    /// answer is not the cluster's view (in ZooKeeper mode a restarted
+    /// broker serves Metadata from an empty cache until the controller's
+    /// UpdateMetadata reaches it: a run counted all three brokers missing
+    /// at once, in a sample where no partition was under min ISR).
     pub fn metadata(&self) -> Result<MetadataResponse> {
         let mut errors = Vec::new();
         for id in self.broker_ids() {
@@ -499,11 +505,15 @@ impl KafkaCluster {
             let res = Connection::connect(&addr, Duration::from_secs(2))
                 .and_then(|mut c| c.send(&MetadataRequest::default().with_topics(None), 12));
             match res {
-                Ok(md) => return Ok(md),
+                Ok(md) if md.brokers.iter().any(|b| b.node_id.0 == id) => return Ok(md),
+                Ok(md) => errors.push(format!(
+                    "{addr}: broker {id} does not list itself yet ({} brokers listed)",
+                    md.brokers.len()
+                )),
                 Err(e) => errors.push(format!("{addr}: {e:#}")),
             }
         }
-        bail!("no broker answered Metadata: {}", errors.join("; "))
+        bail!("no serving broker answered Metadata: {}", errors.join("; "))
     }
 
     /// Creates a topic and waits until every partition has a leader and
