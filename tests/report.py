@@ -52,7 +52,7 @@ GROUPS = {
     "security": (
         "Holes closed: hostile storage, hosts and clocks (`agent/tests/it/hostile.rs`, `agent/tests/it/daemon.rs`, `coordinator/tests`)",
         "inputs",
-        "each handled as its case says; every case failed on the code before its fix",
+        "each handled as its case says; every numbered hole has a case that failed on the code before its fix",
     ),
     "configs": (
         "Bad configs (`agent/tests/it/cli.rs`, `coordinator/tests/api.rs`)",
