@@ -51,17 +51,8 @@ if ((${#missing[@]})); then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-CACHE=/var/cache/kafka-snapshot-tests
-VENV=$CACHE/ops-venv
-if ! cmp -s tests/ops/requirements.txt "$VENV/requirements.txt"; then
-    echo "creating $VENV (ansible-core, ansible-lint)"
-    rm -rf "$VENV"
-    mkdir -p "$CACHE"
-    /usr/bin/python3 -m venv "$VENV"
-    "$VENV/bin/pip" install --quiet --disable-pip-version-check -r tests/ops/requirements.txt
-    cp tests/ops/requirements.txt "$VENV/requirements.txt"
-fi
-export PATH="$VENV/bin:$PATH"
+source tests/lib/ansible.sh
+ansible_venv_setup
 
 cargo build --workspace --bins --locked --quiet
 BIN=${CARGO_TARGET_DIR:-$REPO/target}/debug

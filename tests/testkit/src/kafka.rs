@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
-use kafka_protocol::messages::{CreateTopicsRequest, MetadataRequest, MetadataResponse, TopicName};
+use kafka_protocol::messages::{MetadataRequest, MetadataResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
 
 use crate::kafka_files::uuid_base64url;
@@ -534,18 +534,7 @@ impl KafkaCluster {
                 .with_value(Some(StrBytes::from_string(
                     min_insync_replicas.to_string(),
                 )))]);
-        let req = CreateTopicsRequest::default()
-            .with_topics(vec![topic])
-            .with_timeout_ms(30_000);
-        let resp = self.controller(Duration::from_secs(35))?.send(&req, 5)?;
-        for t in &resp.topics {
-            ensure!(
-                t.error_code == 0,
-                "creating topic {name}: error {} {:?}",
-                t.error_code,
-                t.error_message
-            );
-        }
+        self.send_create_topic(name, topic)?;
         self.wait_topic_ready(name, partitions as usize, replication_factor as usize)
     }
 

@@ -119,18 +119,7 @@ impl KafkaCluster {
                     })
                     .collect(),
             );
-        let req = CreateTopicsRequest::default()
-            .with_topics(vec![t])
-            .with_timeout_ms(30_000);
-        let resp = self.controller(Duration::from_secs(35))?.send(&req, 5)?;
-        for t in &resp.topics {
-            ensure!(
-                t.error_code == 0,
-                "creating topic {name}: error {} {:?}",
-                t.error_code,
-                t.error_message
-            );
-        }
+        self.send_create_topic(name, t)?;
         let rf = replicas.iter().map(Vec::len).max().unwrap_or(0);
         self.wait_topic_ready(name, replicas.len(), rf)
     }
@@ -172,6 +161,24 @@ impl KafkaCluster {
                 })
             })
         })
+    }
+
+    /// CreateTopics of one topic, sent to the controller; any error code
+    /// in the answer is an error.
+    pub(crate) fn send_create_topic(&self, name: &str, t: CreatableTopic) -> Result<()> {
+        let req = CreateTopicsRequest::default()
+            .with_topics(vec![t])
+            .with_timeout_ms(30_000);
+        let resp = self.controller(Duration::from_secs(35))?.send(&req, 5)?;
+        for t in &resp.topics {
+            ensure!(
+                t.error_code == 0,
+                "creating topic {name}: error {} {:?}",
+                t.error_code,
+                t.error_message
+            );
+        }
+        Ok(())
     }
 
     /// Deletes `name` and waits until Metadata no longer lists it.
