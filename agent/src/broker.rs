@@ -2,12 +2,11 @@
 //! commands, and know from the log dirs themselves (Kafka's `.lock`) when
 //! the process is really gone, whatever the process manager says.
 
+use kafka_snapshot::cleanstop;
 use kafka_snapshot::config::BrokerSection;
-use kafka_snapshot::logdir::{self, CLEAN_SHUTDOWN};
+use kafka_snapshot::logdir;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
-use tokio::io::AsyncReadExt;
 
 /// How often the log dirs' locks are probed while waiting for a stop. A
 /// probe is an open and a non-blocking flock per log dir; every poll
@@ -35,10 +34,11 @@ pub enum BrokerError {
 /// How the broker stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Stopped {
-    /// Every log dir has `.kafka_cleanshutdown`.
+    /// Every log dir shows a clean stop ([`cleanstop::check`]: the broker's
+    /// `.kafka_cleanshutdown`, a closed metadata log).
     Clean,
-    /// These dirs lack it: the broker died or was killed; do not archive.
-    Unclean { missing: Vec<PathBuf> },
+    /// Why not, per dir: the node died or was killed; do not archive.
+    Unclean { reasons: Vec<String> },
 }
 
 pub struct BrokerControl {
@@ -70,21 +70,20 @@ impl BrokerControl {
                 locked: locked.join(", "),
             });
         }
-        let missing: Vec<PathBuf> = self
+        let reasons: Vec<String> = self
             .log_dirs
             .iter()
-            .filter(|d| !d.join(CLEAN_SHUTDOWN).exists())
-            .cloned()
+            .filter_map(|d| cleanstop::check(d).err())
             .collect();
         tracing::info!(
             seconds = started.elapsed().as_secs_f64(),
-            clean = missing.is_empty(),
+            clean = reasons.is_empty(),
             "broker stopped"
         );
-        Ok(if missing.is_empty() {
+        Ok(if reasons.is_empty() {
             Stopped::Clean
         } else {
-            Stopped::Unclean { missing }
+            Stopped::Unclean { reasons }
         })
     }
 
@@ -133,54 +132,23 @@ impl BrokerControl {
 
 /// Runs `command` with `sh -c`, killing it after `timeout`.
 async fn run(what: &'static str, command: &str, timeout: Duration) -> Result<(), BrokerError> {
-    let fail = |detail: String| BrokerError::Command {
-        what,
-        command: command.to_string(),
-        detail,
-    };
+    run_command(what, command, timeout, &[]).await
+}
+
+/// Runs `command` with `sh -c` and `env` added to its environment,
+/// killing it after `timeout`; the error holds the tail of its stderr.
+pub async fn run_command(
+    what: &'static str,
+    command: &str,
+    timeout: Duration,
+    env: &[(&str, String)],
+) -> Result<(), BrokerError> {
     tracing::info!(command, "running {what} command");
-    let mut child = tokio::process::Command::new("/bin/sh")
-        .arg("-c")
-        .arg(command)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| fail(format!("cannot run: {e}")))?;
-    let mut stderr = child.stderr.take().expect("piped");
-    let waited = tokio::time::timeout(timeout, async {
-        let mut err = Vec::new();
-        // Keep the tail only: a chatty script must not grow our memory.
-        let mut buf = [0u8; 4096];
-        loop {
-            match stderr.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    err.extend_from_slice(&buf[..n]);
-                    if err.len() > 8192 {
-                        err.drain(..err.len() - 8192);
-                    }
-                }
-            }
-        }
-        (child.wait().await, err)
-    })
-    .await;
-    match waited {
-        Err(_) => Err(fail(format!("still running after {timeout:?}; killed"))),
-        Ok((Err(e), _)) => Err(fail(format!("waiting for it: {e}"))),
-        Ok((Ok(status), err)) if !status.success() => {
-            let tail = String::from_utf8_lossy(&err).trim().to_string();
-            Err(fail(format!(
-                "{status}{}",
-                if tail.is_empty() {
-                    String::new()
-                } else {
-                    format!(": {tail}")
-                }
-            )))
-        }
-        Ok(_) => Ok(()),
-    }
+    kafka_snapshot::command::run(command, timeout, env)
+        .await
+        .map_err(|detail| BrokerError::Command {
+            what,
+            command: command.to_string(),
+            detail,
+        })
 }

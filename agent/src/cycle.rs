@@ -16,8 +16,10 @@ use chrono::Utc;
 use kafka_snapshot::archive::ArchiveOptions;
 use kafka_snapshot::capture::staging_space;
 use kafka_snapshot::config::AgentConfig;
+use kafka_snapshot::config::NodeRole;
 use kafka_snapshot::kafka::fetch::KafkaClient;
 use kafka_snapshot::kafka::gate::{recovery, GateReport, Recovery};
+use kafka_snapshot::kafka::view::QUORUM_CAUGHT_UP_MS;
 use kafka_snapshot::logdir;
 use kafka_snapshot::snapshot::{capture, BrokerTimes, CaptureRequest, Captured};
 use kafka_snapshot::storage::ColdStore;
@@ -37,9 +39,9 @@ pub enum CycleError {
     #[error("stopping the broker failed (it was started again): {0}")]
     StopFailed(BrokerError),
     #[error(
-        "the broker stopped uncleanly (no .kafka_cleanshutdown in {dirs}); it was started again and nothing was archived"
+        "the node stopped uncleanly ({reasons}); it was started again and nothing was archived"
     )]
-    UncleanStop { dirs: String },
+    UncleanStop { reasons: String },
     #[error("capture failed (the broker was started again): {0}")]
     Capture(kafka_snapshot::Error),
     #[error("BROKER LEFT STOPPED: the start command failed {attempts} times ({error}); start it by hand: {command}")]
@@ -65,6 +67,10 @@ pub enum CycleError {
     Interrupted { restarted: bool },
     #[error("the broker was not stopped: the agent could not record that it stops it, and a restarted agent would not know to start it again: {0}")]
     NotRecorded(String),
+    #[error("the node was not stopped: {0}")]
+    PreStopHook(BrokerError),
+    #[error("snapshot {snapshot_id} is complete, but then {error}")]
+    PostStartHook { snapshot_id: String, error: String },
     #[error("{0}")]
     Setup(String),
 }
@@ -90,6 +96,9 @@ pub struct Restarted {
     /// start`), this is the figure that matters.
     pub unavailable_ms: u64,
     pub archive: Archive,
+    /// The `post_start` hook failed after this snapshot: the snapshot is
+    /// complete, the failure must still be reported loudly.
+    pub post_start_error: Option<String>,
 }
 
 pub enum Archive {
@@ -110,6 +119,9 @@ pub struct Cycle {
     cfg: AgentConfig,
     log_dirs: Vec<PathBuf>,
     broker: i32,
+    role: NodeRole,
+    /// When the node's process was last seen gone after a stop.
+    exited_at: Option<Instant>,
     client: Arc<KafkaClient>,
     control: BrokerControl,
     store: Option<Arc<dyn ColdStore>>,
@@ -128,15 +140,15 @@ impl Cycle {
     ) -> Result<Cycle, kafka_snapshot::Error> {
         let log_dirs = cfg.log_dirs()?;
         let broker = logdir::read_meta_properties(&log_dirs[0])?.node_id;
+        let role = cfg.role(config_path)?;
         let client = KafkaClient::new(cfg.kafka(config_path, "a snapshot cycle")?)
             .map_err(kafka_snapshot::Error::Usage)?
-            .with_quorum(kafka_snapshot::kafka::is_controller(
-                cfg.broker.server_properties.as_deref(),
-            )?);
+            .with_quorum(role.is_controller());
         Ok(Cycle::with_parts(
             cfg,
             log_dirs,
             broker,
+            role,
             Arc::new(client),
             Some(store),
             shutdown,
@@ -151,6 +163,7 @@ impl Cycle {
         cfg: AgentConfig,
         log_dirs: Vec<PathBuf>,
         broker: i32,
+        role: NodeRole,
         client: Arc<KafkaClient>,
         store: Option<Arc<dyn ColdStore>>,
         shutdown: watch::Receiver<bool>,
@@ -160,6 +173,8 @@ impl Cycle {
             cfg,
             log_dirs,
             broker,
+            role,
+            exited_at: None,
             client,
             control,
             store,
@@ -207,6 +222,10 @@ impl Cycle {
         self.broker
     }
 
+    pub fn role(&self) -> NodeRole {
+        self.role
+    }
+
     pub fn control(&self) -> &BrokerControl {
         &self.control
     }
@@ -252,6 +271,7 @@ impl Cycle {
         kafka_snapshot::kafka::check_now(
             &self.client,
             self.broker,
+            self.role,
             self.cfg.gate.low_replication_policy,
             &self.log_dirs,
         )
@@ -362,9 +382,16 @@ impl Cycle {
 
     pub async fn run(&mut self) -> Result<Manifest, CycleError> {
         let restarted = self.stop_capture_restart().await?;
-        match restarted.archive {
-            Archive::Committed(m) => Ok(*m),
-            Archive::Pending(p) => self.archive(*p).await,
+        let manifest = match restarted.archive {
+            Archive::Committed(m) => *m,
+            Archive::Pending(p) => self.archive(*p).await?,
+        };
+        match restarted.post_start_error {
+            None => Ok(manifest),
+            Some(error) => Err(CycleError::PostStartHook {
+                snapshot_id: manifest.snapshot_id,
+                error,
+            }),
         }
     }
 
@@ -392,18 +419,89 @@ impl Cycle {
                 )));
             }
         }
+        let Some(pre_stop) = self.cfg.hooks.pre_stop.clone() else {
+            let result = self.stop_and_capture(store).await;
+            return self.after_post_start(result).await;
+        };
+        if let Err(e) = self.hook("pre_stop", &pre_stop, None).await {
+            let result = Err(CycleError::PreStopHook(e));
+            return self.after_post_start(result).await;
+        }
+        let result = self.stop_and_capture(store).await;
+        self.after_post_start(result).await
+    }
+
+    /// Runs the `post_start` hook (when one is configured) after an attempt
+    /// with `result`. A failing hook after a snapshot is carried in
+    /// [`Restarted::post_start_error`]; after a failed attempt it is logged
+    /// beside the attempt's own error.
+    async fn after_post_start(
+        &mut self,
+        mut result: Result<Restarted, CycleError>,
+    ) -> Result<Restarted, CycleError> {
+        let Some(post_start) = self.cfg.hooks.post_start.clone() else {
+            return result;
+        };
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(
+                CycleError::NotSafe(_) | CycleError::PreStopHook(_) | CycleError::NotRecorded(_),
+            ) => "not_stopped",
+            Err(CycleError::Interrupted { restarted: false }) => "not_stopped",
+            Err(_) => "failed",
+        };
+        if let Err(e) = self.hook("post_start", &post_start, Some(outcome)).await {
+            let msg = e.to_string();
+            tracing::error!(broker = self.broker, error = %msg, outcome, "the post_start hook failed");
+            if let Ok(r) = &mut result {
+                r.post_start_error = Some(msg);
+            }
+        }
+        result
+    }
+
+    /// Runs hook `name` (`command`) with the node's id, role and, for
+    /// `post_start`, the attempt's outcome in its environment.
+    async fn hook(
+        &self,
+        name: &'static str,
+        command: &str,
+        outcome: Option<&str>,
+    ) -> Result<(), BrokerError> {
+        let mut env = vec![
+            ("KAFKA_SNAPSHOT_NODE_ID", self.broker.to_string()),
+            ("KAFKA_SNAPSHOT_ROLE", self.role.to_string()),
+            ("KAFKA_SNAPSHOT_HOOK", name.to_string()),
+        ];
+        if let Some(o) = outcome {
+            env.push(("KAFKA_SNAPSHOT_OUTCOME", o.to_string()));
+        }
+        let what = if name == "pre_stop" {
+            "pre_stop hook"
+        } else {
+            "post_start hook"
+        };
+        tracing::info!(broker = self.broker, hook = name, "running hook");
+        crate::broker::run_command(what, command, self.cfg.hooks.timeout, &env).await
+    }
+
+    /// From the recorded stop to the recovery check: the part of a
+    /// snapshot the hooks run around.
+    async fn stop_and_capture(
+        &mut self,
+        store: Arc<dyn ColdStore>,
+    ) -> Result<Restarted, CycleError> {
         self.enter_stop(Phase::Stopping)?;
         let stopped_at = Utc::now();
-        match self.control.stop().await {
+        let stop = self.control.stop().await;
+        self.exited_at = Some(Instant::now());
+        match stop {
             Ok(Stopped::Clean) => {}
-            Ok(Stopped::Unclean { missing }) => {
+            Ok(Stopped::Unclean { reasons }) => {
                 self.ensure_started().await?;
-                let dirs = missing
-                    .iter()
-                    .map(|d| d.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                return Err(CycleError::UncleanStop { dirs });
+                return Err(CycleError::UncleanStop {
+                    reasons: reasons.join("; "),
+                });
             }
             Err(e) => {
                 if matches!(e, BrokerError::StopTimeout { .. }) {
@@ -509,6 +607,7 @@ impl Cycle {
             downtime_ms,
             unavailable_ms,
             archive,
+            post_start_error: None,
         })
     }
 
@@ -563,9 +662,9 @@ impl Cycle {
         loop {
             match self.client.view().await {
                 Ok(v) => {
-                    let r = recovery(&v, self.broker);
+                    let r = recovery(&v, self.broker, self.role);
                     self.phase(Phase::Recovering, Some(r.summary()));
-                    if r.recovered() {
+                    if r.recovered() && self.voter_entry_is_fresh() {
                         tracing::info!(
                             broker = self.broker,
                             seconds = started.elapsed().as_secs_f64(),
@@ -583,6 +682,7 @@ impl Cycle {
             if started.elapsed() >= timeout {
                 let last = last.unwrap_or(Recovery {
                     broker: self.broker,
+                    role: self.role,
                     registered: false,
                     catching_up: Vec::new(),
                     catching_up_count: 0,
@@ -602,6 +702,17 @@ impl Cycle {
                 return Err(CycleError::Interrupted { restarted: true });
             }
         }
+    }
+}
+
+impl Cycle {
+    /// The leader's entry for a controller may still show the fetches it
+    /// made before it stopped: only once [`QUORUM_CAUGHT_UP_MS`] (and a
+    /// margin) have passed since it exited does a caught-up entry prove
+    /// fetches of the restarted process.
+    fn voter_entry_is_fresh(&self) -> bool {
+        let needed = Duration::from_millis(QUORUM_CAUGHT_UP_MS as u64) + Duration::from_millis(500);
+        !self.role.is_controller() || self.exited_at.is_none_or(|t| t.elapsed() >= needed)
     }
 }
 

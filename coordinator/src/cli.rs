@@ -243,6 +243,7 @@ pub fn format_status(s: &StatusView) -> String {
             };
             vec![
                 b.broker.to_string(),
+                b.role.to_string(),
                 b.hostname.clone().unwrap_or_else(|| "-".into()),
                 state,
                 lease,
@@ -261,7 +262,8 @@ pub fn format_status(s: &StatusView) -> String {
         .collect();
     out.push_str(&table(
         &[
-            "BROKER",
+            "NODE",
+            "ROLE",
             "HOST",
             "STATE",
             "LEASE",

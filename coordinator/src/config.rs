@@ -8,6 +8,7 @@ use kafka_snapshot::kafka::KafkaSection;
 use kafka_snapshot::settings::{duration, problems_error};
 use kafka_snapshot::storage::StorageSection;
 use kafka_snapshot::{Error, Result};
+use kafka_snapshot_model::protocol::NodeRole;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -33,6 +34,8 @@ pub struct CoordinatorConfig {
     pub gate: CoordinatorGate,
     #[serde(default)]
     pub cluster: ClusterSection,
+    #[serde(default)]
+    pub hooks: CycleHooks,
     /// Set after parsing: the schedule, checked.
     #[serde(skip)]
     pub parsed_schedule: Option<Schedule>,
@@ -60,7 +63,16 @@ pub struct ServerSection {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentEntry {
+    /// The Kafka node id (`node.id`, or `broker.id` in ZooKeeper mode) of
+    /// the node this agent runs on; `node` is the same key.
+    #[serde(alias = "node")]
     pub broker: i32,
+    /// What the node is: `broker` (the default), `controller` (a dedicated
+    /// KRaft controller) or `combined`. A cycle takes brokers first and
+    /// controllers last; an agent whose `process.roles` says otherwise is
+    /// refused.
+    #[serde(default)]
+    pub role: NodeRole,
     /// Hex SHA-256 of the agent's bearer token (`sha256sum` of the token
     /// without a trailing newline).
     pub token_sha256: String,
@@ -167,6 +179,37 @@ pub struct ClusterSection {
     /// answers with another id is refused. Set it to rebuild the catalog
     /// of a cluster that cannot be reached (a restore after losing it).
     pub id: Option<String>,
+}
+
+/// `[hooks]`: commands around a rolling cycle, for application-consistent
+/// snapshot sets (for example pausing MirrorMaker 2's connectors on a
+/// backup cluster for the length of the cycle). Run by the coordinator
+/// with `sh -c` as its own user, with `KAFKA_SNAPSHOT_CYCLE_ID` and
+/// `KAFKA_SNAPSHOT_HOOK` set (and `KAFKA_SNAPSHOT_CYCLE_STATE` for
+/// `after_cycle`). A coordinator restarted while a hook ran runs it again:
+/// hooks must be safe to repeat.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CycleHooks {
+    /// Before the cycle's first lease. A failure ends the cycle `failed`
+    /// before any node is touched (`after_cycle` still runs).
+    pub before_cycle: Option<String>,
+    /// Once the cycle has ended, whatever its end (done, partial, failed,
+    /// cancelled). A failure is an error event and is added to the
+    /// cycle's message.
+    pub after_cycle: Option<String>,
+    #[serde(deserialize_with = "duration")]
+    pub timeout: Duration,
+}
+
+impl Default for CycleHooks {
+    fn default() -> Self {
+        CycleHooks {
+            before_cycle: None,
+            after_cycle: None,
+            timeout: Duration::from_secs(600),
+        }
+    }
 }
 
 /// The coordinator's own cluster check before it grants a lease.
@@ -342,10 +385,41 @@ impl CoordinatorConfig {
         format!("{scheme}://{host}:{port}")
     }
 
+    /// Every node with an agent, in the order a cycle takes them: brokers,
+    /// then combined nodes, then dedicated controllers (so the metadata in
+    /// a cycle's snapshots is the newest), by id within each.
+    pub fn nodes(&self) -> Vec<i32> {
+        let mut n: Vec<(NodeRole, i32)> = self.agents.iter().map(|a| (a.role, a.broker)).collect();
+        n.sort_unstable();
+        n.into_iter().map(|(_, id)| id).collect()
+    }
+
+    /// The nodes that are brokers (dedicated or combined), by id: those
+    /// Metadata must list.
     pub fn brokers(&self) -> Vec<i32> {
-        let mut b: Vec<i32> = self.agents.iter().map(|a| a.broker).collect();
+        self.ids_where(NodeRole::is_broker)
+    }
+
+    /// The nodes that are KRaft controllers (dedicated or combined), by id:
+    /// those the controller quorum must hold as caught-up voters.
+    pub fn controllers(&self) -> Vec<i32> {
+        self.ids_where(NodeRole::is_controller)
+    }
+
+    fn ids_where(&self, f: impl Fn(NodeRole) -> bool) -> Vec<i32> {
+        let mut b: Vec<i32> = self
+            .agents
+            .iter()
+            .filter(|a| f(a.role))
+            .map(|a| a.broker)
+            .collect();
         b.sort_unstable();
         b
+    }
+
+    /// The configured role of node `id`.
+    pub fn role_of(&self, id: i32) -> Option<NodeRole> {
+        self.agents.iter().find(|a| a.broker == id).map(|a| a.role)
     }
 }
 

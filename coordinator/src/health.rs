@@ -2,8 +2,9 @@
 //! [`ClusterView`]. The agent's gate is the second check before a broker
 //! stops, not the only one.
 
-use kafka_snapshot::kafka::gate::{evaluate, ConditionId, GateReport, LowReplicationPolicy};
+use kafka_snapshot::kafka::gate::{evaluate_node, ConditionId, GateReport, LowReplicationPolicy};
 use kafka_snapshot::kafka::view::ClusterView;
+use kafka_snapshot_model::protocol::NodeRole;
 
 /// Partitions listed in a message; the count says how many more.
 const LISTED: usize = 5;
@@ -21,14 +22,15 @@ fn listing(items: &[String]) -> String {
     s
 }
 
-/// May `broker` be stopped for a snapshot? The agent's gate without the
-/// local-disk condition the coordinator cannot see.
+/// May `broker` (a node of `role`) be stopped for a snapshot? The agent's
+/// gate without the local-disk condition the coordinator cannot see.
 pub fn snapshot_check(
     view: &ClusterView,
     broker: i32,
+    role: NodeRole,
     policy: LowReplicationPolicy,
 ) -> Result<(), String> {
-    let mut report: GateReport = evaluate(view, broker, policy, &[]);
+    let mut report: GateReport = evaluate_node(view, broker, role, policy, &[]);
     report
         .conditions
         .retain(|c| c.id != ConditionId::NoFutureDir);
@@ -43,8 +45,16 @@ pub fn snapshot_check(
 /// but every other broker must be healthy: every partition is fully in sync
 /// except for `broker`'s own replicas, and if `broker` runs, stopping it
 /// must keep every partition at or above min ISR.
-pub fn restore_check(view: &ClusterView, broker: i32, expected: &[i32]) -> Result<(), String> {
-    let mut problems = Vec::new();
+///
+/// For a controller, the quorum must have a leader and every other
+/// controller must be caught up (`controllers` are the configured ones).
+pub fn restore_check(
+    view: &ClusterView,
+    broker: i32,
+    expected: &[i32],
+    controllers: &[i32],
+) -> Result<(), String> {
+    let mut problems = quorum_problems(view, controllers, Some(broker));
     let missing: Vec<i32> = expected
         .iter()
         .copied()
@@ -92,10 +102,37 @@ pub fn restore_check(view: &ClusterView, broker: i32, expected: &[i32]) -> Resul
     }
 }
 
+/// What is wrong with the controller quorum, for the configured
+/// `controllers` (none: nothing to check), leaving `except` out.
+fn quorum_problems(view: &ClusterView, controllers: &[i32], except: Option<i32>) -> Vec<String> {
+    if controllers.is_empty() {
+        return Vec::new();
+    }
+    let Some(q) = &view.quorum else {
+        return vec!["the controller quorum was not described".into()];
+    };
+    if q.leader.is_none() {
+        return vec!["the controller quorum has no leader".into()];
+    }
+    controllers
+        .iter()
+        .filter(|c| Some(**c) != except)
+        .filter_map(|&c| match q.voter(c) {
+            None => Some(format!(
+                "controller {c} is not a voter of the metadata quorum"
+            )),
+            Some(v) => q.behind(v),
+        })
+        .collect()
+}
+
 /// Is the whole cluster back in sync: every expected broker registered,
 /// every partition led and with its full replica set in ISR?
-pub fn in_sync(view: &ClusterView, expected: &[i32]) -> Result<(), String> {
-    let mut problems = Vec::new();
+///
+/// With controllers configured, also: the quorum has a leader and every
+/// one of them is a caught-up voter.
+pub fn in_sync(view: &ClusterView, expected: &[i32], controllers: &[i32]) -> Result<(), String> {
+    let mut problems = quorum_problems(view, controllers, None);
     let missing: Vec<i32> = expected
         .iter()
         .copied()
@@ -140,7 +177,7 @@ pub fn in_sync(view: &ClusterView, expected: &[i32]) -> Result<(), String> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use kafka_snapshot::kafka::view::PartitionState;
+    use kafka_snapshot::kafka::view::{PartitionState, QuorumState, Voter};
 
     pub fn view(brokers: &[i32], parts: &[(&str, i32, &[i32], &[i32])]) -> ClusterView {
         ClusterView {
@@ -164,19 +201,22 @@ pub(crate) mod tests {
     #[test]
     fn healthy_cluster() {
         let v = view(&[1, 2, 3], &[("orders", 0, &[1, 2, 3], &[1, 2, 3])]);
-        assert_eq!(in_sync(&v, &[1, 2, 3]), Ok(()));
-        assert_eq!(snapshot_check(&v, 2, LowReplicationPolicy::Refuse), Ok(()));
-        assert_eq!(restore_check(&v, 2, &[1, 2, 3]), Ok(()));
+        assert_eq!(in_sync(&v, &[1, 2, 3], &[]), Ok(()));
+        assert_eq!(
+            snapshot_check(&v, 2, NodeRole::Broker, LowReplicationPolicy::Refuse),
+            Ok(())
+        );
+        assert_eq!(restore_check(&v, 2, &[1, 2, 3], &[]), Ok(()));
     }
 
     #[test]
     fn a_missing_replica_is_not_in_sync() {
         let v = view(&[1, 3], &[("orders", 0, &[1, 2, 3], &[1, 3])]);
-        let e = in_sync(&v, &[1, 2, 3]).unwrap_err();
+        let e = in_sync(&v, &[1, 2, 3], &[]).unwrap_err();
         assert!(e.contains("[2] are not registered"), "{e}");
         assert!(e.contains("orders-0 (missing [2])"), "{e}");
         // Broker 1 may not stop: broker 2 is already out.
-        let e = snapshot_check(&v, 1, LowReplicationPolicy::Refuse).unwrap_err();
+        let e = snapshot_check(&v, 1, NodeRole::Broker, LowReplicationPolicy::Refuse).unwrap_err();
         assert!(
             e.contains("under-replicated") || e.contains("min ISR"),
             "{e}"
@@ -186,8 +226,8 @@ pub(crate) mod tests {
     #[test]
     fn restore_is_allowed_for_the_broker_that_is_down_only() {
         let v = view(&[1, 3], &[("orders", 0, &[1, 2, 3], &[1, 3])]);
-        assert_eq!(restore_check(&v, 2, &[1, 2, 3]), Ok(()));
-        let e = restore_check(&v, 3, &[1, 2, 3]).unwrap_err();
+        assert_eq!(restore_check(&v, 2, &[1, 2, 3], &[]), Ok(()));
+        let e = restore_check(&v, 3, &[1, 2, 3], &[]).unwrap_err();
         assert!(e.contains("broker(s) [2] are not registered"), "{e}");
         assert!(e.contains("under-replicated on other brokers"), "{e}");
     }
@@ -196,7 +236,7 @@ pub(crate) mod tests {
     fn restore_of_a_running_broker_keeps_min_isr() {
         // orders needs 2 in ISR; only 2 and 3 are in: restoring 3 would break it.
         let v = view(&[1, 2, 3], &[("orders", 0, &[1, 2, 3], &[2, 3])]);
-        let e = restore_check(&v, 3, &[1, 2, 3]).unwrap_err();
+        let e = restore_check(&v, 3, &[1, 2, 3], &[]).unwrap_err();
         assert!(e.contains("under min ISR"), "{e}");
     }
 
@@ -204,7 +244,57 @@ pub(crate) mod tests {
     fn offline_partitions_are_named() {
         let mut v = view(&[1, 2, 3], &[("orders", 4, &[2], &[])]);
         v.partitions[0].leader = None;
-        let e = in_sync(&v, &[1, 2, 3]).unwrap_err();
+        let e = in_sync(&v, &[1, 2, 3], &[]).unwrap_err();
         assert!(e.contains("1 partition(s) offline: orders-4"), "{e}");
+    }
+
+    fn quorum(ago: &[(i32, i64)]) -> QuorumState {
+        let now = 1_700_000_000_000;
+        QuorumState {
+            leader: Some(101),
+            high_watermark: 900,
+            voters: ago
+                .iter()
+                .map(|&(id, ms)| Voter {
+                    id,
+                    log_end_offset: 900,
+                    last_fetch_ms: Some(now - ms),
+                    last_caught_up_ms: Some(now - ms),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn controllers_must_be_caught_up_voters_for_the_cluster_to_be_in_sync() {
+        let mut v = view(&[1, 2, 3], &[("orders", 0, &[1, 2, 3], &[1, 2, 3])]);
+        let controllers = [100, 101, 102];
+        let e = in_sync(&v, &[1, 2, 3], &controllers).unwrap_err();
+        assert_eq!(e, "the controller quorum was not described");
+        v.quorum = Some(quorum(&[(100, 200), (101, 0), (102, 300)]));
+        assert_eq!(in_sync(&v, &[1, 2, 3], &controllers), Ok(()));
+        // Controller 100 was stopped 5 s ago: its entry has aged.
+        v.quorum = Some(quorum(&[(100, 5_000), (101, 0), (102, 300)]));
+        let e = in_sync(&v, &[1, 2, 3], &controllers).unwrap_err();
+        assert!(
+            e.contains("controller 100 last caught up with the leader 5000 ms ago"),
+            "{e}"
+        );
+        // It may be restored (it is the one down), but not controller 102.
+        assert_eq!(restore_check(&v, 100, &[1, 2, 3], &controllers), Ok(()));
+        let e = restore_check(&v, 102, &[1, 2, 3], &controllers).unwrap_err();
+        assert!(e.contains("controller 100"), "{e}");
+        // A dedicated controller's snapshot gate is the quorum's.
+        let e = snapshot_check(&v, 102, NodeRole::Controller, LowReplicationPolicy::Refuse)
+            .unwrap_err();
+        assert!(e.contains("ControllerQuorumHealthy"), "{e}");
+        v.quorum = Some(quorum(&[(100, 100), (101, 0), (102, 300)]));
+        assert_eq!(
+            snapshot_check(&v, 102, NodeRole::Controller, LowReplicationPolicy::Refuse),
+            Ok(())
+        );
+        // A configured controller the quorum does not know.
+        let e = in_sync(&v, &[1, 2, 3], &[100, 101, 103]).unwrap_err();
+        assert!(e.contains("controller 103 is not a voter"), "{e}");
     }
 }

@@ -247,6 +247,47 @@ pub async fn background(s: Arc<Shared>, mut shutdown: tokio::sync::watch::Receiv
     }
 }
 
+/// Runs the `before_cycle` (`before`) or `after_cycle` hook of `cycle`
+/// and records how it ended. The engine is not held while it runs.
+async fn run_cycle_hook(s: &Arc<Shared>, cycle: i64, before: bool) {
+    let cfg = s.cfg();
+    let (name, command) = match before {
+        true => ("before_cycle", cfg.hooks.before_cycle.clone()),
+        false => ("after_cycle", cfg.hooks.after_cycle.clone()),
+    };
+    let Some(command) = command else {
+        return;
+    };
+    let mut env = vec![
+        ("KAFKA_SNAPSHOT_CYCLE_ID", cycle.to_string()),
+        ("KAFKA_SNAPSHOT_HOOK", name.to_string()),
+    ];
+    if !before {
+        let state = s
+            .engine()
+            .cycle_state(cycle)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        env.push(("KAFKA_SNAPSHOT_CYCLE_STATE", state));
+    }
+    tracing::info!(cycle, hook = name, "running hook");
+    let result = kafka_snapshot::command::run(&command, cfg.hooks.timeout, &env)
+        .await
+        .map_err(|e| format!("`{command}`: {e}"));
+    if let Err(e) = &result {
+        tracing::error!(cycle, hook = name, "hook failed: {e}");
+    }
+    let now = Utc::now();
+    let recorded = match before {
+        true => s.engine().before_cycle_ran(cycle, result, now),
+        false => s.engine().after_cycle_ran(cycle, result, now),
+    };
+    if let Err(e) = recorded {
+        tracing::error!(cycle, hook = name, "recording the hook's result: {e}");
+    }
+}
+
 async fn tick_loop(
     s: &Arc<Shared>,
     shutdown: &mut tokio::sync::watch::Receiver<bool>,
@@ -267,6 +308,12 @@ async fn tick_loop(
                 continue;
             }
         };
+        if let Some(cycle) = needs.before_cycle {
+            run_cycle_hook(s, cycle, true).await;
+        }
+        if let Some(cycle) = needs.after_cycle {
+            run_cycle_hook(s, cycle, false).await;
+        }
         // Even with nothing to check, look at the cluster every minute so
         // that brokers no agent covers are noticed.
         if !needs.settle_check
@@ -288,7 +335,7 @@ async fn tick_loop(
             };
             if due {
                 let check = match s.view().await {
-                    Ok(v) => health::in_sync(&v, &s.cfg().brokers()),
+                    Ok(v) => health::in_sync(&v, &s.cfg().brokers(), &s.cfg().controllers()),
                     Err(e) => Err(format!("cluster not reachable: {e}")),
                 };
                 if let Err(e) = s.engine().apply_cluster_check(check, Utc::now()) {

@@ -192,7 +192,7 @@ fn run(cli: Cli) -> kafka_snapshot::Result<ExitCode> {
                 "{}: ok ({} agents: {:?}; schedule {})",
                 cli.config.display(),
                 cfg.agents.len(),
-                cfg.brokers(),
+                cfg.nodes(),
                 cfg.schedule()
             );
             Ok(ExitCode::SUCCESS)

@@ -57,6 +57,21 @@ pub fn render(
     o.family(&format!("{P}_up"), "gauge", "The coordinator is serving.");
     o.sample(&format!("{P}_up"), &[], 1.0);
 
+    let n = format!("{P}_node_info");
+    o.family(
+        &n,
+        "gauge",
+        "Every node with an agent, by its node id (the `broker` label of the other series) \
+         and role: broker, controller or combined.",
+    );
+    for b in &status.brokers {
+        o.sample(
+            &n,
+            &[("broker", &b.broker.to_string()), ("role", b.role.as_str())],
+            1.0,
+        );
+    }
+
     let n = format!("{P}_last_snapshot_timestamp_seconds");
     o.family(
         &n,
@@ -337,6 +352,10 @@ mod tests {
         let text = render(&e, &BTreeSet::new(), secs(60)).unwrap();
         assert!(
             text.contains("kafka_snapshot_clock_skewed_snapshots{broker=\"1\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("kafka_snapshot_node_info{broker=\"3\",role=\"broker\"} 1\n"),
             "{text}"
         );
     }

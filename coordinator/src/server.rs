@@ -117,12 +117,18 @@ async fn poll(State(s): S, headers: HeaderMap, body: Bytes) -> HttpResult<Json<P
         PollDecision::Check(cand) => {
             let check = match s.view().await {
                 Ok(v) => match &cand {
-                    Candidate::Snapshot { broker, .. } => {
-                        health::snapshot_check(&v, *broker, s.cfg().gate.low_replication_policy)
-                    }
-                    Candidate::Restore { broker, .. } => {
-                        health::restore_check(&v, *broker, &s.cfg().brokers())
-                    }
+                    Candidate::Snapshot { broker, .. } => health::snapshot_check(
+                        &v,
+                        *broker,
+                        s.cfg().role_of(*broker).unwrap_or_default(),
+                        s.cfg().gate.low_replication_policy,
+                    ),
+                    Candidate::Restore { broker, .. } => health::restore_check(
+                        &v,
+                        *broker,
+                        &s.cfg().brokers(),
+                        &s.cfg().controllers(),
+                    ),
                 },
                 Err(e) => Err(format!("cluster not reachable: {e}")),
             };

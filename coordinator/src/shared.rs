@@ -154,7 +154,12 @@ impl Shared {
     /// the coordinator learns it (without `[cluster] id`), and a cluster
     /// of another id fails every look, so nothing is granted on it.
     pub async fn view(&self) -> std::result::Result<ClusterView, String> {
-        let v = self.kafka.view().await?;
+        // The quorum too once a controller has an agent (a reload may add
+        // the first one).
+        let v = self
+            .kafka
+            .view_with(!self.cfg().controllers().is_empty())
+            .await?;
         if !self.cluster_checked.load(Ordering::SeqCst) {
             let live = self.kafka.cluster_id().await?;
             self.engine()

@@ -40,7 +40,7 @@ fn a_rolling_cycle_then_a_restore_of_broker_2() {
     f.wait_all_verified(Duration::from_secs(60));
     let table = f.coord.cli_ok(&["status"], 0);
     assert!(
-        table.contains("lease:    free") && table.contains("BROKER"),
+        table.contains("lease:    free") && table.contains("NODE") && table.contains("ROLE"),
         "{table}"
     );
 

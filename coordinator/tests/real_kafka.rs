@@ -66,6 +66,8 @@ fn real_kafka_gate_cycle_and_restore() {
         capture: "auto",
         ttl: "10s",
         recovery_timeout: "180s",
+        // Agents on the three dedicated controllers too (KRaft).
+        controllers: true,
         ..FleetSpec::default()
     };
     let f = Fleet::around(t, cluster, spec);
@@ -104,27 +106,102 @@ fn real_kafka_gate_cycle_and_restore() {
 
 fn rolling_cycle(f: &Fleet<KafkaCluster>, acked: &mut Vec<u64>) -> (Seen, ReadBack) {
     let observer = observe(&f.cluster);
+    let nodes = NodeWatch::start(&f.cluster);
     let producer = Producer::start(&f.cluster.bootstrap(), 0);
     f.coord.cli_ok(&["run-now"], 0);
-    let st = f.wait_cycle_end(Duration::from_secs(480));
+    let st = f.wait_cycle_end(Duration::from_secs(600));
     assert_eq!(st["cycle"]["state"], "done", "{st:#}\n{}", f.logs());
+    // Brokers first, the dedicated controllers last.
+    let controllers = f.cluster.controller_ids();
+    let expected: Vec<i64> = [1, 2, 3]
+        .into_iter()
+        .chain(controllers.iter().copied())
+        .map(i64::from)
+        .collect();
+    let order: Vec<i64> = st["cycle"]["brokers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["broker"].as_i64().unwrap())
+        .collect();
+    assert_eq!(order, expected, "{st:#}");
     let snaps = f.snapshots();
-    let brokers: Vec<i64> = snaps
+    let mut snapped: Vec<i64> = snaps
         .iter()
         .map(|s| s["broker"].as_i64().unwrap())
         .collect();
-    assert_eq!(brokers, vec![1, 2, 3], "{snaps:#?}");
+    snapped.sort_unstable();
+    assert_eq!(snapped, expected, "{snaps:#?}");
     for s in &snaps {
         // Broker 3's log dirs are on ext4: `auto` copies there.
         let want = if s["broker"] == 3 { "copy" } else { "reflink" };
         assert_eq!(s["capture"], want, "{s:#}");
+        // A controller's clean stop is proven by its closed metadata log.
+        assert_eq!(s["clean_shutdown"], true, "{s:#}");
+    }
+    // The controllers were taken after every broker had committed.
+    let committed = |n: i64| {
+        snaps
+            .iter()
+            .find(|s| s["broker"] == n)
+            .and_then(|s| s["committed"].as_str())
+            .unwrap()
+            .to_string()
+    };
+    for c in &controllers {
+        for b in 1..=3 {
+            assert!(committed(i64::from(*c)) > committed(b), "{snaps:#?}");
+        }
     }
     f.wait_all_verified(Duration::from_secs(120));
     let from = acked.len();
     acked.extend(producer.finish());
     let seen = observer.finish();
+    let down = nodes.finish();
+    assert!(
+        down <= 1,
+        "rolling cycle: {down} nodes (brokers and controllers) were down at once\n{}",
+        f.logs()
+    );
     let read = after_load(f, &seen, acked, from, "rolling cycle");
     (seen, read)
+}
+
+/// Watches every node's process (brokers and controllers) every 50 ms: the
+/// most that were down at once.
+struct NodeWatch {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<usize>>,
+}
+
+impl NodeWatch {
+    fn start(cluster: &Arc<KafkaCluster>) -> NodeWatch {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s, c) = (stop.clone(), cluster.clone());
+        let ids: Vec<i32> = c
+            .broker_ids()
+            .into_iter()
+            .chain(c.controller_ids())
+            .collect();
+        let thread = std::thread::spawn(move || {
+            let mut most = 0;
+            while !s.load(Ordering::Relaxed) {
+                let down = ids.iter().filter(|id| !c.is_running(**id)).count();
+                most = most.max(down);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            most
+        });
+        NodeWatch {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn finish(mut self) -> usize {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap()
+    }
 }
 
 fn restore_broker_2(f: &Fleet<KafkaCluster>, acked: &mut Vec<u64>) -> (Seen, ReadBack) {

@@ -13,6 +13,7 @@ from ansible.errors import AnsibleFilterError  # noqa: E402
 from kafka_snapshot import (  # noqa: E402
     kafka_log_dirs,
     kafka_node_id,
+    kafka_node_role,
     kafka_properties,
     kafka_snapshot_toml,
 )
@@ -42,6 +43,16 @@ class Properties(unittest.TestCase):
         self.assertEqual(kafka_log_dirs({}), ["/tmp/kafka-logs"])
         # The metadata dir is not listed twice.
         self.assertEqual(kafka_log_dirs({"log.dirs": "/a,/b", "metadata.log.dir": "/a"}), ["/a", "/b"])
+
+    def test_node_roles(self):
+        self.assertEqual(kafka_node_role({"process.roles": "broker"}), "broker")
+        self.assertEqual(kafka_node_role({"process.roles": "controller"}), "controller")
+        self.assertEqual(kafka_node_role({"process.roles": " broker , controller"}), "combined")
+        self.assertEqual(kafka_node_role({"process.roles": "controller,broker"}), "combined")
+        # ZooKeeper mode: no process.roles.
+        self.assertEqual(kafka_node_role({"broker.id": "1"}), "broker")
+        with self.assertRaisesRegex(AnsibleFilterError, "unknown role 'voter'"):
+            kafka_node_role({"process.roles": "controller,voter"})
 
     def test_escapes_and_separators(self):
         p = kafka_properties("a\\:b=c\\=d\nspaced   =  v  \nempty=\n")

@@ -8,6 +8,7 @@ use crate::settings::{bad, duration, problems_error, FreeSpace, KeyError};
 use crate::storage::StorageSection;
 use kafka_snapshot_model::error::{Error, Result};
 use kafka_snapshot_model::manifest::CaptureMode;
+pub use kafka_snapshot_model::protocol::NodeRole;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -28,6 +29,42 @@ pub struct AgentConfig {
     pub coordinator: Option<CoordinatorSection>,
     #[serde(default)]
     pub metrics: MetricsSection,
+    #[serde(default)]
+    pub hooks: HooksSection,
+}
+
+/// `[hooks]`: commands around a snapshot's stop of the node, for
+/// application-consistent snapshots (pause a MirrorMaker 2 connector, flush
+/// an application). Run with `sh -c` as the agent's user, with
+/// `KAFKA_SNAPSHOT_NODE_ID`, `KAFKA_SNAPSHOT_ROLE` and `KAFKA_SNAPSHOT_HOOK`
+/// set (and `KAFKA_SNAPSHOT_OUTCOME` for `post_start`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HooksSection {
+    /// After the gate passed, before the node is stopped. A failure (exit
+    /// status other than 0, or `timeout`) stops nothing: the attempt fails,
+    /// naming the hook and its stderr.
+    pub pre_stop: Option<String>,
+    /// After the node runs again and is back in every ISR (or, when the
+    /// attempt failed, once the node was started again): after every
+    /// attempt `pre_stop` was run for, even a failed one, so it can undo
+    /// what `pre_stop` did. `KAFKA_SNAPSHOT_OUTCOME` is `ok`, `failed` or
+    /// `not_stopped`. A failure is reported loudly; the snapshot, if one
+    /// was taken, stays (it is complete).
+    pub post_start: Option<String>,
+    /// How long each hook may run before it is killed and counts as failed.
+    #[serde(deserialize_with = "duration")]
+    pub timeout: Duration,
+}
+
+impl Default for HooksSection {
+    fn default() -> Self {
+        HooksSection {
+            pre_stop: None,
+            post_start: None,
+            timeout: Duration::from_secs(300),
+        }
+    }
 }
 
 /// `[coordinator]`: the daemon (`run`) polls it for leases.
@@ -102,6 +139,11 @@ pub struct BrokerSection {
     pub server_properties: Option<PathBuf>,
     /// Or the log dirs, listed explicitly.
     pub log_dirs: Option<Vec<PathBuf>>,
+    /// What this node is: `broker`, `controller` (a dedicated KRaft
+    /// controller) or `combined`. Read from `process.roles` in
+    /// `server_properties` when that is set (this key must then agree);
+    /// `broker` when neither says.
+    pub role: Option<NodeRole>,
     /// Stops the broker; returns once the stop is requested.
     #[serde(default = "default_stop_command")]
     pub stop_command: String,
@@ -351,6 +393,37 @@ impl AgentConfig {
     }
 
     /// The log dirs to snapshot, from the config or server.properties.
+    /// What this node is ([`BrokerSection::role`]): `process.roles` from
+    /// server.properties (absent there: a ZooKeeper-mode broker), else the
+    /// `broker.role` key, else a broker.
+    pub fn role(&self, config_path: &Path) -> Result<NodeRole> {
+        let Some(path) = &self.broker.server_properties else {
+            return Ok(self.broker.role.unwrap_or_default());
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Config {
+            file: path.clone(),
+            message: format!("cannot read: {e}"),
+        })?;
+        let from_props = match crate::props::parse(&text).get("process.roles") {
+            Some(roles) => NodeRole::from_process_roles(roles).map_err(|m| Error::Config {
+                file: path.clone(),
+                message: m,
+            })?,
+            None => NodeRole::Broker,
+        };
+        match self.broker.role {
+            Some(r) if r != from_props => Err(Error::Config {
+                file: config_path.to_path_buf(),
+                message: format!(
+                    "broker.role is {r}, but process.roles in {} makes this node a {from_props}: \
+                     remove broker.role (server.properties says what the node is)",
+                    path.display()
+                ),
+            }),
+            _ => Ok(from_props),
+        }
+    }
+
     pub fn log_dirs(&self) -> Result<Vec<PathBuf>> {
         match (&self.broker.log_dirs, &self.broker.server_properties) {
             (Some(d), _) => Ok(d.clone()),
@@ -452,6 +525,47 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("storage.url"), "{e}");
+    }
+
+    #[test]
+    fn the_role_comes_from_process_roles_or_the_key() {
+        let t = tempfile::tempdir().unwrap();
+        let props = t.path().join("server.properties");
+        let cfg = |role: &str| {
+            parse(&format!(
+                "[broker]\nserver_properties={:?}\n{role}[storage]\nurl='file:///x'\n",
+                props.display().to_string()
+            ))
+            .unwrap()
+        };
+        let at = Path::new("/etc/agent.toml");
+        std::fs::write(&props, "process.roles=controller\nnode.id=100\n").unwrap();
+        assert_eq!(cfg("").role(at).unwrap(), NodeRole::Controller);
+        std::fs::write(&props, "process.roles = broker, controller\n").unwrap();
+        assert_eq!(cfg("").role(at).unwrap(), NodeRole::Combined);
+        // ZooKeeper mode: no process.roles.
+        std::fs::write(&props, "broker.id=1\n").unwrap();
+        assert_eq!(cfg("").role(at).unwrap(), NodeRole::Broker);
+        // The key must agree with the file.
+        let e = cfg("role='controller'\n").role(at).unwrap_err().to_string();
+        assert!(
+            e.contains("broker.role is controller, but process.roles in") && e.contains("broker"),
+            "{e}"
+        );
+        std::fs::write(&props, "process.roles=brokre\n").unwrap();
+        let e = cfg("").role(at).unwrap_err().to_string();
+        assert!(e.contains("unknown role \"brokre\""), "{e}");
+        assert!(e.contains("server.properties"), "{e}");
+        // Without server.properties: the key, else a broker.
+        let c = parse("[broker]\nlog_dirs=['/a']\nrole='controller'\n[storage]\nurl='file:///x'\n")
+            .unwrap();
+        assert_eq!(c.role(at).unwrap(), NodeRole::Controller);
+        let c = parse("[broker]\nlog_dirs=['/a']\n[storage]\nurl='file:///x'\n").unwrap();
+        assert_eq!(c.role(at).unwrap(), NodeRole::Broker);
+        let e = parse("[broker]\nlog_dirs=['/a']\nrole='voter'\n[storage]\nurl='file:///x'\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown variant `voter`"), "{e}");
     }
 
     #[test]

@@ -18,6 +18,8 @@
 pub mod archive;
 pub mod capture;
 pub mod catalog;
+pub mod cleanstop;
+pub mod command;
 pub mod config;
 pub mod extract;
 pub mod fsat;

@@ -188,7 +188,11 @@ pub struct Entry {
 pub struct LogDir {
     pub path: PathBuf,
     pub meta: MetaProperties,
+    /// The node stopped cleanly as far as this dir shows
+    /// ([`crate::cleanstop::check`]).
     pub clean_shutdown: bool,
+    /// Why it is not clean.
+    pub unclean_reason: Option<String>,
     /// Holds `__cluster_metadata-0`.
     pub is_metadata_dir: bool,
 }
@@ -254,8 +258,8 @@ pub fn scan(paths: &[PathBuf]) -> Result<Inventory> {
             }
         })?;
         let meta = read_meta_properties(path)?;
-        let clean_shutdown = path.join(CLEAN_SHUTDOWN).exists();
-        let is_metadata_dir = path.join("__cluster_metadata-0").is_dir();
+        let clean = crate::cleanstop::check(path);
+        let is_metadata_dir = path.join(crate::cleanstop::METADATA_LOG).is_dir();
         entries.push(entry_from_metadata(index, PathBuf::new(), &md, None));
         walk(
             index,
@@ -267,7 +271,8 @@ pub fn scan(paths: &[PathBuf]) -> Result<Inventory> {
         dirs.push(LogDir {
             path: path.clone(),
             meta,
-            clean_shutdown,
+            clean_shutdown: clean.is_ok(),
+            unclean_reason: clean.err(),
             is_metadata_dir,
         });
     }

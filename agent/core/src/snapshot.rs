@@ -83,19 +83,21 @@ pub fn capture(req: &CaptureRequest) -> Result<Captured> {
     let capture_started = Utc::now();
     let inventory = logdir::scan(&req.log_dirs)?;
     if !inventory.clean_shutdown() && !req.allow_unclean {
-        let missing: Vec<String> = inventory
+        let unclean: Vec<&logdir::LogDir> = inventory
             .dirs
             .iter()
             .filter(|d| !d.clean_shutdown)
-            .map(|d| d.path.display().to_string())
+            .collect();
+        let reasons: Vec<&str> = unclean
+            .iter()
+            .filter_map(|d| d.unclean_reason.as_deref())
             .collect();
         return Err(Error::LogDir {
-            path: PathBuf::from(&missing[0]),
+            path: unclean[0].path.clone(),
             message: format!(
-                "no {} in {}: the broker did not stop cleanly; start it, let it recover and stop it again \
+                "the node did not stop cleanly ({}); start it, let it recover and stop it again \
                  (or pass --allow-unclean for a crash-consistent snapshot)",
-                logdir::CLEAN_SHUTDOWN,
-                missing.join(", ")
+                reasons.join("; ")
             ),
         });
     }

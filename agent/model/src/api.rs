@@ -86,6 +86,9 @@ pub struct CycleView {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BrokerView {
     pub broker: i32,
+    /// Broker, controller or combined (older coordinators: broker).
+    #[serde(default)]
+    pub role: crate::protocol::NodeRole,
     pub hostname: Option<String>,
     pub agent_last_seen: Option<String>,
     pub phase: String,

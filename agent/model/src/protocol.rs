@@ -86,6 +86,70 @@ impl std::fmt::Display for Phase {
     }
 }
 
+/// What a Kafka node is (`process.roles`): ZooKeeper-mode brokers and KRaft
+/// brokers are `broker`, dedicated KRaft controllers `controller`, nodes
+/// with both roles `combined`. A rolling cycle takes brokers first and
+/// controllers last, so the metadata in a cycle's snapshots is the newest.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeRole {
+    #[default]
+    Broker,
+    Combined,
+    Controller,
+}
+
+impl NodeRole {
+    /// From `process.roles` (`broker`, `controller`, `broker,controller`).
+    pub fn from_process_roles(roles: &str) -> Result<NodeRole, String> {
+        let mut broker = false;
+        let mut controller = false;
+        for r in roles.split(',').map(str::trim).filter(|r| !r.is_empty()) {
+            match r {
+                "broker" => broker = true,
+                "controller" => controller = true,
+                other => {
+                    return Err(format!(
+                        "process.roles {roles:?}: unknown role {other:?} (broker, controller)"
+                    ))
+                }
+            }
+        }
+        match (broker, controller) {
+            (true, false) => Ok(NodeRole::Broker),
+            (true, true) => Ok(NodeRole::Combined),
+            (false, true) => Ok(NodeRole::Controller),
+            (false, false) => Err(format!("process.roles {roles:?} names no role")),
+        }
+    }
+
+    /// Serves clients and hosts partitions.
+    pub fn is_broker(self) -> bool {
+        matches!(self, NodeRole::Broker | NodeRole::Combined)
+    }
+
+    /// A KRaft controller (a voter of the metadata quorum).
+    pub fn is_controller(self) -> bool {
+        matches!(self, NodeRole::Controller | NodeRole::Combined)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeRole::Broker => "broker",
+            NodeRole::Combined => "combined",
+            NodeRole::Controller => "controller",
+        }
+    }
+}
+
+impl std::fmt::Display for NodeRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PollRequest {
@@ -104,6 +168,11 @@ pub struct PollRequest {
     /// receives a lease another agent already works under.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance: Option<String>,
+    /// What the node is, from its `process.roles` (absent from agents
+    /// older than controller support: then the coordinator's config alone
+    /// says).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<NodeRole>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

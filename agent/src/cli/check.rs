@@ -13,7 +13,7 @@ pub fn run(config: &Path, broker: Option<i32>, json: bool) -> Result<ExitCode> {
     let cfg = AgentConfig::load(config)?;
     let kafka = cfg.kafka(config, "check")?.clone();
     let dirs = cfg.log_dirs()?;
-    let controller = kafka_snapshot::kafka::is_controller(cfg.broker.server_properties.as_deref())?;
+    let role = cfg.role(config)?;
     let broker = match broker {
         Some(b) => b,
         None => logdir::read_meta_properties(&dirs[0])?.node_id,
@@ -25,8 +25,15 @@ pub fn run(config: &Path, broker: Option<i32>, json: bool) -> Result<ExitCode> {
     let report = runtime.block_on(async {
         match KafkaClient::new(&kafka) {
             Ok(client) => {
-                let client = client.with_quorum(controller);
-                check_now(&client, broker, cfg.gate.low_replication_policy, &dirs).await
+                let client = client.with_quorum(role.is_controller());
+                check_now(
+                    &client,
+                    broker,
+                    role,
+                    cfg.gate.low_replication_policy,
+                    &dirs,
+                )
+                .await
             }
             Err(e) => GateReport::unreachable(broker, e),
         }

@@ -128,6 +128,8 @@ pub enum FailureReason {
     Shutdown,
     /// Cold storage or the agent's own state could not be used.
     Setup,
+    /// A `[hooks]` command failed (`pre_stop`: nothing was stopped).
+    Hook,
 }
 
 impl FailureReason {
@@ -142,6 +144,7 @@ impl FailureReason {
             FailureReason::Lease => "lease",
             FailureReason::Shutdown => "shutdown",
             FailureReason::Setup => "setup",
+            FailureReason::Hook => "hook",
         }
     }
 }

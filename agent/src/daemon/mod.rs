@@ -23,7 +23,7 @@ pub mod state;
 use crate::broker::BrokerControl;
 use crate::cycle::{Cycle, PhaseObserver};
 use client::{CallError, CoordinatorClient};
-use kafka_snapshot::config::{AgentConfig, CoordinatorSection};
+use kafka_snapshot::config::{AgentConfig, CoordinatorSection, NodeRole};
 use kafka_snapshot::kafka::fetch::KafkaClient;
 use kafka_snapshot::logdir;
 use kafka_snapshot::storage::{ColdStore, StoreOptions};
@@ -55,7 +55,12 @@ pub async fn run(
     let _lock = state::StateLock::acquire(&coord_cfg.state_file)?;
     let previous = AgentState::load(&coord_cfg.state_file)?;
     let broker = resolve_broker(&cfg, &log_dirs, previous.as_ref())?;
-    let kafka = Arc::new(KafkaClient::new(&kafka_cfg).map_err(Error::Usage)?);
+    let role = cfg.role(config_path)?;
+    let kafka = Arc::new(
+        KafkaClient::new(&kafka_cfg)
+            .map_err(Error::Usage)?
+            .with_quorum(role.is_controller()),
+    );
     let coord = Arc::new(CoordinatorClient::new(&coord_cfg, config_path, broker)?);
     let control = BrokerControl::new(&cfg.broker, log_dirs.clone());
     let state = previous
@@ -86,6 +91,7 @@ pub async fn run(
         coord_cfg,
         cfg,
         broker,
+        role,
         log_dirs,
         kafka,
         coord,
@@ -176,6 +182,7 @@ pub(crate) struct Daemon {
     coord_cfg: CoordinatorSection,
     state_path: PathBuf,
     broker: i32,
+    role: NodeRole,
     log_dirs: Vec<PathBuf>,
     kafka: Arc<KafkaClient>,
     coord: Arc<CoordinatorClient>,
@@ -255,6 +262,7 @@ impl Daemon {
             self.cfg.clone(),
             self.log_dirs.clone(),
             self.broker,
+            self.role,
             self.kafka.clone(),
             store,
             interrupt,
@@ -346,6 +354,7 @@ impl Daemon {
                 lease_epoch: state.lease_held.then_some(state.lease_epoch).flatten(),
                 broker_running: self.broker_running(),
                 instance: Some(self.instance.clone()),
+                role: Some(self.role),
             };
             match self.coord.poll(&req).await {
                 Ok(resp) => {

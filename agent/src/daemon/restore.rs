@@ -193,8 +193,8 @@ impl Daemon {
         if running {
             match cycle.control().stop().await {
                 Ok(Stopped::Clean) => {}
-                Ok(Stopped::Unclean { missing }) => tracing::warn!(
-                    dirs = ?missing,
+                Ok(Stopped::Unclean { reasons }) => tracing::warn!(
+                    reasons = reasons.join("; "),
                     "the broker stopped uncleanly; its data is being replaced anyway"
                 ),
                 Err(e) => {

@@ -49,8 +49,11 @@ impl Daemon {
                 downtime_ms,
                 unavailable_ms,
                 archive: Archive::Pending(pending),
+                post_start_error,
             }) => {
                 self.metrics.downtime(downtime_ms, Some(unavailable_ms));
+                self.post_start_failed(post_start_error, &snapshot_id, epoch)
+                    .await;
                 let _ = self.update(|s| s.snapshot_id = Some(snapshot_id.clone()));
                 if loss.is_none() {
                     self.release(
@@ -106,8 +109,11 @@ impl Daemon {
                 downtime_ms,
                 unavailable_ms,
                 archive: Archive::Committed(m),
+                post_start_error,
             }) => {
                 self.metrics.downtime(downtime_ms, Some(unavailable_ms));
+                self.post_start_failed(post_start_error, &snapshot_id, epoch)
+                    .await;
                 self.metrics.snapshot_committed(&m);
                 let _ = self.update(|s| s.snapshot_id = Some(snapshot_id));
                 if loss.is_none() {
@@ -129,6 +135,22 @@ impl Daemon {
         self.finish();
     }
 
+    /// Tells the coordinator (an error event and the node's last error in
+    /// `status`) and the metrics that the `post_start` hook failed after a
+    /// snapshot that is itself complete.
+    async fn post_start_failed(&self, error: Option<String>, snapshot_id: &str, epoch: u64) {
+        let Some(error) = error else {
+            return;
+        };
+        self.metrics.failed(FailureReason::Hook);
+        let msg = format!(
+            "the post_start hook failed after snapshot {snapshot_id} of node {} (the snapshot \
+             is complete; whatever pre_stop paused may still be paused): {error}",
+            self.broker
+        );
+        self.notice(NoticeLevel::Error, msg, Some(epoch)).await;
+    }
+
     /// A lease whose work did not finish: say why, in the way the
     /// coordinator expects (a lost lease cannot be released).
     async fn end_failed(&mut self, epoch: u64, e: CycleError, loss: Option<Loss>) {
@@ -148,6 +170,9 @@ impl Daemon {
             (CycleError::Commit(_), None) => FailureReason::Archive,
             (CycleError::Interrupted { .. }, None) => FailureReason::Shutdown,
             (CycleError::Setup(_) | CycleError::NotRecorded(_), None) => FailureReason::Setup,
+            (CycleError::PreStopHook(_) | CycleError::PostStartHook { .. }, None) => {
+                FailureReason::Hook
+            }
         });
         match (&e, &loss) {
             (_, Some(Loss::Stale(_))) => {

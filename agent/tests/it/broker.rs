@@ -20,6 +20,8 @@ fn fake() -> Fake {
     let t = tempfile::tempdir().unwrap();
     let dir = t.path().join("kafka-logs");
     fs::create_dir(&dir).unwrap();
+    // A partition log: what makes `.kafka_cleanshutdown` necessary.
+    fs::create_dir(dir.join("orders-0")).unwrap();
     fs::write(dir.join(".lock"), b"").unwrap();
     let pidfile = t.path().join("pid");
     Fake {
@@ -103,7 +105,13 @@ fn unclean_stop_is_reported_with_the_dirs() {
     rt().block_on(async {
         c.start().await.unwrap();
         match c.stop().await.unwrap() {
-            Stopped::Unclean { missing } => assert_eq!(missing, vec![f.dir.clone()]),
+            Stopped::Unclean { reasons } => {
+                assert_eq!(reasons.len(), 1, "{reasons:?}");
+                assert!(
+                    reasons[0].contains(&format!("no .kafka_cleanshutdown in {}", f.dir.display())),
+                    "{reasons:?}"
+                );
+            }
             other => panic!("expected an unclean stop, got {other:?}"),
         }
     });

@@ -224,8 +224,8 @@ fn lagging_controller_quorum_blocks_a_controller_node() {
             }
         },
         &["controller_quorum_healthy"],
-        "1 voter(s) are more than 1000 records behind the leader",
-        "controller 3 (log end offset",
+        "1 voter(s) are not caught up with the leader 1",
+        "controller 3 last caught up with the leader",
         |sc| {
             if let Some(q) = &mut sc.quorum {
                 q.lag.clear()
@@ -316,7 +316,7 @@ fn crash_on_sigterm_is_not_archived_and_the_broker_is_started() {
     let err = stderr(&snapshot(&s.write(&s.config(2)), 1));
     let dir = s.c.log_dirs(2)[0].display().to_string();
     assert!(
-        err.contains("error: the broker stopped uncleanly (no .kafka_cleanshutdown in")
+        err.contains("error: the node stopped uncleanly (no .kafka_cleanshutdown in")
             && err.contains(&dir)
             && err.contains("it was started again and nothing was archived"),
         "{err}"
@@ -440,4 +440,78 @@ fn wait_child(child: &mut std::process::Child, limit: Duration) -> std::process:
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// `[hooks]` that log their environment to `log` (one line per run), and
+/// fail with `pre_exit`/`post_exit`.
+fn hooks(log: &std::path::Path, pre_exit: i32, post_exit: i32) -> String {
+    let line = |exit: i32| {
+        format!(
+            "echo \"$KAFKA_SNAPSHOT_HOOK node=$KAFKA_SNAPSHOT_NODE_ID role=$KAFKA_SNAPSHOT_ROLE \
+             outcome=${{KAFKA_SNAPSHOT_OUTCOME:-}}\" >> {}; [ {exit} -eq 0 ] || \
+             {{ echo 'connector mirror-1 did not pause' >&2; exit {exit}; }}",
+            log.display()
+        )
+    };
+    format!(
+        "[hooks]\npre_stop = {:?}\npost_start = {:?}\ntimeout = \"20s\"\n",
+        line(pre_exit),
+        line(post_exit)
+    )
+}
+
+#[test]
+fn hooks_run_around_the_stop_with_the_node_and_the_outcome() {
+    let s = Setup::new("ext4", |_| {});
+    let log = s.t.path().join("hooks.log");
+    let mut cfg = s.config(2);
+    cfg.gate = hooks(&log, 0, 0);
+    snapshot(&s.write(&cfg), 0);
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap(),
+        "pre_stop node=2 role=broker outcome=\npost_start node=2 role=broker outcome=ok\n"
+    );
+    s.assert_one_down_at_most_and_running(2);
+    assert_eq!(stored_objects(&s.store).len(), 2, "archive and manifest");
+}
+
+#[test]
+fn a_failing_pre_stop_hook_stops_nothing_and_post_start_still_runs() {
+    let s = Setup::new("ext4", |_| {});
+    let log = s.t.path().join("hooks.log");
+    let mut cfg = s.config(2);
+    cfg.gate = hooks(&log, 3, 0);
+    let err = stderr(&snapshot(&s.write(&cfg), 1));
+    assert!(
+        err.contains("the node was not stopped: pre_stop hook command")
+            && err.contains("exit status: 3: connector mirror-1 did not pause"),
+        "{err}"
+    );
+    // post_start ran to undo what pre_stop may have done.
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap(),
+        "pre_stop node=2 role=broker outcome=\npost_start node=2 role=broker outcome=not_stopped\n"
+    );
+    assert!(
+        !s.events_of(2).contains(&EventKind::Sigterm),
+        "{:?}",
+        s.events_of(2)
+    );
+    assert_eq!(stored_objects(&s.store), Vec::<PathBuf>::new());
+}
+
+#[test]
+fn a_failing_post_start_hook_is_loud_but_keeps_the_complete_snapshot() {
+    let s = Setup::new("ext4", |_| {});
+    let log = s.t.path().join("hooks.log");
+    let mut cfg = s.config(2);
+    cfg.gate = hooks(&log, 0, 4);
+    let err = stderr(&snapshot(&s.write(&cfg), 1));
+    assert!(
+        err.contains("is complete, but then post_start hook command")
+            && err.contains("exit status: 4: connector mirror-1 did not pause"),
+        "{err}"
+    );
+    s.assert_one_down_at_most_and_running(2);
+    assert_eq!(stored_objects(&s.store).len(), 2, "archive and manifest");
 }

@@ -18,8 +18,23 @@ impl Engine {
                 req.protocol,
             )));
         }
+        let configured_role = self.cfg.role_of(req.broker);
         let cx = self.begin(now)?;
         brokers::seen_poll(&cx.tx, req, now)?;
+        if let (Some(reported), Some(configured)) = (req.role, configured_role) {
+            if reported != configured {
+                let msg = format!(
+                    "the agent of node {} runs on a {reported} (process.roles), but the \
+                     coordinator's [[agents]] entry for node {} says {configured}: set role = \
+                     \"{reported}\" there (a cycle takes brokers first and controllers last, and \
+                     a controller is gated on the quorum); no lease until they agree",
+                    req.broker, req.broker
+                );
+                brokers::set_error(&cx.tx, req.broker, &msg, now)?;
+                cx.commit()?;
+                return Err(ApiError::BadRequest(msg));
+            }
+        }
         // An active lease of this broker the agent does not know about.
         if let Some(own) = leases::active_of(&cx.tx, req.broker)? {
             let action = cx.poll_under_own_lease(req, &own)?;
@@ -458,6 +473,10 @@ impl Ctx<'_> {
         let Some((cycle, CycleState::Running)) = cycles::open(&self.tx)? else {
             return Ok(None);
         };
+        // No lease before the before_cycle hook succeeded.
+        if self.before_cycle_pending()? == Some(cycle) {
+            return Ok(None);
+        }
         let turns = cycles::turns(&self.tx, cycle)?;
         Ok(state::next_turn(&turns).map(|b| (cycle, b)))
     }

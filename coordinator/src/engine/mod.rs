@@ -114,6 +114,10 @@ pub struct TickNeeds {
     pub verify: bool,
     /// A cycle just ended: apply retention.
     pub prune: bool,
+    /// The running cycle whose `before_cycle` hook is to run.
+    pub before_cycle: Option<i64>,
+    /// The ended cycle whose `after_cycle` hook is to run.
+    pub after_cycle: Option<i64>,
 }
 
 pub struct Engine {

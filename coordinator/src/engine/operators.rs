@@ -8,12 +8,12 @@ use kafka_snapshot_model::api::{CycleCancelled, RestoreView};
 
 impl Engine {
     fn configured(&self, broker: i32) -> ApiResult<()> {
-        if self.cfg.brokers().contains(&broker) {
+        if self.cfg.nodes().contains(&broker) {
             Ok(())
         } else {
             Err(ApiError::NotFound(format!(
-                "broker {broker} is not configured (agents: {:?})",
-                self.cfg.brokers()
+                "node {broker} is not configured (agents: {:?})",
+                self.cfg.nodes()
             )))
         }
     }
@@ -25,7 +25,7 @@ impl Engine {
                 self.configured(b)?;
                 vec![b]
             }
-            None => self.cfg.brokers(),
+            None => self.cfg.nodes(),
         };
         let cx = self.begin(now)?;
         if let Some(why) = cx.paused()? {
@@ -173,6 +173,7 @@ impl Engine {
         }
         let message = "cancelled by an operator";
         cycles::finish(&cx.tx, cycle, state.on_cancel()?, message, now)?;
+        cx.cycle_ended(cycle)?;
         cx.count("cycles_total", "cancelled")?;
         cx.event(
             EventLevel::Warning,

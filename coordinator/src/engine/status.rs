@@ -30,7 +30,7 @@ impl Engine {
         let cluster = cluster.as_deref();
         let skew_limit = super::catalog::CLOCK_SKEW_LIMIT.as_millis() as i64;
         let mut views = Vec::new();
-        for b in self.cfg.brokers() {
+        for b in self.cfg.nodes() {
             let agent = brokers::agent(c, b)?;
             let last = snapshots::newest(c, cluster, b)?;
             let (hostname, agent_last_seen, phase, broker_running, last_error) = match agent {
@@ -45,6 +45,7 @@ impl Engine {
             };
             views.push(BrokerView {
                 broker: b,
+                role: self.cfg.role_of(b).unwrap_or_default(),
                 hostname,
                 agent_last_seen,
                 phase,

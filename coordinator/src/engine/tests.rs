@@ -6,8 +6,8 @@ use crate::config::CoordinatorConfig;
 use crate::store::Now;
 use chrono::{DateTime, Utc};
 use kafka_snapshot_model::protocol::{
-    Action, Heartbeat, Outcome, Phase, PollRequest, Release, ReportResult, SnapshotReport,
-    SnapshotSummary,
+    Action, Heartbeat, NodeRole, Outcome, Phase, PollRequest, Release, ReportResult,
+    SnapshotReport, SnapshotSummary,
 };
 
 const CFG: &str = r#"
@@ -64,6 +64,7 @@ pub(crate) fn poll_req(broker: i32, epoch: Option<u64>) -> PollRequest {
         lease_epoch: epoch,
         broker_running: true,
         instance: None,
+        role: None,
     }
 }
 
@@ -427,7 +428,7 @@ fn restores_need_the_lease_and_go_first() {
     list_snapshot(&e, &summary(2, "s2"), t0());
     let err = e.create_restore(7, None, false, t0()).unwrap_err();
     assert!(
-        matches!(err, ApiError::NotFound(ref m) if m.contains("broker 7")),
+        matches!(err, ApiError::NotFound(ref m) if m.contains("node 7 is not configured")),
         "{err:?}"
     );
     let order = e.create_restore(2, None, false, t0()).unwrap();
@@ -1057,4 +1058,72 @@ fn snapshots_named_by_open_restore_orders_are_kept() {
         "4. the source of a running forced restore of another broker is kept",
         1,
     );
+}
+
+/// Three brokers and three dedicated controllers, the controllers listed
+/// first and with the lowest ids on purpose.
+fn engine_with_controllers() -> Engine {
+    let text = CFG.replace(
+        "[[agents]]\nbroker = 1\n",
+        "[[agents]]\nnode = 0\nrole = \"controller\"\n\
+         token_sha256 = \"4444444444444444444444444444444444444444444444444444444444444444\"\n\
+         [[agents]]\nnode = 5\nrole = \"combined\"\n\
+         token_sha256 = \"5555555555555555555555555555555555555555555555555555555555555555\"\n\
+         [[agents]]\nbroker = 1\n",
+    );
+    let cfg = CoordinatorConfig::parse(&text, std::path::Path::new("/c.toml")).unwrap();
+    Engine::new(crate::store::open_in_memory(), cfg)
+}
+
+#[test]
+fn a_cycle_takes_brokers_first_and_controllers_last() {
+    let mut e = engine_with_controllers();
+    start_cycle(&mut e);
+    let st = e.status(secs(1)).unwrap();
+    let order: Vec<i32> = st.cycle.unwrap().brokers.iter().map(|b| b.broker).collect();
+    assert_eq!(order, vec![1, 2, 3, 5, 0]);
+    let roles: Vec<(i32, NodeRole)> = st.brokers.iter().map(|b| (b.broker, b.role)).collect();
+    assert_eq!(
+        roles,
+        vec![
+            (1, NodeRole::Broker),
+            (2, NodeRole::Broker),
+            (3, NodeRole::Broker),
+            (5, NodeRole::Combined),
+            (0, NodeRole::Controller)
+        ]
+    );
+    // The first turn is a broker's, not the controller's with the lowest id.
+    assert!(matches!(poll_grant(&mut e, 0, secs(2)), Action::Idle));
+    assert!(matches!(
+        poll_grant(&mut e, 1, secs(2)),
+        Action::Snapshot { .. }
+    ));
+}
+
+#[test]
+fn an_agent_whose_process_roles_contradict_the_config_is_refused_and_shown() {
+    let mut e = engine_with_controllers();
+    start_cycle(&mut e);
+    let mut req = poll_req(1, None);
+    req.role = Some(NodeRole::Controller);
+    let err = e.poll(&req, secs(2)).unwrap_err().to_string();
+    assert!(
+        err.contains("the agent of node 1 runs on a controller")
+            && err.contains("says broker")
+            && err.contains("role = \"controller\""),
+        "{err}"
+    );
+    let st = e.status(secs(3)).unwrap();
+    let b1 = st.brokers.iter().find(|b| b.broker == 1).unwrap();
+    assert!(b1
+        .last_error
+        .as_deref()
+        .unwrap_or("")
+        .contains("runs on a controller"));
+    // Agreeing (or an older agent that does not say) is served.
+    req.role = Some(NodeRole::Broker);
+    assert!(e.poll(&req, secs(4)).is_ok());
+    req.role = None;
+    assert!(e.poll(&req, secs(5)).is_ok());
 }

@@ -46,8 +46,98 @@ impl Engine {
         needs.verify = cx.cfg.retention.verify_new
             && snapshots::next_unverified(&cx.tx, cluster.as_deref())?.is_some();
         needs.prune = events::meta(&cx.tx, Meta::PruneDue)?.is_some();
+        needs.before_cycle = cx.before_cycle_pending()?;
+        needs.after_cycle = match (
+            &cx.cfg.hooks.after_cycle,
+            events::meta(&cx.tx, Meta::AfterCycleDue)?,
+        ) {
+            (Some(_), Some(id)) => id.parse().ok(),
+            _ => None,
+        };
         cx.commit()?;
         Ok(needs)
+    }
+
+    /// The `before_cycle` hook of cycle `cycle` ran: the cycle may go on,
+    /// or (it failed) ends `failed` before any node was touched.
+    pub fn before_cycle_ran(
+        &mut self,
+        cycle: i64,
+        result: Result<(), String>,
+        now: Now,
+    ) -> ApiResult<()> {
+        let cx = self.begin(now)?;
+        if cx.before_cycle_pending()? != Some(cycle) {
+            return Ok(());
+        }
+        match result {
+            Ok(()) => {
+                events::set_meta(&cx.tx, Meta::BeforeCycleRan, &cycle.to_string())?;
+                cx.event(
+                    EventLevel::Info,
+                    None,
+                    None,
+                    "hook",
+                    &format!("cycle {cycle}: the before_cycle hook succeeded"),
+                )?;
+            }
+            Err(e) => {
+                let msg = format!("the before_cycle hook failed, no node was touched: {e}");
+                cycles::finish(&cx.tx, cycle, CycleState::Failed, &msg, now)?;
+                cx.count("cycles_total", "failed")?;
+                cx.cycle_ended(cycle)?;
+                cx.event(
+                    EventLevel::Error,
+                    None,
+                    None,
+                    "hook",
+                    &format!("cycle {cycle}: {msg}"),
+                )?;
+            }
+        }
+        cx.commit()?;
+        Ok(())
+    }
+
+    /// The state of cycle `cycle` (`done`, `failed`, ...), if it exists.
+    pub fn cycle_state(&self, cycle: i64) -> ApiResult<Option<String>> {
+        Ok(cycles::state_name(&self.conn, cycle)?)
+    }
+
+    /// The `after_cycle` hook of cycle `cycle` ran.
+    pub fn after_cycle_ran(
+        &mut self,
+        cycle: i64,
+        result: Result<(), String>,
+        now: Now,
+    ) -> ApiResult<()> {
+        let cx = self.begin(now)?;
+        if events::meta(&cx.tx, Meta::AfterCycleDue)? != Some(cycle.to_string()) {
+            return Ok(());
+        }
+        events::clear_meta(&cx.tx, Meta::AfterCycleDue)?;
+        match result {
+            Ok(()) => cx.event(
+                EventLevel::Info,
+                None,
+                None,
+                "hook",
+                &format!("cycle {cycle}: the after_cycle hook succeeded"),
+            )?,
+            Err(e) => {
+                let msg = format!("the after_cycle hook failed: {e}");
+                cycles::append_message(&cx.tx, cycle, &msg)?;
+                cx.event(
+                    EventLevel::Error,
+                    None,
+                    None,
+                    "hook",
+                    &format!("cycle {cycle}: {msg}"),
+                )?;
+            }
+        }
+        cx.commit()?;
+        Ok(())
     }
 
     /// Applies the coordinator's in-sync check to whatever waits for it.
@@ -89,6 +179,7 @@ impl Engine {
             match (end, &check) {
                 (Some((to, msg)), _) => {
                     cycles::finish(&cx.tx, cycle, to, &msg, now)?;
+                    cx.cycle_ended(cycle)?;
                     events::set_meta(&cx.tx, Meta::PruneDue, "1")?;
                     cx.count("cycles_total", to.as_str())?;
                     let level = if to == CycleState::Done {
@@ -118,6 +209,27 @@ impl Engine {
 }
 
 impl Ctx<'_> {
+    /// The running cycle whose `before_cycle` hook has not succeeded yet
+    /// (none without the hook).
+    pub(super) fn before_cycle_pending(&self) -> ApiResult<Option<i64>> {
+        if self.cfg.hooks.before_cycle.is_none() {
+            return Ok(None);
+        }
+        let Some((cycle, CycleState::Running)) = cycles::open(&self.tx)? else {
+            return Ok(None);
+        };
+        let ran = events::meta(&self.tx, Meta::BeforeCycleRan)?;
+        Ok((ran != Some(cycle.to_string())).then_some(cycle))
+    }
+
+    /// A cycle ended (any way): its `after_cycle` hook is due.
+    pub(super) fn cycle_ended(&self, cycle: i64) -> ApiResult<()> {
+        if self.cfg.hooks.after_cycle.is_some() {
+            events::set_meta(&self.tx, Meta::AfterCycleDue, &cycle.to_string())?;
+        }
+        Ok(())
+    }
+
     /// Starts the scheduled cycle when it is due (unless suspended, too
     /// late, or one is still running) and works out when the next is due.
     fn schedule_tick(&self) -> ApiResult<()> {
@@ -177,7 +289,7 @@ impl Ctx<'_> {
             )?;
             return Ok(());
         }
-        self.start_cycle("schedule", &self.cfg.brokers())?;
+        self.start_cycle("schedule", &self.cfg.nodes())?;
         Ok(())
     }
 

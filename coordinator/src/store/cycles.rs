@@ -69,6 +69,25 @@ pub fn set_message(c: &Connection, cycle: i64, message: &str) -> rusqlite::Resul
     Ok(())
 }
 
+/// The state of `cycle` as stored, if it exists.
+pub fn state_name(c: &Connection, cycle: i64) -> rusqlite::Result<Option<String>> {
+    c.query_row("SELECT state FROM cycles WHERE id = ?", [cycle], |r| {
+        r.get(0)
+    })
+    .optional()
+}
+
+/// Adds `more` to the cycle's message (after its end).
+pub fn append_message(c: &Connection, cycle: i64, more: &str) -> rusqlite::Result<()> {
+    c.execute(
+        "UPDATE cycles SET message = CASE WHEN message IS NULL OR message = '' THEN ?1
+                                          ELSE message || '; ' || ?1 END
+         WHERE id = ?2",
+        params![more, cycle],
+    )?;
+    Ok(())
+}
+
 /// When a broker of `cycle` last moved.
 pub fn last_update(c: &Connection, cycle: i64) -> rusqlite::Result<Option<String>> {
     c.query_row(

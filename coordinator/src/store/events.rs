@@ -77,6 +77,10 @@ pub enum Meta {
     /// The cluster.id of a cluster that answered with another id than the
     /// coordinator's, already reported (so it is reported once).
     ClusterMismatch,
+    /// The cycle whose `before_cycle` hook succeeded.
+    BeforeCycleRan,
+    /// The ended cycle whose `after_cycle` hook is still to run.
+    AfterCycleDue,
 }
 
 impl Meta {
@@ -87,6 +91,8 @@ impl Meta {
             Meta::Suspended => "suspended",
             Meta::ClusterId => "cluster_id",
             Meta::ClusterMismatch => "cluster_mismatch",
+            Meta::BeforeCycleRan => "before_cycle_ran",
+            Meta::AfterCycleDue => "after_cycle_due",
         }
     }
 }

@@ -133,6 +133,10 @@ pub trait TestCluster: Send + Sync + 'static {
     fn start_script(&self, broker: i32) -> PathBuf;
     fn stop_script(&self, broker: i32) -> PathBuf;
     fn metadata(&self) -> anyhow::Result<MetadataResponse>;
+    /// Dedicated KRaft controllers (none by default).
+    fn controllers(&self) -> Vec<i32> {
+        Vec::new()
+    }
 }
 
 impl TestCluster for StandinCluster {
@@ -175,6 +179,9 @@ impl TestCluster for KafkaCluster {
     fn metadata(&self) -> anyhow::Result<MetadataResponse> {
         KafkaCluster::metadata(self)
     }
+    fn controllers(&self) -> Vec<i32> {
+        self.controller_ids()
+    }
 }
 
 /// Starts an [`Observer`] of a three-broker cluster whose partitions all
@@ -198,6 +205,8 @@ pub struct FleetSpec {
     pub ttl: &'static str,
     pub recovery_timeout: &'static str,
     pub max_attempts: u32,
+    /// Agents on the cluster's dedicated controllers too.
+    pub controllers: bool,
 }
 
 impl Default for FleetSpec {
@@ -210,6 +219,7 @@ impl Default for FleetSpec {
             ttl: "6s",
             recovery_timeout: "90s",
             max_attempts: 3,
+            controllers: false,
         }
     }
 }
@@ -268,6 +278,9 @@ impl<C: TestCluster> Fleet<C> {
             .clone()
             .unwrap_or_else(|| format!("file://{}", root.join("store").display()));
         let mut cs = CoordinatorSpec::new(&[1, 2, 3], &cluster.bootstrap(), &store_url);
+        if fs_spec.controllers {
+            cs.controllers = cluster.controllers();
+        }
         cs.lease = format!("ttl = {:?}\npoll_interval = \"300ms\"\n", fs_spec.ttl);
         cs.schedule = format!(
             "suspend = true\ngate_timeout = \"2m\"\nmax_attempts = {}\n",
@@ -280,7 +293,11 @@ impl<C: TestCluster> Fleet<C> {
         let mut coord = Coordinator::create(&root.join("coordinator"), &cs);
         coord.start();
         let mut agents = Vec::new();
-        for n in 1..=3 {
+        let nodes: Vec<i32> = [1, 2, 3]
+            .into_iter()
+            .chain(cs.controllers.iter().copied())
+            .collect();
+        for n in nodes {
             let dir = root.join(format!("agent-{n}"));
             fs::create_dir_all(&dir).unwrap();
             let link = Proxy::start(&format!("127.0.0.1:{}", coord.port)).expect("proxy");
@@ -315,12 +332,18 @@ impl<C: TestCluster> Fleet<C> {
     }
 
     pub fn agent(&mut self, n: i32) -> &mut Agent {
-        &mut self.agents[(n - 1) as usize]
+        self.agents
+            .iter_mut()
+            .find(|a| a.n == n)
+            .unwrap_or_else(|| panic!("no agent for node {n}"))
     }
 
     /// Cuts agent `n` off the coordinator (or reconnects it).
     pub fn link(&self, n: i32, mode: Mode) {
-        self.agents[(n - 1) as usize].link.set(mode);
+        let a = self.agents.iter().find(|a| a.n == n);
+        a.unwrap_or_else(|| panic!("no agent for node {n}"))
+            .link
+            .set(mode);
     }
 
     pub fn logs(&self) -> String {
@@ -424,8 +447,13 @@ pub fn write_agent_config(
         .iter()
         .map(|d| format!("{:?}", d.display().to_string()))
         .collect();
+    let role = if cluster.controllers().contains(&n) {
+        "role = \"controller\"\n"
+    } else {
+        ""
+    };
     let text = format!(
-        "[broker]\nlog_dirs = [{}]\nstop_command = {:?}\nstart_command = {:?}\n\
+        "[broker]\nlog_dirs = [{}]\n{role}stop_command = {:?}\nstart_command = {:?}\n\
          stop_timeout = \"60s\"\ncommand_timeout = \"60s\"\nrecovery_timeout = {:?}\n\
          [snapshot]\ncapture = {:?}\n\
          [storage]\nurl = {:?}\n{}\n\

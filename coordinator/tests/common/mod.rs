@@ -53,6 +53,8 @@ pub const ADMIN: &str = "admin-token-0123456789abcdef";
 
 pub struct CoordinatorSpec {
     pub brokers: Vec<i32>,
+    /// Dedicated KRaft controllers with agents (`role = "controller"`).
+    pub controllers: Vec<i32>,
     pub bootstrap: String,
     pub store_url: String,
     /// Extra TOML appended to sections: (section, lines).
@@ -71,6 +73,7 @@ impl CoordinatorSpec {
     pub fn new(brokers: &[i32], bootstrap: &str, store_url: &str) -> Self {
         CoordinatorSpec {
             brokers: brokers.to_vec(),
+            controllers: Vec::new(),
             bootstrap: bootstrap.to_string(),
             store_url: store_url.to_string(),
             schedule: "suspend = true\ngate_timeout = \"2m\"\n".into(),
@@ -106,6 +109,12 @@ impl Coordinator {
             agents.push_str(&format!(
                 "[[agents]]\nbroker = {b}\ntoken_sha256 = \"{}\"\n",
                 sha256_hex(&token(*b))
+            ));
+        }
+        for c in &spec.controllers {
+            agents.push_str(&format!(
+                "[[agents]]\nnode = {c}\nrole = \"controller\"\ntoken_sha256 = \"{}\"\n",
+                sha256_hex(&token(*c))
             ));
         }
         let tls = match &spec.tls {

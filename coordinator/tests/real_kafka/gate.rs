@@ -29,11 +29,16 @@ struct Checker {
 
 impl Checker {
     fn new(cluster: &KafkaCluster, root: &Path) -> Checker {
-        let dir = root.join("check");
+        Checker::of(cluster, root, 1)
+    }
+
+    /// The config of node `node` (a controller's says `role = "controller"`).
+    fn of(cluster: &KafkaCluster, root: &Path, node: i32) -> Checker {
+        let dir = root.join(format!("check-{node}"));
         std::fs::create_dir_all(&dir).unwrap();
         let cfg = write_agent_config(
             &dir,
-            1,
+            node,
             cluster,
             &FleetSpec::default(),
             &format!("file://{}", root.join("store").display()),
@@ -116,6 +121,73 @@ pub fn gate_on_real_kafka(cluster: &Arc<KafkaCluster>, root: &Path) {
     reassignment_in_flight(cluster, &check);
     future_dir(cluster, &check);
     broker_down_elsewhere(cluster, &check);
+    controllers(cluster, root);
+}
+
+/// The dedicated controllers (KRaft): each passes its own gate (the
+/// quorum's, not the brokers'); with another controller stopped, stopping
+/// one more would leave fewer than a majority caught up, and the gate
+/// refuses naming it. A controller stopped with SIGTERM proves its clean
+/// stop by what Kafka leaves in its metadata log; a killed one does not.
+fn controllers(cluster: &KafkaCluster, root: &Path) {
+    let ids = cluster.controller_ids();
+    let [a, b, c] = ids[..] else {
+        assert!(ids.is_empty(), "controllers {ids:?}");
+        return; // ZooKeeper mode: no controller nodes.
+    };
+    let check = Checker::of(cluster, root, a);
+    for id in [a, b, c] {
+        // A leader elected at start knows a voter as caught up only once
+        // it has fetched to the end of its log.
+        check.wait_passes(id, "the quorum settled");
+        let (code, out) = check.run(id);
+        assert_eq!(code, 0, "check of controller {id}:\n{out}");
+        assert!(out.contains("controller_quorum_healthy"), "{out}");
+        assert!(!out.contains("own_partitions_in_sync"), "{out}");
+    }
+    record("gate of a dedicated controller is the quorum's, and passes");
+
+    cluster.stop(c).expect("controller stops");
+    let metadata = cluster
+        .log_dirs(c)
+        .iter()
+        .find(|d| d.join("__cluster_metadata-0").is_dir());
+    let metadata = metadata.expect("the controller's metadata log dir").clone();
+    let proof = kafka_snapshot::cleanstop::check(&metadata)
+        .unwrap_or_else(|e| panic!("controller {c} stopped with SIGTERM: {e}"));
+    assert!(
+        proof.metadata_log_end.is_some_and(|end| end > 0),
+        "{proof:?}"
+    );
+    // Its last caught-up time ages past 2 s on the leader.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, out) = check.run(a);
+        if code == 1 {
+            assert!(out.contains("controller_quorum_healthy"), "{out}");
+            assert!(
+                out.contains(&format!("controller {c} last caught up")),
+                "{out}"
+            );
+            assert!(out.contains("fewer than the majority"), "{out}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "check of controller {a} still passes with controller {c} down:\n{out}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    cluster.start(c).expect("controller starts");
+    check.wait_passes(a, "the stopped controller started again");
+    record("gate refuses a controller while another is down, naming it");
+
+    cluster.kill(c);
+    let e = kafka_snapshot::cleanstop::check(&metadata).expect_err("a killed controller");
+    assert!(e.contains("did not stop cleanly"), "{e}");
+    cluster.start(c).expect("controller starts");
+    check.wait_passes(a, "the killed controller started again");
+    record("a controller's clean stop is told from a kill by its metadata log");
 }
 
 /// RF 2 with min.insync.replicas 2 on brokers 1 and 2: stopping either

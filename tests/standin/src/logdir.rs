@@ -313,6 +313,37 @@ pub fn write_clean_shutdown_markers(dirs: &[PathBuf], broker_epoch: i64) -> Resu
     Ok(())
 }
 
+/// The metadata log (`__cluster_metadata-0`) in whichever dir holds it.
+fn metadata_log(dirs: &[PathBuf]) -> Option<PathBuf> {
+    dirs.iter()
+        .map(|d| d.join(METADATA_LOG_DIR))
+        .find(|d| d.is_dir())
+}
+
+/// A running KRaft node appends to its metadata log (here one batch at
+/// start, standing for its registration), so a node that is killed leaves
+/// a log that ends past its last producer-state snapshot.
+pub fn append_metadata_record(dirs: &[PathBuf]) -> Result<()> {
+    if let Some(dir) = metadata_log(dirs) {
+        PartitionLog::open(&dir)?.append(3, 64)?;
+    }
+    Ok(())
+}
+
+/// What Kafka's clean close of the metadata log leaves: a producer-state
+/// snapshot named by its end offset (no `.kafka_cleanshutdown`: that is the
+/// log manager's, for partition logs).
+pub fn close_metadata_log(dirs: &[PathBuf]) -> Result<()> {
+    if let Some(dir) = metadata_log(dirs) {
+        let end = log_end_offset(&dir)?;
+        fsutil::write_durable(
+            &dir.join(format!("{end:020}.snapshot")),
+            &kafka_snapshot_testkit::empty_producer_snapshot(),
+        )?;
+    }
+    Ok(())
+}
+
 /// Deletes `.lock` in every dir, as Kafka does at a clean shutdown.
 pub fn remove_lock_files(dirs: &[PathBuf]) -> Result<()> {
     for dir in dirs {

@@ -23,6 +23,7 @@
 //!     00000000000000000000.{log,index,timeindex}
 //!     00000000000000000100-0000000001.checkpoint  quorum-state
 //!     leader-epoch-checkpoint  partition.metadata
+//!     <log end offset>.snapshot                 (after a clean stop)
 //! <topic>-<partition>/
 //!     <20-digit base offset>.{log,index,timeindex}   (one or more segments)
 //!     <log end offset>.snapshot  leader-epoch-checkpoint  partition.metadata
@@ -266,7 +267,7 @@ pub fn generate(spec: &Spec) -> Result<Generated> {
 
     // Small fixed-size parts first; whatever they use is taken from the
     // budget before it is spread over the application partitions.
-    let mut used = write_metadata_log(&ctx, &topics, &mut fsw)?;
+    let mut used = write_metadata_log(&ctx, &topics, spec.clean_shutdown, &mut fsw)?;
 
     // Partitions are placed round-robin over the log dirs, application
     // topics first, then __consumer_offsets.
@@ -1156,6 +1157,12 @@ fn write_partition(
     })
 }
 
+/// A producer-state snapshot with no producers (what the metadata log
+/// leaves at its end offset when Kafka closes it).
+pub fn empty_producer_snapshot() -> Vec<u8> {
+    kafka_files::producer_snapshot(&[])
+}
+
 /// Batch metadata for non-idempotent appends.
 fn simple_meta(base_offset: i64, ts: i64) -> BatchMeta {
     BatchMeta {
@@ -1169,7 +1176,15 @@ fn simple_meta(base_offset: i64, ts: i64) -> BatchMeta {
 }
 
 /// `__cluster_metadata-0` in the first log dir. Returns its `.log` bytes.
-fn write_metadata_log(ctx: &Ctx<'_>, topics: &[Topic], fsw: &mut FsWriter) -> Result<u64> {
+/// A clean stop leaves the producer-state snapshot Kafka takes at the
+/// metadata log's end offset as it closes the log (no `.kafka_cleanshutdown`
+/// is written for this log: it is not the log manager's).
+fn write_metadata_log(
+    ctx: &Ctx<'_>,
+    topics: &[Topic],
+    clean: bool,
+    fsw: &mut FsWriter,
+) -> Result<u64> {
     let dir = ctx.log_dirs[0].join(METADATA_DIR);
     let mut rng = Rng::derive(ctx.seed, "metadata-log", 0);
     fsw.create_dir(&dir)?;
@@ -1252,6 +1267,13 @@ fn write_metadata_log(ctx: &Ctx<'_>, topics: &[Topic], fsw: &mut FsWriter) -> Re
         w.append(fsw, meta, 4 * KIB as usize, max_records)?;
     }
     let (_, log_bytes, _) = w.finish(fsw)?;
+    if clean {
+        fsw.write_file(
+            &dir.join(kafka_files::segment_name(METADATA_LOG_END, "snapshot")),
+            &kafka_files::producer_snapshot(&[]),
+            at(STOP_SECS - 4, rng.below(1_000_000_000) as u32),
+        )?;
+    }
     Ok(log_bytes)
 }
 

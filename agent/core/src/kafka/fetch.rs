@@ -5,7 +5,7 @@
 
 use super::section::KafkaSection;
 use super::security::Security;
-use super::view::{ClusterView, PartitionState, QuorumState, Reassignment};
+use super::view::{ClusterView, PartitionState, QuorumState, Reassignment, Voter};
 use super::wire::Connection;
 use kafka_protocol::messages::{
     describe_quorum_request, DescribeQuorumRequest, ListPartitionReassignmentsRequest,
@@ -50,9 +50,14 @@ impl KafkaClient {
     /// One consistent-enough look at the cluster. The raw client goes
     /// first: its authentication errors name the mechanism and the user.
     pub async fn view(&self) -> Result<ClusterView, String> {
+        self.view_with(self.quorum).await
+    }
+
+    /// [`Self::view`], with the controller quorum or without.
+    pub async fn view_with(&self, quorum: bool) -> Result<ClusterView, String> {
         let mut conn = self.raw_connection("ListPartitionReassignments").await?;
         let reassignments = self.reassignments(&mut conn).await?;
-        let quorum = match self.quorum {
+        let quorum = match quorum {
             true => Some(self.describe_quorum(&mut conn).await?),
             false => None,
         };
@@ -118,7 +123,13 @@ impl KafkaClient {
             voters: p
                 .current_voters
                 .iter()
-                .map(|v| (v.replica_id.0, v.log_end_offset))
+                .map(|v| Voter {
+                    id: v.replica_id.0,
+                    log_end_offset: v.log_end_offset,
+                    last_fetch_ms: (v.last_fetch_timestamp >= 0).then_some(v.last_fetch_timestamp),
+                    last_caught_up_ms: (v.last_caught_up_timestamp >= 0)
+                        .then_some(v.last_caught_up_timestamp),
+                })
                 .collect(),
         })
     }

@@ -4,6 +4,7 @@
 //! tests can assert each one.
 
 use super::view::{ClusterView, PartitionState, QuorumState};
+use kafka_snapshot_model::protocol::NodeRole;
 use serde::{Deserialize, Serialize};
 
 /// What to do with topics whose replication factor is at most their
@@ -66,12 +67,6 @@ pub struct Condition {
     /// How many there were in all.
     pub count: usize,
 }
-
-/// How far (in metadata log records) a voter may be behind the leader and
-/// still count as caught up. The active controller writes a few records a
-/// second when idle (no-op records every 500 ms) and followers fetch
-/// continuously, so a healthy voter is a handful of records behind.
-pub const QUORUM_MAX_LAG: i64 = 1000;
 
 /// Partitions listed per failed condition; the count says how many more.
 pub const MAX_LISTED: usize = 20;
@@ -297,39 +292,72 @@ pub fn evaluate(
     GateReport { broker, conditions }
 }
 
-/// For a controller node: the quorum has a leader, every voter is within
-/// [`QUORUM_MAX_LAG`] of it, and without this node a majority of voters
-/// is still caught up (Strimzi's rule for rolling controllers).
+/// Is it safe to stop the dedicated controller `node` now? Only the
+/// quorum matters: it hosts no partition and serves no client.
+pub fn evaluate_controller(view: &ClusterView, node: i32) -> GateReport {
+    let conditions = vec![
+        Condition::pass(ConditionId::ClusterReachable),
+        match &view.quorum {
+            Some(q) => quorum_condition(q, node),
+            None => Condition::fail(
+                ConditionId::ControllerQuorumHealthy,
+                "the controller quorum was not described".into(),
+                Vec::new(),
+            ),
+        },
+    ];
+    GateReport {
+        broker: node,
+        conditions,
+    }
+}
+
+/// The gate for a node of `role`: [`evaluate`] for brokers (with the
+/// quorum condition when the view holds the quorum, as it does for a
+/// combined node), [`evaluate_controller`] for a dedicated controller.
+pub fn evaluate_node(
+    view: &ClusterView,
+    node: i32,
+    role: NodeRole,
+    policy: LowReplicationPolicy,
+    future_dirs: &[String],
+) -> GateReport {
+    match role {
+        NodeRole::Controller => evaluate_controller(view, node),
+        NodeRole::Broker | NodeRole::Combined => evaluate(view, node, policy, future_dirs),
+    }
+}
+
+/// For a controller node: the quorum has a leader, this node is one of its
+/// voters, every voter is caught up ([`QuorumState::behind`]), and without
+/// this node a majority of voters is still caught up (Strimzi's rule for
+/// rolling controllers).
 fn quorum_condition(q: &QuorumState, node: i32) -> Condition {
     let id = ConditionId::ControllerQuorumHealthy;
     if q.leader.is_none() {
         return Condition::fail(id, "the controller quorum has no leader".into(), Vec::new());
     }
-    let leader_end = q.leader_end_offset();
-    let caught_up = |leo: i64| leader_end - leo <= QUORUM_MAX_LAG;
-    let lagging: Vec<String> = q
-        .voters
-        .iter()
-        .filter(|(_, leo)| !caught_up(*leo))
-        .map(|(v, leo)| {
-            format!(
-                "controller {v} (log end offset {leo}, {} behind the leader {})",
-                leader_end - leo,
-                q.leader.unwrap_or(-1)
-            )
-        })
-        .collect();
+    if q.voter(node).is_none() {
+        let voters: Vec<i32> = q.voters.iter().map(|v| v.id).collect();
+        return Condition::fail(
+            id,
+            format!("controller {node} is not a voter of the metadata quorum (voters {voters:?})"),
+            Vec::new(),
+        );
+    }
+    let lagging: Vec<String> = q.voters.iter().filter_map(|v| q.behind(v)).collect();
     let majority = q.voters.len() / 2 + 1;
     let remaining = q
         .voters
         .iter()
-        .filter(|(v, leo)| *v != node && caught_up(*leo))
+        .filter(|v| v.id != node && q.behind(v).is_none())
         .count();
     let mut reasons = Vec::new();
     if !lagging.is_empty() {
         reasons.push(format!(
-            "{} voter(s) are more than {QUORUM_MAX_LAG} records behind the leader",
-            lagging.len()
+            "{} voter(s) are not caught up with the leader {}",
+            lagging.len(),
+            q.leader.unwrap_or(-1)
         ));
     }
     if remaining < majority {
@@ -349,6 +377,7 @@ fn quorum_condition(q: &QuorumState, node: i32) -> Condition {
 #[derive(Debug, Clone, Serialize)]
 pub struct Recovery {
     pub broker: i32,
+    pub role: NodeRole,
     pub registered: bool,
     /// Partitions hosted here whose ISR does not hold this broker yet.
     pub catching_up: Vec<String>,
@@ -374,7 +403,16 @@ impl Recovery {
             return format!("broker {} is back in every ISR", self.broker);
         }
         if !self.registered {
-            return format!("broker {} is not registered (or still fenced)", self.broker);
+            let why = self.quorum_behind.as_deref().unwrap_or("");
+            return match self.role {
+                NodeRole::Controller => {
+                    format!(
+                        "controller {} is not a caught-up voter yet: {why}",
+                        self.broker
+                    )
+                }
+                _ => format!("broker {} is not registered (or still fenced)", self.broker),
+            };
         }
         format!(
             "broker {}: {} partition(s) still catching up{}; {} partition(s) offline or under min ISR",
@@ -391,8 +429,11 @@ impl Recovery {
 }
 
 /// The recovery check after a restart: registered and unfenced, back in
-/// the ISR of every partition it hosts, nothing offline or under min ISR.
-pub fn recovery(view: &ClusterView, broker: i32) -> Recovery {
+/// the ISR of every partition it hosts, nothing offline or under min ISR;
+/// a controller (dedicated or combined) is also a caught-up voter again.
+/// A dedicated controller is "registered" once it is a voter the leader
+/// has caught up with (it never appears among the brokers).
+pub fn recovery(view: &ClusterView, broker: i32, role: NodeRole) -> Recovery {
     let catching_up: Vec<String> = view
         .partitions
         .iter()
@@ -406,19 +447,26 @@ pub fn recovery(view: &ClusterView, broker: i32) -> Recovery {
         .map(isr_detail)
         .collect();
     // The next node's pre-stop check needs this voter caught up too.
-    let quorum_behind = view.quorum.as_ref().and_then(|q| {
-        if q.leader.is_none() {
-            return Some("the controller quorum has no leader".to_string());
-        }
-        let (_, leo) = q.voters.iter().find(|(v, _)| *v == broker)?;
-        let behind = q.leader_end_offset() - leo;
-        (behind > QUORUM_MAX_LAG)
-            .then(|| format!("controller {broker} is {behind} metadata records behind the leader"))
-    });
+    let quorum_behind = match (role.is_controller(), &view.quorum) {
+        (false, _) => None,
+        (true, None) => Some("the controller quorum was not described".to_string()),
+        (true, Some(q)) => match (q.leader, q.voter(broker)) {
+            (None, _) => Some("the controller quorum has no leader".to_string()),
+            (Some(_), None) => Some(format!(
+                "controller {broker} is not a voter of the metadata quorum"
+            )),
+            (Some(_), Some(v)) => q.behind(v),
+        },
+    };
+    let registered = match role {
+        NodeRole::Controller => quorum_behind.is_none(),
+        NodeRole::Broker | NodeRole::Combined => view.brokers.contains(&broker),
+    };
     Recovery {
         broker,
+        role,
         quorum_behind,
-        registered: view.brokers.contains(&broker),
+        registered,
         catching_up_count: catching_up.len(),
         catching_up: catching_up.into_iter().take(MAX_LISTED).collect(),
         unhealthy_count: unhealthy.len(),
@@ -429,7 +477,7 @@ pub fn recovery(view: &ClusterView, broker: i32) -> Recovery {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kafka::view::Reassignment;
+    use crate::kafka::view::{Reassignment, Voter, QUORUM_MAX_LAG};
 
     fn p(topic: &str, partition: i32, replicas: &[i32], isr: &[i32]) -> PartitionState {
         PartitionState {
@@ -593,11 +641,41 @@ mod tests {
         assert!(!r.safe());
     }
 
+    /// Voters without timestamps (DescribeQuorum v0): judged by offsets.
     fn quorum(leader: Option<i32>, voters: &[(i32, i64)]) -> QuorumState {
         QuorumState {
             leader,
             high_watermark: 10_000,
-            voters: voters.to_vec(),
+            voters: voters
+                .iter()
+                .map(|&(id, log_end_offset)| Voter {
+                    id,
+                    log_end_offset,
+                    last_fetch_ms: None,
+                    last_caught_up_ms: None,
+                })
+                .collect(),
+        }
+    }
+
+    /// Voters with the leader's timestamps: (id, ms before the leader's
+    /// answer that it last caught up); the leader is at 0.
+    fn timed(leader: i32, ago: &[(i32, i64)]) -> QuorumState {
+        let now = 1_700_000_000_000;
+        QuorumState {
+            leader: Some(leader),
+            high_watermark: 500,
+            voters: ago
+                .iter()
+                .map(|&(id, ms)| Voter {
+                    id,
+                    // A stopped voter keeps an end offset a few records
+                    // behind: offsets alone would call it caught up.
+                    log_end_offset: 500 - ms / 500,
+                    last_fetch_ms: Some(now - ms),
+                    last_caught_up_ms: Some(now - ms),
+                })
+                .collect(),
         }
     }
 
@@ -630,7 +708,7 @@ mod tests {
         assert_eq!(c.id, ConditionId::ControllerQuorumHealthy);
         assert_eq!(
             c.partitions,
-            vec!["controller 3 (log end offset 8999, 1001 behind the leader 1)"]
+            vec!["controller 3 is 1001 metadata records behind the leader"]
         );
         // A lagging voter and this one stopped: 1 of 3 left, no majority.
         assert!(
@@ -671,23 +749,23 @@ mod tests {
     fn recovery_waits_for_every_isr_and_cluster_health() {
         let mut v = healthy();
         v.brokers.remove(&1);
-        assert!(!recovery(&v, 1).recovered());
+        assert!(!recovery(&v, 1, NodeRole::Broker).recovered());
         v.brokers.insert(1);
         v.partitions[0].isr = vec![2, 3];
-        let r = recovery(&v, 1);
+        let r = recovery(&v, 1, NodeRole::Broker);
         assert!(!r.recovered());
         assert_eq!(r.catching_up, vec!["orders-0"]);
         v.partitions[0].isr = vec![2, 3, 1];
-        assert!(recovery(&v, 1).recovered());
+        assert!(recovery(&v, 1, NodeRole::Broker).recovered());
         v.partitions[6].leader = None;
-        assert!(!recovery(&v, 1).recovered());
+        assert!(!recovery(&v, 1, NodeRole::Broker).recovered());
     }
 
     #[test]
     fn recovery_of_a_controller_waits_for_its_voter() {
         let mut v = healthy();
         v.quorum = Some(quorum(Some(2), &[(1, 5_000), (2, 10_000), (3, 10_000)]));
-        let r = recovery(&v, 1);
+        let r = recovery(&v, 1, NodeRole::Combined);
         assert!(!r.recovered());
         assert!(
             r.summary()
@@ -696,8 +774,93 @@ mod tests {
             r.summary()
         );
         v.quorum = Some(quorum(Some(2), &[(1, 9_999), (2, 10_000), (3, 10_000)]));
-        assert!(recovery(&v, 1).recovered());
+        assert!(recovery(&v, 1, NodeRole::Combined).recovered());
         v.quorum = Some(quorum(None, &[(1, 0), (2, 0), (3, 0)]));
-        assert!(!recovery(&v, 1).recovered());
+        assert!(!recovery(&v, 1, NodeRole::Combined).recovered());
+    }
+
+    #[test]
+    fn a_dedicated_controller_recovers_as_a_caught_up_voter_not_a_broker() {
+        // Controllers never appear among the brokers of a Metadata answer.
+        let mut v = healthy();
+        v.quorum = Some(timed(101, &[(100, 4_800), (101, 0), (102, 300)]));
+        let r = recovery(&v, 100, NodeRole::Controller);
+        assert!(!r.recovered());
+        assert!(
+            r.summary().starts_with(
+                "controller 100 is not a caught-up voter yet: controller 100 last caught up \
+                 with the leader 4800 ms ago"
+            ),
+            "{}",
+            r.summary()
+        );
+        v.quorum = Some(timed(101, &[(100, 450), (101, 0), (102, 300)]));
+        assert!(recovery(&v, 100, NodeRole::Controller).recovered());
+        // A partition offline anywhere still holds the lease.
+        v.partitions[6].leader = None;
+        assert!(!recovery(&v, 100, NodeRole::Controller).recovered());
+        // A node the quorum does not know is not a voter.
+        let mut v = healthy();
+        v.quorum = Some(timed(101, &[(101, 0), (102, 300)]));
+        let r = recovery(&v, 100, NodeRole::Controller);
+        assert!(r.summary().contains("not a voter"), "{}", r.summary());
+    }
+
+    #[test]
+    fn a_dedicated_controller_is_gated_on_the_quorum_only() {
+        // Brokers' conditions do not apply: no partition lives here, and a
+        // broker's under-replicated partition is not this node's concern.
+        let mut v = healthy();
+        v.partitions[0].isr = vec![2, 3];
+        v.quorum = Some(timed(101, &[(100, 300), (101, 0), (102, 400)]));
+        let r = evaluate_node(
+            &v,
+            100,
+            NodeRole::Controller,
+            LowReplicationPolicy::Refuse,
+            &[],
+        );
+        assert!(r.safe(), "{}", r.summary());
+        assert_eq!(
+            r.conditions.iter().map(|c| c.id).collect::<Vec<_>>(),
+            vec![
+                ConditionId::ClusterReachable,
+                ConditionId::ControllerQuorumHealthy
+            ]
+        );
+        // A stopped voter: its offset is close to the leader's, but it has
+        // not fetched for 6 s. Stopping another would lose the majority.
+        v.quorum = Some(timed(101, &[(100, 300), (101, 0), (102, 6_000)]));
+        let r = evaluate_node(
+            &v,
+            100,
+            NodeRole::Controller,
+            LowReplicationPolicy::Refuse,
+            &[],
+        );
+        let c = r.failed().next().unwrap();
+        assert_eq!(c.id, ConditionId::ControllerQuorumHealthy);
+        assert!(
+            c.reason.contains("1 of 3 voters are caught up"),
+            "{}",
+            c.reason
+        );
+        assert_eq!(
+            c.partitions,
+            vec!["controller 102 last caught up with the leader 6000 ms ago (log end offset 488, the leader's 500)"]
+        );
+        // Not a voter at all.
+        v.quorum = Some(timed(101, &[(101, 0), (102, 0), (103, 0)]));
+        let r = evaluate_node(
+            &v,
+            100,
+            NodeRole::Controller,
+            LowReplicationPolicy::Refuse,
+            &[],
+        );
+        assert!(r.summary().contains("not a voter"), "{}", r.summary());
+        // Without the quorum described, never safe.
+        v.quorum = None;
+        assert!(!evaluate_controller(&v, 100).safe());
     }
 }

@@ -10,31 +10,18 @@ pub mod security;
 pub mod view;
 pub mod wire;
 
-use crate::{logdir, props, Error};
-use gate::{evaluate, GateReport, LowReplicationPolicy};
+use crate::logdir;
+use gate::{evaluate_node, GateReport, LowReplicationPolicy};
+use kafka_snapshot_model::protocol::NodeRole;
 pub use section::{KafkaSection, SaslMechanism, SecurityProtocol};
-use std::path::{Path, PathBuf};
-
-/// Whether this node is a KRaft controller: `process.roles` in the
-/// broker's server.properties includes `controller`. Unknown (false) when
-/// the config lists `broker.log_dirs` instead of `server_properties`
-/// (`server_properties` is `None`).
-pub fn is_controller(server_properties: Option<&Path>) -> crate::Result<bool> {
-    let Some(path) = server_properties else {
-        return Ok(false);
-    };
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
-    Ok(props::parse(&text)
-        .get("process.roles")
-        .is_some_and(|roles| roles.split(',').any(|r| r.trim() == "controller")))
-}
+use std::path::PathBuf;
 
 /// The gate once, now: the live cluster as `client` sees it plus this
 /// broker's own log dirs (for `-future` dirs). Never "safe" on an error.
 pub async fn check_now(
     client: &fetch::KafkaClient,
     broker: i32,
+    role: NodeRole,
     policy: LowReplicationPolicy,
     log_dirs: &[PathBuf],
 ) -> GateReport {
@@ -43,7 +30,7 @@ pub async fn check_now(
         Err(e) => return GateReport::unreachable(broker, e.to_string()),
     };
     match client.view().await {
-        Ok(v) => evaluate(&v, broker, policy, &future),
+        Ok(v) => evaluate_node(&v, broker, role, policy, &future),
         Err(e) => GateReport::unreachable(broker, e),
     }
 }

@@ -67,17 +67,90 @@ pub struct QuorumState {
     /// `None` when the quorum has no leader.
     pub leader: Option<i32>,
     pub high_watermark: i64,
-    /// Voter id and log end offset.
-    pub voters: Vec<(i32, i64)>,
+    pub voters: Vec<Voter>,
 }
+
+/// One voter as the active controller sees it. Timestamps are the
+/// leader's wall clock in ms (DescribeQuorum v1+; `None` before that or
+/// when the leader has not heard from the voter).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Voter {
+    pub id: i32,
+    pub log_end_offset: i64,
+    pub last_fetch_ms: Option<i64>,
+    pub last_caught_up_ms: Option<i64>,
+}
+
+/// How long ago (on the leader's clock, against its own entry) a voter may
+/// last have been caught up and still count as caught up: Kafka's
+/// `controller.quorum.fetch.timeout.ms` default. Followers fetch every
+/// 500 ms or sooner, so a live voter is always well within it; a stopped
+/// one drops out 2 s after its last fetch. (Strimzi's rule for rolling
+/// controllers.)
+pub const QUORUM_CAUGHT_UP_MS: i64 = 2000;
+
+/// Without timestamps (DescribeQuorum v0): how far in records a voter may
+/// be behind the leader's log end. A stopped voter keeps its last offset
+/// and falls behind by a few records a second, so this is the weaker test.
+pub const QUORUM_MAX_LAG: i64 = 1000;
 
 impl QuorumState {
     /// The leader's log end offset (what every voter should have reached).
     pub fn leader_end_offset(&self) -> i64 {
         self.leader
-            .and_then(|l| self.voters.iter().find(|(id, _)| *id == l))
-            .map(|(_, leo)| *leo)
+            .and_then(|l| self.voter(l))
+            .map(|v| v.log_end_offset)
             .unwrap_or(self.high_watermark)
+    }
+
+    pub fn voter(&self, id: i32) -> Option<&Voter> {
+        self.voters.iter().find(|v| v.id == id)
+    }
+
+    /// The leader's clock when it answered: its own entry is stamped with
+    /// the time of the answer.
+    fn leader_now_ms(&self) -> Option<i64> {
+        self.leader
+            .and_then(|l| self.voter(l))
+            .and_then(|v| v.last_caught_up_ms)
+    }
+
+    /// Whether `v` is caught up: it reached the leader's log end within
+    /// [`QUORUM_CAUGHT_UP_MS`] of the leader's answer, or (no timestamps)
+    /// is within [`QUORUM_MAX_LAG`] records of it. `None` says why not.
+    pub fn behind(&self, v: &Voter) -> Option<String> {
+        if self.leader == Some(v.id) {
+            return None;
+        }
+        match (self.leader_now_ms(), v.last_caught_up_ms) {
+            (Some(now), Some(at)) => (now - at > QUORUM_CAUGHT_UP_MS).then(|| {
+                format!(
+                    "controller {} last caught up with the leader {} ms ago (log end offset {}, \
+                     the leader's {})",
+                    v.id,
+                    now - at,
+                    v.log_end_offset,
+                    self.leader_end_offset()
+                )
+            }),
+            (Some(now), None) => Some(format!(
+                "controller {} has not caught up with the leader since it became leader ({})",
+                v.id,
+                match v.last_fetch_ms {
+                    Some(at) => format!("last fetch {} ms ago", now - at),
+                    None => "no fetch seen".to_string(),
+                }
+            )),
+            (None, _) => {
+                let behind = self.leader_end_offset() - v.log_end_offset;
+                (behind > QUORUM_MAX_LAG).then(|| {
+                    format!(
+                        "controller {} is {behind} metadata records behind the leader",
+                        v.id
+                    )
+                })
+            }
+        }
     }
 }
 

@@ -8,6 +8,8 @@ the two copies are identical: edit the agent role's and copy it over.
   them (``log.dirs``, else ``log.dir``, else Kafka's default
   ``/tmp/kafka-logs``; plus ``metadata.log.dir``).
 - ``kafka_node_id``: that dict -> ``node.id`` (KRaft) or ``broker.id``.
+- ``kafka_node_role``: that dict -> ``broker``, ``controller`` or
+  ``combined`` from ``process.roles`` (absent: a ZooKeeper-mode broker).
 - ``kafka_snapshot_toml``: a dict of sections -> TOML text; ``None`` values
   are left out, so an inventory can drop a key by setting it to null.
 """
@@ -109,6 +111,21 @@ def kafka_node_id(props):
     )
 
 
+def kafka_node_role(props):
+    roles = [r.strip() for r in (props.get("process.roles") or "").split(",") if r.strip()]
+    unknown = [r for r in roles if r not in ("broker", "controller")]
+    if unknown:
+        raise AnsibleFilterError(
+            "process.roles=%r in server.properties: unknown role %r (broker, controller)"
+            % (props.get("process.roles"), unknown[0])
+        )
+    if not roles or roles == ["broker"]:
+        return "broker"
+    if set(roles) == {"controller"}:
+        return "controller"
+    return "combined"
+
+
 def _toml_key(key):
     key = str(key)
     if key and all(c.isalnum() or c in "-_" for c in key) and key.isascii():
@@ -193,5 +210,6 @@ class FilterModule(object):
             "kafka_properties": kafka_properties,
             "kafka_log_dirs": kafka_log_dirs,
             "kafka_node_id": kafka_node_id,
+            "kafka_node_role": kafka_node_role,
             "kafka_snapshot_toml": kafka_snapshot_toml,
         }

@@ -148,6 +148,7 @@ pub fn run(state_dir: &Path, node_id: i32) -> Result<i32> {
     stop_ticker.store(true, Ordering::SeqCst);
     let _ = ticker.join();
     logdir::write_clean_shutdown_markers(&me.log_dirs, broker.epoch())?;
+    logdir::close_metadata_log(&me.log_dirs)?;
     // Kafka's LogManager.shutdown: unlock and delete `.lock` in every dir
     // (FileLock.destroy), after the markers.
     drop(locks);
@@ -195,6 +196,7 @@ fn start(paths: &StatePaths, def: &ClusterDef, me: &BrokerDef) -> Result<Started
     let locks = logdir::lock_log_dirs(&me.log_dirs)?;
     logdir::check_meta_properties(&def.cluster_id, node_id, &me.log_dirs)?;
     logdir::remove_clean_shutdown_markers(&me.log_dirs)?;
+    logdir::append_metadata_record(&me.log_dirs)?;
     logdir::ensure_partition_dirs(def, node_id)?;
     // Every listener is bound before the start script sees the pid file.
     let mut listeners = Vec::new();
