@@ -5,7 +5,7 @@ use crate::config::CoordinatorConfig;
 use kafka_snapshot::{Error, Result};
 use kafka_snapshot_model::api::{
     CancelCycle, CycleCancelled, NewRestore, PruneRequest, PruneResult, RebuildResult, RestoreView,
-    RunNow, SnapshotRow, StatusView, Suspend, Verified,
+    RunNow, SetView, SnapshotRow, StatusView, Suspend, Verified,
 };
 use kafka_snapshot_model::layout::SnapshotRef;
 use kafka_snapshot_model::protocol::ErrorBody;
@@ -368,6 +368,76 @@ pub fn format_snapshots(rows: &[SnapshotRow]) -> String {
     )
 }
 
+/// The snapshot sets, one block each: a header line (id, cycle, start
+/// and end, complete, verified, and whether retention keeps it), then one
+/// line per node with its snapshot and what the catalog says of it.
+pub fn format_sets(sets: &[SetView]) -> String {
+    if sets.is_empty() {
+        return "no snapshot sets (a set is recorded by every cycle of every node)\n".into();
+    }
+    let mut out = String::new();
+    for s in sets {
+        let complete = match (&s.finished_at, s.complete) {
+            (None, _) => "cycle running".to_string(),
+            (Some(_), true) => "complete".to_string(),
+            (Some(_), false) => format!(
+                "INCOMPLETE (no snapshot of node {})",
+                s.nodes
+                    .iter()
+                    .filter(|n| n.snapshot_id.is_none())
+                    .map(|n| n.node.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+        let verified = if s.verified {
+            "verified"
+        } else {
+            "not verified"
+        };
+        let kept = if s.kept {
+            ", kept by retention (the newest complete verified set)"
+        } else {
+            ""
+        };
+        let stored = if s.stored || s.finished_at.is_none() {
+            ""
+        } else {
+            ", record not in cold storage yet"
+        };
+        out.push_str(&format!(
+            "set {} (cycle {}): {complete}, {verified}{kept}{stored}\n  started {}, finished {}\n",
+            s.set_id,
+            s.cycle_id,
+            s.started_at,
+            s.finished_at.as_deref().unwrap_or("-"),
+        ));
+        let rows: Vec<Vec<String>> = s
+            .nodes
+            .iter()
+            .map(|n| {
+                vec![
+                    format!("  {}", n.node),
+                    n.snapshot_id.clone().unwrap_or_else(|| "-".into()),
+                    n.status.clone(),
+                ]
+            })
+            .collect();
+        out.push_str(&table(&["  NODE", "SNAPSHOT", "STATUS"], &rows));
+    }
+    out
+}
+
+pub async fn sets(api: &Api, json: bool) -> Result<()> {
+    let sets: Vec<SetView> = api.get("/v1/sets", "snapshot sets").await?;
+    if json {
+        print_json(&sets);
+    } else {
+        print!("{}", format_sets(&sets));
+    }
+    Ok(())
+}
+
 pub async fn status(api: &Api, json: bool) -> Result<()> {
     let s: StatusView = api.get("/v1/status", "status").await?;
     if json {
@@ -689,6 +759,10 @@ pub async fn prune(api: &Api, dry_run: bool, json: bool) -> Result<bool> {
                 println!("left broker {b} alone: {why}");
             }
         }
+        let verb = if dry_run { "would drop" } else { "dropped" };
+        for id in &r.sets_dropped {
+            println!("{verb} snapshot set {id}: none of its snapshots is left");
+        }
         if let Some(e) = &r.error {
             eprintln!("stopped at a storage error: {e}");
         }
@@ -716,6 +790,10 @@ pub async fn rebuild(api: &Api, json: bool) -> Result<()> {
         }
         for (cluster, n) in &r.other_clusters {
             println!("  not listed: {n} snapshot(s) of another cluster, {cluster}");
+        }
+        println!("snapshot sets read back: {}", r.sets);
+        for s in &r.sets_rejected {
+            println!("  NOT TRUSTED, not listed: set record {s}");
         }
     }
     Ok(())

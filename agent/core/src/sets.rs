@@ -137,7 +137,11 @@ mod tests {
         assert_eq!(found.len(), 4, "{found:?}");
         assert_eq!(found[0].record.as_ref().unwrap(), &good);
         let why = |i: usize| found[i].record.clone().unwrap_err();
-        assert!(why(1).contains("names snapshots of cluster c2"), "{}", why(1));
+        assert!(
+            why(1).contains("names snapshots of cluster c2"),
+            "{}",
+            why(1)
+        );
         assert!(why(2).contains("stored under set"), "{}", why(2));
         assert!(why(3).contains("checksum mismatch"), "{}", why(3));
         // The snapshot listing does not see them.

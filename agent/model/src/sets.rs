@@ -133,7 +133,10 @@ impl SetRecord {
             return Err(format!(
                 "says complete = {} but {} node(s) have no snapshot",
                 self.complete,
-                self.nodes.iter().filter(|n| n.snapshot_id.is_none()).count()
+                self.nodes
+                    .iter()
+                    .filter(|n| n.snapshot_id.is_none())
+                    .count()
             ));
         }
         Ok(())

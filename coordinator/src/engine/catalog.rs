@@ -4,10 +4,11 @@
 use super::{cluster_of, ApiError, ApiResult, Ctx, Engine};
 use crate::retention::{Candidate, Deletion};
 use crate::state::EventLevel;
-use crate::store::{cycles, events, leases, parse_ts, snapshots, ts, Now};
+use crate::store::{cycles, events, leases, parse_ts, sets, snapshots, ts, Now};
 use events::Meta;
 use kafka_snapshot_model::api::SnapshotRow;
 use kafka_snapshot_model::protocol::SnapshotSummary;
+use kafka_snapshot_model::sets::SetRecord;
 use snapshots::{Key, Seen};
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -308,11 +309,16 @@ impl Engine {
     /// Replaces the catalog with what cold storage holds of this
     /// coordinator's cluster. `others` counts, per cluster.id, the
     /// complete snapshots of other clusters in the same store: they are
-    /// left alone, and said so.
+    /// left alone, and said so. `found_sets` are the set records read back
+    /// and trusted (`rejected`, those that were not, each an event): they
+    /// replace the sets whose records were stored, while a set whose
+    /// record is still to be written stays.
     pub fn rebuild_catalog(
         &mut self,
         found: &[SnapshotSummary],
         others: &[(String, usize)],
+        found_sets: &[SetRecord],
+        rejected: &[String],
         now: Now,
     ) -> ApiResult<(usize, usize)> {
         let cx = self.begin(now)?;
@@ -330,6 +336,12 @@ impl Engine {
                 s.snapshot_id, s.cluster_id
             )));
         }
+        if let Some(s) = found_sets.iter().find(|s| s.cluster_id != ours) {
+            return Err(ApiError::Internal(format!(
+                "catalog rebuild: set {} of cluster {} offered for cluster {ours}",
+                s.set_id, s.cluster_id
+            )));
+        }
         let before = snapshots::delete_all(&cx.tx, now)?;
         for s in found {
             let k = Key {
@@ -345,6 +357,25 @@ impl Engine {
                 cx.flag_skew(s, seen, "found by a catalog rebuild")?;
             }
         }
+        let ids: Vec<String> = found_sets.iter().map(|s| s.set_id.clone()).collect();
+        sets::drop_stored_except(&cx.tx, &ours, &ids)?;
+        for s in found_sets {
+            sets::upsert_found(&cx.tx, s, now)?;
+        }
+        for why in rejected {
+            cx.event(
+                EventLevel::Warning,
+                None,
+                None,
+                "set_rejected",
+                &format!("catalog rebuild: set record not trusted, not listed: {why}"),
+            )?;
+        }
+        let rejected = if rejected.is_empty() {
+            String::new()
+        } else {
+            format!(" ({} set record(s) NOT trusted)", rejected.len())
+        };
         let other = if others.is_empty() {
             String::new()
         } else {
@@ -364,8 +395,9 @@ impl Engine {
             "catalog_rebuilt",
             &format!(
                 "catalog of cluster {ours} rebuilt from cold storage: {} snapshots (was \
-                 {before}){other}",
-                found.len()
+                 {before}), {} snapshot sets{rejected}{other}",
+                found.len(),
+                found_sets.len()
             ),
         )?;
         cx.commit()?;

@@ -19,11 +19,14 @@
 //!   cycle);
 //! - [`operators`]: what operators order (run-now, restores);
 //! - [`catalog`]: committed snapshots, verification, retention, rebuild;
+//! - [`sets`]: snapshot sets (a cycle over every node), and what retention
+//!   keeps of them;
 //! - [`status`]: what `status` and `/metrics` show.
 
 mod agents;
 mod catalog;
 mod operators;
+mod sets;
 mod status;
 mod tick;
 mod turns;
@@ -114,6 +117,9 @@ pub struct TickNeeds {
     pub verify: bool,
     /// A cycle just ended: apply retention.
     pub prune: bool,
+    /// An ended snapshot set's record is still to be written to cold
+    /// storage.
+    pub store_sets: bool,
 }
 
 pub struct Engine {

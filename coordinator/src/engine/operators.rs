@@ -181,6 +181,7 @@ impl Engine {
             "cycle_finished",
             &format!("cycle {cycle} finished: cancelled: {message}"),
         )?;
+        cx.close_set(cycle)?;
         let held = leases::slot(&cx.tx)?
             .filter(|l| l.state == LeaseState::Active && l.cycle_id == Some(cycle));
         let aborted = match held {

@@ -5,7 +5,7 @@
 use super::{cdur, ApiResult, Ctx, Engine, TickNeeds};
 use crate::schedule::Schedule;
 use crate::state::{self, CycleState, EventLevel, LeaseState};
-use crate::store::{brokers, cycles, events, leases, parse_ts, snapshots, ts, Now};
+use crate::store::{brokers, cycles, events, leases, parse_ts, sets, snapshots, ts, Now};
 use events::Meta;
 
 impl Engine {
@@ -46,6 +46,7 @@ impl Engine {
         needs.verify = cx.cfg.retention.verify_new
             && snapshots::next_unverified(&cx.tx, cluster.as_deref())?.is_some();
         needs.prune = events::meta(&cx.tx, Meta::PruneDue)?.is_some();
+        needs.store_sets = sets::next_unstored(&cx.tx, cluster.as_deref())?.is_some();
         cx.commit()?;
         Ok(needs)
     }
@@ -103,6 +104,7 @@ impl Engine {
                         "cycle_finished",
                         &format!("cycle {cycle} finished: {to}: {msg}"),
                     )?;
+                    cx.close_set(cycle)?;
                 }
                 (None, Err(e)) => cycles::set_message(
                     &cx.tx,
@@ -183,6 +185,7 @@ impl Ctx<'_> {
 
     pub(super) fn start_cycle(&self, trigger: &str, brokers: &[i32]) -> ApiResult<i64> {
         let id = cycles::insert(&self.tx, trigger, brokers, self.now)?;
+        self.open_set(id, brokers)?;
         self.event(
             EventLevel::Info,
             None,
