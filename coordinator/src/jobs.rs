@@ -668,6 +668,142 @@ mod tests {
         );
     }
 
+    /// A rebuilt coordinator gets its snapshot sets back from the records in
+    /// cold storage; a record that fails its checksum, names another
+    /// cluster's snapshot or is of another cluster is reported and not
+    /// listed. Once every snapshot of a set is gone, retention drops its
+    /// record from storage, then from the catalog.
+    #[test]
+    fn a_rebuild_reads_set_records_back_and_distrusts_bad_ones() {
+        use kafka_snapshot_model::layout::set_key;
+        use kafka_snapshot_model::sets::{format_set_id, SetNode, SetRecord, SET_FORMAT_VERSION};
+        let t = tempfile::tempdir().unwrap();
+        let a1 = commit(t.path(), t.path(), OURS, 1, 1);
+        let a2 = commit(t.path(), t.path(), OURS, 2, 2);
+        let theirs = commit(t.path(), t.path(), THEIRS, 2, 3);
+        let fs = FileStore::new(t.path().to_path_buf()).unwrap();
+        let manifest = |b: i32, id: &str| {
+            let snap = SnapshotRef {
+                cluster_id: OURS.into(),
+                broker: b,
+                snapshot_id: id.into(),
+            };
+            catalog::load_manifest(&fs, &snap).unwrap().manifest_sha256
+        };
+        let record = |cycle: i64, cluster: &str, nodes: Vec<(i32, &str)>| {
+            let at = Utc::now() - chrono::Duration::hours(10 - cycle);
+            SetRecord {
+                format_version: SET_FORMAT_VERSION,
+                set_id: format_set_id(at, cycle),
+                cluster_id: cluster.into(),
+                cycle_id: cycle,
+                started_at: at,
+                finished_at: at,
+                complete: true,
+                nodes: nodes
+                    .into_iter()
+                    .map(|(node, id)| SetNode {
+                        node,
+                        snapshot_id: Some(id.into()),
+                        manifest_sha256: Some(if id == theirs {
+                            "00".repeat(32)
+                        } else {
+                            manifest(node, id)
+                        }),
+                    })
+                    .collect(),
+                record_sha256: String::new(),
+            }
+        };
+        let mut good = record(1, OURS, vec![(1, &a1), (2, &a2)]);
+        kafka_snapshot::sets::write(&fs, &mut good).unwrap();
+        let mut foreign = record(2, OURS, vec![(1, &a1), (2, &theirs)]);
+        kafka_snapshot::sets::write(&fs, &mut foreign).unwrap();
+        let mut edited = record(3, OURS, vec![(1, &a1), (2, &a2)]);
+        let text = String::from_utf8(edited.to_bytes())
+            .unwrap()
+            .replace("\"cycle_id\": 3", "\"cycle_id\": 4");
+        fs.put(&set_key(OURS, &edited.set_id), text.as_bytes())
+            .unwrap();
+        let mut other = record(4, THEIRS, vec![(2, &theirs)]);
+        fs.put(&set_key(OURS, &other.set_id), &other.to_bytes())
+            .unwrap();
+
+        let s = shared(t.path(), Arc::new(fs), 1);
+        let r = rebuild_catalog(&s).map_err(|e| format!("{e:?}")).unwrap();
+        assert_eq!((r.after, r.sets), (2, 1), "{r:#?}");
+        let why = r.sets_rejected.join("\n");
+        assert_eq!(r.sets_rejected.len(), 3, "{why}");
+        assert!(
+            why.contains(&format!(
+                "names snapshot {theirs} of node 2, which is a snapshot of cluster {THEIRS}"
+            )),
+            "{why}"
+        );
+        assert!(
+            why.contains(&edited.set_id) && why.contains("checksum mismatch"),
+            "{why}"
+        );
+        assert!(
+            why.contains(&format!("names snapshots of cluster {THEIRS}")),
+            "{why}"
+        );
+        let events = s.engine().status(Utc::now()).unwrap().recent_events;
+        assert_eq!(
+            events.iter().filter(|e| e.kind == "set_rejected").count(),
+            3,
+            "{events:#?}"
+        );
+
+        let sets = s.engine().sets().unwrap();
+        assert_eq!(sets.len(), 1);
+        let set = &sets[0];
+        assert_eq!(
+            (set.set_id.as_str(), set.source.as_str()),
+            (good.set_id.as_str(), "rebuild")
+        );
+        assert!(set.complete && set.stored && !set.verified);
+        // Verified once its snapshots are read back.
+        assert!(verify_one(&s, OURS, 1, &a1));
+        assert!(verify_one(&s, OURS, 2, &a2));
+        assert!(s.engine().sets().unwrap()[0].kept);
+
+        // Newer snapshots, keep_last 1: the set's snapshots stay.
+        let b1 = commit(t.path(), t.path(), OURS, 1, 5);
+        rebuild_catalog(&s).map_err(|e| format!("{e:?}")).unwrap();
+        assert!(verify_one(&s, OURS, 1, &b1));
+        let r = run_retention(&s, true);
+        assert_eq!(r.error, None);
+        assert!(r.deleted.is_empty(), "{r:#?}");
+        assert!(
+            r.held.contains(&(
+                1,
+                format!(
+                    "snapshot {a1} kept: in set {}, the newest complete verified set",
+                    good.set_id
+                )
+            )),
+            "{r:#?}"
+        );
+
+        // Its snapshots gone from storage (an operator, another tool): the
+        // rebuild lists them no more, and retention drops the set.
+        for (b, id) in [(1, &a1), (2, &a2)] {
+            std::fs::remove_dir_all(t.path().join(OURS).join(format!("broker-{b}")).join(id))
+                .unwrap();
+        }
+        rebuild_catalog(&s).map_err(|e| format!("{e:?}")).unwrap();
+        let key = t.path().join(set_key(OURS, &good.set_id));
+        assert!(key.exists());
+        let r = run_retention(&s, true);
+        assert_eq!(r.sets_dropped, [good.set_id.clone()], "{r:#?}");
+        assert!(key.exists(), "a dry run deletes nothing");
+        let r = run_retention(&s, false);
+        assert_eq!((r.error, r.sets_dropped), (None, vec![good.set_id.clone()]));
+        assert!(!key.exists());
+        assert!(s.engine().sets().unwrap().is_empty());
+    }
+
     /// Hole 2: two clusters share one store. The rebuild lists only this
     /// coordinator's cluster (counting the other's), and retention never
     /// deletes the other's snapshots of a broker with the same id.
