@@ -798,3 +798,70 @@ pub async fn rebuild(api: &Api, json: bool) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kafka_snapshot_model::api::SetNodeView;
+
+    fn node(node: i32, id: Option<&str>, status: &str) -> SetNodeView {
+        SetNodeView {
+            node,
+            snapshot_id: id.map(String::from),
+            status: status.into(),
+        }
+    }
+
+    #[test]
+    fn sets_are_listed_with_what_is_missing_and_what_retention_keeps() {
+        let set = |id: &str, complete: bool, nodes: Vec<SetNodeView>| SetView {
+            set_id: id.into(),
+            cluster_id: Some("c".into()),
+            cycle_id: 7,
+            started_at: "2026-12-02T03:00:00.000Z".into(),
+            finished_at: Some("2026-12-02T03:04:12.345Z".into()),
+            complete,
+            verified: complete,
+            kept: complete,
+            stored: true,
+            source: "cycle".into(),
+            nodes,
+        };
+        let text = format_sets(&[
+            set(
+                "20261202T030000.000Z-cycle7",
+                true,
+                vec![
+                    node(1, Some("20261202T030001.210Z-5f0c2a91"), "verified"),
+                    node(2, Some("20261202T030105.877Z-0b9e4d3c"), "verified"),
+                    node(3, Some("20261202T030208.402Z-c41a7e20"), "verified"),
+                ],
+            ),
+            set(
+                "20261203T030000.000Z-cycle8",
+                false,
+                vec![
+                    node(1, None, "missing"),
+                    node(2, Some("20261203T030105.877Z-0b9e4d3c"), "not verified"),
+                    node(3, None, "missing"),
+                ],
+            ),
+        ]);
+        let want = "\
+set 20261202T030000.000Z-cycle7 (cycle 7): complete, verified, kept by retention (the newest complete verified set)
+  started 2026-12-02T03:00:00.000Z, finished 2026-12-02T03:04:12.345Z
+  NODE  SNAPSHOT                       STATUS
+  1     20261202T030001.210Z-5f0c2a91  verified
+  2     20261202T030105.877Z-0b9e4d3c  verified
+  3     20261202T030208.402Z-c41a7e20  verified
+set 20261203T030000.000Z-cycle8 (cycle 7): INCOMPLETE (no snapshot of node 1, 3), not verified
+  started 2026-12-02T03:00:00.000Z, finished 2026-12-02T03:04:12.345Z
+  NODE  SNAPSHOT                       STATUS
+  1     -                              missing
+  2     20261203T030105.877Z-0b9e4d3c  not verified
+  3     -                              missing
+";
+        assert_eq!(text, want);
+        assert!(format_sets(&[]).starts_with("no snapshot sets"));
+    }
+}
