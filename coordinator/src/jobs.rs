@@ -306,6 +306,15 @@ fn check_sets(
 /// dropped while its record was being written gets that record deleted
 /// again, so none is left behind to be brought back by a rebuild.
 fn store_sets(s: &Shared) -> bool {
+    // What a coordinator killed while writing a record left: only this
+    // job writes there, so none of it is in use.
+    let cluster = s.engine().cluster_id();
+    if let Ok(Some(cluster)) = cluster {
+        if let Err(e) = kafka_snapshot::sets::remove_leftovers(s.store.as_ref(), &cluster) {
+            tracing::warn!(error = %e, "cannot clean up set records in cold storage now");
+            return false;
+        }
+    }
     while !s.stopping.load(Ordering::SeqCst) {
         // Its own statement: the engine lock must not be held while
         // storage is written.
@@ -327,7 +336,8 @@ fn store_sets(s: &Shared) -> bool {
             );
             return false;
         }
-        match s.engine().set_stored(&record.set_id, Utc::now()) {
+        let stored = s.engine().set_stored(&record.set_id, Utc::now());
+        match stored {
             Ok(true) => tracing::info!(set = %record.set_id, "snapshot set record stored"),
             Ok(false) => {
                 let gone = kafka_snapshot::sets::delete(

@@ -79,6 +79,29 @@ fn read(store: &dyn ColdStore, key: &str) -> std::result::Result<Vec<u8>, String
     Ok(bytes)
 }
 
+/// Deletes what an interrupted write of a set record left under the
+/// `sets/` prefix of `cluster`: temporary objects and uploads never
+/// completed. Only the coordinator of that cluster writes there, one
+/// record at a time, so the caller calls this before it writes and nothing
+/// of it is in use. Returns how many it removed.
+pub fn remove_leftovers(store: &dyn ColdStore, cluster: &str) -> Result<usize> {
+    let prefix = sets_prefix(cluster);
+    let mut removed = 0;
+    for obj in store.list(&prefix)? {
+        if obj.key.contains(crate::storage::TEMP_MARKER) {
+            tracing::warn!(key = %obj.key, "removing an object left by an interrupted set record write");
+            store.delete(&obj.key)?;
+            removed += 1;
+        }
+    }
+    for u in store.pending_uploads(&prefix)? {
+        tracing::warn!(key = %u.key, "aborting an upload left by an interrupted set record write");
+        store.abort_upload(&u)?;
+        removed += 1;
+    }
+    Ok(removed)
+}
+
 /// Deletes the record of set `set_id` of `cluster` (nothing if it is not
 /// there).
 pub fn delete(store: &dyn ColdStore, cluster: &str, set_id: &str) -> Result<()> {
@@ -151,5 +174,14 @@ mod tests {
         delete(&store, "c1", &good.set_id).unwrap();
         delete(&store, "c1", &good.set_id).unwrap();
         assert_eq!(list(&store, "c1").unwrap().len(), 3);
+        // What a write killed half-way leaves is not a record, and goes.
+        let mut w = store.create(&set_key("c1", &good.set_id)).unwrap();
+        std::io::Write::write_all(&mut w, b"{\"format_version\"").unwrap();
+        std::mem::forget(w);
+        assert_eq!(list(&store, "c1").unwrap().len(), 3);
+        assert_eq!(remove_leftovers(&store, "c1").unwrap(), 1);
+        assert_eq!(remove_leftovers(&store, "c1").unwrap(), 0);
+        let left = store.list("c1/sets/").unwrap();
+        assert_eq!(left.len(), 3, "{left:?}");
     }
 }

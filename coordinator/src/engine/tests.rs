@@ -1394,7 +1394,7 @@ fn retention_keeps_the_newest_complete_verified_set_past_keep_last() {
         .into_iter()
         .map(|s| s.set_id)
         .collect();
-    assert_eq!(empty, [day1.clone()]);
+    assert_eq!(empty, [day1]);
     assert!(e.empty_sets(&Default::default()).unwrap().is_empty());
     for (b, id) in [(2, "d1-2"), (3, "d1-3")] {
         let d = crate::retention::Deletion {
