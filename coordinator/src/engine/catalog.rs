@@ -231,12 +231,25 @@ impl Engine {
     /// no longer lists (`catalog rebuild` finds it again), never a listed
     /// snapshot without its files.
     ///
-    /// A restore order made since retention planned may name it: then it
-    /// stays, and the answer says why (`Some`). The check and the mark are
-    /// one transaction, and an order can only name a listed snapshot, so
-    /// no order reads a snapshot retention deletes.
+    /// A restore order made since retention planned may name it, or a set
+    /// holding it may have become the newest complete verified one: then
+    /// it stays, and the answer says why (`Some`). The check and the mark
+    /// are one transaction, and an order can only name a listed snapshot,
+    /// so no order reads a snapshot retention deletes.
     pub fn begin_deletion(&mut self, d: &Deletion, now: Now) -> ApiResult<Option<String>> {
         let cx = self.begin(now)?;
+        let all = sets::list(&cx.tx, Some(&d.cluster_id))?;
+        let in_kept = super::sets::newest_kept(&all).filter(|s| {
+            s.nodes
+                .iter()
+                .any(|n| n.node == d.broker && n.snapshot_id.as_deref() == Some(&d.snapshot_id))
+        });
+        if let Some(set) = in_kept {
+            return Ok(Some(format!(
+                "snapshot {} kept: in set {}, the newest complete verified set",
+                d.snapshot_id, set.set_id
+            )));
+        }
         let read = snapshots::read_by_open_restores(&cx.tx, Some(&d.cluster_id))?;
         if let Some((order, _, _)) = read
             .iter()

@@ -21,7 +21,8 @@ pub struct EmptySet {
     pub cluster_id: String,
 }
 
-fn newest_kept(all: &[sets::Set]) -> Option<&sets::Set> {
+/// The newest complete set whose snapshots are all listed and verified.
+pub(super) fn newest_kept(all: &[sets::Set]) -> Option<&sets::Set> {
     all.iter().rev().find(|s| s.verified())
 }
 

@@ -1381,6 +1381,21 @@ fn retention_keeps_the_newest_complete_verified_set_past_keep_last() {
     // max_age too.
     let p = plan(&e, 10, Some(1), day(3));
     assert_eq!(deleted(&p), ["d1-2"]);
+    // A deletion planned before the set became the one kept is refused
+    // when it is carried out.
+    let d0 = crate::retention::Deletion {
+        snapshot_id: "d0-2".into(),
+        cluster_id: "cluster-a".into(),
+        broker: 2,
+        reason: "beyond the newest 1 (keep_last)".into(),
+    };
+    assert_eq!(
+        e.begin_deletion(&d0, day(3)).unwrap(),
+        Some(format!(
+            "snapshot d0-2 kept: in set {kept}, the newest complete verified set"
+        ))
+    );
+    assert_eq!(e.snapshots(Some(2)).unwrap().len(), 3, "still listed");
 
     // The day 1 set empties once d1-2 and d1-3 are gone: a dry run names
     // it first, then it goes with its last snapshot.
