@@ -5,7 +5,7 @@ use crate::config::CoordinatorConfig;
 use kafka_snapshot::{Error, Result};
 use kafka_snapshot_model::api::{
     CancelCycle, CycleCancelled, NewRestore, PruneRequest, PruneResult, RebuildResult, RestoreView,
-    RunNow, SnapshotRow, StatusView, Suspend, Verified,
+    RunNow, SetView, SnapshotRow, StatusView, Suspend, Verified,
 };
 use kafka_snapshot_model::layout::SnapshotRef;
 use kafka_snapshot_model::protocol::ErrorBody;
@@ -201,7 +201,7 @@ pub fn format_status(s: &StatusView) -> String {
     if let Some(c) = &s.cycle {
         let done = c.brokers.iter().filter(|b| b.state == "done").count();
         out.push_str(&format!(
-            "cycle:    {} ({}) {}: {done}/{} brokers done, started {}{}\n",
+            "cycle:    {} ({}) {}: {done}/{} nodes done, started {}{}\n",
             c.id,
             c.trigger,
             c.state,
@@ -368,6 +368,76 @@ pub fn format_snapshots(rows: &[SnapshotRow]) -> String {
         ],
         &rows,
     )
+}
+
+/// The snapshot sets, one block each: a header line (id, cycle, start
+/// and end, complete, verified, and whether retention keeps it), then one
+/// line per node with its snapshot and what the catalog says of it.
+pub fn format_sets(sets: &[SetView]) -> String {
+    if sets.is_empty() {
+        return "no snapshot sets (a set is recorded by every cycle of every node)\n".into();
+    }
+    let mut out = String::new();
+    for s in sets {
+        let complete = match (&s.finished_at, s.complete) {
+            (None, _) => "cycle running".to_string(),
+            (Some(_), true) => "complete".to_string(),
+            (Some(_), false) => format!(
+                "INCOMPLETE (no snapshot of node {})",
+                s.nodes
+                    .iter()
+                    .filter(|n| n.snapshot_id.is_none())
+                    .map(|n| n.node.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+        let verified = if s.verified {
+            "verified"
+        } else {
+            "not verified"
+        };
+        let kept = if s.kept {
+            ", kept by retention (the newest complete verified set)"
+        } else {
+            ""
+        };
+        let stored = if s.stored || s.finished_at.is_none() {
+            ""
+        } else {
+            ", record not in cold storage yet"
+        };
+        out.push_str(&format!(
+            "set {} (cycle {}): {complete}, {verified}{kept}{stored}\n  started {}, finished {}\n",
+            s.set_id,
+            s.cycle_id,
+            s.started_at,
+            s.finished_at.as_deref().unwrap_or("-"),
+        ));
+        let rows: Vec<Vec<String>> = s
+            .nodes
+            .iter()
+            .map(|n| {
+                vec![
+                    format!("  {}", n.node),
+                    n.snapshot_id.clone().unwrap_or_else(|| "-".into()),
+                    n.status.clone(),
+                ]
+            })
+            .collect();
+        out.push_str(&table(&["  NODE", "SNAPSHOT", "STATUS"], &rows));
+    }
+    out
+}
+
+pub async fn sets(api: &Api, json: bool) -> Result<()> {
+    let sets: Vec<SetView> = api.get("/v1/sets", "snapshot sets").await?;
+    if json {
+        print_json(&sets);
+    } else {
+        print!("{}", format_sets(&sets));
+    }
+    Ok(())
 }
 
 pub async fn status(api: &Api, json: bool) -> Result<()> {
@@ -691,6 +761,10 @@ pub async fn prune(api: &Api, dry_run: bool, json: bool) -> Result<bool> {
                 println!("left broker {b} alone: {why}");
             }
         }
+        let verb = if dry_run { "would drop" } else { "dropped" };
+        for id in &r.sets_dropped {
+            println!("{verb} snapshot set {id}: none of its snapshots is left");
+        }
         if let Some(e) = &r.error {
             eprintln!("stopped at a storage error: {e}");
         }
@@ -719,6 +793,77 @@ pub async fn rebuild(api: &Api, json: bool) -> Result<()> {
         for (cluster, n) in &r.other_clusters {
             println!("  not listed: {n} snapshot(s) of another cluster, {cluster}");
         }
+        println!("snapshot sets read back: {}", r.sets);
+        for s in &r.sets_rejected {
+            println!("  NOT TRUSTED, not listed: set record {s}");
+        }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kafka_snapshot_model::api::SetNodeView;
+
+    fn node(node: i32, id: Option<&str>, status: &str) -> SetNodeView {
+        SetNodeView {
+            node,
+            snapshot_id: id.map(String::from),
+            status: status.into(),
+        }
+    }
+
+    #[test]
+    fn sets_are_listed_with_what_is_missing_and_what_retention_keeps() {
+        let set = |id: &str, complete: bool, nodes: Vec<SetNodeView>| SetView {
+            set_id: id.into(),
+            cluster_id: Some("c".into()),
+            cycle_id: 7,
+            started_at: "2026-12-02T03:00:00.000Z".into(),
+            finished_at: Some("2026-12-02T03:04:12.345Z".into()),
+            complete,
+            verified: complete,
+            kept: complete,
+            stored: true,
+            source: "cycle".into(),
+            nodes,
+        };
+        let text = format_sets(&[
+            set(
+                "20261202T030000.000Z-cycle7",
+                true,
+                vec![
+                    node(1, Some("20261202T030001.210Z-5f0c2a91"), "verified"),
+                    node(2, Some("20261202T030105.877Z-0b9e4d3c"), "verified"),
+                    node(3, Some("20261202T030208.402Z-c41a7e20"), "verified"),
+                ],
+            ),
+            set(
+                "20261203T030000.000Z-cycle8",
+                false,
+                vec![
+                    node(1, None, "missing"),
+                    node(2, Some("20261203T030105.877Z-0b9e4d3c"), "not verified"),
+                    node(3, None, "missing"),
+                ],
+            ),
+        ]);
+        let want = "\
+set 20261202T030000.000Z-cycle7 (cycle 7): complete, verified, kept by retention (the newest complete verified set)
+  started 2026-12-02T03:00:00.000Z, finished 2026-12-02T03:04:12.345Z
+  NODE  SNAPSHOT                       STATUS
+  1     20261202T030001.210Z-5f0c2a91  verified
+  2     20261202T030105.877Z-0b9e4d3c  verified
+  3     20261202T030208.402Z-c41a7e20  verified
+set 20261203T030000.000Z-cycle8 (cycle 7): INCOMPLETE (no snapshot of node 1, 3), not verified
+  started 2026-12-02T03:00:00.000Z, finished 2026-12-02T03:04:12.345Z
+  NODE  SNAPSHOT                       STATUS
+  1     -                              missing
+  2     20261203T030105.877Z-0b9e4d3c  not verified
+  3     -                              missing
+";
+        assert_eq!(text, want);
+        assert!(format_sets(&[]).starts_with("no snapshot sets"));
+    }
 }

@@ -34,14 +34,16 @@ pub fn run_retention(s: &Shared, dry_run: bool) -> PruneResult {
     let now = Utc::now();
     let plan = {
         let e = s.engine();
-        let (cands, busy) = match (e.retention_candidates(), e.busy_brokers()) {
-            (Ok(c), Ok(b)) => (c, b),
-            (Err(err), _) | (_, Err(err)) => {
+        let inputs = (e.retention_candidates(), e.busy_brokers(), e.kept_set());
+        let (cands, busy, kept) = match inputs {
+            (Ok(c), Ok(b), Ok(k)) => (c, b, k),
+            (Err(err), _, _) | (_, Err(err), _) | (_, _, Err(err)) => {
                 return PruneResult {
                     dry_run,
                     deleted: Vec::new(),
                     held: Vec::new(),
                     error: Some(err.to_string()),
+                    sets_dropped: Vec::new(),
                 }
             }
         };
@@ -52,6 +54,7 @@ pub fn run_retention(s: &Shared, dry_run: bool) -> PruneResult {
                 max_age: s.cfg().retention.max_age,
             },
             &busy,
+            kept.as_ref(),
             now,
         )
     };
@@ -60,6 +63,7 @@ pub fn run_retention(s: &Shared, dry_run: bool) -> PruneResult {
         deleted: Vec::new(),
         held: plan.held.clone(),
         error: None,
+        sets_dropped: Vec::new(),
     };
     for d in &plan.delete {
         if !dry_run {
@@ -84,12 +88,54 @@ pub fn run_retention(s: &Shared, dry_run: bool) -> PruneResult {
             reason: d.reason.clone(),
         });
     }
+    if out.error.is_none() {
+        drop_empty_sets(s, &plan, dry_run, &mut out);
+    }
     if !dry_run {
         if let Err(e) = s.engine().prune_done(out.error.as_deref(), Utc::now()) {
             tracing::error!("recording retention: {e}");
         }
     }
     out
+}
+
+/// Sets none of whose snapshots is left lose their record: out of cold
+/// storage first, then out of the catalog, so a coordinator killed in
+/// between still lists the set (with every snapshot "not in the catalog")
+/// and drops it at the next run; never the other way round, which would
+/// leave a record in storage that a rebuild brings back. A dry run names
+/// the sets the planned deletions would empty.
+fn drop_empty_sets(s: &Shared, plan: &retention::Plan, dry_run: bool, out: &mut PruneResult) {
+    let going: std::collections::BTreeSet<(i32, String)> = if dry_run {
+        plan.delete
+            .iter()
+            .map(|d| (d.broker, d.snapshot_id.clone()))
+            .collect()
+    } else {
+        Default::default()
+    };
+    let empty = match s.engine().empty_sets(&going) {
+        Ok(e) => e,
+        Err(e) => {
+            out.error = Some(format!("listing snapshot sets: {e}"));
+            return;
+        }
+    };
+    for set in empty {
+        if !dry_run {
+            if let Err(e) =
+                kafka_snapshot::sets::delete(s.store.as_ref(), &set.cluster_id, &set.set_id)
+            {
+                out.error = Some(format!("the record of snapshot set {}: {e}", set.set_id));
+                return;
+            }
+            if let Err(e) = s.engine().set_dropped(&set, Utc::now()) {
+                out.error = Some(format!("snapshot set {}: {e}", set.set_id));
+                return;
+            }
+        }
+        out.sets_dropped.push(set.set_id);
+    }
 }
 
 /// Out of the catalog first, then out of cold storage (see
@@ -152,10 +198,14 @@ pub fn rebuild_catalog(s: &Shared) -> std::result::Result<RebuildResult, Rebuild
     let mut found = Vec::new();
     let mut skipped = Vec::new();
     let mut others: std::collections::BTreeMap<String, usize> = Default::default();
+    // Snapshot id -> cluster, of other clusters' complete snapshots: a set
+    // record of this cluster naming one of them is not trusted.
+    let mut foreign: std::collections::BTreeMap<String, String> = Default::default();
     for l in listed {
         if l.snap.cluster_id != ours {
             if matches!(l.status, catalog::Status::Complete(_)) {
                 *others.entry(l.snap.cluster_id.clone()).or_default() += 1;
+                foreign.insert(l.snap.snapshot_id.clone(), l.snap.cluster_id.clone());
             }
             continue;
         }
@@ -171,6 +221,9 @@ pub fn rebuild_catalog(s: &Shared) -> std::result::Result<RebuildResult, Rebuild
             }
         }
     }
+    let listed_sets = kafka_snapshot::sets::list(s.store.as_ref(), &ours)
+        .map_err(|e| RebuildError::Storage(format!("listing snapshot set records: {e}")))?;
+    let (sets, sets_rejected) = check_sets(listed_sets, &found, &foreign);
     let others: Vec<(String, usize)> = others.into_iter().collect();
     for (cluster, n) in &others {
         tracing::info!(
@@ -181,14 +234,129 @@ pub fn rebuild_catalog(s: &Shared) -> std::result::Result<RebuildResult, Rebuild
     }
     let (before, after) = s
         .engine()
-        .rebuild_catalog(&found, &others, Utc::now())
+        .rebuild_catalog(&found, &others, &sets, &sets_rejected, Utc::now())
         .map_err(RebuildError::Engine)?;
     Ok(RebuildResult {
         before,
         after,
         skipped,
         other_clusters: others,
+        sets: sets.len(),
+        sets_rejected,
     })
+}
+
+/// Which set records a rebuild trusts: intact, of this cluster (both
+/// checked as they are read), and naming no snapshot of another cluster
+/// nor a snapshot of this one with another manifest than it recorded. A
+/// snapshot it names that storage no longer holds (retention deleted it)
+/// is no reason to distrust it: the set lists that node as not in the
+/// catalog. The others are returned as "key: why".
+fn check_sets(
+    listed: Vec<kafka_snapshot::sets::FoundSet>,
+    found: &[kafka_snapshot_model::protocol::SnapshotSummary],
+    foreign: &std::collections::BTreeMap<String, String>,
+) -> (Vec<kafka_snapshot_model::sets::SetRecord>, Vec<String>) {
+    let mut trusted = Vec::new();
+    let mut rejected = Vec::new();
+    for f in listed {
+        let checked = f.record.and_then(|r| {
+            for n in &r.nodes {
+                let Some(id) = &n.snapshot_id else { continue };
+                let ours = found
+                    .iter()
+                    .find(|s| s.broker == n.node && &s.snapshot_id == id);
+                match (ours, foreign.get(id)) {
+                    (Some(s), _) if n.manifest_sha256.as_deref() != Some(&s.manifest_sha256) => {
+                        return Err(format!(
+                            "names snapshot {id} of node {} with manifest {}, but the one in \
+                             storage has manifest {}",
+                            n.node,
+                            n.manifest_sha256.as_deref().unwrap_or("(none)"),
+                            s.manifest_sha256
+                        ))
+                    }
+                    (Some(_), _) => {}
+                    (None, Some(other)) => {
+                        return Err(format!(
+                            "names snapshot {id} of node {}, which is a snapshot of cluster \
+                             {other}",
+                            n.node
+                        ))
+                    }
+                    (None, None) => {}
+                }
+            }
+            Ok(r)
+        });
+        match checked {
+            Ok(r) => trusted.push(r),
+            Err(why) => {
+                tracing::warn!(key = %f.key, "catalog rebuild: set record not trusted: {why}");
+                rejected.push(format!("{}: {why}", f.key));
+            }
+        }
+    }
+    (trusted, rejected)
+}
+
+/// Writes the records of ended snapshot sets to cold storage, oldest
+/// first, and marks each stored. Returns false at the first storage error
+/// (nothing is marked; the set is written again later). A set retention
+/// dropped while its record was being written gets that record deleted
+/// again, so none is left behind to be brought back by a rebuild.
+fn store_sets(s: &Shared) -> bool {
+    // What a coordinator killed while writing a record left: only this
+    // job writes there, so none of it is in use.
+    let cluster = s.engine().cluster_id();
+    if let Ok(Some(cluster)) = cluster {
+        if let Err(e) = kafka_snapshot::sets::remove_leftovers(s.store.as_ref(), &cluster) {
+            tracing::warn!(error = %e, "cannot clean up set records in cold storage now");
+            return false;
+        }
+    }
+    while !s.stopping.load(Ordering::SeqCst) {
+        // Its own statement: the engine lock must not be held while
+        // storage is written.
+        let next = s.engine().next_unstored_set();
+        let mut record = match next {
+            Ok(Some(r)) => r,
+            Ok(None) => break,
+            Err(e) => {
+                tracing::error!("reading the snapshot sets to store: {e}");
+                break;
+            }
+        };
+        if let Err(e) = kafka_snapshot::sets::write(s.store.as_ref(), &mut record) {
+            tracing::warn!(
+                set = %record.set_id,
+                error = %e,
+                "cannot write the snapshot set record to cold storage now; trying again in {:?}",
+                VERIFY_RETRY
+            );
+            return false;
+        }
+        let stored = s.engine().set_stored(&record.set_id, Utc::now());
+        match stored {
+            Ok(true) => tracing::info!(set = %record.set_id, "snapshot set record stored"),
+            Ok(false) => {
+                let gone = kafka_snapshot::sets::delete(
+                    s.store.as_ref(),
+                    &record.cluster_id,
+                    &record.set_id,
+                );
+                if let Err(e) = gone {
+                    tracing::warn!(set = %record.set_id, error = %e,
+                        "deleting the record of a set dropped meanwhile");
+                }
+            }
+            Err(e) => {
+                tracing::error!(set = %record.set_id, "recording a stored set: {e}");
+                break;
+            }
+        }
+    }
+    true
 }
 
 /// Verifies one snapshot and records the result. Returns false when cold
@@ -365,6 +533,22 @@ async fn tick_loop(
                 s2.verifying.store(false, Ordering::SeqCst);
             });
         }
+        let store_due = s
+            .store_sets_after
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none_or(|t| Instant::now() >= t);
+        if needs.store_sets && store_due && !s.storing_sets.swap(true, Ordering::SeqCst) {
+            let s2 = s.clone();
+            jobs.spawn_blocking(move || {
+                if !store_sets(&s2) {
+                    *s2.store_sets_after
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now() + VERIFY_RETRY);
+                }
+                s2.storing_sets.store(false, Ordering::SeqCst);
+            });
+        }
         if needs.prune
             && s.cfg().retention.prune_after_cycle
             && !s.pruning.swap(true, Ordering::SeqCst)
@@ -539,6 +723,142 @@ mod tests {
             "5. a storage error mid-verification is retried, never recorded as failed",
             3,
         );
+    }
+
+    /// A rebuilt coordinator gets its snapshot sets back from the records in
+    /// cold storage; a record that fails its checksum, names another
+    /// cluster's snapshot or is of another cluster is reported and not
+    /// listed. Once every snapshot of a set is gone, retention drops its
+    /// record from storage, then from the catalog.
+    #[test]
+    fn a_rebuild_reads_set_records_back_and_distrusts_bad_ones() {
+        use kafka_snapshot_model::layout::set_key;
+        use kafka_snapshot_model::sets::{format_set_id, SetNode, SetRecord, SET_FORMAT_VERSION};
+        let t = tempfile::tempdir().unwrap();
+        let a1 = commit(t.path(), t.path(), OURS, 1, 1);
+        let a2 = commit(t.path(), t.path(), OURS, 2, 2);
+        let theirs = commit(t.path(), t.path(), THEIRS, 2, 3);
+        let fs = FileStore::new(t.path().to_path_buf()).unwrap();
+        let manifest = |b: i32, id: &str| {
+            let snap = SnapshotRef {
+                cluster_id: OURS.into(),
+                broker: b,
+                snapshot_id: id.into(),
+            };
+            catalog::load_manifest(&fs, &snap).unwrap().manifest_sha256
+        };
+        let record = |cycle: i64, cluster: &str, nodes: Vec<(i32, &str)>| {
+            let at = Utc::now() - chrono::Duration::hours(10 - cycle);
+            SetRecord {
+                format_version: SET_FORMAT_VERSION,
+                set_id: format_set_id(at, cycle),
+                cluster_id: cluster.into(),
+                cycle_id: cycle,
+                started_at: at,
+                finished_at: at,
+                complete: true,
+                nodes: nodes
+                    .into_iter()
+                    .map(|(node, id)| SetNode {
+                        node,
+                        snapshot_id: Some(id.into()),
+                        manifest_sha256: Some(if id == theirs {
+                            "00".repeat(32)
+                        } else {
+                            manifest(node, id)
+                        }),
+                    })
+                    .collect(),
+                record_sha256: String::new(),
+            }
+        };
+        let mut good = record(1, OURS, vec![(1, &a1), (2, &a2)]);
+        kafka_snapshot::sets::write(&fs, &mut good).unwrap();
+        let mut foreign = record(2, OURS, vec![(1, &a1), (2, &theirs)]);
+        kafka_snapshot::sets::write(&fs, &mut foreign).unwrap();
+        let mut edited = record(3, OURS, vec![(1, &a1), (2, &a2)]);
+        let text = String::from_utf8(edited.to_bytes())
+            .unwrap()
+            .replace("\"cycle_id\": 3", "\"cycle_id\": 4");
+        fs.put(&set_key(OURS, &edited.set_id), text.as_bytes())
+            .unwrap();
+        let mut other = record(4, THEIRS, vec![(2, &theirs)]);
+        fs.put(&set_key(OURS, &other.set_id), &other.to_bytes())
+            .unwrap();
+
+        let s = shared(t.path(), Arc::new(fs), 1);
+        let r = rebuild_catalog(&s).map_err(|e| format!("{e:?}")).unwrap();
+        assert_eq!((r.after, r.sets), (2, 1), "{r:#?}");
+        let why = r.sets_rejected.join("\n");
+        assert_eq!(r.sets_rejected.len(), 3, "{why}");
+        assert!(
+            why.contains(&format!(
+                "names snapshot {theirs} of node 2, which is a snapshot of cluster {THEIRS}"
+            )),
+            "{why}"
+        );
+        assert!(
+            why.contains(&edited.set_id) && why.contains("checksum mismatch"),
+            "{why}"
+        );
+        assert!(
+            why.contains(&format!("names snapshots of cluster {THEIRS}")),
+            "{why}"
+        );
+        let events = s.engine().status(Utc::now()).unwrap().recent_events;
+        assert_eq!(
+            events.iter().filter(|e| e.kind == "set_rejected").count(),
+            3,
+            "{events:#?}"
+        );
+
+        let sets = s.engine().sets().unwrap();
+        assert_eq!(sets.len(), 1);
+        let set = &sets[0];
+        assert_eq!(
+            (set.set_id.as_str(), set.source.as_str()),
+            (good.set_id.as_str(), "rebuild")
+        );
+        assert!(set.complete && set.stored && !set.verified);
+        // Verified once its snapshots are read back.
+        assert!(verify_one(&s, OURS, 1, &a1));
+        assert!(verify_one(&s, OURS, 2, &a2));
+        assert!(s.engine().sets().unwrap()[0].kept);
+
+        // Newer snapshots, keep_last 1: the set's snapshots stay.
+        let b1 = commit(t.path(), t.path(), OURS, 1, 5);
+        rebuild_catalog(&s).map_err(|e| format!("{e:?}")).unwrap();
+        assert!(verify_one(&s, OURS, 1, &b1));
+        let r = run_retention(&s, true);
+        assert_eq!(r.error, None);
+        assert!(r.deleted.is_empty(), "{r:#?}");
+        assert!(
+            r.held.contains(&(
+                1,
+                format!(
+                    "snapshot {a1} kept: in set {}, the newest complete verified set",
+                    good.set_id
+                )
+            )),
+            "{r:#?}"
+        );
+
+        // Its snapshots gone from storage (an operator, another tool): the
+        // rebuild lists them no more, and retention drops the set.
+        for (b, id) in [(1, &a1), (2, &a2)] {
+            std::fs::remove_dir_all(t.path().join(OURS).join(format!("broker-{b}")).join(id))
+                .unwrap();
+        }
+        rebuild_catalog(&s).map_err(|e| format!("{e:?}")).unwrap();
+        let key = t.path().join(set_key(OURS, &good.set_id));
+        assert!(key.exists());
+        let r = run_retention(&s, true);
+        assert_eq!(r.sets_dropped, [good.set_id.clone()], "{r:#?}");
+        assert!(key.exists(), "a dry run deletes nothing");
+        let r = run_retention(&s, false);
+        assert_eq!((r.error, r.sets_dropped), (None, vec![good.set_id.clone()]));
+        assert!(!key.exists());
+        assert!(s.engine().sets().unwrap().is_empty());
     }
 
     /// Hole 2: two clusters share one store. The rebuild lists only this

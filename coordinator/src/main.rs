@@ -50,10 +50,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// The snapshots in the catalog.
+    /// The snapshots in the catalog, or (`--sets`) the snapshot sets: the
+    /// snapshot of every node from one cycle.
     Snapshots {
-        #[arg(long)]
+        #[arg(long, conflicts_with = "sets")]
         broker: Option<i32>,
+        /// List snapshot sets: id, cycle, start and end, every node's
+        /// snapshot, complete and verified or not.
+        #[arg(long)]
+        sets: bool,
         #[arg(long)]
         json: bool,
     },
@@ -219,7 +224,13 @@ fn run(cli: Cli) -> kafka_snapshot::Result<ExitCode> {
             runtime()?.block_on(async {
                 Ok(match cmd {
                     Command::Status { json } => ok(cli::status(&api, json).await.map(|_| true)?),
-                    Command::Snapshots { broker, json } => {
+                    Command::Snapshots {
+                        sets: true, json, ..
+                    } => {
+                        cli::sets(&api, json).await?;
+                        ExitCode::SUCCESS
+                    }
+                    Command::Snapshots { broker, json, .. } => {
                         cli::snapshots(&api, broker, json).await?;
                         ExitCode::SUCCESS
                     }

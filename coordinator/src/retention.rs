@@ -9,6 +9,9 @@
 //!   while none has, the newest one not known to be bad);
 //! - a snapshot a restore order still reads (pending or running, of this
 //!   broker or, forced, of another) is kept;
+//! - a snapshot of the newest complete, verified snapshot set (every node
+//!   of one cycle, each snapshot verified) is kept, so that a whole
+//!   cluster can always be restored to one cycle;
 //! - otherwise a snapshot goes when it is beyond the newest `keep_last`, or
 //!   older than `max_age`.
 //!
@@ -51,6 +54,14 @@ pub struct Plan {
     pub held: Vec<(i32, String)>,
 }
 
+/// The snapshot set retention keeps whole (the newest complete, verified
+/// one): its id and its snapshots, (node, snapshot id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeptSet {
+    pub set_id: String,
+    pub snapshots: BTreeSet<(i32, String)>,
+}
+
 pub struct Policy {
     pub keep_last: usize,
     pub max_age: Option<Duration>,
@@ -60,6 +71,7 @@ pub fn plan(
     snapshots: &[Candidate],
     policy: &Policy,
     in_progress: &BTreeSet<i32>,
+    kept_set: Option<&KeptSet>,
     now: DateTime<Utc>,
 ) -> Plan {
     let mut by_broker: BTreeMap<i32, Vec<&Candidate>> = BTreeMap::new();
@@ -104,6 +116,18 @@ pub fn plan(
                     format!(
                         "snapshot {} kept: restore order {order} reads it",
                         s.snapshot_id
+                    ),
+                ));
+                continue;
+            }
+            if let Some(set) =
+                kept_set.filter(|k| k.snapshots.contains(&(broker, s.snapshot_id.clone())))
+            {
+                out.held.push((
+                    broker,
+                    format!(
+                        "snapshot {} kept: in set {}, the newest complete verified set",
+                        s.snapshot_id, set.set_id
                     ),
                 ));
                 continue;
@@ -237,10 +261,57 @@ mod tests {
                     max_age: c.max_age_days.map(|d| Duration::from_secs(d * 86400)),
                 },
                 &c.busy.iter().copied().collect(),
+                None,
                 now,
             );
             assert_eq!(ids(&p), c.want, "case {:?}", c.name);
         }
+    }
+
+    /// The newest complete, verified set keeps every one of its snapshots
+    /// past keep_last and max_age, and the dry run says so per snapshot.
+    #[test]
+    fn the_newest_complete_verified_set_is_kept_whole() {
+        let rows = snaps(&[
+            (1, 1, V),
+            (1, 2, V),
+            (1, 3, V),
+            (2, 1, V),
+            (2, 2, V),
+            (2, 3, NEW),
+        ]);
+        let policy = Policy {
+            keep_last: 1,
+            max_age: Some(Duration::from_secs(86400)),
+        };
+        let none = BTreeSet::new();
+        let without = plan(&rows, &policy, &none, None, day(4));
+        assert_eq!(ids(&without), ["b1-d01", "b1-d02", "b2-d01"]);
+        let set = KeptSet {
+            set_id: "S1".into(),
+            snapshots: [(1, "b1-d01".to_string()), (2, "b2-d01".to_string())]
+                .into_iter()
+                .collect(),
+        };
+        let with = plan(&rows, &policy, &none, Some(&set), day(4));
+        assert_eq!(ids(&with), ["b1-d02"]);
+        assert_eq!(
+            with.held,
+            vec![
+                (
+                    1,
+                    "snapshot b1-d01 kept: in set S1, the newest complete verified set".into()
+                ),
+                (
+                    2,
+                    "snapshot b2-d01 kept: in set S1, the newest complete verified set".into()
+                ),
+            ]
+        );
+        // A broker with a snapshot in progress stays untouched as before.
+        let busy: BTreeSet<i32> = [1].into_iter().collect();
+        let p = plan(&rows, &policy, &busy, Some(&set), day(4));
+        assert!(ids(&p).is_empty(), "{p:?}");
     }
 
     #[test]
@@ -252,6 +323,7 @@ mod tests {
                 max_age: None,
             },
             &[2].into_iter().collect(),
+            None,
             day(3),
         );
         assert_eq!(p.delete[0].reason, "beyond the newest 1 (keep_last)");

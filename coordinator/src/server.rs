@@ -195,6 +195,11 @@ async fn snapshots(
     Ok(Json(s.engine().snapshots(q.broker)?))
 }
 
+async fn sets(State(s): S, headers: HeaderMap) -> HttpResult<impl IntoResponse> {
+    admin_auth(&s, &headers)?;
+    Ok(Json(s.engine().sets()?))
+}
+
 async fn run_now(State(s): S, headers: HeaderMap, body: Bytes) -> HttpResult<impl IntoResponse> {
     admin_auth(&s, &headers)?;
     let r: RunNow = parse(&body)?;
@@ -313,6 +318,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/snapshots", get(snapshots))
         .route("/v1/snapshots/verified", post(verified))
+        .route("/v1/sets", get(sets))
         .route("/v1/run-now", post(run_now))
         .route("/v1/restores", post(create_restore))
         .route("/v1/restores/{id}", get(get_restore))

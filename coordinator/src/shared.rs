@@ -27,6 +27,9 @@ pub struct Shared {
     /// Cold storage could not be read: no verification before then.
     pub(crate) verify_after: Mutex<Option<Instant>>,
     pub(crate) pruning: AtomicBool,
+    pub(crate) storing_sets: AtomicBool,
+    /// Cold storage could not be written: no set record before then.
+    pub(crate) store_sets_after: Mutex<Option<Instant>>,
     pub(crate) last_check: Mutex<Option<Instant>>,
     /// Brokers the cluster listed, at the last look, that no `[[agents]]`
     /// entry covers; and when that look was.
@@ -84,6 +87,8 @@ impl Shared {
             verifying: AtomicBool::new(false),
             verify_after: Mutex::new(None),
             pruning: AtomicBool::new(false),
+            storing_sets: AtomicBool::new(false),
+            store_sets_after: Mutex::new(None),
             last_check: Mutex::new(None),
             uncovered: Mutex::new((None, BTreeSet::new())),
             cluster_checked: AtomicBool::new(false),

@@ -130,6 +130,22 @@ fn refusals_leave_no_trace_and_epochs_fence_stale_agents() {
             "",
         ),
         (
+            "snapshot sets without a token",
+            "GET /v1/sets",
+            None,
+            vec![],
+            401,
+            "",
+        ),
+        (
+            "snapshot sets with an agent's token",
+            "GET /v1/sets",
+            Some(&t1),
+            vec![],
+            401,
+            "",
+        ),
+        (
             "run-now with an agent's token",
             "/v1/run-now",
             Some(&t1),

@@ -157,3 +157,101 @@ fn the_coordinator_killed_mid_cycle_resumes_it() {
         assert!(f.cluster.is_running(n), "broker {n} is not running");
     }
 }
+
+/// A rolling cycle of every broker is recorded as a snapshot set: listed
+/// by `snapshots --sets` with each broker's snapshot, complete and (once
+/// the coordinator has read every snapshot back) verified, and written to
+/// cold storage beside the snapshots, where `catalog rebuild` finds it.
+#[test]
+fn a_cycle_of_every_broker_is_listed_as_a_snapshot_set() {
+    let f = Fleet::new();
+    f.coord.cli_ok(&["run-now"], 0);
+    let st = f.wait_cycle_end(Duration::from_secs(240));
+    assert_eq!(st["cycle"]["state"], "done", "{st:#}\n{}", f.logs());
+    f.wait_all_verified(Duration::from_secs(60));
+    let snaps = f.snapshots();
+    let sets_json = || -> Vec<Value> {
+        serde_json::from_str(&f.coord.cli_ok(&["snapshots", "--sets", "--json"], 0)).unwrap()
+    };
+    // The record is written by a background job once the cycle ends.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let sets = loop {
+        let sets = sets_json();
+        if sets.len() == 1 && sets[0]["stored"] == true && sets[0]["verified"] == true {
+            break sets;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{sets:#?}\n{}",
+            f.logs()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let set = &sets[0];
+    assert_eq!(set["cycle_id"], st["cycle"]["id"]);
+    assert_eq!(set["cluster_id"], f.cluster.cluster_id());
+    assert_eq!(set["complete"], true);
+    assert_eq!(set["kept"], true, "the newest complete verified set");
+    assert_eq!(set["source"], "cycle");
+    assert!(set["started_at"].is_string() && set["finished_at"].is_string());
+    let nodes: Vec<(i64, String, String)> = set["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            (
+                n["node"].as_i64().unwrap(),
+                n["snapshot_id"].as_str().unwrap().to_string(),
+                n["status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let want: Vec<(i64, String, String)> = snaps
+        .iter()
+        .map(|s| {
+            (
+                s["broker"].as_i64().unwrap(),
+                s["snapshot_id"].as_str().unwrap().to_string(),
+                "verified".to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(nodes, want);
+    let set_id = set["set_id"].as_str().unwrap();
+
+    let table = f.coord.cli_ok(&["snapshots", "--sets"], 0);
+    assert!(
+        table.contains(&format!("set {set_id} (cycle {})", st["cycle"]["id"]))
+            && table.contains("complete, verified, kept by retention"),
+        "{table}"
+    );
+    for (_, id, _) in &want {
+        assert!(table.contains(id.as_str()), "{table}");
+    }
+
+    // The record beside the snapshots, intact and naming the same ones.
+    let key = Path::new(f.store_url.strip_prefix("file://").unwrap())
+        .join(f.cluster.cluster_id())
+        .join("sets")
+        .join(format!("{set_id}.json"));
+    let record =
+        kafka_snapshot_model::sets::SetRecord::from_bytes(&fs::read(&key).unwrap()).unwrap();
+    assert!(record.complete);
+    let named: Vec<(i64, String)> = record
+        .nodes
+        .iter()
+        .map(|n| (n.node as i64, n.snapshot_id.clone().unwrap()))
+        .collect();
+    let want: Vec<(i64, String)> = want.into_iter().map(|(b, id, _)| (b, id)).collect();
+    assert_eq!(named, want);
+
+    let out = f.coord.cli_ok(&["catalog", "rebuild"], 0);
+    assert!(out.contains("snapshot sets read back: 1"), "{out}");
+    let sets = sets_json();
+    assert_eq!(sets.len(), 1, "{sets:#?}");
+    assert_eq!(sets[0]["set_id"], set_id);
+
+    let out = f.coord.cli(&["snapshots", "--sets", "--broker", "1"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let _ = &f.root;
+}

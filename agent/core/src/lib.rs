@@ -28,6 +28,7 @@ pub mod kafka;
 pub mod logdir;
 pub mod props;
 pub mod service;
+pub mod sets;
 pub mod settings;
 pub mod snapshot;
 pub mod storage;

@@ -50,6 +50,44 @@ pub struct SnapshotRow {
     pub clock_skew_ms: Option<i64>,
 }
 
+/// `GET /v1/sets`: one snapshot set, the committed snapshot of every node
+/// of one cycle that covered every node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SetView {
+    pub set_id: String,
+    /// `None` until the cycle reaches the cluster and learns it.
+    pub cluster_id: Option<String>,
+    pub cycle_id: i64,
+    pub started_at: String,
+    /// `None` while its cycle runs.
+    pub finished_at: Option<String>,
+    /// Every node of the cycle committed a snapshot in it.
+    pub complete: bool,
+    /// Complete, and every one of its snapshots is in the catalog and
+    /// passed verification.
+    pub verified: bool,
+    /// The newest complete, verified set: retention keeps every one of its
+    /// snapshots.
+    pub kept: bool,
+    /// Its record is in cold storage (`<cluster.id>/sets/<set-id>.json`).
+    pub stored: bool,
+    /// `cycle` (recorded by this coordinator) or `rebuild` (read back from
+    /// cold storage by `catalog rebuild`).
+    pub source: String,
+    pub nodes: Vec<SetNodeView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SetNodeView {
+    pub node: i32,
+    /// `None`: no snapshot of this node in the set.
+    pub snapshot_id: Option<String>,
+    /// `verified`, `not verified`, `failed verification`, `deleted` (no
+    /// longer in the catalog), `missing` (the cycle committed none) or
+    /// `pending` (its cycle still runs).
+    pub status: String,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LeaseView {
     pub epoch: i64,
@@ -180,6 +218,10 @@ pub struct PruneResult {
     pub deleted: Vec<PrunedView>,
     pub held: Vec<(i32, String)>,
     pub error: Option<String>,
+    /// Snapshot sets whose last snapshot went (or, in a dry run, would
+    /// go): their records are dropped from cold storage, then the catalog.
+    #[serde(default)]
+    pub sets_dropped: Vec<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -199,6 +241,13 @@ pub struct RebuildResult {
     /// cluster.id: left alone and not listed.
     #[serde(default)]
     pub other_clusters: Vec<(String, usize)>,
+    /// Snapshot set records read back from cold storage and listed.
+    #[serde(default)]
+    pub sets: usize,
+    /// Set records that were not trusted (checksum, another cluster's
+    /// snapshots, unreadable), each with its key and why.
+    #[serde(default)]
+    pub sets_rejected: Vec<String>,
 }
 
 /// `POST /v1/suspend`: no scheduled cycle starts and no snapshot lease is

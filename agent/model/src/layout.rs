@@ -1,7 +1,9 @@
 //! Where a snapshot lives in cold storage:
 //! `<root>/<cluster.id>/broker-<N>/<snapshot-id>/{archive.tar.zst,manifest.json}`
-//! (the store's URL is the root, so keys start at the cluster id), and the
-//! shape of a snapshot id. Pure naming and parsing: no store is touched.
+//! (the store's URL is the root, so keys start at the cluster id), where a
+//! snapshot set's record lives (`<cluster.id>/sets/<set-id>.json`, beside
+//! the brokers' prefixes, see [`crate::sets`]), and the shape of a
+//! snapshot id. Pure naming and parsing: no store is touched.
 
 use crate::manifest::{ARCHIVE_FILE, MANIFEST_FILE};
 use chrono::{DateTime, Utc};
@@ -42,6 +44,26 @@ pub fn list_prefix(cluster: Option<&str>, broker: Option<i32>) -> String {
         (Some(c), None) => format!("{c}/"),
         _ => String::new(),
     }
+}
+
+/// The prefix (with its trailing `/`) of every set record of one cluster.
+/// `sets` never parses as a broker prefix (`broker-<N>`), so listing
+/// snapshots skips the records.
+pub fn sets_prefix(cluster: &str) -> String {
+    format!("{cluster}/sets/")
+}
+
+/// Where the record of set `set_id` of `cluster` is kept.
+pub fn set_key(cluster: &str, set_id: &str) -> String {
+    format!("{}{set_id}.json", sets_prefix(cluster))
+}
+
+/// The set id of a key under [`sets_prefix`] of `cluster`; `None` for
+/// any other key (a temporary object, a stray file).
+pub fn parse_set_key<'k>(cluster: &str, key: &'k str) -> Option<&'k str> {
+    let rest = key.strip_prefix(&sets_prefix(cluster))?;
+    let id = rest.strip_suffix(".json")?;
+    is_snapshot_id(id).then_some(id)
 }
 
 /// Splits a key into the snapshot it belongs to and the file name below the
@@ -106,5 +128,14 @@ mod tests {
         assert!(parse_key("c1/broker-2/../manifest.json").is_none());
         assert_eq!(list_prefix(Some("c1"), None), "c1/");
         assert_eq!(list_prefix(None, Some(2)), "");
+        let set = set_key("c1", "20231114T221320.005Z-cycle3");
+        assert_eq!(set, "c1/sets/20231114T221320.005Z-cycle3.json");
+        assert_eq!(
+            parse_set_key("c1", &set),
+            Some("20231114T221320.005Z-cycle3")
+        );
+        assert_eq!(parse_set_key("c2", &set), None);
+        assert!(parse_key(&set).is_none(), "a set record is no snapshot");
+        assert_eq!(parse_set_key("c1", "c1/sets/x.json.tmp-1"), None);
     }
 }

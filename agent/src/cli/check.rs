@@ -71,7 +71,9 @@ fn render(r: &GateReport) -> String {
             id.as_str().unwrap_or_default(),
             c.id.describe()
         ));
-        if !c.ok {
+        // A failed condition says why; a passed one may carry a note
+        // (what a policy allowed).
+        if !c.ok || !c.reason.is_empty() {
             out.push_str(&format!("        {}\n", c.reason));
             for p in &c.partitions {
                 out.push_str(&format!("          {p}\n"));

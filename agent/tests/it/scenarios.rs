@@ -274,6 +274,14 @@ fn low_replication_topic_follows_the_policy() {
     );
     cfg.gate = "low_replication_policy = \"allow\"".into();
     assert_safe(&s.write(&cfg));
+    // Allowed on purpose (a one-broker backup cluster): `check` says what
+    // it costs.
+    let report = check(&s.write(&cfg), 0);
+    assert!(
+        report.contains("allowed by gate.low_replication_policy = \"allow\": 1 partition(s)")
+            && report.contains("audit-0 (RF 2, min.insync.replicas 2)"),
+        "{report}"
+    );
     // Broker 3 hosts no replica of it: refused for nobody else.
     assert_safe(&s.write(&s.config(3)));
     s.assert_one_down_at_most_and_running(1);

@@ -4,10 +4,11 @@
 use super::{cluster_of, ApiError, ApiResult, Ctx, Engine};
 use crate::retention::{Candidate, Deletion};
 use crate::state::EventLevel;
-use crate::store::{cycles, events, leases, parse_ts, snapshots, ts, Now};
+use crate::store::{cycles, events, leases, parse_ts, sets, snapshots, ts, Now};
 use events::Meta;
 use kafka_snapshot_model::api::SnapshotRow;
 use kafka_snapshot_model::protocol::SnapshotSummary;
+use kafka_snapshot_model::sets::SetRecord;
 use snapshots::{Key, Seen};
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -230,12 +231,25 @@ impl Engine {
     /// no longer lists (`catalog rebuild` finds it again), never a listed
     /// snapshot without its files.
     ///
-    /// A restore order made since retention planned may name it: then it
-    /// stays, and the answer says why (`Some`). The check and the mark are
-    /// one transaction, and an order can only name a listed snapshot, so
-    /// no order reads a snapshot retention deletes.
+    /// A restore order made since retention planned may name it, or a set
+    /// holding it may have become the newest complete verified one: then
+    /// it stays, and the answer says why (`Some`). The check and the mark
+    /// are one transaction, and an order can only name a listed snapshot,
+    /// so no order reads a snapshot retention deletes.
     pub fn begin_deletion(&mut self, d: &Deletion, now: Now) -> ApiResult<Option<String>> {
         let cx = self.begin(now)?;
+        let all = sets::list(&cx.tx, Some(&d.cluster_id))?;
+        let in_kept = super::sets::newest_kept(&all).filter(|s| {
+            s.nodes
+                .iter()
+                .any(|n| n.node == d.broker && n.snapshot_id.as_deref() == Some(&d.snapshot_id))
+        });
+        if let Some(set) = in_kept {
+            return Ok(Some(format!(
+                "snapshot {} kept: in set {}, the newest complete verified set",
+                d.snapshot_id, set.set_id
+            )));
+        }
         let read = snapshots::read_by_open_restores(&cx.tx, Some(&d.cluster_id))?;
         if let Some((order, _, _)) = read
             .iter()
@@ -308,11 +322,16 @@ impl Engine {
     /// Replaces the catalog with what cold storage holds of this
     /// coordinator's cluster. `others` counts, per cluster.id, the
     /// complete snapshots of other clusters in the same store: they are
-    /// left alone, and said so.
+    /// left alone, and said so. `found_sets` are the set records read back
+    /// and trusted (`rejected`, those that were not, each an event): they
+    /// replace the sets whose records were stored, while a set whose
+    /// record is still to be written stays.
     pub fn rebuild_catalog(
         &mut self,
         found: &[SnapshotSummary],
         others: &[(String, usize)],
+        found_sets: &[SetRecord],
+        rejected: &[String],
         now: Now,
     ) -> ApiResult<(usize, usize)> {
         let cx = self.begin(now)?;
@@ -330,6 +349,12 @@ impl Engine {
                 s.snapshot_id, s.cluster_id
             )));
         }
+        if let Some(s) = found_sets.iter().find(|s| s.cluster_id != ours) {
+            return Err(ApiError::Internal(format!(
+                "catalog rebuild: set {} of cluster {} offered for cluster {ours}",
+                s.set_id, s.cluster_id
+            )));
+        }
         let before = snapshots::delete_all(&cx.tx, now)?;
         for s in found {
             let k = Key {
@@ -345,6 +370,25 @@ impl Engine {
                 cx.flag_skew(s, seen, "found by a catalog rebuild")?;
             }
         }
+        let ids: Vec<String> = found_sets.iter().map(|s| s.set_id.clone()).collect();
+        sets::drop_stored_except(&cx.tx, &ours, &ids)?;
+        for s in found_sets {
+            sets::upsert_found(&cx.tx, s, now)?;
+        }
+        for why in rejected {
+            cx.event(
+                EventLevel::Warning,
+                None,
+                None,
+                "set_rejected",
+                &format!("catalog rebuild: set record not trusted, not listed: {why}"),
+            )?;
+        }
+        let rejected = if rejected.is_empty() {
+            String::new()
+        } else {
+            format!(" ({} set record(s) NOT trusted)", rejected.len())
+        };
         let other = if others.is_empty() {
             String::new()
         } else {
@@ -364,8 +408,9 @@ impl Engine {
             "catalog_rebuilt",
             &format!(
                 "catalog of cluster {ours} rebuilt from cold storage: {} snapshots (was \
-                 {before}){other}",
-                found.len()
+                 {before}), {} snapshot sets{rejected}{other}",
+                found.len(),
+                found_sets.len()
             ),
         )?;
         cx.commit()?;

@@ -19,11 +19,14 @@
 //!   cycle);
 //! - [`operators`]: what operators order (run-now, restores);
 //! - [`catalog`]: committed snapshots, verification, retention, rebuild;
+//! - [`sets`]: snapshot sets (a cycle over every node), and what retention
+//!   keeps of them;
 //! - [`status`]: what `status` and `/metrics` show.
 
 mod agents;
 mod catalog;
 mod operators;
+mod sets;
 mod status;
 mod tick;
 mod turns;
@@ -118,6 +121,9 @@ pub struct TickNeeds {
     pub before_cycle: Option<i64>,
     /// The ended cycle whose `after_cycle` hook is to run.
     pub after_cycle: Option<i64>,
+    /// An ended snapshot set's record is still to be written to cold
+    /// storage.
+    pub store_sets: bool,
 }
 
 pub struct Engine {

@@ -740,6 +740,7 @@ fn plan(
             max_age: max_age_days.map(|d| std::time::Duration::from_secs(d * 86400)),
         },
         &e.busy_brokers().unwrap(),
+        e.kept_set().unwrap().as_ref(),
         now,
     )
 }
@@ -1126,4 +1127,457 @@ fn an_agent_whose_process_roles_contradict_the_config_is_refused_and_shown() {
     assert!(e.poll(&req, secs(4)).is_ok());
     req.role = None;
     assert!(e.poll(&req, secs(5)).is_ok());
+}
+
+// ----- snapshot sets ----------------------------------------------------------
+
+/// Runs a manual cycle of every broker from `at`: the brokers in `commits`
+/// commit that snapshot, the others are skipped until they fail. Ends with
+/// the final check passing; returns the time it ended.
+fn run_cycle(e: &mut Engine, at: Now, commits: &[(i32, &str)]) -> Now {
+    e.run_now(None, at).unwrap();
+    let mut t = at;
+    for _ in 0..12 {
+        t += chrono::Duration::seconds(1);
+        e.tick(t).unwrap();
+        let Some((b, lease)) = (1..=3).find_map(|b| match poll_grant(e, b, t) {
+            Action::Snapshot { lease } => Some((b, lease)),
+            _ => None,
+        }) else {
+            break;
+        };
+        let outcome = match commits.iter().find(|(x, _)| *x == b) {
+            Some((_, id)) => Outcome::Committed {
+                snapshot: summary(b, id),
+                downtime_ms: 1000,
+            },
+            None => Outcome::Skipped {
+                reason: "gate: orders-0 under min ISR".into(),
+            },
+        };
+        e.release(
+            &Release {
+                broker: b,
+                epoch: lease.epoch,
+                outcome,
+            },
+            t,
+        )
+        .unwrap();
+    }
+    t += chrono::Duration::seconds(1);
+    assert!(
+        e.tick(t).unwrap().final_check,
+        "{:#?}",
+        e.status(t).unwrap().cycle
+    );
+    e.apply_cluster_check(Ok(()), t).unwrap();
+    t
+}
+
+fn verify(e: &mut Engine, b: i32, id: &str, ok: bool, at: Now) {
+    let result = if ok {
+        Ok(())
+    } else {
+        Err("file x: checksum mismatch".into())
+    };
+    e.record_verification("cluster-a", b, id, result, at)
+        .unwrap();
+}
+
+fn node_states(v: &kafka_snapshot_model::api::SetView) -> Vec<(i32, Option<&str>, &str)> {
+    v.nodes
+        .iter()
+        .map(|n| (n.node, n.snapshot_id.as_deref(), n.status.as_str()))
+        .collect()
+}
+
+#[test]
+fn a_cycle_of_every_node_records_a_set_complete_and_then_verified() {
+    let mut e = engine();
+    e.run_now(None, secs(1)).unwrap();
+    let sets = e.sets().unwrap();
+    assert_eq!(sets.len(), 1);
+    assert_eq!(sets[0].finished_at, None);
+    assert_eq!(
+        node_states(&sets[0]),
+        [
+            (1, None, "pending"),
+            (2, None, "pending"),
+            (3, None, "pending")
+        ]
+    );
+    let epoch = epoch_of(&poll_grant(&mut e, 1, secs(2)));
+    e.release(
+        &Release {
+            broker: 1,
+            epoch,
+            outcome: Outcome::Committed {
+                snapshot: summary(1, "s1"),
+                downtime_ms: 900,
+            },
+        },
+        secs(3),
+    )
+    .unwrap();
+    assert_eq!(
+        node_states(&e.sets().unwrap()[0])[0],
+        (1, Some("s1"), "not verified"),
+        "a committed snapshot joins the set at once"
+    );
+    // Brokers 2 and 3 recover first and report their archives later.
+    for (b, at) in [(2, 4), (3, 6)] {
+        let epoch = epoch_of(&poll_grant(&mut e, b, secs(at)));
+        let id = format!("s{b}");
+        e.release(
+            &Release {
+                broker: b,
+                epoch,
+                outcome: Outcome::Recovered {
+                    snapshot_id: id.clone(),
+                    downtime_ms: 900,
+                },
+            },
+            secs(at),
+        )
+        .unwrap();
+        assert_eq!(
+            node_states(&e.sets().unwrap()[0])[(b - 1) as usize].2,
+            "pending"
+        );
+        e.report(
+            &SnapshotReport {
+                broker: b,
+                epoch,
+                result: ReportResult::Committed {
+                    snapshot: summary(b, &id),
+                },
+            },
+            secs(at + 1),
+        )
+        .unwrap();
+    }
+    assert!(e.tick(secs(8)).unwrap().final_check);
+    assert!(
+        e.next_unstored_set().unwrap().is_none(),
+        "not before the cycle ends"
+    );
+    e.apply_cluster_check(Ok(()), secs(9)).unwrap();
+    let set = &e.sets().unwrap()[0];
+    assert_eq!(set.cycle_id, 1);
+    assert_eq!(set.set_id, "20260501T020001.000Z-cycle1");
+    assert_eq!(set.cluster_id.as_deref(), Some("cluster-a"));
+    assert_eq!(set.finished_at.as_deref(), Some("2026-05-01T02:00:09.000Z"));
+    assert!(set.complete && !set.verified && !set.kept && !set.stored);
+    let events = e.status(secs(9)).unwrap().recent_events;
+    assert!(
+        events
+            .iter()
+            .any(|ev| ev.kind == "set_recorded" && ev.message.contains("complete: all 3 nodes")),
+        "{events:#?}"
+    );
+
+    // Its record waits to be written to cold storage, with every
+    // snapshot's manifest checksum.
+    assert!(e.tick(secs(10)).unwrap().store_sets);
+    let record = e.next_unstored_set().unwrap().unwrap();
+    assert_eq!(record.set_id, set.set_id);
+    assert!(record.complete);
+    assert_eq!(record.nodes.len(), 3);
+    assert!(record
+        .nodes
+        .iter()
+        .all(|n| n.manifest_sha256.as_deref() == Some(&"11".repeat(32))));
+    assert!(e.set_stored(&record.set_id, secs(11)).unwrap());
+    assert!(e.next_unstored_set().unwrap().is_none());
+    assert!(!e.tick(secs(12)).unwrap().store_sets);
+
+    // Verified once every one of its snapshots is.
+    verify(&mut e, 1, "s1", true, secs(13));
+    verify(&mut e, 2, "s2", true, secs(13));
+    assert!(!e.sets().unwrap()[0].verified);
+    assert_eq!(e.kept_set().unwrap(), None);
+    verify(&mut e, 3, "s3", true, secs(14));
+    let set = &e.sets().unwrap()[0];
+    assert!(set.verified && set.kept && set.stored, "{set:#?}");
+    assert_eq!(
+        e.kept_set().unwrap().unwrap().snapshots,
+        [(1, "s1".to_string()), (2, "s2".into()), (3, "s3".into())]
+            .into_iter()
+            .collect()
+    );
+    // One snapshot found bad later: the set is no longer verified.
+    verify(&mut e, 2, "s2", false, secs(15));
+    let set = &e.sets().unwrap()[0];
+    assert!(set.complete && !set.verified && !set.kept);
+    assert_eq!(node_states(set)[1], (2, Some("s2"), "failed verification"));
+}
+
+#[test]
+fn cycles_that_miss_nodes_record_incomplete_sets_and_one_broker_runs_none() {
+    let mut e = engine();
+    // Broker 1 never passes its gate: partial cycle, incomplete set.
+    let t = run_cycle(&mut e, secs(1), &[(2, "a2"), (3, "a3")]);
+    assert_eq!(e.status(t).unwrap().cycle.unwrap().state, "partial");
+    let sets = e.sets().unwrap();
+    assert_eq!(sets.len(), 1);
+    assert!(!sets[0].complete && !sets[0].verified);
+    assert_eq!(
+        node_states(&sets[0]),
+        [
+            (1, None, "missing"),
+            (2, Some("a2"), "not verified"),
+            (3, Some("a3"), "not verified")
+        ]
+    );
+    let events = e.status(t).unwrap().recent_events;
+    assert!(
+        events.iter().any(|ev| ev.kind == "set_recorded"
+            && ev.level == "warning"
+            && ev
+                .message
+                .contains("INCOMPLETE: 2 of 3 nodes, no snapshot of [1]")),
+        "{events:#?}"
+    );
+    let record = e.next_unstored_set().unwrap().unwrap();
+    assert!(!record.complete);
+    assert_eq!(record.nodes[0].snapshot_id, None);
+
+    // A cycle of one broker is not a set.
+    let id = e
+        .run_now(Some(2), t + chrono::Duration::seconds(5))
+        .unwrap();
+    let epoch = epoch_of(&poll_grant(&mut e, 2, t + chrono::Duration::seconds(6)));
+    e.release(
+        &Release {
+            broker: 2,
+            epoch,
+            outcome: Outcome::Committed {
+                snapshot: summary(2, "b2"),
+                downtime_ms: 1000,
+            },
+        },
+        t + chrono::Duration::seconds(7),
+    )
+    .unwrap();
+    e.tick(t + chrono::Duration::seconds(8)).unwrap();
+    e.apply_cluster_check(Ok(()), t + chrono::Duration::seconds(9))
+        .unwrap();
+    assert_eq!(e.status(t).unwrap().cycle.unwrap().id, id);
+    assert_eq!(e.sets().unwrap().len(), 1);
+
+    // A cancelled cycle lists what it committed before the cancel.
+    let t = t + chrono::Duration::seconds(20);
+    e.run_now(None, t).unwrap();
+    let epoch = epoch_of(&poll_grant(&mut e, 1, t));
+    e.release(
+        &Release {
+            broker: 1,
+            epoch,
+            outcome: Outcome::Committed {
+                snapshot: summary(1, "c1"),
+                downtime_ms: 1000,
+            },
+        },
+        t + chrono::Duration::seconds(1),
+    )
+    .unwrap();
+    e.cancel_cycle(None, t + chrono::Duration::seconds(2))
+        .unwrap();
+    let sets = e.sets().unwrap();
+    assert_eq!(sets.len(), 2);
+    assert_eq!(
+        node_states(&sets[1]),
+        [
+            (1, Some("c1"), "not verified"),
+            (2, None, "missing"),
+            (3, None, "missing")
+        ]
+    );
+    // One cancelled before any node committed records nothing.
+    let t = t + chrono::Duration::seconds(10);
+    e.run_now(None, t).unwrap();
+    e.cancel_cycle(None, t + chrono::Duration::seconds(1))
+        .unwrap();
+    assert_eq!(e.sets().unwrap().len(), 2);
+}
+
+/// Retention keeps every snapshot of the newest complete, verified set,
+/// past keep_last, and says so; a set whose snapshots are all gone is
+/// dropped.
+#[test]
+fn retention_keeps_the_newest_complete_verified_set_past_keep_last() {
+    let mut e = engine();
+    // Day 0: complete and verified. Day 1: broker 1 missing. Day 2:
+    // complete, but broker 3's snapshot fails verification.
+    let t = run_cycle(&mut e, day(0), &[(1, "d0-1"), (2, "d0-2"), (3, "d0-3")]);
+    for b in 1..=3 {
+        verify(&mut e, b, &format!("d0-{b}"), true, t);
+    }
+    let t = run_cycle(&mut e, day(1), &[(2, "d1-2"), (3, "d1-3")]);
+    for b in 2..=3 {
+        verify(&mut e, b, &format!("d1-{b}"), true, t);
+    }
+    let t = run_cycle(&mut e, day(2), &[(1, "d2-1"), (2, "d2-2"), (3, "d2-3")]);
+    for b in 1..=2 {
+        verify(&mut e, b, &format!("d2-{b}"), true, t);
+    }
+    verify(&mut e, 3, "d2-3", false, t);
+    let sets = e.sets().unwrap();
+    let flags: Vec<(bool, bool, bool)> = sets
+        .iter()
+        .map(|s| (s.complete, s.verified, s.kept))
+        .collect();
+    assert_eq!(
+        flags,
+        [
+            (true, true, true),
+            (false, false, false),
+            (true, false, false)
+        ]
+    );
+    let kept = &sets[0].set_id;
+
+    let p = plan(&e, 1, None, day(3));
+    // Without sets, d0-1, d0-2, d1-2 and d0-3 would go (d1-3 is broker
+    // 3's newest verified one).
+    assert_eq!(deleted(&p), ["d1-2"]);
+    let held: Vec<String> = p.held.iter().map(|(_, m)| m.clone()).collect();
+    for id in ["d0-1", "d0-2", "d0-3"] {
+        let want = format!("snapshot {id} kept: in set {kept}, the newest complete verified set");
+        assert!(held.contains(&want), "{held:#?}");
+    }
+    // max_age too.
+    let p = plan(&e, 10, Some(1), day(3));
+    assert_eq!(deleted(&p), ["d1-2"]);
+    // A deletion planned before the set became the one kept is refused
+    // when it is carried out.
+    let d0 = crate::retention::Deletion {
+        snapshot_id: "d0-2".into(),
+        cluster_id: "cluster-a".into(),
+        broker: 2,
+        reason: "beyond the newest 1 (keep_last)".into(),
+    };
+    assert_eq!(
+        e.begin_deletion(&d0, day(3)).unwrap(),
+        Some(format!(
+            "snapshot d0-2 kept: in set {kept}, the newest complete verified set"
+        ))
+    );
+    assert_eq!(e.snapshots(Some(2)).unwrap().len(), 3, "still listed");
+
+    // The day 1 set empties once d1-2 and d1-3 are gone: a dry run names
+    // it first, then it goes with its last snapshot.
+    let day1 = sets[1].set_id.clone();
+    let going = [(2, "d1-2".to_string()), (3, "d1-3".to_string())]
+        .into_iter()
+        .collect();
+    let empty: Vec<String> = e
+        .empty_sets(&going)
+        .unwrap()
+        .into_iter()
+        .map(|s| s.set_id)
+        .collect();
+    assert_eq!(empty, [day1]);
+    assert!(e.empty_sets(&Default::default()).unwrap().is_empty());
+    for (b, id) in [(2, "d1-2"), (3, "d1-3")] {
+        let d = crate::retention::Deletion {
+            snapshot_id: id.into(),
+            cluster_id: "cluster-a".into(),
+            broker: b,
+            reason: "test".into(),
+        };
+        assert_eq!(e.begin_deletion(&d, day(3)).unwrap(), None);
+        e.mark_deleted(&d, day(3)).unwrap();
+    }
+    assert_eq!(
+        node_states(&e.sets().unwrap()[1])[1..],
+        [
+            (2, Some("d1-2"), "not in the catalog"),
+            (3, Some("d1-3"), "not in the catalog")
+        ]
+    );
+    let empty = e.empty_sets(&Default::default()).unwrap();
+    assert_eq!(empty.len(), 1);
+    e.set_dropped(&empty[0], day(3)).unwrap();
+    let left: Vec<String> = e.sets().unwrap().into_iter().map(|s| s.set_id).collect();
+    assert_eq!(left, [kept.clone(), sets[2].set_id.clone()]);
+    assert!(e.sets().unwrap()[0].kept);
+}
+
+fn engine_with_cycle_hooks() -> Engine {
+    let text = format!(
+        "{CFG}[hooks]\nbefore_cycle = \"pause-mirrormaker\"\nafter_cycle = \"resume-mirrormaker\"\n"
+    );
+    let cfg = CoordinatorConfig::parse(&text, std::path::Path::new("/c.toml")).unwrap();
+    Engine::new(crate::store::open_in_memory(), cfg)
+}
+
+#[test]
+fn no_lease_before_the_before_cycle_hook_succeeded_and_after_cycle_runs_at_the_end() {
+    let mut e = engine_with_cycle_hooks();
+    start_cycle(&mut e);
+    let cycle = e.status(secs(1)).unwrap().cycle.unwrap().id;
+    let needs = e.tick(secs(2)).unwrap();
+    assert_eq!(needs.before_cycle, Some(cycle));
+    assert_eq!(needs.after_cycle, None);
+    // Waiting for the hook: nobody gets the lease.
+    assert!(matches!(poll_grant(&mut e, 1, secs(3)), Action::Idle));
+    e.before_cycle_ran(cycle, Ok(()), secs(4)).unwrap();
+    assert_eq!(e.tick(secs(5)).unwrap().before_cycle, None);
+    assert!(matches!(
+        poll_grant(&mut e, 1, secs(6)),
+        Action::Snapshot { .. }
+    ));
+    // However the cycle ends, after_cycle is due once.
+    e.cancel_cycle(None, secs(7)).unwrap();
+    assert_eq!(e.tick(secs(8)).unwrap().after_cycle, Some(cycle));
+    e.after_cycle_ran(
+        cycle,
+        Err("`resume-mirrormaker`: exit status: 1".into()),
+        secs(9),
+    )
+    .unwrap();
+    assert_eq!(e.tick(secs(10)).unwrap().after_cycle, None);
+    let st = e.status(secs(11)).unwrap();
+    let msg = st.cycle.unwrap().message.unwrap_or_default();
+    assert!(
+        msg.contains("cancelled by an operator; the after_cycle hook failed: `resume-mirrormaker`"),
+        "{msg}"
+    );
+    let events = e.status(secs(12)).unwrap().recent_events;
+    assert!(
+        events
+            .iter()
+            .any(|ev| ev.level == "error" && ev.message.contains("the after_cycle hook failed")),
+        "{events:#?}"
+    );
+}
+
+#[test]
+fn a_failing_before_cycle_hook_fails_the_cycle_before_any_node_is_touched() {
+    let mut e = engine_with_cycle_hooks();
+    start_cycle(&mut e);
+    let cycle = e.status(secs(1)).unwrap().cycle.unwrap().id;
+    e.before_cycle_ran(
+        cycle,
+        Err("`pause-mirrormaker`: exit status: 2: no connector".into()),
+        secs(2),
+    )
+    .unwrap();
+    let st = e.status(secs(3)).unwrap();
+    let c = st.cycle.unwrap();
+    assert_eq!(c.state, "failed");
+    assert!(c
+        .message
+        .unwrap_or_default()
+        .contains("the before_cycle hook failed, no node was touched: `pause-mirrormaker`"),);
+    assert!(
+        c.brokers.iter().all(|b| b.state == "pending"),
+        "{:?}",
+        c.brokers
+    );
+    assert!(matches!(poll_grant(&mut e, 1, secs(4)), Action::Idle));
+    let needs = e.tick(secs(5)).unwrap();
+    assert_eq!((needs.before_cycle, needs.after_cycle), (None, Some(cycle)));
 }

@@ -5,7 +5,7 @@
 use super::{cdur, ApiResult, Ctx, Engine, TickNeeds};
 use crate::schedule::Schedule;
 use crate::state::{self, CycleState, EventLevel, LeaseState};
-use crate::store::{brokers, cycles, events, leases, parse_ts, snapshots, ts, Now};
+use crate::store::{brokers, cycles, events, leases, parse_ts, sets, snapshots, ts, Now};
 use events::Meta;
 
 impl Engine {
@@ -54,6 +54,7 @@ impl Engine {
             (Some(_), Some(id)) => id.parse().ok(),
             _ => None,
         };
+        needs.store_sets = sets::next_unstored(&cx.tx, cluster.as_deref())?.is_some();
         cx.commit()?;
         Ok(needs)
     }
@@ -222,8 +223,10 @@ impl Ctx<'_> {
         Ok((ran != Some(cycle.to_string())).then_some(cycle))
     }
 
-    /// A cycle ended (any way): its `after_cycle` hook is due.
+    /// A cycle ended (any way): its snapshot set is closed and its
+    /// `after_cycle` hook is due.
     pub(super) fn cycle_ended(&self, cycle: i64) -> ApiResult<()> {
+        self.close_set(cycle)?;
         if self.cfg.hooks.after_cycle.is_some() {
             events::set_meta(&self.tx, Meta::AfterCycleDue, &cycle.to_string())?;
         }
@@ -295,6 +298,7 @@ impl Ctx<'_> {
 
     pub(super) fn start_cycle(&self, trigger: &str, brokers: &[i32]) -> ApiResult<i64> {
         let id = cycles::insert(&self.tx, trigger, brokers, self.now)?;
+        self.open_set(id, brokers)?;
         self.event(
             EventLevel::Info,
             None,

@@ -172,6 +172,9 @@ impl Ctx<'_> {
             turn.state.on_recovered()
         };
         cycles::snapshot_moved(&self.tx, cycle, broker, epoch, to, snapshot_id, self.now)?;
+        if committed {
+            self.sync_set(cycle)?;
+        }
         Ok(())
     }
 

@@ -12,6 +12,7 @@ pub mod cycles;
 pub mod events;
 pub mod leases;
 pub mod restores;
+pub mod sets;
 pub mod snapshots;
 
 use chrono::{DateTime, Utc};
@@ -138,6 +139,30 @@ CREATE TABLE IF NOT EXISTS lease_phases (
     started_at TEXT NOT NULL,
     PRIMARY KEY (epoch, phase)
 );
+-- A snapshot set: the committed snapshot of every node of one cycle that
+-- covered every node. Made when such a cycle starts (finished_at NULL
+-- until it ends); stored_at once its record is in cold storage. source:
+-- 'cycle' (this coordinator's) or 'rebuild' (read back from storage).
+-- cycle_id is informational: a rebuilt coordinator numbers cycles afresh.
+CREATE TABLE IF NOT EXISTS sets (
+    set_id TEXT PRIMARY KEY,
+    cluster_id TEXT,
+    cycle_id INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    started_at TEXT NOT NULL,
+    finished_at TEXT,
+    complete INTEGER,
+    stored_at TEXT
+);
+CREATE INDEX IF NOT EXISTS sets_cycle ON sets(cycle_id);
+-- Every node of a set; snapshot_id NULL while (or if) it has none.
+CREATE TABLE IF NOT EXISTS set_nodes (
+    set_id TEXT NOT NULL REFERENCES sets(set_id) ON DELETE CASCADE,
+    node INTEGER NOT NULL,
+    snapshot_id TEXT,
+    manifest_sha256 TEXT,
+    PRIMARY KEY (set_id, node)
+);
 CREATE TABLE IF NOT EXISTS counters (
     name TEXT NOT NULL,
     label TEXT NOT NULL,
@@ -149,7 +174,7 @@ CREATE TABLE IF NOT EXISTS counters (
 /// The schema version this build writes. Each step of [`MIGRATIONS`]
 /// brings a database one version up; a database of a newer version than
 /// this is refused (a downgraded coordinator must not guess).
-pub const SCHEMA_VERSION: u32 = 4;
+pub const SCHEMA_VERSION: u32 = 5;
 
 /// `(version reached, what it changes)`, applied in order, each in the
 /// transaction that also records the new version.
@@ -157,6 +182,7 @@ const MIGRATIONS: &[(u32, Migration)] = &[
     (2, v2_lease_holder),
     (3, v3_lease_abort),
     (4, v4_snapshot_seen),
+    (5, v5_snapshot_sets),
 ];
 
 type Migration = fn(&Connection) -> rusqlite::Result<()>;
@@ -198,6 +224,16 @@ fn v4_snapshot_seen(conn: &Connection) -> rusqlite::Result<()> {
          WHERE seen_at IS NULL",
         [ts(Utc::now())],
     )?;
+    Ok(())
+}
+
+/// Version 5: snapshot sets (`sets`, `set_nodes`). Their tables come
+/// from [`SCHEMA`] like every table; what the version adds is the rule
+/// that retention keeps the newest complete, verified set, so a
+/// coordinator that predates sets (and would prune their snapshots) must
+/// refuse this database. Cycles that ended before it recorded no set:
+/// there is nothing to fill in.
+fn v5_snapshot_sets(_conn: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
@@ -405,7 +441,7 @@ mod tests {
                 .optional()
                 .unwrap()
         };
-        assert_eq!(meta("schema_version").as_deref(), Some("4"));
+        assert_eq!(meta("schema_version").as_deref(), Some("5"));
         assert_eq!(meta("max_attempts"), None);
         let (n, holder): (i64, Option<String>) = conn
             .query_row(
@@ -425,7 +461,7 @@ mod tests {
                 |r| r.get(0),
             )
             .unwrap();
-        assert_eq!(v, "4");
+        assert_eq!(v, "5");
     }
 
     #[test]

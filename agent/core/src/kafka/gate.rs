@@ -255,9 +255,24 @@ pub fn evaluate(
              or set gate.low_replication_policy = \"allow\"",
             low_rf.len()
         ));
-        items.extend(low_rf);
+        items.append(&mut low_rf);
     }
-    conditions.push(if reasons.is_empty() {
+    conditions.push(if reasons.is_empty() && !low_rf.is_empty() {
+        // Allowed on purpose (a one-broker backup cluster, MirrorMaker's
+        // sink): passes, saying what it costs.
+        let count = low_rf.len();
+        Condition {
+            id: ConditionId::StopKeepsMinIsr,
+            ok: true,
+            reason: format!(
+                "allowed by gate.low_replication_policy = \"allow\": {count} partition(s) with \
+                 replication factor <= min.insync.replicas go offline or refuse acks=all writes \
+                 while this broker is down"
+            ),
+            partitions: low_rf.into_iter().take(MAX_LISTED).collect(),
+            count,
+        }
+    } else if reasons.is_empty() {
         Condition::pass(ConditionId::StopKeepsMinIsr)
     } else {
         Condition::fail(ConditionId::StopKeepsMinIsr, reasons.join("; "), items)
@@ -285,10 +300,6 @@ pub fn evaluate(
         future_dirs.to_vec(),
     ));
 
-    if let Some(q) = &view.quorum {
-        conditions.push(quorum_condition(q, broker));
-    }
-
     GateReport { broker, conditions }
 }
 
@@ -312,9 +323,10 @@ pub fn evaluate_controller(view: &ClusterView, node: i32) -> GateReport {
     }
 }
 
-/// The gate for a node of `role`: [`evaluate`] for brokers (with the
-/// quorum condition when the view holds the quorum, as it does for a
-/// combined node), [`evaluate_controller`] for a dedicated controller.
+/// The gate for a node of `role`: [`evaluate`] for a broker,
+/// [`evaluate_controller`] for a dedicated controller, both for a combined
+/// node. A broker is not gated on the quorum even when the view holds it
+/// (the coordinator reads it once controllers have agents).
 pub fn evaluate_node(
     view: &ClusterView,
     node: i32,
@@ -324,7 +336,17 @@ pub fn evaluate_node(
 ) -> GateReport {
     match role {
         NodeRole::Controller => evaluate_controller(view, node),
-        NodeRole::Broker | NodeRole::Combined => evaluate(view, node, policy, future_dirs),
+        NodeRole::Broker => evaluate(view, node, policy, future_dirs),
+        NodeRole::Combined => {
+            let mut report = evaluate(view, node, policy, future_dirs);
+            report.conditions.extend(
+                evaluate_controller(view, node)
+                    .conditions
+                    .into_iter()
+                    .skip(1),
+            );
+            report
+        }
     }
 }
 
@@ -684,8 +706,24 @@ mod tests {
             quorum: Some(q),
             ..healthy()
         };
-        let r = evaluate(&v, node, LowReplicationPolicy::Refuse, &[]);
+        let r = evaluate_node(
+            &v,
+            node,
+            NodeRole::Combined,
+            LowReplicationPolicy::Refuse,
+            &[],
+        );
         assert_eq!(r.conditions.len(), 9);
+        // A broker is not gated on the quorum, whatever the view holds.
+        let b = evaluate_node(
+            &v,
+            node,
+            NodeRole::Broker,
+            LowReplicationPolicy::Refuse,
+            &[],
+        );
+        assert_eq!(b.conditions.len(), 8);
+        assert!(b.safe(), "{}", b.summary());
         let first = r.failed().next().cloned();
         first
     }

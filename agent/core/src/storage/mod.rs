@@ -3,7 +3,8 @@
 //! (`ObjectWriter::finish`), so a crash never leaves a half-written object
 //! under its final name.
 //!
-//! Layout: `<cluster.id>/broker-<N>/<snapshot-id>/{archive.tar.zst,manifest.json}`.
+//! Layout: `<cluster.id>/broker-<N>/<snapshot-id>/{archive.tar.zst,manifest.json}`,
+//! and the coordinator's snapshot set records, `<cluster.id>/sets/<set-id>.json`.
 //!
 //! Backends: [`FileStore`] (`file://`, a local dir or NFS mount) and
 //! [`S3Store`] (`s3://bucket/prefix`, AWS S3 or any S3-compatible server).
