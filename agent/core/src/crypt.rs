@@ -218,7 +218,7 @@ impl Identities {
             return Ok(());
         }
         Err(Error::refused(
-            format!("snapshot {snapshot}"),
+            "wrong identity",
             format!(
                 "snapshot {snapshot} is encrypted to recipients [{}]; identity file {} holds \
                  none of them (it holds [{}]); use the identity of one of those recipients",
@@ -325,7 +325,7 @@ pub fn unseal(m: &mut Manifest, key: &str, identity: Option<&Identities>) -> Res
     let id = m.snapshot_id.clone();
     let Some(identity) = identity else {
         return Err(Error::refused(
-            format!("snapshot {id}"),
+            "no identity",
             format!(
                 "snapshot {id} is encrypted to recipients [{}]; reading its contents needs the \
                  identity of one of them (--identity FILE, or encryption.identity_file in the \
