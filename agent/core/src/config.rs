@@ -602,6 +602,91 @@ mod tests {
         );
     }
 
+    #[test]
+    fn encryption_section_parses_and_names_every_bad_key() {
+        let (r1, _) = crate::crypt::tests::keypair();
+        let (r2, _) = crate::crypt::tests::keypair();
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("recipients.txt");
+        std::fs::write(&file, format!("# break-glass\n{r2}\n\n{r1}\n")).unwrap();
+        let base = "[broker]\nlog_dirs=['/a']\n[storage]\nurl='file:///x'\n";
+        let cfg = parse(&format!(
+            "{base}[encryption]\nrecipients = [{r1:?}]\nrecipients_file = {:?}\n\
+             identity_file = '/etc/kafka-snapshot/identity.txt'\n",
+            file.display().to_string()
+        ))
+        .unwrap();
+        let r = cfg.encryption.recipients().expect("recipients");
+        assert_eq!(
+            r.to_strings(),
+            vec![r1.clone(), r2.clone()],
+            "duplicates dropped"
+        );
+        // No [encryption], or one without recipients: not encrypted.
+        assert!(parse(base).unwrap().encryption.recipients().is_none());
+
+        let e = parse(&format!(
+            "{base}[encryption]\nrecipients = [{r1:?}, 'age1nope']\nidentity_file = 'rel/key'\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("2 problems:"), "{e}");
+        assert!(
+            e.contains(
+                "\n  - encryption.recipients[1]: \"age1nope\" is not an age X25519 recipient"
+            ),
+            "{e}"
+        );
+        assert!(
+            e.contains("\n  - encryption.identity_file: rel/key is not an absolute path"),
+            "{e}"
+        );
+
+        std::fs::write(&file, "AGE-SECRET-KEY-1NOTARECIPIENT\n").unwrap();
+        let e = parse(&format!(
+            "{base}[encryption]\nrecipients_file = {:?}\n",
+            file.display().to_string()
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("encryption.recipients_file: ") && e.contains(" line 1: "),
+            "{e}"
+        );
+        let e = parse(&format!("{base}[encryption]\nrecipient = 'x'\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("/etc/agent.toml") && e.contains("recipient"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_identity_file_others_can_read_is_a_config_error_naming_the_key() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let key = tmp.path().join("identity");
+        crate::crypt::generate_identity_file(&key).unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let cfg = parse(&format!(
+            "[broker]\nlog_dirs=['/a']\n[storage]\nurl='file:///x'\n[encryption]\nidentity_file = {:?}\n",
+            key.display().to_string()
+        ))
+        .unwrap();
+        let e = cfg
+            .encryption
+            .identity(Path::new("/etc/agent.toml"))
+            .unwrap_err();
+        assert!(matches!(e, Error::Config { .. }), "{e:?}");
+        let e = e.to_string();
+        assert!(
+            e.starts_with("config /etc/agent.toml: encryption.identity_file: ")
+                && e.contains("0644"),
+            "{e}"
+        );
+    }
+
     const S3_BASE: &str = "[broker]\nlog_dirs=['/a']\n[storage]\nurl='s3://kafka-snapshots/prod'\n";
 
     #[test]

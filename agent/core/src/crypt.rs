@@ -367,7 +367,7 @@ pub fn unseal(m: &mut Manifest, key: &str, identity: Option<&Identities>) -> Res
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 

@@ -655,4 +655,71 @@ mod tests {
             .to_string();
         assert!(e.contains(".."), "{e}");
     }
+
+    #[test]
+    fn an_encrypted_manifest_keeps_its_entries_sealed_and_its_format_straight() {
+        let plain = sample();
+        let mut m = sample();
+        m.format_version = FORMAT_VERSION_ENCRYPTED;
+        m.archive.file = ENCRYPTED_ARCHIVE_FILE.into();
+        m.encryption = Some(EncryptionRecord {
+            scheme: AGE_SCHEME.into(),
+            recipients: vec![recipient_fingerprint("age1x")],
+            sealed_entries: "AAAA".into(),
+        });
+        let entries = std::mem::take(&mut m.entries);
+        let bytes = m.to_bytes();
+        let mut back = Manifest::from_bytes(&bytes, "s", "k").unwrap();
+        assert!(back.is_encrypted() && !back.has_entries());
+        let sealed = |id: &str| {
+            serde_json::to_vec(&SealedEntries {
+                snapshot_id: id.into(),
+                entries: entries.clone(),
+            })
+            .unwrap()
+        };
+        let e = back
+            .clone()
+            .unseal(&sealed("another"), "k")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("belong to snapshot another"), "{e}");
+        back.unseal(&sealed(&plain.snapshot_id), "k").unwrap();
+        assert_eq!(back.entries, plain.entries);
+
+        // What a format-2 manifest must be, and a format-1 must not.
+        for (what, edit) in [
+            ("lists its entries in the clear", {
+                let e = entries.clone();
+                Box::new(move |m: &mut Manifest| m.entries = e.clone())
+                    as Box<dyn Fn(&mut Manifest)>
+            }),
+            (
+                "does not fit",
+                Box::new(|m: &mut Manifest| m.format_version = FORMAT_VERSION),
+            ),
+            (
+                "is not \"archive.tar.zst.age\"",
+                Box::new(|m: &mut Manifest| m.archive.file = ARCHIVE_FILE.into()),
+            ),
+            (
+                "no recipients",
+                Box::new(|m: &mut Manifest| m.encryption.as_mut().unwrap().recipients.clear()),
+            ),
+            (
+                "does not fit",
+                Box::new(|m: &mut Manifest| {
+                    m.encryption = None;
+                    m.entries = plain.entries.clone();
+                }),
+            ),
+        ] {
+            let mut bad = m.clone();
+            edit(&mut bad);
+            let e = Manifest::from_bytes(&bad.to_bytes(), "s", "k")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(what), "{what}: {e}");
+        }
+    }
 }
