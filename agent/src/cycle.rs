@@ -528,6 +528,7 @@ impl Cycle {
             zstd_level: self.cfg.snapshot.zstd_level,
             zstd_threads: self.cfg.snapshot.zstd_threads,
             cancel: Some(cancel.clone()),
+            encrypt_to: self.cfg.encryption.recipients(),
         };
         let req = CaptureRequest {
             log_dirs: self.log_dirs.clone(),

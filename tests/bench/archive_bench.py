@@ -91,6 +91,15 @@ def main():
     baseline_archive = os.path.join(out_dir, "baseline.tar.zst")
     os.environ["KAFKA_SNAPSHOT_LOG"] = "warn"
 
+    # Encryption at rest: one key for the run; the encrypted archive is
+    # timed against the agent's unencrypted one of the same run.
+    key = os.path.join(a.work, "bench.key")
+    if os.path.exists(key):
+        os.remove(key)
+    recipient = subprocess.run([a.agent, "key", "generate", "--output", key],
+                               check=True, capture_output=True, text=True).stdout.strip()
+    enc = {"create": [], "create_cpu": [], "create_rss_kib": [], "archive_bytes": [],
+           "extract": [], "extract_cpu": [], "extract_rss_kib": []}
     create = {lv: {"baseline": [], "agent": [], "rss_kib": [], "archive_bytes": []} for lv in levels}
     extract = {"baseline": [], "baseline_sync": [], "agent": [], "rss_kib": []}
     s3 = {"create": [], "create_rss_kib": [], "extract": [], "extract_rss_kib": [], "archive_bytes": []}
@@ -159,6 +168,31 @@ def main():
         shutil.rmtree(target, ignore_errors=True)
         shutil.rmtree(target + "-base", ignore_errors=True)
 
+        # The same create and extract, encrypted (tar -> zstd -> age).
+        enc_store = store + "-encrypted"
+        shutil.rmtree(enc_store, ignore_errors=True)
+        os.makedirs(enc_store)
+        drop_caches()
+        t, rss, out = run(
+            [a.agent, "archive", "create", "--log-dirs", data, "--store", f"file://{enc_store}",
+             "--capture", "copy", "--zstd-level", str(levels[0]), "--recipient", recipient, "--json"]
+        )
+        enc["create"].append(t)
+        enc["create_cpu"].append(last_cpu)
+        enc["create_rss_kib"].append(rss)
+        created = json.loads(out)
+        enc["archive_bytes"].append(created["archive_bytes"])
+        drop_caches()
+        t, rss, _ = run(
+            [a.agent, "archive", "extract", "--store", f"file://{enc_store}", "--snapshot",
+             created["snapshot_id"], "--identity", key, "--into", target, "--no-owner"]
+        )
+        enc["extract"].append(t)
+        enc["extract_cpu"].append(last_cpu)
+        enc["extract_rss_kib"].append(rss)
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.rmtree(enc_store)
+
         if a.s3_url:
             # The same through the S3 server: upload, then download + verify.
             url = f"{a.s3_url}/run{i}"
@@ -183,7 +217,7 @@ def main():
         shutil.rmtree(keep_store)
 
     res = {"data_bytes": nbytes, "size": a.size, "runs": a.runs, "levels": levels,
-           "create": {str(k): v for k, v in create.items()}, "extract": extract}
+           "create": {str(k): v for k, v in create.items()}, "extract": extract, "encrypted": enc}
     if a.s3_url:
         res["s3"] = s3
     with open(a.out, "w") as f:

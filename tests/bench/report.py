@@ -112,6 +112,26 @@ def main():
         row("3", "extract + verify, same data", "`zstd -d \\| tar -x && sync -f` (durable, as the agent)",
             f"{mib / bs:.0f} MiB/s", f"{mib / g:.0f} MiB/s", f"{r2:.2f}", "(>= 1.0)", r2 >= 1.0)
         raw.append(f"extract: baseline {e['baseline']}, baseline+sync {e['baseline_sync']}, agent {e['agent']}")
+        if "encrypted" in arc:
+            en = arc["encrypted"]
+            lv0 = arc["levels"][0]
+            c0 = arc["create"][str(lv0)]
+            rc = paired(c0["agent"], en["create"], lambda p, x: p / x)
+            row("2", f"archive create, level {lv0}, encrypted (age, 1 recipient), "
+                f"peak RSS {max(en['create_rss_kib']) / 1024:.0f} MiB",
+                "the agent unencrypted", f"{mib / med(c0['agent']):.0f} MiB/s",
+                f"{mib / med(en['create']):.0f} MiB/s", f"{rc:.2f}", "reported", None)
+            if "agent_cpu" in c0:
+                gib = arc["data_bytes"] / (1 << 30)
+                row("2", "... CPU time (user + system) per GiB, encrypted", "the agent unencrypted",
+                    f"{med(c0['agent_cpu']) / gib:.2f} s", f"{med(en['create_cpu']) / gib:.2f} s",
+                    f"{paired(c0['agent_cpu'], en['create_cpu'], lambda p, x: p / x):.2f}", "reported", None)
+            rx = paired(e["agent"], en["extract"], lambda p, x: p / x)
+            row("3", f"extract + verify, encrypted, peak RSS {max(en['extract_rss_kib']) / 1024:.0f} MiB",
+                "the agent unencrypted", f"{mib / ea_med:.0f} MiB/s",
+                f"{mib / med(en['extract']):.0f} MiB/s", f"{rx:.2f}", "reported", None)
+            raw.append(f"encrypted: create {en['create']}, extract {en['extract']}, archive bytes "
+                       f"{en['archive_bytes'][0]} (unencrypted {c0['archive_bytes'][0]})")
         if "s3" in arc:
             s3 = arc["s3"]
             c0 = arc["create"][str(arc["levels"][0])]

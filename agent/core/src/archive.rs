@@ -1,12 +1,14 @@
 //! Building the archive: one pass over the files, tar -> zstd (multithreaded)
-//! -> storage, hashing every file and the whole archive on the way, with
-//! memory bounded by a few fixed read buffers and zstd's window.
+//! -> [age encryption, when recipients are set] -> storage, hashing every
+//! file and the whole archive as stored on the way, with memory bounded by
+//! a few fixed read buffers, zstd's window and age's 64 KiB chunk.
 //!
 //! A reader thread reads and hashes the files ahead, in archive order,
 //! into a small pool of buffers; the calling thread frames them as tar and
 //! feeds zstd. Reading (and waiting for the disk) and hashing overlap with
 //! compression instead of taking turns with it.
 
+use crate::crypt::{EncryptingWriter, Recipients};
 use crate::hashing::HashingWriter;
 use crate::logdir::{Entry, EntryKind, Inventory};
 use kafka_snapshot_model::error::{Error, IoContext, Result};
@@ -34,6 +36,8 @@ pub struct ArchiveOptions {
     /// Set by the agent when it must stop (the broker must start again):
     /// the archive stops between chunks with an error.
     pub cancel: Option<Arc<AtomicBool>>,
+    /// Encrypt the archive (and the manifest's entries) to these.
+    pub encrypt_to: Option<Arc<Recipients>>,
 }
 
 impl Default for ArchiveOptions {
@@ -42,12 +46,43 @@ impl Default for ArchiveOptions {
             zstd_level: 3,
             zstd_threads: 0,
             cancel: None,
+            encrypt_to: None,
+        }
+    }
+}
+
+/// Below zstd: the stored bytes, encrypted or not, hashed as stored.
+enum Sink<W: Write> {
+    Plain(HashingWriter<W>),
+    Encrypted(EncryptingWriter<HashingWriter<W>>),
+}
+
+impl<W: Write> Sink<W> {
+    fn finish(self) -> io::Result<HashingWriter<W>> {
+        match self {
+            Sink::Plain(w) => Ok(w),
+            Sink::Encrypted(w) => w.finish(),
+        }
+    }
+}
+
+impl<W: Write> Write for Sink<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Sink::Plain(w) => w.write(buf),
+            Sink::Encrypted(w) => w.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Sink::Plain(w) => w.flush(),
+            Sink::Encrypted(w) => w.flush(),
         }
     }
 }
 
 /// What was written: manifest entries with their hashes, and the archive's
-/// own size and hash.
+/// own size and hash as stored (of the ciphertext, when encrypted).
 pub struct Written {
     pub entries: Vec<EntryRecord>,
     pub size: u64,
@@ -82,8 +117,14 @@ pub fn write_archive<W: Write>(
     out: W,
 ) -> Result<(W, Written)> {
     let zerr = |e: io::Error| Error::io("setting up zstd", e);
-    let mut enc =
-        zstd::stream::Encoder::new(HashingWriter::new(out), opts.zstd_level).map_err(zerr)?;
+    let sink = match &opts.encrypt_to {
+        None => Sink::Plain(HashingWriter::new(out)),
+        Some(r) => Sink::Encrypted(
+            r.encrypt(HashingWriter::new(out))
+                .map_err(|e| Error::io("starting the encrypted archive", e))?,
+        ),
+    };
+    let mut enc = zstd::stream::Encoder::new(sink, opts.zstd_level).map_err(zerr)?;
     enc.include_checksum(true).map_err(zerr)?;
     let threads = worker_threads(opts.zstd_threads);
     if threads > 1 {
@@ -121,7 +162,10 @@ pub fn write_archive<W: Write>(
     tar.w
         .write_all(&[0u8; 2 * BLOCK])
         .ctx(|| "writing the archive trailer".into())?;
-    let hw = tar.w.finish().ctx(|| "finishing the zstd stream".into())?;
+    let sink = tar.w.finish().ctx(|| "finishing the zstd stream".into())?;
+    let hw = sink
+        .finish()
+        .ctx(|| "finishing the encrypted archive".into())?;
     let (out, size, sha256) = hw.finish();
     Ok((
         out,

@@ -227,7 +227,7 @@ pub fn prune(
 /// One line per snapshot, for `archive list` and `catalog list`.
 pub fn format_table(listed: &[Listed]) -> String {
     let mut out = format!(
-        "{:<32} {:<24} {:>6} {:<10} {:>8} {:>14} {:>14}  {}\n",
+        "{:<32} {:<24} {:>6} {:<10} {:>8} {:>14} {:>14}  {:<20}  {}\n",
         "SNAPSHOT",
         "CLUSTER",
         "BROKER",
@@ -235,10 +235,12 @@ pub fn format_table(listed: &[Listed]) -> String {
         "CAPTURE",
         "DATA_BYTES",
         "ARCHIVE_BYTES",
-        "COMMITTED"
+        "COMMITTED",
+        "ENCRYPTED_TO"
     );
     for l in listed {
-        let (status, capture, data, archive, committed) = match &l.status {
+        let dash = || "-".to_string();
+        let (status, capture, data, archive, committed, key) = match &l.status {
             Status::Complete(m) => (
                 "complete".to_string(),
                 m.capture.used.to_string(),
@@ -247,24 +249,24 @@ pub fn format_table(listed: &[Listed]) -> String {
                 m.timestamps
                     .committed
                     .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                m.encryption
+                    .as_ref()
+                    .map(|e| e.recipients.join(","))
+                    .unwrap_or_else(dash),
             ),
-            Status::Incomplete => (
-                "INCOMPLETE".into(),
-                "-".into(),
-                "-".into(),
-                "-".into(),
-                "-".into(),
-            ),
+            Status::Incomplete => ("INCOMPLETE".into(), dash(), dash(), dash(), dash(), dash()),
+            // The reason last: it is the longest.
             Status::Damaged(why) => (
                 "DAMAGED".into(),
-                "-".into(),
-                "-".into(),
-                "-".into(),
+                dash(),
+                dash(),
+                dash(),
+                dash(),
                 why.clone(),
             ),
         };
         out.push_str(&format!(
-            "{:<32} {:<24} {:>6} {:<10} {:>8} {:>14} {:>14}  {}\n",
+            "{:<32} {:<24} {:>6} {:<10} {:>8} {:>14} {:>14}  {:<20}  {}\n",
             l.snap.snapshot_id,
             l.snap.cluster_id,
             l.snap.broker,
@@ -272,7 +274,8 @@ pub fn format_table(listed: &[Listed]) -> String {
             capture,
             data,
             archive,
-            committed
+            committed,
+            key
         ));
     }
     out
@@ -301,6 +304,10 @@ pub fn to_json(listed: &[Listed]) -> serde_json::Value {
                         v["clean_shutdown"] = m.clean_shutdown.into();
                         v["committed"] = m.timestamps.committed.to_rfc3339().into();
                         v["broker_downtime_ms"] = serde_json::json!(m.broker_downtime_ms);
+                        // Which identity a restore needs: fingerprints of
+                        // the recipients, null when not encrypted.
+                        v["encrypted_to"] =
+                            serde_json::json!(m.encryption.as_ref().map(|e| &e.recipients));
                     }
                     Status::Incomplete => v["status"] = "incomplete".into(),
                     Status::Damaged(why) => {

@@ -2,6 +2,7 @@
 //! here and only here, and [`AgentConfig::validate`] names the file and key
 //! of every problem.
 
+use crate::crypt::{Identities, Recipients};
 use crate::kafka::gate::LowReplicationPolicy;
 use crate::kafka::KafkaSection;
 use crate::settings::{bad, duration, problems_error, FreeSpace, KeyError};
@@ -11,6 +12,7 @@ use kafka_snapshot_model::manifest::CaptureMode;
 pub use kafka_snapshot_model::protocol::NodeRole;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -31,6 +33,10 @@ pub struct AgentConfig {
     pub metrics: MetricsSection,
     #[serde(default)]
     pub hooks: HooksSection,
+    /// Encryption at rest: recipients to encrypt new snapshots to, the
+    /// identity to read encrypted ones with.
+    #[serde(default)]
+    pub encryption: EncryptionSection,
 }
 
 /// `[hooks]`: commands around a snapshot's stop of the node, for
@@ -64,6 +70,84 @@ impl Default for HooksSection {
             post_start: None,
             timeout: Duration::from_secs(300),
         }
+    }
+}
+
+/// `[encryption]`: with recipients, new snapshots are encrypted (age,
+/// X25519) to every one of them; without, they are not. The identity is
+/// needed only to read an encrypted snapshot's contents (restore, extract,
+/// a verify of the contents); a host that only takes snapshots leaves it
+/// out.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncryptionSection {
+    /// `age1...` public keys.
+    #[serde(default)]
+    pub recipients: Vec<String>,
+    /// A file of `age1...` lines (`#` comments), added to `recipients`.
+    pub recipients_file: Option<PathBuf>,
+    /// An age identity file (`AGE-SECRET-KEY-1...`), mode 0600.
+    pub identity_file: Option<PathBuf>,
+    /// `recipients` and `recipients_file` read and parsed.
+    #[serde(skip)]
+    resolved: Option<Arc<Recipients>>,
+}
+
+impl EncryptionSection {
+    /// The inline recipients, checked; a problem is (key, message).
+    fn inline(&self) -> std::result::Result<Recipients, KeyError> {
+        let items = self
+            .recipients
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (format!("encryption.recipients[{i}]"), r.as_str()));
+        Recipients::parse(items).map_err(|m| match m.split_once(": ") {
+            Some((key, rest)) => bad(key, rest.to_string()),
+            None => bad("encryption.recipients", m),
+        })
+    }
+
+    /// Reads `recipients_file` and joins it to the inline recipients.
+    fn resolve(&mut self) -> std::result::Result<(), KeyError> {
+        if self.inline().is_err() {
+            // Reported by `problems`.
+            return Ok(());
+        }
+        let mut items: Vec<(String, String)> = self
+            .recipients
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (format!("encryption.recipients[{i}]"), r.clone()))
+            .collect();
+        if let Some(f) = &self.recipients_file {
+            items.extend(
+                Recipients::read_file(f).map_err(|m| bad("encryption.recipients_file", m))?,
+            );
+        }
+        let all = Recipients::parse(items.iter().map(|(s, r)| (s.clone(), r.as_str())))
+            .map_err(|m| bad("encryption.recipients_file", m))?;
+        self.resolved = (!all.is_empty()).then(|| Arc::new(all));
+        Ok(())
+    }
+
+    /// The recipients new snapshots are encrypted to; `None`: unencrypted.
+    pub fn recipients(&self) -> Option<Arc<Recipients>> {
+        self.resolved.clone()
+    }
+
+    /// Reads `identity_file`, if set. Done when a snapshot is read, not
+    /// when the config is parsed: the key stays on disk until needed, and
+    /// a replaced file is read anew.
+    pub fn identity(&self, config_path: &Path) -> Result<Option<Arc<Identities>>> {
+        let Some(f) = &self.identity_file else {
+            return Ok(None);
+        };
+        Identities::load(f)
+            .map(|i| Some(Arc::new(i)))
+            .map_err(|m| Error::Config {
+                file: config_path.to_path_buf(),
+                message: format!("encryption.identity_file: {m}"),
+            })
     }
 }
 
@@ -365,13 +449,32 @@ impl AgentConfig {
                 found.into_iter().for_each(|(key, m)| err(&key, m));
             }
         }
+        if let Err((key, m)) = self.encryption.inline() {
+            err(&key, m);
+        }
+        for (key, p) in [
+            (
+                "encryption.recipients_file",
+                &self.encryption.recipients_file,
+            ),
+            ("encryption.identity_file", &self.encryption.identity_file),
+        ] {
+            if let Some(p) = p.as_ref().filter(|p| !p.is_absolute()) {
+                err(key, format!("{} is not an absolute path", p.display()));
+            }
+        }
         problems
     }
 
-    /// Reads secrets referenced by path (`kafka.sasl_password_file`); a
-    /// problem is (key, message).
-    fn resolve_secrets(&mut self) -> Option<KeyError> {
-        self.kafka.as_mut()?.resolve_secrets().err()
+    /// Reads what is referenced by path (`kafka.sasl_password_file`,
+    /// `encryption.recipients_file`); the problems are (key, message).
+    fn resolve_secrets(&mut self) -> Vec<KeyError> {
+        let mut problems = Vec::new();
+        if let Some(k) = self.kafka.as_mut() {
+            problems.extend(k.resolve_secrets().err());
+        }
+        problems.extend(self.encryption.resolve().err());
+        problems
     }
 
     /// The Kafka section, or a config error saying it is needed.
@@ -609,6 +712,91 @@ mod tests {
         assert!(e.contains("2 problems:"), "{e}");
         assert!(
             e.contains("storage.bandwidth_limit") && e.contains("kafka.sasl_password_file"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn encryption_section_parses_and_names_every_bad_key() {
+        let (r1, _) = crate::crypt::tests::keypair();
+        let (r2, _) = crate::crypt::tests::keypair();
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("recipients.txt");
+        std::fs::write(&file, format!("# break-glass\n{r2}\n\n{r1}\n")).unwrap();
+        let base = "[broker]\nlog_dirs=['/a']\n[storage]\nurl='file:///x'\n";
+        let cfg = parse(&format!(
+            "{base}[encryption]\nrecipients = [{r1:?}]\nrecipients_file = {:?}\n\
+             identity_file = '/etc/kafka-snapshot/identity.txt'\n",
+            file.display().to_string()
+        ))
+        .unwrap();
+        let r = cfg.encryption.recipients().expect("recipients");
+        assert_eq!(
+            r.to_strings(),
+            vec![r1.clone(), r2.clone()],
+            "duplicates dropped"
+        );
+        // No [encryption], or one without recipients: not encrypted.
+        assert!(parse(base).unwrap().encryption.recipients().is_none());
+
+        let e = parse(&format!(
+            "{base}[encryption]\nrecipients = [{r1:?}, 'age1nope']\nidentity_file = 'rel/key'\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("2 problems:"), "{e}");
+        assert!(
+            e.contains(
+                "\n  - encryption.recipients[1]: \"age1nope\" is not an age X25519 recipient"
+            ),
+            "{e}"
+        );
+        assert!(
+            e.contains("\n  - encryption.identity_file: rel/key is not an absolute path"),
+            "{e}"
+        );
+
+        std::fs::write(&file, "AGE-SECRET-KEY-1NOTARECIPIENT\n").unwrap();
+        let e = parse(&format!(
+            "{base}[encryption]\nrecipients_file = {:?}\n",
+            file.display().to_string()
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("encryption.recipients_file: ") && e.contains(" line 1: "),
+            "{e}"
+        );
+        let e = parse(&format!("{base}[encryption]\nrecipient = 'x'\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("/etc/agent.toml") && e.contains("recipient"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_identity_file_others_can_read_is_a_config_error_naming_the_key() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let key = tmp.path().join("identity");
+        crate::crypt::generate_identity_file(&key).unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let cfg = parse(&format!(
+            "[broker]\nlog_dirs=['/a']\n[storage]\nurl='file:///x'\n[encryption]\nidentity_file = {:?}\n",
+            key.display().to_string()
+        ))
+        .unwrap();
+        let e = cfg
+            .encryption
+            .identity(Path::new("/etc/agent.toml"))
+            .unwrap_err();
+        assert!(matches!(e, Error::Config { .. }), "{e:?}");
+        let e = e.to_string();
+        assert!(
+            e.starts_with("config /etc/agent.toml: encryption.identity_file: ")
+                && e.contains("0644"),
             "{e}"
         );
     }

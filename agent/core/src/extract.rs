@@ -14,11 +14,11 @@
 //! the daemon downloads and checks while the broker still runs, and stops it
 //! only for the renames.
 
-use crate::catalog::load_manifest;
+use crate::crypt::Identities;
 use crate::fsat::{self, Identity};
 use crate::logdir::{self, read_meta_properties};
 use crate::storage::ColdStore;
-use crate::verify::{walk, Report, Visitor};
+use crate::verify::{load_with_entries, walk, Report, Visitor};
 use chrono::Utc;
 use kafka_snapshot_model::error::{Error, IoContext, Result};
 use kafka_snapshot_model::layout::SnapshotRef;
@@ -49,6 +49,9 @@ pub struct ExtractOptions {
     pub broker_may_run: bool,
     /// Set to give up: the extraction stops at the next file.
     pub cancel: Option<Arc<AtomicBool>>,
+    /// Opens an encrypted snapshot; one is refused without it, before
+    /// anything is downloaded.
+    pub identity: Option<Arc<Identities>>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -162,7 +165,8 @@ pub fn prepare(
     snap: &SnapshotRef,
     opts: &ExtractOptions,
 ) -> Result<Prepared> {
-    let m = load_manifest(store, snap)?;
+    let identity = opts.identity.as_deref();
+    let m = load_with_entries(store, snap, identity)?;
     if opts.targets.len() != m.log_dirs.len() {
         return Err(Error::Usage(format!(
             "snapshot {} holds {} log dirs ({}); give exactly one --into per log dir, in that order, or --original-paths",
@@ -234,7 +238,7 @@ pub fn prepare(
             Ok(())
         });
         visitor.writeback = Some(tx);
-        let walked = walk(store, snap, &m, &mut visitor);
+        let walked = walk(store, snap, &m, identity, &mut visitor);
         visitor.writeback = None;
         let flushed = flusher
             .join()

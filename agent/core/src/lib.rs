@@ -12,6 +12,9 @@
 //!    ([`archive`]) on cold storage ([`storage`]) and writes the
 //!    manifest last: its presence is what makes a snapshot complete.
 //!
+//! With recipients configured the archive is encrypted on its way out
+//! (tar -> zstd -> age) and the manifest's entries are sealed ([`crypt`]).
+//!
 //! [`verify`] re-reads an archive against its manifest and [`extract`]
 //! restores it without ever deleting what was at the target.
 
@@ -21,6 +24,7 @@ pub mod catalog;
 pub mod cleanstop;
 pub mod command;
 pub mod config;
+pub mod crypt;
 pub mod extract;
 pub mod fsat;
 pub mod hashing;

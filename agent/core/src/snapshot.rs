@@ -11,7 +11,7 @@ use kafka_snapshot_model::error::{Error, Result};
 use kafka_snapshot_model::layout::{format_snapshot_id, SnapshotRef};
 use kafka_snapshot_model::manifest::{
     archive_prefix, ArchiveRecord, CaptureMode, CaptureRecord, LogDirRecord, Manifest, Timestamps,
-    Totals, ARCHIVE_FILE, FORMAT_VERSION,
+    Totals, ARCHIVE_FILE, ENCRYPTED_ARCHIVE_FILE, FORMAT_VERSION, FORMAT_VERSION_ENCRYPTED,
 };
 use std::fs;
 use std::path::PathBuf;
@@ -165,9 +165,14 @@ impl Captured {
             broker: self.inventory.node_id(),
             snapshot_id: self.snapshot_id.clone(),
         };
-        let archive_key = snap.archive_key();
+        let (format_version, archive_file) = match &opts.encrypt_to {
+            None => (FORMAT_VERSION, ARCHIVE_FILE),
+            Some(_) => (FORMAT_VERSION_ENCRYPTED, ENCRYPTED_ARCHIVE_FILE),
+        };
+        let archive_key = snap.object_key(archive_file);
         tracing::info!(snapshot = %snap.snapshot_id, broker = snap.broker, key = %archive_key,
-            files = self.inventory.entries.len(), bytes = self.inventory.total_bytes(), "archiving");
+            files = self.inventory.entries.len(), bytes = self.inventory.total_bytes(),
+            encrypted_to = ?opts.encrypt_to.as_ref().map(|r| r.fingerprints()), "archiving");
         crate::catalog::remove_incomplete(store, &snap.cluster_id, snap.broker, &snap.snapshot_id)?;
         // Even incompressible data grows by no more than tar headers and
         // zstd framing: lets the store size its upload parts.
@@ -198,8 +203,13 @@ impl Captured {
             (Some(a), Some(b)) => Some((b - a).num_milliseconds().max(0) as u64),
             _ => None,
         };
+        let encryption = opts
+            .encrypt_to
+            .as_ref()
+            .map(|r| crate::crypt::seal_entries(r, &self.snapshot_id, &written.entries))
+            .transpose()?;
         let mut manifest = Manifest {
-            format_version: FORMAT_VERSION,
+            format_version,
             snapshot_id: self.snapshot_id.clone(),
             cluster_id: snap.cluster_id.clone(),
             node_id: snap.broker,
@@ -235,17 +245,28 @@ impl Captured {
             },
             broker_downtime_ms: downtime,
             archive: ArchiveRecord {
-                file: ARCHIVE_FILE.to_string(),
+                file: archive_file.to_string(),
                 size: written.size,
                 sha256: written.sha256,
                 compression: "zstd".into(),
                 zstd_level: opts.zstd_level,
             },
             totals,
+            encryption,
             entries: written.entries,
             manifest_sha256: String::new(),
         };
+        // Encrypted, the entries are stored only sealed; the manifest this
+        // returns has them back, as one read and unsealed would.
+        let entries = if manifest.is_encrypted() {
+            std::mem::take(&mut manifest.entries)
+        } else {
+            Vec::new()
+        };
         let bytes = manifest.to_bytes();
+        if manifest.is_encrypted() {
+            manifest.entries = entries;
+        }
         crate::failpoint("before-manifest");
         store.put(&snap.manifest_key(), &bytes)?;
         tracing::info!(snapshot = %snap.snapshot_id, broker = snap.broker, archive_bytes = manifest.archive.size,

@@ -2,8 +2,14 @@
 //! verify and extract: it checks every tar entry against the manifest (in
 //! order, by path, type and size), refuses unsafe entries, hashes every
 //! file, and checks the whole archive's size and SHA-256 at the end.
+//!
+//! An encrypted snapshot is decrypted on the way (storage -> age -> zstd
+//! -> tar) with an identity. Without one, [`verify`] checks what it can:
+//! that the stored bytes are the ones committed (size and SHA-256 of the
+//! ciphertext), and says that the contents were not checked.
 
 use crate::catalog::load_manifest;
+use crate::crypt::{self, Identities};
 use crate::hashing::HashingReader;
 use crate::logdir::check_symlink_target;
 use crate::storage::ColdStore;
@@ -36,24 +42,125 @@ impl Visitor for Discard {
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Report {
     pub snapshot_id: String,
+    /// Files and bytes checked (0 when the contents were not checked).
     pub files: u64,
     pub bytes: u64,
     pub archive_size: u64,
     pub archive_sha256: String,
+    /// Every file was read and its hash checked. False only for an
+    /// encrypted snapshot verified without its identity: then only the
+    /// stored archive's size and SHA-256 were checked.
+    pub contents_checked: bool,
+    /// Fingerprints of the recipients an encrypted snapshot was encrypted to.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub encrypted_to: Vec<String>,
 }
 
-/// Verifies a snapshot in storage without extracting anything.
+/// Verifies a snapshot in storage without extracting anything; an
+/// encrypted one as far as no identity is needed ([`verify_with`]).
 pub fn verify(store: &dyn ColdStore, snap: &SnapshotRef) -> Result<(Manifest, Report)> {
-    let manifest = load_manifest(store, snap)?;
-    let report = walk(store, snap, &manifest, &mut Discard)?;
+    verify_with(store, snap, None)
+}
+
+/// Verifies a snapshot in storage without extracting anything. An
+/// encrypted snapshot is decrypted with `identity` and checked completely;
+/// without an identity only its stored bytes are checked against the
+/// manifest (the report says `contents_checked: false`).
+pub fn verify_with(
+    store: &dyn ColdStore,
+    snap: &SnapshotRef,
+    identity: Option<&Identities>,
+) -> Result<(Manifest, Report)> {
+    let mut manifest = load_manifest(store, snap)?;
+    if manifest.is_encrypted() && identity.is_none() {
+        let report = stored_bytes(store, snap, &manifest)?;
+        return Ok((manifest, report));
+    }
+    crypt::unseal(&mut manifest, &snap.manifest_key(), identity)?;
+    let report = walk(store, snap, &manifest, identity, &mut Discard)?;
     Ok((manifest, report))
 }
 
+/// Reads the manifest of `snap` with its entries: an encrypted one's are
+/// unsealed with `identity` (refused, naming the recipients, without one
+/// or with one that opens none of them).
+pub fn load_with_entries(
+    store: &dyn ColdStore,
+    snap: &SnapshotRef,
+    identity: Option<&Identities>,
+) -> Result<Manifest> {
+    let mut m = load_manifest(store, snap)?;
+    crypt::unseal(&mut m, &snap.manifest_key(), identity)?;
+    Ok(m)
+}
+
+/// Checks that the stored archive is the one committed: its size, and the
+/// SHA-256 of every stored byte. Proves nothing about the contents beyond
+/// what the writer put there.
+fn stored_bytes(store: &dyn ColdStore, snap: &SnapshotRef, m: &Manifest) -> Result<Report> {
+    let id = &snap.snapshot_id;
+    let key = snap.object_key(&m.archive.file);
+    check_stored_size(store, snap, m, &key)?;
+    let mut raw = HashingReader::new(store.open(&key)?);
+    io::copy(&mut raw, &mut io::sink()).map_err(|e| {
+        store.error(
+            &key,
+            format!("reading the archive of snapshot {id} failed ({e}); nothing is known about the snapshot, verify it again later"),
+        )
+    })?;
+    let (_, size, sha) = raw.finish();
+    if size != m.archive.size || sha != m.archive.sha256 {
+        return Err(Error::ArchiveCorrupt {
+            snapshot: id.clone(),
+            message: format!(
+                "archive checksum mismatch: {size} bytes with SHA-256 {sha}, manifest says {} bytes with {}",
+                m.archive.size, m.archive.sha256
+            ),
+        });
+    }
+    Ok(Report {
+        snapshot_id: id.clone(),
+        files: 0,
+        bytes: 0,
+        archive_size: size,
+        archive_sha256: sha,
+        contents_checked: false,
+        encrypted_to: m
+            .encryption
+            .as_ref()
+            .map(|e| e.recipients.clone())
+            .unwrap_or_default(),
+    })
+}
+
+fn check_stored_size(
+    store: &dyn ColdStore,
+    snap: &SnapshotRef,
+    m: &Manifest,
+    key: &str,
+) -> Result<()> {
+    let corrupt = |message: String| Error::ArchiveCorrupt {
+        snapshot: snap.snapshot_id.clone(),
+        message,
+    };
+    match store.stat(key)? {
+        None => Err(corrupt(format!("archive {key} is missing"))),
+        Some(size) if size != m.archive.size => Err(corrupt(format!(
+            "archive {key} is {size} bytes but the manifest says {} (truncated or replaced)",
+            m.archive.size
+        ))),
+        Some(_) => Ok(()),
+    }
+}
+
 /// Streams the archive of `snap` through `visitor`, checking it completely.
+/// `m` must have its entries (an encrypted manifest unsealed with
+/// `identity`, which decrypts the archive).
 pub fn walk(
     store: &dyn ColdStore,
     snap: &SnapshotRef,
     m: &Manifest,
+    identity: Option<&Identities>,
     visitor: &mut dyn Visitor,
 ) -> Result<Report> {
     let id = &snap.snapshot_id;
@@ -61,17 +168,17 @@ pub fn walk(
         snapshot: id.clone(),
         message,
     };
-    let key = snap.archive_key();
-    match store.stat(&key)? {
-        None => return Err(corrupt(format!("archive {key} is missing"))),
-        Some(size) if size != m.archive.size => {
-            return Err(corrupt(format!(
-                "archive {key} is {size} bytes but the manifest says {} (truncated or replaced)",
-                m.archive.size
+    let identity = match (m.is_encrypted(), identity, m.has_entries()) {
+        (false, _, _) => None,
+        (true, Some(i), true) => Some(i),
+        _ => {
+            return Err(Error::Internal(format!(
+                "snapshot {id}: an encrypted archive read without its identity or entries"
             )))
         }
-        Some(_) => {}
-    }
+    };
+    let key = snap.object_key(&m.archive.file);
+    check_stored_size(store, snap, m, &key)?;
     let failed = Arc::new(OnceLock::new());
     let source = SourceReader {
         inner: store.open(&key)?,
@@ -93,7 +200,7 @@ pub fn walk(
     // they overlap with hashing and writing the files on this one.
     std::thread::scope(|scope| {
         let (tx, rx) = mpsc::sync_channel::<io::Result<Vec<u8>>>(PIPELINE_DEPTH);
-        let decoder = scope.spawn(move || decode(source, tx));
+        let decoder = scope.spawn(move || decode(source, tx, identity));
         let result = check_entries(snap, m, visitor, ChunkReader::new(rx, broken.clone()));
         // Dropping the receiver (inside check_entries) stops the decoder
         // early when the entries failed.
@@ -122,6 +229,12 @@ pub fn walk(
         Ok(Report {
             archive_size: size,
             archive_sha256: sha,
+            contents_checked: true,
+            encrypted_to: m
+                .encryption
+                .as_ref()
+                .map(|e| e.recipients.clone())
+                .unwrap_or_default(),
             ..report
         })
     })
@@ -138,14 +251,78 @@ pub const MAX_TAR_PADDING: u64 = 10 * 1024;
 const PIPELINE_DEPTH: usize = 4;
 const CHUNK: usize = 1 << 20;
 
-/// Reads the compressed archive, hashing every byte of it, and sends the
-/// decompressed stream in chunks. Returns the archive's size and SHA-256.
+/// Reads the compressed (and maybe encrypted) archive, hashing every byte
+/// of it as stored, and sends the decompressed stream in chunks. Returns
+/// the archive's size and SHA-256.
 fn decode(
     source: SourceReader,
     tx: mpsc::SyncSender<io::Result<Vec<u8>>>,
+    identity: Option<&Identities>,
 ) -> io::Result<(u64, String)> {
     let mut raw = HashingReader::new(source);
-    let mut decoder = zstd::stream::read::Decoder::new(&mut raw)?;
+    match identity {
+        None => decompress(&mut raw, tx)?,
+        Some(ids) => {
+            let opened = ids.decrypt(&mut raw).and_then(|r| {
+                r.ok_or_else(|| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "the archive is not encrypted to identity file {}, though its \
+                             manifest is: damaged or replaced",
+                            ids.path().display()
+                        ),
+                    )
+                })
+            });
+            let mut plain = match opened {
+                Ok(p) => Decrypting(p),
+                Err(e) => {
+                    let e = io::Error::new(e.kind(), format!("the encrypted archive: {e}"));
+                    let msg = e.to_string();
+                    let _ = tx.send(Err(e));
+                    return Err(io::Error::other(msg));
+                }
+            };
+            decompress(&mut plain, tx)?;
+            // To the end of the age stream: its last chunk is authenticated
+            // as the last one, so a cut-off archive is told from a whole one.
+            io::copy(&mut plain, &mut io::sink())?;
+        }
+    }
+    // Whatever follows is part of the archive's hash too.
+    io::copy(&mut raw, &mut io::sink())?;
+    let (_, size, sha) = raw.finish();
+    Ok((size, sha))
+}
+
+/// Decrypted archive bytes; an error from it is (apart from storage read
+/// errors, told apart by [`SourceReader`]) a chunk that failed
+/// authentication: damaged or altered ciphertext.
+struct Decrypting<R>(R);
+
+impl<R: Read> Read for Decrypting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf).map_err(|e| {
+            if e.kind() == io::ErrorKind::Interrupted {
+                e
+            } else {
+                io::Error::new(
+                    e.kind(),
+                    format!(
+                        "decrypting the archive: {e} (the ciphertext is damaged or was altered)"
+                    ),
+                )
+            }
+        })
+    }
+}
+
+/// Decompresses `input` and sends it in chunks; an error is sent too, so
+/// that the entries fail on it. The stream ends (`tx` is dropped) when the
+/// zstd data does.
+fn decompress<R: Read>(input: R, tx: mpsc::SyncSender<io::Result<Vec<u8>>>) -> io::Result<()> {
+    let mut decoder = zstd::stream::read::Decoder::new(input)?;
     loop {
         let mut chunk = vec![0u8; CHUNK];
         let mut n = 0;
@@ -170,12 +347,7 @@ fn decode(
             return Err(io::Error::other("archive reading stopped early"));
         }
     }
-    drop(tx);
-    drop(decoder);
-    // Whatever follows the zstd frame is part of the archive's hash too.
-    io::copy(&mut raw, &mut io::sink())?;
-    let (_, size, sha) = raw.finish();
-    Ok((size, sha))
+    Ok(())
 }
 
 /// The archive as cold storage yields it, remembering the first read
@@ -431,6 +603,8 @@ fn check_entries(
         bytes,
         archive_size: 0,
         archive_sha256: String::new(),
+        contents_checked: true,
+        encrypted_to: Vec::new(),
     })
 }
 

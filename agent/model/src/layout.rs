@@ -1,9 +1,10 @@
 //! Where a snapshot lives in cold storage:
 //! `<root>/<cluster.id>/broker-<N>/<snapshot-id>/{archive.tar.zst,manifest.json}`
-//! (the store's URL is the root, so keys start at the cluster id), where a
-//! snapshot set's record lives (`<cluster.id>/sets/<set-id>.json`, beside
-//! the brokers' prefixes, see [`crate::sets`]), and the shape of a
-//! snapshot id. Pure naming and parsing: no store is touched.
+//! (`archive.tar.zst.age` instead for an encrypted snapshot; the store's
+//! URL is the root, so keys start at the cluster id), where a snapshot
+//! set's record lives (`<cluster.id>/sets/<set-id>.json`, beside the
+//! brokers' prefixes, see [`crate::sets`]), and the shape of a snapshot id.
+//! Pure naming and parsing: no store is touched.
 
 use crate::manifest::{ARCHIVE_FILE, MANIFEST_FILE};
 use chrono::{DateTime, Utc};
@@ -24,8 +25,14 @@ impl SnapshotRef {
             self.snapshot_id
         )
     }
+    /// The key of an unencrypted snapshot's archive; an encrypted one's is
+    /// [`SnapshotRef::object_key`] of the manifest's `archive.file`.
     pub fn archive_key(&self) -> String {
-        format!("{}/{ARCHIVE_FILE}", self.prefix())
+        self.object_key(ARCHIVE_FILE)
+    }
+    /// The key of the file `file` of this snapshot.
+    pub fn object_key(&self, file: &str) -> String {
+        format!("{}/{file}", self.prefix())
     }
     pub fn manifest_key(&self) -> String {
         format!("{}/{MANIFEST_FILE}", self.prefix())

@@ -9,9 +9,20 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::path::{Component, Path};
 
+/// The format of a manifest of an unencrypted snapshot: the first one,
+/// still written as it was so that every agent and coordinator reads it.
 pub const FORMAT_VERSION: u32 = 1;
+/// The format of a manifest of an encrypted snapshot: an `encryption`
+/// section holds the entries (their paths name topics) sealed to the
+/// recipients, and the archive is an age file.
+pub const FORMAT_VERSION_ENCRYPTED: u32 = 2;
 pub const MANIFEST_FILE: &str = "manifest.json";
 pub const ARCHIVE_FILE: &str = "archive.tar.zst";
+/// The archive of an encrypted snapshot: `archive.tar.zst` in the age
+/// format, readable with `age -d` as well.
+pub const ENCRYPTED_ARCHIVE_FILE: &str = "archive.tar.zst.age";
+/// The one encryption scheme: age (X25519 recipients, STREAM payload).
+pub const AGE_SCHEME: &str = "age";
 
 /// The largest manifest read from storage. A manifest is read whole and
 /// parsed in memory, so a hostile or damaged one must not decide how much:
@@ -42,6 +53,12 @@ pub struct Manifest {
     pub broker_downtime_ms: Option<u64>,
     pub archive: ArchiveRecord,
     pub totals: Totals,
+    /// Format 2: the archive is encrypted, and `entries` is empty in the
+    /// stored manifest; they are sealed in here. Absent in format 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<EncryptionRecord>,
+    /// Every archive entry, in archive order. In an encrypted manifest as
+    /// stored, empty: [`Manifest::unseal`] fills it in from the sealed copy.
     pub entries: Vec<EntryRecord>,
     /// SHA-256 of the canonical JSON of everything above (see [`canonical_hash`]).
     pub manifest_sha256: String,
@@ -151,6 +168,44 @@ impl Totals {
     }
 }
 
+/// How an encrypted snapshot was encrypted. What stays in the clear is what
+/// the coordinator needs to list, keep and check the stored bytes: ids,
+/// sizes, times, the SHA-256 of the stored (encrypted) archive. What names
+/// topics (the entries: paths, and with them sizes and hashes per file) is
+/// sealed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncryptionRecord {
+    /// [`AGE_SCHEME`].
+    pub scheme: String,
+    /// Fingerprints of the recipients the archive and the entries were
+    /// encrypted to (see [`recipient_fingerprint`]): which identity a
+    /// restore needs. Never the keys themselves.
+    pub recipients: Vec<String>,
+    /// The entries: an age file (to the same recipients) of the
+    /// zstd-compressed JSON of [`SealedEntries`], in standard base64.
+    pub sealed_entries: String,
+}
+
+/// What [`EncryptionRecord::sealed_entries`] decrypts to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SealedEntries {
+    /// The snapshot they belong to: sealed entries copied from another
+    /// snapshot's manifest are refused.
+    pub snapshot_id: String,
+    pub entries: Vec<EntryRecord>,
+}
+
+/// The fingerprint a manifest records for a recipient (`age1...`): the
+/// first 8 bytes of the SHA-256 of its text, hex, prefixed `age:`. Enough
+/// to tell keys apart and to match an identity to a snapshot, and says
+/// nothing more about the key.
+pub fn recipient_fingerprint(recipient: &str) -> String {
+    let digest = Sha256::digest(recipient.as_bytes());
+    format!("age:{}", hex::encode(&digest[..8]))
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EntryType {
@@ -224,10 +279,11 @@ impl Manifest {
             ))
         })?;
         match value.get("format_version").and_then(|v| v.as_u64()) {
-            Some(v) if v == FORMAT_VERSION as u64 => {}
+            Some(v) if v == FORMAT_VERSION as u64 || v == FORMAT_VERSION_ENCRYPTED as u64 => {}
             Some(v) => {
                 return Err(err(format!(
-                    "format_version {v} is not supported by agent {} (supports {FORMAT_VERSION})",
+                    "format_version {v} is not supported by agent {} \
+                     (supports {FORMAT_VERSION} and {FORMAT_VERSION_ENCRYPTED})",
                     env!("CARGO_PKG_VERSION")
                 )))
             }
@@ -250,8 +306,75 @@ impl Manifest {
         Ok(m)
     }
 
+    /// Whether the snapshot is encrypted (format 2).
+    pub fn is_encrypted(&self) -> bool {
+        self.encryption.is_some()
+    }
+
+    /// Whether the entries are at hand: always for an unencrypted
+    /// manifest, after [`Manifest::unseal`] for an encrypted one.
+    pub fn has_entries(&self) -> bool {
+        !self.entries.is_empty()
+    }
+
+    /// Puts the entries decrypted from `encryption.sealed_entries` (the
+    /// JSON of [`SealedEntries`]) in place and checks them as an
+    /// unencrypted manifest's entries are checked.
+    pub fn unseal(&mut self, sealed_json: &[u8], key: &str) -> Result<()> {
+        let err = |message: String| Error::Manifest {
+            snapshot: self.snapshot_id.clone(),
+            key: key.to_string(),
+            message,
+        };
+        let sealed: SealedEntries = serde_json::from_slice(sealed_json)
+            .map_err(|e| err(format!("the sealed entries are not valid: {e}")))?;
+        if sealed.snapshot_id != self.snapshot_id {
+            return Err(err(format!(
+                "the sealed entries belong to snapshot {}, not to this one",
+                sealed.snapshot_id
+            )));
+        }
+        self.entries = sealed.entries;
+        self.check_entries().map_err(err)
+    }
+
     /// Cross-field checks that hold for every manifest this agent writes.
     fn check_consistency(&self) -> Result<(), String> {
+        let (version, file) = match &self.encryption {
+            None => (FORMAT_VERSION, ARCHIVE_FILE),
+            Some(enc) => {
+                if enc.scheme != AGE_SCHEME {
+                    return Err(format!(
+                        "encryption scheme {:?} is not supported (only {AGE_SCHEME:?})",
+                        enc.scheme
+                    ));
+                }
+                if enc.recipients.is_empty() {
+                    return Err("is encrypted to no recipients".into());
+                }
+                if !self.entries.is_empty() {
+                    return Err("is encrypted but lists its entries in the clear".into());
+                }
+                (FORMAT_VERSION_ENCRYPTED, ENCRYPTED_ARCHIVE_FILE)
+            }
+        };
+        if self.format_version != version {
+            return Err(format!(
+                "format_version {} does not fit a{} snapshot (format {version})",
+                self.format_version,
+                if self.is_encrypted() {
+                    "n encrypted"
+                } else {
+                    "n unencrypted"
+                }
+            ));
+        }
+        if self.archive.file != file {
+            return Err(format!(
+                "archive file {:?} is not {file:?}",
+                self.archive.file
+            ));
+        }
         if self.log_dirs.is_empty() {
             return Err("lists no log dirs".into());
         }
@@ -260,6 +383,15 @@ impl Manifest {
                 return Err(format!("log dir {i} has prefix {:?}", d.archive_prefix));
             }
         }
+        if self.is_encrypted() {
+            // The entries are checked once they are unsealed.
+            return Ok(());
+        }
+        self.check_entries()
+    }
+
+    /// Checks of the entries against the log dirs and the totals.
+    fn check_entries(&self) -> Result<(), String> {
         // Every log dir's root comes first among its entries, once, and is
         // a directory: a symlink or file there would be renamed into the
         // target's place.
@@ -463,6 +595,7 @@ mod tests {
                 symlinks: 0,
                 bytes: 5,
             },
+            encryption: None,
             entries: vec![
                 EntryRecord {
                     path: "logdir-0".into(),
@@ -521,5 +654,72 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains(".."), "{e}");
+    }
+
+    #[test]
+    fn an_encrypted_manifest_keeps_its_entries_sealed_and_its_format_straight() {
+        let plain = sample();
+        let mut m = sample();
+        m.format_version = FORMAT_VERSION_ENCRYPTED;
+        m.archive.file = ENCRYPTED_ARCHIVE_FILE.into();
+        m.encryption = Some(EncryptionRecord {
+            scheme: AGE_SCHEME.into(),
+            recipients: vec![recipient_fingerprint("age1x")],
+            sealed_entries: "AAAA".into(),
+        });
+        let entries = std::mem::take(&mut m.entries);
+        let bytes = m.to_bytes();
+        let mut back = Manifest::from_bytes(&bytes, "s", "k").unwrap();
+        assert!(back.is_encrypted() && !back.has_entries());
+        let sealed = |id: &str| {
+            serde_json::to_vec(&SealedEntries {
+                snapshot_id: id.into(),
+                entries: entries.clone(),
+            })
+            .unwrap()
+        };
+        let e = back
+            .clone()
+            .unseal(&sealed("another"), "k")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("belong to snapshot another"), "{e}");
+        back.unseal(&sealed(&plain.snapshot_id), "k").unwrap();
+        assert_eq!(back.entries, plain.entries);
+
+        // What a format-2 manifest must be, and a format-1 must not.
+        for (what, edit) in [
+            ("lists its entries in the clear", {
+                let e = entries.clone();
+                Box::new(move |m: &mut Manifest| m.entries = e.clone())
+                    as Box<dyn Fn(&mut Manifest)>
+            }),
+            (
+                "does not fit",
+                Box::new(|m: &mut Manifest| m.format_version = FORMAT_VERSION),
+            ),
+            (
+                "is not \"archive.tar.zst.age\"",
+                Box::new(|m: &mut Manifest| m.archive.file = ARCHIVE_FILE.into()),
+            ),
+            (
+                "no recipients",
+                Box::new(|m: &mut Manifest| m.encryption.as_mut().unwrap().recipients.clear()),
+            ),
+            (
+                "does not fit",
+                Box::new(|m: &mut Manifest| {
+                    m.encryption = None;
+                    m.entries = plain.entries.clone();
+                }),
+            ),
+        ] {
+            let mut bad = m.clone();
+            edit(&mut bad);
+            let e = Manifest::from_bytes(&bad.to_bytes(), "s", "k")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(what), "{what}: {e}");
+        }
     }
 }

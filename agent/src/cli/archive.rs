@@ -4,6 +4,7 @@
 use clap::{Args, Subcommand};
 use kafka_snapshot::archive::ArchiveOptions;
 use kafka_snapshot::config::AgentConfig;
+use kafka_snapshot::crypt::{Identities, Recipients};
 use kafka_snapshot::extract::{can_restore_owners, extract, original_targets, ExtractOptions};
 use kafka_snapshot::settings::parse_byte_size;
 use kafka_snapshot::snapshot::{capture, BrokerTimes, CaptureRequest};
@@ -13,6 +14,7 @@ use kafka_snapshot_model::layout::SnapshotRef;
 use kafka_snapshot_model::manifest::CaptureMode;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 #[derive(Subcommand, Debug)]
 pub enum ArchiveCommand {
@@ -89,6 +91,14 @@ pub struct CreateArgs {
     /// Archive dirs without .kafka_cleanshutdown (crash-consistent snapshot).
     #[arg(long)]
     allow_unclean: bool,
+    /// Encrypt to this age recipient (age1...); repeat for several.
+    /// Replaces encryption.recipients and recipients_file of --config.
+    #[arg(long = "recipient")]
+    recipients: Vec<String>,
+    /// Encrypt to the recipients in this file (one age1... per line); with
+    /// --recipient, to both.
+    #[arg(long)]
+    recipients_file: Option<PathBuf>,
     /// Print the manifest summary as JSON.
     #[arg(long)]
     json: bool,
@@ -116,6 +126,23 @@ pub struct SnapshotArgs {
     cluster: Option<String>,
     #[arg(long)]
     broker: Option<i32>,
+    /// age identity file (mode 0600) that opens an encrypted snapshot;
+    /// defaults to encryption.identity_file of --config.
+    #[arg(long)]
+    identity: Option<PathBuf>,
+}
+
+impl SnapshotArgs {
+    /// The identity from --identity, else from the config.
+    fn identity(&self, cfg: Option<&AgentConfig>) -> Result<Option<Arc<Identities>>> {
+        match (&self.identity, cfg, &self.store.config) {
+            (Some(f), _, _) => Identities::load(f)
+                .map(|i| Some(Arc::new(i)))
+                .map_err(|m| Error::Usage(format!("--identity: {m}"))),
+            (None, Some(c), Some(path)) => c.encryption.identity(path),
+            _ => Ok(None),
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -186,10 +213,29 @@ fn create(a: CreateArgs) -> Result<ExitCode> {
         allow_unclean: a.allow_unclean || snap_cfg.allow_unclean,
         staging_min_free: snap_cfg.staging_min_free,
     };
+    let encrypt_to = if a.recipients.is_empty() && a.recipients_file.is_none() {
+        cfg.as_ref().and_then(|c| c.encryption.recipients())
+    } else {
+        let mut items: Vec<(String, String)> = a
+            .recipients
+            .iter()
+            .map(|r| ("--recipient".to_string(), r.clone()))
+            .collect();
+        if let Some(f) = &a.recipients_file {
+            items.extend(
+                Recipients::read_file(f)
+                    .map_err(|m| Error::Usage(format!("--recipients-file: {m}")))?,
+            );
+        }
+        let r = Recipients::parse(items.iter().map(|(s, r)| (s.clone(), r.as_str())))
+            .map_err(Error::Usage)?;
+        Some(Arc::new(r))
+    };
     let opts = ArchiveOptions {
         zstd_level: a.zstd_level.unwrap_or(snap_cfg.zstd_level),
         zstd_threads: a.zstd_threads.unwrap_or(snap_cfg.zstd_threads),
         cancel: None,
+        encrypt_to,
     };
     let captured = capture(&req)?;
     let m = captured.commit(store.as_ref(), &opts, BrokerTimes::default())?;
@@ -205,6 +251,7 @@ fn create(a: CreateArgs) -> Result<ExitCode> {
             "archive_bytes": m.archive.size,
             "archive_sha256": m.archive.sha256,
             "clean_shutdown": m.clean_shutdown,
+            "encrypted_to": m.encryption.as_ref().map(|e| &e.recipients),
         }));
     } else {
         println!("{}", m.snapshot_id);
@@ -224,18 +271,32 @@ fn list(a: ListArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn find(a: &SnapshotArgs) -> Result<(Box<dyn ColdStore>, SnapshotRef)> {
+type Found = (Box<dyn ColdStore>, SnapshotRef, Option<Arc<Identities>>);
+
+/// The store, the snapshot and the identity to open it with (read before
+/// the store is touched: a bad identity file fails at once).
+fn find(a: &SnapshotArgs) -> Result<Found> {
     let cfg = a.store.config()?;
+    let identity = a.identity(cfg.as_ref())?;
     let store = a.store.open(cfg.as_ref())?;
     let snap = catalog::find(store.as_ref(), &a.snapshot, a.cluster.as_deref(), a.broker)?;
-    Ok((store, snap))
+    Ok((store, snap, identity))
 }
 
 fn verify_cmd(a: VerifyArgs) -> Result<ExitCode> {
-    let (store, snap) = find(&a.snap)?;
-    let (_, report) = verify::verify(store.as_ref(), &snap)?;
+    let (store, snap, identity) = find(&a.snap)?;
+    let (_, report) = verify::verify_with(store.as_ref(), &snap, identity.as_deref())?;
     if a.json {
         print_json(&report);
+    } else if !report.contents_checked {
+        println!(
+            "snapshot {}: stored archive intact ({} bytes, sha256 {}); it is encrypted to [{}] \
+             and its contents were NOT checked (give --identity FILE to check every file)",
+            report.snapshot_id,
+            report.archive_size,
+            report.archive_sha256,
+            report.encrypted_to.join(", ")
+        );
     } else {
         println!(
             "snapshot {} ok: {} files, {} bytes, archive {} bytes sha256 {}",
@@ -250,7 +311,7 @@ fn verify_cmd(a: VerifyArgs) -> Result<ExitCode> {
 }
 
 fn extract_cmd(a: ExtractArgs) -> Result<ExitCode> {
-    let (store, snap) = find(&a.snap)?;
+    let (store, snap, identity) = find(&a.snap)?;
     let targets = if a.original_paths {
         // The manifest says where the dirs were; only this node's own
         // configuration says where log dirs may be.
@@ -275,6 +336,7 @@ fn extract_cmd(a: ExtractArgs) -> Result<ExitCode> {
         restore_owner: can_restore_owners() && !a.no_owner,
         broker_may_run: false,
         cancel: None,
+        identity,
     };
     let report = extract(store.as_ref(), &snap, &opts)?;
     if a.json {

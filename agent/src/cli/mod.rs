@@ -3,6 +3,7 @@
 
 mod archive;
 mod check;
+mod key;
 mod run;
 mod snapshot;
 
@@ -59,6 +60,9 @@ enum Command {
     /// Break-glass archive commands: work with no coordinator at all.
     #[command(subcommand)]
     Archive(archive::ArchiveCommand),
+    /// Keys for encryption at rest: make an identity, show fingerprints.
+    #[command(subcommand)]
+    Key(key::KeyCommand),
 }
 
 pub fn init_logging() {
@@ -99,6 +103,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         } => snapshot::run(&config, &gate_timeout),
         Command::Run { config } => run::run(&config),
         Command::Archive(cmd) => archive::run(cmd),
+        Command::Key(cmd) => key::run(cmd),
     }
 }
 

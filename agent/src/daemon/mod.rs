@@ -90,6 +90,7 @@ pub async fn run(
         state_path: coord_cfg.state_file.clone(),
         coord_cfg,
         cfg,
+        config_path: config_path.to_path_buf(),
         broker,
         role,
         log_dirs,
@@ -179,6 +180,8 @@ pub fn local_node_id(cfg: &AgentConfig, log_dirs: &[PathBuf]) -> Option<(i32, St
 
 pub(crate) struct Daemon {
     cfg: AgentConfig,
+    /// Where `cfg` came from: named in errors about its settings.
+    config_path: PathBuf,
     coord_cfg: CoordinatorSection,
     state_path: PathBuf,
     broker: i32,

@@ -1,8 +1,9 @@
 //! A restore under a lease, with as little downtime as possible:
 //!
 //! 1. Downloading: find the snapshot, check it is of this cluster (the live
-//!    cluster's cluster.id) and of this broker (node.id), and extract and
-//!    verify it into `<dir>.restoring-<id>` beside every log dir while the
+//!    cluster's cluster.id) and of this broker (node.id) and, if it is
+//!    encrypted, that `encryption.identity_file` opens it; extract, decrypt
+//!    and verify it into `<dir>.restoring-<id>` beside every log dir while the
 //!    broker may still run.
 //! 2. Gating: if the broker runs, the same gate as before a snapshot, for
 //!    at most the lease's `gate_timeout_ms` (the download may have taken
@@ -148,6 +149,17 @@ impl Daemon {
         };
         self.check_identity(cycle, &m, order).await?;
         let targets = self.targets(&m)?;
+        // An encrypted snapshot needs the identity before anything is
+        // downloaded: read now (a replaced file is read anew), and checked
+        // against the snapshot's recipients first thing in `prepare`.
+        let identity = match &m.encryption {
+            None => None,
+            Some(_) => self
+                .cfg
+                .encryption
+                .identity(&self.config_path)
+                .map_err(|e| e.to_string())?,
+        };
 
         let cancel = Arc::new(AtomicBool::new(false));
         let opts = ExtractOptions {
@@ -156,6 +168,7 @@ impl Daemon {
             restore_owner: can_restore_owners(),
             broker_may_run: true,
             cancel: Some(cancel.clone()),
+            identity,
         };
         let prepared: Prepared = {
             let snap = snap.clone();

@@ -1710,3 +1710,116 @@ fn killed_right_after_the_restore_stop_the_next_daemon_starts_the_broker() {
         &[("inputs", 1)],
     );
 }
+
+#[test]
+fn encrypted_snapshot_restores_through_the_daemon_with_the_identity_it_names() {
+    use kafka_snapshot::crypt::{generate_identity_file, Identities};
+    let s = setup_with("xfs", quiet);
+    let keys = s.root.join("keys");
+    fs::create_dir(&keys).unwrap();
+    let daily = generate_identity_file(&keys.join("daily")).unwrap();
+    let break_glass = generate_identity_file(&keys.join("break-glass")).unwrap();
+    generate_identity_file(&keys.join("unrelated")).unwrap();
+    // The identity the daemon reads at each restore, not at start.
+    let identity_file = s.root.join("identity");
+    fs::copy(keys.join("unrelated"), &identity_file).unwrap();
+    let cfg = s.config(
+        "reflink",
+        TOKEN,
+        &format!(
+            "[encryption]\nrecipients = [{daily:?}, {break_glass:?}]\nidentity_file = {:?}\n",
+            identity_file.display().to_string()
+        ),
+    );
+    s.coord.push_action(snapshot_lease(1, 60_000));
+    let d = Daemon::spawn(&cfg, &s.root.join("daemon.log"), None);
+    s.coord
+        .wait_for("the snapshot report", Duration::from_secs(90), &d, |r| {
+            r.iter().any(|r| r.path == "/v1/agent/report")
+        });
+    let report = &s.coord.of("/v1/agent/report")[0].body;
+    let id = report["result"]["snapshot"]["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let snap_dir = snapshot_dir_of(&s.store, s.c.cluster_id(), &id);
+    assert_eq!(
+        names(&snap_dir),
+        vec!["archive.tar.zst.age", "manifest.json"]
+    );
+    let manifest: Value =
+        serde_json::from_slice(&fs::read(snap_dir.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["format_version"], 2);
+    assert_eq!(manifest["entries"], json!([]));
+    assert_eq!(
+        manifest["encryption"]["recipients"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+
+    // A wrong identity: refused before the broker is touched.
+    s.coord
+        .push_action(restore_lease(2, 41, s.c.cluster_id(), &id, false));
+    s.coord
+        .wait_for("the refused restore", Duration::from_secs(60), &d, |r| {
+            r.iter().filter(|r| r.path == "/v1/agent/release").count() == 2
+        });
+    let rel = releases(&s.coord);
+    assert_eq!(rel[1]["outcome"]["type"], "failed", "{rel:?}");
+    let reason = rel[1]["outcome"]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains(&format!("snapshot {id} is encrypted to recipients"))
+            && reason.contains("holds none of them"),
+        "{reason}"
+    );
+    assert!(s.c.is_running(2), "a refused restore stopped the broker");
+
+    // Broker 2 dies and loses its disks; the operator puts the break-glass
+    // identity in place.
+    fs::copy(keys.join("break-glass"), &identity_file).unwrap();
+    s.c.kill(2).unwrap();
+    for dir in s.c.log_dirs(2) {
+        fs::remove_dir_all(dir).unwrap();
+        fs::create_dir(dir).unwrap();
+    }
+    s.coord
+        .push_action(restore_lease(3, 42, s.c.cluster_id(), &id, false));
+    s.coord
+        .wait_for("the restore's release", Duration::from_secs(90), &d, |r| {
+            r.iter().filter(|r| r.path == "/v1/agent/release").count() == 3
+        });
+    let rel = releases(&s.coord);
+    assert_eq!(rel[2]["outcome"]["type"], "restored", "{rel:?}");
+
+    // Every file is back, checked against the entries the identity unseals.
+    let store = kafka_snapshot::storage::open(&store_url(&s.store), &Default::default()).unwrap();
+    let snap = kafka_snapshot::catalog::find(store.as_ref(), &id, None, None).unwrap();
+    let ids = Identities::load(&identity_file).unwrap();
+    let m = kafka_snapshot::verify::load_with_entries(store.as_ref(), &snap, Some(&ids)).unwrap();
+    let dirs = s.c.log_dirs(2);
+    let mut checked = 0;
+    for e in m.entries.iter().filter(|e| e.sha256.is_some()) {
+        let (prefix, rel) = e.path.split_once('/').unwrap();
+        if rel == ".kafka_cleanshutdown" {
+            continue;
+        }
+        let i: usize = prefix.strip_prefix("logdir-").unwrap().parse().unwrap();
+        assert_eq!(
+            Some(file_sha256(&dirs[i].join(rel))),
+            e.sha256,
+            "{}",
+            e.path
+        );
+        checked += 1;
+    }
+    assert!(checked > 10, "only {checked} files checked");
+    assert!(s.c.is_running(2));
+    s.c.wait_in_sync(Duration::from_secs(30)).unwrap();
+    kafka_snapshot_testkit::report::record(
+        "security",
+        "encryption: the daemon snapshots encrypted, refuses a wrong identity with the broker running, restores with the break-glass one",
+        &[("inputs", 2)],
+    );
+}

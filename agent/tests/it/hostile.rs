@@ -154,6 +154,7 @@ fn plant_with(
             zstd_level: 3,
         },
         totals,
+        encryption: None,
         entries: records,
         manifest_sha256: String::new(),
     };
@@ -864,6 +865,7 @@ impl Restore {
             restore_owner: true,
             broker_may_run: false,
             cancel: None,
+            identity: None,
         };
         kafka_snapshot::extract::prepare(self.store.as_ref(), &self.snap, &opts).unwrap()
     }

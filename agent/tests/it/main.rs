@@ -10,6 +10,7 @@ mod common;
 mod corruption;
 mod cycle;
 mod daemon;
+mod encryption;
 mod hostile;
 mod roundtrip;
 mod s3;
