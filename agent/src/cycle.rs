@@ -19,7 +19,7 @@ use kafka_snapshot::config::AgentConfig;
 use kafka_snapshot::config::NodeRole;
 use kafka_snapshot::kafka::fetch::KafkaClient;
 use kafka_snapshot::kafka::gate::{recovery, GateReport, Recovery};
-use kafka_snapshot::kafka::view::QUORUM_CAUGHT_UP_MS;
+use kafka_snapshot::kafka::view::QUORUM_SPAN;
 use kafka_snapshot::logdir;
 use kafka_snapshot::snapshot::{capture, BrokerTimes, CaptureRequest, Captured};
 use kafka_snapshot::storage::ColdStore;
@@ -120,8 +120,8 @@ pub struct Cycle {
     log_dirs: Vec<PathBuf>,
     broker: i32,
     role: NodeRole,
-    /// When the node's process was last seen gone after a stop.
-    exited_at: Option<Instant>,
+    /// When the start command last succeeded.
+    started_at: std::sync::Mutex<Option<Instant>>,
     client: Arc<KafkaClient>,
     control: BrokerControl,
     store: Option<Arc<dyn ColdStore>>,
@@ -174,7 +174,7 @@ impl Cycle {
             log_dirs,
             broker,
             role,
-            exited_at: None,
+            started_at: std::sync::Mutex::new(None),
             client,
             control,
             store,
@@ -283,6 +283,7 @@ impl Cycle {
     pub async fn wait_safe(&mut self, deadline: Duration) -> Result<(), CycleError> {
         let started = Instant::now();
         let mut streak = 0;
+        let mut streak_since = Instant::now();
         self.phase(Phase::Gating, None);
         loop {
             let report = self.check().await;
@@ -299,6 +300,9 @@ impl Cycle {
                 }),
             );
             if report.safe() {
+                if streak == 0 {
+                    streak_since = Instant::now();
+                }
                 streak += 1;
                 tracing::info!(
                     broker = self.broker,
@@ -306,7 +310,11 @@ impl Cycle {
                     need = self.cfg.gate.stable_checks,
                     "gate passed"
                 );
-                if streak >= self.cfg.gate.stable_checks {
+                // A controller's gate reads the quorum, which shows a voter
+                // that just died as caught up for up to QUORUM_SPAN: the
+                // passes must span at least that.
+                let spans = !self.role.is_controller() || streak_since.elapsed() >= QUORUM_SPAN;
+                if streak >= self.cfg.gate.stable_checks && spans {
                     return Ok(());
                 }
             } else {
@@ -329,7 +337,11 @@ impl Cycle {
         let mut last = None;
         for attempt in 1..=START_ATTEMPTS {
             match self.control.start().await {
-                Ok(()) => return Ok(Utc::now()),
+                Ok(()) => {
+                    *self.started_at.lock().unwrap_or_else(|p| p.into_inner()) =
+                        Some(Instant::now());
+                    return Ok(Utc::now());
+                }
                 Err(e) => {
                     tracing::error!(broker = self.broker, attempt, error = %e, "starting the broker failed");
                     last = Some(e);
@@ -493,9 +505,7 @@ impl Cycle {
     ) -> Result<Restarted, CycleError> {
         self.enter_stop(Phase::Stopping)?;
         let stopped_at = Utc::now();
-        let stop = self.control.stop().await;
-        self.exited_at = Some(Instant::now());
-        match stop {
+        match self.control.stop().await {
             Ok(Stopped::Clean) => {}
             Ok(Stopped::Unclean { reasons }) => {
                 self.ensure_started().await?;
@@ -708,12 +718,13 @@ impl Cycle {
 
 impl Cycle {
     /// The leader's entry for a controller may still show the fetches it
-    /// made before it stopped: only once [`QUORUM_CAUGHT_UP_MS`] (and a
-    /// margin) have passed since it exited does a caught-up entry prove
-    /// fetches of the restarted process.
+    /// made before it stopped (or died): only once [`QUORUM_SPAN`] has
+    /// passed since it was started again does a caught-up entry prove
+    /// fetches of the new process. Whatever path started it (a cycle, or
+    /// an agent restarted after a crash).
     fn voter_entry_is_fresh(&self) -> bool {
-        let needed = Duration::from_millis(QUORUM_CAUGHT_UP_MS as u64) + Duration::from_millis(500);
-        !self.role.is_controller() || self.exited_at.is_none_or(|t| t.elapsed() >= needed)
+        let started = *self.started_at.lock().unwrap_or_else(|p| p.into_inner());
+        !self.role.is_controller() || started.is_none_or(|t| t.elapsed() >= QUORUM_SPAN)
     }
 }
 

@@ -506,6 +506,7 @@ async fn tick_loop(
                     Ok(v) => health::in_sync(&v, &s.cfg().brokers(), &s.cfg().controllers()),
                     Err(e) => Err(format!("cluster not reachable: {e}")),
                 };
+                let check = s.sustained(check);
                 if let Err(e) = s.engine().apply_cluster_check(check, Utc::now()) {
                     tracing::error!("applying the cluster check: {e}");
                 }

@@ -6,6 +6,7 @@ use crate::config::CoordinatorConfig;
 use crate::engine::Engine;
 use kafka_snapshot::kafka::fetch::KafkaClient;
 use kafka_snapshot::kafka::view::ClusterView;
+use kafka_snapshot::kafka::view::QUORUM_SPAN;
 use kafka_snapshot::storage::ColdStore;
 use kafka_snapshot::{Error, Result};
 use sha2::{Digest, Sha256};
@@ -31,6 +32,8 @@ pub struct Shared {
     /// Cold storage could not be written: no set record before then.
     pub(crate) store_sets_after: Mutex<Option<Instant>>,
     pub(crate) last_check: Mutex<Option<Instant>>,
+    /// Since when the cluster has looked in sync without a break.
+    in_sync_since: Mutex<Option<Instant>>,
     /// Brokers the cluster listed, at the last look, that no `[[agents]]`
     /// entry covers; and when that look was.
     uncovered: Mutex<(Option<Instant>, BTreeSet<i32>)>,
@@ -90,6 +93,7 @@ impl Shared {
             storing_sets: AtomicBool::new(false),
             store_sets_after: Mutex::new(None),
             last_check: Mutex::new(None),
+            in_sync_since: Mutex::new(None),
             uncovered: Mutex::new((None, BTreeSet::new())),
             cluster_checked: AtomicBool::new(false),
         })
@@ -182,6 +186,35 @@ impl Shared {
         *self.uncovered.lock().unwrap_or_else(|p| p.into_inner()) =
             (Some(Instant::now()), uncovered);
         Ok(v)
+    }
+
+    /// The in-sync check as the slot and the end of a cycle may use it:
+    /// with controllers, only once the cluster has looked in sync for
+    /// [`QUORUM_SPAN`] without a break, since the active controller shows
+    /// a voter that just died as caught up for that long.
+    pub fn sustained(
+        &self,
+        check: std::result::Result<(), String>,
+    ) -> std::result::Result<(), String> {
+        let mut since = self.in_sync_since.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = check {
+            *since = None;
+            return Err(e);
+        }
+        if self.cfg().controllers().is_empty() {
+            return Ok(());
+        }
+        let t = *since.get_or_insert_with(Instant::now);
+        if t.elapsed() >= QUORUM_SPAN {
+            Ok(())
+        } else {
+            Err(format!(
+                "in sync for {:.1}s: the controller quorum must look whole for {:.1}s (a voter \
+                 that just died still looks caught up that long)",
+                t.elapsed().as_secs_f64(),
+                QUORUM_SPAN.as_secs_f64()
+            ))
+        }
     }
 
     /// Brokers in the cluster that no agent covers, as last seen.

@@ -70,10 +70,12 @@ fn real_kafka_gate_cycle_and_restore() {
         controllers: true,
         ..FleetSpec::default()
     };
-    let f = Fleet::around(t, cluster, spec);
+    let mut f = Fleet::around(t, cluster, spec);
     let mut acked = Vec::new();
     let cycle = rolling_cycle(&f, &mut acked);
     eprintln!("cycle done after {:?}", started.elapsed());
+    let faults = controller_faults(&mut f, &mut acked);
+    eprintln!("controller faults done after {:?}", started.elapsed());
     let restore = restore_broker_2(&f, &mut acked);
     eprintln!("restore done after {:?}", started.elapsed());
     assert_eq!(
@@ -82,13 +84,24 @@ fn real_kafka_gate_cycle_and_restore() {
         "the consumer group's committed offsets changed"
     );
 
-    for (case, (seen, read)) in [
+    let mut cases = vec![
         (format!("rolling cycle under load ({})", label()), cycle),
         (
             format!("restore of broker 2 under load ({})", label()),
             restore,
         ),
-    ] {
+    ];
+    if let Some(faults) = faults {
+        cases.push((
+            format!(
+                "agent killed while its controller is down, a second controller failing \
+                 meanwhile ({})",
+                label()
+            ),
+            faults,
+        ));
+    }
+    for (case, (seen, read)) in cases {
         report::record(
             "real_kafka",
             &case,
@@ -165,6 +178,91 @@ fn rolling_cycle(f: &Fleet<KafkaCluster>, acked: &mut Vec<u64>) -> (Seen, ReadBa
     );
     let read = after_load(f, &seen, acked, from, "rolling cycle");
     (seen, read)
+}
+
+/// The fault cases of a controller's snapshot, on real controllers (KRaft
+/// only), while the producer writes:
+/// - the agent of controller B is SIGKILLed while B is down for its
+///   snapshot, and controller C fails meanwhile (the quorum is down to A);
+/// - the gate of A then refuses (C is not a caught-up voter), and the
+///   coordinator grants nothing while the quorum is not whole;
+/// - the restarted agent starts B again before anything else; once C is
+///   back the cycle finishes, and nothing acknowledged was lost.
+fn controller_faults(
+    f: &mut Fleet<KafkaCluster>,
+    acked: &mut Vec<u64>,
+) -> Option<(Seen, ReadBack)> {
+    let ids = f.cluster.controller_ids();
+    let [a, b, c] = ids[..] else {
+        return None;
+    };
+    let observer = observe(&f.cluster);
+    let first = acked.iter().max().map_or(0, |m| m + 1);
+    let producer = Producer::start(&f.cluster.bootstrap(), first);
+    f.agent(b).terminate();
+    f.agent(b).start_with(&["phase-capturing"]);
+    f.coord.cli_ok(&["run-now", "--broker", &b.to_string()], 0);
+    f.agent(b)
+        .wait_paused("phase-capturing", Duration::from_secs(180));
+    assert!(
+        !f.cluster.is_running(b),
+        "controller {b} runs while its agent captures"
+    );
+    // The agent dies with its controller down; a second controller fails.
+    f.agent(b).kill();
+    f.cluster.kill(c);
+    // The restarted agent starts its controller again first thing.
+    f.agent(b).start();
+    wait_for(
+        "the controller its agent stopped started again",
+        Duration::from_secs(120),
+        || f.cluster.is_running(b),
+    );
+    // A's gate refuses while C is down, naming it.
+    wait_for(
+        "controller A's gate to refuse",
+        Duration::from_secs(60),
+        || {
+            let (code, out, _) = check_controller(f, a);
+            code == 1 && out.contains(&format!("controller {c}"))
+        },
+    );
+    // The lease the killed agent held ended badly: nothing is granted
+    // until the cluster, quorum included, is whole again.
+    f.wait_status("the lease settling", Duration::from_secs(60), |st| {
+        st["lease"]["state"] == "settling"
+    });
+    f.cluster.start(c).expect("controller C starts");
+    let st = f.wait_cycle_end(Duration::from_secs(300));
+    assert_eq!(st["cycle"]["state"], "done", "{st:#}\n{}", f.logs());
+    let (code, out, _) = check_controller(f, a);
+    assert_eq!(code, 0, "{out}");
+    let from = acked.len();
+    acked.extend(producer.finish());
+    let seen = observer.finish();
+    let read = after_load(f, &seen, acked, from, "controller faults");
+    Some((seen, read))
+}
+
+/// `kafka-snapshot-agent check` with controller `node`'s own config.
+fn check_controller(f: &Fleet<KafkaCluster>, node: i32) -> (i32, String, String) {
+    let cfg = &f
+        .agents
+        .iter()
+        .find(|ag| ag.n == node)
+        .expect("an agent for the controller")
+        .config;
+    let out = std::process::Command::new(common::bin("kafka-snapshot-agent"))
+        .args(["check", "--config"])
+        .arg(cfg)
+        .env("KAFKA_SNAPSHOT_LOG", "warn")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// Watches every node's process (brokers and controllers) every 50 ms: the

@@ -22,7 +22,8 @@ use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
-use crate::logdir::CLEAN_SHUTDOWN;
+/// What a broker's log manager writes into each log dir it closed.
+pub const CLEAN_SHUTDOWN: &str = ".kafka_cleanshutdown";
 
 /// The KRaft metadata log's partition dir.
 pub const METADATA_LOG: &str = "__cluster_metadata-0";

@@ -10,7 +10,7 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
 pub const META_PROPERTIES: &str = "meta.properties";
-pub const CLEAN_SHUTDOWN: &str = ".kafka_cleanshutdown";
+pub use crate::cleanstop::CLEAN_SHUTDOWN;
 pub const LOCK_FILE: &str = ".lock";
 
 /// The identity a log dir carries in its `meta.properties`.

@@ -89,13 +89,13 @@ impl Checker {
         );
     }
 
-    /// Waits until `check --broker N` passes again (a move finishing).
-    fn wait_passes(&self, broker: i32, what: &str) {
+    /// Waits until `check --broker N` passes; returns that output.
+    fn passing_output(&self, broker: i32, what: &str) -> String {
         let deadline = std::time::Instant::now() + Duration::from_secs(120);
         loop {
             let (code, out) = self.run(broker);
             if code == 0 {
-                return;
+                return out;
             }
             assert!(
                 std::time::Instant::now() < deadline,
@@ -103,6 +103,11 @@ impl Checker {
             );
             std::thread::sleep(Duration::from_millis(500));
         }
+    }
+
+    /// Waits until `check --broker N` passes again (a move finishing).
+    fn wait_passes(&self, broker: i32, what: &str) {
+        self.passing_output(broker, what);
     }
 }
 
@@ -137,11 +142,10 @@ fn controllers(cluster: &KafkaCluster, root: &Path) {
     };
     let check = Checker::of(cluster, root, a);
     for id in [a, b, c] {
-        // A leader elected at start knows a voter as caught up only once
-        // it has fetched to the end of its log.
-        check.wait_passes(id, "the quorum settled");
-        let (code, out) = check.run(id);
-        assert_eq!(code, 0, "check of controller {id}:\n{out}");
+        // A leader knows a voter as caught up only once it has fetched to
+        // the end of its log since the leader's election (on a loaded
+        // machine a young quorum may still elect again).
+        let out = check.passing_output(id, "the quorum settled");
         assert!(out.contains("controller_quorum_healthy"), "{out}");
         assert!(!out.contains("own_partitions_in_sync"), "{out}");
     }

@@ -89,6 +89,14 @@ pub struct Voter {
 /// controllers.)
 pub const QUORUM_CAUGHT_UP_MS: i64 = 2000;
 
+/// How long the active controller may still show a voter that stopped
+/// fetching (it died, or stopped) as caught up: [`QUORUM_CAUGHT_UP_MS`]
+/// and a margin. A check that reads the quorum passes only when it held
+/// over at least this span, and a restarted controller counts as caught
+/// up only this long after its start.
+pub const QUORUM_SPAN: std::time::Duration =
+    std::time::Duration::from_millis(QUORUM_CAUGHT_UP_MS as u64 + 500);
+
 /// Without timestamps (DescribeQuorum v0): how far in records a voter may
 /// be behind the leader's log end. A stopped voter keeps its last offset
 /// and falls behind by a few records a second, so this is the weaker test.
