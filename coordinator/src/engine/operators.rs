@@ -12,7 +12,7 @@ impl Engine {
             Ok(())
         } else {
             Err(ApiError::NotFound(format!(
-                "node {broker} is not configured (agents: {:?})",
+                "broker {broker} is not configured (agents: {:?})",
                 self.cfg.nodes()
             )))
         }

@@ -428,7 +428,7 @@ fn restores_need_the_lease_and_go_first() {
     list_snapshot(&e, &summary(2, "s2"), t0());
     let err = e.create_restore(7, None, false, t0()).unwrap_err();
     assert!(
-        matches!(err, ApiError::NotFound(ref m) if m.contains("node 7 is not configured")),
+        matches!(err, ApiError::NotFound(ref m) if m.contains("broker 7 is not configured")),
         "{err:?}"
     );
     let order = e.create_restore(2, None, false, t0()).unwrap();
