@@ -84,6 +84,8 @@ for host, (broker_id, log_dirs) in brokers.items():
     owner_mode(cfg_path, "root", AGENT_USER, 0o640)
     cfg = tomllib.loads(cfg_path.read_text())
     check(cfg["broker"]["log_dirs"] == log_dirs, f"{cfg_path}: log_dirs {cfg['broker']['log_dirs']}")
+    # process.roles of a KRaft broker (or none, ZooKeeper mode): a broker.
+    check(cfg["broker"].get("role") == "broker", f"{cfg_path}: role {cfg['broker'].get('role')}")
     check(cfg["broker"]["stop_command"] == f"systemctl stop --no-block {kafka_unit}", f"{cfg_path}: stop_command")
     check(cfg["broker"]["start_command"] == f"systemctl start {kafka_unit}", f"{cfg_path}: start_command")
     check(cfg["broker"]["stop_timeout"] == "15m", f"{cfg_path}: broker settings from the inventory")
@@ -144,7 +146,11 @@ cfg_path = root / "etc/kafka-snapshot/coordinator.toml"
 owner_mode(cfg_path, "root", COORD_USER, 0o640)
 cfg = tomllib.loads(cfg_path.read_text())
 want_agents = [
-    {"broker": broker_id, "token_sha256": hashlib.sha256(tokens[host].encode()).hexdigest()}
+    {
+        "broker": broker_id,
+        "role": "broker",
+        "token_sha256": hashlib.sha256(tokens[host].encode()).hexdigest(),
+    }
     for host, (broker_id, _) in sorted(brokers.items(), key=lambda kv: kv[1][0])
 ]
 check(cfg.get("agents") == want_agents, f"{cfg_path}: agents {cfg.get('agents')}, want {want_agents}")
