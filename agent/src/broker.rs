@@ -70,11 +70,9 @@ impl BrokerControl {
                 locked: locked.join(", "),
             });
         }
-        let reasons: Vec<String> = self
-            .log_dirs
-            .iter()
-            .filter_map(|d| cleanstop::check(d).err())
-            .collect();
+        let reasons = self
+            .metadata_log_closed(self.cfg.stop_timeout.saturating_sub(started.elapsed()))
+            .await;
         tracing::info!(
             seconds = started.elapsed().as_secs_f64(),
             clean = reasons.is_empty(),
@@ -85,6 +83,32 @@ impl BrokerControl {
         } else {
             Stopped::Unclean { reasons }
         })
+    }
+
+    /// Why the node did not stop cleanly, per dir (empty: it did). On a
+    /// broker or combined node the log manager releases `.lock` once the
+    /// partition logs are closed, while the process still closes its
+    /// metadata log (seen under systemd with `stop --no-block`): while every
+    /// dir's partition logs are closed and only a metadata log is not yet,
+    /// this waits for it, up to `limit` (at most 60 s).
+    async fn metadata_log_closed(&self, limit: Duration) -> Vec<String> {
+        let started = Instant::now();
+        let limit = limit.min(Duration::from_secs(60));
+        loop {
+            let failing: Vec<(&PathBuf, String)> = self
+                .log_dirs
+                .iter()
+                .filter_map(|d| cleanstop::check(d).err().map(|e| (d, e)))
+                .collect();
+            let closing = !failing.is_empty()
+                && failing
+                    .iter()
+                    .all(|(d, _)| cleanstop::partitions_closed(d).unwrap_or(false));
+            if !closing || started.elapsed() >= limit {
+                return failing.into_iter().map(|(_, e)| e).collect();
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     /// Waits up to `limit` until no process holds any log dir's `.lock`;

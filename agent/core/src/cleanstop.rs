@@ -50,9 +50,17 @@ pub struct CleanProof {
     pub metadata_log_end: Option<i64>,
 }
 
-/// Whether the node that used `dir` stopped cleanly; the error says what
-/// is missing, for the operator.
-pub fn check(dir: &Path) -> Result<CleanProof, String> {
+/// Whether the broker's log manager closed `dir` (it holds no partition
+/// log, or has `.kafka_cleanshutdown`): what a stop can wait on. The
+/// metadata log may still be closing then: on a broker or combined node
+/// the log manager releases `.lock` before the metadata log is closed.
+pub fn partitions_closed(dir: &Path) -> Result<bool, String> {
+    let (partitions, _) = contents(dir)?;
+    Ok(!partitions || dir.join(CLEAN_SHUTDOWN).exists())
+}
+
+/// (holds partition logs, holds the metadata log)
+fn contents(dir: &Path) -> Result<(bool, bool), String> {
     let mut partitions = false;
     let mut metadata = false;
     let entries = fs::read_dir(dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
@@ -71,6 +79,13 @@ pub fn check(dir: &Path) -> Result<CleanProof, String> {
             partitions = true;
         }
     }
+    Ok((partitions, metadata))
+}
+
+/// Whether the node that used `dir` stopped cleanly; the error says what
+/// is missing, for the operator.
+pub fn check(dir: &Path) -> Result<CleanProof, String> {
+    let (partitions, metadata) = contents(dir)?;
     let marker = dir.join(CLEAN_SHUTDOWN).exists();
     if partitions && !marker {
         return Err(format!(
