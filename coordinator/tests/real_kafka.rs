@@ -232,23 +232,7 @@ fn controller_faults(
 
 /// `kafka-snapshot-agent check` with controller `node`'s own config.
 fn check_controller(f: &Fleet<KafkaCluster>, node: i32) -> (i32, String, String) {
-    let cfg = &f
-        .agents
-        .iter()
-        .find(|ag| ag.n == node)
-        .expect("an agent for the controller")
-        .config;
-    let out = std::process::Command::new(common::bin("kafka-snapshot-agent"))
-        .args(["check", "--config"])
-        .arg(cfg)
-        .env("KAFKA_SNAPSHOT_LOG", "warn")
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    f.agent_cli_of(node, &["check"])
 }
 
 /// Watches every node's process (brokers and controllers) every 50 ms: the

@@ -415,10 +415,19 @@ impl<C: TestCluster> Fleet<C> {
     /// Runs `kafka-snapshot-agent` with `args` and agent 1's config (for
     /// its storage settings); returns (exit code, stdout, stderr).
     pub fn agent_cli(&self, args: &[&str]) -> (i32, String, String) {
+        self.agent_cli_of(self.agents[0].n, args)
+    }
+
+    /// [`Fleet::agent_cli`] with the config of node `n`'s agent.
+    pub fn agent_cli_of(&self, n: i32, args: &[&str]) -> (i32, String, String) {
+        let agent = self.agents.iter().find(|a| a.n == n);
+        let config = &agent
+            .unwrap_or_else(|| panic!("no agent for node {n}"))
+            .config;
         let out = Command::new(bin("kafka-snapshot-agent"))
             .args(args)
             .arg("--config")
-            .arg(&self.agents[0].config)
+            .arg(config)
             .env("KAFKA_SNAPSHOT_LOG", "warn")
             .output()
             .unwrap();
