@@ -500,20 +500,71 @@ impl KafkaCluster {
     /// at once, in a sample where no partition was under min ISR).
     pub fn metadata(&self) -> Result<MetadataResponse> {
         let mut errors = Vec::new();
-        for id in self.broker_ids() {
-            let addr = self.address(id);
-            let res = Connection::connect(&addr, Duration::from_secs(2))
-                .and_then(|mut c| c.send(&MetadataRequest::default().with_topics(None), 12));
-            match res {
-                Ok(md) if md.brokers.iter().any(|b| b.node_id.0 == id) => return Ok(md),
-                Ok(md) => errors.push(format!(
-                    "{addr}: broker {id} does not list itself yet ({} brokers listed)",
-                    md.brokers.len()
-                )),
-                Err(e) => errors.push(format!("{addr}: {e:#}")),
+        let ids = self.broker_ids();
+        for (i, &id) in ids.iter().enumerate() {
+            match self.metadata_from(id) {
+                Ok(mut md) => {
+                    if self.mode == Mode::ZooKeeper {
+                        self.leaders_from_other_caches(&mut md, &ids[i + 1..]);
+                    }
+                    return Ok(md);
+                }
+                Err(e) => errors.push(format!("{e:#}")),
             }
         }
         bail!("no serving broker answered Metadata: {}", errors.join("; "))
+    }
+
+    /// Metadata from broker `id`, if it lists itself (a broker that does
+    /// not answers from a cache it has not been sent yet).
+    fn metadata_from(&self, id: i32) -> Result<MetadataResponse> {
+        let addr = self.address(id);
+        let md = Connection::connect(&addr, Duration::from_secs(2))
+            .and_then(|mut c| c.send(&MetadataRequest::default().with_topics(None), 12))
+            .with_context(|| addr.clone())?;
+        if !md.brokers.iter().any(|b| b.node_id.0 == id) {
+            bail!(
+                "{addr}: broker {id} does not list itself yet ({} brokers listed)",
+                md.brokers.len()
+            );
+        }
+        Ok(md)
+    }
+
+    /// ZooKeeper mode: each broker's metadata cache is filled by the
+    /// controller's UpdateMetadata requests, one broker at a time, and a
+    /// broker answers leader -1 (LEADER_NOT_AVAILABLE) for a partition
+    /// whose leader its cache does not list as alive yet, with the ISR
+    /// still full. Such a partition is not offline: another broker's cache
+    /// names its leader. A partition counts as leaderless only when no
+    /// serving broker knows a leader for it; its entry is taken from the
+    /// first broker that does.
+    fn leaders_from_other_caches(&self, md: &mut MetadataResponse, others: &[i32]) {
+        let leaderless = |md: &MetadataResponse| {
+            md.topics
+                .iter()
+                .any(|t| t.partitions.iter().any(|p| p.leader_id.0 < 0))
+        };
+        for &id in others {
+            if !leaderless(md) {
+                return;
+            }
+            let Ok(other) = self.metadata_from(id) else {
+                continue;
+            };
+            for t in md.topics.iter_mut() {
+                let Some(ot) = other.topics.iter().find(|o| o.name == t.name) else {
+                    continue;
+                };
+                for p in t.partitions.iter_mut().filter(|p| p.leader_id.0 < 0) {
+                    if let Some(op) = ot.partitions.iter().find(|o| {
+                        o.partition_index == p.partition_index && o.leader_id.0 >= 0
+                    }) {
+                        *p = op.clone();
+                    }
+                }
+            }
+        }
     }
 
     /// Creates a topic and waits until every partition has a leader and
