@@ -188,7 +188,7 @@ impl Cycle {
         self.observer = Some(observer);
     }
 
-    fn phase(&self, phase: Phase, progress: Option<String>) {
+    pub(crate) fn phase(&self, phase: Phase, progress: Option<String>) {
         // The observer logs a phase it could not record; only the one
         // before a stop must be recorded ([`Cycle::enter_stop`]).
         let _ = self.observe(phase, progress);

@@ -4,13 +4,15 @@
 use crate::config::CoordinatorConfig;
 use kafka_snapshot::{Error, Result};
 use kafka_snapshot_model::api::{
-    CancelCycle, CycleCancelled, NewRestore, PruneRequest, PruneResult, RebuildResult, RestoreView,
-    RunNow, SetView, SnapshotRow, StatusView, Suspend, Verified,
+    CancelCycle, ClusterRestoreView, CycleCancelled, NewClusterRestore, NewRestore, PruneRequest,
+    PruneResult, RebuildResult, RestoreView, RunNow, SetView, SnapshotRow, StatusView, Suspend,
+    Verified,
 };
 use kafka_snapshot_model::layout::SnapshotRef;
 use kafka_snapshot_model::protocol::ErrorBody;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 pub struct Api {
@@ -212,6 +214,34 @@ pub fn format_status(s: &StatusView) -> String {
                 .map(|m| format!("; {m}"))
                 .unwrap_or_default()
         ));
+    }
+    if let Some(r) = &s.cluster_restore {
+        out.push_str(&format!(
+            "cluster restore: order {} from set {}: {}{}\n",
+            r.id,
+            r.set_id,
+            r.state.to_uppercase(),
+            r.message
+                .as_deref()
+                .or(r.progress.as_deref())
+                .map(|m| format!(": {m}"))
+                .unwrap_or_default()
+        ));
+        if r.state == "running" || r.state == "recovering" || r.state == "failed" {
+            for n in &r.nodes {
+                out.push_str(&format!(
+                    "  node {} ({}): {}{}\n",
+                    n.node,
+                    n.role,
+                    n.state,
+                    n.message
+                        .as_deref()
+                        .or(n.progress.as_deref())
+                        .map(|m| format!(": {m}"))
+                        .unwrap_or_default()
+                ));
+            }
+        }
     }
     out.push('\n');
     let cycle_state = |b: i32| {
@@ -502,6 +532,7 @@ pub async fn resume(api: &Api) -> Result<()> {
 pub enum Cancelled {
     Cycle(Option<i64>),
     Restore(i64),
+    ClusterRestore(i64),
 }
 
 pub async fn cancel(api: &Api, what: Cancelled) -> Result<()> {
@@ -519,6 +550,20 @@ pub async fn cancel(api: &Api, what: Cancelled) -> Result<()> {
                 ),
                 _ => println!("cycle {} cancelled", r.cycle_id),
             }
+        }
+        Cancelled::ClusterRestore(id) => {
+            let o: ClusterRestoreView = api
+                .post(
+                    &format!("/v1/cluster-restores/{id}/cancel"),
+                    &serde_json::json!({}),
+                    "cancel",
+                )
+                .await?;
+            println!(
+                "cluster restore order {id}: {}: {}",
+                o.state,
+                o.message.as_deref().unwrap_or_default()
+            );
         }
         Cancelled::Restore(id) => {
             let o: RestoreView = api
@@ -551,20 +596,16 @@ pub async fn restore(
     wait: bool,
 ) -> Result<bool> {
     if !yes {
-        use std::io::{BufRead, IsTerminal, Write};
-        if !std::io::stdin().is_terminal() {
-            return Err(Error::Usage(
-                "restore stops broker {broker} if it runs and replaces its log dirs (the current ones are moved aside): confirm with --yes".replace("{broker}", &broker.to_string()),
-            ));
-        }
-        print!(
-            "Restore broker {broker} from {}? It is stopped if it runs; its current log dirs are moved aside, not deleted. [y/N] ",
+        let question = format!(
+            "Restore broker {broker} from {}? It is stopped if it runs; its current log dirs are \
+             moved aside, not deleted.",
             snapshot.as_deref().unwrap_or("its newest snapshot")
         );
-        let _ = std::io::stdout().flush();
-        let mut line = String::new();
-        let _ = std::io::stdin().lock().read_line(&mut line);
-        if !matches!(line.trim(), "y" | "Y" | "yes") {
+        let refusal = format!(
+            "restore stops broker {broker} if it runs and replaces its log dirs (the current \
+             ones are moved aside): confirm with --yes"
+        );
+        if !confirm(&question, &refusal)? {
             println!("not restored");
             return Ok(false);
         }
@@ -622,6 +663,130 @@ pub async fn restore(
                 eprintln!(
                     "restore order {} FAILED: {}",
                     o.id,
+                    o.message.unwrap_or_default()
+                );
+                return Ok(false);
+            }
+            _ => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
+}
+
+/// Asks before a step that stops nodes: `--yes` answers for scripts; a
+/// non-interactive run without it is refused with `refusal`.
+fn confirm(question: &str, refusal: &str) -> Result<bool> {
+    use std::io::{BufRead, IsTerminal, Write};
+    if !std::io::stdin().is_terminal() {
+        return Err(Error::Usage(refusal.to_string()));
+    }
+    print!("{question} [y/N] ");
+    let _ = std::io::stdout().flush();
+    let mut line = String::new();
+    let _ = std::io::stdin().lock().read_line(&mut line);
+    Ok(matches!(line.trim(), "y" | "Y" | "yes"))
+}
+
+/// Orders a whole-cluster restore and follows it, node by node.
+pub async fn restore_cluster(
+    api: &Api,
+    set: Option<String>,
+    force: bool,
+    yes: bool,
+    wait: bool,
+) -> Result<bool> {
+    if !yes {
+        let question = format!(
+            "Restore EVERY node of the cluster from {}? Every node is stopped if it runs; its \
+             current log dirs are moved aside, not deleted; records written after the set's \
+             snapshots are not in it.",
+            set.as_deref()
+                .map(|s| format!("set {s}"))
+                .unwrap_or_else(|| "the newest complete, verified snapshot set".into())
+        );
+        if !confirm(
+            &question,
+            "restore --cluster stops every node of the cluster and replaces its log dirs (the \
+             current ones are moved aside): confirm with --yes",
+        )? {
+            println!("not restored");
+            return Ok(false);
+        }
+    }
+    let order: ClusterRestoreView = api
+        .post(
+            "/v1/cluster-restores",
+            &NewClusterRestore { set_id: set, force },
+            "restore --cluster",
+        )
+        .await?;
+    println!(
+        "cluster restore order {}: cluster {} from set {} ({} nodes)",
+        order.id,
+        order.cluster_id,
+        order.set_id,
+        order.nodes.len()
+    );
+    for n in &order.nodes {
+        println!("  node {} ({}): snapshot {}", n.node, n.role, n.snapshot_id);
+    }
+    if !wait {
+        return Ok(true);
+    }
+    let mut last: BTreeMap<String, String> = BTreeMap::new();
+    loop {
+        let o: ClusterRestoreView = api
+            .get(
+                &format!("/v1/cluster-restores/{}", order.id),
+                "cluster restore progress",
+            )
+            .await?;
+        for n in &o.nodes {
+            let line = format!(
+                "node {} ({}): {}{}{}",
+                n.node,
+                n.role,
+                n.state,
+                n.phase
+                    .as_deref()
+                    .map(|p| format!(" / {p}"))
+                    .unwrap_or_default(),
+                n.progress
+                    .as_deref()
+                    .or(n.message.as_deref())
+                    .map(|p| format!(": {p}"))
+                    .unwrap_or_default()
+            );
+            if last.get(&n.node.to_string()) != Some(&line) {
+                println!("  {line}");
+                last.insert(n.node.to_string(), line);
+            }
+        }
+        let line = format!(
+            "cluster: {}{}",
+            o.state,
+            o.progress
+                .as_deref()
+                .map(|p| format!(": {p}"))
+                .unwrap_or_default()
+        );
+        if last.get("cluster") != Some(&line) && o.state == "recovering" {
+            println!("  {line}");
+            last.insert("cluster".into(), line);
+        }
+        match o.state.as_str() {
+            "done" => {
+                println!(
+                    "cluster restore order {} done: {}",
+                    o.id,
+                    o.message.unwrap_or_default()
+                );
+                return Ok(true);
+            }
+            "failed" | "cancelled" => {
+                eprintln!(
+                    "cluster restore order {} {}: {}",
+                    o.id,
+                    o.state.to_uppercase(),
                     o.message.unwrap_or_default()
                 );
                 return Ok(false);

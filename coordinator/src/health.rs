@@ -126,6 +126,21 @@ fn quorum_problems(view: &ClusterView, controllers: &[i32], except: Option<i32>)
         .collect()
 }
 
+/// Whether the cluster serves clients, and what was seen: a broker
+/// registered and a partition with a leader. `None` for a cluster that
+/// answers but serves nothing (every partition offline).
+pub fn serving(view: &ClusterView) -> Option<String> {
+    let led = view.partitions.iter().filter(|p| p.leader.is_some()).count();
+    if view.brokers.is_empty() || (led == 0 && !view.partitions.is_empty()) {
+        return None;
+    }
+    let brokers: Vec<i32> = view.brokers.iter().copied().collect();
+    Some(format!(
+        "brokers {brokers:?} registered, {led} of {} partition(s) with a leader",
+        view.partitions.len()
+    ))
+}
+
 /// Is the whole cluster back in sync: every expected broker registered,
 /// every partition led and with its full replica set in ISR?
 ///

@@ -486,13 +486,14 @@ async fn tick_loop(
         // that brokers no agent covers are noticed.
         if !needs.settle_check
             && !needs.final_check
+            && !needs.cluster_restore_check
             && s.last_look().is_none_or(|t| t.elapsed() >= UNCOVERED_LOOK)
         {
             if let Err(e) = s.view().await {
                 tracing::debug!("looking at the cluster: {e}");
             }
         }
-        if needs.settle_check || needs.final_check {
+        if needs.settle_check || needs.final_check || needs.cluster_restore_check {
             let due = {
                 let mut last = s.last_check.lock().unwrap_or_else(|p| p.into_inner());
                 let due = last.is_none_or(|t| t.elapsed() >= s.cfg().gate.check_interval);

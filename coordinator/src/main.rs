@@ -79,7 +79,7 @@ enum Command {
     Resume,
     /// Cancel the running cycle, or a restore order. A lease in progress is
     /// aborted safely: its agent starts the broker again if it stopped it.
-    #[command(group(clap::ArgGroup::new("what").required(true).args(["cycle", "restore"])))]
+    #[command(group(clap::ArgGroup::new("what").required(true).args(["cycle", "restore", "cluster_restore"])))]
     Cancel {
         /// The running cycle.
         #[arg(long)]
@@ -90,18 +90,33 @@ enum Command {
         /// A restore order, by id.
         #[arg(long)]
         restore: Option<i64>,
+        /// A whole-cluster restore order, by id.
+        #[arg(long)]
+        cluster_restore: Option<i64>,
     },
-    /// Restore a broker from a snapshot (its newest by default). Waits and
-    /// shows progress until the order ends; exit 1 if it failed.
+    /// Restore a broker from a snapshot (its newest by default), or with
+    /// --cluster every node of a lost cluster from a snapshot set (the
+    /// newest complete, verified one by default). Waits and shows progress
+    /// until the order ends; exit 1 if it failed.
+    #[command(group(clap::ArgGroup::new("whom").required(true).args(["broker", "cluster"])))]
     Restore {
         #[arg(long)]
-        broker: i32,
-        #[arg(long)]
+        broker: Option<i32>,
+        #[arg(long, conflicts_with = "cluster")]
         snapshot: Option<String>,
+        /// Every node of the cluster, from one snapshot set: for a cluster
+        /// that is lost or corrupted.
+        #[arg(long)]
+        cluster: bool,
+        /// With --cluster: the set (see `snapshots --sets`).
+        #[arg(long, requires = "cluster")]
+        set: Option<String>,
         /// Do not ask for confirmation.
         #[arg(long)]
         yes: bool,
-        /// Restore even if the snapshot's cluster.id or node.id do not match.
+        /// Restore even if the snapshot's cluster.id or node.id do not
+        /// match; with --cluster: even though the cluster serves clients,
+        /// or the set is not verified.
         #[arg(long)]
         force: bool,
         /// Return once the order is created.
@@ -242,11 +257,19 @@ fn run(cli: Cli) -> kafka_snapshot::Result<ExitCode> {
                         cli::resume(&api).await?;
                         ExitCode::SUCCESS
                     }
-                    Command::Cancel { cycle, id, restore } => {
-                        let what = match (cycle, restore) {
-                            (true, _) => cli::Cancelled::Cycle(id),
-                            (false, Some(r)) => cli::Cancelled::Restore(r),
-                            (false, None) => unreachable!("clap requires --cycle or --restore"),
+                    Command::Cancel {
+                        cycle,
+                        id,
+                        restore,
+                        cluster_restore,
+                    } => {
+                        let what = match (cycle, restore, cluster_restore) {
+                            (true, _, _) => cli::Cancelled::Cycle(id),
+                            (false, Some(r), _) => cli::Cancelled::Restore(r),
+                            (false, None, Some(r)) => cli::Cancelled::ClusterRestore(r),
+                            (false, None, None) => unreachable!(
+                                "clap requires --cycle, --restore or --cluster-restore"
+                            ),
                         };
                         cli::cancel(&api, what).await?;
                         ExitCode::SUCCESS
@@ -258,10 +281,18 @@ fn run(cli: Cli) -> kafka_snapshot::Result<ExitCode> {
                     Command::Restore {
                         broker,
                         snapshot,
+                        cluster,
+                        set,
                         yes,
                         force,
                         no_wait,
-                    } => ok(cli::restore(&api, broker, snapshot, force, yes, !no_wait).await?),
+                    } => match (broker, cluster) {
+                        (_, true) => ok(cli::restore_cluster(&api, set, force, yes, !no_wait).await?),
+                        (Some(broker), false) => {
+                            ok(cli::restore(&api, broker, snapshot, force, yes, !no_wait).await?)
+                        }
+                        (None, false) => unreachable!("clap requires --broker or --cluster"),
+                    },
                     Command::Verify {
                         snapshot,
                         all,

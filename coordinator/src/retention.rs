@@ -34,7 +34,7 @@ pub struct Candidate {
     /// verified yet.
     pub verified: Option<bool>,
     /// The restore order (pending or running) that reads it.
-    pub read_by_restore: Option<i64>,
+    pub read_by_restore: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,11 +110,11 @@ pub fn plan(
             } else {
                 continue;
             };
-            if let Some(order) = s.read_by_restore {
+            if let Some(order) = &s.read_by_restore {
                 out.held.push((
                     broker,
                     format!(
-                        "snapshot {} kept: restore order {order} reads it",
+                        "snapshot {} kept: {order} reads it",
                         s.snapshot_id
                     ),
                 ));

@@ -16,7 +16,9 @@ use axum::{Json, Router};
 use chrono::Utc;
 use kafka_snapshot::storage::ColdStore;
 use kafka_snapshot::{Error, Result};
-use kafka_snapshot_model::api::{CancelCycle, NewRestore, PruneRequest, RunNow, Suspend, Verified};
+use kafka_snapshot_model::api::{
+    CancelCycle, NewClusterRestore, NewRestore, PruneRequest, RunNow, Suspend, Verified,
+};
 use kafka_snapshot_model::protocol::{
     Ack, ErrorBody, Heartbeat, Notice, PollRequest, PollResponse, Release, SnapshotReport,
     MAX_BODY_BYTES,
@@ -220,6 +222,46 @@ async fn create_restore(
     Ok((StatusCode::CREATED, Json(order)))
 }
 
+/// A whole-cluster restore: the coordinator first looks at the cluster,
+/// which is refused while it serves clients (unless forced).
+async fn create_cluster_restore(
+    State(s): S,
+    headers: HeaderMap,
+    body: Bytes,
+) -> HttpResult<impl IntoResponse> {
+    admin_auth(&s, &headers)?;
+    let r: NewClusterRestore = parse(&body)?;
+    let serving = match s.view().await {
+        Ok(v) => health::serving(&v),
+        Err(e) => {
+            tracing::info!("cluster restore ordered; the cluster does not answer: {e}");
+            None
+        }
+    };
+    let order =
+        s.engine()
+            .create_cluster_restore(r.set_id.as_deref(), r.force, serving, Utc::now())?;
+    Ok((StatusCode::CREATED, Json(order)))
+}
+
+async fn get_cluster_restore(
+    State(s): S,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<i64>,
+) -> HttpResult<impl IntoResponse> {
+    admin_auth(&s, &headers)?;
+    Ok(Json(s.engine().cluster_restore(id)?))
+}
+
+async fn cancel_cluster_restore(
+    State(s): S,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<i64>,
+) -> HttpResult<impl IntoResponse> {
+    admin_auth(&s, &headers)?;
+    Ok(Json(s.engine().cancel_cluster_restore(id, Utc::now())?))
+}
+
 async fn cancel_restore(
     State(s): S,
     headers: HeaderMap,
@@ -323,6 +365,12 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/restores", post(create_restore))
         .route("/v1/restores/{id}", get(get_restore))
         .route("/v1/restores/{id}/cancel", post(cancel_restore))
+        .route("/v1/cluster-restores", post(create_cluster_restore))
+        .route("/v1/cluster-restores/{id}", get(get_cluster_restore))
+        .route(
+            "/v1/cluster-restores/{id}/cancel",
+            post(cancel_cluster_restore),
+        )
         .route("/v1/cycles/cancel", post(cancel_cycle))
         .route("/v1/suspend", post(suspend))
         .route("/v1/resume", post(resume))

@@ -18,7 +18,15 @@
 //!                 └── failed attempt, attempts < max ◀──────────────────┘ (else failed)
 //! restore      pending ──grant──▶ running ──▶ done | failed
 //!                 └──operator cancels──▶ cancelled    (running: its lease is aborted)
+//! cluster      running ──every node restored──▶ recovering ──in sync──▶ done
+//! restore         └── a node fails / operator cancels (either) ──▶ failed | cancelled
+//! cluster      waiting ──lease──▶ preparing ──▶ prepared ──▶ swapped ──▶ started ──release──▶ restored
+//! restore node    └── order ended first ──▶ cancelled     (any open state) ──▶ failed
 //! ```
+//!
+//! A whole-cluster restore is the one exception to the single slot: an
+//! operator declared the cluster lost, and every node holds a lease at
+//! once. Its steps are gated by [`cluster_go`].
 //!
 //! The rule all of it serves, at most one broker down because of this
 //! tool: a lease in `active` or `settling` holds the cluster's one lease
@@ -26,6 +34,7 @@
 //! own check that every partition is back in sync) frees a slot that a
 //! lease left without a clean release.
 
+use kafka_snapshot_model::protocol::{ClusterGo, ClusterStep, NodeRole};
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
@@ -104,6 +113,10 @@ stored_enum!(
     LeaseKind {
         Snapshot = "snapshot",
         Restore = "restore",
+        /// One node's part of a whole-cluster restore: every node of the
+        /// cluster holds one at once (an operator ordered it for a lost
+        /// cluster).
+        ClusterRestore = "cluster_restore",
     }
 );
 
@@ -371,6 +384,137 @@ impl RestoreState {
 }
 
 stored_enum!(
+    /// An operator's order to restore the whole cluster from a snapshot set.
+    ClusterRestoreState {
+        /// Its nodes are being restored.
+        Running = "running",
+        /// Every node restored and started; waiting until every partition
+        /// has a leader and the cluster is in sync.
+        Recovering = "recovering",
+        Done = "done",
+        /// A node failed (the others were aborted), or the cluster was not
+        /// in sync in time.
+        Failed = "failed",
+        Cancelled = "cancelled",
+    }
+);
+
+impl ClusterRestoreState {
+    /// Running or recovering: no lease of any other kind, no cycle.
+    pub fn is_open(self) -> bool {
+        matches!(
+            self,
+            ClusterRestoreState::Running | ClusterRestoreState::Recovering
+        )
+    }
+
+    /// Every node is restored: the cluster must come back in sync.
+    pub fn on_all_restored(self) -> Result<ClusterRestoreState, IllegalTransition> {
+        match self {
+            ClusterRestoreState::Running => Ok(ClusterRestoreState::Recovering),
+            s => illegal("cluster restore", s.as_str(), "every node restored"),
+        }
+    }
+
+    /// A node failed, or an operator cancelled: an open order ends
+    /// (`to`); one that ended keeps its result.
+    pub fn end(self, to: ClusterRestoreState) -> ClusterRestoreState {
+        if self.is_open() {
+            to
+        } else {
+            self
+        }
+    }
+}
+
+stored_enum!(
+    /// One node of a whole-cluster restore.
+    ClusterNodeState {
+        /// No lease yet: its agent has not polled since the order.
+        Waiting = "waiting",
+        Preparing = "preparing",
+        Prepared = "prepared",
+        Swapped = "swapped",
+        Started = "started",
+        /// Its agent released the lease: the node runs on the restored data.
+        Restored = "restored",
+        Failed = "failed",
+        /// Never touched: the order ended before its lease.
+        Cancelled = "cancelled",
+    }
+);
+
+impl ClusterNodeState {
+    /// The step of a node that reported `step`.
+    pub fn of_step(step: ClusterStep) -> ClusterNodeState {
+        match step {
+            ClusterStep::Preparing => ClusterNodeState::Preparing,
+            ClusterStep::Prepared => ClusterNodeState::Prepared,
+            ClusterStep::Swapped => ClusterNodeState::Swapped,
+            ClusterStep::Started => ClusterNodeState::Started,
+        }
+    }
+
+    /// How far the node got, as the steps go.
+    pub fn reached(self) -> Option<ClusterStep> {
+        match self {
+            ClusterNodeState::Waiting
+            | ClusterNodeState::Failed
+            | ClusterNodeState::Cancelled => None,
+            ClusterNodeState::Preparing => Some(ClusterStep::Preparing),
+            ClusterNodeState::Prepared => Some(ClusterStep::Prepared),
+            ClusterNodeState::Swapped => Some(ClusterStep::Swapped),
+            ClusterNodeState::Started | ClusterNodeState::Restored => Some(ClusterStep::Started),
+        }
+    }
+
+    /// Still to report or release.
+    pub fn is_open(self) -> bool {
+        !matches!(
+            self,
+            ClusterNodeState::Restored | ClusterNodeState::Failed | ClusterNodeState::Cancelled
+        )
+    }
+
+    /// A heartbeat reported `step`: steps only go forward (a late or
+    /// repeated heartbeat changes nothing), and an ended node stays ended.
+    pub fn on_step(self, step: ClusterStep) -> ClusterNodeState {
+        if !self.is_open() || self.reached() >= Some(step) {
+            self
+        } else {
+            ClusterNodeState::of_step(step)
+        }
+    }
+}
+
+/// How far a node of `role` may go in a whole-cluster restore whose nodes
+/// stand as `nodes` (role, state): nobody stops before every node has its
+/// snapshot extracted and verified (a node that cannot, such as a host
+/// with the wrong number of log dirs, fails the order with everything
+/// untouched); nobody starts before every node is stopped and swapped (no
+/// node serves its old data beside restored ones); brokers start only once
+/// every controller (and combined node) started and saw the quorum elect a
+/// leader.
+pub fn cluster_go(nodes: &[(NodeRole, ClusterNodeState)], role: NodeRole) -> ClusterGo {
+    let all = |step: ClusterStep| nodes.iter().all(|(_, s)| s.reached() >= Some(step));
+    if !all(ClusterStep::Prepared) {
+        return ClusterGo::Prepare;
+    }
+    if !all(ClusterStep::Swapped) {
+        return ClusterGo::Swap;
+    }
+    let quorum_up = nodes
+        .iter()
+        .filter(|(r, _)| r.is_controller())
+        .all(|(_, s)| s.reached() >= Some(ClusterStep::Started));
+    if role.is_controller() || quorum_up {
+        ClusterGo::Start
+    } else {
+        ClusterGo::Swap
+    }
+}
+
+stored_enum!(
     /// How loud an event is. ERROR means an operator must act.
     EventLevel {
         Info = "info",
@@ -399,6 +543,8 @@ mod tests {
         round_trip(CycleState::ALL);
         round_trip(CycleBrokerState::ALL);
         round_trip(RestoreState::ALL);
+        round_trip(ClusterRestoreState::ALL);
+        round_trip(ClusterNodeState::ALL);
         round_trip(EventLevel::ALL);
         let e = "paused".parse::<LeaseState>().unwrap_err();
         assert_eq!(
@@ -555,5 +701,68 @@ mod tests {
         for s in [Done, Failed, Cancelled] {
             assert!(s.on_cancel().is_err(), "{s}");
         }
+    }
+
+    #[test]
+    fn a_cluster_restore_node_only_moves_forward() {
+        use ClusterNodeState::*;
+        assert_eq!(Waiting.on_step(ClusterStep::Preparing), Preparing);
+        assert_eq!(Preparing.on_step(ClusterStep::Swapped), Swapped);
+        assert_eq!(Swapped.on_step(ClusterStep::Prepared), Swapped);
+        assert_eq!(Started.on_step(ClusterStep::Started), Started);
+        for ended in [Restored, Failed, Cancelled] {
+            assert_eq!(ended.on_step(ClusterStep::Started), ended);
+            assert!(!ended.is_open());
+        }
+        assert_eq!(Restored.reached(), Some(ClusterStep::Started));
+        assert_eq!(Failed.reached(), None);
+    }
+
+    #[test]
+    fn nobody_stops_before_all_are_prepared_and_brokers_start_after_the_quorum() {
+        use ClusterNodeState::*;
+        use NodeRole::{Broker, Controller};
+        let go = |nodes: &[(NodeRole, ClusterNodeState)], role| cluster_go(nodes, role);
+        // One node still downloading (or without a lease): nobody stops.
+        let n = [(Broker, Prepared), (Broker, Preparing), (Controller, Prepared)];
+        assert_eq!(go(&n, Broker), ClusterGo::Prepare);
+        assert_eq!(go(&n, Controller), ClusterGo::Prepare);
+        let n = [(Broker, Prepared), (Broker, Waiting), (Controller, Prepared)];
+        assert_eq!(go(&n, Controller), ClusterGo::Prepare);
+        // All prepared: everybody may stop and swap, nobody start.
+        let n = [(Broker, Swapped), (Broker, Prepared), (Controller, Prepared)];
+        assert_eq!(go(&n, Broker), ClusterGo::Swap);
+        assert_eq!(go(&n, Controller), ClusterGo::Swap);
+        // All swapped: controllers start; brokers wait for every one.
+        let n = [
+            (Broker, Swapped),
+            (Controller, Started),
+            (Controller, Swapped),
+        ];
+        assert_eq!(go(&n, Controller), ClusterGo::Start);
+        assert_eq!(go(&n, Broker), ClusterGo::Swap);
+        let n = [
+            (Broker, Swapped),
+            (Controller, Started),
+            (Controller, Restored),
+        ];
+        assert_eq!(go(&n, Broker), ClusterGo::Start);
+        // Without controllers (ZooKeeper, or combined nodes only) every
+        // node starts once all are swapped.
+        let n = [(Broker, Swapped), (Broker, Swapped)];
+        assert_eq!(go(&n, Broker), ClusterGo::Start);
+        let n = [(NodeRole::Combined, Swapped), (NodeRole::Combined, Started)];
+        assert_eq!(go(&n, NodeRole::Combined), ClusterGo::Start);
+    }
+
+    #[test]
+    fn a_cluster_restore_order_ends_once() {
+        use ClusterRestoreState::*;
+        assert_eq!(Running.on_all_restored(), Ok(Recovering));
+        assert!(Recovering.on_all_restored().is_err());
+        assert_eq!(Running.end(Failed), Failed);
+        assert_eq!(Recovering.end(Cancelled), Cancelled);
+        assert_eq!(Done.end(Failed), Done);
+        assert_eq!(Failed.end(Cancelled), Failed);
     }
 }

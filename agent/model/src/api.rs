@@ -171,6 +171,9 @@ pub struct StatusView {
     pub next_due: Option<String>,
     pub lease: Option<LeaseView>,
     pub cycle: Option<CycleView>,
+    /// The newest whole-cluster restore order, if any was ever made.
+    #[serde(default)]
+    pub cluster_restore: Option<ClusterRestoreView>,
     pub brokers: Vec<BrokerView>,
     /// Brokers the cluster lists that no `[[agents]]` entry covers: they
     /// are never snapshotted.
@@ -193,6 +196,49 @@ pub struct NewRestore {
     pub broker: i32,
     pub snapshot_id: Option<String>,
     pub force: bool,
+}
+
+/// `POST /v1/cluster-restores`: restore every node of the cluster from a
+/// snapshot set (the newest complete, verified one by default).
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewClusterRestore {
+    pub set_id: Option<String>,
+    /// Go ahead even though the cluster answers and serves clients, or
+    /// the set is not verified.
+    pub force: bool,
+}
+
+/// A whole-cluster restore order and where each node stands.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterRestoreView {
+    pub id: i64,
+    pub set_id: String,
+    pub cluster_id: String,
+    pub force: bool,
+    /// `running`, `recovering` (every node started; waiting for the
+    /// cluster to be in sync), `done`, `failed`, `cancelled`.
+    pub state: String,
+    /// The coordinator's last look at the cluster while recovering.
+    pub progress: Option<String>,
+    pub message: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+    pub nodes: Vec<ClusterRestoreNodeView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterRestoreNodeView {
+    pub node: i32,
+    pub role: String,
+    pub snapshot_id: String,
+    /// `waiting` (no lease yet), `preparing`, `prepared`, `swapped`,
+    /// `started`, `restored`, `failed`, `cancelled`.
+    pub state: String,
+    pub phase: Option<String>,
+    pub progress: Option<String>,
+    pub message: Option<String>,
+    pub epoch: Option<i64>,
 }
 
 /// `POST /v1/snapshots/verified`: a verification the CLI ran.

@@ -28,8 +28,10 @@
 use serde::{Deserialize, Serialize};
 
 /// Version of this protocol; the coordinator refuses agents that speak
-/// another (major) one.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// another (major) one. Version 2 added the whole-cluster restore
+/// ([`Action::ClusterRestore`], [`ClusterStep`], [`ClusterGo`]), which an
+/// agent of version 1 could not parse.
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Largest request body the coordinator accepts.
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
@@ -192,6 +194,74 @@ pub enum Action {
     Snapshot { lease: Lease },
     /// Restore this snapshot under this lease.
     Restore { lease: Lease, order: RestoreOrder },
+    /// Restore this node's snapshot of a set, as one node of a
+    /// whole-cluster restore: every node of the cluster holds such a lease
+    /// at once, and the coordinator lets each past the steps of
+    /// [`ClusterStep`] only when all are ready ([`ClusterGo`]).
+    ClusterRestore {
+        lease: Lease,
+        order: ClusterRestoreOrder,
+    },
+}
+
+/// One node's part of a whole-cluster restore.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterRestoreOrder {
+    /// The cluster restore order.
+    pub id: i64,
+    /// The cluster the set is of (the live cluster may be gone).
+    pub cluster_id: String,
+    pub set_id: String,
+    /// This node's snapshot in the set.
+    pub snapshot_id: String,
+}
+
+/// How far a node of a whole-cluster restore got. The agent sends it with
+/// every heartbeat; it never stops its node before the coordinator answers
+/// [`ClusterGo::Swap`], nor starts it before [`ClusterGo::Start`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClusterStep {
+    /// Downloading and verifying the snapshot beside the log dirs; the
+    /// node is untouched.
+    Preparing,
+    /// Extracted and verified; waiting for every node to be too.
+    Prepared,
+    /// Stopped (if it ran) and its log dirs swapped; waiting to start.
+    Swapped,
+    /// Started; a controller also saw the quorum elect a leader.
+    Started,
+}
+
+impl ClusterStep {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClusterStep::Preparing => "preparing",
+            ClusterStep::Prepared => "prepared",
+            ClusterStep::Swapped => "swapped",
+            ClusterStep::Started => "started",
+        }
+    }
+}
+
+impl std::fmt::Display for ClusterStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How far the coordinator lets a node of a whole-cluster restore go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClusterGo {
+    /// Download and verify only.
+    Prepare,
+    /// Every node is prepared: stop the node and swap its log dirs.
+    Swap,
+    /// Start the node: for controllers once every node is swapped, for
+    /// brokers once the controllers' quorum has a leader.
+    Start,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -225,6 +295,9 @@ pub struct Heartbeat {
     pub phase: Phase,
     /// Human progress line ("12 partitions still catching up").
     pub progress: Option<String>,
+    /// Under a whole-cluster restore lease: how far this node got.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_step: Option<ClusterStep>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -234,6 +307,9 @@ pub struct HeartbeatResponse {
     /// The coordinator asks the agent to give up (restart the broker if
     /// stopped, release). Set when an operator cancels.
     pub abort: bool,
+    /// Under a whole-cluster restore lease: how far the node may go.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub go: Option<ClusterGo>,
 }
 
 /// Ends a lease. After `Recovered` with reflink capture the agent goes on

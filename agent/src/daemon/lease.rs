@@ -4,7 +4,7 @@
 //! shutting down.
 
 use super::client::{backoff, CoordinatorClient};
-use kafka_snapshot_model::protocol::{Heartbeat, Lease, Phase};
+use kafka_snapshot_model::protocol::{ClusterGo, ClusterStep, Heartbeat, Lease, Phase};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -37,6 +37,10 @@ fn valid_for(ttl: Duration) -> Duration {
 pub struct LeaseSession {
     pub epoch: u64,
     progress: watch::Sender<Progress>,
+    /// Under a whole-cluster restore lease: how far this node got (sent
+    /// with every heartbeat), and how far the coordinator lets it go.
+    step: watch::Sender<Option<ClusterStep>>,
+    go: watch::Receiver<Option<ClusterGo>>,
     interrupt: watch::Receiver<bool>,
     loss: Arc<Mutex<Option<Loss>>>,
     tasks: Vec<JoinHandle<()>>,
@@ -44,6 +48,9 @@ pub struct LeaseSession {
 
 /// Shortest pause between heartbeats, whatever the TTL.
 const MIN_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Longest pause between heartbeats of a node of a whole-cluster restore.
+const CLUSTER_STEP_INTERVAL: Duration = Duration::from_secs(1);
 
 impl LeaseSession {
     pub fn start(
@@ -53,6 +60,8 @@ impl LeaseSession {
         mut shutdown: watch::Receiver<bool>,
     ) -> LeaseSession {
         let (progress, progress_rx) = watch::channel((initial, None));
+        let (step, mut step_rx) = watch::channel(None);
+        let (go_tx, go) = watch::channel(None);
         let (interrupt_tx, interrupt) = watch::channel(*shutdown.borrow());
         let interrupt_tx = Arc::new(interrupt_tx);
         let loss = Arc::new(Mutex::new(None));
@@ -76,7 +85,12 @@ impl LeaseSession {
             tokio::spawn(async move {
                 let mut failures = 0u32;
                 loop {
-                    let every = (ttl / 3).max(MIN_INTERVAL);
+                    let mut every = (ttl / 3).max(MIN_INTERVAL);
+                    // A node of a whole-cluster restore waits for the
+                    // others at each step: hear of them within a second.
+                    if step_rx.borrow().is_some() {
+                        every = every.min(CLUSTER_STEP_INTERVAL);
+                    }
                     let pause = if failures == 0 {
                         every
                     } else {
@@ -93,7 +107,11 @@ impl LeaseSession {
                         let _ = tx.send(true);
                     };
                     let wake = (tokio::time::Instant::now() + pause).min(valid_until);
-                    tokio::time::sleep_until(wake).await;
+                    // A new step is told at once.
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(wake) => {}
+                        _ = step_rx.changed() => {}
+                    }
                     if tokio::time::Instant::now() >= valid_until {
                         return expired();
                     }
@@ -103,6 +121,7 @@ impl LeaseSession {
                         epoch,
                         phase,
                         progress,
+                        cluster_step: *step_rx.borrow(),
                     };
                     let sent = tokio::time::Instant::now();
                     let answer = tokio::select! {
@@ -114,6 +133,7 @@ impl LeaseSession {
                             failures = 0;
                             ttl = Duration::from_millis(r.ttl_ms);
                             valid_until = sent + valid_for(ttl);
+                            go_tx.send_replace(r.go);
                             if r.abort {
                                 tracing::warn!(epoch, %phase, "the coordinator asks to abort this lease");
                                 *loss.lock().expect("lease loss lock") = Some(Loss::Aborted);
@@ -139,6 +159,8 @@ impl LeaseSession {
         LeaseSession {
             epoch: lease.epoch,
             progress,
+            step,
+            go,
             interrupt,
             loss,
             tasks: vec![forward, beat],
@@ -152,6 +174,18 @@ impl LeaseSession {
 
     pub fn progress(&self) -> watch::Sender<Progress> {
         self.progress.clone()
+    }
+
+    /// Reports how far this node of a whole-cluster restore got (with the
+    /// next heartbeat).
+    pub fn set_step(&self, step: ClusterStep) {
+        self.step.send_replace(Some(step));
+    }
+
+    /// How far the coordinator lets this node of a whole-cluster restore
+    /// go, as of the last heartbeat answer.
+    pub fn go(&self) -> watch::Receiver<Option<ClusterGo>> {
+        self.go.clone()
     }
 
     pub fn loss(&self) -> Option<Loss> {

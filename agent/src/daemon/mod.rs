@@ -6,7 +6,7 @@
 //! - [`lease`]: heartbeats and losing a lease.
 //! - `recover`: what a (re)started daemon finishes first: the broker its
 //!   predecessor stopped is started before the coordinator is contacted.
-//! - `snapshot` and `restore`: the work under a lease.
+//! - `snapshot`, `restore` and `cluster_restore`: the work under a lease.
 //! - [`metrics`]: the Prometheus endpoint on `[metrics] listen`.
 //!
 //! The broker is never left stopped because of the agent: a lost lease,
@@ -15,6 +15,7 @@
 pub mod client;
 pub mod lease;
 pub mod metrics;
+mod cluster_restore;
 mod recover;
 mod restore;
 mod snapshot;
@@ -376,6 +377,10 @@ impl Daemon {
                         }
                         Action::Restore { lease, order } => {
                             self.run_restore(lease, order).await;
+                            continue;
+                        }
+                        Action::ClusterRestore { lease, order } => {
+                            self.run_cluster_restore(lease, order).await;
                             continue;
                         }
                     }

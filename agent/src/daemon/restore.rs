@@ -258,7 +258,7 @@ impl Daemon {
     }
 
     /// Starts the broker after a failed restore; says how that went.
-    async fn start_again(&self, cycle: &Cycle) -> String {
+    pub(super) async fn start_again(&self, cycle: &Cycle) -> String {
         match cycle.ensure_started().await {
             Ok(_) => "; the broker was started again".into(),
             Err(e) => format!("; {e}"),
@@ -321,7 +321,7 @@ impl Daemon {
     /// Where each of the snapshot's log dirs goes: the configured log dir
     /// with the same path, else (same number of dirs) the one at the same
     /// position.
-    fn targets(&self, m: &Manifest) -> Result<Vec<PathBuf>, String> {
+    pub(super) fn targets(&self, m: &Manifest) -> Result<Vec<PathBuf>, String> {
         let by_path: Option<Vec<PathBuf>> = m
             .log_dirs
             .iter()

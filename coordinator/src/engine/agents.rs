@@ -4,7 +4,7 @@
 
 use super::{ms, ApiError, ApiResult, Candidate, Ctx, Engine, PollDecision};
 use crate::state::{self, CycleState, EventLevel, LeaseKind, LeaseState, RestoreState};
-use crate::store::{brokers, cycles, events, leases, restores, Now};
+use crate::store::{brokers, cluster_restores, cycles, events, leases, restores, Now};
 use kafka_snapshot_model::protocol::{
     Action, Heartbeat, HeartbeatResponse, Lease, Notice, NoticeLevel, Outcome, PollRequest,
     Release, ReportResult, SnapshotReport, PROTOCOL_VERSION,
@@ -38,6 +38,13 @@ impl Engine {
         // An active lease of this broker the agent does not know about.
         if let Some(own) = leases::active_of(&cx.tx, req.broker)? {
             let action = cx.poll_under_own_lease(req, &own)?;
+            cx.commit()?;
+            return Ok(PollDecision::Answer(action));
+        }
+        // A whole-cluster restore: every node gets its part, nothing else
+        // is granted.
+        if let Some((order, st)) = cluster_restores::open(&cx.tx)? {
+            let action = cx.cluster_restore_poll(req, order, st)?;
             cx.commit()?;
             return Ok(PollDecision::Answer(action));
         }
@@ -160,7 +167,7 @@ impl Engine {
             hb.phase.broker_may_be_down(),
         )?;
         brokers::seen_phase(&cx.tx, hb.broker, hb.phase, now)?;
-        if let Some(order) = lease.order_id {
+        if let (LeaseKind::Restore, Some(order)) = (lease.kind, lease.order_id) {
             restores::set_phase(
                 &cx.tx,
                 order,
@@ -169,11 +176,16 @@ impl Engine {
                 now,
             )?;
         }
+        let go = match lease.kind {
+            LeaseKind::ClusterRestore => cx.cluster_heartbeat(&lease, hb)?,
+            _ => None,
+        };
         let ttl = cx.cfg.lease.ttl;
         cx.commit()?;
         Ok(HeartbeatResponse {
             ttl_ms: ms(ttl),
             abort: lease.abort_requested.is_some(),
+            go,
         })
     }
 
@@ -256,8 +268,8 @@ impl Engine {
                 snapshot_id,
                 downtime_ms,
             } => {
-                if let Some(order) = lease.order_id {
-                    cx.finish_restore(
+                match (lease.kind, lease.order_id) {
+                    (LeaseKind::Restore, Some(order)) => cx.finish_restore(
                         order,
                         true,
                         &format!(
@@ -265,7 +277,16 @@ impl Engine {
                              ({:.1}s down)",
                             *downtime_ms as f64 / 1000.0
                         ),
-                    )?;
+                    )?,
+                    (LeaseKind::ClusterRestore, Some(order)) => cx.cluster_node_restored(
+                        order,
+                        broker,
+                        &format!(
+                            "restored {snapshot_id} and started ({:.1}s down)",
+                            *downtime_ms as f64 / 1000.0
+                        ),
+                    )?,
+                    _ => {}
                 }
                 cx.event(
                     EventLevel::Info,
@@ -301,8 +322,14 @@ impl Engine {
                     // Not clean: the slot waits for the cluster.
                     cx.settle(epoch, &msg)?;
                 } else {
-                    if let Some(order) = lease.order_id {
-                        cx.finish_restore(order, false, &msg)?;
+                    match (lease.kind, lease.order_id) {
+                        (LeaseKind::Restore, Some(order)) => {
+                            cx.finish_restore(order, false, &msg)?
+                        }
+                        (LeaseKind::ClusterRestore, Some(order)) => {
+                            cx.cluster_node_failed(order, broker, &msg)?
+                        }
+                        _ => {}
                     }
                     if let Some(cycle) = lease.cycle_id {
                         cx.failed_attempt(cycle, broker, epoch, &msg, "failed")?;
@@ -482,7 +509,7 @@ impl Ctx<'_> {
     }
 
     /// What the agent holding lease `epoch` is told to do.
-    fn lease_action(&self, epoch: i64) -> ApiResult<Action> {
+    pub(super) fn lease_action(&self, epoch: i64) -> ApiResult<Action> {
         let lease = leases::get(&self.tx, epoch)?
             .ok_or_else(|| ApiError::Internal(format!("lease {epoch} vanished")))?;
         let grant = Lease {
@@ -495,6 +522,10 @@ impl Ctx<'_> {
             (LeaseKind::Restore, Some(order)) => Action::Restore {
                 lease: grant,
                 order: restores::order(&self.tx, order)?,
+            },
+            (LeaseKind::ClusterRestore, Some(order)) => Action::ClusterRestore {
+                lease: grant,
+                order: cluster_restores::order(&self.tx, order, lease.broker)?,
             },
             _ => Action::Snapshot { lease: grant },
         })

@@ -216,7 +216,7 @@ impl Engine {
                 read_by_restore: read
                     .iter()
                     .find(|(_, b, id)| *b == s.broker && *id == s.snapshot_id)
-                    .map(|(order, _, _)| *order),
+                    .map(|(order, _, _)| order.clone()),
                 snapshot_id: s.snapshot_id,
                 cluster_id: s.cluster_id,
                 broker: s.broker,
@@ -256,7 +256,7 @@ impl Engine {
             .find(|(_, b, id)| *b == d.broker && *id == d.snapshot_id)
         {
             return Ok(Some(format!(
-                "snapshot {} kept: restore order {order} reads it",
+                "snapshot {} kept: {order} reads it",
                 d.snapshot_id
             )));
         }

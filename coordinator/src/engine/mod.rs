@@ -18,6 +18,7 @@
 //! - [`tick`]: time passing (expiry, schedule, stuck turns, the end of a
 //!   cycle);
 //! - [`operators`]: what operators order (run-now, restores);
+//! - [`cluster`]: whole-cluster restores (every node at once, in steps);
 //! - [`catalog`]: committed snapshots, verification, retention, rebuild;
 //! - [`sets`]: snapshot sets (a cycle over every node), and what retention
 //!   keeps of them;
@@ -25,6 +26,7 @@
 
 mod agents;
 mod catalog;
+mod cluster;
 mod operators;
 mod sets;
 mod status;
@@ -124,6 +126,9 @@ pub struct TickNeeds {
     /// An ended snapshot set's record is still to be written to cold
     /// storage.
     pub store_sets: bool,
+    /// A whole-cluster restore has every node restored and waits for the
+    /// cluster to be in sync.
+    pub cluster_restore_check: bool,
 }
 
 pub struct Engine {

@@ -28,6 +28,11 @@ impl Engine {
             None => self.cfg.nodes(),
         };
         let cx = self.begin(now)?;
+        if let Some(order) = cx.cluster_restore_open()? {
+            return Err(ApiError::Conflict(format!(
+                "cluster restore order {order} is open: no cycle until it ends"
+            )));
+        }
         if let Some(why) = cx.paused()? {
             return Err(ApiError::Conflict(format!(
                 "the coordinator is suspended ({why}): `coordinator resume` first"
@@ -53,6 +58,11 @@ impl Engine {
     ) -> ApiResult<RestoreView> {
         self.configured(broker)?;
         let cx = self.begin(now)?;
+        if let Some(order) = cx.cluster_restore_open()? {
+            return Err(ApiError::Conflict(format!(
+                "cluster restore order {order} is open: it restores every node"
+            )));
+        }
         if let Some(id) = restores::open_of(&cx.tx, broker)? {
             return Err(ApiError::Conflict(format!(
                 "restore order {id} of broker {broker} is still open"
@@ -255,7 +265,7 @@ impl Ctx<'_> {
         Ok(suspension(self.cfg.schedule.suspend, self.paused()?))
     }
 
-    fn abort_lease(&self, lease: &leases::LeaseRow, why: &str) -> ApiResult<()> {
+    pub(super) fn abort_lease(&self, lease: &leases::LeaseRow, why: &str) -> ApiResult<()> {
         leases::request_abort(&self.tx, lease.epoch, why)?;
         self.event(
             EventLevel::Warning,

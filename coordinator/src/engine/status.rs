@@ -78,6 +78,7 @@ impl Engine {
             next_due: events::meta(c, Meta::NextDue)?,
             lease: leases::slot_view(c)?,
             cycle: cycles::latest_view(c)?,
+            cluster_restore: self.latest_cluster_restore()?,
             brokers: views,
             uncovered_brokers: Vec::new(),
             recent_events: events::recent(c, 15)?,

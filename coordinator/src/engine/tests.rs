@@ -6,8 +6,8 @@ use crate::config::CoordinatorConfig;
 use crate::store::Now;
 use chrono::{DateTime, Utc};
 use kafka_snapshot_model::protocol::{
-    Action, Heartbeat, NodeRole, Outcome, Phase, PollRequest, Release, ReportResult,
-    SnapshotReport, SnapshotSummary,
+    Action, ClusterGo, ClusterRestoreOrder, ClusterStep, Heartbeat, NodeRole, Outcome, Phase,
+    PollRequest, Release, ReportResult, SnapshotReport, SnapshotSummary,
 };
 
 const CFG: &str = r#"
@@ -78,7 +78,9 @@ pub(crate) fn poll_grant(e: &mut Engine, broker: i32, now: Now) -> Action {
 
 pub(crate) fn epoch_of(a: &Action) -> u64 {
     match a {
-        Action::Snapshot { lease } | Action::Restore { lease, .. } => lease.epoch,
+        Action::Snapshot { lease }
+        | Action::Restore { lease, .. }
+        | Action::ClusterRestore { lease, .. } => lease.epoch,
         Action::Idle => panic!("no lease granted"),
     }
 }
@@ -113,6 +115,7 @@ pub(crate) fn hb(broker: i32, epoch: u64, phase: Phase) -> Heartbeat {
         epoch,
         phase,
         progress: None,
+        cluster_step: None,
     }
 }
 
@@ -156,6 +159,7 @@ fn a_second_agent_acting_as_the_same_broker_never_gets_a_lease_in_use() {
         epoch: lease.epoch,
         phase: Phase::Stopping,
         progress: None,
+        cluster_step: None,
     };
     e.heartbeat(&hb, secs(4)).unwrap();
     // `b`, on another host, polls while `a` works: `b` gets nothing and
@@ -458,6 +462,7 @@ fn restores_need_the_lease_and_go_first() {
             epoch: lease.epoch,
             phase: Phase::Downloading,
             progress: Some("40%".into()),
+            cluster_step: None,
         },
         secs(4),
     )
@@ -1140,7 +1145,8 @@ fn run_cycle(e: &mut Engine, at: Now, commits: &[(i32, &str)]) -> Now {
     for _ in 0..12 {
         t += chrono::Duration::seconds(1);
         e.tick(t).unwrap();
-        let Some((b, lease)) = (1..=3).find_map(|b| match poll_grant(e, b, t) {
+        let nodes = e.cfg.nodes();
+        let Some((b, lease)) = nodes.into_iter().find_map(|b| match poll_grant(e, b, t) {
             Action::Snapshot { lease } => Some((b, lease)),
             _ => None,
         }) else {
@@ -1580,4 +1586,209 @@ fn a_failing_before_cycle_hook_fails_the_cycle_before_any_node_is_touched() {
     assert!(matches!(poll_grant(&mut e, 1, secs(4)), Action::Idle));
     let needs = e.tick(secs(5)).unwrap();
     assert_eq!((needs.before_cycle, needs.after_cycle), (None, Some(cycle)));
+}
+
+// ----- whole-cluster restores --------------------------------------------------
+
+/// A complete, verified set of brokers 1-3 taken on day 0; returns its id
+/// and when its cycle ended.
+fn verified_set(e: &mut Engine) -> (String, Now) {
+    let t = run_cycle(e, day(0), &[(1, "d0-1"), (2, "d0-2"), (3, "d0-3")]);
+    for b in 1..=3 {
+        verify(e, b, &format!("d0-{b}"), true, t);
+    }
+    (e.sets().unwrap()[0].set_id.clone(), t)
+}
+
+fn step_hb(broker: i32, epoch: u64, step: ClusterStep) -> Heartbeat {
+    Heartbeat {
+        cluster_step: Some(step),
+        ..hb(broker, epoch, Phase::Downloading)
+    }
+}
+
+fn cluster_lease(e: &mut Engine, node: i32, at: Now) -> (u64, ClusterRestoreOrder) {
+    match poll_grant(e, node, at) {
+        Action::ClusterRestore { lease, order } => (lease.epoch, order),
+        other => panic!("node {node}: expected its part of the cluster restore, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_cluster_restore_moves_every_node_in_step_and_ends_in_sync() {
+    let mut e = engine();
+    let (set, t) = verified_set(&mut e);
+    let at = |s: i64| t + chrono::Duration::seconds(s);
+    let serving = Some("brokers [1, 2, 3] registered, 6 of 6 partition(s) with a leader".into());
+    let err = e
+        .create_cluster_restore(None, false, serving.clone(), at(1))
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("serving clients (brokers [1, 2, 3] registered"),
+        "{err}"
+    );
+    let order = e.create_cluster_restore(None, false, None, at(1)).unwrap();
+    assert_eq!(order.set_id, set, "the newest complete, verified set");
+    assert_eq!(order.state, "running");
+    // Nothing else while it is open.
+    assert!(e.run_now(None, at(1)).is_err());
+    assert!(e.create_restore(1, None, false, at(1)).is_err());
+    assert!(e.create_cluster_restore(None, true, None, at(1)).is_err());
+
+    // Every node gets its own lease at once, with its snapshot of the set.
+    let mut epochs = Vec::new();
+    for b in 1..=3 {
+        let (epoch, o) = cluster_lease(&mut e, b, at(2));
+        assert_eq!(o.snapshot_id, format!("d0-{b}"));
+        assert_eq!((o.set_id.as_str(), o.cluster_id.as_str()), (set.as_str(), "cluster-a"));
+        epochs.push(epoch);
+    }
+    let go = |e: &mut Engine, b: i32, step, s| {
+        e.heartbeat(&step_hb(b, epochs[(b - 1) as usize], step), at(s))
+            .unwrap()
+            .go
+            .unwrap()
+    };
+    // Nobody stops until every node is prepared.
+    assert_eq!(go(&mut e, 1, ClusterStep::Prepared, 3), ClusterGo::Prepare);
+    assert_eq!(go(&mut e, 2, ClusterStep::Prepared, 3), ClusterGo::Prepare);
+    assert_eq!(go(&mut e, 3, ClusterStep::Prepared, 4), ClusterGo::Swap);
+    assert_eq!(go(&mut e, 1, ClusterStep::Prepared, 4), ClusterGo::Swap);
+    // Nobody starts until every node is swapped (no controllers here).
+    assert_eq!(go(&mut e, 1, ClusterStep::Swapped, 5), ClusterGo::Swap);
+    assert_eq!(go(&mut e, 2, ClusterStep::Swapped, 5), ClusterGo::Swap);
+    assert_eq!(go(&mut e, 3, ClusterStep::Swapped, 6), ClusterGo::Start);
+    for b in 1..=3 {
+        e.release(
+            &Release {
+                broker: b,
+                epoch: epochs[(b - 1) as usize],
+                outcome: Outcome::Restored {
+                    snapshot_id: format!("d0-{b}"),
+                    downtime_ms: 4000,
+                },
+            },
+            at(7),
+        )
+        .unwrap();
+    }
+    let o = e.cluster_restore(order.id).unwrap();
+    assert_eq!(o.state, "recovering");
+    assert!(o.nodes.iter().all(|n| n.state == "restored"), "{o:?}");
+    assert!(e.tick(at(8)).unwrap().cluster_restore_check);
+    e.apply_cluster_check(Err("2 partition(s) under-replicated".into()), at(8))
+        .unwrap();
+    let o = e.cluster_restore(order.id).unwrap();
+    assert_eq!(
+        (o.state.as_str(), o.progress.as_deref()),
+        ("recovering", Some("waiting: 2 partition(s) under-replicated"))
+    );
+    e.apply_cluster_check(Ok(()), at(9)).unwrap();
+    let o = e.cluster_restore(order.id).unwrap();
+    assert_eq!(o.state, "done");
+    assert_eq!(e.status(at(9)).unwrap().cluster_restore.unwrap().state, "done");
+    // Cycles go again.
+    e.run_now(None, at(10)).unwrap();
+}
+
+#[test]
+fn a_node_that_cannot_prepare_fails_the_order_with_every_node_untouched() {
+    let mut e = engine();
+    verified_set(&mut e);
+    let t = day(1);
+    let order = e.create_cluster_restore(None, false, None, t).unwrap();
+    let (e1, _) = cluster_lease(&mut e, 1, t);
+    let (e2, _) = cluster_lease(&mut e, 2, t);
+    // Node 3's agent has not polled yet when node 2 finds its host has
+    // another number of log dirs.
+    e.heartbeat(&step_hb(1, e1, ClusterStep::Prepared), t).unwrap();
+    e.release(
+        &Release {
+            broker: 2,
+            epoch: e2,
+            outcome: Outcome::Failed {
+                reason: "snapshot d0-2 holds 2 log dirs but this broker has 1".into(),
+                broker_running: true,
+            },
+        },
+        t,
+    )
+    .unwrap();
+    let o = e.cluster_restore(order.id).unwrap();
+    assert_eq!(o.state, "failed");
+    let msg = o.message.unwrap();
+    assert!(msg.contains("node 2 failed") && msg.contains("2 log dirs"), "{msg}");
+    assert!(msg.contains("nodes [1] were told to abort"), "{msg}");
+    assert!(msg.contains("nodes [3] were never touched"), "{msg}");
+    let states: Vec<(i32, String)> = o.nodes.iter().map(|n| (n.node, n.state.clone())).collect();
+    assert_eq!(
+        states,
+        [
+            (1, "prepared".to_string()),
+            (2, "failed".to_string()),
+            (3, "cancelled".to_string())
+        ]
+    );
+    // Node 1 is told to abort at its next heartbeat; node 3 gets nothing.
+    assert!(e.heartbeat(&step_hb(1, e1, ClusterStep::Prepared), t).unwrap().abort);
+    assert!(matches!(poll_grant(&mut e, 3, t), Action::Idle));
+    assert!(e.status(t).unwrap().cluster_restore.unwrap().state == "failed");
+}
+
+#[test]
+fn brokers_start_only_after_every_controller_saw_the_quorum_elect_a_leader() {
+    let mut e = engine_with_controllers();
+    let nodes = [1, 2, 3, 5, 0];
+    let commits: Vec<(i32, String)> = nodes.iter().map(|n| (*n, format!("d0-{n}"))).collect();
+    let refs: Vec<(i32, &str)> = commits.iter().map(|(n, s)| (*n, s.as_str())).collect();
+    let t = run_cycle(&mut e, day(0), &refs);
+    // Not verified yet: refused unless forced.
+    let err = e.create_cluster_restore(None, false, None, t).unwrap_err();
+    assert!(err.to_string().contains("no complete, verified snapshot set"), "{err}");
+    let set = e.sets().unwrap()[0].set_id.clone();
+    let err = e
+        .create_cluster_restore(Some(&set), false, None, t)
+        .unwrap_err();
+    assert!(err.to_string().contains("not verified yet"), "{err}");
+    let order = e.create_cluster_restore(Some(&set), true, None, t).unwrap();
+    let epochs: Vec<(i32, u64)> = nodes
+        .iter()
+        .map(|n| (*n, cluster_lease(&mut e, *n, t).0))
+        .collect();
+    let go = |e: &mut Engine, n: i32, step| {
+        let epoch = epochs.iter().find(|(m, _)| *m == n).unwrap().1;
+        e.heartbeat(&step_hb(n, epoch, step), t).unwrap().go.unwrap()
+    };
+    for n in nodes {
+        go(&mut e, n, ClusterStep::Swapped);
+    }
+    assert_eq!(go(&mut e, 0, ClusterStep::Swapped), ClusterGo::Start);
+    assert_eq!(go(&mut e, 5, ClusterStep::Swapped), ClusterGo::Start);
+    assert_eq!(go(&mut e, 1, ClusterStep::Swapped), ClusterGo::Swap);
+    assert_eq!(go(&mut e, 0, ClusterStep::Started), ClusterGo::Start);
+    assert_eq!(go(&mut e, 1, ClusterStep::Swapped), ClusterGo::Swap, "combined node 5 not up");
+    assert_eq!(go(&mut e, 5, ClusterStep::Started), ClusterGo::Start);
+    assert_eq!(go(&mut e, 1, ClusterStep::Swapped), ClusterGo::Start);
+    assert_eq!(e.cluster_restore(order.id).unwrap().state, "running");
+}
+
+#[test]
+fn a_cluster_restore_lease_that_expires_fails_the_order() {
+    let mut e = engine();
+    verified_set(&mut e);
+    let t = day(1);
+    let order = e.create_cluster_restore(None, false, None, t).unwrap();
+    for b in 1..=3 {
+        cluster_lease(&mut e, b, t);
+    }
+    e.tick(t + chrono::Duration::seconds(61)).unwrap();
+    let o = e.cluster_restore(order.id).unwrap();
+    assert_eq!(o.state, "failed");
+    assert!(
+        o.message.as_deref().unwrap().contains("expired without a release"),
+        "{o:?}"
+    );
+    // Retention no longer keeps the set's snapshots for the order.
+    let read = crate::store::snapshots::read_by_open_restores(e.conn(), Some("cluster-a")).unwrap();
+    assert!(read.is_empty(), "{read:?}");
 }

@@ -4,8 +4,10 @@
 
 use super::{cdur, ApiResult, Ctx, Engine, TickNeeds};
 use crate::schedule::Schedule;
-use crate::state::{self, CycleState, EventLevel, LeaseState};
-use crate::store::{brokers, cycles, events, leases, parse_ts, sets, snapshots, ts, Now};
+use crate::state::{self, ClusterRestoreState, CycleState, EventLevel, LeaseState};
+use crate::store::{
+    brokers, cluster_restores, cycles, events, leases, parse_ts, sets, snapshots, ts, Now,
+};
 use events::Meta;
 
 impl Engine {
@@ -55,6 +57,10 @@ impl Engine {
             _ => None,
         };
         needs.store_sets = sets::next_unstored(&cx.tx, cluster.as_deref())?.is_some();
+        needs.cluster_restore_check = matches!(
+            cluster_restores::open(&cx.tx)?,
+            Some((_, ClusterRestoreState::Recovering))
+        );
         cx.commit()?;
         Ok(needs)
     }
@@ -165,6 +171,7 @@ impl Engine {
                 }
             }
         }
+        cx.cluster_restore_check(&check)?;
         if let Some((cycle, CycleState::Finishing)) = cycles::open(&cx.tx)? {
             let failed = cycles::failed_brokers(&cx.tx, cycle)?;
             let last = cycles::last_update(&cx.tx, cycle)?
@@ -287,6 +294,19 @@ impl Ctx<'_> {
                 "schedule",
                 &format!(
                     "a cycle was due but cycle {id} is still running; next is {}",
+                    ts(following)
+                ),
+            )?;
+            return Ok(());
+        }
+        if let Some(order) = self.cluster_restore_open()? {
+            self.event(
+                EventLevel::Warning,
+                None,
+                None,
+                "schedule",
+                &format!(
+                    "a cycle was due but cluster restore order {order} is open; next is {}",
                     ts(following)
                 ),
             )?;

@@ -25,6 +25,9 @@ impl Ctx<'_> {
         )?;
         match (lease.kind, lease.order_id, lease.cycle_id) {
             (LeaseKind::Restore, Some(order), _) => self.finish_restore(order, false, reason)?,
+            (LeaseKind::ClusterRestore, Some(order), _) => {
+                self.cluster_node_failed(order, lease.broker, reason)?
+            }
             (LeaseKind::Snapshot, _, Some(cycle)) => {
                 self.failed_attempt(cycle, lease.broker, epoch, reason, "failed")?
             }

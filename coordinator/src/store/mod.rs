@@ -8,6 +8,7 @@
 //! text in UTC with milliseconds, which sorts as time does.
 
 pub mod brokers;
+pub mod cluster_restores;
 pub mod cycles;
 pub mod events;
 pub mod leases;
@@ -163,6 +164,34 @@ CREATE TABLE IF NOT EXISTS set_nodes (
     manifest_sha256 TEXT,
     PRIMARY KEY (set_id, node)
 );
+-- state: running -> recovering -> done | failed | cancelled
+CREATE TABLE IF NOT EXISTS cluster_restores (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    set_id TEXT NOT NULL,
+    cluster_id TEXT NOT NULL,
+    force INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    progress TEXT,
+    message TEXT,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+-- Every node of a whole-cluster restore, with its snapshot of the set.
+-- state: waiting -> preparing -> prepared -> swapped -> started -> restored
+--        (or failed / cancelled)
+CREATE TABLE IF NOT EXISTS cluster_restore_nodes (
+    order_id INTEGER NOT NULL REFERENCES cluster_restores(id),
+    node INTEGER NOT NULL,
+    role TEXT NOT NULL,
+    snapshot_id TEXT NOT NULL,
+    state TEXT NOT NULL,
+    epoch INTEGER,
+    phase TEXT,
+    progress TEXT,
+    message TEXT,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (order_id, node)
+);
 CREATE TABLE IF NOT EXISTS counters (
     name TEXT NOT NULL,
     label TEXT NOT NULL,
@@ -174,7 +203,7 @@ CREATE TABLE IF NOT EXISTS counters (
 /// The schema version this build writes. Each step of [`MIGRATIONS`]
 /// brings a database one version up; a database of a newer version than
 /// this is refused (a downgraded coordinator must not guess).
-pub const SCHEMA_VERSION: u32 = 5;
+pub const SCHEMA_VERSION: u32 = 6;
 
 /// `(version reached, what it changes)`, applied in order, each in the
 /// transaction that also records the new version.
@@ -183,6 +212,7 @@ const MIGRATIONS: &[(u32, Migration)] = &[
     (3, v3_lease_abort),
     (4, v4_snapshot_seen),
     (5, v5_snapshot_sets),
+    (6, v6_cluster_restores),
 ];
 
 type Migration = fn(&Connection) -> rusqlite::Result<()>;
@@ -234,6 +264,15 @@ fn v4_snapshot_seen(conn: &Connection) -> rusqlite::Result<()> {
 /// refuse this database. Cycles that ended before it recorded no set:
 /// there is nothing to fill in.
 fn v5_snapshot_sets(_conn: &Connection) -> rusqlite::Result<()> {
+    Ok(())
+}
+
+/// Version 6: whole-cluster restores (`cluster_restores`,
+/// `cluster_restore_nodes`), from [`SCHEMA`]. While one is open every node
+/// holds a lease at once and nothing else is granted: a coordinator that
+/// predates them would grant snapshot leases beside it, so it must refuse
+/// this database.
+fn v6_cluster_restores(_conn: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
@@ -441,7 +480,10 @@ mod tests {
                 .optional()
                 .unwrap()
         };
-        assert_eq!(meta("schema_version").as_deref(), Some("5"));
+        assert_eq!(
+            meta("schema_version"),
+            Some(SCHEMA_VERSION.to_string())
+        );
         assert_eq!(meta("max_attempts"), None);
         let (n, holder): (i64, Option<String>) = conn
             .query_row(
@@ -461,7 +503,7 @@ mod tests {
                 |r| r.get(0),
             )
             .unwrap();
-        assert_eq!(v, "5");
+        assert_eq!(v, SCHEMA_VERSION.to_string());
     }
 
     #[test]

@@ -25,6 +25,15 @@ pub fn any_pending(c: &Connection) -> rusqlite::Result<bool> {
     )
 }
 
+/// Whether any order is open (pending or running).
+pub fn any_open(c: &Connection) -> rusqlite::Result<bool> {
+    c.query_row(
+        "SELECT count(*) > 0 FROM restores WHERE state IN (SELECT value FROM json_each(?))",
+        [names_where(RestoreState::ALL, RestoreState::is_open)],
+        |r| r.get(0),
+    )
+}
+
 /// The open (pending or running) order of `broker`.
 pub fn open_of(c: &Connection, broker: i32) -> rusqlite::Result<Option<i64>> {
     c.query_row(

@@ -13,7 +13,7 @@
 //! host with a wrong clock must not decide which snapshot is the newest.
 
 use super::{names_where, ts, Now};
-use crate::state::RestoreState;
+use crate::state::{ClusterRestoreState, RestoreState};
 use kafka_snapshot_model::api::SnapshotRow;
 use kafka_snapshot_model::protocol::SnapshotSummary;
 use rusqlite::{params, Connection, OptionalExtension};
@@ -320,21 +320,26 @@ pub fn unverified(
 }
 
 /// Snapshots of `cluster` named by a restore order that is not over
-/// (pending or running): (order id, snapshot's broker, snapshot id). A
+/// (pending or running), of one broker or of the whole cluster: (which
+/// order, snapshot's broker, snapshot id). A
 /// forced restore may read another broker's snapshot: the order's broker
 /// is not the snapshot's, so the snapshot is found by its id.
 pub fn read_by_open_restores(
     c: &Connection,
     cluster: Option<&str>,
-) -> rusqlite::Result<Vec<(i64, i32, String)>> {
+) -> rusqlite::Result<Vec<(String, i32, String)>> {
     let open = names_where(RestoreState::ALL, RestoreState::is_open);
+    let open_cluster = names_where(ClusterRestoreState::ALL, ClusterRestoreState::is_open);
     let mut st = c.prepare(
-        "SELECT r.id, s.broker, s.snapshot_id FROM restores r
+        "SELECT 'restore order ' || r.id, s.broker, s.snapshot_id FROM restores r
          JOIN snapshots s ON s.cluster_id = r.cluster_id AND s.snapshot_id = r.snapshot_id
-         WHERE r.cluster_id = ? AND r.state IN (SELECT value FROM json_each(?))
-         ORDER BY r.id",
+         WHERE r.cluster_id = ?1 AND r.state IN (SELECT value FROM json_each(?2))
+         UNION ALL
+         SELECT 'cluster restore order ' || o.id, n.node, n.snapshot_id FROM cluster_restores o
+         JOIN cluster_restore_nodes n ON n.order_id = o.id
+         WHERE o.cluster_id = ?1 AND o.state IN (SELECT value FROM json_each(?3))",
     )?;
-    let rows = st.query_map(params![cluster, open], |r| {
+    let rows = st.query_map(params![cluster, open, open_cluster], |r| {
         Ok((r.get(0)?, r.get(1)?, r.get(2)?))
     })?;
     rows.collect()

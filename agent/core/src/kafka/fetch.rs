@@ -58,7 +58,7 @@ impl KafkaClient {
         let mut conn = self.raw_connection("ListPartitionReassignments").await?;
         let reassignments = self.reassignments(&mut conn).await?;
         let quorum = match quorum {
-            true => Some(self.describe_quorum(&mut conn).await?),
+            true => Some(describe_quorum(&mut conn).await?),
             false => None,
         };
         drop(conn);
@@ -84,54 +84,46 @@ impl KafkaClient {
             })
     }
 
-    /// DescribeQuorum of the metadata log (a broker forwards it to the
-    /// active controller).
-    async fn describe_quorum(&self, conn: &mut Connection) -> Result<QuorumState, String> {
-        let addr = conn.addr().to_string();
-        let req = DescribeQuorumRequest::default().with_topics(vec![
-            describe_quorum_request::TopicData::default()
-                .with_topic_name(TopicName(StrBytes::from_static_str("__cluster_metadata")))
-                .with_partitions(vec![
-                    describe_quorum_request::PartitionData::default().with_partition_index(0)
-                ]),
-        ]);
-        let resp = conn
-            .send(&req, "DescribeQuorum", 2)
-            .await
-            .map_err(|e| e.to_string())?;
-        let fail = |code: i16, msg: Option<&StrBytes>| {
-            format!(
-                "{addr}: DescribeQuorum error code {code}{}",
-                msg.map(|m| format!(": {}", m.as_str())).unwrap_or_default()
-            )
-        };
-        if resp.error_code != 0 {
-            return Err(fail(resp.error_code, resp.error_message.as_ref()));
+    /// The quorum as its leader describes it, asked directly on the
+    /// controllers' listener (`addrs`): for when no broker runs (a
+    /// whole-cluster restore starts the controllers first). Only the
+    /// leader answers DescribeQuorum; the others say they are not. A
+    /// `plaintext` controller listener is reached without the `[kafka]`
+    /// TLS and SASL settings; any other with them.
+    pub async fn controllers_quorum(
+        &self,
+        addrs: &[String],
+        plaintext: bool,
+    ) -> Result<QuorumState, String> {
+        let mut errors = Vec::new();
+        for addr in addrs {
+            let conn = match plaintext {
+                true => {
+                    Connection::connect_plain(addr, "kafka-snapshot-agent", self.cfg.request_timeout)
+                        .await
+                }
+                false => {
+                    Connection::connect(
+                        addr,
+                        &self.security,
+                        "kafka-snapshot-agent",
+                        self.cfg.request_timeout,
+                    )
+                    .await
+                }
+            };
+            match conn {
+                Ok(mut c) => match describe_quorum(&mut c).await {
+                    Ok(q) => return Ok(q),
+                    Err(e) => errors.push(e),
+                },
+                Err(e) => errors.push(format!("{addr}: {e}")),
+            }
         }
-        let p = resp
-            .topics
-            .iter()
-            .flat_map(|t| &t.partitions)
-            .find(|p| p.partition_index == 0)
-            .ok_or_else(|| format!("{addr}: DescribeQuorum answered no __cluster_metadata-0"))?;
-        if p.error_code != 0 {
-            return Err(fail(p.error_code, p.error_message.as_ref()));
-        }
-        Ok(QuorumState {
-            leader: (p.leader_id.0 >= 0).then_some(p.leader_id.0),
-            high_watermark: p.high_watermark,
-            voters: p
-                .current_voters
-                .iter()
-                .map(|v| Voter {
-                    id: v.replica_id.0,
-                    log_end_offset: v.log_end_offset,
-                    last_fetch_ms: (v.last_fetch_timestamp >= 0).then_some(v.last_fetch_timestamp),
-                    last_caught_up_ms: (v.last_caught_up_timestamp >= 0)
-                        .then_some(v.last_caught_up_timestamp),
-                })
-                .collect(),
-        })
+        Err(format!(
+            "no controller answered DescribeQuorum as the leader: {}",
+            errors.join("; ")
+        ))
     }
 
     /// A raw connection to the first bootstrap server that answers.
@@ -335,4 +327,54 @@ fn rdkafka_config(cfg: &KafkaSection) -> ClientConfig {
 
 fn millis(d: Duration) -> String {
     d.as_millis().to_string()
+}
+
+/// DescribeQuorum of the metadata log, on a broker (which forwards it to
+/// the active controller) or on a controller (the leader answers).
+async fn describe_quorum(conn: &mut Connection) -> Result<QuorumState, String> {
+    let addr = conn.addr().to_string();
+    let req = DescribeQuorumRequest::default().with_topics(vec![
+        describe_quorum_request::TopicData::default()
+            .with_topic_name(TopicName(StrBytes::from_static_str("__cluster_metadata")))
+            .with_partitions(vec![
+                describe_quorum_request::PartitionData::default().with_partition_index(0)
+            ]),
+    ]);
+    let resp = conn
+        .send(&req, "DescribeQuorum", 2)
+        .await
+        .map_err(|e| e.to_string())?;
+    let fail = |code: i16, msg: Option<&StrBytes>| {
+        format!(
+            "{addr}: DescribeQuorum error code {code}{}",
+            msg.map(|m| format!(": {}", m.as_str())).unwrap_or_default()
+        )
+    };
+    if resp.error_code != 0 {
+        return Err(fail(resp.error_code, resp.error_message.as_ref()));
+    }
+    let p = resp
+        .topics
+        .iter()
+        .flat_map(|t| &t.partitions)
+        .find(|p| p.partition_index == 0)
+        .ok_or_else(|| format!("{addr}: DescribeQuorum answered no __cluster_metadata-0"))?;
+    if p.error_code != 0 {
+        return Err(fail(p.error_code, p.error_message.as_ref()));
+    }
+    Ok(QuorumState {
+        leader: (p.leader_id.0 >= 0).then_some(p.leader_id.0),
+        high_watermark: p.high_watermark,
+        voters: p
+            .current_voters
+            .iter()
+            .map(|v| Voter {
+                id: v.replica_id.0,
+                log_end_offset: v.log_end_offset,
+                last_fetch_ms: (v.last_fetch_timestamp >= 0).then_some(v.last_fetch_timestamp),
+                last_caught_up_ms: (v.last_caught_up_timestamp >= 0)
+                    .then_some(v.last_caught_up_timestamp),
+            })
+            .collect(),
+    })
 }
