@@ -722,7 +722,7 @@ impl Cycle {
     /// passed since it was started again does a caught-up entry prove
     /// fetches of the new process. Whatever path started it (a cycle, or
     /// an agent restarted after a crash).
-    fn voter_entry_is_fresh(&self) -> bool {
+    pub(crate) fn voter_entry_is_fresh(&self) -> bool {
         let started = *self.started_at.lock().unwrap_or_else(|p| p.into_inner());
         !self.role.is_controller() || started.is_none_or(|t| t.elapsed() >= QUORUM_SPAN)
     }

@@ -130,7 +130,11 @@ fn quorum_problems(view: &ClusterView, controllers: &[i32], except: Option<i32>)
 /// registered and a partition with a leader. `None` for a cluster that
 /// answers but serves nothing (every partition offline).
 pub fn serving(view: &ClusterView) -> Option<String> {
-    let led = view.partitions.iter().filter(|p| p.leader.is_some()).count();
+    let led = view
+        .partitions
+        .iter()
+        .filter(|p| p.leader.is_some())
+        .count();
     if view.brokers.is_empty() || (led == 0 && !view.partitions.is_empty()) {
         return None;
     }

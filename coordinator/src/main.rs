@@ -287,7 +287,9 @@ fn run(cli: Cli) -> kafka_snapshot::Result<ExitCode> {
                         force,
                         no_wait,
                     } => match (broker, cluster) {
-                        (_, true) => ok(cli::restore_cluster(&api, set, force, yes, !no_wait).await?),
+                        (_, true) => {
+                            ok(cli::restore_cluster(&api, set, force, yes, !no_wait).await?)
+                        }
                         (Some(broker), false) => {
                             ok(cli::restore(&api, broker, snapshot, force, yes, !no_wait).await?)
                         }

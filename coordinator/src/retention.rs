@@ -113,10 +113,7 @@ pub fn plan(
             if let Some(order) = &s.read_by_restore {
                 out.held.push((
                     broker,
-                    format!(
-                        "snapshot {} kept: {order} reads it",
-                        s.snapshot_id
-                    ),
+                    format!("snapshot {} kept: {order} reads it", s.snapshot_id),
                 ));
                 continue;
             }

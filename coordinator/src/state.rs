@@ -458,9 +458,9 @@ impl ClusterNodeState {
     /// How far the node got, as the steps go.
     pub fn reached(self) -> Option<ClusterStep> {
         match self {
-            ClusterNodeState::Waiting
-            | ClusterNodeState::Failed
-            | ClusterNodeState::Cancelled => None,
+            ClusterNodeState::Waiting | ClusterNodeState::Failed | ClusterNodeState::Cancelled => {
+                None
+            }
             ClusterNodeState::Preparing => Some(ClusterStep::Preparing),
             ClusterNodeState::Prepared => Some(ClusterStep::Prepared),
             ClusterNodeState::Swapped => Some(ClusterStep::Swapped),
@@ -724,13 +724,25 @@ mod tests {
         use NodeRole::{Broker, Controller};
         let go = |nodes: &[(NodeRole, ClusterNodeState)], role| cluster_go(nodes, role);
         // One node still downloading (or without a lease): nobody stops.
-        let n = [(Broker, Prepared), (Broker, Preparing), (Controller, Prepared)];
+        let n = [
+            (Broker, Prepared),
+            (Broker, Preparing),
+            (Controller, Prepared),
+        ];
         assert_eq!(go(&n, Broker), ClusterGo::Prepare);
         assert_eq!(go(&n, Controller), ClusterGo::Prepare);
-        let n = [(Broker, Prepared), (Broker, Waiting), (Controller, Prepared)];
+        let n = [
+            (Broker, Prepared),
+            (Broker, Waiting),
+            (Controller, Prepared),
+        ];
         assert_eq!(go(&n, Controller), ClusterGo::Prepare);
         // All prepared: everybody may stop and swap, nobody start.
-        let n = [(Broker, Swapped), (Broker, Prepared), (Controller, Prepared)];
+        let n = [
+            (Broker, Swapped),
+            (Broker, Prepared),
+            (Controller, Prepared),
+        ];
         assert_eq!(go(&n, Broker), ClusterGo::Swap);
         assert_eq!(go(&n, Controller), ClusterGo::Swap);
         // All swapped: controllers start; brokers wait for every one.

@@ -83,6 +83,23 @@ fn real_kafka_gate_cycle_and_restore() {
         committed,
         "the consumer group's committed offsets changed"
     );
+    // Last: the whole cluster is lost and restored from its newest set
+    // (KRaft: the controllers' snapshots hold the metadata).
+    let disasters = if f.cluster.controller_ids().is_empty() {
+        Vec::new()
+    } else {
+        let (in_place, lost) = lose_and_restore_the_cluster(&f, &acked, &committed);
+        eprintln!("whole-cluster restore done after {:?}", started.elapsed());
+        let new_hosts = restore_onto_new_hosts(&mut f, &lost, &committed);
+        eprintln!("restore onto new hosts done after {:?}", started.elapsed());
+        vec![
+            ("whole cluster lost and restored from a snapshot set", in_place),
+            (
+                "whole cluster restored onto new hosts (new ports, freshly formatted dirs, a new coordinator)",
+                new_hosts,
+            ),
+        ]
+    };
 
     let mut cases = vec![
         (format!("rolling cycle under load ({})", label()), cycle),
@@ -100,6 +117,21 @@ fn real_kafka_gate_cycle_and_restore() {
             ),
             faults,
         ));
+    }
+    for (case, d) in disasters {
+        report::record(
+            "real_kafka",
+            &format!("{case} ({})", label()),
+            &[
+                ("records_acked_before_the_set", d.before.acked),
+                ("records_acked_before_the_set_read_back", d.before.read_back),
+                ("records_acked_during_the_set", d.during_acked),
+                ("records_acked_during_the_set_read_back", d.during_read_back),
+                ("records_acked_after_the_set", d.after_acked),
+                ("records_acked_after_the_set_read_back", d.after_read_back),
+                ("nodes_restored", d.nodes),
+            ],
+        );
     }
     for (case, (seen, read)) in cases {
         report::record(
@@ -299,6 +331,345 @@ fn restore_broker_2(f: &Fleet<KafkaCluster>, acked: &mut Vec<u64>) -> (Seen, Rea
     let seen = observer.finish();
     let read = after_load(f, &seen, acked, from, "restore");
     (seen, read)
+}
+
+/// What a whole-cluster restore brought back, by when each record was
+/// acknowledged: before the set's cycle started, during it, after it.
+struct Disaster {
+    before: ReadBack,
+    during_acked: u64,
+    during_read_back: u64,
+    after_acked: u64,
+    after_read_back: u64,
+    nodes: u64,
+}
+
+/// A lost cluster: the set to restore it from and the records
+/// acknowledged before, during and after that set's cycle.
+struct Lost {
+    cluster_id: String,
+    set_id: String,
+    before: Vec<u64>,
+    during: Vec<u64>,
+    after: Vec<u64>,
+}
+
+const DR_TOPIC: &str = "dr-config";
+const DR_RETENTION: &str = "86400123";
+const DR_AFTER_TOPIC: &str = "dr-after-the-set";
+
+/// The cluster is lost: after a cycle that records a complete, verified
+/// set, every node is killed and its log dirs are deleted (the same hosts
+/// with empty disks). `restore --cluster` brings every node back from the
+/// set: controllers first, then brokers. What is checked is in
+/// [`check_restored`].
+fn lose_and_restore_the_cluster(
+    f: &Fleet<KafkaCluster>,
+    acked: &[u64],
+    committed: &[(i32, i64)],
+) -> (Disaster, Lost) {
+    f.cluster
+        .create_topic(DR_TOPIC, 3, 3, 2)
+        .expect("dr-config topic created");
+    f.cluster
+        .alter_topic_config(DR_TOPIC, &[("retention.ms", Some(DR_RETENTION))])
+        .expect("retention.ms set");
+    // Acknowledged before the cycle: with every key of the test so far.
+    let key = acked.iter().max().map_or(0, |m| m + 1);
+    let producer = Producer::start(&f.cluster.bootstrap(), key);
+    std::thread::sleep(Duration::from_secs(2));
+    let mut before: Vec<u64> = acked.to_vec();
+    let before_from = before.len();
+    before.extend(producer.finish());
+    assert!(
+        before.len() - before_from > 100,
+        "only {} records acknowledged just before the set's cycle",
+        before.len() - before_from
+    );
+    // During the cycle that records the set.
+    let key = before.iter().max().map_or(0, |m| m + 1);
+    let producer = Producer::start(&f.cluster.bootstrap(), key);
+    f.coord.cli_ok(&["run-now"], 0);
+    let st = f.wait_cycle_end(Duration::from_secs(600));
+    assert_eq!(st["cycle"]["state"], "done", "{st:#}\n{}", f.logs());
+    let during = producer.finish();
+    f.wait_all_verified(Duration::from_secs(180));
+    let sets: Value = serde_json::from_str(&f.coord.cli_ok(&["snapshots", "--sets", "--json"], 0))
+        .expect("sets as JSON");
+    let set = sets
+        .as_array()
+        .and_then(|s| s.last())
+        .cloned()
+        .expect("a snapshot set");
+    assert_eq!(set["complete"], true, "{set:#}");
+    assert_eq!(set["verified"], true, "{set:#}");
+    let set_id = set["set_id"].as_str().unwrap().to_string();
+    // After the set: a config change, a new topic, more records.
+    f.cluster
+        .alter_topic_config(DR_TOPIC, &[("retention.ms", Some("999999"))])
+        .expect("retention.ms changed after the set");
+    f.cluster
+        .create_topic(DR_AFTER_TOPIC, 1, 3, 2)
+        .expect("topic created after the set");
+    let key = during.iter().max().map_or(key, |m| m + 1);
+    let producer = Producer::start(&f.cluster.bootstrap(), key);
+    std::thread::sleep(Duration::from_secs(2));
+    let after = producer.finish();
+
+    // A cluster that serves clients is not restored without --force.
+    let out = f.coord.cli(&["restore", "--cluster", "--yes"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("serving clients"), "{err}");
+
+    // The disaster: every node dies, every log dir is gone.
+    f.cluster.kill_all();
+    for n in all_nodes(&f.cluster) {
+        for d in f.cluster.log_dirs(n) {
+            std::fs::remove_dir_all(d).unwrap_or_else(|e| panic!("removing {}: {e}", d.display()));
+        }
+    }
+    let lost = Lost {
+        cluster_id: f.cluster.cluster_id().to_string(),
+        set_id,
+        before,
+        during,
+        after,
+    };
+    let d = restore_cluster_and_check(f, &lost, committed);
+    (d, lost)
+}
+
+/// The same set onto new hosts: a second cluster of the same node ids on
+/// other ports and dirs, formatted by its installer (another cluster.id:
+/// those dirs are moved aside), with its own agents and a new coordinator
+/// that knows nothing but the store (`catalog rebuild`) and the lost
+/// cluster's id. The old cluster's agents and coordinator are gone.
+fn restore_onto_new_hosts(
+    f: &mut Fleet<KafkaCluster>,
+    lost: &Lost,
+    committed: &[(i32, i64)],
+) -> Disaster {
+    f.cluster.kill_all();
+    for n in all_nodes(&f.cluster) {
+        f.agent(n).kill();
+    }
+    f.coord.kill();
+    let t = scratch();
+    let spec = KafkaSpec {
+        data_root: Some(t.path().join("data")),
+        ..KafkaSpec::default()
+    };
+    let cluster = Arc::new(
+        KafkaCluster::create(&t.path().join("kafka"), &spec).expect("the new hosts' cluster"),
+    );
+    assert_ne!(cluster.cluster_id(), lost.cluster_id);
+    let spec = FleetSpec {
+        capture: "auto",
+        ttl: "10s",
+        recovery_timeout: "180s",
+        controllers: true,
+        store_url: Some(f.store_url.clone()),
+        cluster_id: Some(lost.cluster_id.clone()),
+        ..FleetSpec::default()
+    };
+    let g = Fleet::around(t, cluster, spec);
+    // A new coordinator: the catalog and the sets from the store, every
+    // snapshot read back once more.
+    let rebuilt = g.coord.cli_ok(&["catalog", "rebuild"], 0);
+    g.coord.cli_ok(&["verify", "--all"], 0);
+    let sets = g.coord.cli_ok(&["snapshots", "--sets"], 0);
+    assert!(
+        sets.contains(&format!("set {}", lost.set_id)) && sets.contains("complete, verified"),
+        "{rebuilt}\n{sets}"
+    );
+    restore_cluster_and_check(&g, lost, committed)
+}
+
+fn all_nodes(c: &KafkaCluster) -> Vec<i32> {
+    c.controller_ids()
+        .into_iter()
+        .chain(c.broker_ids())
+        .collect()
+}
+
+/// `restore --cluster --set` and what the restored cluster holds:
+/// - every record acknowledged (acks=all) before the set's cycle started
+///   is read back exactly once, and no record is read twice;
+/// - records acknowledged after the set are gone;
+/// - the consumer group's committed offsets are those committed before;
+/// - topics and their configs are those of the set's controller
+///   snapshots (a topic created and a config changed after the set are
+///   not there);
+/// - every node runs and the cluster is in sync.
+///
+/// Records acknowledged during the cycle are counted: each broker's data
+/// is as of its own snapshot.
+fn restore_cluster_and_check(
+    f: &Fleet<KafkaCluster>,
+    lost: &Lost,
+    committed: &[(i32, i64)],
+) -> Disaster {
+    let nodes = all_nodes(&f.cluster);
+    let res = f
+        .coord
+        .cli(&["restore", "--cluster", "--set", &lost.set_id, "--yes"]);
+    let out = String::from_utf8_lossy(&res.stdout).into_owned();
+    assert_eq!(
+        res.status.code(),
+        Some(0),
+        "restore --cluster failed\nstdout: {out}\nstderr: {}\n{}\n{}",
+        String::from_utf8_lossy(&res.stderr),
+        node_logs(&f.cluster, &nodes),
+        f.logs()
+    );
+    assert!(
+        out.contains(&format!("from set {}", lost.set_id)) && out.contains("done"),
+        "{out}\n{}",
+        f.logs()
+    );
+    for &n in &nodes {
+        assert!(f.cluster.is_running(n), "node {n} does not run\n{out}");
+    }
+    f.cluster
+        .wait_in_sync(Duration::from_secs(180))
+        .expect("the restored cluster in sync");
+    let st = f.coord.status();
+    assert_eq!(st["cluster_restore"]["state"], "done", "{st:#}");
+
+    let bootstrap = f.cluster.bootstrap();
+    let counts = read_all(&bootstrap);
+    let twice: Vec<(&u64, &u32)> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "records read more than once: {:?}",
+        first(&twice)
+    );
+    let gone: Vec<&u64> = lost
+        .before
+        .iter()
+        .filter(|k| !counts.contains_key(k))
+        .collect();
+    assert!(
+        gone.is_empty(),
+        "{} of {} records acknowledged before the set's cycle are gone, e.g. {:?}",
+        gone.len(),
+        lost.before.len(),
+        first(&gone)
+    );
+    let back_after: Vec<&u64> = lost
+        .after
+        .iter()
+        .filter(|k| counts.contains_key(k))
+        .collect();
+    assert!(
+        back_after.is_empty(),
+        "records acknowledged after the set came back: {:?}",
+        first(&back_after)
+    );
+    assert_eq!(
+        group_offsets(&bootstrap),
+        committed,
+        "the consumer group's committed offsets after the whole-cluster restore"
+    );
+    assert_eq!(
+        topic_config(&bootstrap, DR_TOPIC, "retention.ms").as_deref(),
+        Some(DR_RETENTION),
+        "the topic config of the set's controller snapshot"
+    );
+    assert!(
+        !topic_exists(&bootstrap, DR_AFTER_TOPIC),
+        "a topic created after the set exists after the restore"
+    );
+    let during_read_back = lost
+        .during
+        .iter()
+        .filter(|k| counts.contains_key(k))
+        .count() as u64;
+    eprintln!(
+        "whole-cluster restore: {} records acknowledged during the set's cycle, {during_read_back} \
+         read back",
+        lost.during.len()
+    );
+    Disaster {
+        before: ReadBack {
+            acked: lost.before.len() as u64,
+            read_back: lost
+                .before
+                .iter()
+                .filter(|k| counts.get(k) == Some(&1))
+                .count() as u64,
+        },
+        during_acked: lost.during.len() as u64,
+        during_read_back,
+        after_acked: lost.after.len() as u64,
+        after_read_back: back_after.len() as u64,
+        nodes: nodes.len() as u64,
+    }
+}
+
+/// The warnings and errors in each node's Kafka log, last ones first.
+fn node_logs(cluster: &KafkaCluster, nodes: &[i32]) -> String {
+    let mut out = String::new();
+    for &n in nodes {
+        let text = std::fs::read_to_string(cluster.log_file(n)).unwrap_or_default();
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("ERROR") || l.contains("WARN") || l.contains("FATAL"))
+            .collect();
+        out.push_str(&format!(
+            "--- node {n} ({} warnings/errors; running: {})\n",
+            lines.len(),
+            cluster.is_running(n)
+        ));
+        for l in &lines[lines.len().saturating_sub(15)..] {
+            out.push_str(&format!("{}\n", &l[..l.len().min(600)]));
+        }
+        // A fatal fault's stack trace follows it on lines of its own.
+        if let Some(at) = text.lines().position(|l| l.contains("fatal fault")) {
+            for l in text.lines().skip(at).take(25) {
+                out.push_str(&format!("  {}\n", &l[..l.len().min(300)]));
+            }
+        }
+    }
+    out
+}
+
+/// A topic's config value, as the cluster describes it.
+fn topic_config(bootstrap: &str, topic: &str, key: &str) -> Option<String> {
+    use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("admin client");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let res = rt
+        .block_on(admin.describe_configs(
+            &[ResourceSpecifier::Topic(topic)],
+            &AdminOptions::new().request_timeout(Some(Duration::from_secs(30))),
+        ))
+        .expect("DescribeConfigs");
+    let resource = res.into_iter().next()?.ok()?;
+    resource
+        .entries
+        .into_iter()
+        .find(|e| e.name == key)
+        .and_then(|e| e.value)
+}
+
+fn topic_exists(bootstrap: &str, topic: &str) -> bool {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("consumer");
+    let md = consumer
+        .fetch_metadata(None, Duration::from_secs(30))
+        .expect("Metadata");
+    md.topics().iter().any(|t| t.name() == topic)
 }
 
 /// How many records a phase's producer had acknowledged, and how many of

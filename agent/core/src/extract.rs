@@ -42,6 +42,11 @@ pub struct ExtractOptions {
     pub targets: Vec<PathBuf>,
     /// Restore over a dir whose meta.properties names another cluster or node.
     pub allow_other_identity: bool,
+    /// Restore over a dir of another cluster that holds no Kafka data yet
+    /// (freshly formatted: see [`holds_no_data`]), as a whole-cluster
+    /// restore onto new hosts does; a dir of another cluster with data is
+    /// still refused.
+    pub replace_formatted: bool,
     /// Restore file owners (needs root); defaults to "when running as root".
     pub restore_owner: bool,
     /// Let [`prepare`] run while a broker holds the targets (it writes
@@ -144,6 +149,9 @@ pub fn extract(
 /// A snapshot extracted and checked beside its targets, synced to disk,
 /// not yet in place. Dropping it without [`Prepared::swap`] removes the
 /// extracted copies; the targets are untouched either way.
+/// The KRaft election state file in the metadata log dir.
+const QUORUM_STATE: &str = "quorum-state";
+
 pub struct Prepared {
     pub manifest: Manifest,
     pub verify: Report,
@@ -278,6 +286,52 @@ impl Prepared {
     /// The extracted copies, one per target.
     pub fn restoring_dirs(&self) -> &[PathBuf] {
         &self.restoring
+    }
+
+    /// Takes the KRaft election state (`__cluster_metadata-0/quorum-state`:
+    /// the epoch, leader and vote this controller had when its snapshot was
+    /// taken) out of the extracted copies, for a whole-cluster restore.
+    ///
+    /// The controllers of a set were snapshotted one after the other, and
+    /// leadership moved between them meanwhile: restored as taken, one
+    /// controller remembers a leader at an epoch that another's log has
+    /// moved past, and when that one names it leader of an epoch it never
+    /// knew, Kafka stops it ("Received request or response with leader ...
+    /// which is inconsistent with current leader", a fatal fault, seen on
+    /// Kafka 4.0). Without the file, Kafka starts the controller unattached
+    /// at the last epoch of its own log, and the quorum elects a leader
+    /// among the restored logs by the usual rule (the most complete log
+    /// wins). The metadata log itself is untouched. Returns the files
+    /// removed (none for a broker).
+    pub fn drop_quorum_state(&self) -> Result<Vec<PathBuf>> {
+        let mut removed = Vec::new();
+        for (i, r) in self.restoring.iter().enumerate() {
+            let copy = fsat::open_dir(Some(&self.parents[i]), Path::new(&file_name(r)))
+                .ctx(|| format!("opening {}", r.display()))?;
+            let meta_dir = Path::new(crate::cleanstop::METADATA_LOG);
+            let dir = match fsat::open_dir(Some(&copy), meta_dir) {
+                Ok(d) => d,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    return Err(Error::io(
+                        format!("opening {}", r.join(meta_dir).display()),
+                        e,
+                    ))
+                }
+            };
+            let state = r.join(meta_dir).join(QUORUM_STATE);
+            if fsat::lstat(&dir, Path::new(QUORUM_STATE))
+                .ctx(|| format!("stat {}", state.display()))?
+                .is_some()
+            {
+                fsat::remove_tree(&dir, Path::new(QUORUM_STATE))
+                    .ctx(|| format!("removing {}", state.display()))?;
+                dir.sync_all()
+                    .ctx(|| format!("fsync {}", r.join(meta_dir).display()))?;
+                removed.push(state);
+            }
+        }
+        Ok(removed)
     }
 
     /// Moves whatever is at each target aside to
@@ -553,6 +607,36 @@ pub fn remove_unfinished_restores(dirs: &[PathBuf]) -> Result<Vec<PathBuf>> {
 }
 
 /// The last component of a target or of a name beside it.
+/// Whether log dir `dir` holds no Kafka data: what `kafka-storage format`
+/// leaves (`meta.properties`, `bootstrap.checkpoint`, the lock) and at
+/// most a metadata log without records (no non-empty `.log` segment, a
+/// bootstrap `.checkpoint` allowed). Any partition dir is data.
+pub fn holds_no_data(dir: &Path) -> Result<bool> {
+    for e in fs::read_dir(dir).ctx(|| format!("listing {}", dir.display()))? {
+        let e = e.ctx(|| format!("listing {}", dir.display()))?;
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        match name.as_ref() {
+            logdir::META_PROPERTIES | "bootstrap.checkpoint" | ".lock" => {}
+            crate::cleanstop::METADATA_LOG => {
+                let meta = e.path();
+                for f in fs::read_dir(&meta).ctx(|| format!("listing {}", meta.display()))? {
+                    let f = f.ctx(|| format!("listing {}", meta.display()))?;
+                    let md = f
+                        .metadata()
+                        .ctx(|| format!("stat {}", f.path().display()))?;
+                    let n = f.file_name();
+                    if n.to_string_lossy().ends_with(".log") && md.len() > 0 {
+                        return Ok(false);
+                    }
+                }
+            }
+            _ => return Ok(false),
+        }
+    }
+    Ok(true)
+}
+
 fn file_name(p: &Path) -> OsString {
     p.file_name().unwrap_or_default().to_os_string()
 }
@@ -611,7 +695,23 @@ fn precheck_target(m: &Manifest, index: usize, t: &Path, opts: &ExtractOptions) 
         }
         if t.join(logdir::META_PROPERTIES).exists() && !opts.allow_other_identity {
             let have = read_meta_properties(t)?;
-            if have.cluster_id != m.cluster_id {
+            if have.cluster_id != m.cluster_id && opts.replace_formatted && holds_no_data(t)? {
+                tracing::warn!(
+                    target = %t.display(),
+                    formatted_for = %have.cluster_id,
+                    snapshot_cluster = %m.cluster_id,
+                    "a freshly formatted log dir of another cluster is moved aside"
+                );
+            } else if have.cluster_id != m.cluster_id && opts.replace_formatted {
+                return Err(target_err(
+                    t,
+                    format!(
+                        "holds data of cluster {} (more than `kafka-storage format` leaves) but \
+                         snapshot {} is of cluster {}: move it away first if it is to be replaced",
+                        have.cluster_id, m.snapshot_id, m.cluster_id
+                    ),
+                ));
+            } else if have.cluster_id != m.cluster_id {
                 return Err(target_err(
                     t,
                     format!(
@@ -924,6 +1024,29 @@ fn sync_filesystem(f: &fs::File, dir: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_freshly_formatted_dir_holds_no_data_and_one_with_records_does() {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path();
+        fs::write(d.join(logdir::META_PROPERTIES), "cluster.id=x\nnode.id=1\n").unwrap();
+        fs::write(d.join("bootstrap.checkpoint"), b"..").unwrap();
+        assert!(holds_no_data(d).unwrap());
+        let meta = d.join(crate::cleanstop::METADATA_LOG);
+        fs::create_dir(&meta).unwrap();
+        fs::write(meta.join("00000000000000000000.log"), b"").unwrap();
+        fs::write(
+            meta.join("00000000000000000000-0000000000.checkpoint"),
+            b"..",
+        )
+        .unwrap();
+        assert!(holds_no_data(d).unwrap(), "an empty metadata log");
+        fs::write(meta.join("00000000000000000000.log"), b"records").unwrap();
+        assert!(!holds_no_data(d).unwrap(), "a metadata log with records");
+        fs::remove_file(meta.join("00000000000000000000.log")).unwrap();
+        fs::create_dir(d.join("orders-0")).unwrap();
+        assert!(!holds_no_data(d).unwrap(), "a partition dir");
+    }
 
     #[test]
     fn owners_are_restorable_with_chown_and_fowner_capabilities() {

@@ -333,6 +333,7 @@ fn extract_cmd(a: ExtractArgs) -> Result<ExitCode> {
     let opts = ExtractOptions {
         targets,
         allow_other_identity: a.allow_other_identity,
+        replace_formatted: false,
         restore_owner: can_restore_owners() && !a.no_owner,
         broker_may_run: false,
         cancel: None,

@@ -5,8 +5,11 @@
 //!
 //! 1. Preparing: check the snapshot is of the order's cluster and of this
 //!    node, that this host has as many log dirs as the snapshot, then
-//!    extract, decrypt and verify it beside the log dirs. The node is not
-//!    touched; a failure here fails the order with every node untouched.
+//!    extract, decrypt and verify it beside the log dirs; a controller's
+//!    copy loses its `quorum-state` (see
+//!    [`kafka_snapshot::extract::Prepared::drop_quorum_state`]).
+//!    The node is not touched; a failure here fails the order with every
+//!    node untouched.
 //! 2. Prepared: wait until every node is ([`ClusterGo::Swap`]).
 //! 3. Stop the node if it runs (recorded first in the state file), move
 //!    its log dirs aside and the restored ones in (a host whose log dirs
@@ -74,7 +77,8 @@ impl Daemon {
             .await;
         session.stop();
         let loss = session.loss();
-        self.metrics.restore_finished(result.is_ok() && loss.is_none());
+        self.metrics
+            .restore_finished(result.is_ok() && loss.is_none());
         let outcome = match (result, &loss) {
             (Ok(downtime_ms), None) => {
                 self.metrics.downtime(downtime_ms, None);
@@ -161,6 +165,7 @@ impl Daemon {
         let opts = ExtractOptions {
             targets,
             allow_other_identity: false,
+            replace_formatted: true,
             restore_owner: can_restore_owners(),
             broker_may_run: true,
             cancel: Some(cancel.clone()),
@@ -183,6 +188,17 @@ impl Daemon {
             bytes = prepared.verify.bytes,
             "snapshot extracted and verified beside the log dirs; waiting for every node"
         );
+        if self.role.is_controller() {
+            let removed = prepared
+                .drop_quorum_state()
+                .map_err(|e| format!("{e}; nothing was touched"))?;
+            for f in removed {
+                tracing::info!(
+                    file = %f.display(),
+                    "the snapshot's election state left out: the restored quorum elects anew"
+                );
+            }
+        }
         session.set_step(ClusterStep::Prepared);
         self.wait_go(
             session,
@@ -281,9 +297,9 @@ impl Daemon {
     }
 
     /// After the start: a controller until its quorum has a leader and
-    /// counts this node among its voters (asked on the controllers'
-    /// listener, since no broker may run yet); a broker until it is
-    /// registered. For at most `broker.recovery_timeout`.
+    /// this node is a caught-up voter by fetches of its new process (asked
+    /// on the controllers' listener, since no broker may run yet); a
+    /// broker until it is registered. For at most `broker.recovery_timeout`.
     async fn wait_up(&self, cycle: &Cycle, session: &LeaseSession) -> Result<(), String> {
         let started = Instant::now();
         let timeout = self.cfg.broker.recovery_timeout;
@@ -298,7 +314,13 @@ impl Daemon {
             if !quorum_up {
                 if let Some((addrs, plaintext)) = &controllers {
                     let why = match cycle.client().controllers_quorum(addrs, *plaintext).await {
-                        Ok(q) if q.leader.is_some() && q.voter(self.broker).is_some() => {
+                        // A caught-up voter, by fetches of this process
+                        // (the leader's entry may predate the restart).
+                        Ok(q)
+                            if q.leader.is_some()
+                                && q.voter(self.broker).is_some_and(|v| q.behind(v).is_none())
+                                && cycle.voter_entry_is_fresh() =>
+                        {
                             quorum_up = true;
                             session.set_step(ClusterStep::Started);
                             tracing::info!(
@@ -308,13 +330,15 @@ impl Daemon {
                             );
                             None
                         }
-                        Ok(q) => Some(format!(
-                            "the quorum has {} and voters {:?}",
-                            q.leader
-                                .map(|l| format!("leader {l}"))
-                                .unwrap_or_else(|| "no leader".into()),
-                            q.voters.iter().map(|v| v.id).collect::<Vec<_>>()
-                        )),
+                        Ok(q) => Some(match (q.leader, q.voter(self.broker)) {
+                            (None, _) => "the quorum has no leader".to_string(),
+                            (Some(_), None) => {
+                                format!("controller {} is not a voter of the quorum", self.broker)
+                            }
+                            (Some(l), Some(v)) => q.behind(v).unwrap_or_else(|| {
+                                format!("leader {l}; this voter's entry is not fresh yet")
+                            }),
+                        }),
                         Err(e) => Some(e),
                     };
                     if let Some(why) = why {

@@ -13,9 +13,9 @@
 //! an abort, a failure or SIGTERM while it is down starts it again first.
 
 pub mod client;
+mod cluster_restore;
 pub mod lease;
 pub mod metrics;
-mod cluster_restore;
 mod recover;
 mod restore;
 mod snapshot;

@@ -165,6 +165,7 @@ impl Daemon {
         let opts = ExtractOptions {
             targets: targets.clone(),
             allow_other_identity: order.force,
+            replace_formatted: false,
             restore_owner: can_restore_owners(),
             broker_may_run: true,
             cancel: Some(cancel.clone()),

@@ -1189,6 +1189,160 @@ fn restore_into_wiped_log_dirs_puts_the_snapshot_back() {
     );
 }
 
+fn cluster_restore_lease(epoch: u64, cluster: &str, snapshot: &str) -> Value {
+    json!({"type": "cluster_restore",
+        "lease": {"epoch": epoch, "ttl_ms": 1500, "cycle_id": null, "gate_timeout_ms": 60000},
+        "order": {"id": 7, "cluster_id": cluster, "set_id": "set-1", "snapshot_id": snapshot}})
+}
+
+/// A node of a whole-cluster restore goes no further than the
+/// coordinator lets it: it downloads and verifies with the broker running
+/// until told to swap, stops and swaps, then waits (stopped) until told to
+/// start. Then it starts the broker and releases `restored` once it is
+/// registered. Every step is in its heartbeats.
+#[test]
+fn a_cluster_restore_node_waits_for_the_coordinator_at_every_step() {
+    let s = setup_with("xfs", quiet);
+    let cfg = s.config("reflink", TOKEN, "");
+    s.coord.push_action(snapshot_lease(1, 60_000));
+    let d = Daemon::spawn(&cfg, &s.root.join("daemon.log"), None);
+    s.coord
+        .wait_for("the snapshot report", Duration::from_secs(90), &d, |r| {
+            r.iter().any(|r| r.path == "/v1/agent/report")
+        });
+    let report = &s.coord.of("/v1/agent/report")[0].body;
+    let id = report["result"]["snapshot"]["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let go = Arc::new(Mutex::new("prepare"));
+    {
+        let go = go.clone();
+        s.coord.on_heartbeat(move |_| {
+            let g = *go.lock().unwrap();
+            (200, json!({"ttl_ms": 1500, "abort": false, "go": g}))
+        });
+    }
+    s.coord
+        .push_action(cluster_restore_lease(2, s.c.cluster_id(), &id));
+    let step_seen = |step: &'static str| {
+        move |r: &[Req]| {
+            r.iter()
+                .any(|r| r.path == "/v1/agent/heartbeat" && r.body["cluster_step"] == step)
+        }
+    };
+    s.coord.wait_for(
+        "step prepared",
+        Duration::from_secs(60),
+        &d,
+        step_seen("prepared"),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        s.c.is_running(2),
+        "the broker was stopped before every node was prepared"
+    );
+    assert!(
+        !step_seen("swapped")(&s.coord.requests()),
+        "swapped before the coordinator said so"
+    );
+    *go.lock().unwrap() = "swap";
+    s.coord.wait_for(
+        "step swapped",
+        Duration::from_secs(60),
+        &d,
+        step_seen("swapped"),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        !s.c.is_running(2),
+        "the broker started before the coordinator said so"
+    );
+    assert!(releases(&s.coord).len() == 1, "released before the start");
+    *go.lock().unwrap() = "start";
+    s.coord
+        .wait_for("the release", Duration::from_secs(90), &d, |r| {
+            r.iter().filter(|r| r.path == "/v1/agent/release").count() == 2
+        });
+    let rel = releases(&s.coord);
+    assert_eq!(rel[1]["epoch"], 2);
+    assert_eq!(
+        rel[1]["outcome"]["type"],
+        "restored",
+        "{rel:?}\n{}",
+        d.log()
+    );
+    assert_eq!(rel[1]["outcome"]["snapshot_id"], id.as_str());
+    assert!(s.c.is_running(2));
+    let steps: Vec<String> = s
+        .coord
+        .of("/v1/agent/heartbeat")
+        .iter()
+        .filter(|h| h.body["epoch"] == 2)
+        .filter_map(|h| h.body["cluster_step"].as_str().map(str::to_string))
+        .collect();
+    let mut order = steps.clone();
+    order.dedup();
+    assert_eq!(
+        order,
+        ["preparing", "prepared", "swapped", "started"],
+        "{steps:?}"
+    );
+    // What was there is moved aside.
+    for dir in s.c.log_dirs(2) {
+        let parent = dir.parent().unwrap();
+        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(
+            names(parent)
+                .iter()
+                .any(|n| n.starts_with(&format!("{name}.pre-restore-"))),
+            "{:?}",
+            names(parent)
+        );
+    }
+    s.c.wait_in_sync(Duration::from_secs(30)).unwrap();
+}
+
+/// A node told to restore, for an order of another cluster, a snapshot
+/// that is not of that cluster fails its part before anything is
+/// downloaded, the broker untouched.
+#[test]
+fn a_cluster_restore_node_refuses_a_snapshot_of_another_cluster_touching_nothing() {
+    let s = setup_with("xfs", quiet);
+    let cfg = s.config("reflink", TOKEN, "");
+    s.coord.push_action(snapshot_lease(1, 60_000));
+    let d = Daemon::spawn(&cfg, &s.root.join("daemon.log"), None);
+    s.coord
+        .wait_for("the snapshot report", Duration::from_secs(90), &d, |r| {
+            r.iter().any(|r| r.path == "/v1/agent/report")
+        });
+    let id = s.coord.of("/v1/agent/report")[0].body["result"]["snapshot"]["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // The order names a cluster this snapshot is not of.
+    s.coord
+        .push_action(cluster_restore_lease(2, "AnotherClusterIdAAAAAA", &id));
+    s.coord
+        .wait_for("the release", Duration::from_secs(60), &d, |r| {
+            r.iter().filter(|r| r.path == "/v1/agent/release").count() == 2
+        });
+    let rel = releases(&s.coord);
+    assert_eq!(rel[1]["outcome"]["type"], "failed", "{rel:?}");
+    assert_eq!(rel[1]["outcome"]["broker_running"], true, "{rel:?}");
+    assert!(s.c.is_running(2));
+    for dir in s.c.log_dirs(2) {
+        let parent = dir.parent().unwrap();
+        assert!(
+            !names(parent)
+                .iter()
+                .any(|n| n.contains(".pre-restore-") || n.contains(".restoring-")),
+            "{:?}",
+            names(parent)
+        );
+    }
+}
+
 /// The snapshot dir in a file store for any cluster.
 fn snapshot_dir_of(store: &Path, cluster: &str, id: &str) -> PathBuf {
     store.join(cluster).join("broker-2").join(id)

@@ -862,6 +862,7 @@ impl Restore {
         let opts = kafka_snapshot::extract::ExtractOptions {
             targets: self.dirs.clone(),
             allow_other_identity: false,
+            replace_formatted: false,
             restore_owner: true,
             broker_may_run: false,
             cancel: None,

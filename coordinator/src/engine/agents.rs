@@ -302,14 +302,21 @@ impl Engine {
                 broker_running,
             } => {
                 let kind = lease.kind;
-                let msg = if *broker_running {
-                    format!("{kind} of broker {broker} failed: {reason}")
-                } else {
-                    format!("BROKER {broker} LEFT STOPPED: {kind} failed: {reason}")
+                let msg = match (*broker_running, kind) {
+                    (true, _) => format!("{kind} of broker {broker} failed: {reason}"),
+                    // The cluster was down to begin with; the order's
+                    // failure is what an operator acts on.
+                    (false, LeaseKind::ClusterRestore) => format!(
+                        "node {broker}'s part of the cluster restore failed, the node does not \
+                         run: {reason}"
+                    ),
+                    (false, _) => {
+                        format!("BROKER {broker} LEFT STOPPED: {kind} failed: {reason}")
+                    }
                 };
                 brokers::set_error(&cx.tx, broker, &msg, now)?;
                 if from == LeaseState::Active {
-                    if !*broker_running {
+                    if !*broker_running && kind != LeaseKind::ClusterRestore {
                         // What an operator must act on: an ERROR of its own.
                         cx.event(
                             EventLevel::Error,

@@ -17,7 +17,9 @@
 //! again on whatever data is in place and says so).
 
 use super::{ApiError, ApiResult, Ctx, Engine};
-use crate::state::{self, ClusterNodeState, ClusterRestoreState, EventLevel, LeaseKind, LeaseState};
+use crate::state::{
+    self, ClusterNodeState, ClusterRestoreState, EventLevel, LeaseKind, LeaseState,
+};
 use crate::store::{cluster_restores, cycles, leases, parse_ts, restores, sets, Now};
 use kafka_snapshot_model::api::ClusterRestoreView;
 use kafka_snapshot_model::protocol::{Action, ClusterGo, Heartbeat, PollRequest};
@@ -154,9 +156,8 @@ impl Engine {
     }
 
     pub fn cluster_restore(&self, id: i64) -> ApiResult<ClusterRestoreView> {
-        cluster_restores::view(&self.conn, id)?.ok_or_else(|| {
-            ApiError::NotFound(format!("cluster restore order {id} does not exist"))
-        })
+        cluster_restores::view(&self.conn, id)?
+            .ok_or_else(|| ApiError::NotFound(format!("cluster restore order {id} does not exist")))
     }
 
     /// The newest cluster restore order, for `status`.
@@ -341,10 +342,7 @@ impl Ctx<'_> {
                 Some(hb.broker),
                 Some(lease.epoch),
                 "cluster_restore_step",
-                &format!(
-                    "cluster restore order {order}: node {} {to}",
-                    hb.broker
-                ),
+                &format!("cluster restore order {order}: node {} {to}", hb.broker),
             )?;
         }
         let standing: Vec<_> = nodes
@@ -421,12 +419,7 @@ impl Ctx<'_> {
     /// Ends open order `order` (failed or cancelled): nodes still waiting
     /// for their lease are never touched, every lease still held is
     /// aborted, and the message says what each node is left with.
-    fn end_cluster_restore(
-        &self,
-        order: i64,
-        to: ClusterRestoreState,
-        why: &str,
-    ) -> ApiResult<()> {
+    fn end_cluster_restore(&self, order: i64, to: ClusterRestoreState, why: &str) -> ApiResult<()> {
         let nodes = cluster_restores::nodes(&self.tx, order)?;
         let mut untouched = Vec::new();
         let mut aborted = Vec::new();
@@ -449,7 +442,10 @@ impl Ctx<'_> {
                         .and_then(|e| leases::get(&self.tx, e).ok().flatten())
                         .filter(|l| l.state == LeaseState::Active)
                     {
-                        self.abort_lease(&l, &format!("cluster restore order {order} ended: {why}"))?;
+                        self.abort_lease(
+                            &l,
+                            &format!("cluster restore order {order} ended: {why}"),
+                        )?;
                         aborted.push(n.node);
                     }
                 }

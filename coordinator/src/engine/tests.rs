@@ -1624,7 +1624,8 @@ fn a_cluster_restore_moves_every_node_in_step_and_ends_in_sync() {
         .create_cluster_restore(None, false, serving.clone(), at(1))
         .unwrap_err();
     assert!(
-        err.to_string().contains("serving clients (brokers [1, 2, 3] registered"),
+        err.to_string()
+            .contains("serving clients (brokers [1, 2, 3] registered"),
         "{err}"
     );
     let order = e.create_cluster_restore(None, false, None, at(1)).unwrap();
@@ -1640,7 +1641,10 @@ fn a_cluster_restore_moves_every_node_in_step_and_ends_in_sync() {
     for b in 1..=3 {
         let (epoch, o) = cluster_lease(&mut e, b, at(2));
         assert_eq!(o.snapshot_id, format!("d0-{b}"));
-        assert_eq!((o.set_id.as_str(), o.cluster_id.as_str()), (set.as_str(), "cluster-a"));
+        assert_eq!(
+            (o.set_id.as_str(), o.cluster_id.as_str()),
+            (set.as_str(), "cluster-a")
+        );
         epochs.push(epoch);
     }
     let go = |e: &mut Engine, b: i32, step, s| {
@@ -1681,12 +1685,18 @@ fn a_cluster_restore_moves_every_node_in_step_and_ends_in_sync() {
     let o = e.cluster_restore(order.id).unwrap();
     assert_eq!(
         (o.state.as_str(), o.progress.as_deref()),
-        ("recovering", Some("waiting: 2 partition(s) under-replicated"))
+        (
+            "recovering",
+            Some("waiting: 2 partition(s) under-replicated")
+        )
     );
     e.apply_cluster_check(Ok(()), at(9)).unwrap();
     let o = e.cluster_restore(order.id).unwrap();
     assert_eq!(o.state, "done");
-    assert_eq!(e.status(at(9)).unwrap().cluster_restore.unwrap().state, "done");
+    assert_eq!(
+        e.status(at(9)).unwrap().cluster_restore.unwrap().state,
+        "done"
+    );
     // Cycles go again.
     e.run_now(None, at(10)).unwrap();
 }
@@ -1701,7 +1711,8 @@ fn a_node_that_cannot_prepare_fails_the_order_with_every_node_untouched() {
     let (e2, _) = cluster_lease(&mut e, 2, t);
     // Node 3's agent has not polled yet when node 2 finds its host has
     // another number of log dirs.
-    e.heartbeat(&step_hb(1, e1, ClusterStep::Prepared), t).unwrap();
+    e.heartbeat(&step_hb(1, e1, ClusterStep::Prepared), t)
+        .unwrap();
     e.release(
         &Release {
             broker: 2,
@@ -1717,7 +1728,10 @@ fn a_node_that_cannot_prepare_fails_the_order_with_every_node_untouched() {
     let o = e.cluster_restore(order.id).unwrap();
     assert_eq!(o.state, "failed");
     let msg = o.message.unwrap();
-    assert!(msg.contains("node 2 failed") && msg.contains("2 log dirs"), "{msg}");
+    assert!(
+        msg.contains("node 2 failed") && msg.contains("2 log dirs"),
+        "{msg}"
+    );
     assert!(msg.contains("nodes [1] were told to abort"), "{msg}");
     assert!(msg.contains("nodes [3] were never touched"), "{msg}");
     let states: Vec<(i32, String)> = o.nodes.iter().map(|n| (n.node, n.state.clone())).collect();
@@ -1730,7 +1744,11 @@ fn a_node_that_cannot_prepare_fails_the_order_with_every_node_untouched() {
         ]
     );
     // Node 1 is told to abort at its next heartbeat; node 3 gets nothing.
-    assert!(e.heartbeat(&step_hb(1, e1, ClusterStep::Prepared), t).unwrap().abort);
+    assert!(
+        e.heartbeat(&step_hb(1, e1, ClusterStep::Prepared), t)
+            .unwrap()
+            .abort
+    );
     assert!(matches!(poll_grant(&mut e, 3, t), Action::Idle));
     assert!(e.status(t).unwrap().cluster_restore.unwrap().state == "failed");
 }
@@ -1744,7 +1762,11 @@ fn brokers_start_only_after_every_controller_saw_the_quorum_elect_a_leader() {
     let t = run_cycle(&mut e, day(0), &refs);
     // Not verified yet: refused unless forced.
     let err = e.create_cluster_restore(None, false, None, t).unwrap_err();
-    assert!(err.to_string().contains("no complete, verified snapshot set"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("no complete, verified snapshot set"),
+        "{err}"
+    );
     let set = e.sets().unwrap()[0].set_id.clone();
     let err = e
         .create_cluster_restore(Some(&set), false, None, t)
@@ -1757,7 +1779,10 @@ fn brokers_start_only_after_every_controller_saw_the_quorum_elect_a_leader() {
         .collect();
     let go = |e: &mut Engine, n: i32, step| {
         let epoch = epochs.iter().find(|(m, _)| *m == n).unwrap().1;
-        e.heartbeat(&step_hb(n, epoch, step), t).unwrap().go.unwrap()
+        e.heartbeat(&step_hb(n, epoch, step), t)
+            .unwrap()
+            .go
+            .unwrap()
     };
     for n in nodes {
         go(&mut e, n, ClusterStep::Swapped);
@@ -1766,7 +1791,11 @@ fn brokers_start_only_after_every_controller_saw_the_quorum_elect_a_leader() {
     assert_eq!(go(&mut e, 5, ClusterStep::Swapped), ClusterGo::Start);
     assert_eq!(go(&mut e, 1, ClusterStep::Swapped), ClusterGo::Swap);
     assert_eq!(go(&mut e, 0, ClusterStep::Started), ClusterGo::Start);
-    assert_eq!(go(&mut e, 1, ClusterStep::Swapped), ClusterGo::Swap, "combined node 5 not up");
+    assert_eq!(
+        go(&mut e, 1, ClusterStep::Swapped),
+        ClusterGo::Swap,
+        "combined node 5 not up"
+    );
     assert_eq!(go(&mut e, 5, ClusterStep::Started), ClusterGo::Start);
     assert_eq!(go(&mut e, 1, ClusterStep::Swapped), ClusterGo::Start);
     assert_eq!(e.cluster_restore(order.id).unwrap().state, "running");
@@ -1785,7 +1814,10 @@ fn a_cluster_restore_lease_that_expires_fails_the_order() {
     let o = e.cluster_restore(order.id).unwrap();
     assert_eq!(o.state, "failed");
     assert!(
-        o.message.as_deref().unwrap().contains("expired without a release"),
+        o.message
+            .as_deref()
+            .unwrap()
+            .contains("expired without a release"),
         "{o:?}"
     );
     // Retention no longer keeps the set's snapshots for the order.

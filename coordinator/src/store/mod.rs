@@ -480,10 +480,7 @@ mod tests {
                 .optional()
                 .unwrap()
         };
-        assert_eq!(
-            meta("schema_version"),
-            Some(SCHEMA_VERSION.to_string())
-        );
+        assert_eq!(meta("schema_version"), Some(SCHEMA_VERSION.to_string()));
         assert_eq!(meta("max_attempts"), None);
         let (n, holder): (i64, Option<String>) = conn
             .query_row(

@@ -137,6 +137,11 @@ pub trait TestCluster: Send + Sync + 'static {
     fn controllers(&self) -> Vec<i32> {
         Vec::new()
     }
+    /// The server.properties an agent of node `n` reads instead of listing
+    /// its log dirs, if any: a controller's agent finds its quorum there.
+    fn server_properties(&self, _n: i32) -> Option<PathBuf> {
+        None
+    }
 }
 
 impl TestCluster for StandinCluster {
@@ -182,6 +187,11 @@ impl TestCluster for KafkaCluster {
     fn controllers(&self) -> Vec<i32> {
         self.controller_ids()
     }
+    fn server_properties(&self, n: i32) -> Option<PathBuf> {
+        self.controller_ids()
+            .contains(&n)
+            .then(|| self.properties(n).to_path_buf())
+    }
 }
 
 /// Starts an [`Observer`] of a three-broker cluster whose partitions all
@@ -207,6 +217,8 @@ pub struct FleetSpec {
     pub max_attempts: u32,
     /// Agents on the cluster's dedicated controllers too.
     pub controllers: bool,
+    /// The coordinator's `[cluster] id` (default: learned from the cluster).
+    pub cluster_id: Option<String>,
 }
 
 impl Default for FleetSpec {
@@ -220,6 +232,7 @@ impl Default for FleetSpec {
             recovery_timeout: "90s",
             max_attempts: 3,
             controllers: false,
+            cluster_id: None,
         }
     }
 }
@@ -281,6 +294,7 @@ impl<C: TestCluster> Fleet<C> {
         if fs_spec.controllers {
             cs.controllers = cluster.controllers();
         }
+        cs.cluster = fs_spec.cluster_id.clone();
         cs.lease = format!("ttl = {:?}\npoll_interval = \"300ms\"\n", fs_spec.ttl);
         cs.schedule = format!(
             "suspend = true\ngate_timeout = \"2m\"\nmax_attempts = {}\n",
@@ -456,13 +470,18 @@ pub fn write_agent_config(
         .iter()
         .map(|d| format!("{:?}", d.display().to_string()))
         .collect();
-    let role = if cluster.controllers().contains(&n) {
-        "role = \"controller\"\n"
-    } else {
-        ""
+    // From server.properties (log dirs, role, the controllers' quorum) the
+    // way an operator would point a controller's agent at its node, else
+    // the log dirs alone.
+    let node = match cluster.server_properties(n) {
+        Some(p) => format!("server_properties = {:?}\n", p.display().to_string()),
+        None if cluster.controllers().contains(&n) => {
+            format!("log_dirs = [{}]\nrole = \"controller\"\n", dirs.join(", "))
+        }
+        None => format!("log_dirs = [{}]\n", dirs.join(", ")),
     };
     let text = format!(
-        "[broker]\nlog_dirs = [{}]\n{role}stop_command = {:?}\nstart_command = {:?}\n\
+        "[broker]\n{node}stop_command = {:?}\nstart_command = {:?}\n\
          stop_timeout = \"60s\"\ncommand_timeout = \"60s\"\nrecovery_timeout = {:?}\n\
          [snapshot]\ncapture = {:?}\n\
          [storage]\nurl = {:?}\n{}\n\
@@ -470,7 +489,6 @@ pub fn write_agent_config(
          [gate]\nstable_checks = 2\ncheck_interval = \"300ms\"\n\
          [coordinator]\nurl = {:?}\ntoken_file = {:?}\nstate_file = {:?}\npoll_interval = \"300ms\"\n\
          [metrics]\nlisten = \"127.0.0.1:0\"\n",
-        dirs.join(", "),
         cluster.stop_script(n).display().to_string(),
         cluster.start_script(n).display().to_string(),
         spec.recovery_timeout,

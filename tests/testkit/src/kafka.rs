@@ -557,9 +557,11 @@ impl KafkaCluster {
                     continue;
                 };
                 for p in t.partitions.iter_mut().filter(|p| p.leader_id.0 < 0) {
-                    if let Some(op) = ot.partitions.iter().find(|o| {
-                        o.partition_index == p.partition_index && o.leader_id.0 >= 0
-                    }) {
+                    if let Some(op) = ot
+                        .partitions
+                        .iter()
+                        .find(|o| o.partition_index == p.partition_index && o.leader_id.0 >= 0)
+                    {
                         *p = op.clone();
                     }
                 }

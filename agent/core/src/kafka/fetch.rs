@@ -99,8 +99,12 @@ impl KafkaClient {
         for addr in addrs {
             let conn = match plaintext {
                 true => {
-                    Connection::connect_plain(addr, "kafka-snapshot-agent", self.cfg.request_timeout)
-                        .await
+                    Connection::connect_plain(
+                        addr,
+                        "kafka-snapshot-agent",
+                        self.cfg.request_timeout,
+                    )
+                    .await
                 }
                 false => {
                     Connection::connect(
