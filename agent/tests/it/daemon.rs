@@ -1343,6 +1343,69 @@ fn a_cluster_restore_node_refuses_a_snapshot_of_another_cluster_touching_nothing
     }
 }
 
+/// A host with another number of log dirs than the snapshot (a new host
+/// set up differently) fails its part before anything is downloaded or
+/// stopped, naming both.
+#[test]
+fn a_cluster_restore_onto_a_host_with_fewer_log_dirs_fails_before_the_stop() {
+    let s = setup_with("xfs", quiet);
+    let cfg = s.config("reflink", TOKEN, "");
+    s.coord.push_action(snapshot_lease(1, 60_000));
+    let mut d = Daemon::spawn(&cfg, &s.root.join("daemon.log"), None);
+    s.coord
+        .wait_for("the snapshot report", Duration::from_secs(90), &d, |r| {
+            r.iter().any(|r| r.path == "/v1/agent/report")
+        });
+    let id = s.coord.of("/v1/agent/report")[0].body["result"]["snapshot"]["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    d.sigterm();
+    assert!(d.wait_exit(Duration::from_secs(60)).success());
+    // The same node, configured with its first log dir only.
+    let text = fs::read_to_string(&cfg).unwrap();
+    let one: String = text
+        .lines()
+        .map(|l| match l.strip_prefix("log_dirs = [") {
+            Some(rest) => format!(
+                "log_dirs = [{}]",
+                rest.split(", ").next().unwrap().trim_end_matches(']')
+            ),
+            None => l.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let cfg1 = s.root.join("agent-2-one-dir.toml");
+    fs::write(&cfg1, one + "\n").unwrap();
+    let d = Daemon::spawn(&cfg1, &s.root.join("daemon-1.log"), None);
+    s.coord
+        .push_action(cluster_restore_lease(2, s.c.cluster_id(), &id));
+    s.coord
+        .wait_for("the release", Duration::from_secs(60), &d, |r| {
+            r.iter().filter(|r| r.path == "/v1/agent/release").count() == 2
+        });
+    let rel = releases(&s.coord);
+    assert_eq!(rel[1]["outcome"]["type"], "failed", "{rel:?}");
+    let reason = rel[1]["outcome"]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("holds 2 log dirs") && reason.contains("this broker has 1"),
+        "{reason}"
+    );
+    assert_eq!(rel[1]["outcome"]["broker_running"], true);
+    assert!(s.c.is_running(2));
+    let steps: Vec<Value> = s
+        .coord
+        .of("/v1/agent/heartbeat")
+        .iter()
+        .filter(|h| h.body["epoch"] == 2)
+        .map(|h| h.body["cluster_step"].clone())
+        .collect();
+    assert!(
+        steps.iter().all(|st| st == "preparing"),
+        "went past preparing: {steps:?}"
+    );
+}
+
 /// The snapshot dir in a file store for any cluster.
 fn snapshot_dir_of(store: &Path, cluster: &str, id: &str) -> PathBuf {
     store.join(cluster).join("broker-2").join(id)

@@ -547,6 +547,36 @@ impl Ctx<'_> {
         Ok(())
     }
 
+    /// A running order whose node's agent never came for its lease within
+    /// `schedule.gate_timeout` of the order fails, naming the node: the
+    /// others would wait for it forever, downloaded and verified.
+    pub(super) fn cluster_restore_timeouts(&self) -> ApiResult<()> {
+        let Some((order, ClusterRestoreState::Running)) = cluster_restores::open(&self.tx)? else {
+            return Ok(());
+        };
+        let since = cluster_restores::created_at(&self.tx, order)?
+            .map(|t| parse_ts(&t))
+            .unwrap_or(self.now);
+        let timeout = self.cfg.schedule.gate_timeout;
+        if (self.now - since).to_std().unwrap_or_default() <= timeout {
+            return Ok(());
+        }
+        let nodes = cluster_restores::nodes(&self.tx, order)?;
+        if let Some(n) = nodes.iter().find(|n| n.state == ClusterNodeState::Waiting) {
+            self.cluster_node_failed(
+                order,
+                n.node,
+                &format!(
+                    "its agent did not come for its part within schedule.gate_timeout ({}s) of \
+                     the order: is it running, on the node's host, with this coordinator's URL \
+                     and its token?",
+                    timeout.as_secs()
+                ),
+            )?;
+        }
+        Ok(())
+    }
+
     /// Whether a whole-cluster restore is open: nothing else is granted or
     /// started meanwhile.
     pub(super) fn cluster_restore_open(&self) -> ApiResult<Option<i64>> {

@@ -1824,3 +1824,35 @@ fn a_cluster_restore_lease_that_expires_fails_the_order() {
     let read = crate::store::snapshots::read_by_open_restores(e.conn(), Some("cluster-a")).unwrap();
     assert!(read.is_empty(), "{read:?}");
 }
+
+#[test]
+fn a_node_whose_agent_never_comes_fails_the_order_after_the_gate_timeout() {
+    let mut e = engine();
+    verified_set(&mut e);
+    let t = day(1);
+    let order = e.create_cluster_restore(None, false, None, t).unwrap();
+    let (e1, _) = cluster_lease(&mut e, 1, t);
+    let (e2, _) = cluster_lease(&mut e, 2, t);
+    // Node 3's agent never polls; the others keep heartbeating.
+    let later = |m: i64| t + chrono::Duration::minutes(m);
+    let beat = |e: &mut Engine, m: i64| {
+        e.heartbeat(&step_hb(1, e1, ClusterStep::Prepared), later(m))
+            .unwrap();
+        e.heartbeat(&step_hb(2, e2, ClusterStep::Prepared), later(m))
+            .unwrap();
+        e.tick(later(m)).unwrap();
+    };
+    for m in [5, 9] {
+        beat(&mut e, m);
+        assert_eq!(e.cluster_restore(order.id).unwrap().state, "running");
+    }
+    beat(&mut e, 11);
+    let o = e.cluster_restore(order.id).unwrap();
+    assert_eq!(o.state, "failed");
+    let msg = o.message.unwrap();
+    assert!(
+        msg.contains("node 3 failed: its agent did not come for its part within schedule.gate_timeout (600s)"),
+        "{msg}"
+    );
+    assert!(msg.contains("nodes [1, 2] were told to abort"), "{msg}");
+}

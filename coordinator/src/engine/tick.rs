@@ -28,6 +28,7 @@ impl Engine {
                 ),
             )?;
         }
+        cx.cluster_restore_timeouts()?;
         needs.settle_check = leases::slot(&cx.tx)?.is_some_and(|l| l.state == LeaseState::Settling);
 
         cx.schedule_tick()?;

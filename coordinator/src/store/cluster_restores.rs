@@ -194,6 +194,15 @@ pub fn set_progress(c: &Connection, id: i64, progress: &str) -> rusqlite::Result
     Ok(())
 }
 
+pub fn created_at(c: &Connection, id: i64) -> rusqlite::Result<Option<String>> {
+    c.query_row(
+        "SELECT created_at FROM cluster_restores WHERE id = ?",
+        [id],
+        |r| r.get(0),
+    )
+    .optional()
+}
+
 pub fn updated_at(c: &Connection, id: i64) -> rusqlite::Result<Option<String>> {
     c.query_row(
         "SELECT updated_at FROM cluster_restores WHERE id = ?",

@@ -332,7 +332,7 @@ fn send(mut r: reqwest::blocking::RequestBuilder, token: Option<&str>) -> (u16, 
 
 pub fn poll_body(broker: i32, epoch: Option<u64>) -> serde_json::Value {
     serde_json::json!({
-        "protocol": 1, "broker": broker, "agent_version": "test", "hostname": "h",
+        "protocol": kafka_snapshot_model::protocol::PROTOCOL_VERSION, "broker": broker, "agent_version": "test", "hostname": "h",
         "phase": "idle", "lease_epoch": epoch, "broker_running": true,
     })
 }
