@@ -112,7 +112,7 @@ fn real_kafka_gate_cycle_and_restore() {
         cases.push((
             format!(
                 "agent killed while its controller is down, a second controller failing \
-                 meanwhile ({})",
+                 meanwhile; coordinator killed while a controller is down ({})",
                 label()
             ),
             faults,
@@ -205,7 +205,10 @@ fn rolling_cycle(f: &Fleet<KafkaCluster>, acked: &mut Vec<u64>) -> (Seen, ReadBa
 /// - the gate of A then refuses (C is not a caught-up voter), and the
 ///   coordinator grants nothing while the quorum is not whole;
 /// - the restarted agent starts B again before anything else; once C is
-///   back the cycle finishes, and nothing acknowledged was lost.
+///   back the cycle finishes, and nothing acknowledged was lost;
+/// - then the coordinator is SIGKILLed while controller A is down for its
+///   snapshot and started again: A runs again, the cycle ends `done`, and
+///   no second node was down meanwhile.
 fn controller_faults(
     f: &mut Fleet<KafkaCluster>,
     acked: &mut Vec<u64>,
@@ -253,6 +256,35 @@ fn controller_faults(
     f.cluster.start(c).expect("controller C starts");
     let st = f.wait_cycle_end(Duration::from_secs(300));
     assert_eq!(st["cycle"]["state"], "done", "{st:#}\n{}", f.logs());
+    let (code, out, _) = check_controller(f, a);
+    assert_eq!(code, 0, "{out}");
+
+    // The coordinator is SIGKILLed while controller A is down for its
+    // snapshot, and comes back: A runs again, the cycle ends done, and no
+    // second node was down meanwhile.
+    let nodes = NodeWatch::start(&f.cluster);
+    f.agent(a).terminate();
+    f.agent(a).start_with(&["phase-capturing"]);
+    f.coord.cli_ok(&["run-now", "--broker", &a.to_string()], 0);
+    f.agent(a)
+        .wait_paused("phase-capturing", Duration::from_secs(180));
+    assert!(
+        !f.cluster.is_running(a),
+        "controller {a} runs while its agent captures"
+    );
+    f.coord.kill();
+    f.agent(a).resume("phase-capturing");
+    std::thread::sleep(Duration::from_secs(3));
+    f.coord.start();
+    let st = f.wait_cycle_end(Duration::from_secs(300));
+    assert_eq!(st["cycle"]["state"], "done", "{st:#}\n{}", f.logs());
+    assert!(f.cluster.is_running(a), "controller {a} does not run");
+    let down = nodes.finish();
+    assert!(
+        down <= 1,
+        "coordinator killed: {down} nodes were down at once\n{}",
+        f.logs()
+    );
     let (code, out, _) = check_controller(f, a);
     assert_eq!(code, 0, "{out}");
     let from = acked.len();

@@ -62,15 +62,34 @@ impl KafkaCluster {
     /// in ZooKeeper mode (CreateTopics, DeleteTopics,
     /// AlterPartitionReassignments). In KRaft mode Metadata names a
     /// broker, which forwards them to the active controller.
+    ///
+    /// A node Metadata named may be gone by the time it is dialled: asked
+    /// again for up to 30 s; the error then says whether the node's
+    /// process still runs.
     pub(crate) fn controller(&self, timeout: Duration) -> Result<Connection> {
-        let md = self.metadata()?;
-        let id = md.controller_id.0;
-        let b = md
-            .brokers
-            .iter()
-            .find(|b| b.node_id.0 == id)
-            .with_context(|| format!("Metadata names no live controller ({id})"))?;
-        Connection::connect(&format!("{}:{}", b.host.as_str(), b.port), timeout)
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let md = self.metadata()?;
+            let id = md.controller_id.0;
+            let b = md
+                .brokers
+                .iter()
+                .find(|b| b.node_id.0 == id)
+                .with_context(|| format!("Metadata names no live controller ({id})"))?;
+            match Connection::connect(&format!("{}:{}", b.host.as_str(), b.port), timeout) {
+                Ok(c) => return Ok(c),
+                Err(e) if std::time::Instant::now() >= deadline => {
+                    let runs = self.broker_ids().contains(&id) && self.is_running(id);
+                    return Err(e.context(format!(
+                        "node {id}, named by Metadata, did not answer for 30 s (its process \
+                         {}; log {})",
+                        if runs { "runs" } else { "does not run" },
+                        self.log_file(id).display()
+                    )));
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(500)),
+            }
+        }
     }
 
     /// Any broker that answers.
