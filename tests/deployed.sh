@@ -27,6 +27,11 @@
 # - after a second cycle (a newer complete snapshot set), prune, run as
 #   the coordinator's user, deletes broker 2's older snapshot from the
 #   store and the catalog;
+# - restore --cluster is refused while the cluster serves; with --force
+#   it restores every broker from the newest set at once (the agents stop
+#   and start kafka.service through polkit): broker 2's files belong to
+#   kafka with the snapshot's modes and every record produced before the
+#   set is read back;
 # - at the end, minutes later, no daemon was restarted (the watchdog was
 #   fed).
 #
@@ -481,6 +486,39 @@ else
     cat "$T/prune.log"
     ls -la "$T/store/$CLUSTER_ID/broker-2" || true
     not_ok "prune of broker 2's older snapshot"
+fi
+
+# --- whole-cluster restore as the deployed users --------------------------------------------------------------
+# Every broker at once from the newest set (the controller, without an
+# agent here, keeps its metadata): the agents stop and start kafka.service
+# through polkit and restore the kafka user's files with CAP_CHOWN.
+roundtrip produce "$BOOTSTRAP" deployed 300 after-set >/dev/null
+set_id=$(coord snapshots --sets --json | jq_py "print([s for s in d if s['complete'] and s['verified']][-1]['set_id'])")
+snap2=$(coord snapshots --sets --json |
+    jq_py "print([n['snapshot_id'] for s in d if s['set_id'] == '$set_id' for n in s['nodes'] if n['node'] == 2][0])")
+if coord restore --cluster --yes >"$T/cluster.log" 2>&1; then
+    not_ok "restore --cluster while the cluster serves was not refused: $(cat "$T/cluster.log")"
+elif grep -q 'serving clients' "$T/cluster.log"; then
+    ok "restore --cluster is refused while the cluster serves clients, naming what it sees"
+else
+    not_ok "restore --cluster refused for another reason: $(cat "$T/cluster.log")"
+fi
+if coord restore --cluster --set "$set_id" --yes --force >"$T/cluster.log" 2>&1 && grep -q 'done' "$T/cluster.log"; then
+    ok "restore --cluster --force of set $set_id ends done ($(tail -1 "$T/cluster.log"))"
+else
+    cat "$T/cluster.log"
+    for g in b1 b2 b3; do guest_exec "$g" journalctl -u kafka-snapshot-agent --no-pager | tail -20 || true; done
+    die "whole-cluster restore"
+fi
+manifest=/mnt/kafka-snapshots/$CLUSTER_ID/broker-2/$snap2/manifest.json
+if guest_exec b2 python3 - "$manifest" "" "$KAFKA_UID" "$KAFKA_UID" <tests/deployed/check_restored.py >"$T/owners.log" 2>&1 &&
+    roundtrip consume "$BOOTSTRAP" deployed before 3000 >"$T/serve.log" 2>&1 &&
+    roundtrip consume "$BOOTSTRAP" deployed after-snapshot 1000 >>"$T/serve.log" 2>&1 &&
+    roundtrip consume "$BOOTSTRAP" deployed after-restore 500 >>"$T/serve.log" 2>&1; then
+    ok "after the whole-cluster restore: broker 2's files belong to kafka with the snapshot's modes, and every record produced before the set is read back"
+else
+    cat "$T/owners.log" "$T/serve.log"
+    not_ok "the cluster after the whole-cluster restore"
 fi
 
 # --- nothing restarted along the way ------------------------------------------------------------------------

@@ -10,7 +10,10 @@ the broker's host itself, as tests/deployed.sh does). Passes when:
   (the snapshot saw the broker's files as they were);
 - every entry that is still there after the restore (Kafka may have
   deleted or rolled some since it started again) has the manifest's
-  owner, group and mode, and at least nine in ten are still there;
+  owner, group and mode, and at least nine in ten are still there, not
+  counting what a start removes by design (the clean-shutdown markers,
+  the quorum-state a whole-cluster restore drops, and the metadata log's
+  snapshots and checkpoints Kafka replaces);
 - every file and dir in the restored log dirs belongs to the kafka user,
   whether it came from the snapshot or Kafka wrote it after the restore;
 - each log dir that was replaced was moved aside (<dir>.pre-restore-*),
@@ -31,6 +34,7 @@ def main():
     dirs = {d["archive_prefix"]: d["path"] for d in manifest["log_dirs"]}
     problems = []
     checked = missing = 0
+    gone = []
     for e in manifest["entries"]:
         if (e["uid"], e["gid"]) != (kafka_uid, kafka_gid):
             problems.append(f"manifest: {e['path']} recorded as {e['uid']}:{e['gid']}, not kafka")
@@ -42,7 +46,9 @@ def main():
         try:
             st = os.lstat(host)
         except FileNotFoundError:
-            missing += 1
+            gone.append(e["path"])
+            if not replaced_at_start(rest):
+                missing += 1
             continue
         checked += 1
         got = (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode))
@@ -66,6 +72,8 @@ def main():
                         problems.append(f"{os.path.join(root, name)[len(guest_root):]}: owned by {st.st_uid}:{st.st_gid}, not kafka")
         if not glob.glob(glob.escape(top) + ".pre-restore-*"):
             problems.append(f"{d}: no {d}.pre-restore-* beside it (the dir the restore replaced)")
+    if gone:
+        print(f"  gone since the restore: {', '.join(gone[:12])}{' ...' if len(gone) > 12 else ''}")
     for p in problems:
         print(f"  {p}")
     print(
@@ -73,6 +81,14 @@ def main():
         f" (owner, group, mode), {missing} gone since, in {len(dirs)} log dirs"
     )
     sys.exit(1 if problems else 0)
+
+
+def replaced_at_start(rest):
+    """Whether a log dir entry is one a starting node removes by design."""
+    name = os.path.basename(rest)
+    if name in (".kafka_cleanshutdown", "quorum-state", ".lock"):
+        return True
+    return rest.startswith("__cluster_metadata-0/") and name.endswith((".snapshot", ".checkpoint"))
 
 
 if __name__ == "__main__":
