@@ -353,7 +353,7 @@ impl Prepared {
                 }
             }
         }
-        let stamp = Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
+        let stamp = Utc::now().format(STAMP_FORMAT).to_string();
         // From here on nothing is removed, whatever happens: the copies
         // stay unless every rename was undone.
         self.swapped = true;
@@ -576,6 +576,8 @@ impl Drop for Prepared {
 pub const RESTORING: &str = "restoring-";
 /// Suffix of the data a restore moved aside: `<dir>.pre-restore-<time>`.
 pub const PRE_RESTORE: &str = "pre-restore-";
+/// The time in a `.pre-restore-<time>` name (`20261202T101500Z`, UTC).
+pub const STAMP_FORMAT: &str = "%Y%m%dT%H%M%SZ";
 
 /// Removes `<dir>.restoring-*` beside every dir: the unfinished copies of an
 /// interrupted restore. Never touches the dirs themselves or anything
