@@ -309,12 +309,31 @@ pub fn clone_into_staging(inv: &Inventory, staging: &[PathBuf]) -> Result<()> {
         }
     }
     let per_thread = files.len().div_ceil(CLONE_THREADS).max(1);
+    // Each log dir opened once: every file below it is opened through that
+    // fd, never following a symlink someone put in place since the scan.
+    let roots: Vec<fs::File> = inv
+        .dirs
+        .iter()
+        .map(|d| {
+            crate::fsat::open_root_dir(&d.path).ctx(|| format!("opening {}", d.path.display()))
+        })
+        .collect::<Result<_>>()?;
+    let roots = &roots;
     std::thread::scope(|scope| {
         let workers: Vec<_> = files
             .chunks(per_thread)
             .map(|chunk| {
                 scope.spawn(move || -> Result<()> {
-                    chunk.iter().try_for_each(|e| clone_file(inv, staging, e))
+                    let mut trees = Vec::new();
+                    for (r, d) in roots.iter().zip(&inv.dirs) {
+                        let root = r
+                            .try_clone()
+                            .ctx(|| format!("opening {}", d.path.display()))?;
+                        trees.push(crate::fsat::Beneath::from_root(root));
+                    }
+                    chunk
+                        .iter()
+                        .try_for_each(|e| clone_file(inv, &mut trees, staging, e))
                 })
             })
             .collect();
@@ -331,10 +350,17 @@ pub fn clone_into_staging(inv: &Inventory, staging: &[PathBuf]) -> Result<()> {
     })
 }
 
-fn clone_file(inv: &Inventory, staging: &[PathBuf], e: &crate::logdir::Entry) -> Result<()> {
+fn clone_file(
+    inv: &Inventory,
+    trees: &mut [crate::fsat::Beneath],
+    staging: &[PathBuf],
+    e: &crate::logdir::Entry,
+) -> Result<()> {
     let src = inv.dirs[e.dir_index].path.join(&e.rel);
     let dst = staging[e.dir_index].join(&e.rel);
-    let s = fs::File::open(&src).ctx(|| format!("opening {}", src.display()))?;
+    let s = trees[e.dir_index]
+        .open(&e.rel)
+        .map_err(|err| crate::fsat::swapped(&src, err))?;
     let t = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
