@@ -22,8 +22,10 @@
 #   polkit), reflink capture, every snapshot verified by the coordinator;
 # - restore --broker 2 ends done: the restored files have the owner,
 #   group and mode the manifest recorded (the kafka user's), the replaced
-#   log dirs were moved aside, broker 2 leads partitions again with every
-#   replica in sync, and every record produced before is read back;
+#   log dirs were moved aside (and status lists them with their size, as
+#   the agent measured them under its sandbox), broker 2 leads partitions
+#   again with every replica in sync, and every record produced before is
+#   read back;
 # - after a second cycle (a newer complete snapshot set), prune, run as
 #   the coordinator's user, deletes broker 2's older snapshot from the
 #   store and the catalog;
@@ -454,6 +456,21 @@ if guest_exec b2 python3 - "$manifest" "" "$KAFKA_UID" "$KAFKA_UID" <tests/deplo
 else
     cat "$T/owners.log"
     not_ok "owners and modes of broker 2's restored files"
+fi
+# What the restore moved aside, as the agent (its user, its sandbox)
+# measures and reports it: status lists it with its size.
+moved=
+for _ in $(seq 60); do
+    moved=$(status_json | jq_py "print(' '.join(m['path'] + ':' + str(m['bytes']) for b in d['brokers'] if b['broker'] == 2 for m in b['moved_aside']))")
+    [[ -n $moved ]] && break
+    sleep 1
+done
+if [[ $moved == *.pre-restore-* ]] && coord status | grep -q 'moved aside by restores' &&
+    guest_exec b2 sh -c "ls -d /data/*/*.pre-restore-*" >/dev/null 2>&1; then
+    ok "status lists what the restore moved aside on b2, measured by the agent: $moved"
+else
+    coord status || true
+    not_ok "status does not list broker 2's moved-aside data (got: '$moved')"
 fi
 if roundtrip lead "127.0.0.1:$(broker_port 2)" deployed 2 >"$T/serve.log" 2>&1 &&
     roundtrip consume "127.0.0.1:$(broker_port 2)" deployed before 3000 >>"$T/serve.log" 2>&1 &&

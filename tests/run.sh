@@ -9,10 +9,12 @@
 # roles install under a real systemd.
 #
 #   tests/run.sh              everything (what CI runs); the real-Kafka
-#                             tests run on Kafka 4.0.2, then 4.4.0, 3.9.1
-#                             (KRaft) and 3.9.1 with ZooKeeper
+#                             tests run on Kafka 4.0.2, then 4.4.0 (every
+#                             snapshot encrypted at rest), 3.9.1 (KRaft)
+#                             and 3.9.1 with ZooKeeper (encrypted)
 #                             (KSNAP_KAFKA_OTHER_VERSIONS: space-separated
-#                             VERSION or VERSION:zookeeper, empty for none)
+#                             VERSION[:zookeeper][:encrypted], empty for
+#                             none)
 #   tests/run.sh --soak N     the same setup, then only the fault matrix
 #                             (coordinator/tests/faults.rs), N times over;
 #                             stops at the first failure
@@ -88,12 +90,15 @@ cargo test --workspace --locked
 # real-Kafka tests again (the gate conditions, a rolling cycle and a
 # restore under load) on each. The workspace run above tested the default
 # release (KRaft) fully.
-for other in ${KSNAP_KAFKA_OTHER_VERSIONS-4.4.0 3.9.1 3.9.1:zookeeper}; do
+for other in ${KSNAP_KAFKA_OTHER_VERSIONS-4.4.0:encrypted 3.9.1 3.9.1:zookeeper:encrypted}; do
     KSNAP_KAFKA_VERSION=${other%%:*}
     mode=kraft
-    [[ $other == *:* ]] && mode=${other#*:}
+    encrypt=0
+    [[ :$other: == *:zookeeper:* ]] && mode=zookeeper
+    [[ :$other: == *:encrypted:* ]] && encrypt=1
     kafka_setup
-    KSNAP_TEST_KAFKA_MODE=$mode cargo test --locked -p kafka-snapshot-coordinator --test real_kafka
+    KSNAP_TEST_KAFKA_MODE=$mode KSNAP_TEST_ENCRYPT=$encrypt \
+        cargo test --locked -p kafka-snapshot-coordinator --test real_kafka
 done
 python3 tests/report.py --report "$KSNAP_TEST_REPORT" --readme README.md
 

@@ -14,7 +14,8 @@
 use crate::broker::{BrokerControl, BrokerError, Stopped};
 use chrono::Utc;
 use kafka_snapshot::archive::ArchiveOptions;
-use kafka_snapshot::capture::staging_space;
+use kafka_snapshot::capture::{resolve_mode, staging_space, CopyRecord};
+use kafka_snapshot::catalog;
 use kafka_snapshot::config::AgentConfig;
 use kafka_snapshot::config::NodeRole;
 use kafka_snapshot::kafka::fetch::KafkaClient;
@@ -71,6 +72,10 @@ pub enum CycleError {
     PreStopHook(BrokerError),
     #[error("snapshot {snapshot_id} is complete, but then {error}")]
     PostStartHook { snapshot_id: String, error: String },
+    /// A copy capture refused before the stop, or given up (the node
+    /// started again), by `snapshot.max_copy_downtime`.
+    #[error("{message}")]
+    CopyDowntime { message: String, stopped: bool },
     #[error("{0}")]
     Setup(String),
 }
@@ -431,6 +436,7 @@ impl Cycle {
                 )));
             }
         }
+        self.check_copy_downtime(&store).await?;
         let Some(pre_stop) = self.cfg.hooks.pre_stop.clone() else {
             let result = self.stop_and_capture(store).await;
             return self.after_post_start(result).await;
@@ -459,6 +465,7 @@ impl Cycle {
             Err(
                 CycleError::NotSafe(_) | CycleError::PreStopHook(_) | CycleError::NotRecorded(_),
             ) => "not_stopped",
+            Err(CycleError::CopyDowntime { stopped: false, .. }) => "not_stopped",
             Err(CycleError::Interrupted { restarted: false }) => "not_stopped",
             Err(_) => "failed",
         };
@@ -566,13 +573,32 @@ impl Cycle {
                 restarted: None,
             };
             let o = opts.clone();
+            let limit = self.cfg.snapshot.max_copy_downtime;
+            let deadline = limit.map(|l| {
+                let down = (Utc::now() - stopped_at).to_std().unwrap_or_default();
+                tokio::time::Instant::now() + l.saturating_sub(down)
+            });
             let r = self
-                .blocking(cancel.clone(), move || {
+                .blocking_until(cancel.clone(), deadline, move || {
                     captured.commit(store.as_ref(), &o, times)
                 })
                 .await;
             match r {
                 Ok(m) => Archive::Committed(Box::new(m)),
+                Err(_) if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) => {
+                    self.ensure_started().await?;
+                    let limit = limit.unwrap_or_default();
+                    return Err(self.interrupted_or(CycleError::CopyDowntime {
+                        message: format!(
+                            "copy capture given up after {}s of downtime \
+                             (snapshot.max_copy_downtime); the node was started again and \
+                             nothing was committed: use reflink capture (XFS with reflink=1) \
+                             or raise the limit",
+                            limit.as_secs()
+                        ),
+                        stopped: true,
+                    }));
+                }
                 Err(e) => {
                     self.ensure_started().await?;
                     return Err(self.interrupted_or(CycleError::Commit(e)));
@@ -641,6 +667,91 @@ impl Cycle {
         .map_err(|e| self.interrupted_or(CycleError::Commit(e)))
     }
 
+    /// Before the stop, with `snapshot.max_copy_downtime` set: a capture
+    /// that would copy is refused when the newest earlier copy capture of
+    /// this node says it would keep the node down longer. Without such a
+    /// record (or when the store cannot be read) the copy goes ahead, and
+    /// the limit ends it if it runs past.
+    async fn check_copy_downtime(&mut self, store: &Arc<dyn ColdStore>) -> Result<(), CycleError> {
+        let Some(limit) = self.cfg.snapshot.max_copy_downtime else {
+            return Ok(());
+        };
+        let requested = self.cfg.snapshot.capture;
+        if requested == CaptureMode::Reflink {
+            return Ok(());
+        }
+        let (dirs, min_free) = (self.log_dirs.clone(), self.cfg.snapshot.staging_min_free);
+        let (store, broker) = (store.clone(), self.broker);
+        let looked = self
+            .blocking(Arc::new(AtomicBool::new(false)), move || {
+                let (used, _) = resolve_mode(requested, &dirs, min_free)?;
+                if used != CaptureMode::Copy {
+                    return Ok(None);
+                }
+                let inv = logdir::scan(&dirs)?;
+                let earlier: Vec<Manifest> =
+                    catalog::list(store.as_ref(), Some(inv.cluster_id()), Some(broker))?
+                        .into_iter()
+                        .filter_map(|l| match l.status {
+                            catalog::Status::Complete(m) => Some(*m),
+                            _ => None,
+                        })
+                        .collect();
+                Ok(Some((inv.total_bytes(), CopyRecord::newest(&earlier))))
+            })
+            .await;
+        match looked {
+            Ok(None) => Ok(()),
+            Ok(Some((bytes, Some(rec)))) => {
+                let expected = rec.estimate(bytes);
+                if expected > limit {
+                    return Err(CycleError::CopyDowntime {
+                        message: format!(
+                            "copy capture refused before stopping node {broker}: its last copy \
+                             capture ({}, {} MiB) kept it down {}s, so {} MiB now would take \
+                             about {}s, more than snapshot.max_copy_downtime ({}s). Use reflink \
+                             capture (XFS with reflink=1) or raise the limit",
+                            rec.snapshot_id,
+                            rec.bytes >> 20,
+                            rec.downtime.as_secs(),
+                            bytes >> 20,
+                            expected.as_secs(),
+                            limit.as_secs()
+                        ),
+                        stopped: false,
+                    });
+                }
+                tracing::info!(
+                    broker,
+                    expected_seconds = expected.as_secs_f64(),
+                    limit_seconds = limit.as_secs_f64(),
+                    from = %rec.snapshot_id,
+                    "copy capture expected within snapshot.max_copy_downtime"
+                );
+                Ok(())
+            }
+            Ok(Some((bytes, None))) => {
+                tracing::info!(
+                    broker,
+                    mib = bytes >> 20,
+                    limit_seconds = limit.as_secs_f64(),
+                    "no earlier copy capture of this node to estimate the downtime from; \
+                     the copy is given up if it runs past snapshot.max_copy_downtime"
+                );
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(
+                    broker,
+                    error = %e,
+                    "could not estimate the copy capture's downtime; \
+                     the copy is given up if it runs past snapshot.max_copy_downtime"
+                );
+                Ok(())
+            }
+        }
+    }
+
     fn interrupted_or(&self, e: CycleError) -> CycleError {
         if self.shutting_down() {
             CycleError::Interrupted { restarted: true }
@@ -660,6 +771,27 @@ impl Cycle {
         await_cancelling(task, &mut self.shutdown, &cancel)
             .await
             .map_err(|e| kafka_snapshot::Error::Internal(format!("worker thread: {e}")))?
+    }
+
+    /// [`Cycle::blocking`], also cancelled when `deadline` passes (the
+    /// work then ends with the error its cancellation gives).
+    async fn blocking_until<T: Send + 'static>(
+        &mut self,
+        cancel: Arc<AtomicBool>,
+        deadline: Option<tokio::time::Instant>,
+        f: impl FnOnce() -> kafka_snapshot::Result<T> + Send + 'static,
+    ) -> kafka_snapshot::Result<T> {
+        let Some(deadline) = deadline else {
+            return self.blocking(cancel, f).await;
+        };
+        let flag = cancel.clone();
+        let timer = tokio::spawn(async move {
+            tokio::time::sleep_until(deadline).await;
+            flag.store(true, Ordering::Relaxed);
+        });
+        let r = self.blocking(cancel, f).await;
+        timer.abort();
+        r
     }
 
     /// Waits until the restarted broker is registered and back in every

@@ -340,6 +340,38 @@ pub fn format_status(s: &StatusView) -> String {
             out.push_str(&format!("  {p}\n"));
         }
     }
+    out.push_str(&moved_aside(s));
+    out
+}
+
+/// The data restores moved aside on the nodes' hosts, one line each:
+/// when, how big, and what becomes of it.
+fn moved_aside(s: &StatusView) -> String {
+    let mut out = String::new();
+    for b in &s.brokers {
+        for m in &b.moved_aside {
+            if out.is_empty() {
+                out.push_str("\nmoved aside by restores (the data the nodes had before):\n");
+            }
+            let when = m
+                .moved_at
+                .map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string())
+                .unwrap_or_else(|| "at an unknown time".into());
+            let fate = match m.remove_after {
+                Some(t) => format!(
+                    "removed by the agent after {} once the node is in sync",
+                    t.format("%Y-%m-%d %H:%M UTC")
+                ),
+                None => "kept until removed by hand (restore.remove_moved_aside_after)".into(),
+            };
+            out.push_str(&format!(
+                "  node {}: {} ({}, moved {when}): {fate}\n",
+                b.broker,
+                m.path,
+                human_bytes(i64::try_from(m.bytes).unwrap_or(i64::MAX))
+            ));
+        }
+    }
     out
 }
 

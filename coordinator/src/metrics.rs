@@ -103,6 +103,20 @@ pub fn render(
             b.clock_skewed_snapshots as f64,
         );
     }
+    let n = format!("{P}_moved_aside_bytes");
+    o.family(
+        &n,
+        "gauge",
+        "Disk space held on the node's host by data restores moved aside \
+         (<dir>.pre-restore-<time>), kept until removed, per broker.",
+    );
+    for b in &status.brokers {
+        o.sample(
+            &n,
+            &[("broker", &b.broker.to_string())],
+            b.moved_aside.iter().map(|m| m.bytes).sum::<u64>() as f64,
+        );
+    }
     let n = format!("{P}_last_snapshot_size_bytes");
     o.family(
         &n,
@@ -358,6 +372,49 @@ mod tests {
             text.contains("kafka_snapshot_node_info{broker=\"3\",role=\"broker\"} 1\n"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn data_restores_moved_aside_is_in_status_and_metrics_until_the_agent_stops_reporting_it() {
+        use kafka_snapshot_model::protocol::MovedAsideDir;
+        let mut e = engine();
+        let mut poll = crate::engine::tests::poll_req(2, None);
+        poll.moved_aside = vec![MovedAsideDir {
+            path: "/data/d1/kafka-logs.pre-restore-20261201T100000Z".into(),
+            moved_at: Some("2026-12-01T10:00:00Z".parse().unwrap()),
+            bytes: 3 << 30,
+            remove_after: None,
+        }];
+        e.poll(&poll, secs(1)).unwrap();
+        let st = e.status(secs(2)).unwrap();
+        let b2 = st.brokers.iter().find(|b| b.broker == 2).unwrap();
+        assert_eq!(b2.moved_aside, poll.moved_aside);
+        let shown = crate::cli::format_status(&st);
+        assert!(
+            shown.contains(
+                "  node 2: /data/d1/kafka-logs.pre-restore-20261201T100000Z (3.0 GiB, moved \
+                 2026-12-01 10:00 UTC): kept until removed by hand \
+                 (restore.remove_moved_aside_after)\n"
+            ),
+            "{shown}"
+        );
+        let text = render(&e, &BTreeSet::new(), secs(2)).unwrap();
+        assert!(
+            text.contains(&format!(
+                "kafka_snapshot_moved_aside_bytes{{broker=\"2\"}} {}\n",
+                3u64 << 30
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains("kafka_snapshot_moved_aside_bytes{broker=\"1\"} 0\n"),
+            "{text}"
+        );
+        // Removed (by hand or by the agent): the next poll says nothing.
+        poll.moved_aside.clear();
+        e.poll(&poll, secs(3)).unwrap();
+        let st = e.status(secs(4)).unwrap();
+        assert!(st.brokers.iter().all(|b| b.moved_aside.is_empty()));
     }
 
     #[test]

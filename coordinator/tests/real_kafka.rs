@@ -62,12 +62,14 @@ fn real_kafka_gate_cycle_and_restore() {
     gate::gate_on_real_kafka(&cluster, &root);
     eprintln!("gate checked after {:?}", started.elapsed());
 
+    let encryption = encryption_config(&root);
     let spec = FleetSpec {
         capture: "auto",
         ttl: "10s",
         recovery_timeout: "180s",
         // Agents on the three dedicated controllers too (KRaft).
         controllers: true,
+        agent_extra: encryption.clone(),
         ..FleetSpec::default()
     };
     let mut f = Fleet::around(t, cluster, spec);
@@ -78,6 +80,9 @@ fn real_kafka_gate_cycle_and_restore() {
     eprintln!("controller faults done after {:?}", started.elapsed());
     let restore = restore_broker_2(&f, &mut acked);
     eprintln!("restore done after {:?}", started.elapsed());
+    if !encryption.is_empty() {
+        every_snapshot_encrypted_and_verified_with_the_identity(&f);
+    }
     assert_eq!(
         group_offsets(&f.cluster.bootstrap()),
         committed,
@@ -90,7 +95,7 @@ fn real_kafka_gate_cycle_and_restore() {
     } else {
         let (in_place, lost) = lose_and_restore_the_cluster(&f, &acked, &committed);
         eprintln!("whole-cluster restore done after {:?}", started.elapsed());
-        let new_hosts = restore_onto_new_hosts(&mut f, &lost, &committed);
+        let new_hosts = restore_onto_new_hosts(&mut f, &lost, &committed, &encryption);
         eprintln!("restore onto new hosts done after {:?}", started.elapsed());
         vec![
             ("whole cluster lost and restored from a snapshot set", in_place),
@@ -481,6 +486,7 @@ fn restore_onto_new_hosts(
     f: &mut Fleet<KafkaCluster>,
     lost: &Lost,
     committed: &[(i32, i64)],
+    agent_extra: &str,
 ) -> Disaster {
     f.cluster.kill_all();
     for n in all_nodes(&f.cluster) {
@@ -503,6 +509,8 @@ fn restore_onto_new_hosts(
         controllers: true,
         store_url: Some(f.store_url.clone()),
         cluster_id: Some(lost.cluster_id.clone()),
+        // The new hosts get the identity from the safe.
+        agent_extra: agent_extra.to_string(),
         ..FleetSpec::default()
     };
     let g = Fleet::around(t, cluster, spec);
@@ -900,7 +908,80 @@ fn read_all(bootstrap: &str) -> HashMap<u64, u32> {
 /// "Kafka <version>, <mode>", for the report.
 fn label() -> String {
     let version = std::env::var(VERSION_ENV).unwrap_or_else(|_| "?".into());
-    format!("Kafka {version}, {}", Mode::from_env().name())
+    let encrypted = if encrypted() {
+        ", encrypted at rest"
+    } else {
+        ""
+    };
+    format!("Kafka {version}, {}{encrypted}", Mode::from_env().name())
+}
+
+/// Set to 1, every snapshot of the run is encrypted ([encryption] in
+/// every agent's config, with the identity too, so restores and
+/// `archive verify` open them).
+const ENCRYPT_ENV: &str = "KSNAP_TEST_ENCRYPT";
+
+fn encrypted() -> bool {
+    std::env::var(ENCRYPT_ENV).is_ok_and(|v| v == "1")
+}
+
+/// The agents' `[encryption]` section for this run ("" unencrypted): a
+/// new identity made by `kafka-snapshot-agent key generate` in `root`.
+fn encryption_config(root: &std::path::Path) -> String {
+    if !encrypted() {
+        return String::new();
+    }
+    let identity = root.join("identity.txt");
+    let out = std::process::Command::new(common::bin("kafka-snapshot-agent"))
+        .args(["key", "generate", "--output"])
+        .arg(&identity)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let recipient = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(recipient.starts_with("age1"), "{recipient}");
+    format!(
+        "[encryption]\nrecipients = [{recipient:?}]\nidentity_file = {:?}\n",
+        identity.display().to_string()
+    )
+}
+
+/// Every snapshot in the catalog is encrypted (format 2) and `archive
+/// verify` with the agents' identity checks every file of it.
+fn every_snapshot_encrypted_and_verified_with_the_identity(f: &Fleet<KafkaCluster>) {
+    let snaps = f.snapshots();
+    assert!(snaps.len() >= 6, "{snaps:?}");
+    for s in &snaps {
+        let id = s["snapshot_id"].as_str().unwrap();
+        let broker = s["broker"].to_string();
+        let (code, out, err) = f.agent_cli_of(
+            2,
+            &[
+                "archive",
+                "verify",
+                "--store",
+                &f.store_url,
+                "--snapshot",
+                id,
+                "--broker",
+                &broker,
+                "--json",
+            ],
+        );
+        assert_eq!(code, 0, "verify {id}: {out}{err}");
+        let report: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(report["contents_checked"], true, "{report}");
+        assert!(report["files"].as_u64().unwrap() > 0, "{report}");
+        assert_eq!(
+            report["encrypted_to"].as_array().map(Vec::len),
+            Some(1),
+            "{report}"
+        );
+    }
 }
 
 /// A scratch dir on the test ext4 (no reflink).

@@ -251,13 +251,30 @@ fn read_files(
     free: mpsc::Receiver<Vec<u8>>,
     out: mpsc::SyncSender<Chunk>,
 ) {
+    // Each root opened once; every file below it through that fd, never
+    // following a symlink put in place since the inventory.
+    let mut trees = Vec::new();
+    for r in content_roots {
+        match crate::fsat::Beneath::open_root(r) {
+            Ok(t) => trees.push(t),
+            Err(e) => {
+                let _ = out.send(Chunk::Failed(crate::fsat::swapped(r, e)));
+                return;
+            }
+        }
+    }
     for e in inv
         .entries
         .iter()
         .filter(|e| matches!(e.kind, EntryKind::File))
     {
         let src = content_roots[e.dir_index].join(&e.rel);
-        let msg = match read_file(&src, e, &inv.dirs[e.dir_index].path, cancel, &free, &out) {
+        let opened = trees[e.dir_index]
+            .open(&e.rel)
+            .map_err(|err| crate::fsat::swapped(&src, err));
+        let msg = match opened
+            .and_then(|f| read_file(f, &src, e, &inv.dirs[e.dir_index].path, cancel, &free, &out))
+        {
             Ok(Some(sha)) => Chunk::Done(sha),
             Ok(None) => return,
             Err(err) => Chunk::Failed(err),
@@ -274,14 +291,14 @@ fn read_files(
 /// the inventory said was changed by someone: the snapshot fails rather
 /// than lies.
 fn read_file(
-    src: &PathBuf,
+    mut f: fs::File,
+    src: &std::path::Path,
     e: &Entry,
     log_dir: &std::path::Path,
     cancel: Option<&AtomicBool>,
     free: &mpsc::Receiver<Vec<u8>>,
     out: &mpsc::SyncSender<Chunk>,
 ) -> Result<Option<String>> {
-    let mut f = fs::File::open(src).ctx(|| format!("opening {}", src.display()))?;
     advise(&f, libc::POSIX_FADV_SEQUENTIAL);
     let mut hasher = Sha256::new();
     let mut left = e.size;

@@ -309,12 +309,31 @@ pub fn clone_into_staging(inv: &Inventory, staging: &[PathBuf]) -> Result<()> {
         }
     }
     let per_thread = files.len().div_ceil(CLONE_THREADS).max(1);
+    // Each log dir opened once: every file below it is opened through that
+    // fd, never following a symlink someone put in place since the scan.
+    let roots: Vec<fs::File> = inv
+        .dirs
+        .iter()
+        .map(|d| {
+            crate::fsat::open_root_dir(&d.path).ctx(|| format!("opening {}", d.path.display()))
+        })
+        .collect::<Result<_>>()?;
+    let roots = &roots;
     std::thread::scope(|scope| {
         let workers: Vec<_> = files
             .chunks(per_thread)
             .map(|chunk| {
                 scope.spawn(move || -> Result<()> {
-                    chunk.iter().try_for_each(|e| clone_file(inv, staging, e))
+                    let mut trees = Vec::new();
+                    for (r, d) in roots.iter().zip(&inv.dirs) {
+                        let root = r
+                            .try_clone()
+                            .ctx(|| format!("opening {}", d.path.display()))?;
+                        trees.push(crate::fsat::Beneath::from_root(root));
+                    }
+                    chunk
+                        .iter()
+                        .try_for_each(|e| clone_file(inv, &mut trees, staging, e))
                 })
             })
             .collect();
@@ -331,10 +350,17 @@ pub fn clone_into_staging(inv: &Inventory, staging: &[PathBuf]) -> Result<()> {
     })
 }
 
-fn clone_file(inv: &Inventory, staging: &[PathBuf], e: &crate::logdir::Entry) -> Result<()> {
+fn clone_file(
+    inv: &Inventory,
+    trees: &mut [crate::fsat::Beneath],
+    staging: &[PathBuf],
+    e: &crate::logdir::Entry,
+) -> Result<()> {
     let src = inv.dirs[e.dir_index].path.join(&e.rel);
     let dst = staging[e.dir_index].join(&e.rel);
-    let s = fs::File::open(&src).ctx(|| format!("opening {}", src.display()))?;
+    let s = trees[e.dir_index]
+        .open(&e.rel)
+        .map_err(|err| crate::fsat::swapped(&src, err))?;
     let t = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -369,5 +395,90 @@ impl Drop for Staging {
         if let Err(e) = remove_tree(&self.dir) {
             tracing::error!(staging = %self.dir.display(), error = %e, "could not remove staging; it will be removed at the next run");
         }
+    }
+}
+
+/// What an earlier copy capture of a node cost: the base of the estimate
+/// `snapshot.max_copy_downtime` is checked against before a stop.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CopyRecord {
+    pub snapshot_id: String,
+    /// The data it archived.
+    pub bytes: u64,
+    /// From the stop command to the start command's success (or, as a
+    /// copy's manifest records it, to the archive's end).
+    pub downtime: std::time::Duration,
+    /// From the capture to the archive's end: the copy itself.
+    pub copy: std::time::Duration,
+}
+
+impl CopyRecord {
+    /// The newest copy capture among `earlier` (oldest first) whose stop
+    /// was recorded (an agent's, not a CLI run against a stopped broker).
+    /// A copy is committed before the node starts again, so its downtime
+    /// runs from the stop to the archive's end unless the manifest has
+    /// the whole of it.
+    pub fn newest(earlier: &[kafka_snapshot_model::manifest::Manifest]) -> Option<CopyRecord> {
+        let m = earlier.iter().rev().find(|m| {
+            m.capture.used == CaptureMode::Copy && m.timestamps.broker_stopped.is_some()
+        })?;
+        let t = &m.timestamps;
+        let span = |from: chrono::DateTime<chrono::Utc>, to: chrono::DateTime<chrono::Utc>| {
+            (to - from).to_std().unwrap_or_default()
+        };
+        let downtime = match m.broker_downtime_ms {
+            Some(ms) => std::time::Duration::from_millis(ms),
+            None => span(t.broker_stopped?, t.archive_finished),
+        };
+        Some(CopyRecord {
+            snapshot_id: m.snapshot_id.clone(),
+            bytes: m.totals.bytes,
+            downtime,
+            copy: span(t.capture_started, t.archive_finished),
+        })
+    }
+
+    /// The downtime a copy capture of `bytes` is expected to cost: this
+    /// one's stop and start again, and its copy scaled to the data.
+    pub fn estimate(&self, bytes: u64) -> std::time::Duration {
+        let copy = self.copy.min(self.downtime);
+        let fixed = self.downtime - copy;
+        let per_byte = copy.as_secs_f64() / self.bytes.max(1) as f64;
+        fixed + std::time::Duration::from_secs_f64(per_byte * bytes as f64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn record(bytes: u64, downtime: u64, copy: u64) -> CopyRecord {
+        CopyRecord {
+            snapshot_id: "s".into(),
+            bytes,
+            downtime: Duration::from_secs(downtime),
+            copy: Duration::from_secs(copy),
+        }
+    }
+
+    #[test]
+    fn a_copy_estimate_scales_the_copy_and_keeps_the_stop_and_start() {
+        // 10 GiB copied in 100 s within 130 s of downtime: 30 s of stop
+        // and start, 100 s per 10 GiB.
+        let r = record(10 << 30, 130, 100);
+        assert_eq!(r.estimate(10 << 30), Duration::from_secs(130));
+        assert_eq!(r.estimate(20 << 30), Duration::from_secs(230));
+        assert_eq!(r.estimate(0), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn a_copy_estimate_survives_odd_records() {
+        // A copy recorded longer than the downtime (clocks) counts as the
+        // whole downtime; an empty earlier snapshot scales from one byte.
+        let r = record(1000, 10, 20);
+        assert_eq!(r.estimate(1000), Duration::from_secs(10));
+        let empty = record(0, 5, 0);
+        assert_eq!(empty.estimate(1 << 40), Duration::from_secs(5));
     }
 }

@@ -15,6 +15,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The shortest `restore.remove_moved_aside_after`.
+pub const MIN_MOVED_ASIDE_KEEP: Duration = Duration::from_secs(3600);
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
@@ -37,6 +40,21 @@ pub struct AgentConfig {
     /// identity to read encrypted ones with.
     #[serde(default)]
     pub encryption: EncryptionSection,
+    #[serde(default)]
+    pub restore: RestoreSection,
+}
+
+/// `[restore]`: what happens to the data a restore moved aside
+/// (`<dir>.pre-restore-<time>`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RestoreSection {
+    /// Remove moved-aside data this long after the restore (`7d`), once
+    /// the node runs and is back in every ISR (a quorum voter caught up,
+    /// for a controller). Unset: kept until an operator removes it; the
+    /// agent reports it and `status` lists it either way.
+    #[serde(deserialize_with = "crate::settings::opt_duration")]
+    pub remove_moved_aside_after: Option<Duration>,
 }
 
 /// `[hooks]`: commands around a snapshot's stop of the node, for
@@ -299,6 +317,13 @@ pub struct SnapshotSection {
     /// archive is written. Below it, `auto` copies and `reflink` refuses.
     #[serde(deserialize_with = "crate::settings::free_space")]
     pub staging_min_free: FreeSpace,
+    /// The longest a copy capture may keep the node down (`20m`): with
+    /// copy capture the node stays stopped while its whole archive is
+    /// written. A copy that the last copy capture of this node says would
+    /// take longer is refused before the stop; one that runs past it is
+    /// given up and the node started again. Unset: no limit.
+    #[serde(deserialize_with = "crate::settings::opt_duration")]
+    pub max_copy_downtime: Option<Duration>,
 }
 
 impl Default for SnapshotSection {
@@ -309,6 +334,7 @@ impl Default for SnapshotSection {
             zstd_threads: 0,
             allow_unclean: false,
             staging_min_free: FreeSpace::Percent(5.0),
+            max_copy_downtime: None,
         }
     }
 }
@@ -375,6 +401,26 @@ impl AgentConfig {
             err(
                 "snapshot.zstd_level",
                 format!("{} is outside 1..=19", self.snapshot.zstd_level),
+            );
+        }
+        if self.snapshot.max_copy_downtime.is_some_and(|d| d.is_zero()) {
+            err(
+                "snapshot.max_copy_downtime",
+                "must be more than 0 (leave it out for no limit)".into(),
+            );
+        }
+        if self
+            .restore
+            .remove_moved_aside_after
+            .is_some_and(|d| d < MIN_MOVED_ASIDE_KEEP)
+        {
+            err(
+                "restore.remove_moved_aside_after",
+                format!(
+                    "must be at least {}h: the data a restore replaced is the way back from \
+                     a wrong restore (leave it out to keep it until removed by hand)",
+                    MIN_MOVED_ASIDE_KEEP.as_secs() / 3600
+                ),
             );
         }
         if self.snapshot.zstd_threads > 256 {
@@ -628,6 +674,43 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("storage.url"), "{e}");
+    }
+
+    #[test]
+    fn copy_downtime_and_moved_aside_limits_are_checked() {
+        let base = "[broker]\nlog_dirs=['/a']\n[storage]\nurl='file:///x'\n";
+        let cfg = parse(&format!(
+            "{base}[snapshot]\nmax_copy_downtime='20m'\n[restore]\nremove_moved_aside_after='7d'\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            cfg.snapshot.max_copy_downtime,
+            Some(Duration::from_secs(1200))
+        );
+        assert_eq!(
+            cfg.restore.remove_moved_aside_after,
+            Some(Duration::from_secs(7 * 86400))
+        );
+        let cfg = parse(base).unwrap();
+        assert_eq!(cfg.snapshot.max_copy_downtime, None, "no limit by default");
+        assert_eq!(
+            cfg.restore.remove_moved_aside_after, None,
+            "kept by default"
+        );
+        let e = parse(&format!(
+            "{base}[snapshot]\nmax_copy_downtime='0s'\n[restore]\nremove_moved_aside_after='10m'\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("snapshot.max_copy_downtime")
+                && e.contains("restore.remove_moved_aside_after"),
+            "{e}"
+        );
+        let e = parse(&format!("{base}[restore]\nkeep='1d'\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("keep"), "{e}");
     }
 
     #[test]

@@ -353,7 +353,7 @@ impl Prepared {
                 }
             }
         }
-        let stamp = Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
+        let stamp = Utc::now().format(STAMP_FORMAT).to_string();
         // From here on nothing is removed, whatever happens: the copies
         // stay unless every rename was undone.
         self.swapped = true;
@@ -576,6 +576,8 @@ impl Drop for Prepared {
 pub const RESTORING: &str = "restoring-";
 /// Suffix of the data a restore moved aside: `<dir>.pre-restore-<time>`.
 pub const PRE_RESTORE: &str = "pre-restore-";
+/// The time in a `.pre-restore-<time>` name (`20261202T101500Z`, UTC).
+pub const STAMP_FORMAT: &str = "%Y%m%dT%H%M%SZ";
 
 /// Removes `<dir>.restoring-*` beside every dir: the unfinished copies of an
 /// interrupted restore. Never touches the dirs themselves or anything
@@ -587,18 +589,20 @@ pub fn remove_unfinished_restores(dirs: &[PathBuf]) -> Result<Vec<PathBuf>> {
             continue;
         };
         let prefix = format!("{}.{RESTORING}", name.to_string_lossy());
-        let entries = match fs::read_dir(parent) {
-            Ok(e) => e,
+        // Through the parent's fd: a name swapped for a symlink meanwhile
+        // is removed itself, and nothing it points to.
+        let dir = match fsat::open_dir(None, parent) {
+            Ok(d) => d,
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(Error::io(format!("listing {}", parent.display()), e)),
+            Err(e) => return Err(Error::io(format!("opening {}", parent.display()), e)),
         };
-        for ent in entries {
-            let ent = ent.ctx(|| format!("listing {}", parent.display()))?;
-            let n = ent.file_name().to_string_lossy().into_owned();
+        for n in fsat::names(&dir).ctx(|| format!("listing {}", parent.display()))? {
+            let n = n.to_string_lossy().into_owned();
             if n.starts_with(&prefix) && n.len() > prefix.len() {
-                let p = ent.path();
+                let p = parent.join(&n);
                 tracing::warn!(dir = %p.display(), "removing the unfinished copy of an interrupted restore");
-                fs::remove_dir_all(&p).ctx(|| format!("removing {}", p.display()))?;
+                fsat::remove_tree(&dir, Path::new(&n))
+                    .ctx(|| format!("removing {}", p.display()))?;
                 removed.push(p);
             }
         }
@@ -1024,6 +1028,29 @@ fn sync_filesystem(f: &fs::File, dir: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unfinished_restores_are_removed_without_following_a_symlink() {
+        let t = tempfile::tempdir().unwrap();
+        let log_dir = t.path().join("kafka-logs");
+        fs::create_dir(&log_dir).unwrap();
+        let victim = t.path().join("victim");
+        fs::create_dir(&victim).unwrap();
+        fs::write(victim.join("keep"), b"precious").unwrap();
+        let copy = t.path().join("kafka-logs.restoring-a");
+        fs::create_dir_all(copy.join("orders-0")).unwrap();
+        fs::write(copy.join("orders-0/x.log"), b"..").unwrap();
+        std::os::unix::fs::symlink(&victim, copy.join("orders-1")).unwrap();
+        let planted = t.path().join("kafka-logs.restoring-b");
+        std::os::unix::fs::symlink(&victim, &planted).unwrap();
+        let aside = t.path().join("kafka-logs.pre-restore-20261101T000000Z");
+        fs::create_dir(&aside).unwrap();
+        let removed = remove_unfinished_restores(std::slice::from_ref(&log_dir)).unwrap();
+        assert_eq!(removed.len(), 2, "{removed:?}");
+        assert!(fs::symlink_metadata(&copy).is_err() && fs::symlink_metadata(&planted).is_err());
+        assert_eq!(fs::read(victim.join("keep")).unwrap(), b"precious");
+        assert!(aside.exists() && log_dir.exists());
+    }
 
     #[test]
     fn a_freshly_formatted_dir_holds_no_data_and_one_with_records_does() {

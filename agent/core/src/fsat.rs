@@ -61,6 +61,101 @@ pub fn open_dir(dir: Option<&fs::File>, name: &Path) -> io::Result<fs::File> {
     Ok(file_from(fd))
 }
 
+/// Opens the files of one tree by their paths relative to it, following
+/// no symlink in any component: a directory or file someone swapped for a
+/// symlink after the inventory is refused (`ELOOP`/`ENOTDIR`), never
+/// followed out of the tree, and what opens must be a regular file. The
+/// last parent directory stays open (an inventory lists a partition dir's
+/// files together), so a file costs one `openat`.
+pub struct Beneath {
+    root: fs::File,
+    parent: Option<(std::path::PathBuf, fs::File)>,
+}
+
+impl Beneath {
+    /// Opens the tree's root `dir` itself. Its path is the operator's (a
+    /// configured log dir may well be a symlink): only what is below it
+    /// is held to no symlinks.
+    pub fn open_root(dir: &Path) -> io::Result<Beneath> {
+        Ok(Beneath {
+            root: open_root_dir(dir)?,
+            parent: None,
+        })
+    }
+
+    /// A tree whose root is already open.
+    pub fn from_root(root: fs::File) -> Beneath {
+        Beneath { root, parent: None }
+    }
+
+    /// Opens the regular file `rel` (plain relative components only).
+    pub fn open(&mut self, rel: &Path) -> io::Result<fs::File> {
+        let invalid = || io::Error::from_raw_os_error(libc::EINVAL);
+        let name = rel.file_name().ok_or_else(invalid)?;
+        let parent_rel = rel.parent().unwrap_or(Path::new(""));
+        let cached = matches!(&self.parent, Some((p, _)) if p == parent_rel);
+        if !cached {
+            let mut cur = self.root.try_clone()?;
+            for c in parent_rel.components() {
+                match c {
+                    std::path::Component::Normal(n) => cur = open_dir(Some(&cur), Path::new(n))?,
+                    _ => return Err(invalid()),
+                }
+            }
+            self.parent = Some((parent_rel.to_path_buf(), cur));
+        }
+        let (_, dir) = self.parent.as_ref().expect("set above");
+        // O_NONBLOCK: a fifo put in a file's place must not block the open
+        // (it is refused below); it changes nothing for a regular file.
+        let fd = openat(
+            Some(dir.as_raw_fd()),
+            name,
+            OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?;
+        let f = file_from(fd);
+        if !f.metadata()?.file_type().is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "not a regular file any more",
+            ));
+        }
+        Ok(f)
+    }
+}
+
+/// Opens directory `dir` by its path, following symlinks: for the roots
+/// of [`Beneath`] trees.
+pub fn open_root_dir(dir: &Path) -> io::Result<fs::File> {
+    let fd = openat(
+        None,
+        dir,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    Ok(file_from(fd))
+}
+
+/// The error for `path`, a file of a log dir that [`Beneath::open`]
+/// refused: a symlink, or something other than a regular file, where the
+/// inventory found a directory or file is named as such.
+pub fn swapped(path: &Path, e: io::Error) -> kafka_snapshot_model::error::Error {
+    let swapped = matches!(e.raw_os_error(), Some(libc::ELOOP) | Some(libc::ENOTDIR))
+        || e.kind() == io::ErrorKind::InvalidData;
+    if swapped {
+        kafka_snapshot_model::error::Error::LogDir {
+            path: path.to_path_buf(),
+            message: format!(
+                "a symlink or another kind of file is where the inventory found this file or \
+                 its directory ({e}); refusing to follow it: something changed the log dir \
+                 while the broker was stopped"
+            ),
+        }
+    } else {
+        kafka_snapshot_model::error::Error::io(format!("opening {}", path.display()), e)
+    }
+}
+
 /// Creates the file `name` in `dir`; fails if anything exists there.
 pub fn create_file(dir: &fs::File, name: &Path, mode: u32) -> io::Result<fs::File> {
     let fd = openat(

@@ -19,6 +19,7 @@
 //! restores it without ever deleting what was at the target.
 
 pub mod archive;
+pub mod aside;
 pub mod capture;
 pub mod catalog;
 pub mod cleanstop;

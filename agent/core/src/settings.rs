@@ -68,6 +68,13 @@ pub fn duration<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Duration
     }
 }
 
+/// Serde helper for an optional duration (absent: `None`).
+pub fn opt_duration<'de, D: Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<Duration>, D::Error> {
+    duration(d).map(Some)
+}
+
 /// Parses `1048576`, `512KiB`, `16MiB`, `1GiB` (powers of 1024) or `100MB`
 /// (powers of 1000); a trailing `/s` is allowed for rates.
 pub fn parse_byte_size(text: &str) -> Result<u64, String> {

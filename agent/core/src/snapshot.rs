@@ -82,6 +82,8 @@ pub fn capture(req: &CaptureRequest) -> Result<Captured> {
     }
     let capture_started = Utc::now();
     let inventory = logdir::scan(&req.log_dirs)?;
+    // Tests stop here to change the log dirs behind the inventory's back.
+    crate::pausepoint("capture-scanned");
     if !inventory.clean_shutdown() && !req.allow_unclean {
         let unclean: Vec<&logdir::LogDir> = inventory
             .dirs

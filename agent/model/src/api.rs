@@ -143,6 +143,10 @@ pub struct BrokerView {
     /// coordinator saw them (a wrong clock on the broker host).
     #[serde(default)]
     pub clock_skewed_snapshots: i64,
+    /// What restores moved aside on the node's host
+    /// (`<dir>.pre-restore-<time>`), kept until removed.
+    #[serde(default)]
+    pub moved_aside: Vec<crate::protocol::MovedAsideDir>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

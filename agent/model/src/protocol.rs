@@ -175,6 +175,27 @@ pub struct PollRequest {
     /// says).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<NodeRole>,
+    /// What restores moved aside on this host, kept until removed
+    /// (absent: nothing, or an agent older than this field).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub moved_aside: Vec<MovedAsideDir>,
+}
+
+/// A dir a restore moved aside (`<log dir>.pre-restore-<time>`): the data
+/// the node had before, never deleted by the restore itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MovedAsideDir {
+    pub path: String,
+    /// When it was moved aside, from its name (`None`: a name the tool did
+    /// not write; never removed by the agent).
+    pub moved_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Disk space it takes.
+    pub bytes: u64,
+    /// From when the agent removes it, once the node is healthy
+    /// (`restore.remove_moved_aside_after`); `None`: kept until an
+    /// operator removes it.
+    pub remove_after: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -88,6 +88,16 @@ pub const FAMILIES: &[(&str, &str, &str)] = &[
         "Restores this agent finished, by result (done, failed).",
     ),
     (
+        "kafka_snapshot_agent_moved_aside_bytes",
+        "gauge",
+        "Disk space held by data restores moved aside on this host (<dir>.pre-restore-<time>), kept until removed.",
+    ),
+    (
+        "kafka_snapshot_agent_moved_aside_dirs",
+        "gauge",
+        "Dirs restores moved aside on this host, kept until removed.",
+    ),
+    (
         "kafka_snapshot_agent_start_time_seconds",
         "gauge",
         "When this agent process started.",
@@ -130,6 +140,8 @@ pub enum FailureReason {
     Setup,
     /// A `[hooks]` command failed (`pre_stop`: nothing was stopped).
     Hook,
+    /// A copy capture refused or given up by `snapshot.max_copy_downtime`.
+    CopyDowntime,
 }
 
 impl FailureReason {
@@ -145,6 +157,7 @@ impl FailureReason {
             FailureReason::Shutdown => "shutdown",
             FailureReason::Setup => "setup",
             FailureReason::Hook => "hook",
+            FailureReason::CopyDowntime => "copy_downtime",
         }
     }
 }
@@ -169,6 +182,8 @@ struct Inner {
     snapshots: u64,
     restores_done: u64,
     restores_failed: u64,
+    /// Dirs restores moved aside here and the space they take.
+    moved_aside: Option<(usize, u64)>,
     started: f64,
 }
 
@@ -194,6 +209,7 @@ impl Metrics {
             snapshots: 0,
             restores_done: 0,
             restores_failed: 0,
+            moved_aside: None,
             started: chrono::Utc::now().timestamp_millis() as f64 / 1000.0,
         })))
     }
@@ -261,6 +277,11 @@ impl Metrics {
         } else {
             m.restores_failed += 1;
         }
+    }
+
+    /// What restores moved aside on this host: dirs and bytes.
+    pub fn moved_aside(&self, dirs: usize, bytes: u64) {
+        self.lock().moved_aside = Some((dirs, bytes));
     }
 
     /// The Prometheus text exposition (format 0.0.4).
@@ -387,6 +408,16 @@ impl Metrics {
                 &[("result", result)],
                 n as f64,
             );
+        }
+        for (name, pick) in [
+            ("kafka_snapshot_agent_moved_aside_bytes", true),
+            ("kafka_snapshot_agent_moved_aside_dirs", false),
+        ] {
+            family(&mut o, name);
+            if let Some((dirs, bytes)) = m.moved_aside {
+                let v = if pick { bytes as f64 } else { dirs as f64 };
+                sample(&mut o, name, &[], v);
+            }
         }
         family(&mut o, "kafka_snapshot_agent_start_time_seconds");
         sample(

@@ -12,6 +12,7 @@
 //! The broker is never left stopped because of the agent: a lost lease,
 //! an abort, a failure or SIGTERM while it is down starts it again first.
 
+mod aside;
 pub mod client;
 mod cluster_restore;
 pub mod lease;
@@ -102,6 +103,7 @@ pub async fn run(
         metrics,
         shutdown,
         instance: instance_id()?,
+        aside: aside::AsideCache::default(),
     };
     tracing::info!(broker, instance = %d.instance, state_file = %d.state_path.display(), "agent daemon starting");
     d.recover(previous).await?;
@@ -196,6 +198,8 @@ pub(crate) struct Daemon {
     shutdown: watch::Receiver<bool>,
     /// This process's id towards the coordinator (see `PollRequest::instance`).
     instance: String,
+    /// What restores moved aside here, between polls.
+    aside: aside::AsideCache,
 }
 
 impl Daemon {
@@ -348,6 +352,7 @@ impl Daemon {
                     tracing::error!(broker = self.broker, error = %e, "the broker this agent stopped is still down");
                 }
             }
+            let moved_aside = self.moved_aside().await;
             let state = self.snapshot_state();
             let req = PollRequest {
                 protocol: PROTOCOL_VERSION,
@@ -359,6 +364,7 @@ impl Daemon {
                 broker_running: self.broker_running(),
                 instance: Some(self.instance.clone()),
                 role: Some(self.role),
+                moved_aside,
             };
             match self.coord.poll(&req).await {
                 Ok(resp) => {

@@ -173,6 +173,7 @@ impl Daemon {
             (CycleError::PreStopHook(_) | CycleError::PostStartHook { .. }, None) => {
                 FailureReason::Hook
             }
+            (CycleError::CopyDowntime { .. }, None) => FailureReason::CopyDowntime,
         });
         match (&e, &loss) {
             (_, Some(Loss::Stale(_))) => {

@@ -498,6 +498,20 @@ impl Drop for Immutable {
     }
 }
 
+/// Every file below `dir`, as paths.
+fn files_under(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p.display().to_string());
+        }
+    }
+    out
+}
+
 fn releases(coord: &FakeCoordinator) -> Vec<Value> {
     coord
         .of("/v1/agent/release")
@@ -752,6 +766,188 @@ fn auto_capture_falling_back_to_copy_is_a_metric() {
         "{}",
         d.log()
     );
+}
+
+/// `snapshot.max_copy_downtime`: a copy that runs past it is given up and
+/// the broker started again, nothing committed.
+#[test]
+fn a_copy_capture_past_max_copy_downtime_is_given_up_and_the_broker_started() {
+    let s = setup_with("ext4", slow_capture);
+    let cfg = s.config("copy", TOKEN, SLOW_LINK);
+    let text = fs::read_to_string(&cfg).unwrap().replace(
+        "capture = \"copy\"",
+        "capture = \"copy\"\nmax_copy_downtime = \"3s\"",
+    );
+    fs::write(&cfg, text).unwrap();
+    let (d, rel) = lease_until_release(&s, &cfg, 7, Duration::from_secs(90));
+    assert_eq!(rel[0]["outcome"]["type"], "failed", "{rel:?}");
+    assert_eq!(rel[0]["outcome"]["broker_running"], true, "{rel:?}");
+    let reason = rel[0]["outcome"]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("given up after 3s") && reason.contains("max_copy_downtime"),
+        "{reason}"
+    );
+    // It was stopped, and started again well before the 24 s the whole
+    // copy would have taken.
+    let stops = s.events_of(2, EventKind::Sigterm);
+    let starts = s.events_of(2, EventKind::Started);
+    assert_eq!(stops.len(), 1, "one stop");
+    let started = starts
+        .iter()
+        .find(|t| **t > stops[0])
+        .expect("started again");
+    let down = Duration::from_nanos(started - stops[0]);
+    assert!(down < Duration::from_secs(15), "down {down:?}");
+    assert!(s.c.is_running(2));
+    // Nothing was committed.
+    let stored = files_under(&s.store);
+    assert!(
+        !stored.iter().any(|n| n.ends_with("manifest.json")),
+        "{stored:?}"
+    );
+    s.scrape_until("the failure counted", &d, |t| {
+        metric(
+            t,
+            "kafka_snapshot_agent_failures_total{broker=\"2\",reason=\"copy_downtime\"}",
+        ) == Some(1.0)
+    });
+}
+
+/// `snapshot.max_copy_downtime`: when the last copy capture of the node
+/// says this one would take longer, it is refused before the stop.
+#[test]
+fn a_copy_capture_expected_past_max_copy_downtime_is_refused_before_the_stop() {
+    let s = setup_with("ext4", slow_capture);
+    // Through 1 MiB/s: seconds of copy.
+    let cfg = s.config("copy", TOKEN, SLOW_LINK);
+    let (d, rel) = lease_until_release(&s, &cfg, 8, Duration::from_secs(90));
+    assert_eq!(rel[0]["outcome"]["type"], "committed", "{rel:?}");
+    drop(d);
+    let first_down = rel[0]["outcome"]["downtime_ms"].as_u64().unwrap();
+    assert!(first_down >= 3000, "the first copy took {first_down} ms");
+    let text = fs::read_to_string(&cfg).unwrap().replace(
+        "capture = \"copy\"",
+        "capture = \"copy\"\nmax_copy_downtime = \"2s\"",
+    );
+    fs::write(&cfg, text).unwrap();
+    s.coord.push_action(snapshot_lease(9, 60_000));
+    let d = Daemon::spawn(&cfg, &s.root.join("daemon2.log"), None);
+    s.coord
+        .wait_for("the second release", Duration::from_secs(60), &d, |r| {
+            r.iter().filter(|r| r.path == "/v1/agent/release").count() == 2
+        });
+    let rel = releases(&s.coord);
+    assert_eq!(rel[1]["outcome"]["type"], "failed", "{rel:?}");
+    let reason = rel[1]["outcome"]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("refused before stopping node 2")
+            && reason.contains(
+                rel[0]["outcome"]["snapshot"]["snapshot_id"]
+                    .as_str()
+                    .unwrap()
+            )
+            && reason.contains("max_copy_downtime (2s)"),
+        "{reason}\n{}",
+        d.log()
+    );
+    assert_eq!(
+        s.events_of(2, EventKind::Sigterm).len(),
+        1,
+        "only the first snapshot stopped broker 2"
+    );
+    assert!(s.c.is_running(2));
+}
+
+/// What restores moved aside is reported with every poll and, with
+/// `restore.remove_moved_aside_after`, removed once that old while the
+/// broker is in sync; younger data, other names and symlinks stay.
+#[test]
+fn moved_aside_data_is_reported_and_removed_once_due() {
+    let s = setup_with("ext4", quiet);
+    let cfg = s.config("copy", TOKEN, "");
+    let mut text = fs::read_to_string(&cfg).unwrap();
+    text.push_str("[restore]\nremove_moved_aside_after = \"1h\"\n");
+    fs::write(&cfg, text).unwrap();
+    let dir = s.c.log_dirs(2)[0].clone();
+    let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+    let parent = dir.parent().unwrap();
+    let stamp = |ago: chrono::Duration| (chrono::Utc::now() - ago).format("%Y%m%dT%H%M%SZ");
+    let old = parent.join(format!(
+        "{name}.pre-restore-{}",
+        stamp(chrono::Duration::hours(2))
+    ));
+    let young = parent.join(format!(
+        "{name}.pre-restore-{}",
+        stamp(chrono::Duration::minutes(10))
+    ));
+    let by_hand = parent.join(format!("{name}.pre-restore-kept-by-hand"));
+    let victim = s.root.join("victim");
+    for d in [&old, &young, &by_hand, &victim] {
+        fs::create_dir_all(d.join("orders-0")).unwrap();
+        fs::write(
+            d.join("orders-0/00000000000000000000.log"),
+            vec![1u8; 1 << 20],
+        )
+        .unwrap();
+    }
+    std::os::unix::fs::symlink(&victim, old.join("link")).unwrap();
+    let d = Daemon::spawn(&cfg, &s.root.join("daemon.log"), None);
+    s.coord
+        .wait_for("the removal's notice", Duration::from_secs(30), &d, |r| {
+            r.iter().any(|r| r.path == "/v1/agent/notice")
+        });
+    let notice = &s.coord.of("/v1/agent/notice")[0].body;
+    let msg = notice["message"].as_str().unwrap();
+    assert!(
+        msg.contains(&old.display().to_string()) && msg.contains("remove_moved_aside_after"),
+        "{msg}"
+    );
+    assert!(!old.exists());
+    assert!(young.exists() && by_hand.exists() && dir.join("meta.properties").exists());
+    assert!(
+        victim.join("orders-0/00000000000000000000.log").exists(),
+        "a symlink was followed"
+    );
+    let polls_before = s.coord.of("/v1/agent/poll").len();
+    s.coord.wait_for(
+        "a poll after the removal",
+        Duration::from_secs(10),
+        &d,
+        |r| r.iter().filter(|r| r.path == "/v1/agent/poll").count() > polls_before + 1,
+    );
+    let poll = s.coord.of("/v1/agent/poll").last().unwrap().body.clone();
+    let reported: Vec<(String, Value)> = poll["moved_aside"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["path"].as_str().unwrap().to_string(),
+                m["remove_after"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(reported.len(), 2, "{poll}");
+    let by_hand_entry = reported
+        .iter()
+        .find(|(p, _)| p == &by_hand.display().to_string())
+        .expect("the dir named by hand is listed");
+    assert!(by_hand_entry.1.is_null(), "never removed by the agent");
+    let young_entry = reported
+        .iter()
+        .find(|(p, _)| p == &young.display().to_string())
+        .expect("the young dir is listed");
+    assert!(young_entry.1.is_string(), "removed after an hour: {poll}");
+    let m = s.scrape_until("the moved-aside metrics", &d, |t| {
+        metric(t, "kafka_snapshot_agent_moved_aside_dirs{broker=\"2\"}") == Some(2.0)
+    });
+    assert!(
+        metric(&m, "kafka_snapshot_agent_moved_aside_bytes{broker=\"2\"}").unwrap()
+            >= (2 << 20) as f64,
+        "{m}"
+    );
+    assert!(s.c.is_running(2));
+    assert!(s.events_of(2, EventKind::Sigterm).is_empty());
 }
 
 #[test]
@@ -1179,6 +1375,29 @@ fn restore_into_wiped_log_dirs_puts_the_snapshot_back() {
         assert_eq!(aside.len(), 1, "{:?}", names(parent));
         assert!(parent.join(&aside[0]).join("left-by-the-operator").exists());
         assert!(!names(parent).iter().any(|n| n.contains(".restoring-")));
+    }
+    // The polls after it report what was moved aside, kept (no
+    // restore.remove_moved_aside_after) for status to list.
+    let polls_before = s.coord.of("/v1/agent/poll").len();
+    s.coord.wait_for(
+        "a poll after the restore",
+        Duration::from_secs(10),
+        &d,
+        |r| r.iter().filter(|r| r.path == "/v1/agent/poll").count() > polls_before + 1,
+    );
+    let poll = s.coord.of("/v1/agent/poll").last().unwrap().body.clone();
+    let reported = poll["moved_aside"]
+        .as_array()
+        .expect("moved_aside in the poll");
+    assert_eq!(reported.len(), s.c.log_dirs(2).len(), "{poll}");
+    for m in reported {
+        assert!(m["path"].as_str().unwrap().contains(".pre-restore-"), "{m}");
+        assert!(m["moved_at"].is_string(), "{m}");
+        assert!(m["bytes"].as_u64().unwrap() > 0, "{m}");
+        assert!(
+            m["remove_after"].is_null(),
+            "kept until removed by hand: {m}"
+        );
     }
     assert!(s.c.is_running(2));
     s.c.wait_in_sync(Duration::from_secs(30)).unwrap();

@@ -1014,3 +1014,96 @@ fn a_staging_symlink_is_never_followed() {
         );
     }
 }
+
+/// Regression: capture and archive opened the log dirs' files by path, so
+/// a partition dir swapped for a symlink after the inventory (by anyone
+/// with the broker user's rights, the broker stopped) made the agent,
+/// which reads with CAP_DAC_READ_SEARCH, archive whatever it pointed at.
+/// Every file is now opened below its log dir's fd without following a
+/// symlink: the snapshot fails naming the file, and nothing is committed.
+#[test]
+fn a_partition_dir_swapped_for_a_symlink_after_the_inventory_is_not_followed() {
+    for capture in ["reflink", "copy"] {
+        let t = scratch("xfs");
+        let dirs = small_broker(t.path(), 4);
+        let partition = fs::read_dir(&dirs[0])
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| {
+                p.is_dir()
+                    && fs::read_dir(p)
+                        .unwrap()
+                        .any(|f| f.unwrap().path().extension().is_some_and(|x| x == "log"))
+            })
+            .expect("a partition dir with a segment");
+        // The secret: files of the same names and sizes, other bytes.
+        let secret = t.path().join("secret");
+        fs::create_dir(&secret).unwrap();
+        for f in fs::read_dir(&partition).unwrap() {
+            let f = f.unwrap();
+            let len = f.metadata().unwrap().len() as usize;
+            fs::write(secret.join(f.file_name()), vec![b'S'; len]).unwrap();
+        }
+        let store = new_store(t.path());
+        let pause = t.path().join("pause");
+        fs::create_dir(&pause).unwrap();
+        let mut cmd = agent();
+        cmd.env("KAFKA_SNAPSHOT_PAUSE", "capture-scanned")
+            .env("KAFKA_SNAPSHOT_PAUSE_DIR", &pause)
+            .args([
+                "archive",
+                "create",
+                "--log-dirs",
+                &dirs_arg(&dirs),
+                "--store",
+                &store_url(&store),
+                "--capture",
+                capture,
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let child = cmd.spawn().unwrap();
+        let marker = pause.join("capture-scanned");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !marker.exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never paused after the scan"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        fs::rename(&partition, t.path().join("moved-away")).unwrap();
+        std::os::unix::fs::symlink(&secret, &partition).unwrap();
+        fs::remove_file(&marker).unwrap();
+        let out = child.wait_with_output().unwrap();
+        check_exit(&out, &format!("archive create ({capture})"), 1);
+        let err = stderr(&out);
+        assert!(
+            err.contains(&partition.display().to_string()) && err.contains("refusing to follow"),
+            "{capture}: {err}"
+        );
+        let mut stored = Vec::new();
+        let mut stack = vec![store.clone()];
+        while let Some(d) = stack.pop() {
+            for e in fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else {
+                    stored.push(p);
+                }
+            }
+        }
+        assert!(
+            !stored.iter().any(|p| p.ends_with("manifest.json")),
+            "{capture}: a snapshot was committed: {stored:?}"
+        );
+        kafka_snapshot_testkit::report::record(
+            "security",
+            &format!(
+                "9. a partition dir swapped for a symlink after the inventory is refused, not followed ({capture} capture)"
+            ),
+            &[("inputs", 1)],
+        );
+    }
+}

@@ -33,16 +33,18 @@ impl Engine {
         for b in self.cfg.nodes() {
             let agent = brokers::agent(c, b)?;
             let last = snapshots::newest(c, cluster, b)?;
-            let (hostname, agent_last_seen, phase, broker_running, last_error) = match agent {
-                Some(a) => (
-                    a.hostname,
-                    a.last_seen,
-                    a.phase,
-                    a.broker_running,
-                    a.last_error,
-                ),
-                None => (None, None, "unknown".to_string(), None, None),
-            };
+            let (hostname, agent_last_seen, phase, broker_running, last_error, moved_aside) =
+                match agent {
+                    Some(a) => (
+                        a.hostname,
+                        a.last_seen,
+                        a.phase,
+                        a.broker_running,
+                        a.last_error,
+                        a.moved_aside,
+                    ),
+                    None => (None, None, "unknown".to_string(), None, None, Vec::new()),
+                };
             views.push(BrokerView {
                 broker: b,
                 role: self.cfg.role_of(b).unwrap_or_default(),
@@ -63,6 +65,7 @@ impl Engine {
                 last_downtime_ms: last.as_ref().and_then(|l| l.downtime_ms),
                 last_verified: last.as_ref().and_then(|l| l.verify_ok),
                 clock_skewed_snapshots: snapshots::skewed(c, cluster, b, skew_limit)?,
+                moved_aside,
             });
         }
         let suspended_because = super::operators::suspension(

@@ -65,6 +65,7 @@ pub(crate) fn poll_req(broker: i32, epoch: Option<u64>) -> PollRequest {
         broker_running: true,
         instance: None,
         role: None,
+        moved_aside: Vec::new(),
     }
 }
 

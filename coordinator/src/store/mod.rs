@@ -37,7 +37,8 @@ CREATE TABLE IF NOT EXISTS brokers (
     phase TEXT NOT NULL DEFAULT 'idle',
     broker_running INTEGER,
     last_error TEXT,
-    last_error_at TEXT
+    last_error_at TEXT,
+    moved_aside TEXT
 );
 -- One row per grant; the epoch is the fencing token.
 -- state: active -> released | settling -> cleared
@@ -203,7 +204,7 @@ CREATE TABLE IF NOT EXISTS counters (
 /// The schema version this build writes. Each step of [`MIGRATIONS`]
 /// brings a database one version up; a database of a newer version than
 /// this is refused (a downgraded coordinator must not guess).
-pub const SCHEMA_VERSION: u32 = 6;
+pub const SCHEMA_VERSION: u32 = 7;
 
 /// `(version reached, what it changes)`, applied in order, each in the
 /// transaction that also records the new version.
@@ -213,6 +214,7 @@ const MIGRATIONS: &[(u32, Migration)] = &[
     (4, v4_snapshot_seen),
     (5, v5_snapshot_sets),
     (6, v6_cluster_restores),
+    (7, v7_moved_aside),
 ];
 
 type Migration = fn(&Connection) -> rusqlite::Result<()>;
@@ -274,6 +276,13 @@ fn v5_snapshot_sets(_conn: &Connection) -> rusqlite::Result<()> {
 /// this database.
 fn v6_cluster_restores(_conn: &Connection) -> rusqlite::Result<()> {
     Ok(())
+}
+
+/// Version 7: what restores moved aside on each agent's host
+/// (`brokers.moved_aside`, JSON from the agent's polls), for `status`
+/// and `/metrics`.
+fn v7_moved_aside(conn: &Connection) -> rusqlite::Result<()> {
+    add_column(conn, "brokers", "moved_aside")
 }
 
 fn add_column(conn: &Connection, table: &str, column: &str) -> rusqlite::Result<()> {

@@ -219,6 +219,9 @@ pub struct FleetSpec {
     pub controllers: bool,
     /// The coordinator's `[cluster] id` (default: learned from the cluster).
     pub cluster_id: Option<String>,
+    /// Appended to every agent's config (whole sections, e.g.
+    /// `[encryption]`).
+    pub agent_extra: String,
 }
 
 impl Default for FleetSpec {
@@ -233,6 +236,7 @@ impl Default for FleetSpec {
             max_attempts: 3,
             controllers: false,
             cluster_id: None,
+            agent_extra: String::new(),
         }
     }
 }
@@ -488,7 +492,7 @@ pub fn write_agent_config(
          [kafka]\nbootstrap_servers = [{}]\nrequest_timeout = \"5s\"\n\
          [gate]\nstable_checks = 2\ncheck_interval = \"300ms\"\n\
          [coordinator]\nurl = {:?}\ntoken_file = {:?}\nstate_file = {:?}\npoll_interval = \"300ms\"\n\
-         [metrics]\nlisten = \"127.0.0.1:0\"\n",
+         [metrics]\nlisten = \"127.0.0.1:0\"\n{}",
         cluster.stop_script(n).display().to_string(),
         cluster.start_script(n).display().to_string(),
         spec.recovery_timeout,
@@ -499,6 +503,7 @@ pub fn write_agent_config(
         coordinator_url,
         token_file.display().to_string(),
         state_file.display().to_string(),
+        spec.agent_extra,
     );
     let config = dir.join("agent.toml");
     fs::write(&config, text).unwrap();
