@@ -954,7 +954,8 @@ fn encryption_config(root: &std::path::Path) -> String {
 /// verify` with the agents' identity checks every file of it.
 fn every_snapshot_encrypted_and_verified_with_the_identity(f: &Fleet<KafkaCluster>) {
     let snaps = f.snapshots();
-    assert!(snaps.len() >= 6, "{snaps:?}");
+    // At least one of every node with an agent (ZooKeeper mode: brokers).
+    assert!(snaps.len() >= f.agents.len(), "{snaps:?}");
     for s in &snaps {
         let id = s["snapshot_id"].as_str().unwrap();
         let broker = s["broker"].to_string();
