@@ -480,3 +480,17 @@ pub fn assert_safe(cfg: &str) {
     let report = check(cfg, 0);
     assert_eq!(failed_ids(&report), Vec::<String>::new(), "{report}");
 }
+
+/// Every file below `dir` (not the dirs), as paths.
+pub fn files_under(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p.display().to_string());
+        }
+    }
+    out
+}

@@ -498,20 +498,6 @@ impl Drop for Immutable {
     }
 }
 
-/// Every file below `dir`, as paths.
-fn files_under(dir: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    for e in fs::read_dir(dir).into_iter().flatten().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(files_under(&p));
-        } else {
-            out.push(p.display().to_string());
-        }
-    }
-    out
-}
-
 fn releases(coord: &FakeCoordinator) -> Vec<Value> {
     coord
         .of("/v1/agent/release")

@@ -1082,18 +1082,7 @@ fn a_partition_dir_swapped_for_a_symlink_after_the_inventory_is_not_followed() {
             err.contains(&partition.display().to_string()) && err.contains("refusing to follow"),
             "{capture}: {err}"
         );
-        let mut stored = Vec::new();
-        let mut stack = vec![store.clone()];
-        while let Some(d) = stack.pop() {
-            for e in fs::read_dir(&d).unwrap() {
-                let p = e.unwrap().path();
-                if p.is_dir() {
-                    stack.push(p);
-                } else {
-                    stored.push(p);
-                }
-            }
-        }
+        let stored = files_under(&store);
         assert!(
             !stored.iter().any(|p| p.ends_with("manifest.json")),
             "{capture}: a snapshot was committed: {stored:?}"
