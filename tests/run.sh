@@ -2,9 +2,10 @@
 # The project's single test command. On a fresh Debian machine (as root) it
 # installs what the tests need, prepares real filesystems on loop devices
 # (XFS with reflink for reflink capture, ext4 for copy capture), then runs
-# formatting, lints and every test of the workspace. It also starts a real
-# S3-compatible server (Garage, built once into a cache dir) for the s3://
-# backend's tests. Last, tests/ops.sh checks the systemd units and runs the
+# formatting, lints and every test of the workspace. It also starts two
+# real S3-compatible servers, built once into a cache dir: Garage for the
+# s3:// backend's tests, and the Versity S3 gateway for a bucket with
+# Object Lock and the agents' least-privilege policy. Last, tests/ops.sh checks the systemd units and runs the
 # Ansible roles into temporary roots, and tests/deployed.sh runs what the
 # roles install under a real systemd.
 #
@@ -45,6 +46,9 @@ command -v losetup >/dev/null || missing+=(mount)
 # Building Garage (once) needs a C toolchain and make (bundled libsodium).
 command -v cc >/dev/null || missing+=(gcc)
 command -v make >/dev/null || missing+=(make)
+# The locked S3 bucket's requests (tests/lib/versitygw.sh).
+command -v curl >/dev/null || missing+=(curl)
+command -v openssl >/dev/null || missing+=(openssl)
 command -v python3 >/dev/null || missing+=(python3)
 # Real Kafka: a JDK (17+, Kafka 4.x) and Maven to resolve its jars.
 command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
@@ -58,13 +62,17 @@ fi
 # --- filesystems ----------------------------------------------------------
 source tests/lib/filesystems.sh
 source tests/lib/garage.sh
+source tests/lib/versitygw.sh
 source tests/lib/kafka.sh
-trap 'garage_teardown; test_fs_teardown' EXIT
+trap 'garage_teardown; versitygw_teardown; test_fs_teardown' EXIT
 test_fs_setup
 export KSNAP_TEST_XFS KSNAP_TEST_EXT4
 
-# --- S3-compatible server ---------------------------------------------------
+# --- S3-compatible servers ---------------------------------------------------
 garage_setup
+# Bucket policies and Object Lock, which Garage lacks
+# (coordinator/tests/least_privilege.rs).
+versitygw_setup
 
 # --- Apache Kafka (coordinator/tests/real_kafka.rs) ---------------------------
 kafka_setup

@@ -942,7 +942,7 @@ pub async fn prune(api: &Api, dry_run: bool, json: bool) -> Result<bool> {
         print_json(&r);
     } else {
         let verb = if dry_run { "would delete" } else { "deleted" };
-        if r.deleted.is_empty() {
+        if r.deleted.is_empty() && r.abandoned_removed.is_empty() {
             println!("nothing to delete");
         }
         for d in &r.deleted {
@@ -961,6 +961,10 @@ pub async fn prune(api: &Api, dry_run: bool, json: bool) -> Result<bool> {
         let verb = if dry_run { "would drop" } else { "dropped" };
         for id in &r.sets_dropped {
             println!("{verb} snapshot set {id}: none of its snapshots is left");
+        }
+        let verb = if dry_run { "would remove" } else { "removed" };
+        for p in &r.abandoned_removed {
+            println!("{verb} incomplete snapshot {p}: a newer snapshot of that node is complete");
         }
         if let Some(e) = &r.error {
             eprintln!("stopped at a storage error: {e}");

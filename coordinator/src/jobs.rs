@@ -32,7 +32,7 @@ pub async fn open_store(cfg: &CoordinatorConfig) -> Result<Box<dyn ColdStore>> {
 /// at the first storage error.
 pub fn run_retention(s: &Shared, dry_run: bool) -> PruneResult {
     let now = Utc::now();
-    let plan = {
+    let (plan, busy) = {
         let e = s.engine();
         let inputs = (e.retention_candidates(), e.busy_brokers(), e.kept_set());
         let (cands, busy, kept) = match inputs {
@@ -44,10 +44,11 @@ pub fn run_retention(s: &Shared, dry_run: bool) -> PruneResult {
                     held: Vec::new(),
                     error: Some(err.to_string()),
                     sets_dropped: Vec::new(),
+                    abandoned_removed: Vec::new(),
                 }
             }
         };
-        retention::plan(
+        let plan = retention::plan(
             &cands,
             &retention::Policy {
                 keep_last: s.cfg().retention.keep_last as usize,
@@ -56,7 +57,8 @@ pub fn run_retention(s: &Shared, dry_run: bool) -> PruneResult {
             &busy,
             kept.as_ref(),
             now,
-        )
+        );
+        (plan, busy)
     };
     let mut out = PruneResult {
         dry_run,
@@ -64,6 +66,7 @@ pub fn run_retention(s: &Shared, dry_run: bool) -> PruneResult {
         held: plan.held.clone(),
         error: None,
         sets_dropped: Vec::new(),
+        abandoned_removed: Vec::new(),
     };
     for d in &plan.delete {
         if !dry_run {
@@ -90,6 +93,9 @@ pub fn run_retention(s: &Shared, dry_run: bool) -> PruneResult {
     }
     if out.error.is_none() {
         drop_empty_sets(s, &plan, dry_run, &mut out);
+    }
+    if out.error.is_none() {
+        remove_abandoned(s, &busy, dry_run, &mut out);
     }
     if !dry_run {
         if let Err(e) = s.engine().prune_done(out.error.as_deref(), Utc::now()) {
@@ -135,6 +141,50 @@ fn drop_empty_sets(s: &Shared, plan: &retention::Plan, dry_run: bool, out: &mut 
             }
         }
         out.sets_dropped.push(set.set_id);
+    }
+}
+
+/// Incomplete snapshots of this cluster that no run will finish
+/// ([`catalog::abandoned`]): agents remove their own at their next run,
+/// but agents whose storage credentials may not delete (the
+/// least-privilege setup) leave them, and nobody else would. They were
+/// never in the catalog, so only storage changes.
+fn remove_abandoned(
+    s: &Shared,
+    busy: &std::collections::BTreeSet<i32>,
+    dry_run: bool,
+    out: &mut PruneResult,
+) {
+    let cluster = match s.engine().cluster_id() {
+        Ok(Some(c)) => c,
+        Ok(None) => return,
+        Err(e) => {
+            out.error = Some(e.to_string());
+            return;
+        }
+    };
+    let listed = match catalog::list(s.store.as_ref(), Some(&cluster), None) {
+        Ok(l) => l,
+        Err(e) => {
+            out.error = Some(format!(
+                "listing cold storage for incomplete snapshots: {e}"
+            ));
+            return;
+        }
+    };
+    for l in catalog::abandoned(&listed, &cluster, busy) {
+        if !dry_run {
+            for o in &l.objects {
+                if let Err(e) = s.store.delete(&o.key) {
+                    out.error = Some(format!("incomplete snapshot {}: {e}", l.snap.prefix()));
+                    return;
+                }
+            }
+            tracing::info!(snapshot = %l.snap.snapshot_id, broker = l.snap.broker,
+                objects = l.objects.len(),
+                "removed an incomplete snapshot no run will finish (a newer one of this node is complete)");
+        }
+        out.abandoned_removed.push(l.snap.prefix());
     }
 }
 
@@ -861,6 +911,52 @@ mod tests {
         assert_eq!((r.error, r.sets_dropped), (None, vec![good.set_id.clone()]));
         assert!(!key.exists());
         assert!(s.engine().sets().unwrap().is_empty());
+    }
+
+    /// Agents with least-privilege credentials cannot delete what an
+    /// interrupted run left; retention does, for a node with a newer
+    /// complete snapshot only, never for another cluster, and never for a
+    /// node at work (its newest incomplete snapshot may be in progress).
+    #[test]
+    fn retention_removes_incomplete_snapshots_no_run_will_finish() {
+        let t = tempfile::tempdir().unwrap();
+        let old = commit(t.path(), t.path(), OURS, 1, 1);
+        let newest = commit(t.path(), t.path(), OURS, 1, 2);
+        let only = commit(t.path(), t.path(), OURS, 2, 3);
+        let theirs_old = commit(t.path(), t.path(), THEIRS, 1, 4);
+        commit(t.path(), t.path(), THEIRS, 1, 5);
+        // Interrupted at the commit: the archive is there, no manifest.
+        let unmanifest = |cluster: &str, broker: i32, id: &str| {
+            let dir = t
+                .path()
+                .join(cluster)
+                .join(format!("broker-{broker}"))
+                .join(id);
+            std::fs::remove_file(dir.join("manifest.json")).unwrap();
+            dir
+        };
+        let gone = unmanifest(OURS, 1, &old);
+        let in_progress = unmanifest(OURS, 2, &only);
+        let other = unmanifest(THEIRS, 1, &theirs_old);
+        let store = FileStore::new(t.path().to_path_buf()).unwrap();
+        let listed = catalog::list(&store, None, None).unwrap();
+        let busy: std::collections::BTreeSet<i32> = [1].into();
+        assert!(catalog::abandoned(&listed, OURS, &busy).is_empty());
+        let s = shared(t.path(), Arc::new(store), 7);
+        rebuild_catalog(&s).map_err(|e| format!("{e:?}")).unwrap();
+        let dry = run_retention(&s, true);
+        let want = vec![format!("{OURS}/broker-1/{old}")];
+        assert_eq!((dry.error, &dry.abandoned_removed), (None, &want));
+        assert!(gone.exists(), "a dry run deletes nothing");
+        let r = run_retention(&s, false);
+        assert_eq!((r.error, r.abandoned_removed), (None, want));
+        assert!(!gone.exists());
+        assert!(t.path().join(OURS).join("broker-1").join(&newest).exists());
+        assert!(
+            in_progress.exists(),
+            "no newer snapshot of broker 2 is complete"
+        );
+        assert!(other.exists(), "another cluster's");
     }
 
     /// Hole 2: two clusters share one store. The rebuild lists only this

@@ -157,6 +157,12 @@ pub fn load_manifest(store: &dyn ColdStore, snap: &SnapshotRef) -> Result<Manife
 /// but billed), other than those of `keep`. Only the agent of that broker
 /// writes there, and it holds its staging lock while it does, so none of
 /// them is in use. Returns how many snapshots and uploads were removed.
+///
+/// Storage that refuses the agent deletes (credentials with no
+/// `s3:DeleteObject`, the least-privilege setup) keeps those objects: they
+/// are left for the coordinator, whose retention removes superseded
+/// incomplete snapshots ([`abandoned`]). Aborting an upload needs only
+/// `s3:AbortMultipartUpload`, which touches nothing committed.
 pub fn remove_incomplete(
     store: &dyn ColdStore,
     cluster: &str,
@@ -164,11 +170,20 @@ pub fn remove_incomplete(
     keep: &str,
 ) -> Result<usize> {
     let mut removed = 0;
-    for l in list(store, Some(cluster), Some(broker))? {
+    'snapshots: for l in list(store, Some(cluster), Some(broker))? {
         if matches!(l.status, Status::Incomplete) && l.snap.snapshot_id != keep {
             for o in &l.objects {
                 tracing::warn!(key = %o.key, "removing an object left by an interrupted snapshot");
-                store.delete(&o.key)?;
+                match store.delete(&o.key) {
+                    Ok(()) => {}
+                    Err(e @ Error::Refused { .. }) => {
+                        tracing::warn!(snapshot = %l.snap.snapshot_id, error = %e,
+                            "the storage does not let this agent delete; the interrupted \
+                             snapshot is left for the coordinator's retention to remove");
+                        continue 'snapshots;
+                    }
+                    Err(e) => return Err(e),
+                }
             }
             removed += 1;
         }
@@ -183,6 +198,39 @@ pub fn remove_incomplete(
         }
     }
     Ok(removed)
+}
+
+/// Incomplete snapshots of `cluster` that no run will finish: those of a
+/// node with a complete snapshot taken after them (its agent has moved on)
+/// and not in `busy` (nodes holding a lease or in a running cycle, whose
+/// newest incomplete snapshot may be the one being written). Their agents
+/// remove them at their next run when the storage lets them; with
+/// least-privilege credentials it does not, and the coordinator does.
+pub fn abandoned(
+    listed: &[Listed],
+    cluster: &str,
+    busy: &std::collections::BTreeSet<i32>,
+) -> Vec<Listed> {
+    let mut newest_complete: BTreeMap<i32, &str> = BTreeMap::new();
+    for l in listed.iter().filter(|l| l.snap.cluster_id == cluster) {
+        if matches!(l.status, Status::Complete(_)) {
+            let e = newest_complete.entry(l.snap.broker).or_default();
+            if l.snap.snapshot_id.as_str() > *e {
+                *e = &l.snap.snapshot_id;
+            }
+        }
+    }
+    listed
+        .iter()
+        .filter(|l| l.snap.cluster_id == cluster && matches!(l.status, Status::Incomplete))
+        .filter(|l| !busy.contains(&l.snap.broker))
+        .filter(|l| {
+            newest_complete
+                .get(&l.snap.broker)
+                .is_some_and(|newest| l.snap.snapshot_id.as_str() < *newest)
+        })
+        .cloned()
+        .collect()
 }
 
 /// Deletes one snapshot, manifest first: a snapshot whose deletion is

@@ -272,6 +272,11 @@ pub struct PruneResult {
     /// go): their records are dropped from cold storage, then the catalog.
     #[serde(default)]
     pub sets_dropped: Vec<String>,
+    /// Incomplete snapshots (no manifest) that no run will finish, removed
+    /// (or, in a dry run, to remove) as `cluster/broker-N/id`: agents with
+    /// least-privilege storage credentials cannot delete them themselves.
+    #[serde(default)]
+    pub abandoned_removed: Vec<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

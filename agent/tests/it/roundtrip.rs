@@ -388,7 +388,8 @@ fn a_file_store_is_shared_through_its_group_whatever_the_umask() {
     }
     for f in fs::read_dir(&snap).unwrap() {
         let md = f.unwrap().metadata().unwrap();
-        assert_eq!(md.permissions().mode() & 0o777, 0o640);
+        // Committed: read-only, for the group too.
+        assert_eq!(md.permissions().mode() & 0o777, 0o440);
         assert_eq!(md.gid(), 4343);
     }
     // Another user in the group, with no capabilities, reads it back and

@@ -222,6 +222,8 @@ pub struct FleetSpec {
     /// Appended to every agent's config (whole sections, e.g.
     /// `[encryption]`).
     pub agent_extra: String,
+    /// The coordinator's `[retention]` lines (default `keep_last = 7`).
+    pub retention: Option<&'static str>,
 }
 
 impl Default for FleetSpec {
@@ -237,6 +239,7 @@ impl Default for FleetSpec {
             controllers: false,
             cluster_id: None,
             agent_extra: String::new(),
+            retention: None,
         }
     }
 }
@@ -299,6 +302,9 @@ impl<C: TestCluster> Fleet<C> {
             cs.controllers = cluster.controllers();
         }
         cs.cluster = fs_spec.cluster_id.clone();
+        if let Some(r) = fs_spec.retention {
+            cs.retention = r.to_string();
+        }
         cs.lease = format!("ttl = {:?}\npoll_interval = \"300ms\"\n", fs_spec.ttl);
         cs.schedule = format!(
             "suspend = true\ngate_timeout = \"2m\"\nmax_attempts = {}\n",

@@ -23,8 +23,13 @@ use std::sync::Arc;
 /// Directories the store creates: group-writable (and set-group-ID,
 /// inherited from the root).
 const DIR_PERMISSIONS: u32 = 0o770;
-/// Objects: the group (the coordinator) reads them.
+/// Objects being written: the group (the coordinator) reads them.
 const FILE_MODE: u32 = 0o640;
+/// Committed objects are never written again: read-only for everyone, so
+/// that no member of the store's group opens one for writing (over NFS the
+/// server enforces it whatever capabilities a client process has). Their
+/// deletion is a matter of the directory's permissions.
+const COMMITTED_MODE: u32 = 0o440;
 
 /// A local directory or a mounted network filesystem (NFS).
 pub struct FileStore {
@@ -199,6 +204,15 @@ impl ColdStore for FileStore {
         match fs::remove_file(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                return Err(Error::Refused {
+                    what: format!("storage {}/{key}", self.location()),
+                    message: format!(
+                        "this user may not delete it ({e}); deleting committed snapshots is \
+                         the coordinator's job"
+                    ),
+                })
+            }
             Err(e) => return Err(self.error(key, format!("deleting: {e}"))),
         }
         let dir = path.parent().expect("key has a parent");
@@ -254,6 +268,8 @@ fn commit_file(out: BufWriter<fs::File>, tmp: &Path, path: &Path) -> Result<u64,
     let file = out
         .into_inner()
         .map_err(|e| format!("writing: {}", e.error()))?;
+    file.set_permissions(fs::Permissions::from_mode(COMMITTED_MODE))
+        .map_err(|e| format!("making it read-only: {e}"))?;
     file.sync_all().map_err(|e| format!("fsync: {e}"))?;
     let size = file.metadata().map_err(|e| format!("stat: {e}"))?.len();
     drop(file);

@@ -600,6 +600,28 @@ impl Failure {
                 return Failure::from_http(h);
             }
             let text = err.to_string();
+            // A DELETE goes out as DeleteObjects, whose per-key failures
+            // come back in a 200 answer: "... (code: AccessDenied)".
+            if let Some(code) = text
+                .rsplit_once("(code: ")
+                .and_then(|(_, rest)| rest.strip_suffix(')'))
+            {
+                let status = match code {
+                    "AccessDenied" => StatusCode::FORBIDDEN,
+                    "NoSuchKey" => StatusCode::NOT_FOUND,
+                    _ => StatusCode::INTERNAL_SERVER_ERROR,
+                };
+                let message = text.rsplit_once(" (code: ").map_or("", |(m, _)| m);
+                let message = message
+                    .split_once(" failed for key ")
+                    .and_then(|(_, rest)| rest.split_once(": "))
+                    .map_or(message, |(_key, m)| m);
+                return Failure::Status {
+                    status,
+                    code: code.to_string(),
+                    message: message.to_string(),
+                };
+            }
             if let Some(i) = text.find(MARK) {
                 let rest = &text[i + MARK.len()..];
                 let status = rest
@@ -635,6 +657,11 @@ impl Failure {
     pub(crate) fn is_corrupted_in_transit(&self) -> bool {
         matches!(self, Failure::Status { code, .. }
             if ["BadDigest", "XAmzContentSHA256Mismatch", "InvalidDigest"].contains(&code.as_str()))
+    }
+
+    /// 403: the credentials may not do this (or Object Lock keeps it).
+    pub(crate) fn is_forbidden(&self) -> bool {
+        matches!(self, Failure::Status { status, .. } if *status == StatusCode::FORBIDDEN)
     }
 
     pub(crate) fn is_not_found(&self) -> bool {
@@ -772,7 +799,7 @@ impl ColdStore for S3Store {
     fn delete(&self, key: &str) -> Result<()> {
         let path = self.shared.path(key)?;
         let s = &self.shared;
-        self.op(key, async {
+        let r = self.block(s.settings.deadline, async {
             s.retry("DELETE", || async {
                 match s.client.delete(&path).await {
                     Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
@@ -780,7 +807,22 @@ impl ColdStore for S3Store {
                 }
             })
             .await
-        })
+        });
+        match r {
+            Ok(()) => Ok(()),
+            // Credentials without s3:DeleteObject (an agent's, by design),
+            // or an object under Object Lock: not an outage, and not worth
+            // a retry.
+            Err(f) if f.is_forbidden() => Err(Error::Refused {
+                what: format!("storage {}/{key}", location(&s.settings)),
+                message: format!(
+                    "the server refuses to delete it with these credentials ({}); deleting \
+                     committed snapshots is the coordinator's job",
+                    s.describe(&f)
+                ),
+            }),
+            Err(f) => Err(s.error(key, s.describe(&f))),
+        }
     }
 
     fn pending_uploads(&self, prefix: &str) -> Result<Vec<PendingUpload>> {
@@ -835,6 +877,28 @@ mod tests {
         assert!(Failure::from_status(StatusCode::BAD_REQUEST, damaged).retryable());
         let bad = b"<Error><Code>InvalidRequest</Code></Error>";
         assert!(!Failure::from_status(StatusCode::BAD_REQUEST, bad).retryable());
+    }
+
+    #[test]
+    fn a_refused_delete_is_read_from_the_delete_objects_answer() {
+        let text = "Generic S3 error: DeleteObjects request failed for key p/a/b: User: agents \
+                    is not authorized to perform: s3:DeleteObject (code: AccessDenied)";
+        let e = object_store::Error::Generic {
+            store: "S3",
+            source: text.into(),
+        };
+        let f = Failure::from_store(&e);
+        assert!(f.is_forbidden(), "{f:?}");
+        match f {
+            Failure::Status { code, message, .. } => {
+                assert_eq!(code, "AccessDenied");
+                assert_eq!(
+                    message,
+                    "User: agents is not authorized to perform: s3:DeleteObject"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
