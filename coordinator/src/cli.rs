@@ -407,10 +407,13 @@ pub fn format_snapshots(rows: &[SnapshotRow]) -> String {
                 s.downtime_ms
                     .map(|d| format!("{:.1}s", d as f64 / 1000.0))
                     .unwrap_or_else(|| "-".into()),
-                match s.verify_ok {
-                    Some(true) => "ok".into(),
-                    Some(false) => format!("FAILED: {}", s.verify_message.as_deref().unwrap_or("")),
-                    None => "not yet".into(),
+                match (s.verify_ok, s.verified_contents) {
+                    (Some(true), Some(false)) => "ok as stored (encrypted)".into(),
+                    (Some(true), _) => "ok".into(),
+                    (Some(false), _) => {
+                        format!("FAILED: {}", s.verify_message.as_deref().unwrap_or(""))
+                    }
+                    (None, _) => "not yet".into(),
                 },
             ]
         })
@@ -884,6 +887,7 @@ pub async fn verify(api: &Api, cfg: &CoordinatorConfig, which: Which, json: bool
             continue;
         }
         let error = outcome.as_ref().err().map(|e| e.to_string());
+        let contents_checked = outcome.as_ref().ok().map(|rep| rep.contents_checked);
         if error.is_some() {
             // Retention may have deleted it while it was read: then it is
             // no longer in the catalog, and nothing is wrong with it.
@@ -904,6 +908,12 @@ pub async fn verify(api: &Api, cfg: &CoordinatorConfig, which: Which, json: bool
         }
         if !json {
             match &error {
+                None if contents_checked == Some(false) => println!(
+                    "broker {} snapshot {}: ok as stored (encrypted: size and SHA-256 of the \
+                     archive; its files need the identity, kafka-snapshot-agent archive verify \
+                     --identity)",
+                    r.broker, r.snapshot_id
+                ),
                 None => println!("broker {} snapshot {}: ok", r.broker, r.snapshot_id),
                 Some(e) => println!(
                     "broker {} snapshot {}: FAILED: {e}",
@@ -920,12 +930,14 @@ pub async fn verify(api: &Api, cfg: &CoordinatorConfig, which: Which, json: bool
                     broker: r.broker,
                     snapshot_id: r.snapshot_id.clone(),
                     error: error.clone(),
+                    contents_checked,
                 },
                 "recording the result",
             )
             .await?;
         results.push(serde_json::json!({
             "broker": r.broker, "snapshot_id": r.snapshot_id, "ok": error.is_none(), "error": error,
+            "contents_checked": contents_checked,
         }));
     }
     if json {

@@ -419,7 +419,7 @@ fn verify_one(s: &Shared, cluster: &str, broker: i32, id: &str) -> bool {
         snapshot_id: id.to_string(),
     };
     let result = match kafka_snapshot::verify::verify(s.store.as_ref(), &snap) {
-        Ok(_) => Ok(()),
+        Ok((_, report)) => Ok(Some(report.contents_checked)),
         Err(e) if e.is_unreadable() => {
             tracing::warn!(
                 broker,

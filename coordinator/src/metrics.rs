@@ -431,7 +431,7 @@ mod tests {
         ] {
             assert!(text.contains(line), "{line} not in\n{text}");
         }
-        e.record_verification("cluster-a", 2, "s2", Ok(()), secs(601))
+        e.record_verification("cluster-a", 2, "s2", Ok(Some(true)), secs(601))
             .unwrap();
         let text = render(&e, &BTreeSet::new(), secs(602)).unwrap();
         assert!(

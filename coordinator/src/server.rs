@@ -307,7 +307,7 @@ async fn verified(State(s): S, headers: HeaderMap, body: Bytes) -> HttpResult<Js
     admin_auth(&s, &headers)?;
     let v: Verified = parse(&body)?;
     let result = match v.error {
-        None => Ok(()),
+        None => Ok(v.contents_checked),
         Some(e) => Err(e),
     };
     s.engine()

@@ -37,6 +37,13 @@ pub struct SnapshotRow {
     pub verified_at: Option<String>,
     pub verify_ok: Option<bool>,
     pub verify_message: Option<String>,
+    /// Whether the last successful verification read every file and
+    /// checked its hash (`true`), or only the stored archive's size and
+    /// SHA-256 (`false`: an encrypted snapshot verified where no identity
+    /// is, as the coordinator always does). `None`: not verified, failed,
+    /// or recorded before the catalog kept this.
+    #[serde(default)]
+    pub verified_contents: Option<bool>,
     pub source: String,
     /// When the coordinator learned of the snapshot, by its own clock: what
     /// order and age (retention, the default restore pick) go by. For a
@@ -253,6 +260,10 @@ pub struct Verified {
     pub broker: i32,
     pub snapshot_id: String,
     pub error: Option<String>,
+    /// Every file's hash was checked (see `SnapshotRow::verified_contents`);
+    /// absent from older CLIs, recorded as unknown.
+    #[serde(default)]
+    pub contents_checked: Option<bool>,
 }
 
 /// `POST /v1/prune`.

@@ -134,12 +134,15 @@ impl Engine {
         Ok(snapshots::list(&self.conn, cluster.as_deref(), broker)?)
     }
 
+    /// Records a verification: `Ok(Some(true))` read every file,
+    /// `Ok(Some(false))` only the stored bytes of an encrypted archive (no
+    /// identity where it ran), `Ok(None)` an older CLI that did not say.
     pub fn record_verification(
         &mut self,
         cluster_id: &str,
         broker: i32,
         snapshot_id: &str,
-        result: Result<(), String>,
+        result: Result<Option<bool>, String>,
         now: Now,
     ) -> ApiResult<()> {
         let k = Key {
@@ -158,12 +161,19 @@ impl Engine {
             )));
         }
         match &result {
-            Ok(()) => cx.event(
+            Ok(contents) => cx.event(
                 EventLevel::Info,
                 Some(broker),
                 None,
                 "verified",
-                &format!("snapshot {snapshot_id} of broker {broker} verified"),
+                &match contents {
+                    Some(false) => format!(
+                        "snapshot {snapshot_id} of broker {broker} verified as stored (size and \
+                         SHA-256 of the encrypted archive); its files need the identity: \
+                         kafka-snapshot-agent archive verify --identity"
+                    ),
+                    _ => format!("snapshot {snapshot_id} of broker {broker} verified"),
+                },
             )?,
             Err(e) => {
                 cx.count("verify_failures_total", &broker.to_string())?;

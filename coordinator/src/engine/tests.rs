@@ -942,7 +942,7 @@ fn a_future_commit_time_neither_wins_retention_nor_the_restore_pick() {
     list_snapshot(&e, &snap("cluster-a", 1, "s-real-2", day(2)), day(2));
     list_snapshot(&e, &snap("cluster-a", 1, "s-real-3", day(3)), day(3));
     for id in ["s-future", "s-real-2", "s-real-3"] {
-        e.record_verification("cluster-a", 1, id, Ok(()), day(3))
+        e.record_verification("cluster-a", 1, id, Ok(Some(true)), day(3))
             .unwrap();
     }
     let p = plan(&e, 1, None, day(4));
@@ -982,7 +982,7 @@ fn a_future_commit_time_neither_wins_retention_nor_the_restore_pick() {
 fn a_past_commit_time_does_not_make_the_newest_snapshot_old() {
     let mut e = engine();
     list_snapshot(&e, &snap("cluster-a", 1, "s-old", day(10)), day(10));
-    e.record_verification("cluster-a", 1, "s-old", Ok(()), day(10))
+    e.record_verification("cluster-a", 1, "s-old", Ok(Some(true)), day(10))
         .unwrap();
     let behind = snap(
         "cluster-a",
@@ -994,7 +994,7 @@ fn a_past_commit_time_does_not_make_the_newest_snapshot_old() {
     let p = plan(&e, 7, Some(7), day(20));
     assert!(p.delete.is_empty(), "{p:?}");
     // Whatever the clocks say, the newest verified one stays.
-    e.record_verification("cluster-a", 1, "s-behind", Ok(()), day(20))
+    e.record_verification("cluster-a", 1, "s-behind", Ok(Some(true)), day(20))
         .unwrap();
     let p = plan(&e, 1, Some(1), day(40));
     assert_eq!(deleted(&p), ["s-old"], "{p:?}");
@@ -1184,7 +1184,7 @@ fn run_cycle(e: &mut Engine, at: Now, commits: &[(i32, &str)]) -> Now {
 
 fn verify(e: &mut Engine, b: i32, id: &str, ok: bool, at: Now) {
     let result = if ok {
-        Ok(())
+        Ok(Some(true))
     } else {
         Err("file x: checksum mismatch".into())
     };

@@ -103,6 +103,7 @@ CREATE TABLE IF NOT EXISTS snapshots (
     verified_at TEXT,
     verify_ok INTEGER,
     verify_message TEXT,
+    verify_contents INTEGER,
     deleted_at TEXT,
     source TEXT NOT NULL,
     seen_at TEXT,
@@ -204,7 +205,7 @@ CREATE TABLE IF NOT EXISTS counters (
 /// The schema version this build writes. Each step of [`MIGRATIONS`]
 /// brings a database one version up; a database of a newer version than
 /// this is refused (a downgraded coordinator must not guess).
-pub const SCHEMA_VERSION: u32 = 7;
+pub const SCHEMA_VERSION: u32 = 8;
 
 /// `(version reached, what it changes)`, applied in order, each in the
 /// transaction that also records the new version.
@@ -215,6 +216,7 @@ const MIGRATIONS: &[(u32, Migration)] = &[
     (5, v5_snapshot_sets),
     (6, v6_cluster_restores),
     (7, v7_moved_aside),
+    (8, v8_verify_contents),
 ];
 
 type Migration = fn(&Connection) -> rusqlite::Result<()>;
@@ -283,6 +285,13 @@ fn v6_cluster_restores(_conn: &Connection) -> rusqlite::Result<()> {
 /// and `/metrics`.
 fn v7_moved_aside(conn: &Connection) -> rusqlite::Result<()> {
     add_column(conn, "brokers", "moved_aside")
+}
+
+/// Version 8: whether a verification read the contents or only the
+/// stored bytes of an encrypted archive (`snapshots.verify_contents`).
+/// Verifications recorded before are left unknown.
+fn v8_verify_contents(conn: &Connection) -> rusqlite::Result<()> {
+    add_typed_column(conn, "snapshots", "verify_contents", "INTEGER")
 }
 
 fn add_column(conn: &Connection, table: &str, column: &str) -> rusqlite::Result<()> {

@@ -144,7 +144,7 @@ pub fn list(
         "SELECT snapshot_id, cluster_id, broker, host, committed, capture, clean_shutdown,
             downtime_ms, files, data_bytes, archive_bytes, archive_sha256, manifest_sha256,
             verified_at, verify_ok, verify_message, source, coalesce(seen_at, committed),
-            clock_skew_ms
+            clock_skew_ms, verify_contents
          FROM snapshots
          WHERE cluster_id = ?1 AND deleted_at IS NULL AND (?2 IS NULL OR broker = ?2)
          ORDER BY broker, coalesce(seen_at, committed), snapshot_id",
@@ -170,6 +170,7 @@ pub fn list(
             source: r.get(16)?,
             seen_at: r.get(17)?,
             clock_skew_ms: r.get(18)?,
+            verified_contents: r.get(19)?,
         })
     })?;
     rows.collect()
@@ -191,16 +192,18 @@ pub fn is_deleted(c: &Connection, k: Key<'_>) -> rusqlite::Result<Option<bool>> 
 pub fn set_verified(
     c: &Connection,
     k: Key<'_>,
-    result: &Result<(), String>,
+    result: &Result<Option<bool>, String>,
     now: Now,
 ) -> rusqlite::Result<bool> {
     let n = c.execute(
-        "UPDATE snapshots SET verified_at = ?, verify_ok = ?, verify_message = ?
+        "UPDATE snapshots SET verified_at = ?, verify_ok = ?, verify_message = ?,
+            verify_contents = ?
          WHERE cluster_id = ? AND broker = ? AND snapshot_id = ?",
         params![
             ts(now),
             result.is_ok(),
             result.as_ref().err(),
+            result.as_ref().ok().copied().flatten(),
             k.cluster_id,
             k.broker,
             k.snapshot_id
