@@ -147,6 +147,11 @@ for ((id = 899; id > 100 && ${#ids[@]} < 5; id--)); do
 done
 read -r agent_uid agent_gid coord_uid coord_gid store_gid <<<"${ids[*]}"
 
+# Encryption at rest: a recipient for every agent, and the identity on
+# broker-b only (the host that restores).
+recipient=$("$BIN/kafka-snapshot-agent" key generate --output "$T/identity.txt" 2>/dev/null)
+identity=$(grep '^AGE-SECRET-KEY-' "$T/identity.txt")
+
 mkdir -p "$T"/{broker-a,broker-b,coord}/etc/kafka "$T/broker-c/opt/kafka/config"
 cat >"$T/broker-a/etc/kafka/server.properties" <<'PROPS'
 # KRaft broker, two disks
@@ -175,6 +180,7 @@ kafka_snapshot_agents:
     broker-b:
       kafka_snapshot_root: $T/broker-b
       kafka_snapshot_agent_token: token-from-the-vault-for-broker-b
+      kafka_snapshot_agent_encryption_identity: $identity
     broker-c:
       kafka_snapshot_root: $T/broker-c
       kafka_snapshot_agent_server_properties: /opt/kafka/config/server.properties
@@ -203,6 +209,7 @@ all:
     kafka_snapshot_storage_gid: $store_gid
     kafka_snapshot_storage:
       url: file:///mnt/kafka-snapshots
+    kafka_snapshot_encryption_recipients: [$recipient]
     kafka_snapshot_kafka:
       bootstrap_servers: [broker-a:9092, broker-b:9092]
     kafka_snapshot_coordinator_url: http://coord.test:9640
@@ -238,7 +245,7 @@ else
 fi
 
 if "$VENV/bin/python" tests/ops/check_install.py "$REPO" "$T" "$BIN" "$daemon" \
-    "$agent_uid" "$agent_gid" "$coord_uid" "$coord_gid" "$store_gid"; then
+    "$agent_uid" "$agent_gid" "$coord_uid" "$coord_gid" "$store_gid" "$recipient" "$T/identity.txt"; then
     ok "installed files, owners, modes, users and configs"
 else
     not_ok "installed files, owners, modes, users and configs"

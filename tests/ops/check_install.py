@@ -2,7 +2,7 @@
 files, owners, modes, users and the rendered configs.
 
 usage: check_install.py REPO TMP BIN_DIR DAEMON_CONFIG(true|false)
-       AGENT_UID AGENT_GID COORD_UID COORD_GID STORE_GID
+       AGENT_UID AGENT_GID COORD_UID COORD_GID STORE_GID RECIPIENT IDENTITY_FILE
 """
 
 import grp
@@ -15,6 +15,8 @@ import tomllib
 
 repo, tmp, bin_dir, daemon = sys.argv[1:5]
 agent_uid, agent_gid, coord_uid, coord_gid, store_gid = map(int, sys.argv[5:10])
+RECIPIENT = sys.argv[10]
+IDENTITY = pathlib.Path(sys.argv[11]).read_text().splitlines()[-1]
 REPO = pathlib.Path(repo)
 TMP = pathlib.Path(tmp)
 BIN = pathlib.Path(bin_dir)
@@ -91,6 +93,18 @@ for host, (broker_id, log_dirs) in brokers.items():
     check(cfg["broker"]["stop_timeout"] == "15m", f"{cfg_path}: broker settings from the inventory")
     check(cfg["storage"] == {"url": "file:///mnt/kafka-snapshots"}, f"{cfg_path}: storage {cfg['storage']}")
     check(cfg["kafka"]["bootstrap_servers"] == ["broker-a:9092", "broker-b:9092"], f"{cfg_path}: kafka")
+    # Every agent encrypts to the inventory's recipient; only broker-b,
+    # which restores, has the identity, readable by the agent alone.
+    enc = cfg.get("encryption", {})
+    check(enc.get("recipients") == [RECIPIENT], f"{cfg_path}: encryption.recipients {enc.get('recipients')}")
+    identity_file = root / "etc/kafka-snapshot/identity.txt"
+    if host == "broker-b":
+        check(enc.get("identity_file") == "/etc/kafka-snapshot/identity.txt", f"{cfg_path}: identity_file {enc.get('identity_file')}")
+        owner_mode(identity_file, AGENT_USER, AGENT_USER, 0o400)
+        check(identity_file.read_text().strip() == IDENTITY, f"{identity_file}: not the inventory's identity")
+    else:
+        check("identity_file" not in enc, f"{cfg_path}: identity_file on a host that has none")
+        check(not identity_file.exists(), f"{identity_file}: installed on a host with no identity in the inventory")
     if DAEMON:
         check(
             cfg.get("coordinator")
