@@ -669,13 +669,45 @@ impl Failure {
     }
 }
 
-/// The five predefined XML entities, as found in S3 error messages.
+/// The five predefined XML entities and numeric character references
+/// (`&#34;`, `&#x22;`), as found in S3 error messages; anything else is
+/// left as it is.
 fn unescape_xml(s: &str) -> String {
-    s.replace("&lt;", "<")
-        .replace("&gt;", ">")
-        .replace("&quot;", "\"")
-        .replace("&apos;", "'")
-        .replace("&amp;", "&")
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find('&') {
+        out.push_str(&rest[..i]);
+        rest = &rest[i..];
+        let decoded = rest.find(';').and_then(|end| {
+            let c = match &rest[1..end] {
+                "lt" => '<',
+                "gt" => '>',
+                "quot" => '"',
+                "apos" => '\'',
+                "amp" => '&',
+                e => {
+                    let code = match e.strip_prefix("#x").or_else(|| e.strip_prefix("#X")) {
+                        Some(hex) => u32::from_str_radix(hex, 16).ok()?,
+                        None => e.strip_prefix('#')?.parse().ok()?,
+                    };
+                    char::from_u32(code)?
+                }
+            };
+            Some((c, end))
+        });
+        match decoded {
+            Some((c, end)) => {
+                out.push(c);
+                rest = &rest[end + 1..];
+            }
+            None => {
+                out.push('&');
+                rest = &rest[1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// The innermost message of an error chain ("Connection refused (os error
@@ -865,9 +897,11 @@ mod tests {
         }
         match Failure::from_status(
             StatusCode::BAD_REQUEST,
-            b"<Error><Code>X</Code><Message>scope &apos;a&apos; &amp; b</Message></Error>",
+            b"<Error><Code>X</Code><Message>scope &apos;a&apos; &amp; b &#34;c&#x22; &bogus; &#</Message></Error>",
         ) {
-            Failure::Status { message, .. } => assert_eq!(message, "scope 'a' & b"),
+            Failure::Status { message, .. } => {
+                assert_eq!(message, "scope 'a' & b \"c\" &bogus; &#")
+            }
             other => panic!("{other:?}"),
         }
         assert!(!Failure::from_status(StatusCode::NOT_FOUND, b"").retryable());
