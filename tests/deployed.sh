@@ -20,8 +20,6 @@
 # - the rolling snapshot cycle the coordinator starts at its first start
 #   ends done (the agents stop and start their brokers through systemd and
 #   polkit), reflink capture, every snapshot verified by the coordinator;
-# - every snapshot is encrypted at rest (recipients and identity from the
-#   inventory; the identity file 0400, the agent's user's);
 # - restore --broker 2 ends done: the restored files have the owner,
 #   group and mode the manifest recorded (the kafka user's), the replaced
 #   log dirs were moved aside (and status lists them with their size, as
@@ -238,10 +236,6 @@ fi
 
 # --- Ansible -------------------------------------------------------------------------------------
 init_pid() { echo "${GUEST_INIT[$1]}"; }
-# Encryption at rest: every agent encrypts to one recipient and holds its
-# identity (each host restores: restore --broker 2, restore --cluster).
-recipient=$("$BIN/kafka-snapshot-agent" key generate --output "$T/identity.txt" 2>/dev/null)
-identity=$(grep '^AGE-SECRET-KEY-' "$T/identity.txt")
 cat >"$T/inventory.yml" <<INV
 kafka_snapshot_agents:
   hosts:
@@ -271,8 +265,6 @@ all:
     kafka_snapshot_storage_gid: $STORE_GID
     kafka_snapshot_storage:
       url: file:///mnt/kafka-snapshots
-    kafka_snapshot_encryption_recipients: [$recipient]
-    kafka_snapshot_agent_encryption_identity: $identity
     kafka_snapshot_kafka:
       bootstrap_servers: [$BOOTSTRAP]
     kafka_snapshot_coordinator_url: http://127.0.0.1:$COORD_PORT
@@ -352,11 +344,9 @@ else
     for g in "${GUESTS[@]}"; do guest_exec "$g" journalctl -u kafka-snapshot-agent --no-pager | tail -30 || true; done
     die "the first snapshot cycle"
 fi
-# Encrypted: the coordinator, which holds no identity, verified them as
-# stored (verified_contents false).
 if wait_verified 3 &&
-    [[ $(coord snapshots --json | jq_py "print(sorted((s['broker'], s['capture'], s['verified_contents']) for s in d))") == "[(1, 'reflink', False), (2, 'reflink', False), (3, 'reflink', False)]" ]]; then
-    ok "the coordinator verified one encrypted snapshot of each broker (as stored: it holds no identity), each captured by reflink"
+    [[ $(coord snapshots --json | jq_py "print(sorted((s['broker'], s['capture']) for s in d))") == "[(1, 'reflink'), (2, 'reflink'), (3, 'reflink')]" ]]; then
+    ok "the coordinator verified one snapshot of each broker, each captured by reflink"
 else
     coord snapshots || true
     not_ok "snapshots not all verified"
@@ -453,14 +443,8 @@ fi
 # --- restore of broker 2 ----------------------------------------------------------------------------------
 roundtrip produce "$BOOTSTRAP" deployed 1000 after-snapshot >/dev/null
 snap2=$(coord snapshots --broker 2 --json | jq_py "print(d[0]['snapshot_id'])")
-identity_modes=$(for g in "${GUESTS[@]}"; do guest_exec "$g" stat -c '%U:%G %a' /etc/kafka-snapshot/identity.txt; done | sort -u)
-if [[ $identity_modes == "kafka-snapshot:kafka-snapshot 400" ]]; then
-    ok "the identity is installed on every agent host, readable by the agent's user only ($identity_modes)"
-else
-    not_ok "the identity files: $identity_modes"
-fi
 if coord restore --broker 2 --yes >"$T/restore.log" 2>&1 && grep -q 'done' "$T/restore.log"; then
-    ok "restore --broker 2 of an encrypted snapshot, decrypted by the agent as its service user, ends done ($(tail -1 "$T/restore.log"))"
+    ok "restore --broker 2 ends done ($(tail -1 "$T/restore.log"))"
 else
     cat "$T/restore.log"
     guest_exec b2 journalctl -u kafka-snapshot-agent --no-pager | tail -40 || true
