@@ -7,15 +7,66 @@ use std::process::{Command, Stdio};
 
 use anyhow::{ensure, Context, Result};
 
-/// Ports that were free a moment ago (bound to 127.0.0.1:0 together).
+/// Ports that are free now, for servers that must keep their port across
+/// restarts (a broker's listener).
+///
+/// They are taken outside the kernel's ephemeral range
+/// (`net.ipv4.ip_local_port_range`): a port from `bind(:0)` is in that
+/// range, and while its server is stopped any outgoing connection of the
+/// machine may be given it as its local port, so the server's restart fails
+/// with "Address already in use" (a Kafka broker then exits at startup:
+/// "Unable to start acceptor"). Outside the range only a listener can take
+/// it. Each process starts at its own offset and never hands out a port
+/// twice, so tests running side by side do not pick the same ones.
 pub fn free_ports(n: usize) -> Result<Vec<u16>> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<std::io::Result<_>>()
-        .context("picking free ports")?;
-    listeners
-        .iter()
-        .map(|l| Ok(l.local_addr()?.port()))
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: AtomicUsize = AtomicUsize::new(usize::MAX);
+
+    let candidates = non_ephemeral_ports();
+    ensure!(
+        candidates.len() >= n,
+        "fewer than {n} ports outside the ephemeral range"
+    );
+    if NEXT.load(Ordering::Relaxed) == usize::MAX {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos() as usize)
+            .unwrap_or(0);
+        let start = (std::process::id() as usize).wrapping_mul(7919) ^ nanos;
+        let _ = NEXT.compare_exchange(
+            usize::MAX,
+            start % candidates.len(),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
+    // Hold every chosen port bound until all are chosen.
+    let mut held = Vec::with_capacity(n);
+    for _ in 0..candidates.len() {
+        if held.len() == n {
+            break;
+        }
+        let i = NEXT.fetch_add(1, Ordering::Relaxed) % candidates.len();
+        let port = candidates[i];
+        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
+            held.push((port, listener));
+        }
+    }
+    ensure!(held.len() == n, "could not find {n} free ports");
+    Ok(held.into_iter().map(|(port, _)| port).collect())
+}
+
+/// Unprivileged ports the kernel never gives an outgoing connection.
+fn non_ephemeral_ports() -> Vec<u16> {
+    let (low, high) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            let mut it = s.split_whitespace().map(|v| v.parse::<u16>().ok());
+            Some((it.next()??, it.next()??))
+        })
+        .unwrap_or((32768, 60999));
+    (10_000..=u16::MAX)
+        .filter(|p| *p < low || *p > high)
         .collect()
 }
 
@@ -44,4 +95,21 @@ pub fn alive(pid: i32) -> bool {
     };
     let state = stat.rsplit(')').next().unwrap_or("").trim_start();
     !state.starts_with('Z')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_ports_are_distinct_and_never_ephemeral() {
+        let candidates = non_ephemeral_ports();
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..20 {
+            for port in free_ports(6).unwrap() {
+                assert!(candidates.contains(&port), "{port} is in the ephemeral range");
+                assert!(seen.insert(port), "{port} handed out twice");
+            }
+        }
+    }
 }
