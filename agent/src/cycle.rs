@@ -546,6 +546,7 @@ impl Cycle {
             zstd_threads: self.cfg.snapshot.zstd_threads,
             cancel: Some(cancel.clone()),
             encrypt_to: self.cfg.encryption.recipients(),
+            objects: self.cfg.object_options(),
         };
         let req = CaptureRequest {
             log_dirs: self.log_dirs.clone(),

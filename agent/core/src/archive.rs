@@ -11,12 +11,12 @@
 use crate::crypt::{EncryptingWriter, Recipients};
 use crate::hashing::HashingWriter;
 use crate::logdir::{Entry, EntryKind, Inventory};
+use crate::source::{advise, changed, read_some, zstd_encoder};
 use kafka_snapshot_model::error::{Error, IoContext, Result};
 use kafka_snapshot_model::manifest::{archive_prefix, EntryRecord, EntryType};
 use sha2::{Digest, Sha256};
 use std::fs;
-use std::io::{self, Read, Write};
-use std::os::unix::io::AsRawFd;
+use std::io::{self, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
@@ -25,7 +25,6 @@ const BLOCK: usize = 512;
 const READ_BUF: usize = 1 << 20;
 /// Read buffers in flight between the reader thread and the compressor.
 const READ_BUFS: usize = 4;
-const JOB_SIZE: u32 = 4 << 20;
 
 #[derive(Debug, Clone)]
 pub struct ArchiveOptions {
@@ -38,6 +37,9 @@ pub struct ArchiveOptions {
     pub cancel: Option<Arc<AtomicBool>>,
     /// Encrypt the archive (and the manifest's entries) to these.
     pub encrypt_to: Option<Arc<Recipients>>,
+    /// An incremental snapshot: larger files become content objects
+    /// shared by the cluster's snapshots ([`crate::objects`]).
+    pub objects: Option<crate::objects::ObjectOptions>,
 }
 
 impl Default for ArchiveOptions {
@@ -47,6 +49,7 @@ impl Default for ArchiveOptions {
             zstd_threads: 0,
             cancel: None,
             encrypt_to: None,
+            objects: None,
         }
     }
 }
@@ -99,15 +102,6 @@ pub fn archive_path(e: &Entry) -> String {
     }
 }
 
-fn worker_threads(requested: u32) -> u32 {
-    if requested > 0 {
-        return requested;
-    }
-    std::thread::available_parallelism()
-        .map(|n| n.get() as u32)
-        .unwrap_or(1)
-}
-
 /// Writes the archive of `inv`, reading file contents from `content_roots`
 /// (the log dirs themselves for copy capture, staging for reflink).
 pub fn write_archive<W: Write>(
@@ -124,16 +118,7 @@ pub fn write_archive<W: Write>(
                 .map_err(|e| Error::io("starting the encrypted archive", e))?,
         ),
     };
-    let mut enc = zstd::stream::Encoder::new(sink, opts.zstd_level).map_err(zerr)?;
-    enc.include_checksum(true).map_err(zerr)?;
-    let threads = worker_threads(opts.zstd_threads);
-    if threads > 1 {
-        enc.multithread(threads).map_err(zerr)?;
-        // Smaller jobs than zstd's default (4 windows, 8 MiB at level 3)
-        // keep the agent's memory bounded with little cost in ratio.
-        enc.set_parameter(zstd::stream::raw::CParameter::JobSize(JOB_SIZE))
-            .map_err(zerr)?;
-    }
+    let enc = zstd_encoder(sink, opts.zstd_level, opts.zstd_threads).map_err(zerr)?;
     let mut tar = TarWriter { w: enc };
     let mut entries = Vec::with_capacity(inv.entries.len());
     std::thread::scope(|scope| -> Result<()> {
@@ -236,6 +221,7 @@ fn write_entries<W: Write>(
             mtime_ns: e.mtime_ns,
             sha256,
             link_target,
+            object: false,
         });
     }
     Ok(())
@@ -393,33 +379,6 @@ impl<W: Write> TarWriter<W> {
             self.w.write_all(&[0u8; BLOCK][..BLOCK - rem])?;
         }
         Ok(())
-    }
-}
-
-fn changed(log_dir: &std::path::Path, e: &Entry, how: &str) -> Error {
-    Error::LogDir {
-        path: log_dir.to_path_buf(),
-        message: format!(
-            "{} {how} while it was archived (expected {} bytes): something is writing to the log dir",
-            e.rel.display(),
-            e.size
-        ),
-    }
-}
-
-fn read_some(f: &mut fs::File, buf: &mut [u8]) -> io::Result<usize> {
-    loop {
-        match f.read(buf) {
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            r => return r,
-        }
-    }
-}
-
-fn advise(f: &fs::File, advice: libc::c_int) {
-    // SAFETY: advisory call on a valid fd; failure is harmless.
-    unsafe {
-        libc::posix_fadvise(f.as_raw_fd(), 0, 0, advice);
     }
 }
 

@@ -324,6 +324,25 @@ pub struct SnapshotSection {
     /// given up and the node started again. Unset: no limit.
     #[serde(deserialize_with = "crate::settings::opt_duration")]
     pub max_copy_downtime: Option<Duration>,
+    /// `full`: every snapshot's archive holds every file. `incremental`:
+    /// files of at least `object_min_size` are content objects shared by
+    /// the cluster's snapshots and uploaded once ([`crate::objects`]).
+    pub mode: SnapshotMode,
+    /// The smallest file an incremental snapshot keeps as a content object.
+    #[serde(deserialize_with = "crate::settings::byte_size")]
+    pub object_min_size: u64,
+    /// Where an incremental snapshot keeps the hashes of rolled segment
+    /// files for the next one ([`crate::hashcache`]). Unset: beside the
+    /// daemon's state file, `hash-cache.json` (no record without one).
+    pub hash_cache: Option<PathBuf>,
+}
+
+/// `snapshot.mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SnapshotMode {
+    Full,
+    Incremental,
 }
 
 impl Default for SnapshotSection {
@@ -335,11 +354,27 @@ impl Default for SnapshotSection {
             allow_unclean: false,
             staging_min_free: FreeSpace::Percent(5.0),
             max_copy_downtime: None,
+            mode: SnapshotMode::Full,
+            object_min_size: crate::objects::DEFAULT_MIN_SIZE,
+            hash_cache: None,
         }
     }
 }
 
 impl AgentConfig {
+    /// How snapshots store their files: `None` for full snapshots.
+    pub fn object_options(&self) -> Option<crate::objects::ObjectOptions> {
+        (self.snapshot.mode == SnapshotMode::Incremental).then(|| crate::objects::ObjectOptions {
+            min_size: self.snapshot.object_min_size,
+            hash_cache: self.snapshot.hash_cache.clone().or_else(|| {
+                self.coordinator
+                    .as_ref()
+                    .and_then(|c| c.state_file.parent())
+                    .map(|d| d.join("hash-cache.json"))
+            }),
+        })
+    }
+
     pub fn load(path: &Path) -> Result<AgentConfig> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::Config {
             file: path.to_path_buf(),
@@ -421,6 +456,22 @@ impl AgentConfig {
                      a wrong restore (leave it out to keep it until removed by hand)",
                     MIN_MOVED_ASIDE_KEEP.as_secs() / 3600
                 ),
+            );
+        }
+        if self.snapshot.object_min_size == 0 {
+            err(
+                "snapshot.object_min_size",
+                "must be more than 0 bytes".into(),
+            );
+        }
+        if self.snapshot.mode == SnapshotMode::Incremental
+            && (!self.encryption.recipients.is_empty() || self.encryption.recipients_file.is_some())
+        {
+            err(
+                "snapshot.mode",
+                "\"incremental\" snapshots are not encrypted yet: use \"full\" with \
+                 [encryption] recipients, or leave the recipients out"
+                    .into(),
             );
         }
         if self.snapshot.zstd_threads > 256 {
@@ -625,6 +676,56 @@ mod tests {
         let text = include_str!("../../agent.example.toml");
         let cfg = parse(text).unwrap();
         assert_eq!(cfg.snapshot.zstd_level, 3);
+    }
+
+    #[test]
+    fn snapshot_mode() {
+        let base = "[broker]\nlog_dirs=['/a']\n[storage]\nurl='file:///x'\n";
+        let cfg = parse(base).unwrap();
+        assert_eq!(cfg.object_options(), None, "full is the default");
+        let cfg = parse(&format!(
+            "{base}[snapshot]\nmode='incremental'\nobject_min_size='256KiB'\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            cfg.object_options(),
+            Some(crate::objects::ObjectOptions {
+                min_size: 256 << 10,
+                hash_cache: None
+            })
+        );
+        // A daemon keeps its hash record beside its state file.
+        let cfg = parse(&format!(
+            "{base}[snapshot]\nmode='incremental'\n[coordinator]\nurl='http://c:1'\n\
+             token_file='/t'\nstate_file='/var/lib/a/state.json'\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            cfg.object_options().and_then(|o| o.hash_cache),
+            Some(PathBuf::from("/var/lib/a/hash-cache.json"))
+        );
+        let e = parse(&format!("{base}[snapshot]\nmode='differential'\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("differential") && e.contains("incremental"),
+            "{e}"
+        );
+        let e = parse(&format!(
+            "{base}[snapshot]\nmode='incremental'\nobject_min_size=0\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("snapshot.object_min_size"), "{e}");
+        let e = parse(&format!(
+            "{base}[snapshot]\nmode='incremental'\n[encryption]\nrecipients_file='/r'\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("snapshot.mode") && e.contains("not encrypted yet"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -28,14 +28,17 @@ pub mod config;
 pub mod crypt;
 pub mod extract;
 pub mod fsat;
+pub mod hashcache;
 pub mod hashing;
 pub mod kafka;
 pub mod logdir;
+pub mod objects;
 pub mod props;
 pub mod service;
 pub mod sets;
 pub mod settings;
 pub mod snapshot;
+pub(crate) mod source;
 pub mod storage;
 pub mod verify;
 

@@ -181,6 +181,12 @@ pub struct Entry {
     pub uid: u32,
     pub gid: u32,
     pub mtime_ns: i64,
+    /// Which file it was and when it last changed in any way (not
+    /// archived): how an incremental snapshot tells a file it hashed before
+    /// ([`crate::hashcache`]).
+    pub dev: u64,
+    pub ino: u64,
+    pub ctime_ns: i64,
 }
 
 /// A log dir taking part in a snapshot.
@@ -351,6 +357,12 @@ fn entry_from_metadata(
             .mtime()
             .saturating_mul(1_000_000_000)
             .saturating_add(md.mtime_nsec()),
+        dev: md.dev(),
+        ino: md.ino(),
+        ctime_ns: md
+            .ctime()
+            .saturating_mul(1_000_000_000)
+            .saturating_add(md.ctime_nsec()),
     }
 }
 

@@ -1,7 +1,7 @@
 //! Making a snapshot: [`capture`] while the broker is stopped, then
 //! [`Captured::commit`] to build the archive and write the manifest.
 
-use crate::archive::{write_archive, ArchiveOptions};
+use crate::archive::{archive_path, write_archive, ArchiveOptions};
 use crate::capture::{clone_into_staging, resolve_mode, Staging, StagingLock};
 use crate::logdir::{self, Inventory};
 use crate::settings::FreeSpace;
@@ -10,8 +10,9 @@ use chrono::{DateTime, Utc};
 use kafka_snapshot_model::error::{Error, Result};
 use kafka_snapshot_model::layout::{format_snapshot_id, SnapshotRef};
 use kafka_snapshot_model::manifest::{
-    archive_prefix, ArchiveRecord, CaptureMode, CaptureRecord, LogDirRecord, Manifest, Timestamps,
-    Totals, ARCHIVE_FILE, ENCRYPTED_ARCHIVE_FILE, FORMAT_VERSION, FORMAT_VERSION_ENCRYPTED,
+    archive_prefix, ArchiveRecord, CaptureMode, CaptureRecord, EntryRecord, EntryType,
+    LogDirRecord, Manifest, Timestamps, Totals, ARCHIVE_FILE, ENCRYPTED_ARCHIVE_FILE,
+    FORMAT_VERSION, FORMAT_VERSION_ENCRYPTED, FORMAT_VERSION_INCREMENTAL,
 };
 use std::fs;
 use std::path::PathBuf;
@@ -167,9 +168,10 @@ impl Captured {
             broker: self.inventory.node_id(),
             snapshot_id: self.snapshot_id.clone(),
         };
-        let (format_version, archive_file) = match &opts.encrypt_to {
-            None => (FORMAT_VERSION, ARCHIVE_FILE),
-            Some(_) => (FORMAT_VERSION_ENCRYPTED, ENCRYPTED_ARCHIVE_FILE),
+        let (format_version, archive_file) = match (&opts.encrypt_to, &opts.objects) {
+            (None, None) => (FORMAT_VERSION, ARCHIVE_FILE),
+            (None, Some(_)) => (FORMAT_VERSION_INCREMENTAL, ARCHIVE_FILE),
+            (Some(_), _) => (FORMAT_VERSION_ENCRYPTED, ENCRYPTED_ARCHIVE_FILE),
         };
         let archive_key = snap.object_key(archive_file);
         tracing::info!(snapshot = %snap.snapshot_id, broker = snap.broker, key = %archive_key,
@@ -180,8 +182,39 @@ impl Captured {
         // zstd framing: lets the store size its upload parts.
         let data = self.inventory.total_bytes();
         let hint = data + data / 100 + 1024 * self.inventory.entries.len() as u64 + (1 << 20);
+        let objects =
+            match &opts.objects {
+                None => None,
+                Some(_) if opts.encrypt_to.is_some() => return Err(Error::Usage(
+                    "incremental snapshots are not encrypted yet: set snapshot.mode = \"full\" \
+                     to encrypt, or leave [encryption] out"
+                        .into(),
+                )),
+                Some(o) => Some(crate::objects::store_objects(
+                    store,
+                    &snap.cluster_id,
+                    &self.inventory,
+                    &self.content_roots,
+                    o,
+                    (opts.zstd_level, opts.zstd_threads),
+                    opts.cancel.as_deref(),
+                )?),
+            };
+        if let Some(o) = &objects {
+            let r = &o.record;
+            tracing::info!(snapshot = %snap.snapshot_id, broker = snap.broker, files = r.files,
+                bytes = r.bytes, objects = r.objects, uploaded = r.uploaded,
+                uploaded_bytes = r.uploaded_bytes, stored_bytes = r.uploaded_stored_bytes,
+                hashed = r.hashed, hashed_bytes = r.hashed_bytes, "content objects stored");
+        }
+        let archived = objects.as_ref().map(|o| o.archived(&self.inventory));
         let writer = store.create_sized(&archive_key, hint)?;
-        let (writer, written) = write_archive(&self.inventory, &self.content_roots, opts, writer)?;
+        let (writer, mut written) = write_archive(
+            archived.as_ref().unwrap_or(&self.inventory),
+            &self.content_roots,
+            opts,
+            writer,
+        )?;
         crate::failpoint("before-archive-finish");
         let stored = writer.finish()?;
         // The log dirs are no longer read: the broker may start.
@@ -196,6 +229,13 @@ impl Captured {
                 ),
             ));
         }
+        let objects = match objects {
+            None => None,
+            Some(o) => {
+                written.entries = merge_entries(&self.inventory, written.entries, &o.shas)?;
+                Some(o)
+            }
+        };
         let archive_finished = Utc::now();
         // Sizes of files on one host cannot add up past u64; the check is
         // for manifests read back.
@@ -255,6 +295,7 @@ impl Captured {
             },
             totals,
             encryption,
+            objects: objects.as_ref().map(|o| o.record.clone()),
             entries: written.entries,
             manifest_sha256: String::new(),
         };
@@ -269,6 +310,14 @@ impl Captured {
         if manifest.is_encrypted() {
             manifest.entries = entries;
         }
+        if let Some(o) = &objects {
+            crate::objects::check_present(
+                store,
+                &snap.cluster_id,
+                &snap.snapshot_id,
+                o.shas.iter().flatten(),
+            )?;
+        }
         crate::failpoint("before-manifest");
         store.put(&snap.manifest_key(), &bytes)?;
         tracing::info!(snapshot = %snap.snapshot_id, broker = snap.broker, archive_bytes = manifest.archive.size,
@@ -276,4 +325,42 @@ impl Captured {
         self.staging.clear();
         Ok(manifest)
     }
+}
+
+/// Every entry of `inv` in inventory order: the ones the archive holds as
+/// it wrote them (`archived`, in the same order), the others as the
+/// content objects of their SHA-256 (`shas`).
+fn merge_entries(
+    inv: &Inventory,
+    archived: Vec<EntryRecord>,
+    shas: &[Option<String>],
+) -> Result<Vec<EntryRecord>> {
+    let mut archived = archived.into_iter();
+    let mut out = Vec::with_capacity(inv.entries.len());
+    for (e, sha) in inv.entries.iter().zip(shas) {
+        let rec = match sha {
+            Some(sha) => EntryRecord {
+                path: archive_path(e),
+                kind: EntryType::File,
+                size: e.size,
+                mode: e.mode,
+                uid: e.uid,
+                gid: e.gid,
+                mtime_ns: e.mtime_ns,
+                sha256: Some(sha.clone()),
+                link_target: None,
+                object: true,
+            },
+            None => archived.next().ok_or_else(|| {
+                Error::Internal("the archive wrote fewer entries than it was given".into())
+            })?,
+        };
+        out.push(rec);
+    }
+    if archived.next().is_some() {
+        return Err(Error::Internal(
+            "the archive wrote more entries than it was given".into(),
+        ));
+    }
+    Ok(out)
 }

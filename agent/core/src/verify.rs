@@ -14,7 +14,7 @@ use crate::hashing::HashingReader;
 use crate::logdir::check_symlink_target;
 use crate::storage::ColdStore;
 use kafka_snapshot_model::error::{Error, Result};
-use kafka_snapshot_model::layout::SnapshotRef;
+use kafka_snapshot_model::layout::{content_object_key, SnapshotRef};
 use kafka_snapshot_model::manifest::{check_entry_path, EntryRecord, EntryType, Manifest};
 use std::io::{self, Read};
 use std::path::Path;
@@ -179,6 +179,26 @@ pub fn walk(
     };
     let key = snap.object_key(&m.archive.file);
     check_stored_size(store, snap, m, &key)?;
+    if m.is_incremental() {
+        // One listing first: a missing object fails the snapshot before a
+        // byte is read or extracted.
+        let present = crate::objects::present(store, &snap.cluster_id)?;
+        let missing: Vec<&EntryRecord> = m
+            .object_entries()
+            .filter(|e| !present.contains_key(e.sha256.as_deref().unwrap_or_default()))
+            .collect();
+        if let Some(first) = missing.first() {
+            return Err(corrupt(format!(
+                "{} content object(s) it references are missing, the first {} (of {})",
+                missing.len(),
+                content_object_key(
+                    &snap.cluster_id,
+                    first.sha256.as_deref().unwrap_or_default()
+                ),
+                first.path
+            )));
+        }
+    }
     let failed = Arc::new(OnceLock::new());
     let source = SourceReader {
         inner: store.open(&key)?,
@@ -226,6 +246,7 @@ pub fn walk(
                 m.archive.size, m.archive.sha256
             )));
         }
+        let report = check_objects(store, snap, m, visitor, report)?;
         Ok(Report {
             archive_size: size,
             archive_sha256: sha,
@@ -442,7 +463,8 @@ fn check_entries(
         message,
     };
     let mut archive = tar::Archive::new(stream);
-    let mut expected = m.entries.iter();
+    // Content objects are not in the archive (format 3): checked after it.
+    let mut expected = m.entries.iter().filter(|e| !e.object);
     let mut files = 0u64;
     let mut bytes = 0u64;
     let mut last = String::from("the start of the archive");
@@ -606,6 +628,83 @@ fn check_entries(
         contents_checked: true,
         encrypted_to: Vec::new(),
     })
+}
+
+/// Reads every content object an incremental snapshot references (after
+/// its archive, in manifest order: their dirs came with the archive),
+/// decompressing it and checking its size and SHA-256 against the entry,
+/// and hands its bytes to `visitor`. An object that is missing or does not
+/// hash to its name is damage to the snapshot; a storage read that failed
+/// says nothing about it.
+fn check_objects(
+    store: &dyn ColdStore,
+    snap: &SnapshotRef,
+    m: &Manifest,
+    visitor: &mut dyn Visitor,
+    mut report: Report,
+) -> Result<Report> {
+    let id = &snap.snapshot_id;
+    for rec in m.object_entries() {
+        let sha = rec.sha256.as_deref().unwrap_or_default();
+        let key = content_object_key(&snap.cluster_id, sha);
+        let corrupt = |message: String| Error::ArchiveCorrupt {
+            snapshot: id.clone(),
+            message: format!("content object {key} of {}: {message}", rec.path),
+        };
+        if store.stat(&key)?.is_none() {
+            return Err(corrupt("missing".into()));
+        }
+        let failed = Arc::new(OnceLock::new());
+        let source = SourceReader {
+            inner: store.open(&key)?,
+            read: 0,
+            failed: failed.clone(),
+        };
+        let unreadable = |e: &String| {
+            store.error(
+                &key,
+                format!("reading content object of {} for snapshot {id} failed ({e}); nothing is known about the snapshot, verify it again later", rec.path),
+            )
+        };
+        let decoder =
+            zstd::stream::read::Decoder::new(source).map_err(|e| corrupt(e.to_string()))?;
+        // One byte more than the file: an object that decodes to more is
+        // not this file.
+        let mut hashed = HashingReader::new(Recording {
+            inner: decoder.take(rec.size + 1),
+            error: None,
+        });
+        let visited = visitor.entry(rec, &mut hashed);
+        let drained = visited.and_then(|()| {
+            io::copy(&mut hashed, &mut io::sink()).map_err(|e| Error::io("reading an object", e))
+        });
+        let (reader, n, actual) = hashed.finish();
+        if let Some(read) = failed.get() {
+            return Err(unreadable(read));
+        }
+        if let Some(e) = reader.error {
+            return Err(corrupt(format!("cannot be decompressed: {e}")));
+        }
+        drained?;
+        if n != rec.size {
+            return Err(corrupt(format!(
+                "holds {}{n} bytes, the file has {}",
+                if n > rec.size { "more than " } else { "" },
+                rec.size
+            )));
+        }
+        if actual != sha {
+            return Err(Error::ChecksumMismatch {
+                snapshot: id.clone(),
+                path: rec.path.clone(),
+                expected: sha.to_string(),
+                actual,
+            });
+        }
+        report.files += 1;
+        report.bytes = report.bytes.saturating_add(n);
+    }
+    Ok(report)
 }
 
 /// Remembers the first read error, so that a visitor's error caused by a

@@ -53,6 +53,35 @@ pub fn list_prefix(cluster: Option<&str>, broker: Option<i32>) -> String {
     }
 }
 
+/// The prefix (with its trailing `/`) of the content objects of one
+/// cluster: the files incremental snapshots share, named by SHA-256.
+/// `objects` never parses as a broker prefix (`broker-<N>`), so listing
+/// snapshots skips them.
+pub fn objects_prefix(cluster: &str) -> String {
+    format!("{cluster}/objects/")
+}
+
+/// Where the content object of a file whose SHA-256 is `sha256` (64
+/// lowercase hex digits) is kept: `<cluster>/objects/<first two digits>/
+/// <sha256>.zst`, a zstd frame of the file's bytes. The two-digit level
+/// keeps any one listing or directory to 1/256 of the objects.
+pub fn content_object_key(cluster: &str, sha256: &str) -> String {
+    let fan = sha256.get(..2).unwrap_or("00");
+    format!("{}{fan}/{sha256}.zst", objects_prefix(cluster))
+}
+
+/// The SHA-256 a key under [`objects_prefix`] of `cluster` names; `None`
+/// for any other key (a temporary object, a stray file).
+pub fn parse_content_object_key<'k>(cluster: &str, key: &'k str) -> Option<&'k str> {
+    let rest = key.strip_prefix(&objects_prefix(cluster))?;
+    let (fan, name) = rest.split_once('/')?;
+    let sha = name.strip_suffix(".zst")?;
+    (sha.len() == 64
+        && sha.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        && sha.get(..2) == Some(fan))
+    .then_some(sha)
+}
+
 /// The prefix (with its trailing `/`) of every set record of one cluster.
 /// `sets` never parses as a broker prefix (`broker-<N>`), so listing
 /// snapshots skips the records.
@@ -112,6 +141,24 @@ pub fn is_snapshot_id(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn content_object_keys_round_trip() {
+        let sha = "ab".repeat(32);
+        let key = content_object_key("c1", &sha);
+        assert_eq!(key, format!("c1/objects/ab/{sha}.zst"));
+        assert_eq!(parse_content_object_key("c1", &key), Some(sha.as_str()));
+        assert_eq!(parse_content_object_key("c2", &key), None);
+        assert!(parse_key(&key).is_none(), "objects are no snapshot");
+        for bad in [
+            format!("c1/objects/cd/{sha}.zst"),
+            format!("c1/objects/ab/{sha}.zst.tmp"),
+            "c1/objects/ab/abab.zst".to_string(),
+            format!("c1/objects/AB/{}.zst", "AB".repeat(32)),
+        ] {
+            assert_eq!(parse_content_object_key("c1", &bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn keys_round_trip() {

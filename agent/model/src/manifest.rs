@@ -16,6 +16,12 @@ pub const FORMAT_VERSION: u32 = 1;
 /// section holds the entries (their paths name topics) sealed to the
 /// recipients, and the archive is an age file.
 pub const FORMAT_VERSION_ENCRYPTED: u32 = 2;
+/// The format of a manifest of an incremental snapshot: the bytes of its
+/// larger files are content objects shared by every snapshot of the
+/// cluster (`<cluster>/objects/`, see [`crate::layout::content_object_key`]),
+/// named by their SHA-256, and only the rest is in its own archive. Its
+/// entries say which (`object`), and `objects` sums them up.
+pub const FORMAT_VERSION_INCREMENTAL: u32 = 3;
 pub const MANIFEST_FILE: &str = "manifest.json";
 pub const ARCHIVE_FILE: &str = "archive.tar.zst";
 /// The archive of an encrypted snapshot: `archive.tar.zst` in the age
@@ -57,6 +63,10 @@ pub struct Manifest {
     /// stored manifest; they are sealed in here. Absent in format 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encryption: Option<EncryptionRecord>,
+    /// Format 3: what the entries stored as content objects add up to.
+    /// Absent in formats 1 and 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub objects: Option<ObjectsRecord>,
     /// Every archive entry, in archive order. In an encrypted manifest as
     /// stored, empty: [`Manifest::unseal`] fills it in from the sealed copy.
     pub entries: Vec<EntryRecord>,
@@ -168,6 +178,35 @@ impl Totals {
     }
 }
 
+/// What an incremental snapshot (format 3) keeps as content objects: every
+/// file of at least `min_size` bytes. The bytes of each are the object of
+/// its SHA-256 under the cluster's `objects/` prefix; the snapshot's own
+/// archive holds every other entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectsRecord {
+    /// Files at least this large were stored as objects.
+    pub min_size: u64,
+    /// Files whose bytes are objects, and their bytes (as files).
+    pub files: u64,
+    pub bytes: u64,
+    /// Distinct objects they reference (two files with the same contents
+    /// share one).
+    pub objects: u64,
+    /// Of those, the objects this snapshot uploaded: they were not in
+    /// storage yet. The others were written by an earlier snapshot (of
+    /// this node or another of the cluster).
+    pub uploaded: u64,
+    /// Their bytes as files, and as stored (compressed).
+    pub uploaded_bytes: u64,
+    pub uploaded_stored_bytes: u64,
+    /// Files whose bytes were read to hash them. The others were rolled
+    /// segment files the agent had hashed before and found unchanged
+    /// (same inode, size, mtime and ctime), with their object in storage.
+    pub hashed: u64,
+    pub hashed_bytes: u64,
+}
+
 /// How an encrypted snapshot was encrypted. What stays in the clear is what
 /// the coordinator needs to list, keep and check the stored bytes: ids,
 /// sizes, times, the SHA-256 of the stored (encrypted) archive. What names
@@ -231,6 +270,14 @@ pub struct EntryRecord {
     pub sha256: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub link_target: Option<String>,
+    /// Format 3: the file's bytes are not in the snapshot's archive but
+    /// the content object of its `sha256`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub object: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// The archive prefix of the log dir with this index.
@@ -279,11 +326,15 @@ impl Manifest {
             ))
         })?;
         match value.get("format_version").and_then(|v| v.as_u64()) {
-            Some(v) if v == FORMAT_VERSION as u64 || v == FORMAT_VERSION_ENCRYPTED as u64 => {}
+            Some(v)
+                if v == FORMAT_VERSION as u64
+                    || v == FORMAT_VERSION_ENCRYPTED as u64
+                    || v == FORMAT_VERSION_INCREMENTAL as u64 => {}
             Some(v) => {
                 return Err(err(format!(
                     "format_version {v} is not supported by agent {} \
-                     (supports {FORMAT_VERSION} and {FORMAT_VERSION_ENCRYPTED})",
+                     (supports {FORMAT_VERSION}, {FORMAT_VERSION_ENCRYPTED} and \
+                     {FORMAT_VERSION_INCREMENTAL})",
                     env!("CARGO_PKG_VERSION")
                 )))
             }
@@ -309,6 +360,17 @@ impl Manifest {
     /// Whether the snapshot is encrypted (format 2).
     pub fn is_encrypted(&self) -> bool {
         self.encryption.is_some()
+    }
+
+    /// Whether the snapshot keeps its larger files as shared content
+    /// objects (format 3).
+    pub fn is_incremental(&self) -> bool {
+        self.objects.is_some()
+    }
+
+    /// The entries whose bytes are content objects, in manifest order.
+    pub fn object_entries(&self) -> impl Iterator<Item = &EntryRecord> {
+        self.entries.iter().filter(|e| e.object)
     }
 
     /// Whether the entries are at hand: always for an unencrypted
@@ -341,7 +403,11 @@ impl Manifest {
     /// Cross-field checks that hold for every manifest this agent writes.
     fn check_consistency(&self) -> Result<(), String> {
         let (version, file) = match &self.encryption {
+            None if self.objects.is_some() => (FORMAT_VERSION_INCREMENTAL, ARCHIVE_FILE),
             None => (FORMAT_VERSION, ARCHIVE_FILE),
+            Some(_) if self.objects.is_some() => {
+                return Err("is encrypted and incremental, which no agent writes".into())
+            }
             Some(enc) => {
                 if enc.scheme != AGE_SCHEME {
                     return Err(format!(
@@ -364,8 +430,10 @@ impl Manifest {
                 self.format_version,
                 if self.is_encrypted() {
                     "n encrypted"
+                } else if self.is_incremental() {
+                    "n incremental"
                 } else {
-                    "n unencrypted"
+                    " full unencrypted"
                 }
             ));
         }
@@ -397,8 +465,27 @@ impl Manifest {
         // target's place.
         let mut roots = vec![false; self.log_dirs.len()];
         for e in &self.entries {
-            if e.kind == EntryType::File && e.sha256.as_deref().map(|h| h.len()) != Some(64) {
+            if e.kind == EntryType::File
+                && !e.sha256.as_deref().is_some_and(|h| {
+                    h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+                })
+            {
                 return Err(format!("file {} has no valid sha256", e.path));
+            }
+            if e.object {
+                if e.kind != EntryType::File {
+                    return Err(format!(
+                        "entry {:?} is a {:?} stored as a content object; only files are",
+                        e.path, e.kind
+                    ));
+                }
+                if !self.is_incremental() {
+                    return Err(format!(
+                        "entry {:?} is stored as a content object, but the snapshot is not \
+                         incremental (format {})",
+                        e.path, self.format_version
+                    ));
+                }
             }
             check_entry_path(&e.path, self.log_dirs.len())
                 .map_err(|r| format!("entry {:?}: {r}", e.path))?;
@@ -434,6 +521,32 @@ impl Manifest {
                 "totals {:?} do not match its entries {:?}",
                 self.totals, totals
             ));
+        }
+        if let Some(o) = &self.objects {
+            let (files, bytes) = self
+                .object_entries()
+                .fold((0u64, 0u64), |(n, b), e| (n + 1, b.saturating_add(e.size)));
+            let distinct: std::collections::HashSet<&str> = self
+                .object_entries()
+                .filter_map(|e| e.sha256.as_deref())
+                .collect();
+            if o.files != files || o.bytes != bytes || o.objects != distinct.len() as u64 {
+                return Err(format!(
+                    "objects {{files: {}, bytes: {}, objects: {}}} do not match its entries \
+                     ({files} files of {bytes} bytes in {} objects)",
+                    o.files,
+                    o.bytes,
+                    o.objects,
+                    distinct.len()
+                ));
+            }
+            if o.uploaded > o.objects || o.hashed > o.files {
+                return Err(format!(
+                    "says it uploaded {} objects of the {} it references and hashed {} files \
+                     of {}",
+                    o.uploaded, o.objects, o.hashed, o.files
+                ));
+            }
         }
         Ok(())
     }
@@ -596,6 +709,7 @@ mod tests {
                 bytes: 5,
             },
             encryption: None,
+            objects: None,
             entries: vec![
                 EntryRecord {
                     path: "logdir-0".into(),
@@ -607,6 +721,7 @@ mod tests {
                     mtime_ns: 0,
                     sha256: None,
                     link_target: None,
+                    object: false,
                 },
                 EntryRecord {
                     path: "logdir-0/meta.properties".into(),
@@ -618,10 +733,69 @@ mod tests {
                     mtime_ns: 0,
                     sha256: Some("a".repeat(64)),
                     link_target: None,
+                    object: false,
                 },
             ],
             manifest_sha256: String::new(),
         }
+    }
+
+    /// `sample` as an incremental snapshot whose one file is an object.
+    fn incremental_sample() -> Manifest {
+        let mut m = sample();
+        m.format_version = FORMAT_VERSION_INCREMENTAL;
+        m.entries[1].object = true;
+        m.objects = Some(ObjectsRecord {
+            min_size: 1,
+            files: 1,
+            bytes: 5,
+            objects: 1,
+            uploaded: 1,
+            uploaded_bytes: 5,
+            uploaded_stored_bytes: 14,
+            hashed: 1,
+            hashed_bytes: 5,
+        });
+        m
+    }
+
+    #[test]
+    fn incremental_manifests_round_trip_and_are_checked() {
+        let mut m = incremental_sample();
+        let back = Manifest::from_bytes(&m.to_bytes(), "s", "k").unwrap();
+        assert_eq!(back, m);
+        assert_eq!(back.object_entries().count(), 1);
+
+        let refused = |mut m: Manifest| {
+            Manifest::from_bytes(&m.to_bytes(), "s", "k")
+                .unwrap_err()
+                .to_string()
+        };
+        // An object in a full snapshot.
+        let mut full = sample();
+        full.entries[1].object = true;
+        let e = refused(full);
+        assert!(e.contains("not incremental"), "{e}");
+        // The summary must add up.
+        let mut wrong = incremental_sample();
+        wrong.objects.as_mut().unwrap().bytes = 6;
+        let e = refused(wrong);
+        assert!(e.contains("do not match its entries"), "{e}");
+        // A dir is never an object.
+        let mut dir = incremental_sample();
+        dir.entries[0].object = true;
+        let e = refused(dir);
+        assert!(e.contains("only files are"), "{e}");
+        // An object's name comes from its hash: it must be one.
+        let mut bad = incremental_sample();
+        bad.entries[1].sha256 = Some("A".repeat(64));
+        let e = refused(bad);
+        assert!(e.contains("no valid sha256"), "{e}");
+        // Format 3 says incremental.
+        let mut v1 = incremental_sample();
+        v1.format_version = FORMAT_VERSION;
+        let e = refused(v1);
+        assert!(e.contains("does not fit an incremental snapshot"), "{e}");
     }
 
     #[test]

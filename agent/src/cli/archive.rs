@@ -6,6 +6,7 @@ use kafka_snapshot::archive::ArchiveOptions;
 use kafka_snapshot::config::AgentConfig;
 use kafka_snapshot::crypt::{Identities, Recipients};
 use kafka_snapshot::extract::{can_restore_owners, extract, original_targets, ExtractOptions};
+use kafka_snapshot::objects::ObjectOptions;
 use kafka_snapshot::settings::parse_byte_size;
 use kafka_snapshot::snapshot::{capture, BrokerTimes, CaptureRequest};
 use kafka_snapshot::storage::{self, ColdStore, StoreOptions};
@@ -91,6 +92,19 @@ pub struct CreateArgs {
     /// Archive dirs without .kafka_cleanshutdown (crash-consistent snapshot).
     #[arg(long)]
     allow_unclean: bool,
+    /// `full`, or `incremental`: files of at least --object-min-size are
+    /// stored once per cluster as content objects (snapshot.mode).
+    #[arg(long, value_parser = ["full", "incremental"])]
+    mode: Option<String>,
+    /// With `--mode incremental`: the smallest file kept as a content
+    /// object, like `1MiB` (snapshot.object_min_size).
+    #[arg(long, value_parser = parse_byte_size)]
+    object_min_size: Option<u64>,
+    /// With `--mode incremental`: keep the hashes of rolled segment files
+    /// in this file, so that the next snapshot need not read them again
+    /// (snapshot.hash_cache).
+    #[arg(long)]
+    hash_cache: Option<PathBuf>,
     /// Encrypt to this age recipient (age1...); repeat for several.
     /// Replaces encryption.recipients and recipients_file of --config.
     #[arg(long = "recipient")]
@@ -235,6 +249,20 @@ fn create(a: CreateArgs) -> Result<ExitCode> {
         zstd_level: a.zstd_level.unwrap_or(snap_cfg.zstd_level),
         zstd_threads: a.zstd_threads.unwrap_or(snap_cfg.zstd_threads),
         cancel: None,
+        objects: match a.mode.as_deref() {
+            Some("full") => None,
+            Some(_) => Some(ObjectOptions {
+                min_size: a.object_min_size.unwrap_or(snap_cfg.object_min_size),
+                hash_cache: a.hash_cache.clone().or(snap_cfg.hash_cache.clone()),
+            }),
+            None => cfg
+                .as_ref()
+                .and_then(|c| c.object_options())
+                .map(|o| ObjectOptions {
+                    hash_cache: a.hash_cache.clone().or(o.hash_cache),
+                    ..o
+                }),
+        },
         encrypt_to,
     };
     let captured = capture(&req)?;
@@ -252,6 +280,7 @@ fn create(a: CreateArgs) -> Result<ExitCode> {
             "archive_sha256": m.archive.sha256,
             "clean_shutdown": m.clean_shutdown,
             "encrypted_to": m.encryption.as_ref().map(|e| &e.recipients),
+            "objects": m.objects,
         }));
     } else {
         println!("{}", m.snapshot_id);

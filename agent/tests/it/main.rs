@@ -12,6 +12,7 @@ mod cycle;
 mod daemon;
 mod encryption;
 mod hostile;
+mod incremental;
 mod roundtrip;
 mod s3;
 mod scenarios;

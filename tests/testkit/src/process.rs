@@ -107,7 +107,10 @@ mod tests {
         let mut seen = std::collections::HashSet::new();
         for _ in 0..20 {
             for port in free_ports(6).unwrap() {
-                assert!(candidates.contains(&port), "{port} is in the ephemeral range");
+                assert!(
+                    candidates.contains(&port),
+                    "{port} is in the ephemeral range"
+                );
                 assert!(seen.insert(port), "{port} handed out twice");
             }
         }

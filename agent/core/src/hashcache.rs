@@ -1,0 +1,353 @@
+//! The SHA-256 of rolled segment files as last read, so that an
+//! incremental snapshot does not read a broker's whole log again to learn
+//! that most of it has not changed.
+//!
+//! A file is taken as unchanged, without reading it, only when all of
+//! these hold; otherwise it is read and hashed:
+//!
+//! - it is a file of a **rolled segment** (`<base offset>.log`, `.index`,
+//!   `.timeindex`, `.txnindex` of a partition dir that has a newer
+//!   segment): Kafka never writes to one again. The active segment's files
+//!   are always read: the broker appends to its log and writes its
+//!   indexes through a memory map, and trims them when the segment rolls.
+//! - its device, inode, size, mtime and **ctime** are the ones recorded
+//!   when it was hashed. Nothing can set a ctime back: a write, a
+//!   truncation, a rename over it, a `touch -d` all move it. The log
+//!   cleaner and a rebuilt index (after an unclean stop) make new files,
+//!   new inodes.
+//! - the record is this node's and this cluster's, and was written by the
+//!   agent (a file of mode 0600 in its state directory).
+//! - the object of that hash is in storage; if not, the file is read
+//!   again anyway, to be uploaded, and hashed on the way.
+//!
+//! The record holds only the files of the last snapshot: it does not grow
+//! with the history. An unreadable record is ignored with a warning (every
+//! file is read once more), never an error: it only saves time.
+
+use crate::logdir::{Entry, EntryKind, Inventory};
+use kafka_snapshot_model::error::{Error, IoContext, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+const VERSION: u32 = 1;
+
+/// The largest record read: about 200 bytes a file, so room for millions.
+const MAX_BYTES: u64 = 1 << 30;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Record {
+    version: u32,
+    cluster_id: String,
+    node_id: i32,
+    /// Absolute path -> what the file was when it was hashed.
+    files: BTreeMap<String, Hashed>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Hashed {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime_ns: i64,
+    ctime_ns: i64,
+    sha256: String,
+}
+
+impl Hashed {
+    fn of(e: &Entry, sha256: &str) -> Hashed {
+        Hashed {
+            dev: e.dev,
+            ino: e.ino,
+            size: e.size,
+            mtime_ns: e.mtime_ns,
+            ctime_ns: e.ctime_ns,
+            sha256: sha256.to_string(),
+        }
+    }
+}
+
+/// The hashes known from the last snapshot, and the ones of this one.
+pub struct HashCache {
+    path: PathBuf,
+    cluster_id: String,
+    node_id: i32,
+    known: HashMap<String, Hashed>,
+    now: BTreeMap<String, Hashed>,
+}
+
+impl HashCache {
+    /// Reads the record at `path` for `inv`'s node; an absent, unreadable
+    /// or foreign one gives an empty cache.
+    pub fn load(path: &Path, inv: &Inventory) -> HashCache {
+        let mut cache = HashCache {
+            path: path.to_path_buf(),
+            cluster_id: inv.cluster_id().to_string(),
+            node_id: inv.node_id(),
+            known: HashMap::new(),
+            now: BTreeMap::new(),
+        };
+        match read(path) {
+            Ok(None) => {}
+            Ok(Some(r)) if r.cluster_id == cache.cluster_id && r.node_id == cache.node_id => {
+                cache.known = r.files.into_iter().collect();
+            }
+            Ok(Some(r)) => tracing::warn!(file = %path.display(), cluster = %r.cluster_id,
+                node = r.node_id, "the hash record is of another node or cluster; every file is read"),
+            Err(e) => tracing::warn!(file = %path.display(), error = %e,
+                "the hash record cannot be used; every file is read"),
+        }
+        cache
+    }
+
+    /// The SHA-256 of `e` (of log dir `log_dir`) if it can be trusted
+    /// without reading the file.
+    pub fn lookup(&self, log_dir: &Path, e: &Entry, rolled: bool) -> Option<&str> {
+        if !rolled || !matches!(e.kind, EntryKind::File) {
+            return None;
+        }
+        let h = self.known.get(&key(log_dir, e))?;
+        (h.dev == e.dev
+            && h.ino == e.ino
+            && h.size == e.size
+            && h.mtime_ns == e.mtime_ns
+            && h.ctime_ns == e.ctime_ns)
+            .then_some(h.sha256.as_str())
+    }
+
+    /// Records the hash of `e` for the next snapshot (rolled segment files
+    /// only: nothing else is ever looked up).
+    pub fn record(&mut self, log_dir: &Path, e: &Entry, rolled: bool, sha256: &str) {
+        if rolled {
+            self.now.insert(key(log_dir, e), Hashed::of(e, sha256));
+        }
+    }
+
+    /// Forgets what `e` was recorded as: its object turned out not to be
+    /// stored, so its hash is taken again from its bytes.
+    pub fn forget(&mut self, log_dir: &Path, e: &Entry) {
+        let k = key(log_dir, e);
+        self.known.remove(&k);
+        self.now.remove(&k);
+    }
+
+    /// Replaces the record with this snapshot's hashes: written to a
+    /// temporary file (mode 0600), synced, renamed into place.
+    pub fn save(&self) -> Result<()> {
+        let record = Record {
+            version: VERSION,
+            cluster_id: self.cluster_id.clone(),
+            node_id: self.node_id,
+            files: self.now.clone(),
+        };
+        let bytes = serde_json::to_vec(&record)
+            .map_err(|e| Error::Internal(format!("serialising the hash record: {e}")))?;
+        let tmp = self.path.with_extension("json.tmp");
+        let write = || -> std::io::Result<()> {
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+            fs::rename(&tmp, &self.path)?;
+            if let Some(dir) = self.path.parent() {
+                crate::storage::fsync_dir(dir)?;
+            }
+            Ok(())
+        };
+        write().ctx(|| format!("writing the hash record {}", self.path.display()))
+    }
+}
+
+fn key(log_dir: &Path, e: &Entry) -> String {
+    log_dir.join(&e.rel).to_string_lossy().into_owned()
+}
+
+fn read(path: &Path) -> std::result::Result<Option<Record>, String> {
+    let md = match fs::metadata(path) {
+        Ok(md) => md,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.to_string()),
+    };
+    if md.len() > MAX_BYTES {
+        return Err(format!("{} bytes is more than a record holds", md.len()));
+    }
+    if std::os::unix::fs::PermissionsExt::mode(&md.permissions()) & 0o022 != 0 {
+        return Err("others than its owner may write it".into());
+    }
+    let bytes = fs::read(path).map_err(|e| e.to_string())?;
+    let r: Record = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+    if r.version != VERSION {
+        return Err(format!("version {} is not {VERSION}", r.version));
+    }
+    Ok(Some(r))
+}
+
+/// For every entry of `inv`: whether it is a file of a rolled segment, one
+/// Kafka never writes again (a partition dir's `<base offset>.<ext>` with
+/// a newer `.log` beside it).
+pub fn rolled_segments(inv: &Inventory) -> Vec<bool> {
+    let mut newest: HashMap<(usize, &Path), u64> = HashMap::new();
+    for e in &inv.entries {
+        if let Some((dir, base, "log")) = segment(e) {
+            let n = newest.entry((e.dir_index, dir)).or_insert(base);
+            *n = (*n).max(base);
+        }
+    }
+    inv.entries
+        .iter()
+        .map(|e| match segment(e) {
+            Some((dir, base, "log" | "index" | "timeindex" | "txnindex")) => {
+                newest.get(&(e.dir_index, dir)).is_some_and(|&n| base < n)
+            }
+            _ => false,
+        })
+        .collect()
+}
+
+/// `(partition dir, base offset, extension)` of a segment file
+/// (`00000000000000001234.log`).
+fn segment(e: &Entry) -> Option<(&Path, u64, &str)> {
+    if !matches!(e.kind, EntryKind::File) {
+        return None;
+    }
+    let dir = e.rel.parent()?;
+    let name = e.rel.file_name()?.to_str()?;
+    let (base, ext) = name.split_once('.')?;
+    if base.len() != 20 || !base.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((dir, base.parse().ok()?, ext))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::logdir::{LogDir, MetaProperties};
+
+    fn entry(rel: &str, ino: u64) -> Entry {
+        Entry {
+            dir_index: 0,
+            rel: PathBuf::from(rel),
+            kind: EntryKind::File,
+            size: 10,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime_ns: 5,
+            dev: 1,
+            ino,
+            ctime_ns: 6,
+        }
+    }
+
+    fn inventory(entries: Vec<Entry>) -> Inventory {
+        Inventory {
+            dirs: vec![LogDir {
+                path: PathBuf::from("/d"),
+                meta: MetaProperties {
+                    version: 1,
+                    cluster_id: "C".into(),
+                    node_id: 1,
+                    directory_id: None,
+                },
+                clean_shutdown: true,
+                unclean_reason: None,
+                is_metadata_dir: false,
+            }],
+            entries,
+            skipped_deleting: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn only_files_of_older_segments_are_rolled() {
+        let inv = inventory(vec![
+            entry("t-0/00000000000000000000.log", 1),
+            entry("t-0/00000000000000000000.index", 2),
+            entry("t-0/00000000000000000100.log", 3),
+            entry("t-0/00000000000000000100.index", 4),
+            entry("t-0/00000000000000000100.snapshot", 5),
+            entry("t-0/leader-epoch-checkpoint", 6),
+            entry("t-1/00000000000000000000.log", 7),
+            entry("t-1/00000000000000000000.timeindex", 8),
+        ]);
+        assert_eq!(
+            rolled_segments(&inv),
+            vec![true, true, false, false, false, false, false, false]
+        );
+    }
+
+    #[test]
+    fn a_hash_is_trusted_only_for_the_same_unchanged_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hash-cache.json");
+        let e = entry("t-0/00000000000000000000.log", 1);
+        let inv = inventory(vec![e.clone()]);
+        let mut c = HashCache::load(&path, &inv);
+        assert_eq!(c.lookup(Path::new("/d"), &e, true), None);
+        c.record(Path::new("/d"), &e, true, &"a".repeat(64));
+        c.save().unwrap();
+        let c = HashCache::load(&path, &inv);
+        let sha = "a".repeat(64);
+        assert_eq!(c.lookup(Path::new("/d"), &e, true), Some(sha.as_str()));
+        assert_eq!(c.lookup(Path::new("/d"), &e, false), None, "active segment");
+        for changed in [
+            Entry {
+                ino: 2,
+                ..e.clone()
+            },
+            Entry {
+                size: 11,
+                ..e.clone()
+            },
+            Entry {
+                mtime_ns: 4,
+                ..e.clone()
+            },
+            Entry {
+                ctime_ns: 7,
+                ..e.clone()
+            },
+            Entry {
+                dev: 9,
+                ..e.clone()
+            },
+        ] {
+            assert_eq!(
+                c.lookup(Path::new("/d"), &changed, true),
+                None,
+                "{changed:?}"
+            );
+        }
+        assert_eq!(c.lookup(Path::new("/other"), &e, true), None);
+        // Another node's record is not used.
+        let mut other = inventory(vec![e.clone()]);
+        other.dirs[0].meta.node_id = 2;
+        assert_eq!(
+            HashCache::load(&path, &other).lookup(Path::new("/d"), &e, true),
+            None
+        );
+        // A record others may write is not used.
+        fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
+        assert_eq!(
+            HashCache::load(&path, &inv).lookup(Path::new("/d"), &e, true),
+            None
+        );
+        // Nor a damaged one.
+        fs::write(&path, b"{").unwrap();
+        fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        assert_eq!(
+            HashCache::load(&path, &inv).lookup(Path::new("/d"), &e, true),
+            None
+        );
+    }
+}

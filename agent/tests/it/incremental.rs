@@ -1,0 +1,378 @@
+//! Incremental snapshots (`snapshot.mode = "incremental"`, format 3): the
+//! larger files are content objects stored once per cluster, and every
+//! snapshot still verifies and restores on its own.
+
+use crate::common::*;
+use kafka_snapshot_testkit::Spec;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+const MIN_SIZE: &str = "64KiB";
+
+fn spec(dirs: Vec<PathBuf>) -> Spec {
+    let mut spec = Spec::small(CLUSTER, 1, dirs);
+    // Segments of up to 512 KiB: most partitions roll several.
+    spec.total_bytes = 12 << 20;
+    spec.segment_bytes = 512 << 10;
+    spec
+}
+
+fn create_incremental(dirs: &[PathBuf], store: &Path) -> serde_json::Value {
+    create_with(dirs, store, &[])
+}
+
+fn create_with(dirs: &[PathBuf], store: &Path, extra: &[&str]) -> serde_json::Value {
+    let dirs = dirs_arg(dirs);
+    let store = store_url(store);
+    let mut args = vec![
+        "archive",
+        "create",
+        "--log-dirs",
+        &dirs,
+        "--store",
+        &store,
+        "--capture",
+        "copy",
+        "--mode",
+        "incremental",
+        "--object-min-size",
+        MIN_SIZE,
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    let out = run(&args, 0);
+    serde_json::from_slice(&out.stdout).expect("create --json output")
+}
+
+/// The content objects in a file store, by path.
+fn objects(store: &Path) -> Vec<PathBuf> {
+    let dir = store.join(CLUSTER).join("objects");
+    if !dir.exists() {
+        return Vec::new();
+    }
+    tree(&dir, &[])
+        .into_iter()
+        .filter(|(_, n)| n.kind == 'f')
+        .map(|(p, _)| dir.join(p))
+        .collect()
+}
+
+fn verify(store: &Path, id: &str, want: i32) -> String {
+    stderr(&run(
+        &[
+            "archive",
+            "verify",
+            "--store",
+            &store_url(store),
+            "--snapshot",
+            id,
+        ],
+        want,
+    ))
+}
+
+fn extract(store: &Path, id: &str, targets: &[PathBuf], want: i32) -> String {
+    let mut args = vec![
+        "archive".to_string(),
+        "extract".into(),
+        "--store".into(),
+        store_url(store),
+        "--snapshot".into(),
+        id.into(),
+        "--into".into(),
+    ];
+    args.extend(targets.iter().map(|t| t.display().to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    stderr(&run(&args, want))
+}
+
+fn manifest(store: &Path, id: &str) -> serde_json::Value {
+    serde_json::from_slice(&fs::read(snapshot_dir(store, 1, id).join("manifest.json")).unwrap())
+        .unwrap()
+}
+
+/// The largest `.log` file under `dirs`: the one a producer appends to.
+fn largest_log(dirs: &[PathBuf]) -> PathBuf {
+    dirs.iter()
+        .flat_map(|d| tree(d, &[]).into_iter().map(move |(p, n)| (d.join(p), n)))
+        .filter(|(p, n)| n.kind == 'f' && p.extension().is_some_and(|e| e == "log"))
+        .max_by_key(|(_, n)| n.size)
+        .map(|(p, _)| p)
+        .expect("a .log file")
+}
+
+#[test]
+fn incremental_snapshots_upload_only_what_changed_and_each_restores_whole() {
+    let t = scratch("xfs");
+    let dirs = vec![
+        t.path().join("data/disk1/kafka-logs"),
+        t.path().join("data/disk2/kafka-logs"),
+    ];
+    generate_spec(&spec(dirs.clone()));
+    let store = new_store(t.path());
+    let before: Vec<_> = dirs.iter().map(|d| tree(d, NOT_ARCHIVED)).collect();
+
+    // The first snapshot uploads every large file once.
+    let s1 = create_incremental(&dirs, &store);
+    let o1 = &s1["objects"];
+    assert!(o1["files"].as_u64().unwrap() >= 10, "{s1}");
+    assert_eq!(o1["uploaded"], o1["objects"], "{s1}");
+    let stored_after_1 = objects(&store);
+    assert_eq!(stored_after_1.len() as u64, o1["objects"].as_u64().unwrap());
+    let id1 = s1["snapshot_id"].as_str().unwrap().to_string();
+    let m1 = manifest(&store, &id1);
+    assert_eq!(m1["format_version"], 3);
+    // Only the small files are in its own archive.
+    assert!(
+        s1["archive_bytes"].as_u64().unwrap() < o1["bytes"].as_u64().unwrap() / 4,
+        "{s1}"
+    );
+
+    // Nothing changed: nothing is uploaded again.
+    let s2 = create_incremental(&dirs, &store);
+    assert_eq!(s2["objects"]["uploaded"], 0, "{s2}");
+    assert_eq!(s2["objects"]["objects"], o1["objects"], "{s2}");
+    assert_eq!(objects(&store), stored_after_1);
+
+    // A producer appends to the active segment: that one file is new.
+    let active = largest_log(&dirs);
+    fs::OpenOptions::new()
+        .append(true)
+        .open(&active)
+        .unwrap()
+        .write_all(&[7u8; 70_000])
+        .unwrap();
+    let s3 = create_incremental(&dirs, &store);
+    assert_eq!(s3["objects"]["uploaded"], 1, "{s3}");
+    assert_eq!(
+        s3["objects"]["uploaded_bytes"],
+        fs::metadata(&active).unwrap().len(),
+        "{s3}"
+    );
+    assert_eq!(objects(&store).len(), stored_after_1.len() + 1);
+    let after: Vec<_> = dirs.iter().map(|d| tree(d, NOT_ARCHIVED)).collect();
+
+    // Each snapshot verifies and restores as it was, the first one too.
+    for s in [&s1, &s2, &s3] {
+        verify(&store, s["snapshot_id"].as_str().unwrap(), 0);
+    }
+    let id3 = s3["snapshot_id"].as_str().unwrap();
+    for (id, want, name) in [(id1.as_str(), &before, "one"), (id3, &after, "three")] {
+        let targets = [
+            t.path().join(format!("restore-{name}/a")),
+            t.path().join(format!("restore-{name}/b")),
+        ];
+        extract(&store, id, &targets, 0);
+        for (w, restored) in want.iter().zip(&targets) {
+            assert_eq!(w, &tree(restored, &[]), "snapshot {name}");
+        }
+    }
+
+    // The listing shows them all complete.
+    let out = run(
+        &["archive", "list", "--store", &store_url(&store), "--json"],
+        0,
+    );
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let complete = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["status"] == "complete")
+        .count();
+    assert_eq!(complete, 3, "{listed}");
+}
+
+#[test]
+fn a_damaged_or_missing_object_fails_every_snapshot_that_uses_it() {
+    let t = scratch("ext4");
+    let dirs = vec![t.path().join("data/disk1/kafka-logs")];
+    generate_spec(&spec(dirs.clone()));
+    let store = new_store(t.path());
+    let id1 = create_incremental(&dirs, &store)["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let id2 = create_incremental(&dirs, &store)["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let stored = objects(&store);
+    assert!(stored.len() >= 2, "{stored:?}");
+
+    // Another file's bytes under this object's name: it decompresses, but
+    // not to the file the snapshots recorded.
+    let (victim, donor) = (&stored[0], &stored[1]);
+    let original = fs::read(victim).unwrap();
+    fs::set_permissions(victim, std::os::unix::fs::PermissionsExt::from_mode(0o640)).unwrap();
+    fs::write(victim, fs::read(donor).unwrap()).unwrap();
+    let name = victim.file_stem().unwrap().to_string_lossy().into_owned();
+    for id in [&id1, &id2] {
+        let err = verify(&store, id, 1);
+        assert!(
+            err.contains("checksum mismatch") || err.contains("holds"),
+            "{err}"
+        );
+    }
+    // Flipped bytes in the middle: zstd's own checksum or the hash.
+    let mut flipped = original.clone();
+    let mid = flipped.len() / 2;
+    flipped[mid] ^= 0xff;
+    fs::write(victim, &flipped).unwrap();
+    let err = verify(&store, &id1, 1);
+    assert!(
+        err.contains(&name[..16]) || err.contains("checksum"),
+        "{err}"
+    );
+
+    // Missing: named, and a restore fails before it touches anything.
+    fs::remove_file(victim).unwrap();
+    let err = verify(&store, &id2, 1);
+    assert!(err.contains("missing") && err.contains(&name), "{err}");
+    let target = t.path().join("restore/a");
+    let err = extract(&store, &id2, std::slice::from_ref(&target), 1);
+    assert!(err.contains("missing"), "{err}");
+    assert!(
+        !target.exists(),
+        "a failed restore left {}",
+        target.display()
+    );
+    assert!(
+        fs::read_dir(target.parent().unwrap())
+            .map(|d| d.count())
+            .unwrap_or(0)
+            == 0,
+        "a failed restore left files beside its target"
+    );
+
+    // Put back, both verify again: nothing else was touched.
+    fs::write(victim, &original).unwrap();
+    verify(&store, &id1, 0);
+    verify(&store, &id2, 0);
+}
+
+#[test]
+fn unchanged_rolled_segments_are_not_read_again_and_a_changed_one_is() {
+    let t = scratch("xfs");
+    let dirs = vec![t.path().join("data/disk1/kafka-logs")];
+    generate_spec(&spec(dirs.clone()));
+    let store = new_store(t.path());
+    let cache = t.path().join("state/hash-cache.json");
+    fs::create_dir_all(cache.parent().unwrap()).unwrap();
+    let cache_arg = cache.display().to_string();
+    let with_cache = ["--hash-cache", cache_arg.as_str()];
+
+    let s1 = create_with(&dirs, &store, &with_cache);
+    let files = s1["objects"]["files"].as_u64().unwrap();
+    assert_eq!(s1["objects"]["hashed"], files, "no record yet: {s1}");
+    let mode = fs::metadata(&cache).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the record is the agent's own");
+
+    // Only the active segments' files are read again.
+    let s2 = create_with(&dirs, &store, &with_cache);
+    let hashed = s2["objects"]["hashed"].as_u64().unwrap();
+    assert!(hashed > 0 && hashed < files, "{s2}");
+    assert!(
+        s2["objects"]["hashed_bytes"].as_u64().unwrap() < s2["objects"]["bytes"].as_u64().unwrap(),
+        "{s2}"
+    );
+    assert_eq!(s2["objects"]["uploaded"], 0, "{s2}");
+
+    // A rolled segment rewritten in place, its size and mtime put back:
+    // the ctime still moved, so it is read, and its new bytes stored.
+    let rolled = rolled_log(&dirs[0]);
+    let md = fs::metadata(&rolled).unwrap();
+    let mut bytes = fs::read(&rolled).unwrap();
+    bytes[100] ^= 0x55;
+    fs::write(&rolled, &bytes).unwrap();
+    let mtime = filetime(&md);
+    set_mtime(&rolled, mtime);
+    assert_eq!(fs::metadata(&rolled).unwrap().len(), md.len());
+    let s3 = create_with(&dirs, &store, &with_cache);
+    assert_eq!(
+        s3["objects"]["hashed"].as_u64().unwrap(),
+        hashed + 1,
+        "{s3}"
+    );
+    assert_eq!(s3["objects"]["uploaded"], 1, "{s3}");
+
+    // An object removed from storage behind the record's back: the file is
+    // read and uploaded again, and the snapshot is whole.
+    let victim = objects(&store)
+        .into_iter()
+        .find(|p| {
+            let sha = p.file_stem().unwrap().to_string_lossy().into_owned();
+            file_sha256(&rolled_log_other(&dirs[0], &rolled)) == sha
+        })
+        .expect("the object of another rolled segment");
+    fs::remove_file(&victim).unwrap();
+    let s4 = create_with(&dirs, &store, &with_cache);
+    assert_eq!(s4["objects"]["uploaded"], 1, "{s4}");
+    assert!(victim.exists());
+    verify(&store, s4["snapshot_id"].as_str().unwrap(), 0);
+
+    // A damaged record is ignored: every file is read, nothing is wrong.
+    fs::write(&cache, b"{not json").unwrap();
+    let s5 = create_with(&dirs, &store, &with_cache);
+    assert_eq!(s5["objects"]["hashed"], s5["objects"]["files"], "{s5}");
+    verify(&store, s5["snapshot_id"].as_str().unwrap(), 0);
+}
+
+/// Rolled `.log` files of the largest partition dir (those with a newer
+/// segment beside them), oldest first.
+fn rolled_logs(dir: &Path) -> Vec<PathBuf> {
+    let mut best: Vec<PathBuf> = Vec::new();
+    for part in fs::read_dir(dir).unwrap() {
+        let part = part.unwrap().path();
+        if !part.is_dir() {
+            continue;
+        }
+        let mut logs: Vec<PathBuf> = fs::read_dir(&part)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "log"))
+            .collect();
+        logs.sort();
+        logs.pop();
+        if logs.len() > best.len() {
+            best = logs;
+        }
+    }
+    assert!(best.len() >= 2, "no partition with two rolled segments");
+    best
+}
+
+fn rolled_log(dir: &Path) -> PathBuf {
+    rolled_logs(dir).remove(0)
+}
+
+fn rolled_log_other(dir: &Path, not: &Path) -> PathBuf {
+    rolled_logs(dir)
+        .into_iter()
+        .find(|p| p != not)
+        .expect("a second rolled segment")
+}
+
+fn filetime(md: &fs::Metadata) -> (i64, i64) {
+    use std::os::unix::fs::MetadataExt;
+    (md.mtime(), md.mtime_nsec())
+}
+
+fn set_mtime(path: &Path, (secs, nanos): (i64, i64)) {
+    let f = fs::File::options().write(true).open(path).unwrap();
+    let times = [
+        libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+        libc::timespec {
+            tv_sec: secs,
+            tv_nsec: nanos,
+        },
+    ];
+    // SAFETY: a valid fd and two initialised timespecs.
+    let rc = unsafe { libc::futimens(std::os::unix::io::AsRawFd::as_raw_fd(&f), times.as_ptr()) };
+    assert_eq!(rc, 0, "futimens: {}", std::io::Error::last_os_error());
+}
