@@ -978,6 +978,32 @@ pub async fn prune(api: &Api, dry_run: bool, json: bool) -> Result<bool> {
         for p in &r.abandoned_removed {
             println!("{verb} incomplete snapshot {p}: a newer snapshot of that node is complete");
         }
+        if let Some(o) = &r.objects {
+            println!(
+                "content objects: {} referenced ({}), {} referenced by no snapshot ({})",
+                o.referenced,
+                human_bytes(o.referenced_bytes as i64),
+                o.unreferenced,
+                human_bytes(o.unreferenced_bytes as i64)
+            );
+            if o.removed > 0 {
+                let verb = if dry_run { "would remove" } else { "removed" };
+                println!(
+                    "{verb} {} content objects ({})",
+                    o.removed,
+                    human_bytes(o.removed_bytes as i64)
+                );
+            }
+            if o.in_grace > 0 {
+                println!(
+                    "kept {} unreferenced content objects until retention.object_grace has passed",
+                    o.in_grace
+                );
+            }
+            if let Some(why) = &o.deferred {
+                println!("removed no content objects this time: {why}");
+            }
+        }
         if let Some(e) = &r.error {
             eprintln!("stopped at a storage error: {e}");
         }

@@ -147,6 +147,11 @@ pub struct RetentionSection {
     pub verify_new: bool,
     /// Apply retention after every cycle.
     pub prune_after_cycle: bool,
+    /// How long a content object of incremental snapshots must have been
+    /// referenced by no snapshot, seen so by two sweeps, before retention
+    /// removes it.
+    #[serde(deserialize_with = "duration")]
+    pub object_grace: Duration,
 }
 
 impl Default for RetentionSection {
@@ -156,6 +161,7 @@ impl Default for RetentionSection {
             max_age: None,
             verify_new: true,
             prune_after_cycle: true,
+            object_grace: Duration::from_secs(3600),
         }
     }
 }

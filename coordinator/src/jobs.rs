@@ -45,6 +45,7 @@ pub fn run_retention(s: &Shared, dry_run: bool) -> PruneResult {
                     error: Some(err.to_string()),
                     sets_dropped: Vec::new(),
                     abandoned_removed: Vec::new(),
+                    objects: None,
                 }
             }
         };
@@ -67,6 +68,7 @@ pub fn run_retention(s: &Shared, dry_run: bool) -> PruneResult {
         error: None,
         sets_dropped: Vec::new(),
         abandoned_removed: Vec::new(),
+        objects: None,
     };
     for d in &plan.delete {
         if !dry_run {
@@ -95,7 +97,9 @@ pub fn run_retention(s: &Shared, dry_run: bool) -> PruneResult {
         drop_empty_sets(s, &plan, dry_run, &mut out);
     }
     if out.error.is_none() {
-        remove_abandoned(s, &busy, dry_run, &mut out);
+        if let Some(listed) = remove_abandoned(s, &busy, dry_run, &mut out) {
+            sweep_objects(s, &busy, &listed, dry_run, &mut out);
+        }
     }
     if !dry_run {
         if let Err(e) = s.engine().prune_done(out.error.as_deref(), Utc::now()) {
@@ -149,18 +153,21 @@ fn drop_empty_sets(s: &Shared, plan: &retention::Plan, dry_run: bool, out: &mut 
 /// but agents whose storage credentials may not delete (the
 /// least-privilege setup) leave them, and nobody else would. They were
 /// never in the catalog, so only storage changes.
+///
+/// Returns the cluster's snapshots in storage without those (`None` when
+/// it stopped at an error, or the cluster is not known yet).
 fn remove_abandoned(
     s: &Shared,
     busy: &std::collections::BTreeSet<i32>,
     dry_run: bool,
     out: &mut PruneResult,
-) {
+) -> Option<Vec<catalog::Listed>> {
     let cluster = match s.engine().cluster_id() {
         Ok(Some(c)) => c,
-        Ok(None) => return,
+        Ok(None) => return None,
         Err(e) => {
             out.error = Some(e.to_string());
-            return;
+            return None;
         }
     };
     let listed = match catalog::list(s.store.as_ref(), Some(&cluster), None) {
@@ -169,15 +176,19 @@ fn remove_abandoned(
             out.error = Some(format!(
                 "listing cold storage for incomplete snapshots: {e}"
             ));
-            return;
+            return None;
         }
     };
+    let abandoned: Vec<SnapshotRef> = catalog::abandoned(&listed, &cluster, busy)
+        .into_iter()
+        .map(|l| l.snap.clone())
+        .collect();
     for l in catalog::abandoned(&listed, &cluster, busy) {
         if !dry_run {
             for o in &l.objects {
                 if let Err(e) = s.store.delete(&o.key) {
                     out.error = Some(format!("incomplete snapshot {}: {e}", l.snap.prefix()));
-                    return;
+                    return None;
                 }
             }
             tracing::info!(snapshot = %l.snap.snapshot_id, broker = l.snap.broker,
@@ -186,6 +197,214 @@ fn remove_abandoned(
         }
         out.abandoned_removed.push(l.snap.prefix());
     }
+    Some(
+        listed
+            .into_iter()
+            .filter(|l| l.snap.cluster_id == cluster && !abandoned.contains(&l.snap))
+            .collect(),
+    )
+}
+
+/// Removes the content objects that no snapshot references any more (see
+/// [`retention::plan_objects`]). Nothing goes while a node takes a
+/// snapshot (`busy`), while an incomplete snapshot of the cluster is in
+/// storage (its run decides which objects exist after writing its
+/// archive), or while a manifest cannot be read. Right before removing,
+/// the snapshots in storage are listed again: one that appeared since the
+/// plan defers the removal to the next run. Right after, any snapshot that
+/// appeared meanwhile and references a removed object is reported loudly.
+fn sweep_objects(
+    s: &Shared,
+    busy: &std::collections::BTreeSet<i32>,
+    listed: &[catalog::Listed],
+    dry_run: bool,
+    out: &mut PruneResult,
+) {
+    let Some(cluster) = listed
+        .first()
+        .map(|l| l.snap.cluster_id.clone())
+        .or_else(|| s.engine().cluster_id().ok().flatten())
+    else {
+        return;
+    };
+    let store = s.store.as_ref();
+    let present = match kafka_snapshot::objects::present(store, &cluster) {
+        Ok(p) => p,
+        Err(e) => {
+            out.error = Some(format!("listing content objects: {e}"));
+            return;
+        }
+    };
+    let mut referenced = std::collections::HashSet::new();
+    let mut blocked = None;
+    for l in listed {
+        match &l.status {
+            catalog::Status::Complete(m) => {
+                referenced.extend(m.object_entries().filter_map(|e| e.sha256.clone()))
+            }
+            catalog::Status::Damaged(why) => {
+                blocked = Some(format!(
+                    "the manifest of snapshot {} of node {} cannot be read ({why}); it may \
+                     reference any object",
+                    l.snap.snapshot_id, l.snap.broker
+                ))
+            }
+            catalog::Status::Incomplete => {
+                blocked = Some(format!(
+                    "snapshot {} of node {} is being written (or was left incomplete)",
+                    l.snap.snapshot_id, l.snap.broker
+                ))
+            }
+        }
+    }
+    if !busy.is_empty() {
+        blocked = Some(format!("node(s) {busy:?} are taking a snapshot"));
+    }
+    let blocked_now = blocked.is_some();
+    if present.is_empty() && referenced.is_empty() && blocked.is_none() {
+        // No object, but maybe what an interrupted first upload left.
+        match kafka_snapshot::objects::leftovers(store, &cluster) {
+            Ok((t, u)) if t.is_empty() && u.is_empty() => return,
+            Ok(_) => {}
+            Err(e) => {
+                out.error = Some(format!("listing content objects: {e}"));
+                return;
+            }
+        }
+    } else if present.is_empty() && referenced.is_empty() {
+        return;
+    }
+    let grace = s.cfg().retention.object_grace;
+    let mut plan = {
+        let mut since = s
+            .unreferenced_objects
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if dry_run {
+            let mut copy = since.clone();
+            retention::plan_objects(&present, &referenced, blocked, &mut copy, Utc::now(), grace)
+        } else {
+            retention::plan_objects(
+                &present,
+                &referenced,
+                blocked,
+                &mut since,
+                Utc::now(),
+                grace,
+            )
+        }
+    };
+    if plan.sweep.deferred.is_none() && !blocked_now {
+        match kafka_snapshot::objects::leftovers(store, &cluster) {
+            Ok((temporary, uploads)) => {
+                plan.sweep.leftovers_removed = (temporary.len() + uploads.len()) as u64;
+                if !dry_run {
+                    let removed = temporary
+                        .iter()
+                        .try_for_each(|k| store.delete(k))
+                        .and_then(|()| uploads.iter().try_for_each(|u| store.abort_upload(u)));
+                    if let Err(e) = removed {
+                        out.error = Some(format!("removing what interrupted uploads left: {e}"));
+                        return;
+                    }
+                }
+            }
+            Err(e) => {
+                out.error = Some(format!("listing content objects: {e}"));
+                return;
+            }
+        }
+    }
+    if dry_run || plan.remove.is_empty() {
+        out.objects = Some(plan.sweep);
+        return;
+    }
+    let before: std::collections::BTreeSet<&SnapshotRef> = listed.iter().map(|l| &l.snap).collect();
+    let appeared = |now: &[SnapshotRef]| -> Vec<SnapshotRef> {
+        now.iter()
+            .filter(|r| !before.contains(r))
+            .cloned()
+            .collect()
+    };
+    match snapshot_refs(store, &cluster) {
+        Ok(now) if appeared(&now).is_empty() => {}
+        Ok(now) => {
+            let new = appeared(&now);
+            plan.sweep.removed = 0;
+            plan.sweep.removed_bytes = 0;
+            plan.sweep.deferred = Some(format!(
+                "snapshot {} of node {} appeared while the sweep ran",
+                new[0].snapshot_id, new[0].broker
+            ));
+            out.objects = Some(plan.sweep);
+            return;
+        }
+        Err(e) => {
+            out.error = Some(format!("listing snapshots before removing objects: {e}"));
+            return;
+        }
+    }
+    kafka_snapshot::failpoint("before-object-removal");
+    let mut removed = std::collections::HashSet::new();
+    for (sha, _) in &plan.remove {
+        let key = kafka_snapshot_model::layout::content_object_key(&cluster, sha);
+        if let Err(e) = store.delete(&key) {
+            out.error = Some(format!("content object {key}: {e}"));
+            break;
+        }
+        removed.insert(sha.clone());
+    }
+    tracing::info!(
+        objects = removed.len(),
+        bytes = plan.sweep.removed_bytes,
+        "removed content objects no snapshot references"
+    );
+    // A snapshot that slipped in between the last listing and the removal.
+    if let Ok(now) = snapshot_refs(store, &cluster) {
+        for snap in appeared(&now) {
+            let Ok(m) = catalog::load_manifest(store, &snap) else {
+                continue;
+            };
+            let hit = m
+                .object_entries()
+                .find(|e| e.sha256.as_ref().is_some_and(|h| removed.contains(h)))
+                .map(|e| e.path.clone());
+            if let Some(path) = hit {
+                let msg = format!(
+                    "snapshot {} of node {} was committed while retention removed content \
+                     objects, and references one of them ({path}): it is not complete; take a \
+                     new snapshot of that node",
+                    snap.snapshot_id, snap.broker
+                );
+                tracing::error!("{msg}");
+                out.error = Some(msg);
+            }
+        }
+    }
+    if removed.len() < plan.remove.len() {
+        plan.sweep.removed = removed.len() as u64;
+        plan.sweep.removed_bytes = plan
+            .remove
+            .iter()
+            .filter(|(h, _)| removed.contains(h))
+            .map(|(_, n)| n)
+            .sum();
+    }
+    out.objects = Some(plan.sweep);
+}
+
+/// Every snapshot of `cluster` in storage, complete or not: keys only.
+fn snapshot_refs(store: &dyn ColdStore, cluster: &str) -> Result<Vec<SnapshotRef>> {
+    let mut refs: Vec<SnapshotRef> = store
+        .list(&kafka_snapshot_model::layout::list_prefix(
+            Some(cluster),
+            None,
+        ))?
+        .into_iter()
+        .filter_map(|o| kafka_snapshot_model::layout::parse_key(&o.key).map(|(r, _)| r))
+        .collect();
+    refs.dedup();
+    Ok(refs)
 }
 
 /// Out of the catalog first, then out of cold storage (see

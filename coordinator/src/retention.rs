@@ -20,8 +20,60 @@
 //! host with a wrong clock must not make every real snapshot look old.
 
 use chrono::{DateTime, Utc};
-use std::collections::{BTreeMap, BTreeSet};
+use kafka_snapshot_model::api::ObjectSweep;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
+
+/// What the sweep of content objects decides: the figures, and which
+/// objects go (SHA-256, stored size), in key order.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ObjectPlan {
+    pub sweep: ObjectSweep,
+    pub remove: Vec<(String, u64)>,
+}
+
+/// Content objects of incremental snapshots: which may go. An object goes
+/// only when no complete snapshot in storage references it (`referenced`),
+/// it has been so for at least `grace` (`unreferenced_since`, which this
+/// updates: new ones from `now`, referenced or vanished ones dropped), and
+/// nothing blocks the sweep: `blocked` says why not (a snapshot being
+/// written may be about to reference any object; a manifest that cannot
+/// be read may reference any).
+pub fn plan_objects(
+    present: &HashMap<String, u64>,
+    referenced: &HashSet<String>,
+    blocked: Option<String>,
+    unreferenced_since: &mut HashMap<String, DateTime<Utc>>,
+    now: DateTime<Utc>,
+    grace: Duration,
+) -> ObjectPlan {
+    unreferenced_since.retain(|sha, _| present.contains_key(sha) && !referenced.contains(sha));
+    let mut plan = ObjectPlan::default();
+    let mut shas: Vec<(&String, &u64)> = present.iter().collect();
+    shas.sort();
+    for (sha, &size) in shas {
+        if referenced.contains(sha) {
+            plan.sweep.referenced += 1;
+            plan.sweep.referenced_bytes += size;
+            continue;
+        }
+        plan.sweep.unreferenced += 1;
+        plan.sweep.unreferenced_bytes += size;
+        let since = *unreferenced_since.entry(sha.clone()).or_insert(now);
+        let old_enough = (now - since).to_std().is_ok_and(|d| d >= grace);
+        if !old_enough {
+            plan.sweep.in_grace += 1;
+        } else if blocked.is_none() {
+            plan.sweep.removed += 1;
+            plan.sweep.removed_bytes += size;
+            plan.remove.push((sha.clone(), size));
+        }
+    }
+    if plan.sweep.unreferenced > plan.sweep.in_grace {
+        plan.sweep.deferred = blocked;
+    }
+    plan
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Candidate {
@@ -146,6 +198,65 @@ pub fn plan(
 mod tests {
     use super::*;
     use chrono::TimeZone;
+
+    #[test]
+    fn objects_go_only_unreferenced_past_the_grace_and_never_while_blocked() {
+        let present: HashMap<String, u64> = [("a", 10), ("b", 20), ("c", 30)]
+            .map(|(k, v)| (k.to_string(), v))
+            .into();
+        let referenced: HashSet<String> = ["a".to_string()].into();
+        let grace = Duration::from_secs(3600);
+        let mut since = HashMap::new();
+        let t0 = day(1);
+        // First seen unreferenced: nothing goes yet.
+        let p = plan_objects(&present, &referenced, None, &mut since, t0, grace);
+        assert_eq!(
+            p.sweep,
+            ObjectSweep {
+                referenced: 1,
+                referenced_bytes: 10,
+                unreferenced: 2,
+                unreferenced_bytes: 50,
+                in_grace: 2,
+                ..Default::default()
+            }
+        );
+        assert!(p.remove.is_empty());
+        // Past the grace, but a snapshot is being written: still nothing.
+        let t1 = t0 + chrono::Duration::hours(2);
+        let p = plan_objects(
+            &present,
+            &referenced,
+            Some("node 2 is taking a snapshot".into()),
+            &mut since,
+            t1,
+            grace,
+        );
+        assert!(p.remove.is_empty());
+        assert_eq!(
+            p.sweep.deferred.as_deref(),
+            Some("node 2 is taking a snapshot")
+        );
+        // "b" is referenced again meanwhile (a new snapshot has the same
+        // file): it starts over; "c" goes.
+        let referenced: HashSet<String> = ["a".to_string(), "b".to_string()].into();
+        let p = plan_objects(&present, &referenced, None, &mut since, t1, grace);
+        assert_eq!(p.remove, vec![("c".to_string(), 30)]);
+        assert_eq!(p.sweep.removed_bytes, 30);
+        assert_eq!(p.sweep.deferred, None);
+        let referenced: HashSet<String> = ["a".to_string()].into();
+        let p = plan_objects(&present, &referenced, None, &mut since, t1, grace);
+        assert_eq!(p.remove, vec![("c".to_string(), 30)]);
+        assert_eq!(
+            p.sweep.in_grace, 1,
+            "b's grace started again: {:?}",
+            p.sweep
+        );
+        // Objects no longer there are forgotten.
+        let gone: HashMap<String, u64> = [("a".to_string(), 10)].into();
+        plan_objects(&gone, &referenced, None, &mut since, t1, grace);
+        assert!(since.is_empty(), "{since:?}");
+    }
 
     fn day(d: u32) -> DateTime<Utc> {
         Utc.with_ymd_and_hms(2026, 1, d, 2, 0, 0).unwrap()

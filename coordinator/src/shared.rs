@@ -40,6 +40,11 @@ pub struct Shared {
     /// The cluster answered with this coordinator's cluster.id (asked once
     /// per process, at the first look that reaches it).
     cluster_checked: AtomicBool,
+    /// Content objects retention found referenced by no snapshot, and when
+    /// it first did (`retention.object_grace` runs from then). Kept in
+    /// memory only: a restarted coordinator starts the grace again, which
+    /// only delays a removal.
+    pub(crate) unreferenced_objects: Mutex<HashMap<String, chrono::DateTime<chrono::Utc>>>,
 }
 
 /// The config and what is derived from it for authentication.
@@ -96,6 +101,7 @@ impl Shared {
             in_sync_since: Mutex::new(None),
             uncovered: Mutex::new((None, BTreeSet::new())),
             cluster_checked: AtomicBool::new(false),
+            unreferenced_objects: Mutex::new(HashMap::new()),
         })
     }
 

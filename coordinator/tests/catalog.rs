@@ -151,3 +151,150 @@ fn rebuild_verify_and_prune_against_cold_storage() {
     assert!(err.contains("confirm with --yes"), "{err}");
     c.kill();
 }
+
+/// Commits one incremental snapshot of `dirs` (files of 64 KiB and more
+/// as content objects) to `store`.
+fn incremental(dirs: &[std::path::PathBuf], store: &Path) -> String {
+    let c = capture(&CaptureRequest {
+        log_dirs: dirs.to_vec(),
+        mode: CaptureMode::Copy,
+        allow_unclean: false,
+        staging_min_free: kafka_snapshot::settings::FreeSpace::Percent(5.0),
+    })
+    .unwrap();
+    let store = open_url(&format!("file://{}", store.display())).unwrap();
+    let opts = ArchiveOptions {
+        objects: Some(kafka_snapshot::objects::ObjectOptions {
+            min_size: 64 << 10,
+            hash_cache: None,
+        }),
+        ..ArchiveOptions::default()
+    };
+    c.commit(store.as_ref(), &opts, BrokerTimes::default())
+        .unwrap()
+        .snapshot_id
+}
+
+fn object_files(store: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let root = store.join(CLUSTER).join("objects");
+    for fan in fs::read_dir(&root).unwrap() {
+        for o in fs::read_dir(fan.unwrap().path()).unwrap() {
+            out.push(o.unwrap().path());
+        }
+    }
+    out.sort();
+    out
+}
+
+fn prune_json(c: &Coordinator, args: &[&str]) -> Value {
+    let mut all = vec!["prune", "--json"];
+    all.extend_from_slice(args);
+    serde_json::from_str(&c.cli_ok(&all, 0)).unwrap()
+}
+
+#[test]
+fn content_objects_go_only_when_no_snapshot_references_them() {
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    fs::create_dir_all(&store).unwrap();
+    let dirs = vec![t.path().join("b1/logs")];
+    let mut spec = Spec::small(CLUSTER, 1, dirs.clone());
+    spec.total_bytes = 12 << 20;
+    spec.segment_bytes = 512 << 10;
+    generate(&spec).unwrap();
+    let first = incremental(&dirs, &store);
+    let objects_first = object_files(&store);
+    // The active segment grows: the second snapshot has a new object for
+    // it, and the first one's version of it is referenced by the first only.
+    let active = {
+        let mut logs: Vec<(u64, std::path::PathBuf)> = Vec::new();
+        for part in fs::read_dir(&dirs[0]).unwrap() {
+            let part = part.unwrap().path();
+            if !part.is_dir() {
+                continue;
+            }
+            for f in fs::read_dir(&part).unwrap() {
+                let f = f.unwrap().path();
+                if f.extension().is_some_and(|e| e == "log") {
+                    logs.push((fs::metadata(&f).unwrap().len(), f));
+                }
+            }
+        }
+        logs.into_iter().max().unwrap().1
+    };
+    let mut bytes = fs::read(&active).unwrap();
+    bytes.extend_from_slice(&[9u8; 80_000]);
+    fs::write(&active, bytes).unwrap();
+    let second = incremental(&dirs, &store);
+    let objects_both = object_files(&store);
+    assert_eq!(objects_both.len(), objects_first.len() + 1);
+
+    let mut cspec = CoordinatorSpec::new(
+        &[1, 2],
+        "127.0.0.1:1",
+        &format!("file://{}", store.display()),
+    );
+    cspec.retention = "keep_last = 1\nverify_new = false\nobject_grace = \"1h\"\n".into();
+    cspec.cluster = Some(CLUSTER.into());
+    let mut c = Coordinator::create(&t.path().join("coord"), &cspec);
+    c.start();
+    c.cli_ok(&["catalog", "rebuild"], 0);
+
+    // Before retention: every object is referenced.
+    let r = prune_json(&c, &["--dry-run"]);
+    assert_eq!(r["objects"]["referenced"], objects_both.len(), "{r}");
+    assert_eq!(r["objects"]["unreferenced"], 0, "{r}");
+
+    // The first snapshot goes; the object only it used waits out the grace.
+    let r = prune_json(&c, &[]);
+    assert_eq!(r["deleted"][0]["snapshot_id"], first.as_str(), "{r}");
+    assert_eq!(r["objects"]["unreferenced"], 1, "{r}");
+    assert_eq!(r["objects"]["in_grace"], 1, "{r}");
+    assert_eq!(r["objects"]["removed"], 0, "{r}");
+    assert_eq!(object_files(&store), objects_both);
+
+    // Past the grace (0s after a restart), but a snapshot of broker 2 is
+    // being written: it decides which objects exist, so nothing goes.
+    c.kill();
+    let text = fs::read_to_string(&c.config)
+        .unwrap()
+        .replace("object_grace = \"1h\"", "object_grace = \"0s\"");
+    fs::write(&c.config, text).unwrap();
+    c.start();
+    let writing = store
+        .join(CLUSTER)
+        .join("broker-2/20261201T000000.000Z-0000abcd");
+    fs::create_dir_all(&writing).unwrap();
+    fs::write(writing.join("archive.tar.zst"), b"half").unwrap();
+    let r = prune_json(&c, &[]);
+    assert!(
+        r["objects"]["deferred"]
+            .as_str()
+            .is_some_and(|d| d.contains("is being written")),
+        "{r}"
+    );
+    assert_eq!(object_files(&store), objects_both);
+    let out = c.cli_ok(&["prune", "--dry-run"], 0);
+    assert!(
+        out.contains("removed no content objects this time"),
+        "{out}"
+    );
+
+    // Once it is gone, the unreferenced object goes, and only it: the
+    // snapshot that is kept still verifies.
+    fs::remove_dir_all(&writing).unwrap();
+    let out = c.cli_ok(&["prune"], 0);
+    assert!(out.contains("removed 1 content objects"), "{out}");
+    let left = object_files(&store);
+    assert_eq!(left.len(), objects_both.len() - 1, "{out}");
+    assert!(left.iter().all(|o| objects_both.contains(o)));
+    let out = c.cli_ok(&["verify", "--all"], 0);
+    assert!(
+        out.contains(&format!("broker 1 snapshot {second}: ok")),
+        "{out}"
+    );
+    let r = prune_json(&c, &[]);
+    assert_eq!(r["objects"]["unreferenced"], 0, "{r}");
+    c.kill();
+}

@@ -69,6 +69,24 @@ pub fn present(store: &dyn ColdStore, cluster: &str) -> Result<HashMap<String, u
         .collect())
 }
 
+/// What an interrupted upload of an object leaves under the cluster's
+/// `objects/` prefix: temporary objects (a file store's) and unfinished
+/// multipart uploads (S3's). Only the coordinator's retention removes
+/// them, and only while no snapshot is being written.
+pub fn leftovers(
+    store: &dyn ColdStore,
+    cluster: &str,
+) -> Result<(Vec<String>, Vec<crate::storage::PendingUpload>)> {
+    let prefix = objects_prefix(cluster);
+    let temporary = store
+        .list(&prefix)?
+        .into_iter()
+        .filter(|o| parse_content_object_key(cluster, &o.key).is_none())
+        .map(|o| o.key)
+        .collect();
+    Ok((temporary, store.pending_uploads(&prefix)?))
+}
+
 /// What [`store_objects`] did: the SHA-256 of every inventory entry kept
 /// as an object (`None` for the entries the snapshot's archive holds), and
 /// the summary the manifest records.
@@ -78,21 +96,23 @@ pub struct Stored {
     pub record: ObjectsRecord,
 }
 
-impl Stored {
-    /// The inventory without the entries kept as objects: what the
-    /// snapshot's own archive holds.
-    pub fn archived(&self, inv: &Inventory) -> Inventory {
-        Inventory {
-            dirs: inv.dirs.clone(),
-            entries: inv
-                .entries
-                .iter()
-                .zip(&self.shas)
-                .filter(|(_, s)| s.is_none())
-                .map(|(e, _)| e.clone())
-                .collect(),
-            skipped_deleting: inv.skipped_deleting.clone(),
-        }
+/// Whether `e` is kept as a content object under `opts`.
+fn is_object(e: &Entry, opts: &ObjectOptions) -> bool {
+    matches!(e.kind, EntryKind::File) && e.size >= opts.min_size
+}
+
+/// `inv` without the entries kept as objects: what the snapshot's own
+/// archive holds.
+pub fn archived(inv: &Inventory, opts: &ObjectOptions) -> Inventory {
+    Inventory {
+        dirs: inv.dirs.clone(),
+        entries: inv
+            .entries
+            .iter()
+            .filter(|e| !is_object(e, opts))
+            .cloned()
+            .collect(),
+        skipped_deleting: inv.skipped_deleting.clone(),
     }
 }
 
@@ -126,7 +146,7 @@ pub fn store_objects(
     let mut shas = Vec::with_capacity(inv.entries.len());
     let mut trusted = vec![false; inv.entries.len()];
     for (i, e) in inv.entries.iter().enumerate() {
-        if !matches!(e.kind, EntryKind::File) || e.size < opts.min_size {
+        if !is_object(e, opts) {
             shas.push(None);
             continue;
         }

@@ -182,32 +182,21 @@ impl Captured {
         // zstd framing: lets the store size its upload parts.
         let data = self.inventory.total_bytes();
         let hint = data + data / 100 + 1024 * self.inventory.entries.len() as u64 + (1 << 20);
-        let objects =
-            match &opts.objects {
-                None => None,
-                Some(_) if opts.encrypt_to.is_some() => return Err(Error::Usage(
-                    "incremental snapshots are not encrypted yet: set snapshot.mode = \"full\" \
-                     to encrypt, or leave [encryption] out"
-                        .into(),
-                )),
-                Some(o) => Some(crate::objects::store_objects(
-                    store,
-                    &snap.cluster_id,
-                    &self.inventory,
-                    &self.content_roots,
-                    o,
-                    (opts.zstd_level, opts.zstd_threads),
-                    opts.cancel.as_deref(),
-                )?),
-            };
-        if let Some(o) = &objects {
-            let r = &o.record;
-            tracing::info!(snapshot = %snap.snapshot_id, broker = snap.broker, files = r.files,
-                bytes = r.bytes, objects = r.objects, uploaded = r.uploaded,
-                uploaded_bytes = r.uploaded_bytes, stored_bytes = r.uploaded_stored_bytes,
-                hashed = r.hashed, hashed_bytes = r.hashed_bytes, "content objects stored");
+        if opts.objects.is_some() && opts.encrypt_to.is_some() {
+            return Err(Error::Usage(
+                "incremental snapshots are not encrypted yet: set snapshot.mode = \"full\" \
+                 to encrypt, or leave [encryption] out"
+                    .into(),
+            ));
         }
-        let archived = objects.as_ref().map(|o| o.archived(&self.inventory));
+        // An incremental snapshot's archive comes first: from the moment it
+        // is stored, the snapshot is "incomplete" in storage, and retention
+        // leaves every content object alone while one is (see
+        // `objects::store_objects`, which then decides which objects exist).
+        let archived = opts
+            .objects
+            .as_ref()
+            .map(|o| crate::objects::archived(&self.inventory, o));
         let writer = store.create_sized(&archive_key, hint)?;
         let (writer, mut written) = write_archive(
             archived.as_ref().unwrap_or(&self.inventory),
@@ -217,8 +206,6 @@ impl Captured {
         )?;
         crate::failpoint("before-archive-finish");
         let stored = writer.finish()?;
-        // The log dirs are no longer read: the broker may start.
-        self.broker_locks.clear();
         let landed = store.stat(&archive_key)?;
         if stored != written.size || landed != Some(written.size) {
             return Err(store.error(
@@ -229,13 +216,29 @@ impl Captured {
                 ),
             ));
         }
-        let objects = match objects {
+        let objects = match &opts.objects {
             None => None,
             Some(o) => {
-                written.entries = merge_entries(&self.inventory, written.entries, &o.shas)?;
-                Some(o)
+                let stored = crate::objects::store_objects(
+                    store,
+                    &snap.cluster_id,
+                    &self.inventory,
+                    &self.content_roots,
+                    o,
+                    (opts.zstd_level, opts.zstd_threads),
+                    opts.cancel.as_deref(),
+                )?;
+                let r = &stored.record;
+                tracing::info!(snapshot = %snap.snapshot_id, broker = snap.broker, files = r.files,
+                    bytes = r.bytes, objects = r.objects, uploaded = r.uploaded,
+                    uploaded_bytes = r.uploaded_bytes, stored_bytes = r.uploaded_stored_bytes,
+                    hashed = r.hashed, hashed_bytes = r.hashed_bytes, "content objects stored");
+                written.entries = merge_entries(&self.inventory, written.entries, &stored.shas)?;
+                Some(stored)
             }
         };
+        // The log dirs are no longer read: the broker may start.
+        self.broker_locks.clear();
         let archive_finished = Utc::now();
         // Sizes of files on one host cannot add up past u64; the check is
         // for manifests read back.

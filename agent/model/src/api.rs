@@ -288,6 +288,38 @@ pub struct PruneResult {
     /// least-privilege storage credentials cannot delete them themselves.
     #[serde(default)]
     pub abandoned_removed: Vec<String>,
+    /// The content objects of incremental snapshots: which are referenced,
+    /// which not, and what was (or, in a dry run, would be) removed.
+    /// Absent when the cluster has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub objects: Option<ObjectSweep>,
+}
+
+/// Retention's sweep of content objects (`<cluster>/objects/`). Sizes are
+/// as stored.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectSweep {
+    /// Objects some complete snapshot in storage references.
+    pub referenced: u64,
+    pub referenced_bytes: u64,
+    /// Objects no snapshot references (left by snapshots retention
+    /// removed, or by runs that never committed).
+    pub unreferenced: u64,
+    pub unreferenced_bytes: u64,
+    /// Of those, removed now (a dry run: that would be).
+    pub removed: u64,
+    pub removed_bytes: u64,
+    /// Of those, kept until they have been unreferenced for
+    /// `retention.object_grace`.
+    pub in_grace: u64,
+    /// Temporary objects and unfinished uploads that interrupted uploads
+    /// of objects left, removed (a dry run: that would be).
+    #[serde(default)]
+    pub leftovers_removed: u64,
+    /// Why nothing was removed this time, when so (a snapshot is being
+    /// written, a manifest cannot be read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deferred: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -224,6 +224,8 @@ pub struct FleetSpec {
     pub agent_extra: String,
     /// The coordinator's `[retention]` lines (default `keep_last = 7`).
     pub retention: Option<&'static str>,
+    /// More lines of the agents' `[snapshot]` section (after `capture`).
+    pub snapshot_extra: &'static str,
 }
 
 impl Default for FleetSpec {
@@ -240,6 +242,7 @@ impl Default for FleetSpec {
             cluster_id: None,
             agent_extra: String::new(),
             retention: None,
+            snapshot_extra: "",
         }
     }
 }
@@ -493,7 +496,7 @@ pub fn write_agent_config(
     let text = format!(
         "[broker]\n{node}stop_command = {:?}\nstart_command = {:?}\n\
          stop_timeout = \"60s\"\ncommand_timeout = \"60s\"\nrecovery_timeout = {:?}\n\
-         [snapshot]\ncapture = {:?}\n\
+         [snapshot]\ncapture = {:?}\n{}\
          [storage]\nurl = {:?}\n{}\n\
          [kafka]\nbootstrap_servers = [{}]\nrequest_timeout = \"5s\"\n\
          [gate]\nstable_checks = 2\ncheck_interval = \"300ms\"\n\
@@ -503,6 +506,7 @@ pub fn write_agent_config(
         cluster.start_script(n).display().to_string(),
         spec.recovery_timeout,
         spec.capture,
+        spec.snapshot_extra,
         store_url,
         spec.storage_extra,
         toml_list(&cluster.bootstrap()),

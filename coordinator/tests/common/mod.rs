@@ -28,12 +28,10 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
+/// A free port outside the ephemeral range: a coordinator restarted on
+/// it must find it free again (see `process::free_ports`).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    kafka_snapshot_testkit::process::free_ports(1).expect("a free port")[0]
 }
 
 pub fn write_secret(path: &Path, text: &str) {
