@@ -165,7 +165,10 @@ def main():
     ap.add_argument("--agent", required=True)
     ap.add_argument("--gen", required=True)
     ap.add_argument("--size", default="2GiB")
-    ap.add_argument("--segment-size", default="64MiB")
+    ap.add_argument("--segment-size", default="32MiB")
+    ap.add_argument("--topics", default="2")
+    ap.add_argument("--partitions", default="4",
+                    help="per topic: few, so that each holds many segments, as on a real broker")
     ap.add_argument("--append", default="10%", help="bytes appended per cycle, or a share of --size")
     ap.add_argument("--cycles", type=int, default=7)
     ap.add_argument("--level", type=int, default=3)
@@ -184,7 +187,7 @@ def main():
         os.makedirs(s)
     cache = os.path.join(root, "hash-cache.json")
     gen = [a.gen, "--cluster-id", CLUSTER, "--node-id", "1", "--segment-size", a.segment_size,
-           "--topics", "12", "--partitions", "8"]
+           "--topics", a.topics, "--partitions", a.partitions]
     subprocess.run(gen + ["--dir", data, "--size", a.size], check=True, stdout=subprocess.DEVNULL)
     if not a.incompressible:
         subprocess.run(gen + ["--dir", source, "--size", str(append * a.cycles), "--seed", "2"],

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The benchmark: every figure beside a baseline measured in the same run.
 #
-#   tests/bench/run.sh [--quick] [--only archive|cycle|kafka] [--runs 3]
+#   tests/bench/run.sh [--quick] [--only archive|cycle|kafka|incremental] [--runs 3]
 #                      [--size 2GiB] [--levels 3,1,9] [--fs ext4|xfs] [--s3]
 #                      [--sizes 1GiB,8GiB] [--segment-size 1GiB]
 #                      [--small-partitions 2000] [--throttle 20MiB]
@@ -26,6 +26,12 @@
 #   broker): broker 1's downtime (stop command until back in every ISR) of
 #   `kafka-snapshot-agent snapshot` against a plain stop + start of the
 #   same broker, --runs pairs back to back, alternating which goes first.
+# Incremental (incremental_bench.py, one broker of --size on --fs, seven
+#   cycles with 10% of it appended in between): `--mode incremental`
+#   against full snapshots of the same data, alternating: bytes uploaded
+#   against bytes appended (compressed the same way), storage, archive
+#   and restore time, peak RSS; then the same with incompressible data.
+#   Not in the report table yet: its JSON is written beside it.
 #
 # --quick: small sizes and one run, to check the benchmark itself.
 # Needs root (loop-mounted scratch filesystems, dropping the page cache).
@@ -54,7 +60,7 @@ while (($#)); do
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
 done
-case $only in '' | archive | cycle | kafka) ;; *) echo "--only must be archive, cycle or kafka" >&2; exit 2 ;; esac
+case $only in '' | archive | cycle | kafka | incremental) ;; *) echo "--only must be archive, cycle, kafka or incremental" >&2; exit 2 ;; esac
 if [[ $(id -u) -ne 0 ]]; then
     echo "tests/bench/run.sh needs root: it loop-mounts scratch filesystems and drops the page cache" >&2
     exit 2
@@ -126,4 +132,14 @@ if [[ -z $only || $only == kafka ]]; then
         --sizes "$sizes" --pairs "$runs" --out "$PWD/$out/kafka.json"
     report_args+=(--kafka "$out/kafka.json")
 fi
-python3 tests/bench/report.py "${report_args[@]}"
+if [[ -z $only || $only == incremental ]]; then
+    for kind in compressible incompressible; do
+        python3 tests/bench/incremental_bench.py \
+            --work "$work" --size "$size" --level "${levels%%,*}" \
+            --agent "$target_dir/release/kafka-snapshot-agent" \
+            --gen "$target_dir/release/ksnap-gen-logdirs" \
+            $([[ $kind == incompressible ]] && echo --incompressible) \
+            --out "$out/incremental-$kind.json"
+    done
+fi
+[[ $only == incremental ]] || python3 tests/bench/report.py "${report_args[@]}"
