@@ -981,10 +981,10 @@ pub async fn prune(api: &Api, dry_run: bool, json: bool) -> Result<bool> {
         if let Some(o) = &r.objects {
             println!(
                 "content objects: {} referenced ({}), {} referenced by no snapshot ({})",
-                o.referenced,
-                human_bytes(o.referenced_bytes as i64),
-                o.unreferenced,
-                human_bytes(o.unreferenced_bytes as i64)
+                o.usage.referenced,
+                human_bytes(o.usage.referenced_bytes as i64),
+                o.usage.unreferenced,
+                human_bytes(o.usage.unreferenced_bytes as i64)
             );
             if o.removed > 0 {
                 let verb = if dry_run { "would remove" } else { "removed" };
@@ -1031,6 +1031,16 @@ pub async fn rebuild(api: &Api, json: bool) -> Result<()> {
         }
         for (cluster, n) in &r.other_clusters {
             println!("  not listed: {n} snapshot(s) of another cluster, {cluster}");
+        }
+        if let Some(o) = &r.objects {
+            println!(
+                "content objects: {} referenced ({}), {} referenced by no snapshot ({}; \
+                 retention removes them)",
+                o.referenced,
+                human_bytes(o.referenced_bytes as i64),
+                o.unreferenced,
+                human_bytes(o.unreferenced_bytes as i64)
+            );
         }
         println!("snapshot sets read back: {}", r.sets);
         for s in &r.sets_rejected {

@@ -465,6 +465,7 @@ pub fn rebuild_catalog(s: &Shared) -> std::result::Result<RebuildResult, Rebuild
     let listed = catalog::list(s.store.as_ref(), None, None)
         .map_err(|e| RebuildError::Storage(format!("listing cold storage: {e}")))?;
     let mut found = Vec::new();
+    let mut referenced = std::collections::HashSet::new();
     let mut skipped = Vec::new();
     let mut others: std::collections::BTreeMap<String, usize> = Default::default();
     // Snapshot id -> cluster, of other clusters' complete snapshots: a set
@@ -480,6 +481,7 @@ pub fn rebuild_catalog(s: &Shared) -> std::result::Result<RebuildResult, Rebuild
         }
         match l.status {
             catalog::Status::Complete(m) => {
+                referenced.extend(m.object_entries().filter_map(|e| e.sha256.clone()));
                 found.push(kafka_snapshot_model::protocol::SnapshotSummary::of(&m))
             }
             catalog::Status::Incomplete => {
@@ -501,6 +503,9 @@ pub fn rebuild_catalog(s: &Shared) -> std::result::Result<RebuildResult, Rebuild
             "catalog rebuild: cold storage holds snapshots of another cluster; left alone"
         );
     }
+    let present = kafka_snapshot::objects::present(s.store.as_ref(), &ours)
+        .map_err(|e| RebuildError::Storage(format!("listing content objects: {e}")))?;
+    let objects = (!present.is_empty()).then(|| retention::object_usage(&present, &referenced));
     let (before, after) = s
         .engine()
         .rebuild_catalog(&found, &others, &sets, &sets_rejected, Utc::now())
@@ -512,6 +517,7 @@ pub fn rebuild_catalog(s: &Shared) -> std::result::Result<RebuildResult, Rebuild
         other_clusters: others,
         sets: sets.len(),
         sets_rejected,
+        objects,
     })
 }
 

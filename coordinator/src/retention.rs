@@ -20,7 +20,7 @@
 //! host with a wrong clock must not make every real snapshot look old.
 
 use chrono::{DateTime, Utc};
-use kafka_snapshot_model::api::ObjectSweep;
+use kafka_snapshot_model::api::{ObjectSweep, ObjectUsage};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
@@ -53,12 +53,8 @@ pub fn plan_objects(
     shas.sort();
     for (sha, &size) in shas {
         if referenced.contains(sha) {
-            plan.sweep.referenced += 1;
-            plan.sweep.referenced_bytes += size;
             continue;
         }
-        plan.sweep.unreferenced += 1;
-        plan.sweep.unreferenced_bytes += size;
         let since = *unreferenced_since.entry(sha.clone()).or_insert(now);
         let old_enough = (now - since).to_std().is_ok_and(|d| d >= grace);
         if !old_enough {
@@ -69,10 +65,26 @@ pub fn plan_objects(
             plan.remove.push((sha.clone(), size));
         }
     }
-    if plan.sweep.unreferenced > plan.sweep.in_grace {
+    plan.sweep.usage = object_usage(present, referenced);
+    if plan.sweep.usage.unreferenced > plan.sweep.in_grace {
         plan.sweep.deferred = blocked;
     }
     plan
+}
+
+/// How many objects (and stored bytes) of `present` are referenced.
+pub fn object_usage(present: &HashMap<String, u64>, referenced: &HashSet<String>) -> ObjectUsage {
+    let mut u = ObjectUsage::default();
+    for (sha, &size) in present {
+        if referenced.contains(sha) {
+            u.referenced += 1;
+            u.referenced_bytes += size;
+        } else {
+            u.unreferenced += 1;
+            u.unreferenced_bytes += size;
+        }
+    }
+    u
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -213,10 +225,12 @@ mod tests {
         assert_eq!(
             p.sweep,
             ObjectSweep {
-                referenced: 1,
-                referenced_bytes: 10,
-                unreferenced: 2,
-                unreferenced_bytes: 50,
+                usage: ObjectUsage {
+                    referenced: 1,
+                    referenced_bytes: 10,
+                    unreferenced: 2,
+                    unreferenced_bytes: 50,
+                },
                 in_grace: 2,
                 ..Default::default()
             }

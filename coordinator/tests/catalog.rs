@@ -239,7 +239,14 @@ fn content_objects_go_only_when_no_snapshot_references_them() {
     cspec.cluster = Some(CLUSTER.into());
     let mut c = Coordinator::create(&t.path().join("coord"), &cspec);
     c.start();
-    c.cli_ok(&["catalog", "rebuild"], 0);
+    let out = c.cli_ok(&["catalog", "rebuild"], 0);
+    assert!(
+        out.contains(&format!(
+            "content objects: {} referenced",
+            objects_both.len()
+        )) && out.contains("0 referenced by no snapshot"),
+        "{out}"
+    );
 
     // Before retention: every object is referenced.
     let r = prune_json(&c, &["--dry-run"]);

@@ -295,10 +295,9 @@ pub struct PruneResult {
     pub objects: Option<ObjectSweep>,
 }
 
-/// Retention's sweep of content objects (`<cluster>/objects/`). Sizes are
-/// as stored.
+/// The content objects of a cluster in storage, as stored.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ObjectSweep {
+pub struct ObjectUsage {
     /// Objects some complete snapshot in storage references.
     pub referenced: u64,
     pub referenced_bytes: u64,
@@ -306,6 +305,14 @@ pub struct ObjectSweep {
     /// removed, or by runs that never committed).
     pub unreferenced: u64,
     pub unreferenced_bytes: u64,
+}
+
+/// Retention's sweep of content objects (`<cluster>/objects/`). Sizes are
+/// as stored.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectSweep {
+    #[serde(flatten)]
+    pub usage: ObjectUsage,
     /// Of those, removed now (a dry run: that would be).
     pub removed: u64,
     pub removed_bytes: u64,
@@ -346,6 +353,10 @@ pub struct RebuildResult {
     /// snapshots, unreadable), each with its key and why.
     #[serde(default)]
     pub sets_rejected: Vec<String>,
+    /// The content objects of incremental snapshots, referenced or not.
+    /// Absent when the cluster has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub objects: Option<ObjectUsage>,
 }
 
 /// `POST /v1/suspend`: no scheduled cycle starts and no snapshot lease is
