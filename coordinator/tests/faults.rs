@@ -330,7 +330,7 @@ fn incremental_snapshots_with_agents_and_coordinator_killed() {
         let t = after_fault(&mut f, observer.finish(), &label);
         next_cycle_completes(&f, &label);
         unreferenced_objects_gone(&f, &label);
-        record_fault("incremental", label, &t);
+        record_fault("faults", label, &t);
     }
     let label = "incremental: coordinator SIGKILLed while sweeping objects".to_string();
     let observer = observe(&f.cluster);
@@ -364,7 +364,7 @@ fn incremental_snapshots_with_agents_and_coordinator_killed() {
     let t = after_fault(&mut f, observer.finish(), &label);
     next_cycle_completes(&f, &label);
     unreferenced_objects_gone(&f, &label);
-    record_fault("incremental", label, &t);
+    record_fault("faults", label, &t);
 }
 
 /// After a retention run with `object_grace = "0s"` and nothing in flight,
