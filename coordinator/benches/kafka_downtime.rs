@@ -273,12 +273,15 @@ fn agent(cluster: &KafkaCluster, cfg: &Path, marker: &Path, store: &Path) -> Val
     // Each run's archive only: the store holds one snapshot at a time.
     let _ = std::fs::remove_dir_all(store);
     std::fs::create_dir_all(store).unwrap();
+    let log_path = store.with_extension("agent.log");
+    let log_file = std::fs::File::create(&log_path).unwrap();
     let t = Instant::now();
     let child = Command::new(bin("kafka-snapshot-agent"))
         .args(["snapshot", "--gate-timeout", "5m", "--config"])
         .arg(cfg)
-        .env("KAFKA_SNAPSHOT_LOG", "warn")
+        .env("KAFKA_SNAPSHOT_LOG", "info")
         .stdout(std::process::Stdio::piped())
+        .stderr(log_file)
         .spawn()
         .unwrap();
     let down = until_in_sync(cluster, marker);
@@ -293,11 +296,42 @@ fn agent(cluster: &KafkaCluster, cfg: &Path, marker: &Path, store: &Path) -> Val
     let v: Value = serde_json::from_slice(&out)
         .unwrap_or_else(|e| panic!("agent output: {e}: {}", String::from_utf8_lossy(&out)));
     assert_eq!(v["capture"], "reflink", "{v}");
+    let phases = phases(&std::fs::read_to_string(&log_path).unwrap());
     json!({
         "downtime_s": down,
         "agent_broker_downtime_ms": v["broker_downtime_ms"],
+        "agent_unavailable_ms": v["broker_unavailable_ms"],
         "agent_run_s": whole_s,
         "archive_bytes": v["archive_bytes"],
+        "agent_phases": phases,
+    })
+}
+
+/// The agent's own phase figures, from its log (tracing's text format):
+/// the stop (stop command until the log dirs are unlocked and closed
+/// cleanly), the stop's end until the start command returned (capture and
+/// start), and the recovery check (start until it saw the broker in every
+/// ISR), in seconds. A recovery check that could not reach the cluster
+/// says so in `recovery_errors`.
+fn phases(log: &str) -> Value {
+    let at = |msg: &str| -> Option<f64> {
+        let line = log.lines().find(|l| l.contains(msg))?;
+        let ts = line.split_whitespace().next()?;
+        let t = chrono::DateTime::parse_from_rfc3339(ts).ok()?;
+        Some(t.timestamp_micros() as f64 / 1e6)
+    };
+    let field = |msg: &str, key: &str| -> Option<f64> {
+        let line = log.lines().find(|l| l.contains(msg))?;
+        let v = line.split(&format!("{key}=")).nth(1)?;
+        v.split_whitespace().next()?.parse().ok()
+    };
+    let stopped = at("broker stopped");
+    let started = at("broker start command succeeded");
+    json!({
+        "stop_s": field("broker stopped", "seconds"),
+        "capture_and_start_s": stopped.zip(started).map(|(a, b)| b - a),
+        "recovery_check_s": field("broker recovered", "seconds"),
+        "recovery_errors": log.lines().filter(|l| l.contains("cluster not reachable while waiting for recovery")).count(),
     })
 }
 

@@ -210,6 +210,19 @@ def main():
                        f"(the agent's own broker_downtime, stop to start command's return: "
                        f"{[round(x, 2) for x in reported]}; whole agent run: "
                        f"{[round(p['agent']['agent_run_s'], 1) for p in d['pairs']]})")
+            ph = [p["agent"].get("agent_phases") for p in d["pairs"]]
+            if all(ph):
+                def col(k):
+                    return [None if x[k] is None else round(x[k], 2) for x in ph]
+                raw.append(f"Kafka {d['size']} by phase: stop, plain {[round(p['plain']['stop_s'], 2) for p in d['pairs']]}, "
+                           f"agent {col('stop_s')}; the agent's capture + start command {col('capture_and_start_s')}; "
+                           f"plain start until back in every ISR "
+                           f"{[round(p['plain']['downtime_s'] - p['plain']['stop_s'], 2) for p in d['pairs']]}, "
+                           f"agent {[round(p['agent']['downtime_s'] - p['agent']['agent_broker_downtime_ms'] / 1000, 2) for p in d['pairs']]}; "
+                           f"the agent's recovery check {col('recovery_check_s')} "
+                           f"(its unavailable_ms minus the outside figure: "
+                           f"{[round(p['agent']['agent_unavailable_ms'] / 1000 - p['agent']['downtime_s'], 2) for p in d['pairs']]}; "
+                           f"checks that could not reach the cluster: {[x['recovery_errors'] for x in ph]})")
 
     lines.append("")
     if cyc and "full_cycle" in cyc["downtime"][-1]:
