@@ -239,9 +239,7 @@ fn sweep_objects(
     let mut blocked = None;
     for l in listed {
         match &l.status {
-            catalog::Status::Complete(m) => {
-                referenced.extend(m.object_entries().filter_map(|e| e.sha256.clone()))
-            }
+            catalog::Status::Complete(m) => referenced.extend(m.referenced_objects().cloned()),
             catalog::Status::Damaged(why) => {
                 blocked = Some(format!(
                     "the manifest of snapshot {} of node {} cannot be read ({why}); it may \
@@ -367,7 +365,7 @@ fn sweep_objects(
             };
             let hit = m
                 .object_entries()
-                .find(|e| e.sha256.as_ref().is_some_and(|h| removed.contains(h)))
+                .find(|e| e.chunk_shas().iter().any(|h| removed.contains(h)))
                 .map(|e| e.path.clone());
             if let Some(path) = hit {
                 let msg = format!(
@@ -481,7 +479,7 @@ pub fn rebuild_catalog(s: &Shared) -> std::result::Result<RebuildResult, Rebuild
         }
         match l.status {
             catalog::Status::Complete(m) => {
-                referenced.extend(m.object_entries().filter_map(|e| e.sha256.clone()));
+                referenced.extend(m.referenced_objects().cloned());
                 found.push(kafka_snapshot_model::protocol::SnapshotSummary::of(&m))
             }
             catalog::Status::Incomplete => {

@@ -15,6 +15,8 @@ use std::fs;
 use std::path::Path;
 
 const CLUSTER: &str = "CatalogTestClusterAAAAA";
+/// The incremental snapshots' chunk size: files of several chunks.
+const CHUNK: u64 = 64 << 10;
 
 /// Commits one snapshot of `broker` (small generated log dirs) to `store`.
 fn snapshot(root: &Path, store: &Path, broker: i32, seed: u64) -> String {
@@ -166,6 +168,7 @@ fn incremental(dirs: &[std::path::PathBuf], store: &Path) -> String {
     let opts = ArchiveOptions {
         objects: Some(kafka_snapshot::objects::ObjectOptions {
             min_size: 64 << 10,
+            chunk_size: CHUNK,
             hash_cache: None,
         }),
         ..ArchiveOptions::default()
@@ -224,11 +227,20 @@ fn content_objects_go_only_when_no_snapshot_references_them() {
         logs.into_iter().max().unwrap().1
     };
     let mut bytes = fs::read(&active).unwrap();
+    let was = bytes.len() as u64;
     bytes.extend_from_slice(&[9u8; 80_000]);
-    fs::write(&active, bytes).unwrap();
+    fs::write(&active, &bytes).unwrap();
+    // Its chunks from the one the append began in are new; that one, as
+    // it was, is the first snapshot's only.
+    let new_chunks = (bytes.len() as u64).div_ceil(CHUNK) - was / CHUNK;
+    assert_ne!(was % CHUNK, 0, "the segment ends inside a chunk");
+    let only_first = 1u64;
     let second = incremental(&dirs, &store);
     let objects_both = object_files(&store);
-    assert_eq!(objects_both.len(), objects_first.len() + 1);
+    assert_eq!(
+        objects_both.len() as u64,
+        objects_first.len() as u64 + new_chunks
+    );
 
     let mut cspec = CoordinatorSpec::new(
         &[1, 2],
@@ -256,8 +268,8 @@ fn content_objects_go_only_when_no_snapshot_references_them() {
     // The first snapshot goes; the object only it used waits out the grace.
     let r = prune_json(&c, &[]);
     assert_eq!(r["deleted"][0]["snapshot_id"], first.as_str(), "{r}");
-    assert_eq!(r["objects"]["unreferenced"], 1, "{r}");
-    assert_eq!(r["objects"]["in_grace"], 1, "{r}");
+    assert_eq!(r["objects"]["unreferenced"], only_first, "{r}");
+    assert_eq!(r["objects"]["in_grace"], only_first, "{r}");
     assert_eq!(r["objects"]["removed"], 0, "{r}");
     assert_eq!(object_files(&store), objects_both);
 
@@ -292,9 +304,16 @@ fn content_objects_go_only_when_no_snapshot_references_them() {
     // snapshot that is kept still verifies.
     fs::remove_dir_all(&writing).unwrap();
     let out = c.cli_ok(&["prune"], 0);
-    assert!(out.contains("removed 1 content objects"), "{out}");
+    assert!(
+        out.contains(&format!("removed {only_first} content objects")),
+        "{out}"
+    );
     let left = object_files(&store);
-    assert_eq!(left.len(), objects_both.len() - 1, "{out}");
+    assert_eq!(
+        left.len() as u64,
+        objects_both.len() as u64 - only_first,
+        "{out}"
+    );
     assert!(left.iter().all(|o| objects_both.contains(o)));
     let out = c.cli_ok(&["verify", "--all"], 0);
     assert!(

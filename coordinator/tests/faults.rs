@@ -299,7 +299,8 @@ fn matrix(group: &str, fault: &str, mut inject: impl FnMut(&mut Fleet, &str)) {
 #[test]
 fn incremental_snapshots_with_agents_and_coordinator_killed() {
     let spec = FleetSpec {
-        snapshot_extra: "mode = \"incremental\"\nobject_min_size = \"1KiB\"\n",
+        snapshot_extra:
+            "mode = \"incremental\"\nobject_min_size = \"1KiB\"\nobject_chunk_size = \"64KiB\"\n",
         retention: Some("keep_last = 1\nobject_grace = \"0s\"\n"),
         ..FleetSpec::default()
     };

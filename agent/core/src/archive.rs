@@ -221,7 +221,7 @@ fn write_entries<W: Write>(
             mtime_ns: e.mtime_ns,
             sha256,
             link_target,
-            object: false,
+            chunks: None,
         });
     }
     Ok(())

@@ -328,9 +328,15 @@ pub struct SnapshotSection {
     /// files of at least `object_min_size` are content objects shared by
     /// the cluster's snapshots and uploaded once ([`crate::objects`]).
     pub mode: SnapshotMode,
-    /// The smallest file an incremental snapshot keeps as a content object.
+    /// The smallest file an incremental snapshot keeps as content objects.
     #[serde(deserialize_with = "crate::settings::byte_size")]
     pub object_min_size: u64,
+    /// The size of the chunks those files are cut into, each one object
+    /// (a power of two from 64 KiB to 1 GiB). Smaller: less is uploaded
+    /// again of what Kafka appends to its segments; larger: fewer objects
+    /// and a smaller manifest (about 75 bytes per chunk).
+    #[serde(deserialize_with = "crate::settings::byte_size")]
+    pub object_chunk_size: u64,
     /// Where an incremental snapshot keeps the hashes of rolled segment
     /// files for the next one ([`crate::hashcache`]). Unset: beside the
     /// daemon's state file, `hash-cache.json` (no record without one).
@@ -356,6 +362,7 @@ impl Default for SnapshotSection {
             max_copy_downtime: None,
             mode: SnapshotMode::Full,
             object_min_size: crate::objects::DEFAULT_MIN_SIZE,
+            object_chunk_size: crate::objects::DEFAULT_CHUNK_SIZE,
             hash_cache: None,
         }
     }
@@ -366,6 +373,7 @@ impl AgentConfig {
     pub fn object_options(&self) -> Option<crate::objects::ObjectOptions> {
         (self.snapshot.mode == SnapshotMode::Incremental).then(|| crate::objects::ObjectOptions {
             min_size: self.snapshot.object_min_size,
+            chunk_size: self.snapshot.object_chunk_size,
             hash_cache: self.snapshot.hash_cache.clone().or_else(|| {
                 self.coordinator
                     .as_ref()
@@ -463,6 +471,9 @@ impl AgentConfig {
                 "snapshot.object_min_size",
                 "must be more than 0 bytes".into(),
             );
+        }
+        if let Err(why) = crate::objects::check_chunk_size(self.snapshot.object_chunk_size) {
+            err("snapshot.object_chunk_size", why);
         }
         if self.snapshot.mode == SnapshotMode::Incremental
             && (!self.encryption.recipients.is_empty() || self.encryption.recipients_file.is_some())
@@ -684,16 +695,29 @@ mod tests {
         let cfg = parse(base).unwrap();
         assert_eq!(cfg.object_options(), None, "full is the default");
         let cfg = parse(&format!(
-            "{base}[snapshot]\nmode='incremental'\nobject_min_size='256KiB'\n"
+            "{base}[snapshot]\nmode='incremental'\nobject_min_size='256KiB'\n\
+             object_chunk_size='1MiB'\n"
         ))
         .unwrap();
         assert_eq!(
             cfg.object_options(),
             Some(crate::objects::ObjectOptions {
                 min_size: 256 << 10,
+                chunk_size: 1 << 20,
                 hash_cache: None
             })
         );
+        for bad in ["0", "'3MiB'", "'32KiB'", "'2GiB'"] {
+            let e = parse(&format!(
+                "{base}[snapshot]\nmode='incremental'\nobject_chunk_size={bad}\n"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(
+                e.contains("snapshot.object_chunk_size") && e.contains("power of two"),
+                "{bad}: {e}"
+            );
+        }
         // A daemon keeps its hash record beside its state file.
         let cfg = parse(&format!(
             "{base}[snapshot]\nmode='incremental'\n[coordinator]\nurl='http://c:1'\n\

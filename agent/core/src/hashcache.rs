@@ -33,7 +33,9 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-const VERSION: u32 = 1;
+/// 2: chunk hashes beside each file's hash. A record of another version
+/// is ignored (every file is read once).
+const VERSION: u32 = 2;
 
 /// The largest record read: about 200 bytes a file, so room for millions.
 const MAX_BYTES: u64 = 1 << 30;
@@ -44,8 +46,19 @@ struct Record {
     version: u32,
     cluster_id: String,
     node_id: i32,
+    /// The chunk size the chunk hashes are of.
+    chunk_size: u64,
     /// Absolute path -> what the file was when it was hashed.
     files: BTreeMap<String, Hashed>,
+}
+
+/// A file's SHA-256, and the SHA-256 of each chunk of it (see
+/// [`crate::objects`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileHashes {
+    pub sha256: String,
+    pub chunks: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,18 +69,18 @@ struct Hashed {
     size: u64,
     mtime_ns: i64,
     ctime_ns: i64,
-    sha256: String,
+    hashes: FileHashes,
 }
 
 impl Hashed {
-    fn of(e: &Entry, sha256: &str) -> Hashed {
+    fn of(e: &Entry, hashes: &FileHashes) -> Hashed {
         Hashed {
             dev: e.dev,
             ino: e.ino,
             size: e.size,
             mtime_ns: e.mtime_ns,
             ctime_ns: e.ctime_ns,
-            sha256: sha256.to_string(),
+            hashes: hashes.clone(),
         }
     }
 }
@@ -77,25 +90,33 @@ pub struct HashCache {
     path: PathBuf,
     cluster_id: String,
     node_id: i32,
+    chunk_size: u64,
     known: HashMap<String, Hashed>,
     now: BTreeMap<String, Hashed>,
 }
 
 impl HashCache {
-    /// Reads the record at `path` for `inv`'s node; an absent, unreadable
-    /// or foreign one gives an empty cache.
-    pub fn load(path: &Path, inv: &Inventory) -> HashCache {
+    /// Reads the record at `path` for `inv`'s node and chunks of
+    /// `chunk_size` bytes; an absent, unreadable or foreign one gives an
+    /// empty cache.
+    pub fn load(path: &Path, inv: &Inventory, chunk_size: u64) -> HashCache {
         let mut cache = HashCache {
             path: path.to_path_buf(),
             cluster_id: inv.cluster_id().to_string(),
             node_id: inv.node_id(),
+            chunk_size,
             known: HashMap::new(),
             now: BTreeMap::new(),
         };
         match read(path) {
             Ok(None) => {}
             Ok(Some(r)) if r.cluster_id == cache.cluster_id && r.node_id == cache.node_id => {
-                cache.known = r.files.into_iter().collect();
+                if r.chunk_size == chunk_size {
+                    cache.known = r.files.into_iter().collect();
+                } else {
+                    tracing::info!(file = %path.display(), was = r.chunk_size, now = chunk_size,
+                        "the chunk size changed since the last snapshot; every file is read");
+                }
             }
             Ok(Some(r)) => tracing::warn!(file = %path.display(), cluster = %r.cluster_id,
                 node = r.node_id, "the hash record is of another node or cluster; every file is read"),
@@ -105,9 +126,9 @@ impl HashCache {
         cache
     }
 
-    /// The SHA-256 of `e` (of log dir `log_dir`) if it can be trusted
+    /// The hashes of `e` (of log dir `log_dir`) if they can be trusted
     /// without reading the file.
-    pub fn lookup(&self, log_dir: &Path, e: &Entry, rolled: bool) -> Option<&str> {
+    pub fn lookup(&self, log_dir: &Path, e: &Entry, rolled: bool) -> Option<&FileHashes> {
         if !rolled || !matches!(e.kind, EntryKind::File) {
             return None;
         }
@@ -117,14 +138,14 @@ impl HashCache {
             && h.size == e.size
             && h.mtime_ns == e.mtime_ns
             && h.ctime_ns == e.ctime_ns)
-            .then_some(h.sha256.as_str())
+            .then_some(&h.hashes)
     }
 
-    /// Records the hash of `e` for the next snapshot (rolled segment files
-    /// only: nothing else is ever looked up).
-    pub fn record(&mut self, log_dir: &Path, e: &Entry, rolled: bool, sha256: &str) {
+    /// Records the hashes of `e` for the next snapshot (rolled segment
+    /// files only: nothing else is ever looked up).
+    pub fn record(&mut self, log_dir: &Path, e: &Entry, rolled: bool, hashes: &FileHashes) {
         if rolled {
-            self.now.insert(key(log_dir, e), Hashed::of(e, sha256));
+            self.now.insert(key(log_dir, e), Hashed::of(e, hashes));
         }
     }
 
@@ -143,6 +164,7 @@ impl HashCache {
             version: VERSION,
             cluster_id: self.cluster_id.clone(),
             node_id: self.node_id,
+            chunk_size: self.chunk_size,
             files: self.now.clone(),
         };
         let bytes = serde_json::to_vec(&record)
@@ -233,6 +255,8 @@ mod tests {
     use super::*;
     use crate::logdir::{LogDir, MetaProperties};
 
+    const CHUNK: u64 = 4 << 20;
+
     fn entry(rel: &str, ino: u64) -> Entry {
         Entry {
             dir_index: 0,
@@ -292,13 +316,21 @@ mod tests {
         let path = dir.path().join("hash-cache.json");
         let e = entry("t-0/00000000000000000000.log", 1);
         let inv = inventory(vec![e.clone()]);
-        let mut c = HashCache::load(&path, &inv);
+        let mut c = HashCache::load(&path, &inv, CHUNK);
         assert_eq!(c.lookup(Path::new("/d"), &e, true), None);
-        c.record(Path::new("/d"), &e, true, &"a".repeat(64));
+        let hashes = FileHashes {
+            sha256: "a".repeat(64),
+            chunks: vec!["b".repeat(64)],
+        };
+        c.record(Path::new("/d"), &e, true, &hashes);
         c.save().unwrap();
-        let c = HashCache::load(&path, &inv);
-        let sha = "a".repeat(64);
-        assert_eq!(c.lookup(Path::new("/d"), &e, true), Some(sha.as_str()));
+        let c = HashCache::load(&path, &inv, CHUNK);
+        assert_eq!(c.lookup(Path::new("/d"), &e, true), Some(&hashes));
+        // Chunk hashes of another chunk size are not these chunks'.
+        assert_eq!(
+            HashCache::load(&path, &inv, CHUNK * 2).lookup(Path::new("/d"), &e, true),
+            None
+        );
         assert_eq!(c.lookup(Path::new("/d"), &e, false), None, "active segment");
         for changed in [
             Entry {
@@ -333,20 +365,20 @@ mod tests {
         let mut other = inventory(vec![e.clone()]);
         other.dirs[0].meta.node_id = 2;
         assert_eq!(
-            HashCache::load(&path, &other).lookup(Path::new("/d"), &e, true),
+            HashCache::load(&path, &other, CHUNK).lookup(Path::new("/d"), &e, true),
             None
         );
         // A record others may write is not used.
         fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
         assert_eq!(
-            HashCache::load(&path, &inv).lookup(Path::new("/d"), &e, true),
+            HashCache::load(&path, &inv, CHUNK).lookup(Path::new("/d"), &e, true),
             None
         );
         // Nor a damaged one.
         fs::write(&path, b"{").unwrap();
         fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
         assert_eq!(
-            HashCache::load(&path, &inv).lookup(Path::new("/d"), &e, true),
+            HashCache::load(&path, &inv, CHUNK).lookup(Path::new("/d"), &e, true),
             None
         );
     }

@@ -233,7 +233,7 @@ impl Captured {
                     bytes = r.bytes, objects = r.objects, uploaded = r.uploaded,
                     uploaded_bytes = r.uploaded_bytes, stored_bytes = r.uploaded_stored_bytes,
                     hashed = r.hashed, hashed_bytes = r.hashed_bytes, "content objects stored");
-                written.entries = merge_entries(&self.inventory, written.entries, &stored.shas)?;
+                written.entries = merge_entries(&self.inventory, written.entries, &stored.hashes)?;
                 Some(stored)
             }
         };
@@ -313,12 +313,29 @@ impl Captured {
         if manifest.is_encrypted() {
             manifest.entries = entries;
         }
+        // A manifest no reader would take is no snapshot: say so now, not
+        // on the day of the restore.
+        let max = kafka_snapshot_model::manifest::MAX_MANIFEST_BYTES;
+        if bytes.len() as u64 > max {
+            return Err(Error::Refused {
+                what: format!("snapshot {}", snap.snapshot_id),
+                message: format!(
+                    "its manifest would take {} bytes, more than the {max} a manifest may; {}",
+                    bytes.len(),
+                    if objects.is_some() {
+                        "raise snapshot.object_chunk_size (each chunk costs about 75 bytes of manifest)"
+                    } else {
+                        "the node holds more files than one snapshot can list"
+                    }
+                ),
+            });
+        }
         if let Some(o) = &objects {
             crate::objects::check_present(
                 store,
                 &snap.cluster_id,
                 &snap.snapshot_id,
-                o.shas.iter().flatten(),
+                o.referenced(),
             )?;
         }
         crate::failpoint("before-manifest");
@@ -332,17 +349,17 @@ impl Captured {
 
 /// Every entry of `inv` in inventory order: the ones the archive holds as
 /// it wrote them (`archived`, in the same order), the others as the
-/// content objects of their SHA-256 (`shas`).
+/// content objects of their chunks (`hashes`).
 fn merge_entries(
     inv: &Inventory,
     archived: Vec<EntryRecord>,
-    shas: &[Option<String>],
+    hashes: &[Option<crate::hashcache::FileHashes>],
 ) -> Result<Vec<EntryRecord>> {
     let mut archived = archived.into_iter();
     let mut out = Vec::with_capacity(inv.entries.len());
-    for (e, sha) in inv.entries.iter().zip(shas) {
-        let rec = match sha {
-            Some(sha) => EntryRecord {
+    for (e, h) in inv.entries.iter().zip(hashes) {
+        let rec = match h {
+            Some(h) => EntryRecord {
                 path: archive_path(e),
                 kind: EntryType::File,
                 size: e.size,
@@ -350,9 +367,9 @@ fn merge_entries(
                 uid: e.uid,
                 gid: e.gid,
                 mtime_ns: e.mtime_ns,
-                sha256: Some(sha.clone()),
+                sha256: Some(h.sha256.clone()),
                 link_target: None,
-                object: true,
+                chunks: Some(h.chunks.clone()),
             },
             None => archived.next().ok_or_else(|| {
                 Error::Internal("the archive wrote fewer entries than it was given".into())

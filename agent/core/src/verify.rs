@@ -183,18 +183,18 @@ pub fn walk(
         // One listing first: a missing object fails the snapshot before a
         // byte is read or extracted.
         let present = crate::objects::present(store, &snap.cluster_id)?;
-        let missing: Vec<&EntryRecord> = m
+        let missing: Vec<(&EntryRecord, &String)> = m
             .object_entries()
-            .filter(|e| !present.contains_key(e.sha256.as_deref().unwrap_or_default()))
+            .flat_map(|e| e.chunk_shas().iter().map(move |c| (e, c)))
+            .filter(|(_, c)| !present.contains_key(*c))
             .collect();
-        if let Some(first) = missing.first() {
+        if let Some((first, chunk)) = missing.first() {
+            let distinct: std::collections::HashSet<&String> =
+                missing.iter().map(|(_, c)| *c).collect();
             return Err(corrupt(format!(
                 "{} content object(s) it references are missing, the first {} (of {})",
-                missing.len(),
-                content_object_key(
-                    &snap.cluster_id,
-                    first.sha256.as_deref().unwrap_or_default()
-                ),
+                distinct.len(),
+                content_object_key(&snap.cluster_id, chunk),
                 first.path
             )));
         }
@@ -464,7 +464,7 @@ fn check_entries(
     };
     let mut archive = tar::Archive::new(stream);
     // Content objects are not in the archive (format 3): checked after it.
-    let mut expected = m.entries.iter().filter(|e| !e.object);
+    let mut expected = m.entries.iter().filter(|e| !e.is_object());
     let mut files = 0u64;
     let mut bytes = 0u64;
     let mut last = String::from("the start of the archive");
@@ -630,12 +630,16 @@ fn check_entries(
     })
 }
 
-/// Reads every content object an incremental snapshot references (after
-/// its archive, in manifest order: their dirs came with the archive),
-/// decompressing it and checking its size and SHA-256 against the entry,
-/// and hands its bytes to `visitor`. An object that is missing or does not
-/// hash to its name is damage to the snapshot; a storage read that failed
-/// says nothing about it.
+/// Reads the content objects of every file an incremental snapshot keeps
+/// as objects (after its archive, in manifest order: their dirs came with
+/// the archive), chunk by chunk, checking each chunk's size and SHA-256
+/// and the whole file's, and hands the file's bytes to `visitor`. An
+/// object that is missing, damaged or does not hash to its name is damage
+/// to the snapshot; a storage read that failed says nothing about it.
+///
+/// Chunks are fetched and decompressed ahead, a few at a time on worker
+/// threads ([`Prefetch`]), while this thread hashes and writes: the
+/// restore of an incremental snapshot is not held to one core.
 fn check_objects(
     store: &dyn ColdStore,
     snap: &SnapshotRef,
@@ -644,67 +648,315 @@ fn check_objects(
     mut report: Report,
 ) -> Result<Report> {
     let id = &snap.snapshot_id;
-    for rec in m.object_entries() {
-        let sha = rec.sha256.as_deref().unwrap_or_default();
-        let key = content_object_key(&snap.cluster_id, sha);
-        let corrupt = |message: String| Error::ArchiveCorrupt {
-            snapshot: id.clone(),
-            message: format!("content object {key} of {}: {message}", rec.path),
-        };
-        if store.stat(&key)?.is_none() {
-            return Err(corrupt("missing".into()));
-        }
-        let failed = Arc::new(OnceLock::new());
-        let source = SourceReader {
-            inner: store.open(&key)?,
-            read: 0,
-            failed: failed.clone(),
-        };
-        let unreadable = |e: &String| {
-            store.error(
-                &key,
-                format!("reading content object of {} for snapshot {id} failed ({e}); nothing is known about the snapshot, verify it again later", rec.path),
-            )
-        };
-        let decoder =
-            zstd::stream::read::Decoder::new(source).map_err(|e| corrupt(e.to_string()))?;
-        // One byte more than the file: an object that decodes to more is
-        // not this file.
-        let mut hashed = HashingReader::new(Recording {
-            inner: decoder.take(rec.size + 1),
-            error: None,
-        });
-        let visited = visitor.entry(rec, &mut hashed);
-        let drained = visited.and_then(|()| {
-            io::copy(&mut hashed, &mut io::sink()).map_err(|e| Error::io("reading an object", e))
-        });
-        let (reader, n, actual) = hashed.finish();
-        if let Some(read) = failed.get() {
-            return Err(unreadable(read));
-        }
-        if let Some(e) = reader.error {
-            return Err(corrupt(format!("cannot be decompressed: {e}")));
-        }
-        drained?;
-        if n != rec.size {
-            return Err(corrupt(format!(
-                "holds {}{n} bytes, the file has {}",
-                if n > rec.size { "more than " } else { "" },
-                rec.size
-            )));
-        }
-        if actual != sha {
-            return Err(Error::ChecksumMismatch {
-                snapshot: id.clone(),
-                path: rec.path.clone(),
-                expected: sha.to_string(),
-                actual,
+    let chunk_size = m.objects.as_ref().map_or(1, |o| o.chunk_size.max(1));
+    let records: Vec<&EntryRecord> = m.object_entries().collect();
+    let mut tasks = Vec::new();
+    for rec in &records {
+        for (index, sha) in rec.chunk_shas().iter().enumerate() {
+            let offset = index as u64 * chunk_size;
+            tasks.push(ChunkTask {
+                key: content_object_key(&snap.cluster_id, sha),
+                sha,
+                len: chunk_size.min(rec.size.saturating_sub(offset)),
             });
         }
-        report.files += 1;
-        report.bytes = report.bytes.saturating_add(n);
     }
-    Ok(report)
+    let prefetch = Prefetch::new(&tasks, chunk_size);
+    std::thread::scope(|scope| {
+        for _ in 0..prefetch.workers {
+            scope.spawn(|| prefetch.work(store));
+        }
+        let result = (|| {
+            let mut first = 0;
+            for rec in &records {
+                let n = rec.chunk_shas().len();
+                let r = check_object(store, id, rec, visitor, &prefetch, first..first + n)?;
+                first += n;
+                report.files += 1;
+                report.bytes = report.bytes.saturating_add(r);
+            }
+            Ok(report)
+        })();
+        // Whatever happened, the workers stop.
+        prefetch.cancel();
+        result
+    })
+}
+
+/// One file of [`check_objects`]: its chunks are tasks `chunks` of the
+/// prefetch. Returns its size.
+fn check_object(
+    store: &dyn ColdStore,
+    id: &str,
+    rec: &EntryRecord,
+    visitor: &mut dyn Visitor,
+    prefetch: &Prefetch,
+    chunks: std::ops::Range<usize>,
+) -> Result<u64> {
+    let sha = rec.sha256.as_deref().unwrap_or_default();
+    let source = ObjectReader {
+        prefetch,
+        next: chunks.start,
+        end: chunks.end,
+        current: Vec::new(),
+        pos: 0,
+        problem: None,
+    };
+    let mut hashed = HashingReader::new(source);
+    let visited = visitor.entry(rec, &mut hashed);
+    let drained = visited.and_then(|()| {
+        io::copy(&mut hashed, &mut io::sink()).map_err(|e| Error::io("reading an object", e))
+    });
+    let (reader, n, actual) = hashed.finish();
+    match reader.problem {
+        None => {}
+        Some(ObjectProblem::Storage(e)) => return Err(e),
+        Some(ObjectProblem::Unreadable { key, message }) => {
+            return Err(store.error(
+                &key,
+                format!(
+                    "reading content object of {} for snapshot {id} failed ({message}); \
+                     nothing is known about the snapshot, verify it again later",
+                    rec.path
+                ),
+            ))
+        }
+        Some(ObjectProblem::Corrupt { key, message }) => {
+            return Err(Error::ArchiveCorrupt {
+                snapshot: id.to_string(),
+                message: format!("content object {key} of {}: {message}", rec.path),
+            })
+        }
+    }
+    drained?;
+    if n != rec.size {
+        return Err(Error::ArchiveCorrupt {
+            snapshot: id.to_string(),
+            message: format!(
+                "the content objects of {} hold {n} bytes, the file has {}",
+                rec.path, rec.size
+            ),
+        });
+    }
+    if actual != sha {
+        return Err(Error::ChecksumMismatch {
+            snapshot: id.to_string(),
+            path: rec.path.clone(),
+            expected: sha.to_string(),
+            actual,
+        });
+    }
+    Ok(n)
+}
+
+/// What went wrong reading a file's content objects.
+enum ObjectProblem {
+    /// Storage refused to open one.
+    Storage(Error),
+    /// A read from storage failed: nothing is known about the object.
+    Unreadable { key: String, message: String },
+    /// The object is not the chunk it is named after.
+    Corrupt { key: String, message: String },
+}
+
+/// One chunk to fetch: its object, name and length.
+struct ChunkTask<'a> {
+    key: String,
+    sha: &'a str,
+    len: u64,
+}
+
+/// Chunks fetched, decompressed and checked ahead of the reader, by a few
+/// worker threads, at most `window` chunks beyond the one being read (the
+/// memory this takes: `window` chunks).
+struct Prefetch<'a> {
+    tasks: &'a [ChunkTask<'a>],
+    workers: usize,
+    window: usize,
+    state: std::sync::Mutex<PrefetchState>,
+    ready: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct PrefetchState {
+    /// The next task a worker takes.
+    next: usize,
+    /// Tasks before this one were taken by the reader.
+    consumed: usize,
+    done: std::collections::BTreeMap<usize, std::result::Result<Vec<u8>, ObjectProblem>>,
+    cancelled: bool,
+}
+
+impl<'a> Prefetch<'a> {
+    fn new(tasks: &'a [ChunkTask<'a>], chunk_size: u64) -> Self {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        // About 16 MiB of chunks ahead, and at least one per worker: the
+        // archive paths stay within 64 MiB.
+        let workers = cpus.clamp(1, 4).min(tasks.len().max(1));
+        let window = ((16u64 << 20) / chunk_size.max(1)).clamp(workers as u64, 64) as usize;
+        Prefetch {
+            tasks,
+            workers,
+            window,
+            state: std::sync::Mutex::new(PrefetchState::default()),
+            ready: std::sync::Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, PrefetchState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn cancel(&self) {
+        self.lock().cancelled = true;
+        self.ready.notify_all();
+    }
+
+    /// A worker: takes the next task while it is within the window.
+    fn work(&self, store: &dyn ColdStore) {
+        loop {
+            let k = {
+                let mut st = self.lock();
+                while !st.cancelled
+                    && st.next < self.tasks.len()
+                    && st.next >= st.consumed + self.window
+                {
+                    st = self.ready.wait(st).unwrap_or_else(|p| p.into_inner());
+                }
+                if st.cancelled || st.next >= self.tasks.len() {
+                    return;
+                }
+                st.next += 1;
+                st.next - 1
+            };
+            let r = fetch_chunk(store, &self.tasks[k]);
+            self.lock().done.insert(k, r);
+            self.ready.notify_all();
+        }
+    }
+
+    /// Task `k`'s chunk, once a worker has it.
+    fn take(&self, k: usize) -> std::result::Result<Vec<u8>, ObjectProblem> {
+        let mut st = self.lock();
+        loop {
+            if let Some(r) = st.done.remove(&k) {
+                st.consumed = k + 1;
+                drop(st);
+                self.ready.notify_all();
+                return r;
+            }
+            st = self.ready.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+/// Reads one chunk object whole: it must decompress to exactly the
+/// chunk's length and hash to its name.
+fn fetch_chunk(
+    store: &dyn ColdStore,
+    t: &ChunkTask,
+) -> std::result::Result<Vec<u8>, ObjectProblem> {
+    let key = t.key.clone();
+    let inner = match store.open(&key) {
+        Ok(r) => r,
+        // Gone since the listing: the snapshot has lost it.
+        Err(e) => {
+            return Err(match store.stat(&key) {
+                Ok(None) => ObjectProblem::Corrupt {
+                    key,
+                    message: "missing".into(),
+                },
+                _ => ObjectProblem::Storage(e),
+            })
+        }
+    };
+    let failed = Arc::new(OnceLock::new());
+    let source = SourceReader {
+        inner,
+        read: 0,
+        failed: failed.clone(),
+    };
+    let corrupt = |message: String| ObjectProblem::Corrupt {
+        key: key.clone(),
+        message,
+    };
+    let decoder = zstd::stream::read::Decoder::new(source)
+        .map_err(|e| corrupt(format!("cannot be decompressed: {e}")))?;
+    // One byte more than the chunk: an object that decodes to more is not
+    // this chunk.
+    let mut out = Vec::with_capacity(t.len as usize);
+    if let Err(e) = decoder.take(t.len + 1).read_to_end(&mut out) {
+        return Err(match failed.get() {
+            Some(read) => ObjectProblem::Unreadable {
+                key: key.clone(),
+                message: read.clone(),
+            },
+            None => corrupt(format!("cannot be decompressed: {e}")),
+        });
+    }
+    if out.len() as u64 != t.len {
+        return Err(corrupt(format!(
+            "holds {}{} bytes, its chunk has {}",
+            if out.len() as u64 > t.len {
+                "more than "
+            } else {
+                ""
+            },
+            t.len.min(out.len() as u64),
+            t.len
+        )));
+    }
+    let actual = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&out));
+    if actual != t.sha {
+        return Err(corrupt(format!(
+            "does not hash to the object's name (its bytes hash to {actual})"
+        )));
+    }
+    Ok(out)
+}
+
+/// `Read` over a file's bytes: its chunks, in order, from the prefetch.
+/// The first problem is kept in `problem` and ends the read with an error.
+struct ObjectReader<'a> {
+    prefetch: &'a Prefetch<'a>,
+    next: usize,
+    end: usize,
+    current: Vec<u8>,
+    pos: usize,
+    problem: Option<ObjectProblem>,
+}
+
+impl Read for ObjectReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.problem.is_some() {
+            return Err(io::Error::other("reading the content objects failed"));
+        }
+        while self.pos == self.current.len() {
+            if self.next == self.end || buf.is_empty() {
+                return Ok(0);
+            }
+            match self.prefetch.take(self.next) {
+                Ok(chunk) => {
+                    self.current = chunk;
+                    self.pos = 0;
+                    self.next += 1;
+                }
+                Err(problem) => {
+                    let e = io::Error::other(match &problem {
+                        ObjectProblem::Storage(e) => e.to_string(),
+                        ObjectProblem::Unreadable { message, .. }
+                        | ObjectProblem::Corrupt { message, .. } => message.clone(),
+                    });
+                    self.problem = Some(problem);
+                    return Err(e);
+                }
+            }
+        }
+        let n = buf.len().min(self.current.len() - self.pos);
+        buf[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
 }
 
 /// Remembers the first read error, so that a visitor's error caused by a

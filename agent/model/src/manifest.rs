@@ -18,9 +18,11 @@ pub const FORMAT_VERSION: u32 = 1;
 pub const FORMAT_VERSION_ENCRYPTED: u32 = 2;
 /// The format of a manifest of an incremental snapshot: the bytes of its
 /// larger files are content objects shared by every snapshot of the
-/// cluster (`<cluster>/objects/`, see [`crate::layout::content_object_key`]),
-/// named by their SHA-256, and only the rest is in its own archive. Its
-/// entries say which (`object`), and `objects` sums them up.
+/// cluster (`<cluster>/objects/`, see [`crate::layout::content_object_key`]):
+/// each such file is cut into chunks of `objects.chunk_size` bytes (the
+/// last one shorter), and each chunk is the object named by its SHA-256.
+/// Only the rest is in the snapshot's own archive. Its entries say which
+/// (`chunks`), and `objects` sums them up.
 pub const FORMAT_VERSION_INCREMENTAL: u32 = 3;
 pub const MANIFEST_FILE: &str = "manifest.json";
 pub const ARCHIVE_FILE: &str = "archive.tar.zst";
@@ -179,19 +181,24 @@ impl Totals {
 }
 
 /// What an incremental snapshot (format 3) keeps as content objects: every
-/// file of at least `min_size` bytes. The bytes of each are the object of
-/// its SHA-256 under the cluster's `objects/` prefix; the snapshot's own
-/// archive holds every other entry.
+/// file of at least `min_size` bytes, cut into chunks of `chunk_size`
+/// bytes from its start (the last one shorter). Each chunk is the object
+/// of its SHA-256 under the cluster's `objects/` prefix; the snapshot's
+/// own archive holds every other entry. Fixed chunks from the start of the
+/// file keep what Kafka appends to a segment from costing the segment's
+/// earlier bytes again: only its last chunk and the new ones change.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ObjectsRecord {
     /// Files at least this large were stored as objects.
     pub min_size: u64,
+    /// The size of every chunk but a file's last.
+    pub chunk_size: u64,
     /// Files whose bytes are objects, and their bytes (as files).
     pub files: u64,
     pub bytes: u64,
-    /// Distinct objects they reference (two files with the same contents
-    /// share one).
+    /// Distinct objects (chunks) they reference: equal chunks, in one file
+    /// or in two, share one.
     pub objects: u64,
     /// Of those, the objects this snapshot uploaded: they were not in
     /// storage yet. The others were written by an earlier snapshot (of
@@ -271,13 +278,29 @@ pub struct EntryRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub link_target: Option<String>,
     /// Format 3: the file's bytes are not in the snapshot's archive but
-    /// the content object of its `sha256`.
-    #[serde(default, skip_serializing_if = "is_false")]
-    pub object: bool,
+    /// these content objects, one per `objects.chunk_size` bytes of the
+    /// file in order, each named by the SHA-256 of its bytes. `sha256`
+    /// stays the hash of the whole file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunks: Option<Vec<String>>,
 }
 
-fn is_false(b: &bool) -> bool {
-    !*b
+impl EntryRecord {
+    /// Whether the file's bytes are content objects (format 3).
+    pub fn is_object(&self) -> bool {
+        self.chunks.is_some()
+    }
+
+    /// The content objects the file's bytes are, in order (none for an
+    /// entry of the archive).
+    pub fn chunk_shas(&self) -> &[String] {
+        self.chunks.as_deref().unwrap_or_default()
+    }
+}
+
+/// Whether `h` is a SHA-256 as written here: 64 lower-case hex digits.
+fn is_sha256(h: &str) -> bool {
+    h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// The archive prefix of the log dir with this index.
@@ -370,7 +393,14 @@ impl Manifest {
 
     /// The entries whose bytes are content objects, in manifest order.
     pub fn object_entries(&self) -> impl Iterator<Item = &EntryRecord> {
-        self.entries.iter().filter(|e| e.object)
+        self.entries.iter().filter(|e| e.is_object())
+    }
+
+    /// The SHA-256 of every content object the snapshot references, in
+    /// manifest order (a chunk shared by two files, or twice by one, comes
+    /// twice).
+    pub fn referenced_objects(&self) -> impl Iterator<Item = &String> {
+        self.object_entries().flat_map(|e| e.chunk_shas())
     }
 
     /// Whether the entries are at hand: always for an unencrypted
@@ -465,25 +495,39 @@ impl Manifest {
         // target's place.
         let mut roots = vec![false; self.log_dirs.len()];
         for e in &self.entries {
-            if e.kind == EntryType::File
-                && !e.sha256.as_deref().is_some_and(|h| {
-                    h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-                })
-            {
+            if e.kind == EntryType::File && !e.sha256.as_deref().is_some_and(is_sha256) {
                 return Err(format!("file {} has no valid sha256", e.path));
             }
-            if e.object {
+            if let Some(chunks) = &e.chunks {
                 if e.kind != EntryType::File {
                     return Err(format!(
                         "entry {:?} is a {:?} stored as a content object; only files are",
                         e.path, e.kind
                     ));
                 }
-                if !self.is_incremental() {
+                let Some(o) = &self.objects else {
                     return Err(format!(
                         "entry {:?} is stored as a content object, but the snapshot is not \
                          incremental (format {})",
                         e.path, self.format_version
+                    ));
+                };
+                if let Some(bad) = chunks.iter().find(|c| !is_sha256(c)) {
+                    return Err(format!(
+                        "entry {:?}: chunk {bad:?} is not a SHA-256",
+                        e.path
+                    ));
+                }
+                let want = e.size.div_ceil(o.chunk_size.max(1));
+                if chunks.len() as u64 != want || e.size < o.min_size {
+                    return Err(format!(
+                        "entry {:?}: {} chunks for {} bytes, where chunks of {} bytes make {want} \
+                         (and files below {} bytes are not objects)",
+                        e.path,
+                        chunks.len(),
+                        e.size,
+                        o.chunk_size,
+                        o.min_size
                     ));
                 }
             }
@@ -526,10 +570,7 @@ impl Manifest {
             let (files, bytes) = self
                 .object_entries()
                 .fold((0u64, 0u64), |(n, b), e| (n + 1, b.saturating_add(e.size)));
-            let distinct: std::collections::HashSet<&str> = self
-                .object_entries()
-                .filter_map(|e| e.sha256.as_deref())
-                .collect();
+            let distinct: std::collections::HashSet<&String> = self.referenced_objects().collect();
             if o.files != files || o.bytes != bytes || o.objects != distinct.len() as u64 {
                 return Err(format!(
                     "objects {{files: {}, bytes: {}, objects: {}}} do not match its entries \
@@ -538,6 +579,12 @@ impl Manifest {
                     o.bytes,
                     o.objects,
                     distinct.len()
+                ));
+            }
+            if o.chunk_size == 0 || o.min_size == 0 {
+                return Err(format!(
+                    "objects: chunk_size {} and min_size {} must be more than 0",
+                    o.chunk_size, o.min_size
                 ));
             }
             if o.uploaded > o.objects || o.hashed > o.files {
@@ -721,7 +768,7 @@ mod tests {
                     mtime_ns: 0,
                     sha256: None,
                     link_target: None,
-                    object: false,
+                    chunks: None,
                 },
                 EntryRecord {
                     path: "logdir-0/meta.properties".into(),
@@ -733,7 +780,7 @@ mod tests {
                     mtime_ns: 0,
                     sha256: Some("a".repeat(64)),
                     link_target: None,
-                    object: false,
+                    chunks: None,
                 },
             ],
             manifest_sha256: String::new(),
@@ -744,12 +791,13 @@ mod tests {
     fn incremental_sample() -> Manifest {
         let mut m = sample();
         m.format_version = FORMAT_VERSION_INCREMENTAL;
-        m.entries[1].object = true;
+        m.entries[1].chunks = Some(vec!["b".repeat(64), "c".repeat(64)]);
         m.objects = Some(ObjectsRecord {
             min_size: 1,
+            chunk_size: 4,
             files: 1,
             bytes: 5,
-            objects: 1,
+            objects: 2,
             uploaded: 1,
             uploaded_bytes: 5,
             uploaded_stored_bytes: 14,
@@ -773,7 +821,7 @@ mod tests {
         };
         // An object in a full snapshot.
         let mut full = sample();
-        full.entries[1].object = true;
+        full.entries[1].chunks = Some(vec!["b".repeat(64)]);
         let e = refused(full);
         assert!(e.contains("not incremental"), "{e}");
         // The summary must add up.
@@ -783,7 +831,7 @@ mod tests {
         assert!(e.contains("do not match its entries"), "{e}");
         // A dir is never an object.
         let mut dir = incremental_sample();
-        dir.entries[0].object = true;
+        dir.entries[0].chunks = Some(Vec::new());
         let e = refused(dir);
         assert!(e.contains("only files are"), "{e}");
         // An object's name comes from its hash: it must be one.
@@ -791,6 +839,22 @@ mod tests {
         bad.entries[1].sha256 = Some("A".repeat(64));
         let e = refused(bad);
         assert!(e.contains("no valid sha256"), "{e}");
+        let mut bad = incremental_sample();
+        bad.entries[1].chunks.as_mut().unwrap()[1] = "../x".into();
+        let e = refused(bad);
+        assert!(e.contains("is not a SHA-256"), "{e}");
+        // As many chunks as the size makes: 5 bytes in chunks of 4 are 2.
+        let mut short = incremental_sample();
+        short.entries[1].chunks.as_mut().unwrap().pop();
+        let e = refused(short);
+        assert!(e.contains("1 chunks for 5 bytes"), "{e}");
+        // Two chunks with the same bytes are one object.
+        let mut same = incremental_sample();
+        same.entries[1].chunks = Some(vec!["b".repeat(64), "b".repeat(64)]);
+        let e = refused(same.clone());
+        assert!(e.contains("do not match its entries"), "{e}");
+        same.objects.as_mut().unwrap().objects = 1;
+        Manifest::from_bytes(&same.to_bytes(), "s", "k").unwrap();
         // Format 3 says incremental.
         let mut v1 = incremental_sample();
         v1.format_version = FORMAT_VERSION;

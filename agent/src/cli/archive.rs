@@ -100,6 +100,10 @@ pub struct CreateArgs {
     /// object, like `1MiB` (snapshot.object_min_size).
     #[arg(long, value_parser = parse_byte_size)]
     object_min_size: Option<u64>,
+    /// With `--mode incremental`: the size of the chunks those files are
+    /// cut into, each one object, like `4MiB` (snapshot.object_chunk_size).
+    #[arg(long, value_parser = parse_byte_size)]
+    object_chunk_size: Option<u64>,
     /// With `--mode incremental`: keep the hashes of rolled segment files
     /// in this file, so that the next snapshot need not read them again
     /// (snapshot.hash_cache).
@@ -253,6 +257,14 @@ fn create(a: CreateArgs) -> Result<ExitCode> {
             Some("full") => None,
             Some(_) => Some(ObjectOptions {
                 min_size: a.object_min_size.unwrap_or(snap_cfg.object_min_size),
+                chunk_size: match a.object_chunk_size {
+                    Some(size) => {
+                        kafka_snapshot::objects::check_chunk_size(size)
+                            .map_err(|why| Error::Usage(format!("--object-chunk-size {why}")))?;
+                        size
+                    }
+                    None => snap_cfg.object_chunk_size,
+                },
                 hash_cache: a.hash_cache.clone().or(snap_cfg.hash_cache.clone()),
             }),
             None => cfg

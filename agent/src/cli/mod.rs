@@ -24,6 +24,8 @@ pub struct Cli {
     command: Command,
 }
 
+// One value per process, parsed once: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Check a config file and exit (0 valid, 2 invalid).

@@ -71,7 +71,7 @@ fn record(path: &str, kind: EntryType, data: &[u8], link: Option<&str>) -> Entry
         mtime_ns: 1_700_000_000_000_000_000,
         sha256: (kind == EntryType::File).then(|| sha256_hex(data)),
         link_target: link.map(str::to_string),
-        object: false,
+        chunks: None,
     }
 }
 

@@ -10,6 +10,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 const MIN_SIZE: &str = "64KiB";
+/// The smallest chunk size: files of several chunks, as real segments are.
+const CHUNK: u64 = 64 << 10;
 
 fn spec(dirs: Vec<PathBuf>) -> Spec {
     let mut spec = Spec::small(CLUSTER, 1, dirs);
@@ -39,6 +41,8 @@ fn create_with(dirs: &[PathBuf], store: &Path, extra: &[&str]) -> serde_json::Va
         "incremental",
         "--object-min-size",
         MIN_SIZE,
+        "--object-chunk-size",
+        "64KiB",
         "--json",
     ];
     args.extend_from_slice(extra);
@@ -124,6 +128,17 @@ fn incremental_snapshots_upload_only_what_changed_and_each_restores_whole() {
     let id1 = s1["snapshot_id"].as_str().unwrap().to_string();
     let m1 = manifest(&store, &id1);
     assert_eq!(m1["format_version"], 3);
+    assert_eq!(m1["objects"]["chunk_size"], CHUNK);
+    // Each large file is its chunks, in order; several for most.
+    let mut multi = 0;
+    for e in m1["entries"].as_array().unwrap() {
+        if let Some(chunks) = e["chunks"].as_array() {
+            let size = e["size"].as_u64().unwrap();
+            assert_eq!(chunks.len() as u64, size.div_ceil(CHUNK), "{e}");
+            multi += usize::from(chunks.len() > 1);
+        }
+    }
+    assert!(multi >= 5, "{multi} files of several chunks");
     // Only the small files are in its own archive.
     assert!(
         s1["archive_bytes"].as_u64().unwrap() < o1["bytes"].as_u64().unwrap() / 4,
@@ -136,22 +151,31 @@ fn incremental_snapshots_upload_only_what_changed_and_each_restores_whole() {
     assert_eq!(s2["objects"]["objects"], o1["objects"], "{s2}");
     assert_eq!(objects(&store), stored_after_1);
 
-    // A producer appends to the active segment: that one file is new.
+    // A producer appends to the active segment: only its last chunk and
+    // the new ones are uploaded, not the bytes it had before.
     let active = largest_log(&dirs);
+    let was = fs::metadata(&active).unwrap().len();
+    assert!(was > 2 * CHUNK, "{was}");
     fs::OpenOptions::new()
         .append(true)
         .open(&active)
         .unwrap()
         .write_all(&[7u8; 70_000])
         .unwrap();
+    let now = was + 70_000;
+    let first_changed = was / CHUNK;
+    let new_chunks = now.div_ceil(CHUNK) - first_changed;
     let s3 = create_incremental(&dirs, &store);
-    assert_eq!(s3["objects"]["uploaded"], 1, "{s3}");
+    assert_eq!(s3["objects"]["uploaded"], new_chunks, "{s3}");
     assert_eq!(
         s3["objects"]["uploaded_bytes"],
-        fs::metadata(&active).unwrap().len(),
+        now - first_changed * CHUNK,
         "{s3}"
     );
-    assert_eq!(objects(&store).len(), stored_after_1.len() + 1);
+    assert_eq!(
+        objects(&store).len() as u64,
+        stored_after_1.len() as u64 + new_chunks
+    );
     let after: Vec<_> = dirs.iter().map(|d| tree(d, NOT_ARCHIVED)).collect();
 
     // Each snapshot verifies and restores as it was, the first one too.
@@ -212,7 +236,7 @@ fn a_damaged_or_missing_object_fails_every_snapshot_that_uses_it() {
     for id in [&id1, &id2] {
         let err = verify(&store, id, 1);
         assert!(
-            err.contains("checksum mismatch") || err.contains("holds"),
+            err.contains("does not hash to the object's name") || err.contains("holds"),
             "{err}"
         );
     }
@@ -304,9 +328,9 @@ fn unchanged_rolled_segments_are_not_read_again_and_a_changed_one_is() {
         .into_iter()
         .find(|p| {
             let sha = p.file_stem().unwrap().to_string_lossy().into_owned();
-            file_sha256(&rolled_log_other(&dirs[0], &rolled)) == sha
+            first_chunk_sha256(&rolled_log_other(&dirs[0], &rolled)) == sha
         })
-        .expect("the object of another rolled segment");
+        .expect("the first object of another rolled segment");
     fs::remove_file(&victim).unwrap();
     let s4 = create_with(&dirs, &store, &with_cache);
     assert_eq!(s4["objects"]["uploaded"], 1, "{s4}");
@@ -318,6 +342,14 @@ fn unchanged_rolled_segments_are_not_read_again_and_a_changed_one_is() {
     let s5 = create_with(&dirs, &store, &with_cache);
     assert_eq!(s5["objects"]["hashed"], s5["objects"]["files"], "{s5}");
     verify(&store, s5["snapshot_id"].as_str().unwrap(), 0);
+}
+
+/// The SHA-256 of the first chunk of `p`: the name of its first object.
+fn first_chunk_sha256(p: &Path) -> String {
+    use sha2::Digest;
+    let bytes = fs::read(p).unwrap();
+    let end = bytes.len().min(CHUNK as usize);
+    hex::encode(sha2::Sha256::digest(&bytes[..end]))
 }
 
 /// Rolled `.log` files of the largest partition dir (those with a newer
