@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import json
 
@@ -19,20 +20,34 @@ import json
 last_cpu = 0.0
 
 
+# GNU time (Debian package `time`) forks the command from its own small
+# process and reports the command's peak RSS. Taken from wait4() here, a
+# child's ru_maxrss would also count this Python process: Linux records the
+# memory of the process image an exec replaces (the forked copy of this
+# one) in the new program's peak.
+GNU_TIME = "/usr/bin/time"
+
+
 def run(cmd, shell=False):
     """Runs a command; returns (seconds, peak RSS in KiB of the largest
     process, stdout) and leaves its CPU seconds in `last_cpu`."""
     global last_cpu
-    start = time.monotonic()
-    proc = subprocess.Popen(cmd, shell=shell, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    _, status, rusage = os.wait4(proc.pid, 0)
-    elapsed = time.monotonic() - start
-    out = proc.stdout.read()
-    err = proc.stderr.read()
-    if os.waitstatus_to_exitcode(status) != 0:
-        sys.exit(f"command failed: {cmd}\n{err.decode(errors='replace')}")
+    if not os.path.exists(GNU_TIME):
+        sys.exit(f"{GNU_TIME} is missing: apt-get install time (it measures peak RSS)")
+    with tempfile.NamedTemporaryFile("r", prefix="ksnap-rss-") as rss_file:
+        wrapped = [GNU_TIME, "-f", "%M", "-o", rss_file.name]
+        wrapped += ["/bin/sh", "-c", cmd] if shell else list(cmd)
+        start = time.monotonic()
+        proc = subprocess.Popen(wrapped, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        _, status, rusage = os.wait4(proc.pid, 0)
+        elapsed = time.monotonic() - start
+        out = proc.stdout.read()
+        err = proc.stderr.read()
+        if os.waitstatus_to_exitcode(status) != 0:
+            sys.exit(f"command failed: {cmd}\n{err.decode(errors='replace')}")
+        maxrss = int(rss_file.read().strip().splitlines()[-1])
     last_cpu = rusage.ru_utime + rusage.ru_stime
-    return elapsed, rusage.ru_maxrss, out
+    return elapsed, maxrss, out
 
 
 def drop_caches():

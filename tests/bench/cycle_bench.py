@@ -113,6 +113,10 @@ class Monitor:
         self.pid = pid
         self.samples = []  # (monotonic, cpu seconds, read bytes, write bytes)
         self.tick = os.sysconf("SC_CLK_TCK")
+        # The process's own peak RSS (VmHWM: its memory since its exec).
+        # wait4()'s ru_maxrss would also count the benchmark's own Python
+        # process, which Linux records at the exec of the forked copy.
+        self.hwm_kib = 0
         self.done = False
         self.thread = threading.Thread(target=self.run, daemon=True)
         self.thread.start()
@@ -127,6 +131,10 @@ class Monitor:
                 for line in f:
                     k, v = line.split(":")
                     io[k] = int(v)
+            with open(f"/proc/{self.pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        self.hwm_kib = max(self.hwm_kib, int(line.split()[1]))
             return (time.monotonic(), cpu, io["read_bytes"], io["write_bytes"])
         except (OSError, IndexError, KeyError, ValueError):
             return None
@@ -302,7 +310,7 @@ def snapshot_run(a, cluster, cfg, store):
         "agent_downtime_ms": res["broker_downtime_ms"],
         "seconds": elapsed,
         "gate_seconds": stop - t0,
-        "rss_kib": rusage.ru_maxrss,
+        "rss_kib": mon.hwm_kib,
         "cpu": rusage.ru_utime + rusage.ru_stime,
         "after_up": w,
         "archive_bytes": res["archive_bytes"],

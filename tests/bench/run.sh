@@ -68,6 +68,7 @@ fi
 
 command -v zstd >/dev/null || { apt-get update -qq && apt-get install -y -qq zstd >/dev/null; }
 command -v mkfs.xfs >/dev/null || { apt-get update -qq && apt-get install -y -qq xfsprogs >/dev/null; }
+[[ -x /usr/bin/time ]] || { apt-get update -qq && apt-get install -y -qq time >/dev/null; }
 
 cargo build --release --locked -p kafka-snapshot-agent -p kafka-snapshot-coordinator \
     -p kafka-snapshot-testkit -p kafka-snapshot-standin

@@ -231,7 +231,8 @@ impl Inventory {
 }
 
 /// Walks the log dirs and records every file to archive. Refuses on a
-/// `*-future` dir, skips `*-delete` dirs and `.lock`, and checks that all
+/// `*-future` dir, skips `*-delete` dirs, `*.deleted` files and `.lock`,
+/// and checks that all
 /// dirs belong to the same cluster and node with distinct directory ids.
 pub fn scan(paths: &[PathBuf]) -> Result<Inventory> {
     if paths.is_empty() {
@@ -366,6 +367,10 @@ fn entry_from_metadata(
     }
 }
 
+/// The suffix Kafka gives the files of a segment (and a KRaft snapshot)
+/// it has scheduled for deletion.
+pub const DELETED_SUFFIX: &str = ".deleted";
+
 fn walk(
     index: usize,
     root: &Path,
@@ -399,6 +404,13 @@ fn walk(
         if top && md.is_dir() && name_str.ends_with("-delete") {
             tracing::info!(dir = %path.display(), "skipping partition dir being deleted");
             skipped_deleting.push(path);
+            continue;
+        }
+        // A segment (or KRaft snapshot) file Kafka deletes after
+        // `file.delete.delay.ms`, and a broker that starts deletes at once
+        // (`LogLoader`, `KafkaMetadataLog`): nothing a restore could use.
+        if !top && md.is_file() && name_str.ends_with(DELETED_SUFFIX) {
+            tracing::debug!(file = %path.display(), "skipping file Kafka is deleting");
             continue;
         }
         let ft = md.file_type();

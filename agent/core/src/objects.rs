@@ -33,7 +33,7 @@ use kafka_snapshot_model::manifest::ObjectsRecord;
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
 use std::fs;
-use std::io::{self, Seek, SeekFrom, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -151,8 +151,9 @@ pub fn archived(inv: &Inventory, opts: &ObjectOptions) -> Inventory {
 
 /// Hashes every file of at least `opts.min_size` bytes of `inv` (read from
 /// `content_roots`) and each of its chunks, and uploads the chunks whose
-/// object is not in storage yet. A file that changes between the two
-/// reads fails the snapshot, and the object is never made visible.
+/// object is not in storage yet. One read: a chunk to upload is the bytes
+/// that were hashed, kept in memory and compressed and written by a few
+/// worker threads ([`Uploads`]) while the next chunks are read.
 pub fn store_objects(
     store: &dyn ColdStore,
     cluster: &str,
@@ -166,65 +167,14 @@ pub fn store_objects(
         .iter()
         .map(|r| Beneath::open_root(r).map_err(|e| crate::fsat::swapped(r, e)))
         .collect::<Result<Vec<_>>>()?;
-    let mut buf = vec![0u8; BUF];
     let rolled = rolled_segments(inv);
     let mut cache = opts
         .hash_cache
         .as_deref()
         .map(|p| HashCache::load(p, inv, opts.chunk_size));
-    let mut reader = Reader {
-        inv,
-        content_roots,
-        trees: &mut trees,
-        buf: &mut buf,
-        cancel,
-        chunk_size: opts.chunk_size,
-    };
-    let mut hashes = Vec::with_capacity(inv.entries.len());
-    let mut trusted = vec![false; inv.entries.len()];
-    for (i, e) in inv.entries.iter().enumerate() {
-        if !is_object(e, opts) {
-            hashes.push(None);
-            continue;
-        }
-        let log_dir = &inv.dirs[e.dir_index].path;
-        let known = cache
-            .as_ref()
-            .and_then(|c| c.lookup(log_dir, e, rolled[i]))
-            .cloned();
-        trusted[i] = known.is_some();
-        let h = match known {
-            Some(h) => h,
-            None => reader.hash(e)?,
-        };
-        if let Some(c) = &mut cache {
-            c.record(log_dir, e, rolled[i], &h);
-        }
-        hashes.push(Some(h));
-    }
+    // Listed before anything is read: this snapshot's archive is already
+    // in storage, incomplete, so retention removes no object from now on.
     let existing = present(store, cluster)?;
-    // Hashes taken from the record with an object that is not stored: the
-    // file is read after all (to be uploaded), and hashed from its bytes.
-    for i in 0..hashes.len() {
-        let stored = |h: &FileHashes| h.chunks.iter().all(|c| existing.contains_key(c));
-        if trusted[i] && !hashes[i].as_ref().is_some_and(stored) {
-            trusted[i] = false;
-            let e = &inv.entries[i];
-            let log_dir = &inv.dirs[e.dir_index].path;
-            let h = reader.hash(e)?;
-            if let Some(c) = &mut cache {
-                c.forget(log_dir, e);
-                c.record(log_dir, e, rolled[i], &h);
-            }
-            hashes[i] = Some(h);
-        }
-    }
-    if let Some(c) = &cache {
-        // Only time is lost without it.
-        if let Err(e) = c.save() {
-            tracing::warn!(error = %e, "the hash record was not saved; the next snapshot reads every file");
-        }
-    }
     let mut record = ObjectsRecord {
         min_size: opts.min_size,
         chunk_size: opts.chunk_size,
@@ -237,36 +187,75 @@ pub fn store_objects(
         hashed: 0,
         hashed_bytes: 0,
     };
+    let uploads = Uploads::new(store, cluster, compress, cancel);
+    let hashes = std::thread::scope(|scope| -> Result<Vec<Option<FileHashes>>> {
+        for _ in 0..uploads.workers {
+            scope.spawn(|| uploads.work());
+        }
+        let mut reader = Reader {
+            inv,
+            content_roots,
+            trees: &mut trees,
+            cancel,
+            chunk_size: opts.chunk_size,
+        };
+        let mut queued = HashSet::new();
+        let result = (|| {
+            let mut hashes = Vec::with_capacity(inv.entries.len());
+            for (i, e) in inv.entries.iter().enumerate() {
+                if !is_object(e, opts) {
+                    hashes.push(None);
+                    continue;
+                }
+                let log_dir = &inv.dirs[e.dir_index].path;
+                // The record's hashes count only with every object stored:
+                // otherwise the file is read (and what is missing uploaded).
+                let known = cache
+                    .as_ref()
+                    .and_then(|c| c.lookup(log_dir, e, rolled[i]))
+                    .filter(|h| h.chunks.iter().all(|c| existing.contains_key(c)))
+                    .cloned();
+                let h = match known {
+                    Some(h) => h,
+                    None => {
+                        record.hashed += 1;
+                        record.hashed_bytes += e.size;
+                        reader.read(e, &mut |sha, bytes| {
+                            if existing.contains_key(sha) || !queued.insert(sha.to_string()) {
+                                return Ok(());
+                            }
+                            uploads.push(sha, bytes)
+                        })?
+                    }
+                };
+                if let Some(c) = &mut cache {
+                    c.record(log_dir, e, rolled[i], &h);
+                }
+                hashes.push(Some(h));
+            }
+            Ok(hashes)
+        })();
+        // Whatever happened, the workers finish what was queued and stop.
+        uploads.close();
+        result
+    });
+    let done = uploads.finish()?;
+    let hashes = hashes?;
+    record.uploaded = done.objects;
+    record.uploaded_bytes = done.bytes;
+    record.uploaded_stored_bytes = done.stored_bytes;
+    if let Some(c) = &cache {
+        // Only time is lost without it.
+        if let Err(e) = c.save() {
+            tracing::warn!(error = %e, "the hash record was not saved; the next snapshot reads every file");
+        }
+    }
     let mut seen = HashSet::new();
-    for ((e, h), trusted) in inv.entries.iter().zip(&hashes).zip(&trusted) {
+    for (e, h) in inv.entries.iter().zip(&hashes) {
         let Some(h) = h else { continue };
         record.files += 1;
         record.bytes += e.size;
-        if !trusted {
-            record.hashed += 1;
-            record.hashed_bytes += e.size;
-        }
-        let mut missing = Vec::new();
-        for (index, c) in h.chunks.iter().enumerate() {
-            if !seen.insert(c.as_str()) {
-                continue;
-            }
-            record.objects += 1;
-            if !existing.contains_key(c) {
-                missing.push(index);
-            }
-        }
-        if !missing.is_empty() {
-            reader.upload(
-                store,
-                cluster,
-                e,
-                &h.chunks,
-                &missing,
-                compress.0,
-                &mut record,
-            )?;
-        }
+        record.objects += h.chunks.iter().filter(|c| seen.insert(c.as_str())).count() as u64;
     }
     Ok(Stored { hashes, record })
 }
@@ -276,36 +265,37 @@ struct Reader<'a> {
     inv: &'a Inventory,
     content_roots: &'a [PathBuf],
     trees: &'a mut [Beneath],
-    buf: &'a mut [u8],
     cancel: Option<&'a AtomicBool>,
     chunk_size: u64,
 }
 
 impl Reader<'_> {
-    fn open(&mut self, e: &Entry) -> Result<(fs::File, PathBuf)> {
+    /// Reads `e` once, chunk by chunk: returns the SHA-256 of the file and
+    /// of each chunk, and hands each chunk's hash and bytes to `chunk`.
+    fn read(
+        &mut self,
+        e: &Entry,
+        chunk: &mut dyn FnMut(&str, Vec<u8>) -> Result<()>,
+    ) -> Result<FileHashes> {
         let src = self.content_roots[e.dir_index].join(&e.rel);
-        let f = self.trees[e.dir_index]
+        let mut f = self.trees[e.dir_index]
             .open(&e.rel)
             .map_err(|err| crate::fsat::swapped(&src, err))?;
-        Ok((f, src))
-    }
-
-    /// The SHA-256 of `e`'s bytes and of each of its chunks: one read.
-    fn hash(&mut self, e: &Entry) -> Result<FileHashes> {
-        let (mut f, src) = self.open(e)?;
         let log_dir = &self.inv.dirs[e.dir_index].path;
         advise(&f, libc::POSIX_FADV_SEQUENTIAL);
-        let mut chunks = ChunkHasher::new(self.chunk_size);
-        let sha256 = copy_range(
-            &mut f,
-            &src,
-            e,
-            log_dir,
-            (0, e.size),
-            self.cancel,
-            self.buf,
-            &mut chunks,
-        )?;
+        let mut whole = Sha256::new();
+        let mut chunks = Vec::new();
+        let mut offset = 0;
+        while offset < e.size {
+            let len = self.chunk_size.min(e.size - offset);
+            let mut bytes = vec![0u8; len as usize];
+            read_exactly(&mut f, &src, e, log_dir, self.cancel, &mut bytes)?;
+            whole.update(&bytes);
+            let sha = hex::encode(Sha256::digest(&bytes));
+            chunk(&sha, bytes)?;
+            chunks.push(sha);
+            offset += len;
+        }
         let mut probe = [0u8; 1];
         if read_some(&mut f, &mut probe).ctx(|| format!("reading {}", src.display()))? != 0 {
             return Err(changed(log_dir, e, "grew"));
@@ -313,105 +303,172 @@ impl Reader<'_> {
         // Leave the page cache to the running broker.
         advise(&f, libc::POSIX_FADV_DONTNEED);
         Ok(FileHashes {
-            sha256,
-            chunks: chunks.finish(),
+            sha256: hex::encode(whole.finalize()),
+            chunks,
         })
     }
-
-    /// Uploads chunks `missing` of `e` (whose chunk hashes are `chunks`),
-    /// each compressed as the object of its hash, and made visible only if
-    /// the bytes sent hash to it.
-    #[allow(clippy::too_many_arguments)]
-    fn upload(
-        &mut self,
-        store: &dyn ColdStore,
-        cluster: &str,
-        e: &Entry,
-        chunks: &[String],
-        missing: &[usize],
-        level: i32,
-        record: &mut ObjectsRecord,
-    ) -> Result<()> {
-        let (mut f, src) = self.open(e)?;
-        let log_dir = &self.inv.dirs[e.dir_index].path;
-        for &index in missing {
-            let offset = index as u64 * self.chunk_size;
-            let len = self.chunk_size.min(e.size.saturating_sub(offset));
-            let key = content_object_key(cluster, &chunks[index]);
-            // Incompressible data grows by no more than zstd's framing.
-            let hint = len + len / 100 + (64 << 10);
-            let writer = store.create_sized(&key, hint)?;
-            // A chunk is one zstd job: more workers would not share it.
-            let mut enc =
-                zstd_encoder(writer, level, 1).map_err(|e| Error::io("setting up zstd", e))?;
-            let sent = copy_range(
-                &mut f,
-                &src,
-                e,
-                log_dir,
-                (offset, len),
-                self.cancel,
-                self.buf,
-                &mut enc,
-            )?;
-            if sent != chunks[index] {
-                // Dropping the writer unfinished discards the upload.
-                return Err(changed(log_dir, e, "changed"));
-            }
-            let writer = enc
-                .finish()
-                .map_err(|err| store.error(&key, format!("writing: {err}")))?;
-            crate::failpoint("before-object-finish");
-            record.uploaded_stored_bytes += writer.finish()?;
-            record.uploaded += 1;
-            record.uploaded_bytes += len;
-        }
-        advise(&f, libc::POSIX_FADV_DONTNEED);
-        Ok(())
-    }
 }
 
-/// The SHA-256 of every `size` bytes written to it, in order.
-struct ChunkHasher {
-    size: u64,
-    filled: u64,
-    current: Sha256,
-    done: Vec<String>,
+/// Fills `buf` from `f`, in reads of at most 1 MiB; fails if the file
+/// ends first.
+fn read_exactly(
+    f: &mut fs::File,
+    src: &Path,
+    e: &Entry,
+    log_dir: &Path,
+    cancel: Option<&AtomicBool>,
+    buf: &mut [u8],
+) -> Result<()> {
+    let mut at = 0;
+    while at < buf.len() {
+        if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+            return Err(Error::unavailable(
+                "archiving cancelled",
+                "the agent is shutting down",
+            ));
+        }
+        let end = buf.len().min(at + BUF);
+        let n = read_some(f, &mut buf[at..end]).ctx(|| format!("reading {}", src.display()))?;
+        if n == 0 {
+            return Err(changed(log_dir, e, "shrank"));
+        }
+        at += n;
+    }
+    Ok(())
 }
 
-impl ChunkHasher {
-    fn new(size: u64) -> Self {
-        ChunkHasher {
-            size,
-            filled: 0,
-            current: Sha256::new(),
-            done: Vec::new(),
+/// A chunk to upload: its SHA-256 and bytes.
+type Chunk = (String, Vec<u8>);
+
+/// What the upload workers did.
+#[derive(Debug, Default)]
+struct Uploaded {
+    objects: u64,
+    bytes: u64,
+    stored_bytes: u64,
+    error: Option<Error>,
+}
+
+/// Chunks to upload, each compressed (one zstd frame, on one thread) and
+/// written as the object of its hash by one of a few workers. At most one
+/// chunk waits per worker: the memory this takes is about two chunks per
+/// worker.
+struct Uploads<'a> {
+    store: &'a dyn ColdStore,
+    cluster: &'a str,
+    level: i32,
+    cancel: Option<&'a AtomicBool>,
+    workers: usize,
+    queue: std::sync::Mutex<Option<std::sync::mpsc::SyncSender<Chunk>>>,
+    jobs: std::sync::Mutex<std::sync::mpsc::Receiver<Chunk>>,
+    done: std::sync::Mutex<Uploaded>,
+}
+
+impl<'a> Uploads<'a> {
+    fn new(
+        store: &'a dyn ColdStore,
+        cluster: &'a str,
+        (level, threads): (i32, u32),
+        cancel: Option<&'a AtomicBool>,
+    ) -> Self {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let workers = match threads {
+            0 => cpus,
+            n => n as usize,
+        }
+        .clamp(1, 4);
+        let (tx, rx) = std::sync::mpsc::sync_channel(workers.saturating_sub(1));
+        Uploads {
+            store,
+            cluster,
+            level,
+            cancel,
+            workers,
+            queue: std::sync::Mutex::new(Some(tx)),
+            jobs: std::sync::Mutex::new(rx),
+            done: std::sync::Mutex::new(Uploaded::default()),
         }
     }
 
-    fn finish(mut self) -> Vec<String> {
-        if self.filled > 0 {
-            self.done.push(hex::encode(self.current.finalize()));
-        }
+    fn failed(&self) -> bool {
         self.done
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .error
+            .is_some()
     }
-}
 
-impl Write for ChunkHasher {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let room = (self.size - self.filled).min(buf.len() as u64) as usize;
-        self.current.update(&buf[..room]);
-        self.filled += room as u64;
-        if self.filled == self.size {
-            let full = std::mem::replace(&mut self.current, Sha256::new());
-            self.done.push(hex::encode(full.finalize()));
-            self.filled = 0;
+    /// Queues a chunk; fails at once when an upload has failed.
+    fn push(&self, sha: &str, bytes: Vec<u8>) -> Result<()> {
+        if self.failed() {
+            return Err(Error::Internal("an upload failed".into()));
         }
-        Ok(room)
+        let tx = self.queue.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        match tx {
+            Some(tx) if tx.send((sha.to_string(), bytes)).is_ok() => Ok(()),
+            _ => Err(Error::Internal("the upload workers stopped".into())),
+        }
     }
 
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
+    /// No more chunks: the workers stop once the queue is empty.
+    fn close(&self) {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
+
+    fn work(&self) {
+        loop {
+            let job = self.jobs.lock().unwrap_or_else(|p| p.into_inner()).recv();
+            let Ok((sha, bytes)) = job else { return };
+            if self.failed() {
+                continue;
+            }
+            let r = self.upload(&sha, &bytes);
+            let mut done = self.done.lock().unwrap_or_else(|p| p.into_inner());
+            match r {
+                Ok(stored) => {
+                    done.objects += 1;
+                    done.bytes += bytes.len() as u64;
+                    done.stored_bytes += stored;
+                }
+                Err(e) => {
+                    done.error.get_or_insert(e);
+                }
+            }
+        }
+    }
+
+    fn upload(&self, sha: &str, bytes: &[u8]) -> Result<u64> {
+        if self.cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+            return Err(Error::unavailable(
+                "archiving cancelled",
+                "the agent is shutting down",
+            ));
+        }
+        let key = content_object_key(self.cluster, sha);
+        let len = bytes.len() as u64;
+        // Incompressible data grows by no more than zstd's framing.
+        let writer = self
+            .store
+            .create_sized(&key, len + len / 100 + (64 << 10))?;
+        // A chunk is one zstd job: more threads would not share it.
+        let mut enc =
+            zstd_encoder(writer, self.level, 1).map_err(|e| Error::io("setting up zstd", e))?;
+        enc.write_all(bytes)
+            .map_err(|err| self.store.error(&key, format!("writing: {err}")))?;
+        let writer = enc
+            .finish()
+            .map_err(|err| self.store.error(&key, format!("writing: {err}")))?;
+        crate::failpoint("before-object-finish");
+        writer.finish()
+    }
+
+    /// What the workers did, once they have stopped; the first failure.
+    fn finish(self) -> Result<Uploaded> {
+        let mut done = self.done.into_inner().unwrap_or_else(|p| p.into_inner());
+        match done.error.take() {
+            Some(e) => Err(e),
+            None => Ok(done),
+        }
     }
 }
 
@@ -440,41 +497,4 @@ pub fn check_present<'a>(
         ));
     }
     Ok(())
-}
-
-/// Reads the `len` bytes of `f` from `offset` into `out` and returns
-/// their SHA-256; fails if the file ends before them.
-#[allow(clippy::too_many_arguments)]
-fn copy_range(
-    f: &mut fs::File,
-    src: &Path,
-    e: &Entry,
-    log_dir: &Path,
-    (offset, len): (u64, u64),
-    cancel: Option<&AtomicBool>,
-    buf: &mut [u8],
-    out: &mut dyn Write,
-) -> Result<String> {
-    f.seek(SeekFrom::Start(offset))
-        .ctx(|| format!("reading {}", src.display()))?;
-    let mut hasher = Sha256::new();
-    let mut left = len;
-    while left > 0 {
-        if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
-            return Err(Error::unavailable(
-                "archiving cancelled",
-                "the agent is shutting down",
-            ));
-        }
-        let want = buf.len().min(left as usize);
-        let n = read_some(f, &mut buf[..want]).ctx(|| format!("reading {}", src.display()))?;
-        if n == 0 {
-            return Err(changed(log_dir, e, "shrank"));
-        }
-        hasher.update(&buf[..n]);
-        out.write_all(&buf[..n])
-            .ctx(|| format!("writing {} to storage", src.display()))?;
-        left -= n as u64;
-    }
-    Ok(hex::encode(hasher.finalize()))
 }

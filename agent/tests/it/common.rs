@@ -176,11 +176,16 @@ fn walk(root: &Path, rel: &Path, skip: &[&str], out: &mut BTreeMap<PathBuf, Node
         names.sort();
         for n in names {
             let name = n.to_string_lossy();
-            let skipped = skip.iter().any(|s| match s.strip_prefix('*') {
+            let top = rel.as_os_str().is_empty();
+            // `*suffix` at the top, `**suffix` at any depth.
+            let skipped = skip.iter().any(|s| match s.strip_prefix("**") {
                 Some(suffix) => name.ends_with(suffix),
-                None => name == *s,
+                None => match s.strip_prefix('*') {
+                    Some(suffix) => top && name.ends_with(suffix),
+                    None => top && name == *s,
+                },
             });
-            if rel.as_os_str().is_empty() && skipped {
+            if skipped {
                 continue;
             }
             walk(root, &rel.join(n), skip, out);
@@ -202,11 +207,13 @@ pub fn file_sha256(p: &Path) -> String {
     hex::encode(h.finalize())
 }
 
-/// What a snapshot leaves out of a log dir: the lock and deleting partitions.
-pub const NOT_ARCHIVED: &[&str] = &[".lock", "*-delete"];
+/// What a snapshot leaves out of a log dir: the lock, deleting partitions
+/// and, in any dir, the files of deleted segments.
+pub const NOT_ARCHIVED: &[&str] = &[".lock", "*-delete", "**.deleted"];
 
 /// Asserts two trees are identical (content, modes, owners, mtimes);
-/// `skip_in_original` names top-level entries (`*suffix` for a suffix).
+/// `skip_in_original` names top-level entries (`*suffix` for a suffix;
+/// `**suffix` for names with the suffix at any depth).
 pub fn assert_same_tree(original: &Path, restored: &Path, skip_in_original: &[&str]) {
     let a = tree(original, skip_in_original);
     let b = tree(restored, &[]);

@@ -302,8 +302,11 @@ pub fn generate(spec: &Spec) -> Result<Generated> {
         let future = plan_future(spec, &jobs, future_budget);
         jobs.push(future);
     }
-    for job in &jobs {
+    for (i, job) in jobs.iter().enumerate() {
         let res = write_partition(&ctx, job, &mut fsw)?;
+        if spec.with_delete_dir && i == 0 {
+            write_deleted_segment(&ctx, job, &mut fsw)?;
+        }
         // Kafka keys checkpoint entries by partition, so with a single log
         // dir a future copy would share its source's entry.
         let is_future = job.dir_name.ends_with("-future");
@@ -421,6 +424,21 @@ fn write_delete_dir(ctx: &Ctx<'_>, spec: &Spec, fsw: &mut FsWriter) -> Result<u6
         sparse_bytes: None,
     };
     Ok(write_partition(ctx, &job, fsw)?.log_bytes)
+}
+
+/// A segment retention deleted a moment before the stop: Kafka renamed
+/// its files to `*.deleted` and would have removed them
+/// `file.delete.delay.ms` later; a broker that starts removes them at once.
+fn write_deleted_segment(ctx: &Ctx<'_>, job: &PartitionJob, fsw: &mut FsWriter) -> Result<()> {
+    let dir = ctx.log_dirs[job.log_dir].join(&job.dir_name);
+    let mut rng = Rng::derive(ctx.seed, "deleted-segment", 0);
+    let bytes: Vec<u8> = (0..8 * KIB).map(|_| rng.below(256) as u8).collect();
+    let mtime = SystemTime::UNIX_EPOCH + Duration::from_secs((STOP_SECS - 90) as u64);
+    for ext in ["log", "index", "timeindex"] {
+        let name = format!("{:020}.{ext}.deleted", job.start_offset);
+        fsw.write_file(&dir.join(name), &bytes, mtime)?;
+    }
+    Ok(())
 }
 
 /// Parses a size such as `512MiB`, `2GiB`, `1G`, `1.5GiB`, `64KB` or
