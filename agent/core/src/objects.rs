@@ -220,8 +220,9 @@ pub fn store_objects(
                     None => {
                         record.hashed += 1;
                         record.hashed_bytes += e.size;
-                        reader.read(e, &mut |sha, bytes| {
+                        reader.read(e, &|| uploads.buffer(), &mut |sha, bytes| {
                             if existing.contains_key(sha) || !queued.insert(sha.to_string()) {
+                                uploads.recycle(bytes);
                                 return Ok(());
                             }
                             uploads.push(sha, bytes)
@@ -272,9 +273,11 @@ struct Reader<'a> {
 impl Reader<'_> {
     /// Reads `e` once, chunk by chunk: returns the SHA-256 of the file and
     /// of each chunk, and hands each chunk's hash and bytes to `chunk`.
+    /// Chunk buffers come from `buffer` (reused ones, not zeroed).
     fn read(
         &mut self,
         e: &Entry,
+        buffer: &dyn Fn() -> Vec<u8>,
         chunk: &mut dyn FnMut(&str, Vec<u8>) -> Result<()>,
     ) -> Result<FileHashes> {
         let src = self.content_roots[e.dir_index].join(&e.rel);
@@ -288,7 +291,8 @@ impl Reader<'_> {
         let mut offset = 0;
         while offset < e.size {
             let len = self.chunk_size.min(e.size - offset);
-            let mut bytes = vec![0u8; len as usize];
+            let mut bytes = buffer();
+            bytes.resize(len as usize, 0);
             read_exactly(&mut f, &src, e, log_dir, self.cancel, &mut bytes)?;
             whole.update(&bytes);
             let sha = hex::encode(Sha256::digest(&bytes));
@@ -362,6 +366,10 @@ struct Uploads<'a> {
     queue: std::sync::Mutex<Option<std::sync::mpsc::SyncSender<Chunk>>>,
     jobs: std::sync::Mutex<std::sync::mpsc::Receiver<Chunk>>,
     done: std::sync::Mutex<Uploaded>,
+    /// Chunk buffers to use again: allocated once, not per chunk (handed
+    /// from thread to thread, freed ones were kept in each thread's heap
+    /// and the peak grew with every worker).
+    free: std::sync::Mutex<Vec<Vec<u8>>>,
 }
 
 impl<'a> Uploads<'a> {
@@ -387,6 +395,28 @@ impl<'a> Uploads<'a> {
             queue: std::sync::Mutex::new(Some(tx)),
             jobs: std::sync::Mutex::new(rx),
             done: std::sync::Mutex::new(Uploaded::default()),
+            free: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// A buffer for the next chunk: a used one when there is one.
+    fn buffer(&self) -> Vec<u8> {
+        let mut b = self
+            .free
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop()
+            .unwrap_or_default();
+        b.clear();
+        b
+    }
+
+    /// Keeps `b` for another chunk (at most one more than can be in
+    /// flight).
+    fn recycle(&self, b: Vec<u8>) {
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        if free.len() <= self.workers * 2 {
+            free.push(b);
         }
     }
 
@@ -423,11 +453,13 @@ impl<'a> Uploads<'a> {
                 continue;
             }
             let r = self.upload(&sha, &bytes);
+            let len = bytes.len() as u64;
+            self.recycle(bytes);
             let mut done = self.done.lock().unwrap_or_else(|p| p.into_inner());
             match r {
                 Ok(stored) => {
                     done.objects += 1;
-                    done.bytes += bytes.len() as u64;
+                    done.bytes += len;
                     done.stored_bytes += stored;
                 }
                 Err(e) => {

@@ -505,6 +505,27 @@ fn rewrite_directory_id(dir: &Path, directory_id: &str) -> Result<()> {
     fs::write(&path, out).with_context(|| format!("writing {}", path.display()))
 }
 
+/// Removes the `*.deleted` files of every partition dir (and the metadata
+/// log's), as Kafka's `LogLoader` and `KafkaMetadataLog` do when a broker
+/// starts: segments and snapshots scheduled for deletion before the stop.
+pub fn remove_deleted_files(log_dirs: &[PathBuf]) -> Result<()> {
+    for dir in log_dirs {
+        for part in fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+            let part = part?.path();
+            if !part.is_dir() {
+                continue;
+            }
+            for f in fs::read_dir(&part).with_context(|| format!("listing {}", part.display()))? {
+                let f = f?.path();
+                if f.is_file() && f.to_string_lossy().ends_with(".deleted") {
+                    fs::remove_file(&f).with_context(|| format!("removing {}", f.display()))?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Creates a minimal partition dir (empty active segment and indexes,
 /// `partition.metadata`, `leader-epoch-checkpoint`) for every partition
 /// assigned to the broker that has none yet, in the log dir holding the

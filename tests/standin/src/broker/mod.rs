@@ -196,6 +196,7 @@ fn start(paths: &StatePaths, def: &ClusterDef, me: &BrokerDef) -> Result<Started
     let locks = logdir::lock_log_dirs(&me.log_dirs)?;
     logdir::check_meta_properties(&def.cluster_id, node_id, &me.log_dirs)?;
     logdir::remove_clean_shutdown_markers(&me.log_dirs)?;
+    logdir::remove_deleted_files(&me.log_dirs)?;
     logdir::append_metadata_record(&me.log_dirs)?;
     logdir::ensure_partition_dirs(def, node_id)?;
     // Every listener is bound before the start script sees the pid file.
