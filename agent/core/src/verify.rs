@@ -829,7 +829,17 @@ impl<'a> Prefetch<'a> {
                 st.next += 1;
                 st.next - 1
             };
-            let r = fetch_chunk(store, &self.tasks[k]);
+            // A worker that panicked would leave the reader waiting for its
+            // chunk for good: the panic becomes that chunk's error.
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                fetch_chunk(store, &self.tasks[k])
+            }))
+            .unwrap_or_else(|_| {
+                Err(ObjectProblem::Storage(Error::Internal(format!(
+                    "reading content object {} panicked",
+                    self.tasks[k].key
+                ))))
+            });
             self.lock().done.insert(k, r);
             self.ready.notify_all();
         }

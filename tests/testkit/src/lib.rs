@@ -1655,7 +1655,11 @@ mod tests {
         let mut snapshots = Vec::new();
         for e in fs::read_dir(pdir).unwrap() {
             let n = name(&e.unwrap().path());
-            if n == "leader-epoch-checkpoint" || n == "partition.metadata" {
+            // What Kafka deletes at its next start (`write_deleted_segment`).
+            if n == "leader-epoch-checkpoint"
+                || n == "partition.metadata"
+                || n.ends_with(".deleted")
+            {
                 continue;
             }
             assert!(
