@@ -343,6 +343,15 @@ fn sweep_objects(
         }
     }
     kafka_snapshot::failpoint("before-object-removal");
+    {
+        // An object uploaded again after this removal is read again.
+        let mut verified = s.verified_objects.lock().unwrap_or_else(|p| p.into_inner());
+        for (sha, _) in &plan.remove {
+            if let Some(k) = object_id(sha) {
+                verified.remove(&k);
+            }
+        }
+    }
     let mut removed = std::collections::HashSet::new();
     for (sha, _) in &plan.remove {
         let key = kafka_snapshot_model::layout::content_object_key(&cluster, sha);
@@ -641,8 +650,25 @@ fn verify_one(s: &Shared, cluster: &str, broker: i32, id: &str) -> bool {
         broker,
         snapshot_id: id.to_string(),
     };
-    let result = match kafka_snapshot::verify::verify(s.store.as_ref(), &snap) {
-        Ok((_, report)) => Ok(Some(report.contents_checked)),
+    let verified = |sha: &str| {
+        let set = s.verified_objects.lock().unwrap_or_else(|p| p.into_inner());
+        object_id(sha).is_some_and(|k| set.contains(&k))
+    };
+    let result = match kafka_snapshot::verify::verify_known(s.store.as_ref(), &snap, &verified) {
+        Ok((m, report)) => {
+            if m.is_incremental() {
+                tracing::info!(
+                    broker,
+                    snapshot = id,
+                    objects_read = report.objects_read,
+                    objects_listed = report.objects_listed,
+                    "verified an incremental snapshot: its new content objects read, those verified before found by listing"
+                );
+                let mut set = s.verified_objects.lock().unwrap_or_else(|p| p.into_inner());
+                set.extend(m.referenced_objects().filter_map(|sha| object_id(sha)));
+            }
+            Ok(Some(report.contents_checked))
+        }
         Err(e) if e.is_unreadable() => {
             tracing::warn!(
                 broker,
@@ -662,6 +688,11 @@ fn verify_one(s: &Shared, cluster: &str, broker: i32, id: &str) -> bool {
         tracing::error!("recording the verification of {id}: {e}");
     }
     true
+}
+
+/// A content object's name (hex SHA-256) as bytes.
+fn object_id(sha: &str) -> Option<[u8; 32]> {
+    hex::decode(sha).ok()?.try_into().ok()
 }
 
 /// How often the background loop looks at the cluster when nothing else
@@ -945,6 +976,127 @@ mod tests {
         cfg.retention.keep_last = keep_last;
         let engine = Engine::new(crate::store::open_in_memory(), cfg.clone());
         Shared::new(cfg, engine, store).unwrap()
+    }
+
+    /// Commits an incremental snapshot of `dirs` (files of 64 KiB and more
+    /// as 64 KiB chunks) to the file store at `store`.
+    fn commit_incremental(dirs: &[std::path::PathBuf], store: &Path) -> String {
+        let c = capture(&CaptureRequest {
+            log_dirs: dirs.to_vec(),
+            mode: CaptureMode::Copy,
+            allow_unclean: false,
+            staging_min_free: kafka_snapshot::settings::FreeSpace::Percent(1.0),
+        })
+        .unwrap();
+        let opts = ArchiveOptions {
+            objects: Some(kafka_snapshot::objects::ObjectOptions {
+                min_size: 64 << 10,
+                chunk_size: 64 << 10,
+                hash_cache: None,
+            }),
+            ..ArchiveOptions::default()
+        };
+        let store = FileStore::new(store.to_path_buf()).unwrap();
+        c.commit(&store, &opts, BrokerTimes::default())
+            .unwrap()
+            .snapshot_id
+    }
+
+    /// The verification of each new incremental snapshot reads the objects
+    /// no earlier verification read, finds the others by listing, and
+    /// still fails on one that is gone; `verify` reads everything.
+    #[test]
+    fn verifying_a_new_incremental_snapshot_reads_only_its_new_objects() {
+        let t = tempfile::tempdir().unwrap();
+        let dirs = vec![t.path().join("data/logs")];
+        let mut spec = kafka_snapshot_testkit::Spec::small(OURS, 1, dirs.clone());
+        spec.total_bytes = 4 << 20;
+        spec.segment_bytes = 512 << 10;
+        kafka_snapshot_testkit::generate(&spec).unwrap();
+        let first = commit_incremental(&dirs, t.path());
+        let fs_store: Arc<dyn ColdStore> =
+            Arc::new(FileStore::new(t.path().to_path_buf()).unwrap());
+        let s = shared(t.path(), fs_store.clone(), 7);
+        rebuild_catalog(&s).map_err(|e| format!("{e:?}")).unwrap();
+        assert!(verify_one(&s, OURS, 1, &first));
+        let all = kafka_snapshot::objects::present(fs_store.as_ref(), OURS).unwrap();
+        assert!(all.len() > 8, "{} objects", all.len());
+        assert_eq!(s.verified_objects.lock().unwrap().len(), all.len());
+
+        // Another snapshot after an append to one segment: only the
+        // chunks from the one the append began in are new.
+        let log = walk_files(&dirs[0])
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "log"))
+            .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+            .unwrap();
+        let mut bytes = std::fs::read(&log).unwrap();
+        bytes.extend_from_slice(&[7u8; 100_000]);
+        std::fs::write(&log, &bytes).unwrap();
+        let second = commit_incremental(&dirs, t.path());
+        let snap = |id: &str| SnapshotRef {
+            cluster_id: OURS.into(),
+            broker: 1,
+            snapshot_id: id.into(),
+        };
+        let known = |sha: &str| {
+            let set = s.verified_objects.lock().unwrap();
+            object_id(sha).is_some_and(|k| set.contains(&k))
+        };
+        let (m, r) =
+            kafka_snapshot::verify::verify_known(fs_store.as_ref(), &snap(&second), &known)
+                .unwrap();
+        let distinct: std::collections::HashSet<&String> = m.referenced_objects().collect();
+        let new = distinct.iter().filter(|c| !known(c)).count() as u64;
+        assert!((2..=3).contains(&new), "{new} new objects");
+        assert_eq!(
+            (r.objects_read, r.objects_listed),
+            (new, distinct.len() as u64 - new)
+        );
+        assert!(r.contents_checked);
+        assert!(verify_one(&s, OURS, 1, &second));
+        assert_eq!(
+            s.verified_objects.lock().unwrap().len(),
+            all.len() + new as usize
+        );
+
+        // An object verified before and damaged since is not read again
+        // by the next one's verification; `verify` (all of it) finds it.
+        let victim = m
+            .referenced_objects()
+            .find(|c| all.contains_key(*c))
+            .unwrap()
+            .clone();
+        let key = kafka_snapshot_model::layout::content_object_key(OURS, &victim);
+        let path = t.path().join(&key);
+        let mut stored = std::fs::read(&path).unwrap();
+        let mid = stored.len() / 2;
+        stored[mid] ^= 0xff;
+        std::fs::write(&path, stored).unwrap();
+        let (_, r) =
+            kafka_snapshot::verify::verify_known(fs_store.as_ref(), &snap(&second), &known)
+                .unwrap();
+        assert_eq!(r.objects_read, 0);
+        let err = kafka_snapshot::verify::verify(fs_store.as_ref(), &snap(&second)).unwrap_err();
+        assert!(err.to_string().contains(&victim), "{err}");
+        // One that is gone fails it either way.
+        std::fs::remove_file(&path).unwrap();
+        let err = kafka_snapshot::verify::verify_known(fs_store.as_ref(), &snap(&second), &known)
+            .unwrap_err();
+        assert!(err.to_string().contains("missing"), "{err}");
+    }
+
+    fn walk_files(dir: &Path) -> Vec<std::path::PathBuf> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                out.extend(walk_files(&p));
+            } else {
+                out.push(p);
+            }
+        }
+        out
     }
 
     /// Hole 5: cold storage failing in the middle of reading an archive

@@ -10,7 +10,7 @@ use kafka_snapshot::kafka::view::QUORUM_SPAN;
 use kafka_snapshot::storage::ColdStore;
 use kafka_snapshot::{Error, Result};
 use sha2::{Digest, Sha256};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
@@ -45,6 +45,13 @@ pub struct Shared {
     /// memory only: a restarted coordinator starts the grace again, which
     /// only delays a removal.
     pub(crate) unreferenced_objects: Mutex<HashMap<String, chrono::DateTime<chrono::Utc>>>,
+    /// Content objects (by SHA-256) a verification of a new snapshot read
+    /// and checked: the next ones find them by listing instead of reading
+    /// them again (objects are named after their content and never
+    /// rewritten; one retention removes leaves this set first). Kept in
+    /// memory only: a restarted coordinator reads every object of the next
+    /// snapshot it verifies once more. `coordinator verify` reads all.
+    pub(crate) verified_objects: Mutex<HashSet<[u8; 32]>>,
 }
 
 /// The config and what is derived from it for authentication.
@@ -102,6 +109,7 @@ impl Shared {
             uncovered: Mutex::new((None, BTreeSet::new())),
             cluster_checked: AtomicBool::new(false),
             unreferenced_objects: Mutex::new(HashMap::new()),
+            verified_objects: Mutex::new(HashSet::new()),
         })
     }
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Prints the benchmark's one table from the JSON that archive_bench.py and
-cycle_bench.py wrote: every measurement with the baseline measured in the
+"""Prints the benchmark's one table from the JSON that archive_bench.py,
+cycle_bench.py, kafka_downtime and incremental_bench.py wrote: every measurement with the baseline measured in the
 same run beside it, the ratio, the target and whether it holds. Medians of
 the runs; raw figures follow the table."""
 
@@ -30,6 +30,8 @@ def main():
     ap.add_argument("--archive", help="archive_bench.py JSON")
     ap.add_argument("--cycle", help="cycle_bench.py JSON")
     ap.add_argument("--kafka", help="coordinator/benches/kafka_downtime.rs JSON")
+    ap.add_argument("--incremental", action="append", default=[],
+                    help="incremental_bench.py JSON, one per run (either data kind)")
     ap.add_argument("--fs", default="ext4")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
@@ -223,6 +225,50 @@ def main():
                            f"(its unavailable_ms minus the outside figure: "
                            f"{[round(p['agent']['agent_unavailable_ms'] / 1000 - p['agent']['downtime_s'], 2) for p in d['pairs']]}; "
                            f"checks that could not reach the cluster: {[x['recovery_errors'] for x in ph]})")
+
+    by_kind = {}
+    for path in a.incremental:
+        with open(path) as f:
+            d = json.load(f)
+        by_kind.setdefault("incompressible" if d["incompressible"] else "compressible", []).append(d)
+    for kind in sorted(by_kind):
+        runs = by_kind[kind]
+        r0 = runs[0]
+        what = (f"incremental, {kind}, {r0['size'] / (1 << 30):.0f} GiB broker, "
+                f"{r0['append'] / MIB:.0f} MiB appended per cycle ({len(runs)} runs)")
+
+        def steady(r, f):
+            return med(f(c) for c in r["cycles"][1:])
+        up = med(r["upload_vs_appended"] for r in runs)
+        row("8", f"{what}: bytes uploaded per cycle", "bytes appended, zstd same level",
+            f"{med(steady(r, lambda c: c['appended_compressed']) for r in runs) / MIB:.0f} MiB",
+            f"{med(steady(r, lambda c: c['incremental']['uploaded_bytes']) for r in runs) / MIB:.0f} MiB",
+            f"{up:.3f}x", "<= 1.2x", up <= 1.2)
+        st = med(r["storage_vs_one_full_plus_appended"] for r in runs)
+        row("8", f"{what}: storage of 7 snapshots", "one full + everything appended", "", "",
+            f"{st:.2f}x", "<= 1.3x", st <= 1.3)
+        row("8", f"{what}: storage of 7 snapshots", "7 full snapshots", "", "",
+            f"{med(r['storage_vs_full'] for r in runs):.2f}x", "reported", None)
+        sp = med(r["archive_speedup"] for r in runs)
+        row("8", f"{what}: archive time per cycle", "full snapshot of the same data",
+            fmt_s(med(steady(r, lambda c: c["full"]["seconds"]) for r in runs)),
+            fmt_s(med(steady(r, lambda c: c["incremental"]["seconds"]) for r in runs)),
+            f"{sp:.1f}x faster", ">= 5x faster", sp >= 5)
+        rr = med(r["restore_ratio"] for r in runs)
+        row("8", f"{what}: restore of the 7th", "restore of the 7th full",
+            fmt_s(med(r["restore"]["full"]["seconds"] for r in runs)),
+            fmt_s(med(r["restore"]["incremental"]["seconds"] for r in runs)),
+            f"{rr:.2f}x the time", "<= 1.0x", rr <= 1.0)
+        peak = max(r["peak_rss_mib"] for r in runs)
+        row("8", f"{what}: peak RSS of every path (full and incremental, create and extract)", "", "",
+            f"{peak:.1f} MiB", "", "<= 64 MiB", peak <= 64)
+        for i, r in enumerate(runs, 1):
+            raw.append(f"incremental {kind} run {i}: uploaded/appended {r['upload_vs_appended']:.4f}, "
+                       f"storage {r['storage_vs_one_full_plus_appended']:.3f}, "
+                       f"speedup {r['archive_speedup']:.2f}, restore {r['restore_ratio']:.2f}, "
+                       f"peak RSS {r['peak_rss_mib']:.1f} MiB; per cycle incremental/full s: "
+                       + ", ".join(f"{c['incremental']['seconds']:.2f}/{c['full']['seconds']:.2f}"
+                                   for c in r["cycles"]))
 
     lines.append("")
     if cyc and "full_cycle" in cyc["downtime"][-1]:

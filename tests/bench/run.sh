@@ -30,8 +30,8 @@
 #   cycles with 10% of it appended in between): `--mode incremental`
 #   against full snapshots of the same data, alternating: bytes uploaded
 #   against bytes appended (compressed the same way), storage, archive
-#   and restore time, peak RSS; then the same with incompressible data.
-#   Not in the report table yet: its JSON is written beside it.
+#   and restore time, peak RSS; then the same with incompressible data;
+#   --runs times each.
 #
 # --quick: small sizes and one run, to check the benchmark itself.
 # Needs root (loop-mounted scratch filesystems, dropping the page cache).
@@ -134,13 +134,16 @@ if [[ -z $only || $only == kafka ]]; then
     report_args+=(--kafka "$out/kafka.json")
 fi
 if [[ -z $only || $only == incremental ]]; then
-    for kind in compressible incompressible; do
-        python3 tests/bench/incremental_bench.py \
-            --work "$work" --size "$size" --level "${levels%%,*}" \
-            --agent "$target_dir/release/kafka-snapshot-agent" \
-            --gen "$target_dir/release/ksnap-gen-logdirs" \
-            $([[ $kind == incompressible ]] && echo --incompressible) \
-            --out "$out/incremental-$kind.json"
+    for ((run = 1; run <= runs; run++)); do
+        for kind in compressible incompressible; do
+            python3 tests/bench/incremental_bench.py \
+                --work "$work" --size "$size" --level "${levels%%,*}" \
+                --agent "$target_dir/release/kafka-snapshot-agent" \
+                --gen "$target_dir/release/ksnap-gen-logdirs" \
+                $([[ $kind == incompressible ]] && echo --incompressible) \
+                --out "$out/incremental-$kind-$run.json"
+            report_args+=(--incremental "$out/incremental-$kind-$run.json")
+        done
     done
 fi
-[[ $only == incremental ]] || python3 tests/bench/report.py "${report_args[@]}"
+python3 tests/bench/report.py "${report_args[@]}"

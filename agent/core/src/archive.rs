@@ -11,14 +11,14 @@
 use crate::crypt::{EncryptingWriter, Recipients};
 use crate::hashing::HashingWriter;
 use crate::logdir::{Entry, EntryKind, Inventory};
-use crate::source::{advise, changed, read_some, zstd_encoder};
+use crate::source::{zstd_encoder, Buf, SourceFile};
 use kafka_snapshot_model::error::{Error, IoContext, Result};
 use kafka_snapshot_model::manifest::{archive_prefix, EntryRecord, EntryType};
 use sha2::{Digest, Sha256};
 use std::fs;
 use std::io::{self, Write};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{mpsc, Arc};
 
 const BLOCK: usize = 512;
@@ -30,7 +30,7 @@ const READ_BUFS: usize = 4;
 pub struct ArchiveOptions {
     /// zstd level, 1..=19.
     pub zstd_level: i32,
-    /// zstd worker threads; 0 means one per CPU.
+    /// zstd worker threads; 0 means one per CPU, at most 4.
     pub zstd_threads: u32,
     /// Set by the agent when it must stop (the broker must start again):
     /// the archive stops between chunks with an error.
@@ -123,10 +123,10 @@ pub fn write_archive<W: Write>(
     let mut entries = Vec::with_capacity(inv.entries.len());
     std::thread::scope(|scope| -> Result<()> {
         let (full_tx, full_rx) = mpsc::sync_channel::<Chunk>(READ_BUFS);
-        let (free_tx, free_rx) = mpsc::sync_channel::<Vec<u8>>(READ_BUFS);
+        let (free_tx, free_rx) = mpsc::sync_channel::<Buf>(READ_BUFS);
         for _ in 0..READ_BUFS {
             free_tx
-                .send(vec![0u8; READ_BUF])
+                .send(Buf::new(READ_BUF))
                 .expect("room for every buffer");
         }
         let cancel = opts.cancel.as_deref();
@@ -163,10 +163,10 @@ pub fn write_archive<W: Write>(
 }
 
 /// What the reader thread sends, in archive order: a file's bytes in one
-/// or more `Data` chunks, then its `Done` hash; `Failed` ends the stream.
+/// or more `Data` chunks, then `Done`; `Failed` ends the stream.
 enum Chunk {
-    Data(Vec<u8>, usize),
-    Done(String),
+    Data(Buf),
+    Done,
     Failed(Error),
 }
 
@@ -177,7 +177,7 @@ fn write_entries<W: Write>(
     tar: &mut TarWriter<W>,
     entries: &mut Vec<EntryRecord>,
     chunks: &mpsc::Receiver<Chunk>,
-    free: &mpsc::SyncSender<Vec<u8>>,
+    free: &mpsc::SyncSender<Buf>,
 ) -> Result<()> {
     let reader_gone = || Error::Internal("the archive reader thread stopped".into());
     for e in &inv.entries {
@@ -194,16 +194,18 @@ fn write_entries<W: Write>(
             }
             EntryKind::File => {
                 tar.header(&path, e, tar::EntryType::Regular, e.size, None)?;
+                let mut hasher = Sha256::new();
                 let sha = loop {
                     match chunks.recv().map_err(|_| reader_gone())? {
-                        Chunk::Data(buf, n) => {
+                        Chunk::Data(buf) => {
+                            hasher.update(&buf[..]);
                             tar.w
-                                .write_all(&buf[..n])
+                                .write_all(&buf)
                                 .ctx(|| format!("writing {path} to the archive"))?;
                             // The reader may have stopped: then it needs no buffers.
                             let _ = free.send(buf);
                         }
-                        Chunk::Done(sha) => break sha,
+                        Chunk::Done => break hex::encode(hasher.finalize()),
                         Chunk::Failed(err) => return Err(err),
                     }
                 };
@@ -234,7 +236,7 @@ fn read_files(
     inv: &Inventory,
     content_roots: &[PathBuf],
     cancel: Option<&AtomicBool>,
-    free: mpsc::Receiver<Vec<u8>>,
+    free: mpsc::Receiver<Buf>,
     out: mpsc::SyncSender<Chunk>,
 ) {
     // Each root opened once; every file below it through that fd, never
@@ -261,8 +263,8 @@ fn read_files(
         let msg = match opened
             .and_then(|f| read_file(f, &src, e, &inv.dirs[e.dir_index].path, cancel, &free, &out))
         {
-            Ok(Some(sha)) => Chunk::Done(sha),
-            Ok(None) => return,
+            Ok(true) => Chunk::Done,
+            Ok(false) => return,
             Err(err) => Chunk::Failed(err),
         };
         let failed = matches!(msg, Chunk::Failed(_));
@@ -272,50 +274,33 @@ fn read_files(
     }
 }
 
-/// Sends exactly `e.size` bytes of `src` and returns their SHA-256 (`None`
-/// when the receiving side is gone). A file that is shorter or longer than
+/// Sends exactly `e.size` bytes of `src` (false when the receiving side is
+/// gone; the writer hashes them, so this thread only waits for the disk
+/// and keeps it busy). A file that is shorter or longer than
 /// the inventory said was changed by someone: the snapshot fails rather
 /// than lies.
 fn read_file(
-    mut f: fs::File,
+    f: fs::File,
     src: &std::path::Path,
     e: &Entry,
     log_dir: &std::path::Path,
     cancel: Option<&AtomicBool>,
-    free: &mpsc::Receiver<Vec<u8>>,
+    free: &mpsc::Receiver<Buf>,
     out: &mpsc::SyncSender<Chunk>,
-) -> Result<Option<String>> {
-    advise(&f, libc::POSIX_FADV_SEQUENTIAL);
-    let mut hasher = Sha256::new();
-    let mut left = e.size;
-    while left > 0 {
-        if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
-            return Err(Error::unavailable(
-                "archiving cancelled",
-                "the agent is shutting down",
-            ));
-        }
+) -> Result<bool> {
+    let mut f = SourceFile::new(f, src, e, log_dir);
+    while f.left() > 0 {
         let Ok(mut buf) = free.recv() else {
-            return Ok(None);
+            return Ok(false);
         };
-        let want = buf.len().min(left as usize);
-        let n = read_some(&mut f, &mut buf[..want]).ctx(|| format!("reading {}", src.display()))?;
-        if n == 0 {
-            return Err(changed(log_dir, e, "shrank"));
+        let want = f.left().min(READ_BUF as u64) as usize;
+        f.fill(&mut buf, want, cancel)?;
+        if out.send(Chunk::Data(buf)).is_err() {
+            return Ok(false);
         }
-        hasher.update(&buf[..n]);
-        if out.send(Chunk::Data(buf, n)).is_err() {
-            return Ok(None);
-        }
-        left -= n as u64;
     }
-    let mut probe = [0u8; 1];
-    if read_some(&mut f, &mut probe).ctx(|| format!("reading {}", src.display()))? != 0 {
-        return Err(changed(log_dir, e, "grew"));
-    }
-    // Leave the page cache to the running broker.
-    advise(&f, libc::POSIX_FADV_DONTNEED);
-    Ok(Some(hex::encode(hasher.finalize())))
+    f.finish()?;
+    Ok(true)
 }
 
 struct TarWriter<W: Write> {

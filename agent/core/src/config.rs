@@ -308,7 +308,7 @@ impl Default for GateSection {
 pub struct SnapshotSection {
     pub capture: CaptureMode,
     pub zstd_level: i32,
-    /// zstd worker threads; 0 means one per CPU.
+    /// zstd worker threads; 0 means one per CPU, at most 4.
     pub zstd_threads: u32,
     /// Archive log dirs without `.kafka_cleanshutdown` (crash-consistent).
     pub allow_unclean: bool,

@@ -25,16 +25,15 @@
 use crate::fsat::Beneath;
 use crate::hashcache::{rolled_segments, FileHashes, HashCache};
 use crate::logdir::{Entry, EntryKind, Inventory};
-use crate::source::{advise, changed, read_some, zstd_encoder};
+use crate::source::{zstd_encoder, Buf, SourceFile};
 use crate::storage::ColdStore;
-use kafka_snapshot_model::error::{Error, IoContext, Result};
+use kafka_snapshot_model::error::{Error, Result};
 use kafka_snapshot_model::layout::{content_object_key, objects_prefix, parse_content_object_key};
 use kafka_snapshot_model::manifest::ObjectsRecord;
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
-use std::fs;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The default `snapshot.object_chunk_size`: what Kafka appends to a
@@ -60,8 +59,6 @@ pub fn check_chunk_size(size: u64) -> std::result::Result<(), String> {
 /// archive, so a broker of many small partitions does not turn into as
 /// many objects.
 pub const DEFAULT_MIN_SIZE: u64 = 1 << 20;
-
-const BUF: usize = 1 << 20;
 
 /// How an incremental snapshot stores its files.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -187,61 +184,93 @@ pub fn store_objects(
         hashed: 0,
         hashed_bytes: 0,
     };
+    // Which files must be read: the hash record's hashes count only with
+    // every object stored.
+    let mut hashes: Vec<Option<FileHashes>> = Vec::with_capacity(inv.entries.len());
+    let mut to_read = Vec::new();
+    for (i, e) in inv.entries.iter().enumerate() {
+        let known = match is_object(e, opts) {
+            false => None,
+            true => cache
+                .as_ref()
+                .and_then(|c| c.lookup(&inv.dirs[e.dir_index].path, e, rolled[i]))
+                .filter(|h| h.chunks.iter().all(|c| existing.contains_key(c)))
+                .cloned(),
+        };
+        if is_object(e, opts) && known.is_none() {
+            tracing::debug!(
+                file = %inv.dirs[e.dir_index].path.join(&e.rel).display(),
+                bytes = e.size,
+                rolled = rolled[i],
+                "reading a file to hash it (not a rolled segment the hash record knows unchanged)"
+            );
+            to_read.push(i);
+            record.hashed += 1;
+            record.hashed_bytes += e.size;
+        }
+        hashes.push(known);
+    }
     let uploads = Uploads::new(store, cluster, compress, cancel);
-    let hashes = std::thread::scope(|scope| -> Result<Vec<Option<FileHashes>>> {
+    let hashed = std::thread::scope(|scope| -> Result<()> {
         for _ in 0..uploads.workers {
             scope.spawn(|| uploads.work());
         }
-        let mut reader = Reader {
+        // The disk is read on a thread of its own, a chunk ahead of the
+        // hashing here: direct reads are not read ahead by the kernel.
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let reader = Reader {
             inv,
             content_roots,
             trees: &mut trees,
             cancel,
             chunk_size: opts.chunk_size,
         };
+        let (to_read, uploads) = (&to_read, &uploads);
+        scope.spawn(move || reader.run(to_read, &|| uploads.buffer(), tx));
         let mut queued = HashSet::new();
         let result = (|| {
-            let mut hashes = Vec::with_capacity(inv.entries.len());
-            for (i, e) in inv.entries.iter().enumerate() {
-                if !is_object(e, opts) {
-                    hashes.push(None);
-                    continue;
-                }
-                let log_dir = &inv.dirs[e.dir_index].path;
-                // The record's hashes count only with every object stored:
-                // otherwise the file is read (and what is missing uploaded).
-                let known = cache
-                    .as_ref()
-                    .and_then(|c| c.lookup(log_dir, e, rolled[i]))
-                    .filter(|h| h.chunks.iter().all(|c| existing.contains_key(c)))
-                    .cloned();
-                let h = match known {
-                    Some(h) => h,
-                    None => {
-                        record.hashed += 1;
-                        record.hashed_bytes += e.size;
-                        reader.read(e, &|| uploads.buffer(), &mut |sha, bytes| {
-                            if existing.contains_key(sha) || !queued.insert(sha.to_string()) {
-                                uploads.recycle(bytes);
-                                return Ok(());
-                            }
-                            uploads.push(sha, bytes)
-                        })?
+            for &i in to_read {
+                let mut whole = Sha256::new();
+                let mut chunks = Vec::new();
+                loop {
+                    let got = rx
+                        .recv()
+                        .map_err(|_| Error::Internal("the object reader thread stopped".into()))?;
+                    let bytes = match got {
+                        Read::Chunk(bytes) => bytes,
+                        Read::End => break,
+                        Read::Failed(e) => return Err(e),
+                    };
+                    whole.update(&bytes[..]);
+                    let sha = hex::encode(Sha256::digest(&bytes[..]));
+                    if existing.contains_key(&sha) || !queued.insert(sha.clone()) {
+                        uploads.recycle(bytes);
+                    } else {
+                        uploads.push(&sha, bytes)?;
                     }
-                };
-                if let Some(c) = &mut cache {
-                    c.record(log_dir, e, rolled[i], &h);
+                    chunks.push(sha);
                 }
-                hashes.push(Some(h));
+                hashes[i] = Some(FileHashes {
+                    sha256: hex::encode(whole.finalize()),
+                    chunks,
+                });
             }
-            Ok(hashes)
+            Ok(())
         })();
-        // Whatever happened, the workers finish what was queued and stop.
+        // Whatever happened, the reader and the workers finish and stop.
+        drop(rx);
         uploads.close();
         result
     });
+    if let Some(c) = &mut cache {
+        for (i, e) in inv.entries.iter().enumerate() {
+            if let Some(h) = &hashes[i] {
+                c.record(&inv.dirs[e.dir_index].path, e, rolled[i], h);
+            }
+        }
+    }
     let done = uploads.finish()?;
-    let hashes = hashes?;
+    hashed?;
     record.uploaded = done.objects;
     record.uploaded_bytes = done.bytes;
     record.uploaded_stored_bytes = done.stored_bytes;
@@ -270,79 +299,65 @@ struct Reader<'a> {
     chunk_size: u64,
 }
 
+/// What the reader thread sends: a file's chunks, then `End`.
+enum Read {
+    Chunk(Buf),
+    End,
+    Failed(Error),
+}
+
 impl Reader<'_> {
-    /// Reads `e` once, chunk by chunk: returns the SHA-256 of the file and
-    /// of each chunk, and hands each chunk's hash and bytes to `chunk`.
-    /// Chunk buffers come from `buffer` (reused ones, not zeroed).
+    /// Reads the entries `to_read`, in order, each in chunks, into
+    /// buffers from `buffer`; stops at the first error (sent) or when the
+    /// receiver is gone.
+    fn run(
+        mut self,
+        to_read: &[usize],
+        buffer: &dyn Fn() -> Buf,
+        tx: std::sync::mpsc::SyncSender<Read>,
+    ) {
+        for &i in to_read {
+            let result = self.read(&self.inv.entries[i], buffer, &tx);
+            let msg = match result {
+                Ok(true) => Read::End,
+                Ok(false) => return,
+                Err(e) => Read::Failed(e),
+            };
+            let failed = matches!(msg, Read::Failed(_));
+            if tx.send(msg).is_err() || failed {
+                return;
+            }
+        }
+    }
+
+    /// Sends the chunks of `e`; false when the receiver is gone.
     fn read(
         &mut self,
         e: &Entry,
-        buffer: &dyn Fn() -> Vec<u8>,
-        chunk: &mut dyn FnMut(&str, Vec<u8>) -> Result<()>,
-    ) -> Result<FileHashes> {
+        buffer: &dyn Fn() -> Buf,
+        tx: &std::sync::mpsc::SyncSender<Read>,
+    ) -> Result<bool> {
         let src = self.content_roots[e.dir_index].join(&e.rel);
-        let mut f = self.trees[e.dir_index]
+        let f = self.trees[e.dir_index]
             .open(&e.rel)
             .map_err(|err| crate::fsat::swapped(&src, err))?;
         let log_dir = &self.inv.dirs[e.dir_index].path;
-        advise(&f, libc::POSIX_FADV_SEQUENTIAL);
-        let mut whole = Sha256::new();
-        let mut chunks = Vec::new();
-        let mut offset = 0;
-        while offset < e.size {
-            let len = self.chunk_size.min(e.size - offset);
+        let mut f = SourceFile::new(f, &src, e, log_dir);
+        while f.left() > 0 {
+            let len = self.chunk_size.min(f.left()) as usize;
             let mut bytes = buffer();
-            bytes.resize(len as usize, 0);
-            read_exactly(&mut f, &src, e, log_dir, self.cancel, &mut bytes)?;
-            whole.update(&bytes);
-            let sha = hex::encode(Sha256::digest(&bytes));
-            chunk(&sha, bytes)?;
-            chunks.push(sha);
-            offset += len;
+            f.fill(&mut bytes, len, self.cancel)?;
+            if tx.send(Read::Chunk(bytes)).is_err() {
+                return Ok(false);
+            }
         }
-        let mut probe = [0u8; 1];
-        if read_some(&mut f, &mut probe).ctx(|| format!("reading {}", src.display()))? != 0 {
-            return Err(changed(log_dir, e, "grew"));
-        }
-        // Leave the page cache to the running broker.
-        advise(&f, libc::POSIX_FADV_DONTNEED);
-        Ok(FileHashes {
-            sha256: hex::encode(whole.finalize()),
-            chunks,
-        })
+        f.finish()?;
+        Ok(true)
     }
-}
-
-/// Fills `buf` from `f`, in reads of at most 1 MiB; fails if the file
-/// ends first.
-fn read_exactly(
-    f: &mut fs::File,
-    src: &Path,
-    e: &Entry,
-    log_dir: &Path,
-    cancel: Option<&AtomicBool>,
-    buf: &mut [u8],
-) -> Result<()> {
-    let mut at = 0;
-    while at < buf.len() {
-        if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
-            return Err(Error::unavailable(
-                "archiving cancelled",
-                "the agent is shutting down",
-            ));
-        }
-        let end = buf.len().min(at + BUF);
-        let n = read_some(f, &mut buf[at..end]).ctx(|| format!("reading {}", src.display()))?;
-        if n == 0 {
-            return Err(changed(log_dir, e, "shrank"));
-        }
-        at += n;
-    }
-    Ok(())
 }
 
 /// A chunk to upload: its SHA-256 and bytes.
-type Chunk = (String, Vec<u8>);
+type Chunk = (String, Buf);
 
 /// What the upload workers did.
 #[derive(Debug, Default)]
@@ -369,7 +384,7 @@ struct Uploads<'a> {
     /// Chunk buffers to use again: allocated once, not per chunk (handed
     /// from thread to thread, freed ones were kept in each thread's heap
     /// and the peak grew with every worker).
-    free: std::sync::Mutex<Vec<Vec<u8>>>,
+    free: std::sync::Mutex<Vec<Buf>>,
 }
 
 impl<'a> Uploads<'a> {
@@ -400,20 +415,17 @@ impl<'a> Uploads<'a> {
     }
 
     /// A buffer for the next chunk: a used one when there is one.
-    fn buffer(&self) -> Vec<u8> {
-        let mut b = self
-            .free
+    fn buffer(&self) -> Buf {
+        self.free
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .pop()
-            .unwrap_or_default();
-        b.clear();
-        b
+            .unwrap_or_else(|| Buf::new(0))
     }
 
     /// Keeps `b` for another chunk (at most one more than can be in
     /// flight).
-    fn recycle(&self, b: Vec<u8>) {
+    fn recycle(&self, b: Buf) {
         let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
         if free.len() <= self.workers * 2 {
             free.push(b);
@@ -429,7 +441,7 @@ impl<'a> Uploads<'a> {
     }
 
     /// Queues a chunk; fails at once when an upload has failed.
-    fn push(&self, sha: &str, bytes: Vec<u8>) -> Result<()> {
+    fn push(&self, sha: &str, bytes: Buf) -> Result<()> {
         if self.failed() {
             return Err(Error::Internal("an upload failed".into()));
         }

@@ -54,6 +54,18 @@ pub struct Report {
     /// Fingerprints of the recipients an encrypted snapshot was encrypted to.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub encrypted_to: Vec<String>,
+    /// Content objects (chunks) of an incremental snapshot read and checked
+    /// against their hash.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub objects_read: u64,
+    /// Content objects verified before (by an earlier verification, see
+    /// [`verify_known`]) and only found in storage by listing this time.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub objects_listed: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Verifies a snapshot in storage without extracting anything; an
@@ -78,6 +90,28 @@ pub fn verify_with(
     }
     crypt::unseal(&mut manifest, &snap.manifest_key(), identity)?;
     let report = walk(store, snap, &manifest, identity, &mut Discard)?;
+    Ok((manifest, report))
+}
+
+/// Verifies a new snapshot of an unencrypted cluster, reading only the
+/// content objects that are not `known`: its own archive is read whole
+/// and every object it references must be in storage (one listing), but
+/// an object an earlier verification read and checked (`known` says so:
+/// objects are named after their content and never rewritten) is not
+/// downloaded again. What an incremental cycle costs to verify is then
+/// what it uploaded, not the whole broker. Files whose chunks were all
+/// read also get their whole SHA-256 checked. `verify` reads everything.
+pub fn verify_known(
+    store: &dyn ColdStore,
+    snap: &SnapshotRef,
+    known: &dyn Fn(&str) -> bool,
+) -> Result<(Manifest, Report)> {
+    let manifest = load_manifest(store, snap)?;
+    if manifest.is_encrypted() {
+        let report = stored_bytes(store, snap, &manifest)?;
+        return Ok((manifest, report));
+    }
+    let report = walk_known(store, snap, &manifest, None, &mut Discard, Some(known))?;
     Ok((manifest, report))
 }
 
@@ -130,6 +164,7 @@ fn stored_bytes(store: &dyn ColdStore, snap: &SnapshotRef, m: &Manifest) -> Resu
             .as_ref()
             .map(|e| e.recipients.clone())
             .unwrap_or_default(),
+        ..Report::default()
     })
 }
 
@@ -162,6 +197,19 @@ pub fn walk(
     m: &Manifest,
     identity: Option<&Identities>,
     visitor: &mut dyn Visitor,
+) -> Result<Report> {
+    walk_known(store, snap, m, identity, visitor, None)
+}
+
+/// [`walk`], reading only the content objects that are not `known` (the
+/// visitor then sees no file kept as objects).
+fn walk_known(
+    store: &dyn ColdStore,
+    snap: &SnapshotRef,
+    m: &Manifest,
+    identity: Option<&Identities>,
+    visitor: &mut dyn Visitor,
+    known: Option<&dyn Fn(&str) -> bool>,
 ) -> Result<Report> {
     let id = &snap.snapshot_id;
     let corrupt = |message: String| Error::ArchiveCorrupt {
@@ -246,7 +294,7 @@ pub fn walk(
                 m.archive.size, m.archive.sha256
             )));
         }
-        let report = check_objects(store, snap, m, visitor, report)?;
+        let report = check_objects(store, snap, m, visitor, report, known)?;
         Ok(Report {
             archive_size: size,
             archive_sha256: sha,
@@ -626,7 +674,7 @@ fn check_entries(
         archive_size: 0,
         archive_sha256: String::new(),
         contents_checked: true,
-        encrypted_to: Vec::new(),
+        ..Report::default()
     })
 }
 
@@ -646,13 +694,24 @@ fn check_objects(
     m: &Manifest,
     visitor: &mut dyn Visitor,
     mut report: Report,
+    known: Option<&dyn Fn(&str) -> bool>,
 ) -> Result<Report> {
     let id = &snap.snapshot_id;
     let chunk_size = m.objects.as_ref().map_or(1, |o| o.chunk_size.max(1));
     let records: Vec<&EntryRecord> = m.object_entries().collect();
+    let is_known = |sha: &str| known.is_some_and(|k| k(sha));
+    // Every chunk to read, file by file; a chunk two files share is read
+    // for each (a restore writes both).
     let mut tasks = Vec::new();
+    let mut read = std::collections::HashSet::new();
+    let mut listed = std::collections::HashSet::new();
     for rec in &records {
         for (index, sha) in rec.chunk_shas().iter().enumerate() {
+            if is_known(sha) {
+                listed.insert(sha.as_str());
+                continue;
+            }
+            read.insert(sha.as_str());
             let offset = index as u64 * chunk_size;
             tasks.push(ChunkTask {
                 key: content_object_key(&snap.cluster_id, sha),
@@ -661,6 +720,8 @@ fn check_objects(
             });
         }
     }
+    report.objects_read = read.len() as u64;
+    report.objects_listed = listed.difference(&read).count() as u64;
     let prefetch = Prefetch::new(&tasks, chunk_size);
     std::thread::scope(|scope| {
         for _ in 0..prefetch.workers {
@@ -669,11 +730,21 @@ fn check_objects(
         let result = (|| {
             let mut first = 0;
             for rec in &records {
-                let n = rec.chunk_shas().len();
-                let r = check_object(store, id, rec, visitor, &prefetch, first..first + n)?;
+                let shas = rec.chunk_shas();
+                let n = shas.iter().filter(|s| !is_known(s)).count();
+                let chunks = first..first + n;
                 first += n;
-                report.files += 1;
-                report.bytes = report.bytes.saturating_add(r);
+                if n == shas.len() {
+                    let r = check_object(store, id, rec, visitor, &prefetch, chunks)?;
+                    report.files += 1;
+                    report.bytes = report.bytes.saturating_add(r);
+                } else {
+                    // Some chunks were verified before: the others are
+                    // each checked (length and hash), the file's whole
+                    // hash cannot be without every byte.
+                    let r = check_chunks(store, id, rec, &prefetch, chunks)?;
+                    report.bytes = report.bytes.saturating_add(r);
+                }
             }
             Ok(report)
         })();
@@ -681,6 +752,21 @@ fn check_objects(
         prefetch.cancel();
         result
     })
+}
+
+/// Reads chunks `chunks` of the prefetch (some of the chunks of `rec`),
+/// which checks each; returns their bytes.
+fn check_chunks(
+    store: &dyn ColdStore,
+    id: &str,
+    rec: &EntryRecord,
+    prefetch: &Prefetch,
+    chunks: std::ops::Range<usize>,
+) -> Result<u64> {
+    let mut source = ObjectReader::new(prefetch, chunks);
+    let drained = io::copy(&mut source, &mut io::sink());
+    object_problem(store, id, rec, source.problem)?;
+    drained.map_err(|e| Error::io("reading an object", e))
 }
 
 /// One file of [`check_objects`]: its chunks are tasks `chunks` of the
@@ -694,40 +780,13 @@ fn check_object(
     chunks: std::ops::Range<usize>,
 ) -> Result<u64> {
     let sha = rec.sha256.as_deref().unwrap_or_default();
-    let source = ObjectReader {
-        prefetch,
-        next: chunks.start,
-        end: chunks.end,
-        current: Vec::new(),
-        pos: 0,
-        problem: None,
-    };
-    let mut hashed = HashingReader::new(source);
+    let mut hashed = HashingReader::new(ObjectReader::new(prefetch, chunks));
     let visited = visitor.entry(rec, &mut hashed);
     let drained = visited.and_then(|()| {
         io::copy(&mut hashed, &mut io::sink()).map_err(|e| Error::io("reading an object", e))
     });
     let (reader, n, actual) = hashed.finish();
-    match reader.problem {
-        None => {}
-        Some(ObjectProblem::Storage(e)) => return Err(e),
-        Some(ObjectProblem::Unreadable { key, message }) => {
-            return Err(store.error(
-                &key,
-                format!(
-                    "reading content object of {} for snapshot {id} failed ({message}); \
-                     nothing is known about the snapshot, verify it again later",
-                    rec.path
-                ),
-            ))
-        }
-        Some(ObjectProblem::Corrupt { key, message }) => {
-            return Err(Error::ArchiveCorrupt {
-                snapshot: id.to_string(),
-                message: format!("content object {key} of {}: {message}", rec.path),
-            })
-        }
-    }
+    object_problem(store, id, rec, reader.problem)?;
     drained?;
     if n != rec.size {
         return Err(Error::ArchiveCorrupt {
@@ -747,6 +806,31 @@ fn check_object(
         });
     }
     Ok(n)
+}
+
+/// The error for what went wrong reading the content objects of `rec`.
+fn object_problem(
+    store: &dyn ColdStore,
+    id: &str,
+    rec: &EntryRecord,
+    problem: Option<ObjectProblem>,
+) -> Result<()> {
+    match problem {
+        None => Ok(()),
+        Some(ObjectProblem::Storage(e)) => Err(e),
+        Some(ObjectProblem::Unreadable { key, message }) => Err(store.error(
+            &key,
+            format!(
+                "reading content object of {} for snapshot {id} failed ({message}); \
+                 nothing is known about the snapshot, verify it again later",
+                rec.path
+            ),
+        )),
+        Some(ObjectProblem::Corrupt { key, message }) => Err(Error::ArchiveCorrupt {
+            snapshot: id.to_string(),
+            message: format!("content object {key} of {}: {message}", rec.path),
+        }),
+    }
 }
 
 /// What went wrong reading a file's content objects.
@@ -934,6 +1018,20 @@ struct ObjectReader<'a> {
     current: Vec<u8>,
     pos: usize,
     problem: Option<ObjectProblem>,
+}
+
+impl<'a> ObjectReader<'a> {
+    /// Reads tasks `chunks` of `prefetch`, in order.
+    fn new(prefetch: &'a Prefetch<'a>, chunks: std::ops::Range<usize>) -> Self {
+        ObjectReader {
+            prefetch,
+            next: chunks.start,
+            end: chunks.end,
+            current: Vec::new(),
+            pos: 0,
+            problem: None,
+        }
+    }
 }
 
 impl Read for ObjectReader<'_> {

@@ -31,6 +31,11 @@ const FILE_MODE: u32 = 0o640;
 /// deletion is a matter of the directory's permissions.
 const COMMITTED_MODE: u32 = 0o440;
 
+/// Objects up to this size are asked into the page cache whole when
+/// opened (content objects, manifests); larger ones (archives) are left
+/// to the kernel's readahead.
+const WHOLE_READAHEAD: u64 = 32 << 20;
+
 /// A local directory or a mounted network filesystem (NFS).
 pub struct FileStore {
     root: PathBuf,
@@ -138,6 +143,20 @@ impl ColdStore for FileStore {
     fn open(&self, key: &str) -> Result<Box<dyn Read + Send>> {
         let path = self.path(key)?;
         let f = fs::File::open(&path).map_err(|e| self.error(key, format!("opening: {e}")))?;
+        if f.metadata().is_ok_and(|m| m.len() <= WHOLE_READAHEAD) {
+            // A content object is read whole right after: one request for
+            // all of it, not readahead's ramp from a small window, which
+            // restores and verifications of many objects wait on.
+            // SAFETY: advisory call on a valid fd; failure is harmless.
+            unsafe {
+                libc::posix_fadvise(
+                    std::os::unix::io::AsRawFd::as_raw_fd(&f),
+                    0,
+                    0,
+                    libc::POSIX_FADV_WILLNEED,
+                );
+            }
+        }
         Ok(match &self.throttle {
             Some(t) => Box::new(Throttled {
                 inner: f,
