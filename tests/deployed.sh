@@ -20,6 +20,9 @@
 # - the rolling snapshot cycle the coordinator starts at its first start
 #   ends done (the agents stop and start their brokers through systemd and
 #   polkit), reflink capture, every snapshot verified by the coordinator;
+#   the snapshots are incremental: the content objects the agents' user
+#   wrote are 0440 in 2770 dirs of the store's group, every manifest
+#   references some, each agent's hash record is its user's, 0600;
 # - restore --broker 2 ends done: the restored files have the owner,
 #   group and mode the manifest recorded (the kafka user's), the replaced
 #   log dirs were moved aside (and status lists them with their size, as
@@ -281,6 +284,13 @@ all:
       prune_after_cycle: false
     kafka_snapshot_agent_broker_settings:
       stop_timeout: 3m
+    # Incremental snapshots, as the service users: files of 4 KiB and more
+    # (the test's partitions hold little data) as content objects shared by
+    # every broker, in 64 KiB chunks.
+    kafka_snapshot_agent_snapshot_settings:
+      mode: incremental
+      object_min_size: 4KiB
+      object_chunk_size: 64KiB
 INV
 playbook() { (cd ansible && ansible-playbook -i "$T/inventory.yml" site.yml "$@"); }
 recap_count() { # log regex: PLAY RECAP lines matching
@@ -350,6 +360,28 @@ if wait_verified 3 &&
 else
     coord snapshots || true
     not_ok "snapshots not all verified"
+fi
+# The content objects: written by the agents' user, readable by the
+# coordinator's group (2770 dirs, objects 0440 once committed), every
+# manifest referencing some; each agent's hash record its user's only.
+objects_problems=()
+objects_dir=$T/store/$CLUSTER_ID/objects
+n_objects=$(find "$objects_dir" -type f -name '*.zst' 2>/dev/null | wc -l)
+((n_objects > 0)) || objects_problems+=("no content object under $objects_dir")
+bad=$(find "$objects_dir" -type f -name '*.zst' \( ! -uid $AGENT_UID -o ! -gid $STORE_GID -o ! -perm 0440 \) 2>/dev/null | head -3)
+[[ -z $bad ]] || objects_problems+=("objects not $AGENT_UID:$STORE_GID 0440: $bad")
+bad=$(find "$objects_dir" -type d ! -perm 2770 2>/dev/null | head -3)
+[[ -z $bad ]] || objects_problems+=("object dirs not 2770: $bad")
+for m in "$T"/store/"$CLUSTER_ID"/broker-*/*/manifest.json; do
+    python3 -c 'import json, sys; m = json.load(open(sys.argv[1])); sys.exit(0 if m.get("objects") and any(e.get("chunks") for e in m["entries"]) else 1)' "$m" ||
+        objects_problems+=("$m references no content object")
+done
+[[ $(guest_exec b2 stat -c '%U %a' /var/lib/kafka-snapshot-agent/hash-cache.json 2>&1) == "kafka-snapshot 600" ]] ||
+    objects_problems+=("b2's hash record is not kafka-snapshot 600: $(guest_exec b2 stat -c '%U %a' /var/lib/kafka-snapshot-agent/hash-cache.json 2>&1)")
+if ((${#objects_problems[@]} == 0)); then
+    ok "incremental snapshots as the service users: $n_objects content objects, $AGENT_UID:$STORE_GID 0440 in 2770 dirs, referenced by every manifest; b2's hash record kafka-snapshot 0600"
+else
+    not_ok "incremental snapshots: ${objects_problems[*]}"
 fi
 
 if playbook >"$T/run2.log" 2>&1 && [[ $(recap_count "$T/run2.log" 'changed=0 .*failed=0 ') -eq 3 ]]; then

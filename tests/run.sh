@@ -11,11 +11,12 @@
 #
 #   tests/run.sh              everything (what CI runs); the real-Kafka
 #                             tests run on Kafka 4.0.2, then 4.4.0 (every
-#                             snapshot encrypted at rest), 3.9.1 (KRaft)
-#                             and 3.9.1 with ZooKeeper (encrypted)
+#                             snapshot encrypted at rest), 3.9.1 (KRaft,
+#                             incremental snapshots) and 3.9.1 with
+#                             ZooKeeper (encrypted)
 #                             (KSNAP_KAFKA_OTHER_VERSIONS: space-separated
-#                             VERSION[:zookeeper][:encrypted], empty for
-#                             none)
+#                             VERSION[:zookeeper][:encrypted][:incremental],
+#                             empty for none)
 #   tests/run.sh --soak N     the same setup, then only the fault matrix
 #                             (coordinator/tests/faults.rs), N times over;
 #                             stops at the first failure
@@ -96,16 +97,19 @@ rm -rf "$KSNAP_TEST_REPORT"
 cargo test --workspace --locked
 # The other Kafka releases operators run, and 3.9 in ZooKeeper mode: the
 # real-Kafka tests again (the gate conditions, a rolling cycle and a
-# restore under load) on each. The workspace run above tested the default
+# restore under load) on each; 3.9 in KRaft mode with incremental
+# snapshots. The workspace run above tested the default
 # release (KRaft) fully.
-for other in ${KSNAP_KAFKA_OTHER_VERSIONS-4.4.0:encrypted 3.9.1 3.9.1:zookeeper:encrypted}; do
+for other in ${KSNAP_KAFKA_OTHER_VERSIONS-4.4.0:encrypted 3.9.1:incremental 3.9.1:zookeeper:encrypted}; do
     KSNAP_KAFKA_VERSION=${other%%:*}
     mode=kraft
     encrypt=0
+    snapshots=full
     [[ :$other: == *:zookeeper:* ]] && mode=zookeeper
     [[ :$other: == *:encrypted:* ]] && encrypt=1
+    [[ :$other: == *:incremental:* ]] && snapshots=incremental
     kafka_setup
-    KSNAP_TEST_KAFKA_MODE=$mode KSNAP_TEST_ENCRYPT=$encrypt \
+    KSNAP_TEST_KAFKA_MODE=$mode KSNAP_TEST_ENCRYPT=$encrypt KSNAP_TEST_SNAPSHOT_MODE=$snapshots \
         cargo test --locked -p kafka-snapshot-coordinator --test real_kafka
 done
 python3 tests/report.py --report "$KSNAP_TEST_REPORT" --readme README.md

@@ -70,6 +70,7 @@ fn real_kafka_gate_cycle_and_restore() {
         // Agents on the three dedicated controllers too (KRaft).
         controllers: true,
         agent_extra: encryption.clone(),
+        snapshot_extra: snapshot_mode(),
         ..FleetSpec::default()
     };
     let mut f = Fleet::around(t, cluster, spec);
@@ -82,6 +83,9 @@ fn real_kafka_gate_cycle_and_restore() {
     eprintln!("restore done after {:?}", started.elapsed());
     if !encryption.is_empty() {
         every_snapshot_encrypted_and_verified_with_the_identity(&f);
+    }
+    if incremental() {
+        every_snapshot_incremental_and_verified(&f);
     }
     assert_eq!(
         group_offsets(&f.cluster.bootstrap()),
@@ -913,7 +917,35 @@ fn label() -> String {
     } else {
         ""
     };
-    format!("Kafka {version}, {}{encrypted}", Mode::from_env().name())
+    let incremental = if incremental() {
+        ", incremental snapshots"
+    } else {
+        ""
+    };
+    format!(
+        "Kafka {version}, {}{encrypted}{incremental}",
+        Mode::from_env().name()
+    )
+}
+
+/// Set to `incremental`, every agent of the run takes incremental
+/// snapshots (`snapshot.mode`), with files of 4 KiB and more kept as
+/// content objects in 64 KiB chunks (the test's partitions hold little
+/// data): the rolling cycle, the restore of broker 2 and both
+/// whole-cluster restores then read content objects.
+const SNAPSHOT_MODE_ENV: &str = "KSNAP_TEST_SNAPSHOT_MODE";
+
+fn incremental() -> bool {
+    std::env::var(SNAPSHOT_MODE_ENV).is_ok_and(|v| v == "incremental")
+}
+
+/// The agents' `[snapshot]` lines for the run's snapshot mode.
+fn snapshot_mode() -> &'static str {
+    if incremental() {
+        "mode = \"incremental\"\nobject_min_size = \"4KiB\"\nobject_chunk_size = \"64KiB\"\n"
+    } else {
+        ""
+    }
 }
 
 /// Set to 1, every snapshot of the run is encrypted ([encryption] in
@@ -965,30 +997,65 @@ fn every_snapshot_encrypted_and_verified_with_the_identity(f: &Fleet<KafkaCluste
         assert_eq!(s["verified_contents"], false, "{s}");
     }
     for s in &snaps {
-        let id = s["snapshot_id"].as_str().unwrap();
-        let broker = s["broker"].to_string();
-        let (code, out, err) = f.agent_cli_of(
-            2,
-            &[
-                "archive",
-                "verify",
-                "--store",
-                &f.store_url,
-                "--snapshot",
-                id,
-                "--broker",
-                &broker,
-                "--json",
-            ],
-        );
-        assert_eq!(code, 0, "verify {id}: {out}{err}");
-        let report: Value = serde_json::from_str(&out).unwrap();
+        let report = archive_verify(f, s);
         assert_eq!(report["contents_checked"], true, "{report}");
         assert!(report["files"].as_u64().unwrap() > 0, "{report}");
         assert_eq!(
             report["encrypted_to"].as_array().map(Vec::len),
             Some(1),
             "{report}"
+        );
+    }
+}
+
+/// `archive verify --json` of the catalog row `s` run by broker 2's agent
+/// (with its config, so its identity when encrypted); its report.
+fn archive_verify(f: &Fleet<KafkaCluster>, s: &Value) -> Value {
+    let id = s["snapshot_id"].as_str().unwrap();
+    let broker = s["broker"].to_string();
+    let (code, out, err) = f.agent_cli_of(
+        2,
+        &[
+            "archive",
+            "verify",
+            "--store",
+            &f.store_url,
+            "--snapshot",
+            id,
+            "--broker",
+            &broker,
+            "--json",
+        ],
+    );
+    assert_eq!(code, 0, "verify {id}: {out}{err}");
+    serde_json::from_str(&out).unwrap()
+}
+
+/// Every snapshot in the catalog passed the coordinator's verification
+/// and `archive verify` (every byte) passes too; the brokers' snapshots
+/// keep their segments as content objects, shared from one to the next.
+fn every_snapshot_incremental_and_verified(f: &Fleet<KafkaCluster>) {
+    f.wait_all_verified(Duration::from_secs(300));
+    let snaps = f.snapshots();
+    assert!(snaps.len() >= f.agents.len(), "{snaps:?}");
+    let mut objects_by_broker: HashMap<i64, Vec<u64>> = HashMap::new();
+    for s in &snaps {
+        assert_eq!(s["verify_ok"], true, "{s}");
+        let report = archive_verify(f, s);
+        assert_eq!(report["contents_checked"], true, "{report}");
+        objects_by_broker
+            .entry(s["broker"].as_i64().unwrap())
+            .or_default()
+            .push(report["objects_read"].as_u64().unwrap_or(0));
+    }
+    for b in f.cluster.broker_ids() {
+        let objects = objects_by_broker
+            .get(&(b as i64))
+            .cloned()
+            .unwrap_or_default();
+        assert!(
+            objects.iter().any(|&n| n > 0),
+            "broker {b}: no snapshot of it kept any file as content objects: {objects:?}"
         );
     }
 }
