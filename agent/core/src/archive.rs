@@ -224,6 +224,7 @@ fn write_entries<W: Write>(
             sha256,
             link_target,
             chunks: None,
+            cuts: Vec::new(),
         });
     }
     Ok(())

@@ -21,7 +21,9 @@
 //!   again anyway, to be uploaded, and hashed on the way.
 //!
 //! The record holds only the files of the last snapshot: it does not grow
-//! with the history. An unreadable record is ignored with a warning (every
+//! with the history. It also holds the active segments' files, for one
+//! thing only: where their chunks were cut ([`plan_cuts`]), never their
+//! hashes. An unreadable record is ignored with a warning (every
 //! file is read once more), never an error: it only saves time.
 
 use crate::logdir::{Entry, EntryKind, Inventory};
@@ -59,6 +61,10 @@ struct Record {
 pub struct FileHashes {
     pub sha256: String,
     pub chunks: Vec<String>,
+    /// Where its chunks end off the grid (see
+    /// [`kafka_snapshot_model::manifest::chunk_spans`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cuts: Vec<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,11 +76,16 @@ struct Hashed {
     mtime_ns: i64,
     ctime_ns: i64,
     hashes: FileHashes,
+    /// Not a rolled segment's file when hashed: only where its chunks
+    /// were cut is used again (see [`HashCache::cuts`]), never its hashes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    active: bool,
 }
 
 impl Hashed {
-    fn of(e: &Entry, hashes: &FileHashes) -> Hashed {
+    fn of(e: &Entry, hashes: &FileHashes, rolled: bool) -> Hashed {
         Hashed {
+            active: !rolled,
             dev: e.dev,
             ino: e.ino,
             size: e.size,
@@ -133,7 +144,8 @@ impl HashCache {
             return None;
         }
         let h = self.known.get(&key(log_dir, e))?;
-        (h.dev == e.dev
+        (!h.active
+            && h.dev == e.dev
             && h.ino == e.ino
             && h.size == e.size
             && h.mtime_ns == e.mtime_ns
@@ -141,12 +153,26 @@ impl HashCache {
             .then_some(&h.hashes)
     }
 
-    /// Records the hashes of `e` for the next snapshot (rolled segment
-    /// files only: nothing else is ever looked up).
-    pub fn record(&mut self, log_dir: &Path, e: &Entry, rolled: bool, hashes: &FileHashes) {
-        if rolled {
-            self.now.insert(key(log_dir, e), Hashed::of(e, hashes));
+    /// Where to cut the chunks of `e` (of log dir `log_dir`), a file read
+    /// to hash it: if it is the file (device and inode) the last snapshot
+    /// read, no shorter, the cuts it had, and one more where that snapshot
+    /// ended it (see [`plan_cuts`]). Only where chunks end is taken from
+    /// the record, never what they hold: every byte is read and hashed.
+    pub fn cuts(&self, log_dir: &Path, e: &Entry, chunk_size: u64) -> Vec<u64> {
+        match self.known.get(&key(log_dir, e)) {
+            Some(h) if h.dev == e.dev && h.ino == e.ino && h.size <= e.size => {
+                plan_cuts(h.size, &h.hashes.cuts, e.size, chunk_size)
+            }
+            _ => Vec::new(),
         }
+    }
+
+    /// Records the hashes of `e` for the next snapshot: a rolled segment's
+    /// to be used again while it is unchanged, any other's for where its
+    /// chunks were cut.
+    pub fn record(&mut self, log_dir: &Path, e: &Entry, rolled: bool, hashes: &FileHashes) {
+        self.now
+            .insert(key(log_dir, e), Hashed::of(e, hashes, rolled));
     }
 
     /// Forgets what `e` was recorded as: its object turned out not to be
@@ -187,6 +213,36 @@ impl HashCache {
         };
         write().ctx(|| format!("writing the hash record {}", self.path.display()))
     }
+}
+
+/// A chunk is cut where an earlier snapshot ended a file only if the
+/// part before is at least this fraction of a chunk: a smaller one is
+/// cheaper uploaded again than kept as an object of its own.
+const MIN_CUT_PART: u64 = 16;
+
+/// The cuts of a file that was `before` bytes long with cuts `cuts` at the
+/// last snapshot and is `size` bytes now (Kafka appended to it): the old
+/// ones, and one where it ended, so the chunk stored for its end then is
+/// used again and only the bytes after it are new. At most one cut per
+/// grid chunk, so a file is never more than twice as many objects as its
+/// chunks: in a chunk cut already, what follows the cut is uploaded again.
+pub fn plan_cuts(before: u64, cuts: &[u64], size: u64, chunk_size: u64) -> Vec<u64> {
+    let mut out: Vec<u64> = cuts
+        .iter()
+        .copied()
+        .filter(|&c| c > 0 && c < size && c % chunk_size != 0)
+        .collect();
+    out.sort_unstable();
+    out.dedup_by_key(|c| *c / chunk_size);
+    let part = before % chunk_size;
+    if before < size
+        && part >= chunk_size / MIN_CUT_PART
+        && !out.iter().any(|&c| c / chunk_size == before / chunk_size)
+    {
+        out.push(before);
+        out.sort_unstable();
+    }
+    out
 }
 
 fn key(log_dir: &Path, e: &Entry) -> String {
@@ -321,6 +377,7 @@ mod tests {
         let hashes = FileHashes {
             sha256: "a".repeat(64),
             chunks: vec!["b".repeat(64)],
+            cuts: Vec::new(),
         };
         c.record(Path::new("/d"), &e, true, &hashes);
         c.save().unwrap();
@@ -381,5 +438,64 @@ mod tests {
             HashCache::load(&path, &inv, CHUNK).lookup(Path::new("/d"), &e, true),
             None
         );
+    }
+
+    #[test]
+    fn an_active_file_keeps_where_it_was_cut_never_its_hashes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hash-cache.json");
+        let e = Entry {
+            size: CHUNK + CHUNK / 2,
+            ..entry("t-0/00000000000000000000.log", 1)
+        };
+        let inv = inventory(vec![e.clone()]);
+        let mut c = HashCache::load(&path, &inv, CHUNK);
+        let hashes = FileHashes {
+            sha256: "a".repeat(64),
+            chunks: vec!["b".repeat(64), "c".repeat(64)],
+            cuts: Vec::new(),
+        };
+        c.record(Path::new("/d"), &e, false, &hashes);
+        c.save().unwrap();
+        let c = HashCache::load(&path, &inv, CHUNK);
+        // Its hashes are not trusted, even once it rolled unchanged.
+        assert_eq!(c.lookup(Path::new("/d"), &e, true), None);
+        // Appended to: cut where the last snapshot ended it.
+        let grown = Entry {
+            size: 3 * CHUNK,
+            ctime_ns: 9,
+            ..e.clone()
+        };
+        assert_eq!(c.cuts(Path::new("/d"), &grown, CHUNK), vec![e.size]);
+        // The same size: no new cut; shorter (truncated), or another file: none.
+        assert_eq!(c.cuts(Path::new("/d"), &e, CHUNK), Vec::<u64>::new());
+        for other in [
+            Entry {
+                size: CHUNK,
+                ..e.clone()
+            },
+            Entry {
+                ino: 2,
+                ..grown.clone()
+            },
+        ] {
+            assert_eq!(c.cuts(Path::new("/d"), &other, CHUNK), Vec::<u64>::new());
+        }
+    }
+
+    #[test]
+    fn cuts_are_few_and_only_where_they_save_bytes() {
+        let c = 64u64;
+        // Where it ended, if the part before in its chunk is big enough.
+        assert_eq!(plan_cuts(100, &[], 300, c), vec![100]);
+        assert_eq!(plan_cuts(129, &[], 300, c), Vec::<u64>::new());
+        assert_eq!(plan_cuts(128, &[], 300, c), Vec::<u64>::new());
+        // Old cuts stay; one per chunk.
+        assert_eq!(plan_cuts(200, &[100], 300, c), vec![100, 200]);
+        assert_eq!(plan_cuts(120, &[100], 300, c), vec![100]);
+        // Cuts past the end (a file cut then truncated) go.
+        assert_eq!(plan_cuts(50, &[100], 90, c), vec![50]);
+        // Not grown: nothing new.
+        assert_eq!(plan_cuts(300, &[100], 300, c), vec![100]);
     }
 }

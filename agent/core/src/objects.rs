@@ -14,9 +14,12 @@
 //! trimmed at roll, and rebuilt after an unclean stop. Chunks fixed from
 //! the start of a file are what makes the active segment cheap: Kafka
 //! only appends to it, so from one snapshot to the next every full chunk
-//! before its end is unchanged, and only the last chunk and the new ones
-//! are uploaded. A file the same on two replicas (a size-rolled segment)
-//! is the same chunks, stored once.
+//! before its end is unchanged. The chunk it ended in is cut where the
+//! last snapshot ended it (see [`crate::hashcache::plan_cuts`]): the part
+//! before is the object stored then, and only the appended bytes are
+//! uploaded. A file the same on two replicas (a size-rolled segment) is
+//! the same chunks, stored once, but for the chunks the two agents cut at
+//! other places.
 //!
 //! The order keeps every complete snapshot whole: the objects a snapshot
 //! references are all found in storage (uploaded, or listed) before its
@@ -29,7 +32,7 @@ use crate::source::{zstd_encoder, Buf, SourceFile};
 use crate::storage::ColdStore;
 use kafka_snapshot_model::error::{Error, Result};
 use kafka_snapshot_model::layout::{content_object_key, objects_prefix, parse_content_object_key};
-use kafka_snapshot_model::manifest::ObjectsRecord;
+use kafka_snapshot_model::manifest::{chunk_spans, ObjectsRecord};
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
@@ -204,7 +207,10 @@ pub fn store_objects(
                 rolled = rolled[i],
                 "reading a file to hash it (not a rolled segment the hash record knows unchanged)"
             );
-            to_read.push(i);
+            let cuts = cache.as_ref().map_or_else(Vec::new, |c| {
+                c.cuts(&inv.dirs[e.dir_index].path, e, opts.chunk_size)
+            });
+            to_read.push((i, cuts));
             record.hashed += 1;
             record.hashed_bytes += e.size;
         }
@@ -229,7 +235,7 @@ pub fn store_objects(
         scope.spawn(move || reader.run(to_read, &|| uploads.buffer(), tx));
         let mut queued = HashSet::new();
         let result = (|| {
-            for &i in to_read {
+            for (i, cuts) in to_read {
                 let mut whole = Sha256::new();
                 let mut chunks = Vec::new();
                 loop {
@@ -250,9 +256,10 @@ pub fn store_objects(
                     }
                     chunks.push(sha);
                 }
-                hashes[i] = Some(FileHashes {
+                hashes[*i] = Some(FileHashes {
                     sha256: hex::encode(whole.finalize()),
                     chunks,
+                    cuts: cuts.clone(),
                 });
             }
             Ok(())
@@ -307,17 +314,17 @@ enum Read {
 }
 
 impl Reader<'_> {
-    /// Reads the entries `to_read`, in order, each in chunks, into
-    /// buffers from `buffer`; stops at the first error (sent) or when the
-    /// receiver is gone.
+    /// Reads the entries `to_read`, in order, each in chunks (cut where
+    /// the second of each pair says), into buffers from `buffer`; stops at
+    /// the first error (sent) or when the receiver is gone.
     fn run(
         mut self,
-        to_read: &[usize],
+        to_read: &[(usize, Vec<u64>)],
         buffer: &dyn Fn() -> Buf,
         tx: std::sync::mpsc::SyncSender<Read>,
     ) {
-        for &i in to_read {
-            let result = self.read(&self.inv.entries[i], buffer, &tx);
+        for (i, cuts) in to_read {
+            let result = self.read(&self.inv.entries[*i], cuts, buffer, &tx);
             let msg = match result {
                 Ok(true) => Read::End,
                 Ok(false) => return,
@@ -334,6 +341,7 @@ impl Reader<'_> {
     fn read(
         &mut self,
         e: &Entry,
+        cuts: &[u64],
         buffer: &dyn Fn() -> Buf,
         tx: &std::sync::mpsc::SyncSender<Read>,
     ) -> Result<bool> {
@@ -343,10 +351,9 @@ impl Reader<'_> {
             .map_err(|err| crate::fsat::swapped(&src, err))?;
         let log_dir = &self.inv.dirs[e.dir_index].path;
         let mut f = SourceFile::new(f, &src, e, log_dir);
-        while f.left() > 0 {
-            let len = self.chunk_size.min(f.left()) as usize;
+        for (_, len) in chunk_spans(e.size, self.chunk_size, cuts) {
             let mut bytes = buffer();
-            f.fill(&mut bytes, len, self.cancel)?;
+            f.fill(&mut bytes, len as usize, self.cancel)?;
             if tx.send(Read::Chunk(bytes)).is_err() {
                 return Ok(false);
             }

@@ -370,6 +370,7 @@ fn merge_entries(
                 sha256: Some(h.sha256.clone()),
                 link_target: None,
                 chunks: Some(h.chunks.clone()),
+                cuts: h.cuts.clone(),
             },
             None => archived.next().ok_or_else(|| {
                 Error::Internal("the archive wrote fewer entries than it was given".into())

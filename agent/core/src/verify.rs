@@ -706,17 +706,16 @@ fn check_objects(
     let mut read = std::collections::HashSet::new();
     let mut listed = std::collections::HashSet::new();
     for rec in &records {
-        for (index, sha) in rec.chunk_shas().iter().enumerate() {
+        for (sha, (_, len)) in rec.chunk_shas().iter().zip(rec.chunk_spans(chunk_size)) {
             if is_known(sha) {
                 listed.insert(sha.as_str());
                 continue;
             }
             read.insert(sha.as_str());
-            let offset = index as u64 * chunk_size;
             tasks.push(ChunkTask {
                 key: content_object_key(&snap.cluster_id, sha),
                 sha,
-                len: chunk_size.min(rec.size.saturating_sub(offset)),
+                len,
             });
         }
     }

@@ -186,7 +186,8 @@ impl Totals {
 /// of its SHA-256 under the cluster's `objects/` prefix; the snapshot's
 /// own archive holds every other entry. Fixed chunks from the start of the
 /// file keep what Kafka appends to a segment from costing the segment's
-/// earlier bytes again: only its last chunk and the new ones change.
+/// earlier bytes again: only its last chunk and the new ones change, and
+/// a file's `cuts` split its last chunk of before where it ended then.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ObjectsRecord {
@@ -283,6 +284,59 @@ pub struct EntryRecord {
     /// stays the hash of the whole file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chunks: Option<Vec<String>>,
+    /// Format 3: where the file's chunks end off the grid of
+    /// `objects.chunk_size` (ascending, at most one per grid chunk). A
+    /// segment Kafka appended to since the last snapshot is cut where that
+    /// snapshot ended it, so the chunk it stored then is used again and
+    /// only the new bytes are uploaded. See [`chunk_spans`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cuts: Vec<u64>,
+}
+
+/// The `(offset, length)` of each chunk of a file of `size` bytes: one
+/// per `chunk_size` bytes from its start (the last one shorter), each one
+/// a `cut` falls in split in two there. Cuts outside the file or on the
+/// grid split nothing.
+pub fn chunk_spans(size: u64, chunk_size: u64, cuts: &[u64]) -> Vec<(u64, u64)> {
+    let chunk_size = chunk_size.max(1);
+    let mut ends: Vec<u64> = (1..size.div_ceil(chunk_size))
+        .map(|i| i * chunk_size)
+        .chain(cuts.iter().copied().filter(|&c| c > 0 && c < size))
+        .chain(std::iter::once(size))
+        .collect();
+    ends.sort_unstable();
+    ends.dedup();
+    let mut start = 0;
+    ends.into_iter()
+        .filter(|&end| end > 0)
+        .map(|end| {
+            let span = (start, end - start);
+            start = end;
+            span
+        })
+        .collect()
+}
+
+/// Why `cuts` are not cuts of a file of `size` bytes in chunks of
+/// `chunk_size`: each strictly inside the file, off the grid, ascending,
+/// at most one per grid chunk.
+pub fn check_cuts(size: u64, chunk_size: u64, cuts: &[u64]) -> Result<(), String> {
+    let chunk_size = chunk_size.max(1);
+    let mut last_chunk = None;
+    let mut last = 0;
+    for &c in cuts {
+        if c == 0 || c >= size || c % chunk_size == 0 || c <= last {
+            return Err(format!(
+                "cut at {c} is not strictly inside the file ({size} bytes), off the grid of                  {chunk_size}-byte chunks, after the one before"
+            ));
+        }
+        if last_chunk == Some(c / chunk_size) {
+            return Err(format!("cut at {c}: a chunk is cut at most once"));
+        }
+        last_chunk = Some(c / chunk_size);
+        last = c;
+    }
+    Ok(())
 }
 
 impl EntryRecord {
@@ -295,6 +349,12 @@ impl EntryRecord {
     /// entry of the archive).
     pub fn chunk_shas(&self) -> &[String] {
         self.chunks.as_deref().unwrap_or_default()
+    }
+
+    /// The `(offset, length)` of each of its chunks, in the order of
+    /// [`Self::chunk_shas`].
+    pub fn chunk_spans(&self, chunk_size: u64) -> Vec<(u64, u64)> {
+        chunk_spans(self.size, chunk_size, &self.cuts)
     }
 }
 
@@ -498,6 +558,12 @@ impl Manifest {
             if e.kind == EntryType::File && !e.sha256.as_deref().is_some_and(is_sha256) {
                 return Err(format!("file {} has no valid sha256", e.path));
             }
+            if e.chunks.is_none() && !e.cuts.is_empty() {
+                return Err(format!(
+                    "entry {:?} has cuts but is not stored as content objects",
+                    e.path
+                ));
+            }
             if let Some(chunks) = &e.chunks {
                 if e.kind != EntryType::File {
                     return Err(format!(
@@ -518,15 +584,18 @@ impl Manifest {
                         e.path
                     ));
                 }
-                let want = e.size.div_ceil(o.chunk_size.max(1));
+                check_cuts(e.size, o.chunk_size, &e.cuts)
+                    .map_err(|r| format!("entry {:?}: {r}", e.path))?;
+                let want = e.size.div_ceil(o.chunk_size.max(1)) + e.cuts.len() as u64;
                 if chunks.len() as u64 != want || e.size < o.min_size {
                     return Err(format!(
-                        "entry {:?}: {} chunks for {} bytes, where chunks of {} bytes make {want} \
-                         (and files below {} bytes are not objects)",
+                        "entry {:?}: {} chunks for {} bytes, where chunks of {} bytes and {} \
+                         cut(s) make {want} (and files below {} bytes are not objects)",
                         e.path,
                         chunks.len(),
                         e.size,
                         o.chunk_size,
+                        e.cuts.len(),
                         o.min_size
                     ));
                 }
@@ -769,6 +838,7 @@ mod tests {
                     sha256: None,
                     link_target: None,
                     chunks: None,
+                    cuts: Vec::new(),
                 },
                 EntryRecord {
                     path: "logdir-0/meta.properties".into(),
@@ -781,6 +851,7 @@ mod tests {
                     sha256: Some("a".repeat(64)),
                     link_target: None,
                     chunks: None,
+                    cuts: Vec::new(),
                 },
             ],
             manifest_sha256: String::new(),
@@ -805,6 +876,21 @@ mod tests {
             hashed_bytes: 5,
         });
         m
+    }
+
+    #[test]
+    fn chunk_spans_follow_the_grid_and_the_cuts() {
+        assert_eq!(chunk_spans(10, 4, &[]), vec![(0, 4), (4, 4), (8, 2)]);
+        assert_eq!(chunk_spans(8, 4, &[]), vec![(0, 4), (4, 4)]);
+        assert_eq!(chunk_spans(3, 4, &[]), vec![(0, 3)]);
+        assert_eq!(
+            chunk_spans(10, 4, &[1, 6]),
+            vec![(0, 1), (1, 3), (4, 2), (6, 2), (8, 2)]
+        );
+        // Cuts on the grid, at the ends or past them split nothing.
+        assert_eq!(chunk_spans(10, 4, &[0, 4, 10, 12]), chunk_spans(10, 4, &[]));
+        assert!(check_cuts(10, 4, &[1, 6, 9]).is_ok());
+        assert!(check_cuts(10, 4, &[6, 1]).is_err());
     }
 
     #[test]
@@ -848,6 +934,32 @@ mod tests {
         short.entries[1].chunks.as_mut().unwrap().pop();
         let e = refused(short);
         assert!(e.contains("1 chunks for 5 bytes"), "{e}");
+        // A cut makes one chunk more, and must be inside, off the grid,
+        // once per chunk.
+        let mut cut = incremental_sample();
+        cut.entries[1].cuts = vec![2];
+        let e = refused(cut.clone());
+        assert!(e.contains("2 chunks for 5 bytes"), "{e}");
+        cut.entries[1].chunks.as_mut().unwrap().push("d".repeat(64));
+        cut.objects.as_mut().unwrap().objects = 3;
+        Manifest::from_bytes(&cut.to_bytes(), "s", "k").unwrap();
+        for (cuts, why) in [
+            (vec![4], "off the grid"),
+            (vec![5], "strictly inside"),
+            (vec![1, 3], "at most once"),
+        ] {
+            let mut bad = cut.clone();
+            bad.entries[1].cuts = cuts;
+            let e = refused(bad);
+            assert!(e.contains(why), "{e}");
+        }
+        let mut bad = incremental_sample();
+        bad.entries[0].cuts = vec![1];
+        let e = refused(bad);
+        assert!(
+            e.contains("has cuts but is not stored as content objects"),
+            "{e}"
+        );
         // Two chunks with the same bytes are one object.
         let mut same = incremental_sample();
         same.entries[1].chunks = Some(vec!["b".repeat(64), "b".repeat(64)]);

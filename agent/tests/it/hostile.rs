@@ -72,6 +72,7 @@ fn record(path: &str, kind: EntryType, data: &[u8], link: Option<&str>) -> Entry
         sha256: (kind == EntryType::File).then(|| sha256_hex(data)),
         link_target: link.map(str::to_string),
         chunks: None,
+        cuts: Vec::new(),
     }
 }
 

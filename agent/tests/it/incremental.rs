@@ -344,6 +344,116 @@ fn unchanged_rolled_segments_are_not_read_again_and_a_changed_one_is() {
     verify(&store, s5["snapshot_id"].as_str().unwrap(), 0);
 }
 
+#[test]
+fn an_appended_segment_uploads_only_the_appended_bytes() {
+    let t = scratch("xfs");
+    let dirs = vec![t.path().join("data/disk1/kafka-logs")];
+    generate_spec(&spec(dirs.clone()));
+    let store = new_store(t.path());
+    let cache = t.path().join("state/hash-cache.json");
+    fs::create_dir_all(cache.parent().unwrap()).unwrap();
+    let cache_arg = cache.display().to_string();
+    let with_cache = ["--hash-cache", cache_arg.as_str()];
+    let active = largest_log(&dirs);
+    let append = |bytes: usize, fill: u8| {
+        fs::OpenOptions::new()
+            .append(true)
+            .open(&active)
+            .unwrap()
+            .write_all(&vec![fill; bytes])
+            .unwrap();
+        fs::metadata(&active).unwrap().len()
+    };
+    let entry_of = |s: &serde_json::Value| {
+        let m = manifest(&store, s["snapshot_id"].as_str().unwrap());
+        let name = active
+            .strip_prefix(&dirs[0])
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        m["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["path"].as_str().unwrap().ends_with(&format!("/{name}")))
+            .cloned()
+            .unwrap()
+    };
+    // The segment ends half way into a chunk when first snapshotted.
+    let was = fs::metadata(&active).unwrap().len();
+    let was = append(((CHUNK / 2 + CHUNK - was % CHUNK) % CHUNK) as usize, 1);
+    assert_eq!(was % CHUNK, CHUNK / 2);
+    let s1 = create_with(&dirs, &store, &with_cache);
+    assert_eq!(entry_of(&s1)["cuts"], serde_json::Value::Null, "{s1}");
+
+    // Appended to: its chunk is cut where the last snapshot ended it, and
+    // exactly the appended bytes are uploaded (two objects: the rest of
+    // that chunk, and the next).
+    let now = append(70_000, 2);
+    let s2 = create_with(&dirs, &store, &with_cache);
+    assert_eq!(s2["objects"]["uploaded_bytes"], 70_000, "{s2}");
+    assert_eq!(s2["objects"]["uploaded"], 2, "{s2}");
+    assert_eq!(entry_of(&s2)["cuts"], serde_json::json!([was]));
+
+    // Again: cut where the second one ended it.
+    let later = append(10_000, 3);
+    let s3 = create_with(&dirs, &store, &with_cache);
+    assert_eq!(s3["objects"]["uploaded_bytes"], 10_000, "{s3}");
+    assert_eq!(entry_of(&s3)["cuts"], serde_json::json!([was, now]));
+
+    // A chunk is cut once: what follows its cut is uploaded again.
+    let last = append(1_000, 4);
+    let s4 = create_with(&dirs, &store, &with_cache);
+    assert_eq!(s4["objects"]["uploaded_bytes"], last - now, "{s4}");
+    assert_eq!(entry_of(&s4)["cuts"], serde_json::json!([was, now]));
+    assert!(later < last);
+    let at_4: Vec<_> = dirs.iter().map(|d| tree(d, NOT_ARCHIVED)).collect();
+
+    // Truncated (as a follower truncates its log) and written again with
+    // other bytes, longer than before: the cuts stay where they were (they
+    // only say where chunks end), every chunk is hashed from the bytes
+    // there now, and all from the first cut on is new.
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&active)
+        .unwrap()
+        .set_len(was + 100)
+        .unwrap();
+    append(90_000, 5);
+    let s5 = create_with(&dirs, &store, &with_cache);
+    assert_eq!(entry_of(&s5)["cuts"], serde_json::json!([was, now]));
+    assert_eq!(s5["objects"]["uploaded_bytes"], 90_100, "{s5}");
+    let at_5: Vec<_> = dirs.iter().map(|d| tree(d, NOT_ARCHIVED)).collect();
+    // Shorter than the last snapshot: no cut of before is kept.
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&active)
+        .unwrap()
+        .set_len(was - 10)
+        .unwrap();
+    let s6 = create_with(&dirs, &store, &with_cache);
+    assert_eq!(entry_of(&s6)["cuts"], serde_json::Value::Null, "{s6}");
+    let at_6: Vec<_> = dirs.iter().map(|d| tree(d, NOT_ARCHIVED)).collect();
+
+    for s in [&s1, &s2, &s3, &s4, &s5, &s6] {
+        verify(&store, s["snapshot_id"].as_str().unwrap(), 0);
+    }
+    for (s, want, name) in [
+        (&s4, &at_4, "four"),
+        (&s5, &at_5, "five"),
+        (&s6, &at_6, "six"),
+    ] {
+        let target = t.path().join(format!("restore-{name}"));
+        extract(
+            &store,
+            s["snapshot_id"].as_str().unwrap(),
+            &[target.clone()],
+            0,
+        );
+        assert_eq!(&want[0], &tree(&target, &[]), "snapshot {name}");
+    }
+}
+
 /// The SHA-256 of the first chunk of `p`: the name of its first object.
 fn first_chunk_sha256(p: &Path) -> String {
     use sha2::Digest;
