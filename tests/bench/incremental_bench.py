@@ -174,6 +174,8 @@ def main():
     ap.add_argument("--level", type=int, default=3)
     ap.add_argument("--incompressible", action="store_true")
     ap.add_argument("--out", required=True)
+    ap.add_argument("--keep", action="store_true",
+                    help="keep the log dirs and both stores (under --work) to measure again by hand")
     a = ap.parse_args()
     size = parse_size(a.size)
     segment_size = parse_size(a.segment_size)
@@ -256,7 +258,10 @@ def main():
     with open(a.out, "w") as f:
         json.dump(result, f, indent=2)
     print(json.dumps({k: v for k, v in result.items() if k not in ("cycles",)}, indent=2))
-    shutil.rmtree(root, ignore_errors=True)
+    if a.keep:
+        print(f"kept {root}: last snapshots {last}", flush=True)
+    else:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -856,6 +856,9 @@ struct Prefetch<'a> {
     tasks: &'a [ChunkTask<'a>],
     workers: usize,
     window: usize,
+    /// How many tasks beyond the one a worker takes storage is told are
+    /// read soon ([`ColdStore::will_read`]).
+    hint: usize,
     state: std::sync::Mutex<PrefetchState>,
     ready: std::sync::Condvar,
 }
@@ -866,6 +869,8 @@ struct PrefetchState {
     next: usize,
     /// Tasks before this one were taken by the reader.
     consumed: usize,
+    /// Tasks before this one were hinted to storage.
+    hinted: usize,
     done: std::collections::BTreeMap<usize, std::result::Result<Vec<u8>, ObjectProblem>>,
     cancelled: bool,
 }
@@ -877,10 +882,14 @@ impl<'a> Prefetch<'a> {
         // archive paths stay within 64 MiB.
         let workers = cpus.clamp(1, 4).min(tasks.len().max(1));
         let window = ((16u64 << 20) / chunk_size.max(1)).clamp(workers as u64, 64) as usize;
+        // About 64 MiB hinted ahead: page cache the kernel may drop, not
+        // memory of this process.
+        let hint = ((64u64 << 20) / chunk_size.max(1)).clamp(window as u64, 256) as usize;
         Prefetch {
             tasks,
             workers,
             window,
+            hint,
             state: std::sync::Mutex::new(PrefetchState::default()),
             ready: std::sync::Condvar::new(),
         }
@@ -898,7 +907,7 @@ impl<'a> Prefetch<'a> {
     /// A worker: takes the next task while it is within the window.
     fn work(&self, store: &dyn ColdStore) {
         loop {
-            let k = {
+            let (k, hint) = {
                 let mut st = self.lock();
                 while !st.cancelled
                     && st.next < self.tasks.len()
@@ -910,8 +919,14 @@ impl<'a> Prefetch<'a> {
                     return;
                 }
                 st.next += 1;
-                st.next - 1
+                let k = st.next - 1;
+                let from = st.hinted.max(k + 1);
+                st.hinted = (k + 1 + self.hint).min(self.tasks.len()).max(from);
+                (k, from..st.hinted)
             };
+            for t in &self.tasks[hint] {
+                store.will_read(&t.key);
+            }
             // A worker that panicked would leave the reader waiting for its
             // chunk for good: the panic becomes that chunk's error.
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {

@@ -36,6 +36,23 @@ const COMMITTED_MODE: u32 = 0o440;
 /// to the kernel's readahead.
 const WHOLE_READAHEAD: u64 = 32 << 20;
 
+/// Asks the kernel to read `f` into the page cache now, if it is at most
+/// [`WHOLE_READAHEAD`] bytes (a content object, a manifest; an archive is
+/// left to the kernel's readahead as it is read).
+fn read_ahead_whole(f: &fs::File) {
+    if f.metadata().is_ok_and(|m| m.len() <= WHOLE_READAHEAD) {
+        // SAFETY: advisory call on a valid fd; failure is harmless.
+        unsafe {
+            libc::posix_fadvise(
+                std::os::unix::io::AsRawFd::as_raw_fd(f),
+                0,
+                0,
+                libc::POSIX_FADV_WILLNEED,
+            );
+        }
+    }
+}
+
 /// A local directory or a mounted network filesystem (NFS).
 pub struct FileStore {
     root: PathBuf,
@@ -143,20 +160,10 @@ impl ColdStore for FileStore {
     fn open(&self, key: &str) -> Result<Box<dyn Read + Send>> {
         let path = self.path(key)?;
         let f = fs::File::open(&path).map_err(|e| self.error(key, format!("opening: {e}")))?;
-        if f.metadata().is_ok_and(|m| m.len() <= WHOLE_READAHEAD) {
-            // A content object is read whole right after: one request for
-            // all of it, not readahead's ramp from a small window, which
-            // restores and verifications of many objects wait on.
-            // SAFETY: advisory call on a valid fd; failure is harmless.
-            unsafe {
-                libc::posix_fadvise(
-                    std::os::unix::io::AsRawFd::as_raw_fd(&f),
-                    0,
-                    0,
-                    libc::POSIX_FADV_WILLNEED,
-                );
-            }
-        }
+        // A content object is read whole right after: one request for all
+        // of it, not readahead's ramp from a small window, which restores
+        // and verifications of many objects wait on.
+        read_ahead_whole(&f);
         Ok(match &self.throttle {
             Some(t) => Box::new(Throttled {
                 inner: f,
@@ -164,6 +171,17 @@ impl ColdStore for FileStore {
             }),
             None => Box::new(f),
         })
+    }
+
+    fn will_read(&self, key: &str) {
+        // The kernel reads it in the background: the reads of the objects
+        // a restore wants next are queued together, not one at a time.
+        if let Ok(f) = self
+            .path(key)
+            .and_then(|p| fs::File::open(&p).map_err(|e| self.error(key, format!("opening: {e}"))))
+        {
+            read_ahead_whole(&f);
+        }
     }
 
     fn stat(&self, key: &str) -> Result<Option<u64>> {

@@ -68,6 +68,13 @@ pub trait ColdStore: Send + Sync {
         Ok(())
     }
     fn open(&self, key: &str) -> Result<Box<dyn Read + Send>>;
+    /// A hint that `key` is read soon: a store that can start fetching it
+    /// without holding it in memory (a file store: into the page cache)
+    /// does; the others ignore it. Never fails: a key it cannot hint is
+    /// opened as usual when read.
+    fn will_read(&self, key: &str) {
+        let _ = key;
+    }
     /// Size of `key`, or `None` if it does not exist.
     fn stat(&self, key: &str) -> Result<Option<u64>>;
     /// Every object whose key starts with `prefix`, sorted by key.
