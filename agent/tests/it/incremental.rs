@@ -447,7 +447,7 @@ fn an_appended_segment_uploads_only_the_appended_bytes() {
         extract(
             &store,
             s["snapshot_id"].as_str().unwrap(),
-            &[target.clone()],
+            std::slice::from_ref(&target),
             0,
         );
         assert_eq!(&want[0], &tree(&target, &[]), "snapshot {name}");
