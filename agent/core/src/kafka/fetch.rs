@@ -1,18 +1,20 @@
-//! Reading a [`ClusterView`] from a live cluster: Metadata and
-//! DescribeConfigs through `rdkafka`, ListPartitionReassignments through
-//! the raw client. Any error or partial answer is an error, never a view:
+//! Reading a [`ClusterView`] from a live cluster: Metadata, DescribeConfigs
+//! and ListPartitionReassignments through the raw client, on one
+//! connection to the first bootstrap server that answers. Any error or partial answer is an error, never a view:
 //! the gate fails closed.
 
 use super::section::KafkaSection;
 use super::security::Security;
 use super::view::{ClusterView, PartitionState, QuorumState, Reassignment, Voter};
 use super::wire::Connection;
+use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
 use kafka_protocol::messages::{
-    describe_quorum_request, DescribeQuorumRequest, ListPartitionReassignmentsRequest,
-    ListPartitionReassignmentsResponse, MetadataRequest, TopicName,
+    describe_quorum_request, DescribeConfigsRequest, DescribeQuorumRequest,
+    ListPartitionReassignmentsRequest, ListPartitionReassignmentsResponse, MetadataRequest,
+    TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
-use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+use rdkafka::admin::AdminClient;
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use std::sync::Arc;
@@ -61,9 +63,13 @@ impl KafkaClient {
             true => Some(describe_quorum(&mut conn).await?),
             false => None,
         };
+        // Metadata and the topics' configs over the same connection: the
+        // long-lived rdkafka client was seen failing every Metadata request
+        // with a transport error for minutes after a whole cluster
+        // restarted, while fresh connections were answered.
+        let mut view = metadata(&mut conn).await?;
+        view.min_isr = self.min_isr(&mut conn, &view).await?;
         drop(conn);
-        let mut view = self.metadata().await?;
-        view.min_isr = self.min_isr(&view).await?;
         view.reassignments = reassignments;
         view.quorum = quorum;
         Ok(view)
@@ -155,68 +161,63 @@ impl KafkaClient {
         ))
     }
 
-    async fn metadata(&self) -> Result<ClusterView, String> {
-        let admin = self.admin.clone();
-        let timeout = self.cfg.request_timeout;
-        let md = tokio::task::spawn_blocking(move || admin.inner().fetch_metadata(None, timeout))
-            .await
-            .map_err(|e| format!("metadata task: {e}"))?
-            .map_err(|e| format!("Metadata request failed: {e}"))?;
-        let mut view = ClusterView {
-            brokers: md.brokers().iter().map(|b| b.id()).collect(),
-            ..Default::default()
-        };
-        for t in md.topics() {
-            if let Some(e) = t.error() {
-                return Err(format!("Metadata for topic {}: error {e:?}", t.name()));
-            }
-            for p in t.partitions() {
-                view.partitions.push(PartitionState {
-                    topic: t.name().to_string(),
-                    partition: p.id(),
-                    leader: (p.leader() >= 0).then_some(p.leader()),
-                    replicas: p.replicas().to_vec(),
-                    isr: p.isr().to_vec(),
-                });
-            }
-        }
-        if view.brokers.is_empty() {
-            return Err("Metadata listed no brokers".into());
-        }
-        Ok(view)
-    }
-
     /// Effective `min.insync.replicas` of every topic (DescribeConfigs on
     /// the topics returns the override or the broker default).
     async fn min_isr(
         &self,
+        conn: &mut Connection,
         view: &ClusterView,
     ) -> Result<std::collections::BTreeMap<String, i32>, String> {
         let mut topics: Vec<String> = view.partitions.iter().map(|p| p.topic.clone()).collect();
+        topics.sort();
         topics.dedup();
         let mut out = std::collections::BTreeMap::new();
-        let opts = AdminOptions::new().request_timeout(Some(self.cfg.request_timeout));
         for chunk in topics.chunks(200) {
-            let specs: Vec<ResourceSpecifier> =
-                chunk.iter().map(|t| ResourceSpecifier::Topic(t)).collect();
-            let results = self
-                .admin
-                .describe_configs(specs.iter(), &opts)
+            let req = DescribeConfigsRequest::default().with_resources(
+                chunk
+                    .iter()
+                    .map(|t| {
+                        DescribeConfigsResource::default()
+                            .with_resource_type(TOPIC_RESOURCE)
+                            .with_resource_name(StrBytes::from_string(t.clone()))
+                            .with_configuration_keys(Some(vec![StrBytes::from_static_str(
+                                "min.insync.replicas",
+                            )]))
+                    })
+                    .collect(),
+            );
+            let addr = conn.addr().to_string();
+            let resp = conn
+                .send(&req, "DescribeConfigs", 4)
                 .await
                 .map_err(|e| format!("DescribeConfigs failed: {e}"))?;
-            for (topic, r) in chunk.iter().zip(results) {
-                let res = r.map_err(|e| format!("DescribeConfigs for topic {topic}: {e}"))?;
-                let v = res
-                    .get("min.insync.replicas")
-                    .and_then(|e| e.value.as_deref())
+            for r in resp.results {
+                let topic = r.resource_name.to_string();
+                if r.error_code != 0 {
+                    return Err(format!(
+                        "{addr}: DescribeConfigs for topic {topic}: error code {}: {}",
+                        r.error_code,
+                        r.error_message.as_deref().unwrap_or("")
+                    ));
+                }
+                let v = r
+                    .configs
+                    .iter()
+                    .find(|c| c.name.as_str() == "min.insync.replicas")
+                    .and_then(|c| c.value.as_deref())
                     .ok_or_else(|| {
                         format!("DescribeConfigs for topic {topic}: no min.insync.replicas")
                     })?;
                 let n: i32 = v.parse().map_err(|_| {
                     format!("topic {topic}: min.insync.replicas {v:?} is not a number")
                 })?;
-                out.insert(topic.clone(), n);
+                out.insert(topic, n);
             }
+        }
+        if let Some(missing) = topics.iter().find(|t| !out.contains_key(*t)) {
+            return Err(format!(
+                "DescribeConfigs answered nothing for topic {missing}"
+            ));
         }
         Ok(out)
     }
@@ -300,6 +301,54 @@ impl KafkaClient {
 
 /// Kafka's NOT_CONTROLLER error code.
 const NOT_CONTROLLER: i16 = 41;
+
+/// DescribeConfigs' resource type of a topic.
+const TOPIC_RESOURCE: i8 = 2;
+
+/// Every broker and partition, as the broker at the other end of `conn`
+/// knows them (Metadata v9 to v12, all topics).
+async fn metadata(conn: &mut Connection) -> Result<ClusterView, String> {
+    let addr = conn.addr().to_string();
+    let md = conn
+        .send(
+            &MetadataRequest::default()
+                .with_topics(None)
+                .with_allow_auto_topic_creation(false),
+            "Metadata",
+            12,
+        )
+        .await
+        .map_err(|e| format!("Metadata request failed: {e}"))?;
+    let mut view = ClusterView {
+        brokers: md.brokers.iter().map(|b| b.node_id.0).collect(),
+        ..Default::default()
+    };
+    for t in md.topics {
+        let name = t.name.as_ref().map(|n| n.0.to_string()).unwrap_or_default();
+        if t.error_code != 0 {
+            return Err(format!(
+                "{addr}: Metadata for topic {name}: error code {}",
+                t.error_code
+            ));
+        }
+        if name.is_empty() {
+            return Err(format!("{addr}: Metadata listed a topic without a name"));
+        }
+        for p in t.partitions {
+            view.partitions.push(PartitionState {
+                topic: name.clone(),
+                partition: p.partition_index,
+                leader: (p.leader_id.0 >= 0).then_some(p.leader_id.0),
+                replicas: p.replica_nodes.iter().map(|b| b.0).collect(),
+                isr: p.isr_nodes.iter().map(|b| b.0).collect(),
+            });
+        }
+    }
+    if view.brokers.is_empty() {
+        return Err("Metadata listed no brokers".into());
+    }
+    Ok(view)
+}
 
 fn rdkafka_config(cfg: &KafkaSection) -> ClientConfig {
     let mut c = ClientConfig::new();
