@@ -1,8 +1,8 @@
 //! `check` over every security protocol the agent supports, against
 //! stand-in brokers with SSL (client certificates required), SASL_PLAINTEXT
-//! and SASL_SSL listeners: librdkafka (Metadata, DescribeConfigs) and the
-//! agent's raw client (ListPartitionReassignments) must both get through,
-//! and bad credentials must fail closed, saying what was wrong.
+//! and SASL_SSL listeners: the agent's protocol client (Metadata,
+//! DescribeConfigs, ListPartitionReassignments) must get through, and bad
+//! credentials must fail closed, saying what was wrong.
 
 use crate::common::*;
 use kafka_snapshot_standin::{Reassignment, SecurityProtocol, StandinCluster, TlsDef};

@@ -14,16 +14,10 @@ use kafka_protocol::messages::{
     TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
-use rdkafka::admin::AdminClient;
-use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
-use std::sync::Arc;
-use std::time::Duration;
 
 pub struct KafkaClient {
     cfg: KafkaSection,
     security: Security,
-    admin: Arc<AdminClient<DefaultClientContext>>,
     /// Also read the controller quorum (this node is a controller).
     quorum: bool,
 }
@@ -31,13 +25,9 @@ pub struct KafkaClient {
 impl KafkaClient {
     pub fn new(cfg: &KafkaSection) -> Result<KafkaClient, String> {
         let security = Security::from_config(cfg)?;
-        let admin: AdminClient<DefaultClientContext> = rdkafka_config(cfg)
-            .create()
-            .map_err(|e| format!("creating the Kafka admin client: {e}"))?;
         Ok(KafkaClient {
             cfg: cfg.clone(),
             security,
-            admin: Arc::new(admin),
             quorum: false,
         })
     }
@@ -75,19 +65,23 @@ impl KafkaClient {
         Ok(view)
     }
 
-    /// The cluster.id the live cluster reports (Metadata v2+).
+    /// The cluster.id the live cluster reports (Metadata v2+, no topics),
+    /// asked on a fresh connection as every view is.
     pub async fn cluster_id(&self) -> Result<String, String> {
-        let admin = self.admin.clone();
-        let timeout = self.cfg.request_timeout;
-        tokio::task::spawn_blocking(move || admin.inner().fetch_cluster_id(timeout))
+        let mut conn = self.raw_connection("Metadata").await?;
+        let md = conn
+            .send(
+                &MetadataRequest::default()
+                    .with_topics(Some(Vec::new()))
+                    .with_allow_auto_topic_creation(false),
+                "Metadata",
+                12,
+            )
             .await
-            .map_err(|e| format!("cluster id task: {e}"))?
-            .ok_or_else(|| {
-                format!(
-                    "no cluster.id from {} within {timeout:?}",
-                    self.cfg.bootstrap_servers.join(",")
-                )
-            })
+            .map_err(|e| format!("Metadata request failed: {e}"))?;
+        md.cluster_id
+            .map(|c| c.to_string())
+            .ok_or_else(|| format!("{}: Metadata gave no cluster.id", conn.addr()))
     }
 
     /// The quorum as its leader describes it, asked directly on the
@@ -348,38 +342,6 @@ async fn metadata(conn: &mut Connection) -> Result<ClusterView, String> {
         return Err("Metadata listed no brokers".into());
     }
     Ok(view)
-}
-
-fn rdkafka_config(cfg: &KafkaSection) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", cfg.bootstrap_servers.join(","))
-        .set("client.id", "kafka-snapshot-agent")
-        .set("security.protocol", cfg.security_protocol.as_librdkafka())
-        .set("socket.timeout.ms", millis(cfg.request_timeout))
-        .set("log_level", "3");
-    if let Some(m) = &cfg.sasl_mechanism {
-        c.set("sasl.mechanisms", m.as_str());
-    }
-    if let Some(u) = &cfg.sasl_username {
-        c.set("sasl.username", u);
-    }
-    if let Some(p) = cfg.sasl_password() {
-        c.set("sasl.password", p);
-    }
-    if let Some(p) = &cfg.ssl_ca_location {
-        c.set("ssl.ca.location", p.display().to_string());
-    }
-    if let Some(p) = &cfg.ssl_certificate_location {
-        c.set("ssl.certificate.location", p.display().to_string());
-    }
-    if let Some(p) = &cfg.ssl_key_location {
-        c.set("ssl.key.location", p.display().to_string());
-    }
-    c
-}
-
-fn millis(d: Duration) -> String {
-    d.as_millis().to_string()
 }
 
 /// DescribeQuorum of the metadata log, on a broker (which forwards it to

@@ -1,4 +1,4 @@
-//! `[kafka]`: how both Kafka clients (rdkafka and the raw one) reach the
+//! `[kafka]`: how the agent's Kafka protocol client reaches the
 //! cluster.
 
 use crate::settings::{bad, duration, KeyError};
@@ -61,7 +61,7 @@ impl SaslMechanism {
     }
 }
 
-/// One section for both Kafka clients (rdkafka and the raw client).
+/// How the agent's Kafka protocol client reaches the cluster.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaSection {
