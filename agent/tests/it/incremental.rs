@@ -277,14 +277,20 @@ fn a_damaged_or_missing_object_fails_every_snapshot_that_uses_it() {
     verify(&store, &id2, 0);
 }
 
-#[test]
-fn unchanged_rolled_segments_are_not_read_again_and_a_changed_one_is() {
+/// One generated log dir, a file store and where the hash record goes.
+fn one_dir_with_record() -> (tempfile::TempDir, Vec<PathBuf>, PathBuf, PathBuf) {
     let t = scratch("xfs");
     let dirs = vec![t.path().join("data/disk1/kafka-logs")];
     generate_spec(&spec(dirs.clone()));
     let store = new_store(t.path());
     let cache = t.path().join("state/hash-cache.json");
     fs::create_dir_all(cache.parent().unwrap()).unwrap();
+    (t, dirs, store, cache)
+}
+
+#[test]
+fn unchanged_rolled_segments_are_not_read_again_and_a_changed_one_is() {
+    let (_t, dirs, store, cache) = one_dir_with_record();
     let cache_arg = cache.display().to_string();
     let with_cache = ["--hash-cache", cache_arg.as_str()];
 
@@ -346,12 +352,7 @@ fn unchanged_rolled_segments_are_not_read_again_and_a_changed_one_is() {
 
 #[test]
 fn an_appended_segment_uploads_only_the_appended_bytes() {
-    let t = scratch("xfs");
-    let dirs = vec![t.path().join("data/disk1/kafka-logs")];
-    generate_spec(&spec(dirs.clone()));
-    let store = new_store(t.path());
-    let cache = t.path().join("state/hash-cache.json");
-    fs::create_dir_all(cache.parent().unwrap()).unwrap();
+    let (t, dirs, store, cache) = one_dir_with_record();
     let cache_arg = cache.display().to_string();
     let with_cache = ["--hash-cache", cache_arg.as_str()];
     let active = largest_log(&dirs);
