@@ -53,9 +53,9 @@ impl KafkaClient {
             true => Some(describe_quorum(&mut conn).await?),
             false => None,
         };
-        // Metadata and the topics' configs over the same connection: the
-        // long-lived rdkafka client was seen failing every Metadata request
-        // with a transport error for minutes after a whole cluster
+        // Metadata and the topics' configs over the same fresh connection:
+        // a long-lived librdkafka client was seen failing every Metadata
+        // request with a transport error for minutes after a whole cluster
         // restarted, while fresh connections were answered.
         let mut view = metadata(&mut conn).await?;
         view.min_isr = self.min_isr(&mut conn, &view).await?;

@@ -1,6 +1,6 @@
 //! The Kafka side of the agent: reading the cluster ([`view`], [`fetch`]),
 //! deciding whether a broker may stop and whether it recovered ([`gate`]),
-//! and the raw protocol client for what `rdkafka` lacks ([`wire`]).
+//! and the Kafka protocol client all of it goes through ([`wire`]).
 
 pub mod fetch;
 pub mod gate;

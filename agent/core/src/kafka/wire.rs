@@ -1,7 +1,9 @@
-//! A small Kafka protocol client for the admin requests `rdkafka` does not
-//! offer (ListPartitionReassignments, DescribeQuorum, DescribeLogDirs):
-//! framing, correlation ids and ApiVersions negotiation, TLS and SASL
-//! (PLAIN, SCRAM-SHA-256/512), with the codecs of the `kafka-protocol` crate.
+//! A small Kafka protocol client for every request the agent sends
+//! (Metadata, DescribeConfigs, ListPartitionReassignments, DescribeQuorum,
+//! DescribeLogDirs): framing, correlation ids and ApiVersions negotiation,
+//! TLS and SASL (PLAIN, SCRAM-SHA-256/512), with the codecs of the
+//! `kafka-protocol` crate. One fresh connection per question: nothing
+//! cached survives a broker or a whole cluster restarting.
 
 use super::scram::{ScramClient, ScramHash};
 use super::section::SaslMechanism;
