@@ -129,12 +129,19 @@ impl StagingLock {
         Ok(lock)
     }
 
+    /// The staging roots held.
+    pub fn roots(&self) -> &[PathBuf] {
+        &self.roots
+    }
+
     /// Removes every staging tree: with the lock held none is in use.
     /// Through the root's fd, never following a symlink.
     fn remove_stale(&self) -> Result<()> {
         for (r, dir) in self.roots.iter().zip(&self.dirs) {
             for name in crate::fsat::names(dir).ctx(|| format!("listing {}", r.display()))? {
-                if name == ".lock" {
+                // The clones kept for the next incremental snapshot are
+                // no staging: the snapshot that follows replaces them.
+                if name == ".lock" || name == crate::kept::KEPT_DIR_NAME {
                     continue;
                 }
                 let p = r.join(&name);

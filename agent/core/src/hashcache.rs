@@ -9,7 +9,9 @@
 //!   `.timeindex`, `.txnindex` of a partition dir that has a newer
 //!   segment): Kafka never writes to one again. The active segment's files
 //!   are always read: the broker appends to its log and writes its
-//!   indexes through a memory map, and trims them when the segment rolls.
+//!   indexes through a memory map, and trims them when the segment rolls
+//!   (with reflink staging, only from near their end where their kept
+//!   clone proves the bytes before unchanged, see [`crate::kept`]).
 //! - its device, inode, size, mtime and **ctime** are the ones recorded
 //!   when it was hashed. Nothing can set a ctime back: a write, a
 //!   truncation, a rename over it, a `touch -d` all move it. The log
@@ -21,11 +23,15 @@
 //!   again anyway, to be uploaded, and hashed on the way.
 //!
 //! The record holds only the files of the last snapshot: it does not grow
-//! with the history. It also holds the active segments' files, for one
-//! thing only: where their chunks were cut ([`plan_cuts`]), never their
-//! hashes. An unreadable record is ignored with a warning (every
-//! file is read once more), never an error: it only saves time.
+//! with the history. It also holds the active segments' files, for where
+//! their chunks were cut ([`plan_cuts`]), never their hashes; and, with
+//! reflink staging, where their SHA-256 stood near their end, so that an
+//! appended file is read only from there on where the clone read last
+//! time ([`crate::kept`]) proves the bytes before unchanged. An unreadable
+//! record is ignored with a warning (every file is read once more), never
+//! an error: it only saves time.
 
+use crate::hashing::Midstate;
 use crate::logdir::{Entry, EntryKind, Inventory};
 use kafka_snapshot_model::error::{Error, IoContext, Result};
 use serde::{Deserialize, Serialize};
@@ -52,6 +58,10 @@ struct Record {
     chunk_size: u64,
     /// Absolute path -> what the file was when it was hashed.
     files: BTreeMap<String, Hashed>,
+    /// The generation of the clones kept for the next snapshot
+    /// ([`crate::kept`]) the files' `kept` refer to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    kept: Option<String>,
 }
 
 /// A file's SHA-256, and the SHA-256 of each chunk of it (see
@@ -65,6 +75,21 @@ pub struct FileHashes {
     /// [`kafka_snapshot_model::manifest::chunk_spans`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cuts: Vec<u64>,
+    /// An active file read from a reflink clone that is kept for the next
+    /// snapshot: what it takes to read it again only from near its end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kept: Option<KeptHash>,
+}
+
+/// An active segment file as last read from its reflink clone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeptHash {
+    /// The inode of that clone (kept since, see [`crate::kept`]).
+    pub ino: u64,
+    /// Where the file's SHA-256 stood at the start of its last chunk and
+    /// at its end, each rounded down to 64 bytes.
+    pub midstates: Vec<Midstate>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,6 +129,10 @@ pub struct HashCache {
     chunk_size: u64,
     known: HashMap<String, Hashed>,
     now: BTreeMap<String, Hashed>,
+    /// The kept clones' generation the known record refers to, and the
+    /// one this snapshot's record will.
+    kept_known: Option<String>,
+    kept_now: Option<String>,
 }
 
 impl HashCache {
@@ -118,12 +147,15 @@ impl HashCache {
             chunk_size,
             known: HashMap::new(),
             now: BTreeMap::new(),
+            kept_known: None,
+            kept_now: None,
         };
         match read(path) {
             Ok(None) => {}
             Ok(Some(r)) if r.cluster_id == cache.cluster_id && r.node_id == cache.node_id => {
                 if r.chunk_size == chunk_size {
                     cache.known = r.files.into_iter().collect();
+                    cache.kept_known = r.kept;
                 } else {
                     tracing::info!(file = %path.display(), was = r.chunk_size, now = chunk_size,
                         "the chunk size changed since the last snapshot; every file is read");
@@ -159,12 +191,33 @@ impl HashCache {
     /// ended it (see [`plan_cuts`]). Only where chunks end is taken from
     /// the record, never what they hold: every byte is read and hashed.
     pub fn cuts(&self, log_dir: &Path, e: &Entry, chunk_size: u64) -> Vec<u64> {
+        match self.appended(log_dir, e) {
+            Some((size, h)) => plan_cuts(size, &h.cuts, e.size, chunk_size),
+            None => Vec::new(),
+        }
+    }
+
+    /// How long `e` (of log dir `log_dir`) was and what it hashed to when
+    /// the last snapshot read it, if it is the same file (device and
+    /// inode) and no shorter now: a file Kafka may have appended to.
+    /// Whether its bytes are still the same is for the caller to prove.
+    pub fn appended(&self, log_dir: &Path, e: &Entry) -> Option<(u64, &FileHashes)> {
         match self.known.get(&key(log_dir, e)) {
             Some(h) if h.dev == e.dev && h.ino == e.ino && h.size <= e.size => {
-                plan_cuts(h.size, &h.hashes.cuts, e.size, chunk_size)
+                Some((h.size, &h.hashes))
             }
-            _ => Vec::new(),
+            _ => None,
         }
+    }
+
+    /// The generation of kept clones the last record refers to.
+    pub fn kept_generation(&self) -> Option<&str> {
+        self.kept_known.as_deref()
+    }
+
+    /// The generation of kept clones this snapshot's record refers to.
+    pub fn set_kept_generation(&mut self, generation: Option<String>) {
+        self.kept_now = generation;
     }
 
     /// Records the hashes of `e` for the next snapshot: a rolled segment's
@@ -192,6 +245,7 @@ impl HashCache {
             node_id: self.node_id,
             chunk_size: self.chunk_size,
             files: self.now.clone(),
+            kept: self.kept_now.clone(),
         };
         let bytes = serde_json::to_vec(&record)
             .map_err(|e| Error::Internal(format!("serialising the hash record: {e}")))?;
@@ -378,6 +432,7 @@ mod tests {
             sha256: "a".repeat(64),
             chunks: vec!["b".repeat(64)],
             cuts: Vec::new(),
+            kept: None,
         };
         c.record(Path::new("/d"), &e, true, &hashes);
         c.save().unwrap();
@@ -454,6 +509,7 @@ mod tests {
             sha256: "a".repeat(64),
             chunks: vec!["b".repeat(64), "c".repeat(64)],
             cuts: Vec::new(),
+            kept: None,
         };
         c.record(Path::new("/d"), &e, false, &hashes);
         c.save().unwrap();

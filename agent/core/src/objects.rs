@@ -26,7 +26,9 @@
 //! manifest is written, and checked once more right before it.
 
 use crate::fsat::Beneath;
-use crate::hashcache::{rolled_segments, FileHashes, HashCache};
+use crate::hashcache::{rolled_segments, FileHashes, HashCache, KeptHash};
+use crate::hashing::{Midstate, Sha256Stream};
+use crate::kept::Kept;
 use crate::logdir::{Entry, EntryKind, Inventory};
 use crate::source::{zstd_encoder, Buf, SourceFile};
 use crate::storage::ColdStore;
@@ -36,7 +38,8 @@ use kafka_snapshot_model::manifest::{chunk_spans, ObjectsRecord};
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
-use std::path::PathBuf;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The default `snapshot.object_chunk_size`: what Kafka appends to a
@@ -149,8 +152,44 @@ pub fn archived(inv: &Inventory, opts: &ObjectOptions) -> Inventory {
     }
 }
 
+/// Where the files of a snapshot are read from.
+pub struct Content<'a> {
+    /// Per log dir of the inventory: the log dir itself (copy capture) or
+    /// its clone in staging.
+    pub roots: &'a [PathBuf],
+    /// The roots are reflink staging: with a hash record, the clones of
+    /// the active segments' files are kept for the next snapshot, which
+    /// then reads them only from near their end ([`crate::kept`]).
+    pub staged: bool,
+}
+
+/// How far into an appended file the last snapshot's hashes still hold.
+struct Resume {
+    /// Where reading starts (a multiple of 64): the file's SHA-256 goes on
+    /// from here.
+    from: u64,
+    /// Where the first chunk read starts (the bytes from `from` on go to
+    /// the file's SHA-256 only).
+    chunk_start: u64,
+    whole: Sha256Stream,
+    /// The hashes of the chunks before `chunk_start`.
+    chunks: Vec<String>,
+    /// The midstates of the last snapshot before `from`.
+    midstates: Vec<Midstate>,
+}
+
+/// A file to read: its inventory index, its cuts, where its reading
+/// starts if not at 0, and, for a file whose clone is kept, the inode of
+/// the clone and where to save the SHA-256's state.
+struct ToRead {
+    index: usize,
+    cuts: Vec<u64>,
+    resume: Option<Resume>,
+    keep: Option<(u64, Vec<u64>)>,
+}
+
 /// Hashes every file of at least `opts.min_size` bytes of `inv` (read from
-/// `content_roots`) and each of its chunks, and uploads the chunks whose
+/// `content.roots`) and each of its chunks, and uploads the chunks whose
 /// object is not in storage yet. One read: a chunk to upload is the bytes
 /// that were hashed, kept in memory and compressed and written by a few
 /// worker threads ([`Uploads`]) while the next chunks are read.
@@ -158,11 +197,12 @@ pub fn store_objects(
     store: &dyn ColdStore,
     cluster: &str,
     inv: &Inventory,
-    content_roots: &[PathBuf],
+    content: &Content,
     opts: &ObjectOptions,
     compress: (i32, u32),
     cancel: Option<&AtomicBool>,
 ) -> Result<Stored> {
+    let content_roots = content.roots;
     let mut trees = content_roots
         .iter()
         .map(|r| Beneath::open_root(r).map_err(|e| crate::fsat::swapped(r, e)))
@@ -172,6 +212,10 @@ pub fn store_objects(
         .hash_cache
         .as_deref()
         .map(|p| HashCache::load(p, inv, opts.chunk_size));
+    let kept = match (&cache, content.staged) {
+        (Some(c), true) => Some(Kept::beside(content_roots, c.kept_generation())),
+        _ => None,
+    };
     // Listed before anything is read: this snapshot's archive is already
     // in storage, incomplete, so retention removes no object from now on.
     let existing = present(store, cluster)?;
@@ -201,18 +245,56 @@ pub fn store_objects(
                 .cloned(),
         };
         if is_object(e, opts) && known.is_none() {
+            let log_dir = &inv.dirs[e.dir_index].path;
+            let cuts = cache
+                .as_ref()
+                .map_or_else(Vec::new, |c| c.cuts(log_dir, e, opts.chunk_size));
+            let mut item = ToRead {
+                index: i,
+                cuts,
+                resume: None,
+                keep: None,
+            };
+            if let (Some(k), Some(c), false) = (&kept, &cache, rolled[i]) {
+                let staged = trees[e.dir_index].open(&e.rel).map_err(|err| {
+                    crate::fsat::swapped(&content_roots[e.dir_index].join(&e.rel), err)
+                })?;
+                item.resume = resume(
+                    k,
+                    c,
+                    log_dir,
+                    e,
+                    &item.cuts,
+                    opts.chunk_size,
+                    &existing,
+                    &staged,
+                );
+                let ino = staged
+                    .metadata()
+                    .map_err(|err| {
+                        Error::io(
+                            format!("stat {}", content_roots[e.dir_index].join(&e.rel).display()),
+                            err,
+                        )
+                    })?
+                    .ino();
+                let spans = chunk_spans(e.size, opts.chunk_size, &item.cuts);
+                let last = spans.last().map_or(0, |&(off, _)| off);
+                let mut marks = vec![last / 64 * 64, e.size / 64 * 64];
+                marks.dedup();
+                item.keep = Some((ino, marks));
+            }
+            let from = item.resume.as_ref().map_or(0, |r| r.from);
             tracing::debug!(
-                file = %inv.dirs[e.dir_index].path.join(&e.rel).display(),
+                file = %log_dir.join(&e.rel).display(),
                 bytes = e.size,
+                from,
                 rolled = rolled[i],
                 "reading a file to hash it (not a rolled segment the hash record knows unchanged)"
             );
-            let cuts = cache.as_ref().map_or_else(Vec::new, |c| {
-                c.cuts(&inv.dirs[e.dir_index].path, e, opts.chunk_size)
-            });
-            to_read.push((i, cuts));
+            to_read.push(item);
             record.hashed += 1;
-            record.hashed_bytes += e.size;
+            record.hashed_bytes += e.size - from;
         }
         hashes.push(known);
     }
@@ -235,19 +317,27 @@ pub fn store_objects(
         scope.spawn(move || reader.run(to_read, &|| uploads.buffer(), tx));
         let mut queued = HashSet::new();
         let result = (|| {
-            for (i, cuts) in to_read {
-                let mut whole = Sha256::new();
-                let mut chunks = Vec::new();
+            for item in to_read {
+                let (mut whole, mut chunks, mut midstates) = match &item.resume {
+                    Some(r) => (r.whole.clone(), r.chunks.clone(), r.midstates.clone()),
+                    None => (Sha256Stream::new(), Vec::new(), Vec::new()),
+                };
+                let marks = item.keep.as_ref().map_or(&[][..], |(_, m)| &m[..]);
                 loop {
                     let got = rx
                         .recv()
                         .map_err(|_| Error::Internal("the object reader thread stopped".into()))?;
                     let bytes = match got {
+                        Read::Head(bytes) => {
+                            feed(&mut whole, &bytes, marks, &mut midstates);
+                            uploads.recycle(bytes);
+                            continue;
+                        }
                         Read::Chunk(bytes) => bytes,
                         Read::End => break,
                         Read::Failed(e) => return Err(e),
                     };
-                    whole.update(&bytes[..]);
+                    feed(&mut whole, &bytes, marks, &mut midstates);
                     let sha = hex::encode(Sha256::digest(&bytes[..]));
                     if existing.contains_key(&sha) || !queued.insert(sha.clone()) {
                         uploads.recycle(bytes);
@@ -256,10 +346,17 @@ pub fn store_objects(
                     }
                     chunks.push(sha);
                 }
-                hashes[*i] = Some(FileHashes {
-                    sha256: hex::encode(whole.finalize()),
+                // An empty file read from its end: its state there is all.
+                feed(&mut whole, &[], marks, &mut midstates);
+                midstates.retain(|m| marks.contains(&m.offset));
+                hashes[item.index] = Some(FileHashes {
+                    sha256: whole.finish_hex(),
                     chunks,
-                    cuts: cuts.clone(),
+                    cuts: item.cuts.clone(),
+                    kept: item.keep.as_ref().map(|(ino, _)| KeptHash {
+                        ino: *ino,
+                        midstates,
+                    }),
                 });
             }
             Ok(())
@@ -269,6 +366,20 @@ pub fn store_objects(
         uploads.close();
         result
     });
+    if let (Some(k), Some(c), Ok(())) = (&kept, &mut cache, &hashed) {
+        let files: Vec<(usize, &Path)> = inv
+            .entries
+            .iter()
+            .zip(&hashes)
+            .filter(|(_, h)| h.as_ref().is_some_and(|h| h.kept.is_some()))
+            .map(|(e, _)| (e.dir_index, e.rel.as_path()))
+            .collect();
+        match k.replace(content_roots, &files) {
+            Ok(generation) => c.set_kept_generation(Some(generation)),
+            Err(e) => tracing::warn!(error = %e,
+                "the clones of the active segments were not kept; the next snapshot reads them whole"),
+        }
+    }
     if let Some(c) = &mut cache {
         for (i, e) in inv.entries.iter().enumerate() {
             if let Some(h) = &hashes[i] {
@@ -297,6 +408,79 @@ pub fn store_objects(
     Ok(Stored { hashes, record })
 }
 
+/// Hashes `bytes` into `whole`, saving its state at each of `marks` it
+/// passes (or stands at) that is not saved yet.
+fn feed(whole: &mut Sha256Stream, mut bytes: &[u8], marks: &[u64], saved: &mut Vec<Midstate>) {
+    loop {
+        let at = whole.len();
+        let end = at + bytes.len() as u64;
+        let next = marks
+            .iter()
+            .copied()
+            .filter(|&m| m >= at && m <= end && !saved.iter().any(|s| s.offset == m))
+            .min();
+        let Some(m) = next else {
+            whole.update(bytes);
+            return;
+        };
+        let (before, after) = bytes.split_at((m - at) as usize);
+        whole.update(before);
+        saved.extend(whole.midstate());
+        bytes = after;
+    }
+}
+
+/// Where `e`, a file the last snapshot read from a clone that is kept,
+/// can be read from now, if that is past its start: the chunks before are
+/// the last snapshot's (same spans, objects stored), the file's SHA-256
+/// stood there at a saved midstate, and the clone staged now (`staged`)
+/// maps every byte before to the same blocks as the kept clone.
+#[allow(clippy::too_many_arguments)]
+fn resume(
+    kept: &Kept,
+    cache: &HashCache,
+    log_dir: &Path,
+    e: &Entry,
+    cuts: &[u64],
+    chunk_size: u64,
+    existing: &HashMap<String, u64>,
+    staged: &std::fs::File,
+) -> Option<Resume> {
+    let (size, h) = cache.appended(log_dir, e)?;
+    let k = h.kept.as_ref()?;
+    let old = chunk_spans(size, chunk_size, &h.cuts);
+    if old.len() != h.chunks.len() {
+        return None;
+    }
+    let new = chunk_spans(e.size, chunk_size, cuts);
+    let same = old.iter().zip(&new).take_while(|(a, b)| a == b).count();
+    let chunk_start = new.get(same).map_or(e.size, |&(off, _)| off);
+    let from = chunk_start / 64 * 64;
+    let m = k.midstates.iter().find(|m| m.offset == from)?;
+    if from == 0 || !h.chunks[..same].iter().all(|c| existing.contains_key(c)) {
+        return None;
+    }
+    let clone = kept.open(e.dir_index, &e.rel, k.ino, size)?;
+    let proven = crate::extents::same_prefix(staged, &clone, chunk_start);
+    if proven < chunk_start {
+        tracing::debug!(file = %log_dir.join(&e.rel).display(), proven, needed = chunk_start,
+            "the kept clone does not share the blocks; reading the file whole");
+        return None;
+    }
+    Some(Resume {
+        from,
+        chunk_start,
+        whole: Sha256Stream::resume(m)?,
+        chunks: h.chunks[..same].to_vec(),
+        midstates: k
+            .midstates
+            .iter()
+            .filter(|m| m.offset < from)
+            .cloned()
+            .collect(),
+    })
+}
+
 /// Reads the files of a snapshot's inventory from its content roots.
 struct Reader<'a> {
     inv: &'a Inventory,
@@ -306,8 +490,11 @@ struct Reader<'a> {
     chunk_size: u64,
 }
 
-/// What the reader thread sends: a file's chunks, then `End`.
+/// What the reader thread sends: a file's chunks, then `End`; before the
+/// chunks of a file read from near its end, the bytes before the first
+/// chunk read, for the file's SHA-256 only.
 enum Read {
+    Head(Buf),
     Chunk(Buf),
     End,
     Failed(Error),
@@ -315,16 +502,16 @@ enum Read {
 
 impl Reader<'_> {
     /// Reads the entries `to_read`, in order, each in chunks (cut where
-    /// the second of each pair says), into buffers from `buffer`; stops at
+    /// it says, from where it says), into buffers from `buffer`; stops at
     /// the first error (sent) or when the receiver is gone.
     fn run(
         mut self,
-        to_read: &[(usize, Vec<u64>)],
+        to_read: &[ToRead],
         buffer: &dyn Fn() -> Buf,
         tx: std::sync::mpsc::SyncSender<Read>,
     ) {
-        for (i, cuts) in to_read {
-            let result = self.read(&self.inv.entries[*i], cuts, buffer, &tx);
+        for item in to_read {
+            let result = self.read(&self.inv.entries[item.index], item, buffer, &tx);
             let msg = match result {
                 Ok(true) => Read::End,
                 Ok(false) => return,
@@ -341,7 +528,7 @@ impl Reader<'_> {
     fn read(
         &mut self,
         e: &Entry,
-        cuts: &[u64],
+        item: &ToRead,
         buffer: &dyn Fn() -> Buf,
         tx: &std::sync::mpsc::SyncSender<Read>,
     ) -> Result<bool> {
@@ -351,7 +538,24 @@ impl Reader<'_> {
             .map_err(|err| crate::fsat::swapped(&src, err))?;
         let log_dir = &self.inv.dirs[e.dir_index].path;
         let mut f = SourceFile::new(f, &src, e, log_dir);
-        for (_, len) in chunk_spans(e.size, self.chunk_size, cuts) {
+        let (from, chunk_start) = item
+            .resume
+            .as_ref()
+            .map_or((0, 0), |r| (r.from, r.chunk_start));
+        if from > 0 {
+            f.skip_to(from);
+        }
+        if chunk_start > from {
+            let mut bytes = buffer();
+            f.fill(&mut bytes, (chunk_start - from) as usize, self.cancel)?;
+            if tx.send(Read::Head(bytes)).is_err() {
+                return Ok(false);
+            }
+        }
+        for (_, len) in chunk_spans(e.size, self.chunk_size, &item.cuts)
+            .into_iter()
+            .filter(|&(off, _)| off >= chunk_start)
+        {
             let mut bytes = buffer();
             f.fill(&mut bytes, len as usize, self.cancel)?;
             if tx.send(Read::Chunk(bytes)).is_err() {

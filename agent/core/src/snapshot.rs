@@ -67,7 +67,7 @@ pub struct Captured {
     /// log dirs themselves (copy capture): the broker cannot start under us.
     broker_locks: Vec<fs::File>,
     staging: Vec<Staging>,
-    _staging_lock: StagingLock,
+    staging_lock: StagingLock,
 }
 
 /// Freezes the log dirs of a stopped broker. Refuses when the broker still
@@ -142,7 +142,7 @@ pub fn capture(req: &CaptureRequest) -> Result<Captured> {
         content_roots,
         broker_locks,
         staging,
-        _staging_lock: staging_lock,
+        staging_lock,
     })
 }
 
@@ -178,6 +178,19 @@ impl Captured {
             files = self.inventory.entries.len(), bytes = self.inventory.total_bytes(),
             encrypted_to = ?opts.encrypt_to.as_ref().map(|r| r.fingerprints()), "archiving");
         crate::catalog::remove_incomplete(store, &snap.cluster_id, snap.broker, &snap.snapshot_id)?;
+        let keeps_clones = self.used == CaptureMode::Reflink
+            && opts
+                .objects
+                .as_ref()
+                .is_some_and(|o| o.hash_cache.is_some());
+        if !keeps_clones {
+            // Clones kept by an earlier incremental snapshot: no use now.
+            for root in self.staging_lock.roots() {
+                if let Err(e) = crate::kept::remove_all(root) {
+                    tracing::warn!(error = %e, "cannot remove the clones kept by an earlier snapshot");
+                }
+            }
+        }
         // Even incompressible data grows by no more than tar headers and
         // zstd framing: lets the store size its upload parts.
         let data = self.inventory.total_bytes();
@@ -219,11 +232,15 @@ impl Captured {
         let objects = match &opts.objects {
             None => None,
             Some(o) => {
+                let content = crate::objects::Content {
+                    roots: &self.content_roots,
+                    staged: self.used == CaptureMode::Reflink,
+                };
                 let stored = crate::objects::store_objects(
                     store,
                     &snap.cluster_id,
                     &self.inventory,
-                    &self.content_roots,
+                    &content,
                     o,
                     (opts.zstd_level, opts.zstd_threads),
                     opts.cancel.as_deref(),

@@ -114,6 +114,13 @@ impl<'a> SourceFile<'a> {
         }
     }
 
+    /// Reads on from `offset` (at most the file's size): the bytes before
+    /// are not read.
+    pub(crate) fn skip_to(&mut self, offset: u64) {
+        debug_assert!(offset <= self.e.size);
+        self.at = offset.min(self.e.size);
+    }
+
     /// Bytes of the file not read yet, by its inventory size.
     pub(crate) fn left(&self) -> u64 {
         self.e.size - self.at

@@ -26,6 +26,15 @@ fn create_incremental(dirs: &[PathBuf], store: &Path) -> serde_json::Value {
 }
 
 fn create_with(dirs: &[PathBuf], store: &Path, extra: &[&str]) -> serde_json::Value {
+    create_captured(dirs, store, "copy", extra)
+}
+
+fn create_captured(
+    dirs: &[PathBuf],
+    store: &Path,
+    capture: &str,
+    extra: &[&str],
+) -> serde_json::Value {
     let dirs = dirs_arg(dirs);
     let store = store_url(store);
     let mut args = vec![
@@ -36,7 +45,7 @@ fn create_with(dirs: &[PathBuf], store: &Path, extra: &[&str]) -> serde_json::Va
         "--store",
         &store,
         "--capture",
-        "copy",
+        capture,
         "--mode",
         "incremental",
         "--object-min-size",
@@ -453,6 +462,140 @@ fn an_appended_segment_uploads_only_the_appended_bytes() {
         );
         assert_eq!(&want[0], &tree(&target, &[]), "snapshot {name}");
     }
+}
+
+#[test]
+fn a_reflinked_active_segment_is_read_only_past_the_blocks_it_shares() {
+    let (t, dirs, store, cache) = one_dir_with_record();
+    let cache_arg = cache.display().to_string();
+    let with_cache = ["--hash-cache", cache_arg.as_str()];
+    let create = || create_captured(&dirs, &store, "reflink", &with_cache);
+    let active = active_log(&dirs[0]);
+    let rel = active.strip_prefix(&dirs[0]).unwrap().to_path_buf();
+    let kept_root = dirs[0]
+        .parent()
+        .unwrap()
+        .join(".kafka-snapshot-staging/kept");
+    let kept = kept_root.join("0-kafka-logs").join(&rel);
+    let write_at = |offset: u64, bytes: &[u8]| {
+        use std::os::unix::fs::FileExt;
+        let f = fs::OpenOptions::new().write(true).open(&active).unwrap();
+        // Not synced: cloning the file flushes it first.
+        f.write_all_at(bytes, offset).unwrap();
+        fs::metadata(&active).unwrap().len()
+    };
+    let size = || fs::metadata(&active).unwrap().len();
+    let snapshot_matches = |s: &serde_json::Value, name: &str| {
+        let id = s["snapshot_id"].as_str().unwrap();
+        verify(&store, id, 0);
+        let target = t.path().join(format!("restore-{name}"));
+        extract(&store, id, std::slice::from_ref(&target), 0);
+        assert_eq!(
+            tree(&dirs[0], NOT_ARCHIVED),
+            tree(&target, &[]),
+            "snapshot {name}"
+        );
+        fs::remove_dir_all(&target).unwrap();
+    };
+    // Half way into a chunk, so the next snapshot cuts it there.
+    let was = write_at(
+        size(),
+        &vec![1; (CHUNK + CHUNK / 2 - size() % CHUNK) as usize],
+    );
+    let s1 = create();
+    assert_eq!(s1["capture"], "reflink", "{s1}");
+    assert_eq!(s1["objects"]["hashed"], s1["objects"]["files"], "{s1}");
+    assert_eq!(
+        fs::metadata(&kept).unwrap().len(),
+        was,
+        "the clone read is kept"
+    );
+    let active_files = {
+        let s = create();
+        assert_eq!(s["objects"]["uploaded"], 0, "{s}");
+        // Nothing appended: each active file is read from its last 64
+        // bytes at most, for its SHA-256.
+        let hashed = s["objects"]["hashed"].as_u64().unwrap();
+        assert!(hashed > 0, "{s}");
+        assert!(
+            s["objects"]["hashed_bytes"].as_u64().unwrap() < 64 * hashed,
+            "{s}"
+        );
+        snapshot_matches(&s, "unchanged");
+        hashed
+    };
+
+    // Appended to: read from (about) where the last snapshot ended it.
+    let now = write_at(was, &vec![2; 70_000]);
+    let s2 = create();
+    assert_eq!(s2["objects"]["uploaded_bytes"], 70_000, "{s2}");
+    let read = s2["objects"]["hashed_bytes"].as_u64().unwrap();
+    assert!(read >= 70_000 && read < 70_000 + 64 * active_files, "{s2}");
+    snapshot_matches(&s2, "appended");
+
+    // Written over in place before its old end, the size kept: those
+    // blocks are no longer the kept clone's, so the file is read from its
+    // start and the new bytes are stored.
+    assert_eq!(write_at(CHUNK / 2, b"written over"), now);
+    let s3 = create();
+    assert!(
+        s3["objects"]["hashed_bytes"].as_u64().unwrap() >= now,
+        "{s3}"
+    );
+    assert_eq!(s3["objects"]["uploaded"], 1, "{s3}");
+    snapshot_matches(&s3, "overwritten");
+
+    // Truncated (a follower) and written again with other bytes: the same.
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&active)
+        .unwrap()
+        .set_len(was - 1000)
+        .unwrap();
+    let longer = write_at(was - 1000, &vec![3; 90_000]);
+    assert!(longer > now);
+    let s4 = create();
+    assert!(
+        s4["objects"]["hashed_bytes"].as_u64().unwrap() >= longer,
+        "{s4}"
+    );
+    snapshot_matches(&s4, "rewritten");
+
+    // A full snapshot keeps no clones.
+    run(
+        &[
+            "archive",
+            "create",
+            "--log-dirs",
+            &dirs_arg(&dirs),
+            "--store",
+            &store_url(&store),
+            "--capture",
+            "reflink",
+            "--json",
+        ],
+        0,
+    );
+    assert!(!kept_root.exists(), "the kept clones are removed");
+}
+
+/// The largest active segment (the newest `.log` of its partition).
+fn active_log(dir: &Path) -> PathBuf {
+    let mut newest: std::collections::BTreeMap<PathBuf, PathBuf> = Default::default();
+    for (p, n) in tree(dir, &[]) {
+        let p = dir.join(p);
+        if n.kind == 'f' && p.extension().is_some_and(|e| e == "log") {
+            let part = p.parent().unwrap().to_path_buf();
+            let e = newest.entry(part).or_insert_with(|| p.clone());
+            if p > *e {
+                *e = p;
+            }
+        }
+    }
+    newest
+        .into_values()
+        .max_by_key(|p| fs::metadata(p).unwrap().len())
+        .expect("a partition with a segment")
 }
 
 /// The SHA-256 of the first chunk of `p`: the name of its first object.
