@@ -10,7 +10,8 @@ files), and retention deletes each partition's oldest segment whenever the
 broker holds more than at the start. Every cycle then takes, in turns
 (which goes first alternates), an incremental snapshot
 (`--mode incremental`, with a hash record) into one store and a full one
-into another, both by copy capture with the page cache dropped before.
+into another, both by the same capture (--capture: copy, or reflink on an
+XFS image) with the page cache dropped before.
 
 Recorded per cycle: the bytes the incremental snapshot uploaded (its own
 archive plus the objects it uploaded) against the bytes appended since the
@@ -132,9 +133,9 @@ class Producer:
                     os.remove(path)
 
 
-def create(agent, data, store, mode, level, cache):
+def create(agent, data, store, mode, level, cache, capture):
     cmd = [agent, "archive", "create", "--log-dirs", data, "--store", f"file://{store}",
-           "--capture", "copy", "--zstd-level", str(level), "--json", "--mode", mode]
+           "--capture", capture, "--zstd-level", str(level), "--json", "--mode", mode]
     if mode == "incremental":
         cmd += ["--hash-cache", cache, "--object-min-size", "1MiB"]
     drop_caches()
@@ -173,6 +174,7 @@ def main():
     ap.add_argument("--cycles", type=int, default=7)
     ap.add_argument("--level", type=int, default=3)
     ap.add_argument("--incompressible", action="store_true")
+    ap.add_argument("--capture", default="copy", choices=("copy", "reflink"))
     ap.add_argument("--out", required=True)
     ap.add_argument("--keep", action="store_true",
                     help="keep the log dirs and both stores (under --work) to measure again by hand")
@@ -220,7 +222,7 @@ def main():
                "appended_compressed": appended_z}
         order = ("incremental", "full") if c % 2 else ("full", "incremental")
         for mode in order:
-            secs, rss, out = create(a.agent, data, stores[mode], mode, a.level, cache)
+            secs, rss, out = create(a.agent, data, stores[mode], mode, a.level, cache, a.capture)
             row[mode] = {"seconds": secs, "rss_kib": rss, "archive_bytes": out["archive_bytes"],
                          "objects": out.get("objects")}
             last[mode] = out["snapshot_id"]
@@ -229,8 +231,8 @@ def main():
         cycles.append(row)
         print(f"cycle {c}: appended {appended / 2**20:.1f} MiB ({appended_z / 2**20:.1f} compressed); "
               f"incremental {row['incremental']['seconds']:.2f} s, uploaded "
-              f"{row['incremental']['uploaded_bytes'] / 2**20:.1f} MiB (hashed {o['hashed']} of "
-              f"{o['files']} files); full {row['full']['seconds']:.2f} s, "
+              f"{row['incremental']['uploaded_bytes'] / 2**20:.1f} MiB (read {o['hashed_bytes'] / 2**20:.1f} "
+              f"MiB of {o['hashed']} of {o['files']} files); full {row['full']['seconds']:.2f} s, "
               f"{row['full']['archive_bytes'] / 2**20:.1f} MiB", flush=True)
 
     restore = {}
@@ -242,7 +244,7 @@ def main():
     steady = cycles[1:]
     result = {
         "size": size, "segment_size": segment_size, "append": append, "level": a.level,
-        "incompressible": a.incompressible, "cycles": cycles, "restore": restore,
+        "incompressible": a.incompressible, "capture": a.capture, "cycles": cycles, "restore": restore,
         "storage": storage,
         "upload_vs_appended": statistics.median(
             r["incremental"]["uploaded_bytes"] / max(r["appended_compressed"], 1) for r in steady),

@@ -5,6 +5,7 @@
 #                      [--size 2GiB] [--levels 3,1,9] [--fs ext4|xfs] [--s3]
 #                      [--sizes 1GiB,8GiB] [--segment-size 1GiB]
 #                      [--small-partitions 2000] [--throttle 20MiB]
+#                      [--capture copy|reflink]
 #
 # Archive (archive_bench.py, --size of generated log dirs on --fs):
 #   agent `archive create` at each of --levels against
@@ -31,7 +32,9 @@
 #   against full snapshots of the same data, alternating: bytes uploaded
 #   against bytes appended (compressed the same way), storage, archive
 #   and restore time, peak RSS; then the same with incompressible data;
-#   --runs times each.
+#   --runs times each. --capture reflink (needs --fs xfs) takes both
+#   kinds of snapshot from reflink staging, where an appended active
+#   segment is read only past the blocks its kept clone shares.
 #
 # --quick: small sizes and one run, to check the benchmark itself.
 # Needs root (loop-mounted scratch filesystems, dropping the page cache).
@@ -40,7 +43,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-runs=3 size=2GiB levels=3,1,9 fs=ext4 s3= only=
+runs=3 size=2GiB levels=3,1,9 fs=ext4 s3= only= capture=copy
 sizes=1GiB,8GiB segment_size=1GiB small_partitions=2000 throttle=20MiB
 while (($#)); do
     case $1 in
@@ -57,10 +60,12 @@ while (($#)); do
         --segment-size) segment_size=$2; shift 2 ;;
         --small-partitions) small_partitions=$2; shift 2 ;;
         --throttle) throttle=$2; shift 2 ;;
+        --capture) capture=$2; shift 2 ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
 done
 case $only in '' | archive | cycle | kafka | incremental) ;; *) echo "--only must be archive, cycle, kafka or incremental" >&2; exit 2 ;; esac
+case $capture in copy) ;; reflink) [[ $fs == xfs ]] || { echo "--capture reflink needs --fs xfs" >&2; exit 2; } ;; *) echo "--capture must be copy or reflink" >&2; exit 2 ;; esac
 if [[ $(id -u) -ne 0 ]]; then
     echo "tests/bench/run.sh needs root: it loop-mounts scratch filesystems and drops the page cache" >&2
     exit 2
@@ -140,9 +145,9 @@ if [[ -z $only || $only == incremental ]]; then
                 --work "$work" --size "$size" --level "${levels%%,*}" \
                 --agent "$target_dir/release/kafka-snapshot-agent" \
                 --gen "$target_dir/release/ksnap-gen-logdirs" \
-                $([[ $kind == incompressible ]] && echo --incompressible) \
-                --out "$out/incremental-$kind-$run.json"
-            report_args+=(--incremental "$out/incremental-$kind-$run.json")
+                $([[ $kind == incompressible ]] && echo --incompressible) --capture "$capture" \
+                --out "$out/incremental-$capture-$kind-$run.json"
+            report_args+=(--incremental "$out/incremental-$capture-$kind-$run.json")
         done
     done
 fi
