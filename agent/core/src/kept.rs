@@ -23,7 +23,7 @@
 //! next snapshot stays pinned by its clone until then. A snapshot that is
 //! not incremental, or not from reflink staging, removes them.
 
-use kafka_snapshot_model::error::{IoContext, Result};
+use kafka_snapshot_model::error::{Error, IoContext, Result};
 use std::fs;
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
@@ -87,7 +87,14 @@ impl Kept {
     /// new generation returned. A file that cannot be moved is not kept
     /// (it is read whole next time).
     pub fn replace(&self, content_roots: &[PathBuf], files: &[(usize, &Path)]) -> Result<String> {
-        let generation = crate::snapshot::random_hex(8, "a kept clones' generation")?;
+        let mut rnd = [0u8; 8];
+        getrandom::fill(&mut rnd).map_err(|e| {
+            Error::io(
+                "reading the OS random source for the kept clones' generation",
+                io::Error::other(e.to_string()),
+            )
+        })?;
+        let generation = hex::encode(rnd);
         let mut roots: Vec<&Path> = Vec::new();
         for (root, _, _) in &self.dirs {
             if !roots.contains(&root.as_path()) {
