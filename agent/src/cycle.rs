@@ -562,6 +562,11 @@ impl Cycle {
             }
         };
         let snapshot_id = captured.snapshot_id.clone();
+        if opts.objects.is_none() {
+            // Full snapshots: clones kept while this node was incremental
+            // are no use any more.
+            captured.drop_kept_clones();
+        }
 
         // Copy capture reads the log dirs themselves: archive before the start.
         let archive = if captured.used == CaptureMode::Copy {

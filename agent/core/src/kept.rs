@@ -20,8 +20,10 @@
 //! from staging are moved into `kept.new`, which then replaces `kept`.
 //! They cost no space while the broker keeps those segments (every block
 //! is shared with the live file); a segment the broker deletes before the
-//! next snapshot stays pinned by its clone until then. A snapshot that is
-//! not incremental, or not from reflink staging, removes them.
+//! next snapshot stays pinned by its clone until then. An incremental
+//! snapshot captured by copy removes them (its hash record names none),
+//! and so does the daemon's snapshot of a node whose snapshots are full;
+//! a full `archive create` run by hand leaves them.
 
 use kafka_snapshot_model::error::{Error, IoContext, Result};
 use std::fs;

@@ -255,7 +255,10 @@ pub fn store_objects(
                 resume: None,
                 keep: None,
             };
-            if let (Some(k), Some(c), false) = (&kept, &cache, rolled[i]) {
+            // A file read from its kept clone last time is read from near
+            // its old end, rolled since or not; only an active one's clone
+            // is kept for the next snapshot (a rolled one's hashes are).
+            if let (Some(k), Some(c)) = (&kept, &cache) {
                 let staged = trees[e.dir_index].open(&e.rel).map_err(|err| {
                     crate::fsat::swapped(&content_roots[e.dir_index].join(&e.rel), err)
                 })?;
@@ -282,7 +285,7 @@ pub fn store_objects(
                 let last = spans.last().map_or(0, |&(off, _)| off);
                 let mut marks = vec![last / 64 * 64, e.size / 64 * 64];
                 marks.dedup();
-                item.keep = Some((ino, marks));
+                item.keep = (!rolled[i]).then_some((ino, marks));
             }
             let from = item.resume.as_ref().map_or(0, |r| r.from);
             tracing::debug!(

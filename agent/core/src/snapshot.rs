@@ -146,6 +146,20 @@ pub fn capture(req: &CaptureRequest) -> Result<Captured> {
     })
 }
 
+impl Captured {
+    /// Removes the clones an earlier incremental snapshot kept for the
+    /// next one ([`crate::kept`]): for a node that takes full snapshots
+    /// now, they would pin the blocks of segments the broker deletes.
+    /// (A full `archive create` run by hand leaves them to the daemon.)
+    pub fn drop_kept_clones(&self) {
+        for root in self.staging_lock.roots() {
+            if let Err(e) = crate::kept::remove_all(root) {
+                tracing::warn!(error = %e, "cannot remove the clones kept by an earlier snapshot");
+            }
+        }
+    }
+}
+
 /// When the broker went down and came back, if the agent drove it.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct BrokerTimes {
@@ -178,18 +192,14 @@ impl Captured {
             files = self.inventory.entries.len(), bytes = self.inventory.total_bytes(),
             encrypted_to = ?opts.encrypt_to.as_ref().map(|r| r.fingerprints()), "archiving");
         crate::catalog::remove_incomplete(store, &snap.cluster_id, snap.broker, &snap.snapshot_id)?;
-        let keeps_clones = self.used == CaptureMode::Reflink
+        if self.used != CaptureMode::Reflink
             && opts
                 .objects
                 .as_ref()
-                .is_some_and(|o| o.hash_cache.is_some());
-        if !keeps_clones {
-            // Clones kept by an earlier incremental snapshot: no use now.
-            for root in self.staging_lock.roots() {
-                if let Err(e) = crate::kept::remove_all(root) {
-                    tracing::warn!(error = %e, "cannot remove the clones kept by an earlier snapshot");
-                }
-            }
+                .is_some_and(|o| o.hash_cache.is_some())
+        {
+            // This snapshot's hash record will name no kept clones.
+            self.drop_kept_clones();
         }
         // Even incompressible data grows by no more than tar headers and
         // zstd framing: lets the store size its upload parts.

@@ -561,21 +561,64 @@ fn a_reflinked_active_segment_is_read_only_past_the_blocks_it_shares() {
     );
     snapshot_matches(&s4, "rewritten");
 
-    // A full snapshot keeps no clones.
-    run(
-        &[
-            "archive",
-            "create",
-            "--log-dirs",
-            &dirs_arg(&dirs),
-            "--store",
-            &store_url(&store),
-            "--capture",
-            "reflink",
-            "--json",
-        ],
-        0,
+    // Appended to, then rolled (a newer segment beside it): read once
+    // more from its last chunk (cut already: read from the cut), then no
+    // more (a rolled segment's hashes are trusted while it is unchanged).
+    let rolled_size = write_at(longer, &vec![4; 5_000]);
+    let base: u64 = active
+        .file_stem()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    fs::write(
+        active.with_file_name(format!("{:020}.log", base + 1_000_000)),
+        b"the new active segment",
+    )
+    .unwrap();
+    let s5 = create();
+    let read = s5["objects"]["hashed_bytes"].as_u64().unwrap();
+    assert!(
+        read >= rolled_size - longer && read < CHUNK + 64 * (active_files + 1),
+        "{s5}"
     );
+    assert!(rolled_size > 2 * CHUNK, "not read whole: {s5}");
+    snapshot_matches(&s5, "rolled");
+    let s6 = create();
+    assert_eq!(
+        s6["objects"]["hashed"].as_u64().unwrap(),
+        s5["objects"]["hashed"].as_u64().unwrap() - 1,
+        "{s6}"
+    );
+    snapshot_matches(&s6, "rolled, unchanged");
+
+    // A full snapshot by hand leaves the clones (to the daemon, which
+    // removes them once its snapshots are full); an incremental one by
+    // copy removes them: its record names none.
+    let full = |mode: &str, capture: &str| {
+        run(
+            &[
+                "archive",
+                "create",
+                "--log-dirs",
+                &dirs_arg(&dirs),
+                "--store",
+                &store_url(&store),
+                "--capture",
+                capture,
+                "--mode",
+                mode,
+                "--hash-cache",
+                &cache_arg,
+                "--json",
+            ],
+            0,
+        )
+    };
+    full("full", "reflink");
+    assert!(kept_root.exists(), "kept by a full snapshot by hand");
+    full("incremental", "copy");
     assert!(!kept_root.exists(), "the kept clones are removed");
 }
 
