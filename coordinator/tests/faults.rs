@@ -135,7 +135,10 @@ fn leftovers(f: &Fleet) -> Vec<String> {
             let parent = d.parent().unwrap();
             let staging = parent.join(".kafka-snapshot-staging");
             for e in fs::read_dir(&staging).into_iter().flatten().flatten() {
-                if e.file_name() != ".lock" {
+                // `kept`: the clones an incremental snapshot keeps for the
+                // next (`kept.new`, an interrupted replacement, is reported).
+                if e.file_name() != ".lock" && e.file_name() != kafka_snapshot::kept::KEPT_DIR_NAME
+                {
                     found.push(e.path().display().to_string());
                 }
             }

@@ -526,7 +526,10 @@ fn reflink_snapshot_releases_at_recovery_then_reports_the_archive() {
     // Clones kept while the node took incremental snapshots: a node whose
     // snapshots are full removes them.
     for dir in s.c.log_dirs(2) {
-        let kept = dir.parent().unwrap().join(".kafka-snapshot-staging/kept/0-x");
+        let kept = dir
+            .parent()
+            .unwrap()
+            .join(".kafka-snapshot-staging/kept/0-x");
         fs::create_dir_all(&kept).unwrap();
         fs::write(kept.join("00000000000000000000.log"), b"kept").unwrap();
     }
