@@ -18,7 +18,7 @@
 
 use std::fs;
 use std::io;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::os::unix::io::AsRawFd;
 
 const FIEMAP_FLAG_SYNC: u32 = 0x1;
@@ -152,6 +152,24 @@ pub fn same_prefix(a: &fs::File, b: &fs::File, len: u64) -> u64 {
     }
 }
 
+/// Whether `a` and `b` hold the same bytes in `[from, to)` (read and
+/// compared; false if either cannot be read there).
+pub fn same_bytes(a: &fs::File, b: &fs::File, from: u64, to: u64) -> bool {
+    let (mut x, mut y) = (vec![0u8; 64 << 10], vec![0u8; 64 << 10]);
+    let mut at = from;
+    while at < to {
+        let n = ((to - at) as usize).min(x.len());
+        if a.read_exact_at(&mut x[..n], at).is_err()
+            || b.read_exact_at(&mut y[..n], at).is_err()
+            || x[..n] != y[..n]
+        {
+            return false;
+        }
+        at += n as u64;
+    }
+    true
+}
+
 /// The length of the longest prefix of `[0, len)` that `a` and `b` (each
 /// in file order) both map, through plain extents, to the same physical
 /// bytes.
@@ -236,5 +254,11 @@ mod tests {
         let b = fs::File::open(p("b")).unwrap();
         // Same bytes, other blocks (or no FIEMAP at all): nothing known.
         assert_eq!(same_prefix(&a, &b, 1 << 16), 0);
+        // Compared byte for byte, they are the same; then not.
+        assert!(same_bytes(&a, &b, 100, 1 << 16));
+        std::fs::write(p("b"), [vec![7u8; 1000], vec![8u8]].concat()).unwrap();
+        assert!(same_bytes(&a, &b, 0, 1000));
+        assert!(!same_bytes(&a, &b, 0, 1001), "a byte differs");
+        assert!(!same_bytes(&a, &b, 0, 2000), "b is shorter");
     }
 }

@@ -433,6 +433,11 @@ fn feed(whole: &mut Sha256Stream, mut bytes: &[u8], marks: &[u64], saved: &mut V
     }
 }
 
+/// At most this many bytes before where an appended file is read from
+/// are compared with its kept clone when their blocks differ: the block
+/// its old end was in, which the append wrote to.
+const COMPARE_MAX: u64 = 64 << 10;
+
 /// Where `e`, a file the last snapshot read from a clone that is kept,
 /// can be read from now, if that is past its start: the chunks before are
 /// the last snapshot's (same spans, objects stored), the file's SHA-256
@@ -464,7 +469,16 @@ fn resume(
         return None;
     }
     let clone = kept.open(e.dir_index, &e.rel, k.ino, size)?;
-    let proven = crate::extents::same_prefix(staged, &clone, chunk_start);
+    let mut proven = crate::extents::same_prefix(staged, &clone, chunk_start);
+    // The block the last snapshot ended the file in was written since
+    // (Kafka appended to it), so it is a copy of its own: compared byte
+    // for byte instead, up to where the file then ended.
+    if proven < chunk_start
+        && chunk_start - proven <= COMPARE_MAX
+        && crate::extents::same_bytes(staged, &clone, proven, chunk_start)
+    {
+        proven = chunk_start;
+    }
     if proven < chunk_start {
         tracing::debug!(file = %log_dir.join(&e.rel).display(), proven, needed = chunk_start,
             "the kept clone does not share the blocks; reading the file whole");

@@ -497,10 +497,12 @@ fn a_reflinked_active_segment_is_read_only_past_the_blocks_it_shares() {
         );
         fs::remove_dir_all(&target).unwrap();
     };
-    // Half way into a chunk, so the next snapshot cuts it there.
+    // Half way into a chunk, so the next snapshot cuts it there, and
+    // inside a block, so the append writes to that block (a copy of its
+    // own: the kept clone keeps the old one).
     let was = write_at(
         size(),
-        &vec![1; (CHUNK + CHUNK / 2 - size() % CHUNK) as usize],
+        &vec![1; (CHUNK + CHUNK / 2 + 100 - size() % CHUNK) as usize],
     );
     let s1 = create();
     assert_eq!(s1["capture"], "reflink", "{s1}");
