@@ -141,7 +141,7 @@ mod tests {
         let d = std::env::temp_dir().join(format!(
             "aside-{}-{}",
             std::process::id(),
-            crate::snapshot::random_hex(4, "test").unwrap()
+            crate::random::random_hex(4, "test").unwrap()
         ));
         fs::create_dir_all(&d).unwrap();
         d

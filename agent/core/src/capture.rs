@@ -206,9 +206,10 @@ pub fn probe_reflink(log_dir: &Path) -> Result<(), String> {
     }
     let src_path = log_dir.join(crate::logdir::META_PROPERTIES);
     let src = fs::File::open(&src_path).map_err(|e| format!("open {}: {e}", src_path.display()))?;
-    let mut rnd = [0u8; 4];
-    getrandom::fill(&mut rnd).map_err(|e| e.to_string())?;
-    let probe = root.join(format!(".probe-{}", hex::encode(rnd)));
+    let probe = root.join(format!(
+        ".probe-{}",
+        crate::random::random_hex(4, "a probe's name").map_err(|e| e.to_string())?
+    ));
     let dst = fs::OpenOptions::new()
         .write(true)
         .create_new(true)

@@ -25,7 +25,8 @@
 //! and so does the daemon's snapshot of a node whose snapshots are full;
 //! a full `archive create` run by hand leaves them.
 
-use kafka_snapshot_model::error::{Error, IoContext, Result};
+use crate::random::random_hex;
+use kafka_snapshot_model::error::{IoContext, Result};
 use std::fs;
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
@@ -89,14 +90,7 @@ impl Kept {
     /// new generation returned. A file that cannot be moved is not kept
     /// (it is read whole next time).
     pub fn replace(&self, content_roots: &[PathBuf], files: &[(usize, &Path)]) -> Result<String> {
-        let mut rnd = [0u8; 8];
-        getrandom::fill(&mut rnd).map_err(|e| {
-            Error::io(
-                "reading the OS random source for the kept clones' generation",
-                io::Error::other(e.to_string()),
-            )
-        })?;
-        let generation = hex::encode(rnd);
+        let generation = random_hex(8, "the kept clones' generation")?;
         let mut roots: Vec<&Path> = Vec::new();
         for (root, _, _) in &self.dirs {
             if !roots.contains(&root.as_path()) {

@@ -36,6 +36,7 @@ pub mod kept;
 pub mod logdir;
 pub mod objects;
 pub mod props;
+pub mod random;
 pub mod service;
 pub mod sets;
 pub mod settings;

@@ -4,6 +4,7 @@
 use crate::archive::{archive_path, write_archive, ArchiveOptions};
 use crate::capture::{clone_into_staging, resolve_mode, Staging, StagingLock};
 use crate::logdir::{self, Inventory};
+use crate::random::random_hex;
 use crate::settings::FreeSpace;
 use crate::storage::ColdStore;
 use chrono::{DateTime, Utc};
@@ -23,18 +24,6 @@ pub fn new_snapshot_id() -> Result<String> {
         Utc::now(),
         &random_hex(4, "a snapshot id")?,
     ))
-}
-
-/// `bytes` random bytes from the OS, hex; `what` names them in the error.
-pub fn random_hex(bytes: usize, what: &str) -> Result<String> {
-    let mut rnd = vec![0u8; bytes];
-    getrandom::fill(&mut rnd).map_err(|e| {
-        Error::io(
-            format!("reading the OS random source for {what}"),
-            std::io::Error::other(e.to_string()),
-        )
-    })?;
-    Ok(hex::encode(rnd))
 }
 
 pub fn hostname() -> String {

@@ -115,7 +115,7 @@ pub async fn run(
 
 /// 64 random bits, hex: which agent process polls.
 fn instance_id() -> Result<String> {
-    kafka_snapshot::snapshot::random_hex(8, "the agent's instance id")
+    kafka_snapshot::random::random_hex(8, "the agent's instance id")
 }
 
 /// The broker this host runs: `node.id` (or `broker.id`) from

@@ -79,24 +79,34 @@ pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-/// `archive create` of `dirs` into `store`; returns the snapshot id.
-pub fn create(dirs: &[PathBuf], store: &Path, capture: &str) -> serde_json::Value {
+/// `archive create` of `dirs` into `store` by `capture`, with `extra`
+/// arguments; panics with its output if the exit code is not `want`.
+pub fn run_create(
+    dirs: &[PathBuf],
+    store: &Path,
+    capture: &str,
+    extra: &[&str],
+    want: i32,
+) -> Output {
     let dirs = dirs_arg(dirs);
     let store = store_url(store);
-    let out = run(
-        &[
-            "archive",
-            "create",
-            "--log-dirs",
-            &dirs,
-            "--store",
-            &store,
-            "--capture",
-            capture,
-            "--json",
-        ],
-        0,
-    );
+    let mut args = vec![
+        "archive",
+        "create",
+        "--log-dirs",
+        &dirs,
+        "--store",
+        &store,
+        "--capture",
+        capture,
+    ];
+    args.extend_from_slice(extra);
+    run(&args, want)
+}
+
+/// `archive create` of `dirs` into `store`; returns its `--json` report.
+pub fn create(dirs: &[PathBuf], store: &Path, capture: &str) -> serde_json::Value {
+    let out = run_create(dirs, store, capture, &["--json"], 0);
     serde_json::from_slice(&out.stdout).expect("create --json output")
 }
 

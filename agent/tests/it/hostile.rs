@@ -985,19 +985,7 @@ fn a_staging_symlink_is_never_followed() {
         let staging = dirs[0].parent().unwrap().join(".kafka-snapshot-staging");
         std::os::unix::fs::symlink(&victim, &staging).unwrap();
         let store = new_store(t.path());
-        let out = run(
-            &[
-                "archive",
-                "create",
-                "--log-dirs",
-                &dirs_arg(&dirs),
-                "--store",
-                &store_url(&store),
-                "--capture",
-                capture,
-            ],
-            1,
-        );
+        let out = run_create(&dirs, &store, capture, &[], 1);
         let err = stderr(&out);
         assert!(
             err.contains(&staging.display().to_string()) && err.contains("symlink"),

@@ -135,9 +135,9 @@ impl ColdStore for FileStore {
         self.create_dirs(&dir)
             .map_err(|e| self.error(key, format!("creating directory: {e}")))?;
         let name = path.file_name().expect("key has a name").to_string_lossy();
-        let mut rnd = [0u8; 4];
-        getrandom::fill(&mut rnd).map_err(|e| self.error(key, format!("random: {e}")))?;
-        let tmp = dir.join(format!(".{name}{TEMP_MARKER}{}", hex::encode(rnd)));
+        let rnd = crate::random::random_hex(4, "a temporary file's name")
+            .map_err(|e| self.error(key, e.to_string()))?;
+        let tmp = dir.join(format!(".{name}{TEMP_MARKER}{rnd}"));
         let file = fs::OpenOptions::new()
             .write(true)
             .create_new(true)
