@@ -912,6 +912,13 @@ impl ExtractVisitor<'_> {
 }
 
 impl Visitor for ExtractVisitor<'_> {
+    /// A restore checks content objects chunk by chunk only (every byte,
+    /// see [`Visitor::whole_file_hashes`]): the whole-file hash would be
+    /// a second pass on the thread that writes.
+    fn whole_file_hashes(&self) -> bool {
+        false
+    }
+
     fn entry(&mut self, rec: &EntryRecord, data: &mut dyn Read) -> Result<()> {
         if self
             .cancel

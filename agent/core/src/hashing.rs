@@ -49,7 +49,8 @@ impl<W: Write> Write for HashingWriter<W> {
 /// Counts and hashes every byte read from the inner reader.
 pub struct HashingReader<R> {
     inner: R,
-    hasher: Sha256,
+    /// None once [`HashingReader::counting_only`]: bytes are counted only.
+    hasher: Option<Sha256>,
     bytes: u64,
 }
 
@@ -57,9 +58,16 @@ impl<R: Read> HashingReader<R> {
     pub fn new(inner: R) -> Self {
         HashingReader {
             inner,
-            hasher: Sha256::new(),
+            hasher: Some(Sha256::new()),
             bytes: 0,
         }
+    }
+
+    /// Counts the bytes read from here on without hashing them: the hash
+    /// [`HashingReader::finish`] returns is then empty.
+    pub fn counting_only(mut self) -> Self {
+        self.hasher = None;
+        self
     }
 
     pub fn bytes(&self) -> u64 {
@@ -67,14 +75,20 @@ impl<R: Read> HashingReader<R> {
     }
 
     pub fn finish(self) -> (R, u64, String) {
-        (self.inner, self.bytes, hex_digest(self.hasher))
+        (
+            self.inner,
+            self.bytes,
+            self.hasher.map(hex_digest).unwrap_or_default(),
+        )
     }
 }
 
 impl<R: Read> Read for HashingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
+        if let Some(h) = &mut self.hasher {
+            h.update(&buf[..n]);
+        }
         self.bytes += n as u64;
         Ok(n)
     }

@@ -35,17 +35,7 @@ fn create_captured(
     capture: &str,
     extra: &[&str],
 ) -> serde_json::Value {
-    let dirs = dirs_arg(dirs);
-    let store = store_url(store);
     let mut args = vec![
-        "archive",
-        "create",
-        "--log-dirs",
-        &dirs,
-        "--store",
-        &store,
-        "--capture",
-        capture,
         "--mode",
         "incremental",
         "--object-min-size",
@@ -55,7 +45,7 @@ fn create_captured(
         "--json",
     ];
     args.extend_from_slice(extra);
-    let out = run(&args, 0);
+    let out = run_create(dirs, store, capture, &args, 0);
     serde_json::from_slice(&out.stdout).expect("create --json output")
 }
 
@@ -238,10 +228,10 @@ fn a_damaged_or_missing_object_fails_every_snapshot_that_uses_it() {
     // Another file's bytes under this object's name: it decompresses, but
     // not to the file the snapshots recorded.
     let (victim, donor) = (&stored[0], &stored[1]);
+    let name = victim.file_stem().unwrap().to_string_lossy().into_owned();
     let original = fs::read(victim).unwrap();
     fs::set_permissions(victim, std::os::unix::fs::PermissionsExt::from_mode(0o640)).unwrap();
     fs::write(victim, fs::read(donor).unwrap()).unwrap();
-    let name = victim.file_stem().unwrap().to_string_lossy().into_owned();
     for id in [&id1, &id2] {
         let err = verify(&store, id, 1);
         assert!(
@@ -249,6 +239,19 @@ fn a_damaged_or_missing_object_fails_every_snapshot_that_uses_it() {
             "{err}"
         );
     }
+    // A restore checks each chunk against its name (not the whole file's
+    // hash): it fails as well, naming the object, and leaves nothing.
+    let target = t.path().join("restore/donor");
+    let err = extract(&store, &id1, std::slice::from_ref(&target), 1);
+    assert!(
+        err.contains(&name) && (err.contains("does not hash") || err.contains("holds")),
+        "{err}"
+    );
+    assert!(
+        !target.exists(),
+        "a failed restore left {}",
+        target.display()
+    );
     // Flipped bytes in the middle: zstd's own checksum or the hash.
     let mut flipped = original.clone();
     let mid = flipped.len() / 2;
@@ -599,24 +602,8 @@ fn a_reflinked_active_segment_is_read_only_past_the_blocks_it_shares() {
     // removes them once its snapshots are full); an incremental one by
     // copy removes them: its record names none.
     let full = |mode: &str, capture: &str| {
-        run(
-            &[
-                "archive",
-                "create",
-                "--log-dirs",
-                &dirs_arg(&dirs),
-                "--store",
-                &store_url(&store),
-                "--capture",
-                capture,
-                "--mode",
-                mode,
-                "--hash-cache",
-                &cache_arg,
-                "--json",
-            ],
-            0,
-        )
+        let args = ["--mode", mode, "--hash-cache", &cache_arg, "--json"];
+        run_create(&dirs, &store, capture, &args, 0)
     };
     full("full", "reflink");
     assert!(kept_root.exists(), "kept by a full snapshot by hand");
