@@ -34,6 +34,7 @@
 use crate::hashing::Midstate;
 use crate::logdir::{Entry, EntryKind, Inventory};
 use kafka_snapshot_model::error::{Error, IoContext, Result};
+use kafka_snapshot_model::manifest::MAX_CUTS_PER_CHUNK;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
@@ -270,28 +271,41 @@ impl HashCache {
 }
 
 /// A chunk is cut where an earlier snapshot ended a file only if the
-/// part before is at least this fraction of a chunk: a smaller one is
-/// cheaper uploaded again than kept as an object of its own.
+/// part before (from the chunk's start or its last cut) is at least this
+/// fraction of a chunk: a smaller one is cheaper uploaded again than kept
+/// as an object of its own.
 const MIN_CUT_PART: u64 = 16;
 
 /// The cuts of a file that was `before` bytes long with cuts `cuts` at the
 /// last snapshot and is `size` bytes now (Kafka appended to it): the old
 /// ones, and one where it ended, so the chunk stored for its end then is
-/// used again and only the bytes after it are new. At most one cut per
-/// grid chunk, so a file is never more than twice as many objects as its
-/// chunks: in a chunk cut already, what follows the cut is uploaded again.
+/// used again and only the bytes after it are new. A partition that
+/// appends less than a chunk between snapshots cuts the same chunk again
+/// each time, so what it uploads again is at most 1/[`MIN_CUT_PART`] of a
+/// chunk per snapshot, and a chunk is at most
+/// [`MAX_CUTS_PER_CHUNK`]` + 1` objects.
 pub fn plan_cuts(before: u64, cuts: &[u64], size: u64, chunk_size: u64) -> Vec<u64> {
+    let chunk_size = chunk_size.max(1);
     let mut out: Vec<u64> = cuts
         .iter()
         .copied()
         .filter(|&c| c > 0 && c < size && c % chunk_size != 0)
         .collect();
     out.sort_unstable();
-    out.dedup_by_key(|c| *c / chunk_size);
-    let part = before % chunk_size;
+    out.dedup();
+    let chunk = before / chunk_size;
+    let in_chunk = || out.iter().filter(move |&&c| c / chunk_size == chunk);
+    // Where the part that ends at `before` starts.
+    let start = in_chunk()
+        .copied()
+        .filter(|&c| c < before)
+        .max()
+        .unwrap_or(chunk * chunk_size);
     if before < size
-        && part >= chunk_size / MIN_CUT_PART
-        && !out.iter().any(|&c| c / chunk_size == before / chunk_size)
+        && before % chunk_size != 0
+        && before - start >= chunk_size / MIN_CUT_PART
+        && in_chunk().count() < MAX_CUTS_PER_CHUNK
+        && !out.contains(&before)
     {
         out.push(before);
         out.sort_unstable();
@@ -546,9 +560,23 @@ mod tests {
         assert_eq!(plan_cuts(100, &[], 300, c), vec![100]);
         assert_eq!(plan_cuts(129, &[], 300, c), Vec::<u64>::new());
         assert_eq!(plan_cuts(128, &[], 300, c), Vec::<u64>::new());
-        // Old cuts stay; one per chunk.
+        // Old cuts stay; a chunk cut already is cut again where the part
+        // since its last cut is big enough.
         assert_eq!(plan_cuts(200, &[100], 300, c), vec![100, 200]);
-        assert_eq!(plan_cuts(120, &[100], 300, c), vec![100]);
+        assert_eq!(plan_cuts(120, &[100], 300, c), vec![100, 120]);
+        assert_eq!(plan_cuts(102, &[100], 300, c), vec![100]);
+        assert_eq!(plan_cuts(124, &[100, 120], 300, c), vec![100, 120, 124]);
+        // A cut above the old end (cut, truncated, grown again) stays and
+        // does not count as the start of the part.
+        assert_eq!(plan_cuts(70, &[90], 300, c), vec![70, 90]);
+        // At most MAX_CUTS_PER_CHUNK in one grid chunk: here the parts
+        // (6 bytes of a 100-byte chunk) would allow one more.
+        let full: Vec<u64> = (1..=MAX_CUTS_PER_CHUNK as u64).map(|i| i * 6).collect();
+        assert_eq!(plan_cuts(96, &full, 300, 100), full);
+        assert_eq!(
+            plan_cuts(196, &full, 300, 100),
+            [&full[..], &[196]].concat()
+        );
         // Cuts past the end (a file cut then truncated) go.
         assert_eq!(plan_cuts(50, &[100], 90, c), vec![50]);
         // Not grown: nothing new.

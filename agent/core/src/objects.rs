@@ -230,6 +230,7 @@ pub fn store_objects(
         uploaded_stored_bytes: 0,
         hashed: 0,
         hashed_bytes: 0,
+        resumed: 0,
     };
     // Which files must be read: the hash record's hashes count only with
     // every object stored.
@@ -298,6 +299,7 @@ pub fn store_objects(
             to_read.push(item);
             record.hashed += 1;
             record.hashed_bytes += e.size - from;
+            record.resumed += u64::from(from > 0);
         }
         hashes.push(known);
     }

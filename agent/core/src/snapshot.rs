@@ -248,7 +248,8 @@ impl Captured {
                 tracing::info!(snapshot = %snap.snapshot_id, broker = snap.broker, files = r.files,
                     bytes = r.bytes, objects = r.objects, uploaded = r.uploaded,
                     uploaded_bytes = r.uploaded_bytes, stored_bytes = r.uploaded_stored_bytes,
-                    hashed = r.hashed, hashed_bytes = r.hashed_bytes, "content objects stored");
+                    hashed = r.hashed, hashed_bytes = r.hashed_bytes, resumed = r.resumed,
+                    "content objects stored");
                 written.entries = merge_entries(&self.inventory, written.entries, &stored.hashes)?;
                 Some(stored)
             }

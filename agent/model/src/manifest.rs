@@ -213,6 +213,15 @@ pub struct ObjectsRecord {
     /// (same inode, size, mtime and ctime), with their object in storage.
     pub hashed: u64,
     pub hashed_bytes: u64,
+    /// Of the files read, those read only from near where the last
+    /// snapshot ended them: an active segment whose earlier bytes were
+    /// proven unchanged against the clone kept from then (reflink capture).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub resumed: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// How an encrypted snapshot was encrypted. What stays in the clear is what
@@ -285,10 +294,10 @@ pub struct EntryRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chunks: Option<Vec<String>>,
     /// Format 3: where the file's chunks end off the grid of
-    /// `objects.chunk_size` (ascending, at most one per grid chunk). A
-    /// segment Kafka appended to since the last snapshot is cut where that
-    /// snapshot ended it, so the chunk it stored then is used again and
-    /// only the new bytes are uploaded. See [`chunk_spans`].
+    /// `objects.chunk_size` (ascending, at most [`MAX_CUTS_PER_CHUNK`] in
+    /// one grid chunk). A segment Kafka appended to since the last snapshot
+    /// is cut where that snapshot ended it, so the chunk it stored then is
+    /// used again and only the new bytes are uploaded. See [`chunk_spans`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cuts: Vec<u64>,
 }
@@ -317,21 +326,34 @@ pub fn chunk_spans(size: u64, chunk_size: u64, cuts: &[u64]) -> Vec<(u64, u64)> 
         .collect()
 }
 
+/// How many cuts one chunk of the grid may have: it is then at most this
+/// many objects plus one.
+pub const MAX_CUTS_PER_CHUNK: usize = 15;
+
 /// Why `cuts` are not cuts of a file of `size` bytes in chunks of
 /// `chunk_size`: each strictly inside the file, off the grid, ascending,
-/// at most one per grid chunk.
+/// at most [`MAX_CUTS_PER_CHUNK`] in one grid chunk.
 pub fn check_cuts(size: u64, chunk_size: u64, cuts: &[u64]) -> Result<(), String> {
     let chunk_size = chunk_size.max(1);
     let mut last_chunk = None;
+    let mut in_chunk = 0;
     let mut last = 0;
     for &c in cuts {
         if c == 0 || c >= size || c % chunk_size == 0 || c <= last {
             return Err(format!(
-                "cut at {c} is not strictly inside the file ({size} bytes), off the grid of                  {chunk_size}-byte chunks, after the one before"
+                "cut at {c} is not strictly inside the file ({size} bytes), off the grid of \
+                 {chunk_size}-byte chunks, after the one before"
             ));
         }
         if last_chunk == Some(c / chunk_size) {
-            return Err(format!("cut at {c}: a chunk is cut at most once"));
+            in_chunk += 1;
+        } else {
+            in_chunk = 1;
+        }
+        if in_chunk > MAX_CUTS_PER_CHUNK {
+            return Err(format!(
+                "cut at {c}: a chunk is cut at most {MAX_CUTS_PER_CHUNK} times"
+            ));
         }
         last_chunk = Some(c / chunk_size);
         last = c;
@@ -874,6 +896,7 @@ mod tests {
             uploaded_stored_bytes: 14,
             hashed: 1,
             hashed_bytes: 5,
+            resumed: 0,
         });
         m
     }
@@ -891,6 +914,23 @@ mod tests {
         assert_eq!(chunk_spans(10, 4, &[0, 4, 10, 12]), chunk_spans(10, 4, &[]));
         assert!(check_cuts(10, 4, &[1, 6, 9]).is_ok());
         assert!(check_cuts(10, 4, &[6, 1]).is_err());
+        // Several cuts in one chunk (a partition appending little between
+        // snapshots), up to the limit.
+        assert_eq!(
+            chunk_spans(10, 8, &[2, 5]),
+            vec![(0, 2), (2, 3), (5, 3), (8, 2)]
+        );
+        let many: Vec<u64> = (1..=MAX_CUTS_PER_CHUNK as u64 + 1).map(|i| i * 6).collect();
+        let (limit, over) = many.split_at(MAX_CUTS_PER_CHUNK);
+        assert!(check_cuts(1000, 100, limit).is_ok());
+        let e = check_cuts(1000, 100, &many).unwrap_err();
+        assert!(
+            e.contains(&format!("cut at {}", over[0])) && e.contains("at most 15 times"),
+            "{e}"
+        );
+        // The limit is per chunk of the grid.
+        let spread: Vec<u64> = limit.iter().chain(&[101, 102]).copied().collect();
+        assert!(check_cuts(1000, 100, &spread).is_ok());
     }
 
     #[test]
@@ -935,7 +975,7 @@ mod tests {
         let e = refused(short);
         assert!(e.contains("1 chunks for 5 bytes"), "{e}");
         // A cut makes one chunk more, and must be inside, off the grid,
-        // once per chunk.
+        // ascending.
         let mut cut = incremental_sample();
         cut.entries[1].cuts = vec![2];
         let e = refused(cut.clone());
@@ -946,7 +986,7 @@ mod tests {
         for (cuts, why) in [
             (vec![4], "off the grid"),
             (vec![5], "strictly inside"),
-            (vec![1, 3], "at most once"),
+            (vec![3, 1], "after the one before"),
         ] {
             let mut bad = cut.clone();
             bad.entries[1].cuts = cuts;

@@ -414,12 +414,19 @@ fn an_appended_segment_uploads_only_the_appended_bytes() {
     assert_eq!(s3["objects"]["uploaded_bytes"], 10_000, "{s3}");
     assert_eq!(entry_of(&s3)["cuts"], serde_json::json!([was, now]));
 
-    // A chunk is cut once: what follows its cut is uploaded again.
+    // The same chunk cut again where the third one ended it: the part
+    // since its last cut (10 000 bytes) is more than 1/16 of a chunk.
     let last = append(1_000, 4);
     let s4 = create_with(&dirs, &store, &with_cache);
-    assert_eq!(s4["objects"]["uploaded_bytes"], last - now, "{s4}");
-    assert_eq!(entry_of(&s4)["cuts"], serde_json::json!([was, now]));
-    assert!(later < last);
+    assert_eq!(s4["objects"]["uploaded_bytes"], 1_000, "{s4}");
+    assert_eq!(entry_of(&s4)["cuts"], serde_json::json!([was, now, later]));
+    // A part under 1/16 of a chunk (1 000 bytes) is not cut off: what
+    // follows the last cut is uploaded again.
+    assert!(last - later < CHUNK / 16);
+    let fin = append(1_000, 6);
+    let s4b = create_with(&dirs, &store, &with_cache);
+    assert_eq!(s4b["objects"]["uploaded_bytes"], fin - later, "{s4b}");
+    assert_eq!(entry_of(&s4b)["cuts"], serde_json::json!([was, now, later]));
     let at_4: Vec<_> = dirs.iter().map(|d| tree(d, NOT_ARCHIVED)).collect();
 
     // Truncated (as a follower truncates its log) and written again with
@@ -434,7 +441,7 @@ fn an_appended_segment_uploads_only_the_appended_bytes() {
         .unwrap();
     append(90_000, 5);
     let s5 = create_with(&dirs, &store, &with_cache);
-    assert_eq!(entry_of(&s5)["cuts"], serde_json::json!([was, now]));
+    assert_eq!(entry_of(&s5)["cuts"], serde_json::json!([was, now, later]));
     assert_eq!(s5["objects"]["uploaded_bytes"], 90_100, "{s5}");
     let at_5: Vec<_> = dirs.iter().map(|d| tree(d, NOT_ARCHIVED)).collect();
     // Shorter than the last snapshot: no cut of before is kept.
@@ -448,11 +455,11 @@ fn an_appended_segment_uploads_only_the_appended_bytes() {
     assert_eq!(entry_of(&s6)["cuts"], serde_json::Value::Null, "{s6}");
     let at_6: Vec<_> = dirs.iter().map(|d| tree(d, NOT_ARCHIVED)).collect();
 
-    for s in [&s1, &s2, &s3, &s4, &s5, &s6] {
+    for s in [&s1, &s2, &s3, &s4, &s4b, &s5, &s6] {
         verify(&store, s["snapshot_id"].as_str().unwrap(), 0);
     }
     for (s, want, name) in [
-        (&s4, &at_4, "four"),
+        (&s4b, &at_4, "four"),
         (&s5, &at_5, "five"),
         (&s6, &at_6, "six"),
     ] {
@@ -526,6 +533,7 @@ fn a_reflinked_active_segment_is_read_only_past_the_blocks_it_shares() {
             s["objects"]["hashed_bytes"].as_u64().unwrap() < 64 * hashed,
             "{s}"
         );
+        assert_eq!(s["objects"]["resumed"], hashed, "{s}");
         snapshot_matches(&s, "unchanged");
         hashed
     };
@@ -536,6 +544,7 @@ fn a_reflinked_active_segment_is_read_only_past_the_blocks_it_shares() {
     assert_eq!(s2["objects"]["uploaded_bytes"], 70_000, "{s2}");
     let read = s2["objects"]["hashed_bytes"].as_u64().unwrap();
     assert!(read >= 70_000 && read < 70_000 + 64 * active_files, "{s2}");
+    assert_eq!(s2["objects"]["resumed"], active_files, "{s2}");
     snapshot_matches(&s2, "appended");
 
     // Written over in place before its old end, the size kept: those
@@ -548,6 +557,7 @@ fn a_reflinked_active_segment_is_read_only_past_the_blocks_it_shares() {
         "{s3}"
     );
     assert_eq!(s3["objects"]["uploaded"], 1, "{s3}");
+    assert_eq!(s3["objects"]["resumed"], active_files - 1, "{s3}");
     snapshot_matches(&s3, "overwritten");
 
     // Truncated (a follower) and written again with other bytes: the same.
