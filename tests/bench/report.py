@@ -33,6 +33,7 @@ def main():
     ap.add_argument("--incremental", action="append", default=[],
                     help="incremental_bench.py JSON, one per run (either data kind)")
     ap.add_argument("--fs", default="ext4")
+    ap.add_argument("--loop-io", default="direct", help="how the loop devices of the scratch filesystems do I/O")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
 
@@ -42,7 +43,8 @@ def main():
     lines = [
         f"kafka-snapshot benchmark, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
         f"{cpus} CPUs, {mem_gib:.0f} GiB RAM; medians of the runs (ratios: median of each run's "
-        "agent/baseline pair, measured back to back); page cache dropped before every timed run",
+        "agent/baseline pair, measured back to back); page cache dropped before every timed run; "
+        f"scratch filesystems on loop devices with {a.loop_io} I/O",
         "",
         "| # | measurement | baseline (same run) | baseline | agent | ratio | target | holds |",
         "|---|---|---|---:|---:|---:|---|---|",

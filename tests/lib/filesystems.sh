@@ -5,6 +5,11 @@
 #                     (default /var/tmp/kafka-snapshot-tests)
 #   KSNAP_XFS_SIZE    size of the XFS image (default 8G, sparse)
 #   KSNAP_EXT4_SIZE   size of the ext4 image (default 6G, sparse)
+#   KSNAP_LOOP_DIRECT_IO
+#                     1: the loop devices read and write their images with
+#                     direct I/O (the benchmarks): no second page cache and
+#                     readahead of the image file between the filesystem and
+#                     the disk, which a real disk does not have
 
 KSNAP_TEST_ROOT=${KSNAP_TEST_ROOT:-/var/tmp/kafka-snapshot-tests}
 KSNAP_TEST_XFS=$KSNAP_TEST_ROOT/xfs
@@ -21,6 +26,12 @@ _test_fs_mount() { # image size mountpoint mkfs...
     "$@" "$image" >/dev/null
     mkdir -p "$mnt"
     mount -o loop "$image" "$mnt"
+    if [[ ${KSNAP_LOOP_DIRECT_IO:-0} == 1 ]]; then
+        local dev
+        dev=$(findmnt -no SOURCE "$mnt")
+        losetup --direct-io=on "$dev" ||
+            { echo "cannot turn on direct I/O for $dev ($image)" >&2; return 1; }
+    fi
 }
 
 test_fs_setup() {
