@@ -29,23 +29,11 @@ fn fingerprint(recipient: &str) -> String {
 
 /// `archive create` of `dirs` encrypted to `recipients`; the snapshot id.
 fn create_encrypted(dirs: &[PathBuf], store: &Path, recipients: &[&str]) -> String {
-    let dirs = dirs_arg(dirs);
-    let url = store_url(store);
-    let mut args = vec![
-        "archive",
-        "create",
-        "--log-dirs",
-        &dirs,
-        "--store",
-        &url,
-        "--capture",
-        "copy",
-        "--json",
-    ];
+    let mut args = vec!["--json"];
     for r in recipients {
         args.extend(["--recipient", r]);
     }
-    let out = run(&args, 0);
+    let out = run_create(dirs, store, "copy", &args, 0);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
         v["encrypted_to"].as_array().map(|a| a.len()),
