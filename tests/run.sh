@@ -11,7 +11,8 @@
 #
 #   tests/run.sh              everything (what CI runs); the real-Kafka
 #                             tests run on Kafka 4.0.2, then 4.4.0 (every
-#                             snapshot encrypted at rest), 3.9.1 (KRaft,
+#                             snapshot encrypted at rest and incremental),
+#                             3.9.1 (KRaft,
 #                             incremental snapshots) and 3.9.1 with
 #                             ZooKeeper (encrypted)
 #                             (KSNAP_KAFKA_OTHER_VERSIONS: space-separated
@@ -97,10 +98,10 @@ rm -rf "$KSNAP_TEST_REPORT"
 cargo test --workspace --locked
 # The other Kafka releases operators run, and 3.9 in ZooKeeper mode: the
 # real-Kafka tests again (the gate conditions, a rolling cycle and a
-# restore under load) on each; 3.9 in KRaft mode with incremental
-# snapshots. The workspace run above tested the default
+# restore under load) on each; 4.4 with encrypted incremental snapshots,
+# 3.9 in KRaft mode with incremental snapshots. The workspace run above tested the default
 # release (KRaft) fully.
-for other in ${KSNAP_KAFKA_OTHER_VERSIONS-4.4.0:encrypted 3.9.1:incremental 3.9.1:zookeeper:encrypted}; do
+for other in ${KSNAP_KAFKA_OTHER_VERSIONS-4.4.0:encrypted:incremental 3.9.1:incremental 3.9.1:zookeeper:encrypted}; do
     KSNAP_KAFKA_VERSION=${other%%:*}
     mode=kraft
     encrypt=0

@@ -372,10 +372,16 @@ fn sweep_objects(
             let Ok(m) = catalog::load_manifest(store, &snap) else {
                 continue;
             };
+            // An encrypted manifest's entries are sealed: its names say
+            // whether, not which file.
             let hit = m
-                .object_entries()
-                .find(|e| e.chunk_shas().iter().any(|h| removed.contains(h)))
-                .map(|e| e.path.clone());
+                .referenced_objects()
+                .find(|h| removed.contains(*h))
+                .map(|h| {
+                    m.object_entries()
+                        .find(|e| e.object_names().contains(h))
+                        .map_or_else(|| format!("object {h}"), |e| e.path.clone())
+                });
             if let Some(path) = hit {
                 let msg = format!(
                     "snapshot {} of node {} was committed while retention removed content \
@@ -993,6 +999,7 @@ mod tests {
                 min_size: 64 << 10,
                 chunk_size: 64 << 10,
                 hash_cache: None,
+                object_key: None,
             }),
             ..ArchiveOptions::default()
         };

@@ -170,6 +170,7 @@ fn incremental(dirs: &[std::path::PathBuf], store: &Path) -> String {
             min_size: 64 << 10,
             chunk_size: CHUNK,
             hash_cache: None,
+            object_key: None,
         }),
         ..ArchiveOptions::default()
     };

@@ -958,32 +958,48 @@ fn encrypted() -> bool {
 }
 
 /// The agents' `[encryption]` section for this run ("" unencrypted): a
-/// new identity made by `kafka-snapshot-agent key generate` in `root`.
+/// new identity made by `kafka-snapshot-agent key generate` in `root`,
+/// and with incremental snapshots the cluster's object key (`key
+/// generate-object-key`), one file every agent reads.
 fn encryption_config(root: &std::path::Path) -> String {
     if !encrypted() {
         return String::new();
     }
+    // `key COMMAND --output FILE`: what it prints.
+    let make = |command: &str, file: &std::path::Path| {
+        let out = std::process::Command::new(common::bin("kafka-snapshot-agent"))
+            .args(["key", command, "--output"])
+            .arg(file)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
     let identity = root.join("identity.txt");
-    let out = std::process::Command::new(common::bin("kafka-snapshot-agent"))
-        .args(["key", "generate", "--output"])
-        .arg(&identity)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let recipient = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let recipient = make("generate", &identity);
     assert!(recipient.starts_with("age1"), "{recipient}");
-    format!(
+    let mut section = format!(
         "[encryption]\nrecipients = [{recipient:?}]\nidentity_file = {:?}\n",
         identity.display().to_string()
-    )
+    );
+    if incremental() {
+        let key = root.join("object.key");
+        make("generate-object-key", &key);
+        section.push_str(&format!(
+            "object_key_file = {:?}\n",
+            key.display().to_string()
+        ));
+    }
+    section
 }
 
-/// Every snapshot in the catalog is encrypted (format 2) and `archive
-/// verify` with the agents' identity checks every file of it.
+/// Every snapshot in the catalog is encrypted (format 2, or 4 when
+/// incremental) and `archive verify` with the agents' identity checks
+/// every file of it.
 fn every_snapshot_encrypted_and_verified_with_the_identity(f: &Fleet<KafkaCluster>) {
     // The coordinator holds no identity: what it verified, it verified as
     // stored, and its catalog says so rather than plain "verified".

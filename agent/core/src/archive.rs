@@ -225,6 +225,7 @@ fn write_entries<W: Write>(
             link_target,
             chunks: None,
             cuts: Vec::new(),
+            objects: None,
         });
     }
     Ok(())

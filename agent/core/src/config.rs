@@ -2,7 +2,7 @@
 //! here and only here, and [`AgentConfig::validate`] names the file and key
 //! of every problem.
 
-use crate::crypt::{Identities, Recipients};
+use crate::crypt::{Identities, ObjectKey, Recipients};
 use crate::kafka::gate::LowReplicationPolicy;
 use crate::kafka::KafkaSection;
 use crate::settings::{bad, duration, problems_error, FreeSpace, KeyError};
@@ -106,9 +106,17 @@ pub struct EncryptionSection {
     pub recipients_file: Option<PathBuf>,
     /// An age identity file (`AGE-SECRET-KEY-1...`), mode 0600.
     pub identity_file: Option<PathBuf>,
+    /// The cluster's object key (64 hex digits), the same file on every
+    /// agent of the cluster: names the content objects of encrypted
+    /// incremental snapshots ([`ObjectKey`]). Needed with recipients and
+    /// `snapshot.mode = "incremental"`.
+    pub object_key_file: Option<PathBuf>,
     /// `recipients` and `recipients_file` read and parsed.
     #[serde(skip)]
     resolved: Option<Arc<Recipients>>,
+    /// `object_key_file` read.
+    #[serde(skip)]
+    object_key: Option<ObjectKey>,
 }
 
 impl EncryptionSection {
@@ -145,7 +153,16 @@ impl EncryptionSection {
         let all = Recipients::parse(items.iter().map(|(s, r)| (s.clone(), r.as_str())))
             .map_err(|m| bad("encryption.recipients_file", m))?;
         self.resolved = (!all.is_empty()).then(|| Arc::new(all));
+        if let Some(f) = self.object_key_file.as_ref().filter(|f| f.is_absolute()) {
+            self.object_key =
+                Some(ObjectKey::load(f).map_err(|m| bad("encryption.object_key_file", m))?);
+        }
         Ok(())
+    }
+
+    /// The cluster's object key, read with the config.
+    pub fn object_key(&self) -> Option<&ObjectKey> {
+        self.object_key.as_ref()
     }
 
     /// The recipients new snapshots are encrypted to; `None`: unencrypted.
@@ -380,6 +397,7 @@ impl AgentConfig {
                     .and_then(|c| c.state_file.parent())
                     .map(|d| d.join("hash-cache.json"))
             }),
+            object_key: self.encryption.object_key().cloned(),
         })
     }
 
@@ -477,11 +495,13 @@ impl AgentConfig {
         }
         if self.snapshot.mode == SnapshotMode::Incremental
             && (!self.encryption.recipients.is_empty() || self.encryption.recipients_file.is_some())
+            && self.encryption.object_key_file.is_none()
         {
             err(
-                "snapshot.mode",
-                "\"incremental\" snapshots are not encrypted yet: use \"full\" with \
-                 [encryption] recipients, or leave the recipients out"
+                "encryption.object_key_file",
+                "missing: encrypted incremental snapshots name their content objects with the \
+                 cluster's object key, the same file on every agent of the cluster (make one \
+                 with `kafka-snapshot-agent key generate-object-key FILE`)"
                     .into(),
             );
         }
@@ -566,6 +586,10 @@ impl AgentConfig {
                 &self.encryption.recipients_file,
             ),
             ("encryption.identity_file", &self.encryption.identity_file),
+            (
+                "encryption.object_key_file",
+                &self.encryption.object_key_file,
+            ),
         ] {
             if let Some(p) = p.as_ref().filter(|p| !p.is_absolute()) {
                 err(key, format!("{} is not an absolute path", p.display()));
@@ -704,7 +728,8 @@ mod tests {
             Some(crate::objects::ObjectOptions {
                 min_size: 256 << 10,
                 chunk_size: 1 << 20,
-                hash_cache: None
+                hash_cache: None,
+                object_key: None,
             })
         );
         for bad in ["0", "'3MiB'", "'32KiB'", "'2GiB'"] {
@@ -741,13 +766,43 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("snapshot.object_min_size"), "{e}");
+        // Encrypted and incremental: the object key is needed, read with
+        // the config, and must be kept from others.
+        let (r, _) = crate::crypt::tests::keypair();
         let e = parse(&format!(
-            "{base}[snapshot]\nmode='incremental'\n[encryption]\nrecipients_file='/r'\n"
+            "{base}[snapshot]\nmode='incremental'\n[encryption]\nrecipients=[{r:?}]\n"
         ))
         .unwrap_err()
         .to_string();
         assert!(
-            e.contains("snapshot.mode") && e.contains("not encrypted yet"),
+            e.contains("encryption.object_key_file: missing: ")
+                && e.contains("generate-object-key"),
+            "{e}"
+        );
+        let tmp = tempfile::tempdir().unwrap();
+        let key = tmp.path().join("object.key");
+        let fp = ObjectKey::generate_file(&key).unwrap();
+        let with_key = format!(
+            "{base}[snapshot]\nmode='incremental'\n[encryption]\nrecipients=[{r:?}]\n\
+             object_key_file={key:?}\n"
+        );
+        let cfg = parse(&with_key).unwrap();
+        let o = cfg.object_options().unwrap();
+        assert_eq!(o.object_key.map(|k| k.fingerprint().to_string()), Some(fp));
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = parse(&with_key).unwrap_err().to_string();
+        assert!(
+            e.contains("encryption.object_key_file: ") && e.contains("chmod o-rwx"),
+            "{e}"
+        );
+        let e = parse(&format!(
+            "{base}[encryption]\nrecipients=[{r:?}]\nobject_key_file='key'\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("encryption.object_key_file: key is not an absolute path"),
             "{e}"
         );
     }

@@ -245,7 +245,6 @@ impl Identities {
 /// in the format `age-keygen` writes, and returns its recipient.
 pub fn generate_identity_file(path: &Path) -> Result<String, String> {
     use age::secrecy::ExposeSecret;
-    use std::os::unix::fs::OpenOptionsExt;
     let id = age::x25519::Identity::generate();
     let recipient = id.to_public().to_string();
     let text = format!(
@@ -254,6 +253,14 @@ pub fn generate_identity_file(path: &Path) -> Result<String, String> {
         recipient_fingerprint(&recipient),
         id.to_string().expose_secret()
     );
+    write_new_secret(path, &text)?;
+    Ok(recipient)
+}
+
+/// Writes `text` to `path`, a new file (never one that exists) of mode
+/// 0600, durably.
+fn write_new_secret(path: &Path, text: &str) -> Result<(), String> {
+    use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -262,8 +269,127 @@ pub fn generate_identity_file(path: &Path) -> Result<String, String> {
         .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
     f.write_all(text.as_bytes())
         .and_then(|()| f.sync_all())
-        .map_err(|e| format!("writing {}: {e}", path.display()))?;
-    Ok(recipient)
+        .map_err(|e| format!("writing {}: {e}", path.display()))
+}
+
+/// The cluster's object key: names the content objects of encrypted
+/// incremental snapshots. An object is named by the HMAC-SHA256, under this
+/// key, of its chunk's SHA-256 (see
+/// [`kafka_snapshot_model::manifest::SealedObjects`]), so equal chunks
+/// still share one object, while whoever reads the store without the key
+/// cannot test whether it holds a file they can guess. Every agent of a
+/// cluster must hold the same key: an agent with another one stores its
+/// chunks again under other names (correct, but nothing is shared).
+///
+/// Its file holds the key as 64 hex digits on a line of its own (`#`
+/// comments and blank lines are ignored), as `kafka-snapshot-agent key
+/// generate-object-key` writes it; like a token it must not be readable by
+/// others.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ObjectKey {
+    key: [u8; 32],
+    fingerprint: String,
+}
+
+impl std::fmt::Debug for ObjectKey {
+    // Never the key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ObjectKey({})", self.fingerprint)
+    }
+}
+
+/// What an object name is the HMAC of, besides the chunk's SHA-256: a key
+/// used for anything else never names an object by accident.
+const OBJECT_NAME_CONTEXT: &[u8] = b"kafka-snapshot content object name v1\0";
+const OBJECT_KEY_FINGERPRINT_CONTEXT: &[u8] = b"kafka-snapshot object key fingerprint v1\0";
+
+impl ObjectKey {
+    pub fn from_bytes(key: [u8; 32]) -> ObjectKey {
+        let fp = Self::mac(&key, OBJECT_KEY_FINGERPRINT_CONTEXT, b"");
+        ObjectKey {
+            key,
+            fingerprint: format!("hmac:{}", hex::encode(&fp[..8])),
+        }
+    }
+
+    /// Reads an object key file; the error names the file (and the line),
+    /// never the key.
+    pub fn load(path: &Path) -> Result<ObjectKey, String> {
+        use std::os::unix::fs::PermissionsExt;
+        let md =
+            std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let mode = md.permissions().mode() & 0o777;
+        if mode & 0o007 != 0 {
+            return Err(format!(
+                "{} has mode {mode:04o}: the object key must not be readable by others; run \
+                 `chmod o-rwx {}`",
+                path.display(),
+                path.display()
+            ));
+        }
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let mut lines = text
+            .lines()
+            .enumerate()
+            .map(|(i, l)| (i + 1, l.trim()))
+            .filter(|(_, l)| !l.is_empty() && !l.starts_with('#'));
+        let Some((n, line)) = lines.next() else {
+            return Err(format!("{} holds no object key", path.display()));
+        };
+        if let Some((m, _)) = lines.next() {
+            return Err(format!(
+                "{} line {m}: a second key (the first is on line {n}); an object key file \
+                 holds one",
+                path.display()
+            ));
+        }
+        let mut key = [0u8; 32];
+        match hex::decode_to_slice(line, &mut key) {
+            Ok(()) => Ok(ObjectKey::from_bytes(key)),
+            Err(_) => Err(format!(
+                "{} line {n}: not an object key (64 hex digits)",
+                path.display()
+            )),
+        }
+    }
+
+    /// Writes a new random key to `path` (created, never replaced, mode
+    /// 0600) and returns its fingerprint.
+    pub fn generate_file(path: &Path) -> Result<String, String> {
+        let mut key = [0u8; 32];
+        getrandom::fill(&mut key).map_err(|e| format!("no randomness for a key: {e}"))?;
+        let k = ObjectKey::from_bytes(key);
+        let text = format!(
+            "# kafka-snapshot object key: names the content objects of encrypted incremental\n\
+             # snapshots. The same file on every agent of the cluster; keep a copy with the\n\
+             # identities. created: {}, fingerprint: {}\n{}\n",
+            chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            k.fingerprint,
+            hex::encode(key)
+        );
+        write_new_secret(path, &text)?;
+        Ok(k.fingerprint)
+    }
+
+    /// `hmac:` and 16 hex digits: tells keys apart, says nothing of the key.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    /// The name of the object of a chunk whose SHA-256 is `sha256` (hex).
+    pub fn name(&self, sha256: &str) -> String {
+        hex::encode(Self::mac(&self.key, OBJECT_NAME_CONTEXT, sha256.as_bytes()))
+    }
+
+    fn mac(key: &[u8; 32], context: &[u8], data: &[u8]) -> [u8; 32] {
+        use hmac::{Mac, SimpleHmac};
+        let mut mac = <SimpleHmac<sha2::Sha256> as Mac>::new_from_slice(key)
+            .expect("HMAC takes keys of any length");
+        mac.update(context);
+        mac.update(data);
+        mac.finalize().into_bytes().into()
+    }
 }
 
 fn age_io(e: age::DecryptError) -> io::Error {
@@ -440,6 +566,52 @@ pub(crate) mod tests {
             .err()
             .unwrap();
         assert!(e.contains("holds no identity"), "{e}");
+    }
+
+    #[test]
+    fn object_keys_name_objects_by_a_keyed_hash_and_are_read_with_care() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("object.key");
+        let fp = ObjectKey::generate_file(&path).unwrap();
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert!(ObjectKey::generate_file(&path).is_err(), "never replaced");
+        let k = ObjectKey::load(&path).unwrap();
+        assert_eq!(k.fingerprint(), fp);
+        assert!(fp.starts_with("hmac:") && fp.len() == 21, "{fp}");
+        let sha = "ab".repeat(32);
+        let name = k.name(&sha);
+        assert_eq!(name.len(), 64);
+        assert_ne!(name, sha);
+        assert_eq!(name, ObjectKey::load(&path).unwrap().name(&sha), "stable");
+        let other = ObjectKey::from_bytes([7; 32]);
+        assert_ne!(other.name(&sha), name, "another key, another name");
+        assert_ne!(other.fingerprint(), fp);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(!format!("{k:?}").contains(text.lines().last().unwrap()));
+
+        let write = |name: &str, text: &str, mode: u32| {
+            let p = tmp.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+            p
+        };
+        let key_hex = "0f".repeat(32);
+        let e = ObjectKey::load(&write("open", &key_hex, 0o644)).unwrap_err();
+        assert!(e.contains("0644") && e.contains("chmod o-rwx"), "{e}");
+        ObjectKey::load(&write("group", &format!("# c\n\n{key_hex}\n"), 0o640)).unwrap();
+        let e = ObjectKey::load(&write("short", "0f0f\n", 0o600)).unwrap_err();
+        assert!(
+            e.contains("line 1: not an object key") && !e.contains("0f0f"),
+            "{e}"
+        );
+        let e =
+            ObjectKey::load(&write("two", &format!("{key_hex}\n{key_hex}\n"), 0o600)).unwrap_err();
+        assert!(e.contains("line 2: a second key"), "{e}");
+        let e = ObjectKey::load(&write("none", "# nothing\n", 0o600)).unwrap_err();
+        assert!(e.contains("holds no object key"), "{e}");
     }
 
     #[test]

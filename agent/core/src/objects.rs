@@ -25,6 +25,7 @@
 //! references are all found in storage (uploaded, or listed) before its
 //! manifest is written, and checked once more right before it.
 
+use crate::crypt::{ObjectKey, Recipients};
 use crate::fsat::Beneath;
 use crate::hashcache::{rolled_segments, FileHashes, HashCache, KeptHash};
 use crate::hashing::{Midstate, Sha256Stream};
@@ -34,7 +35,7 @@ use crate::source::{zstd_encoder, Buf, SourceFile};
 use crate::storage::ColdStore;
 use kafka_snapshot_model::error::{Error, Result};
 use kafka_snapshot_model::layout::{content_object_key, objects_prefix, parse_content_object_key};
-use kafka_snapshot_model::manifest::{chunk_spans, ObjectsRecord};
+use kafka_snapshot_model::manifest::{chunk_spans, ObjectsRecord, SealedObjects};
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
@@ -76,6 +77,38 @@ pub struct ObjectOptions {
     /// Where the hashes of rolled segment files are kept from one snapshot
     /// to the next ([`crate::hashcache`]); `None`: every file is read.
     pub hash_cache: Option<PathBuf>,
+    /// The cluster's object key: an encrypted snapshot's objects are named
+    /// by it ([`Seal`]). Needed when the snapshot is encrypted.
+    pub object_key: Option<ObjectKey>,
+}
+
+/// How an encrypted snapshot writes its objects: each is the zstd frame of
+/// its chunk encrypted to `recipients` (age), named by `key` (see
+/// [`ObjectKey::name`]). An unencrypted snapshot names an object by its
+/// chunk's SHA-256 and stores the zstd frame as it is.
+#[derive(Clone, Copy)]
+pub struct Seal<'a> {
+    pub recipients: &'a Recipients,
+    pub key: &'a ObjectKey,
+}
+
+/// How [`store_objects`] writes the objects it uploads.
+#[derive(Clone, Copy)]
+pub struct Writing<'a> {
+    /// Encrypted and keyed names, or `None`.
+    pub seal: Option<Seal<'a>>,
+    /// zstd level and threads.
+    pub compress: (i32, u32),
+    /// Set when the agent must stop: the uploads stop with an error.
+    pub cancel: Option<&'a AtomicBool>,
+}
+
+/// The name of the object of the chunk whose SHA-256 is `sha`.
+fn object_name(seal: Option<Seal>, sha: &str) -> String {
+    match seal {
+        Some(s) => s.key.name(sha),
+        None => sha.to_string(),
+    }
 }
 
 impl Default for ObjectOptions {
@@ -84,6 +117,7 @@ impl Default for ObjectOptions {
             min_size: DEFAULT_MIN_SIZE,
             chunk_size: DEFAULT_CHUNK_SIZE,
             hash_cache: None,
+            object_key: None,
         }
     }
 }
@@ -123,12 +157,26 @@ pub fn leftovers(
 pub struct Stored {
     pub hashes: Vec<Option<FileHashes>>,
     pub record: ObjectsRecord,
+    /// An encrypted snapshot's: the name of the object of each chunk's
+    /// SHA-256.
+    pub names: Option<HashMap<String, String>>,
 }
 
 impl Stored {
-    /// Every object the snapshot references.
-    pub fn referenced(&self) -> impl Iterator<Item = &String> {
-        self.hashes.iter().flatten().flat_map(|h| &h.chunks)
+    /// The name of every object the snapshot references.
+    pub fn referenced(&self) -> Box<dyn Iterator<Item = &String> + '_> {
+        let chunks = self.hashes.iter().flatten().flat_map(|h| &h.chunks);
+        match &self.names {
+            Some(names) => Box::new(chunks.filter_map(|c| names.get(c))),
+            None => Box::new(chunks),
+        }
+    }
+
+    /// The names of the objects of `h`'s chunks, in order: `None` when the
+    /// snapshot is unencrypted (its chunks' SHA-256 are the names).
+    pub fn names_of(&self, h: &FileHashes) -> Option<Vec<String>> {
+        let names = self.names.as_ref()?;
+        Some(h.chunks.iter().map(|c| names[c].clone()).collect())
     }
 }
 
@@ -199,9 +247,13 @@ pub fn store_objects(
     inv: &Inventory,
     content: &Content,
     opts: &ObjectOptions,
-    compress: (i32, u32),
-    cancel: Option<&AtomicBool>,
+    writing: &Writing,
 ) -> Result<Stored> {
+    let Writing {
+        seal,
+        compress,
+        cancel,
+    } = *writing;
     let content_roots = content.roots;
     let mut trees = content_roots
         .iter()
@@ -219,6 +271,7 @@ pub fn store_objects(
     // Listed before anything is read: this snapshot's archive is already
     // in storage, incomplete, so retention removes no object from now on.
     let existing = present(store, cluster)?;
+    let stored = |sha: &str| existing.contains_key(&object_name(seal, sha));
     let mut record = ObjectsRecord {
         min_size: opts.min_size,
         chunk_size: opts.chunk_size,
@@ -231,6 +284,7 @@ pub fn store_objects(
         hashed: 0,
         hashed_bytes: 0,
         resumed: 0,
+        sealed: None,
     };
     // Which files must be read: the hash record's hashes count only with
     // every object stored.
@@ -242,7 +296,7 @@ pub fn store_objects(
             true => cache
                 .as_ref()
                 .and_then(|c| c.lookup(&inv.dirs[e.dir_index].path, e, rolled[i]))
-                .filter(|h| h.chunks.iter().all(|c| existing.contains_key(c)))
+                .filter(|h| h.chunks.iter().all(|c| stored(c)))
                 .cloned(),
         };
         if is_object(e, opts) && known.is_none() {
@@ -270,7 +324,7 @@ pub fn store_objects(
                     e,
                     &item.cuts,
                     opts.chunk_size,
-                    &existing,
+                    &stored,
                     &staged,
                 );
                 let ino = staged
@@ -303,7 +357,7 @@ pub fn store_objects(
         }
         hashes.push(known);
     }
-    let uploads = Uploads::new(store, cluster, compress, cancel);
+    let uploads = Uploads::new(store, cluster, seal, compress, cancel);
     let hashed = std::thread::scope(|scope| -> Result<()> {
         for _ in 0..uploads.workers {
             scope.spawn(|| uploads.work());
@@ -344,7 +398,7 @@ pub fn store_objects(
                     };
                     feed(&mut whole, &bytes, marks, &mut midstates);
                     let sha = hex::encode(Sha256::digest(&bytes[..]));
-                    if existing.contains_key(&sha) || !queued.insert(sha.clone()) {
+                    if stored(&sha) || !queued.insert(sha.clone()) {
                         uploads.recycle(bytes);
                     } else {
                         uploads.push(&sha, bytes)?;
@@ -410,7 +464,24 @@ pub fn store_objects(
         record.bytes += e.size;
         record.objects += h.chunks.iter().filter(|c| seen.insert(c.as_str())).count() as u64;
     }
-    Ok(Stored { hashes, record })
+    let names = seal.map(|s| {
+        seen.iter()
+            .map(|sha| (sha.to_string(), s.key.name(sha)))
+            .collect::<HashMap<_, _>>()
+    });
+    if let (Some(s), Some(names)) = (seal, &names) {
+        let mut listed: Vec<String> = names.values().cloned().collect();
+        listed.sort_unstable();
+        record.sealed = Some(SealedObjects {
+            key: s.key.fingerprint().to_string(),
+            names: listed,
+        });
+    }
+    Ok(Stored {
+        hashes,
+        record,
+        names,
+    })
 }
 
 /// Hashes `bytes` into `whole`, saving its state at each of `marks` it
@@ -453,7 +524,7 @@ fn resume(
     e: &Entry,
     cuts: &[u64],
     chunk_size: u64,
-    existing: &HashMap<String, u64>,
+    stored: &dyn Fn(&str) -> bool,
     staged: &std::fs::File,
 ) -> Option<Resume> {
     let (size, h) = cache.appended(log_dir, e)?;
@@ -467,7 +538,7 @@ fn resume(
     let chunk_start = new.get(same).map_or(e.size, |&(off, _)| off);
     let from = chunk_start / 64 * 64;
     let m = k.midstates.iter().find(|m| m.offset == from)?;
-    if from == 0 || !h.chunks[..same].iter().all(|c| existing.contains_key(c)) {
+    if from == 0 || !h.chunks[..same].iter().all(|c| stored(c)) {
         return None;
     }
     let clone = kept.open(e.dir_index, &e.rel, k.ino, size)?;
@@ -605,6 +676,7 @@ struct Uploaded {
 struct Uploads<'a> {
     store: &'a dyn ColdStore,
     cluster: &'a str,
+    seal: Option<Seal<'a>>,
     level: i32,
     cancel: Option<&'a AtomicBool>,
     workers: usize,
@@ -621,6 +693,7 @@ impl<'a> Uploads<'a> {
     fn new(
         store: &'a dyn ColdStore,
         cluster: &'a str,
+        seal: Option<Seal<'a>>,
         (level, threads): (i32, u32),
         cancel: Option<&'a AtomicBool>,
     ) -> Self {
@@ -634,6 +707,7 @@ impl<'a> Uploads<'a> {
         Uploads {
             store,
             cluster,
+            seal,
             level,
             cancel,
             workers,
@@ -718,20 +792,30 @@ impl<'a> Uploads<'a> {
                 "the agent is shutting down",
             ));
         }
-        let key = content_object_key(self.cluster, sha);
+        let key = content_object_key(self.cluster, &object_name(self.seal, sha));
         let len = bytes.len() as u64;
-        // Incompressible data grows by no more than zstd's framing.
+        // Incompressible data grows by no more than zstd's framing (and
+        // age's: a header, 16 bytes per 64 KiB).
         let writer = self
             .store
             .create_sized(&key, len + len / 100 + (64 << 10))?;
+        let failed = |err: std::io::Error| self.store.error(&key, format!("writing: {err}"));
         // A chunk is one zstd job: more threads would not share it.
-        let mut enc =
-            zstd_encoder(writer, self.level, 1).map_err(|e| Error::io("setting up zstd", e))?;
-        enc.write_all(bytes)
-            .map_err(|err| self.store.error(&key, format!("writing: {err}")))?;
-        let writer = enc
-            .finish()
-            .map_err(|err| self.store.error(&key, format!("writing: {err}")))?;
+        let writer = match self.seal {
+            None => {
+                let mut enc = zstd_encoder(writer, self.level, 1)
+                    .map_err(|e| Error::io("setting up zstd", e))?;
+                enc.write_all(bytes).map_err(failed)?;
+                enc.finish().map_err(failed)?
+            }
+            Some(seal) => {
+                let sealed = seal.recipients.encrypt(writer).map_err(failed)?;
+                let mut enc = zstd_encoder(sealed, self.level, 1)
+                    .map_err(|e| Error::io("setting up zstd", e))?;
+                enc.write_all(bytes).map_err(failed)?;
+                enc.finish().map_err(failed)?.finish().map_err(failed)?
+            }
+        };
         crate::failpoint("before-object-finish");
         writer.finish()
     }

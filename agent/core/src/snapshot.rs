@@ -13,7 +13,8 @@ use kafka_snapshot_model::layout::{format_snapshot_id, SnapshotRef};
 use kafka_snapshot_model::manifest::{
     archive_prefix, ArchiveRecord, CaptureMode, CaptureRecord, EntryRecord, EntryType,
     LogDirRecord, Manifest, Timestamps, Totals, ARCHIVE_FILE, ENCRYPTED_ARCHIVE_FILE,
-    FORMAT_VERSION, FORMAT_VERSION_ENCRYPTED, FORMAT_VERSION_INCREMENTAL,
+    FORMAT_VERSION, FORMAT_VERSION_ENCRYPTED, FORMAT_VERSION_ENCRYPTED_INCREMENTAL,
+    FORMAT_VERSION_INCREMENTAL,
 };
 use std::fs;
 use std::path::PathBuf;
@@ -174,7 +175,8 @@ impl Captured {
         let (format_version, archive_file) = match (&opts.encrypt_to, &opts.objects) {
             (None, None) => (FORMAT_VERSION, ARCHIVE_FILE),
             (None, Some(_)) => (FORMAT_VERSION_INCREMENTAL, ARCHIVE_FILE),
-            (Some(_), _) => (FORMAT_VERSION_ENCRYPTED, ENCRYPTED_ARCHIVE_FILE),
+            (Some(_), None) => (FORMAT_VERSION_ENCRYPTED, ENCRYPTED_ARCHIVE_FILE),
+            (Some(_), Some(_)) => (FORMAT_VERSION_ENCRYPTED_INCREMENTAL, ENCRYPTED_ARCHIVE_FILE),
         };
         let archive_key = snap.object_key(archive_file);
         tracing::info!(snapshot = %snap.snapshot_id, broker = snap.broker, key = %archive_key,
@@ -194,13 +196,19 @@ impl Captured {
         // zstd framing: lets the store size its upload parts.
         let data = self.inventory.total_bytes();
         let hint = data + data / 100 + 1024 * self.inventory.entries.len() as u64 + (1 << 20);
-        if opts.objects.is_some() && opts.encrypt_to.is_some() {
-            return Err(Error::Usage(
-                "incremental snapshots are not encrypted yet: set snapshot.mode = \"full\" \
-                 to encrypt, or leave [encryption] out"
-                    .into(),
-            ));
-        }
+        let seal = match (&opts.encrypt_to, &opts.objects) {
+            (Some(recipients), Some(o)) => match &o.object_key {
+                Some(key) => Some(crate::objects::Seal { recipients, key }),
+                None => {
+                    return Err(Error::Usage(
+                        "an encrypted incremental snapshot needs the cluster's object key \
+                         (encryption.object_key_file, --object-key-file)"
+                            .into(),
+                    ))
+                }
+            },
+            _ => None,
+        };
         // An incremental snapshot's archive comes first: from the moment it
         // is stored, the snapshot is "incomplete" in storage, and retention
         // leaves every content object alone while one is (see
@@ -241,8 +249,11 @@ impl Captured {
                     &self.inventory,
                     &content,
                     o,
-                    (opts.zstd_level, opts.zstd_threads),
-                    opts.cancel.as_deref(),
+                    &crate::objects::Writing {
+                        seal,
+                        compress: (opts.zstd_level, opts.zstd_threads),
+                        cancel: opts.cancel.as_deref(),
+                    },
                 )?;
                 let r = &stored.record;
                 tracing::info!(snapshot = %snap.snapshot_id, broker = snap.broker, files = r.files,
@@ -250,7 +261,7 @@ impl Captured {
                     uploaded_bytes = r.uploaded_bytes, stored_bytes = r.uploaded_stored_bytes,
                     hashed = r.hashed, hashed_bytes = r.hashed_bytes, resumed = r.resumed,
                     "content objects stored");
-                written.entries = merge_entries(&self.inventory, written.entries, &stored.hashes)?;
+                written.entries = merge_entries(&self.inventory, written.entries, &stored)?;
                 Some(stored)
             }
         };
@@ -370,11 +381,11 @@ impl Captured {
 fn merge_entries(
     inv: &Inventory,
     archived: Vec<EntryRecord>,
-    hashes: &[Option<crate::hashcache::FileHashes>],
+    stored: &crate::objects::Stored,
 ) -> Result<Vec<EntryRecord>> {
     let mut archived = archived.into_iter();
     let mut out = Vec::with_capacity(inv.entries.len());
-    for (e, h) in inv.entries.iter().zip(hashes) {
+    for (e, h) in inv.entries.iter().zip(&stored.hashes) {
         let rec = match h {
             Some(h) => EntryRecord {
                 path: archive_path(e),
@@ -388,6 +399,7 @@ fn merge_entries(
                 link_target: None,
                 chunks: Some(h.chunks.clone()),
                 cuts: h.cuts.clone(),
+                objects: stored.names_of(h),
             },
             None => archived.next().ok_or_else(|| {
                 Error::Internal("the archive wrote fewer entries than it was given".into())

@@ -142,12 +142,33 @@ pub fn load_with_entries(
 }
 
 /// Checks that the stored archive is the one committed: its size, and the
-/// SHA-256 of every stored byte. Proves nothing about the contents beyond
-/// what the writer put there.
+/// SHA-256 of every stored byte; and that every content object it
+/// references (an incremental one) is in storage. Proves nothing about the
+/// contents beyond what the writer put there.
 fn stored_bytes(store: &dyn ColdStore, snap: &SnapshotRef, m: &Manifest) -> Result<Report> {
     let id = &snap.snapshot_id;
     let key = snap.object_key(&m.archive.file);
     check_stored_size(store, snap, m, &key)?;
+    let mut listed = 0;
+    if m.is_incremental() {
+        let present = crate::objects::present(store, &snap.cluster_id)?;
+        let names: std::collections::BTreeSet<&String> = m.referenced_objects().collect();
+        let missing: Vec<&&String> = names
+            .iter()
+            .filter(|n| !present.contains_key(**n))
+            .collect();
+        if let Some(first) = missing.first() {
+            return Err(Error::ArchiveCorrupt {
+                snapshot: id.clone(),
+                message: format!(
+                    "{} content object(s) it references are missing, the first {}",
+                    missing.len(),
+                    content_object_key(&snap.cluster_id, first)
+                ),
+            });
+        }
+        listed = names.len() as u64;
+    }
     let mut raw = HashingReader::new(store.open(&key)?);
     io::copy(&mut raw, &mut io::sink()).map_err(|e| {
         store.error(
@@ -177,6 +198,7 @@ fn stored_bytes(store: &dyn ColdStore, snap: &SnapshotRef, m: &Manifest) -> Resu
             .as_ref()
             .map(|e| e.recipients.clone())
             .unwrap_or_default(),
+        objects_listed: listed,
         ..Report::default()
     })
 }
@@ -246,7 +268,7 @@ fn walk_known(
         let present = crate::objects::present(store, &snap.cluster_id)?;
         let missing: Vec<(&EntryRecord, &String)> = m
             .object_entries()
-            .flat_map(|e| e.chunk_shas().iter().map(move |c| (e, c)))
+            .flat_map(|e| e.object_names().iter().map(move |c| (e, c)))
             .filter(|(_, c)| !present.contains_key(*c))
             .collect();
         if let Some((first, chunk)) = missing.first() {
@@ -307,7 +329,7 @@ fn walk_known(
                 m.archive.size, m.archive.sha256
             )));
         }
-        let report = check_objects(store, snap, m, visitor, report, known)?;
+        let report = check_objects(store, snap, m, identity, visitor, report, known)?;
         Ok(Report {
             archive_size: size,
             archive_sha256: sha,
@@ -705,6 +727,7 @@ fn check_objects(
     store: &dyn ColdStore,
     snap: &SnapshotRef,
     m: &Manifest,
+    identity: Option<&Identities>,
     visitor: &mut dyn Visitor,
     mut report: Report,
     known: Option<&dyn Fn(&str) -> bool>,
@@ -719,14 +742,15 @@ fn check_objects(
     let mut read = std::collections::HashSet::new();
     let mut listed = std::collections::HashSet::new();
     for rec in &records {
-        for (sha, (_, len)) in rec.chunk_shas().iter().zip(rec.chunk_spans(chunk_size)) {
-            if is_known(sha) {
-                listed.insert(sha.as_str());
+        let spans = rec.chunk_spans(chunk_size);
+        for ((sha, name), (_, len)) in rec.chunk_shas().iter().zip(rec.object_names()).zip(spans) {
+            if is_known(name) {
+                listed.insert(name.as_str());
                 continue;
             }
-            read.insert(sha.as_str());
+            read.insert(name.as_str());
             tasks.push(ChunkTask {
-                key: content_object_key(&snap.cluster_id, sha),
+                key: content_object_key(&snap.cluster_id, name),
                 sha,
                 len,
             });
@@ -734,7 +758,7 @@ fn check_objects(
     }
     report.objects_read = read.len() as u64;
     report.objects_listed = listed.difference(&read).count() as u64;
-    let prefetch = Prefetch::new(&tasks, chunk_size);
+    let prefetch = Prefetch::new(&tasks, chunk_size, identity);
     std::thread::scope(|scope| {
         for _ in 0..prefetch.workers {
             scope.spawn(|| prefetch.work(store));
@@ -742,7 +766,7 @@ fn check_objects(
         let result = (|| {
             let mut first = 0;
             for rec in &records {
-                let shas = rec.chunk_shas();
+                let shas = rec.object_names();
                 let n = shas.iter().filter(|s| !is_known(s)).count();
                 let chunks = first..first + n;
                 first += n;
@@ -859,7 +883,7 @@ enum ObjectProblem {
     Corrupt { key: String, message: String },
 }
 
-/// One chunk to fetch: its object, name and length.
+/// One chunk to fetch: its object, SHA-256 and length.
 struct ChunkTask<'a> {
     key: String,
     sha: &'a str,
@@ -871,6 +895,8 @@ struct ChunkTask<'a> {
 /// memory this takes: `window` chunks).
 struct Prefetch<'a> {
     tasks: &'a [ChunkTask<'a>],
+    /// Decrypts the objects of an encrypted snapshot.
+    identity: Option<&'a Identities>,
     workers: usize,
     window: usize,
     /// How many tasks beyond the one a worker takes storage is told are
@@ -893,7 +919,7 @@ struct PrefetchState {
 }
 
 impl<'a> Prefetch<'a> {
-    fn new(tasks: &'a [ChunkTask<'a>], chunk_size: u64) -> Self {
+    fn new(tasks: &'a [ChunkTask<'a>], chunk_size: u64, identity: Option<&'a Identities>) -> Self {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         // About 16 MiB of chunks ahead, and at least one per worker: the
         // archive paths stay within 64 MiB.
@@ -904,6 +930,7 @@ impl<'a> Prefetch<'a> {
         let hint = ((64u64 << 20) / chunk_size.max(1)).clamp(window as u64, 256) as usize;
         Prefetch {
             tasks,
+            identity,
             workers,
             window,
             hint,
@@ -947,7 +974,7 @@ impl<'a> Prefetch<'a> {
             // A worker that panicked would leave the reader waiting for its
             // chunk for good: the panic becomes that chunk's error.
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                fetch_chunk(store, &self.tasks[k])
+                fetch_chunk(store, &self.tasks[k], self.identity)
             }))
             .unwrap_or_else(|_| {
                 Err(ObjectProblem::Storage(Error::Internal(format!(
@@ -975,11 +1002,13 @@ impl<'a> Prefetch<'a> {
     }
 }
 
-/// Reads one chunk object whole: it must decompress to exactly the
-/// chunk's length and hash to its name.
+/// Reads one chunk object whole (decrypted with `identity` in an encrypted
+/// snapshot): it must decompress to exactly the chunk's length and bytes
+/// whose SHA-256 is the chunk's.
 fn fetch_chunk(
     store: &dyn ColdStore,
     t: &ChunkTask,
+    identity: Option<&Identities>,
 ) -> std::result::Result<Vec<u8>, ObjectProblem> {
     let key = t.key.clone();
     let inner = match store.open(&key) {
@@ -1004,6 +1033,27 @@ fn fetch_chunk(
     let corrupt = |message: String| ObjectProblem::Corrupt {
         key: key.clone(),
         message,
+    };
+    let unreadable = |e: io::Error| match failed.get() {
+        Some(read) => ObjectProblem::Unreadable {
+            key: key.clone(),
+            message: read.clone(),
+        },
+        None => corrupt(format!("cannot be decrypted: {e}")),
+    };
+    let source: Box<dyn Read> = match identity {
+        None => Box::new(source),
+        Some(identity) => match identity.decrypt(source) {
+            Ok(Some(r)) => Box::new(r),
+            Ok(None) => {
+                return Err(corrupt(format!(
+                    "is not encrypted to identity file {}, though its snapshot is: damaged or \
+                     altered",
+                    identity.path().display()
+                )))
+            }
+            Err(e) => return Err(unreadable(e)),
+        },
     };
     let decoder = zstd::stream::read::Decoder::new(source)
         .map_err(|e| corrupt(format!("cannot be decompressed: {e}")))?;
@@ -1034,7 +1084,8 @@ fn fetch_chunk(
     let actual = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&out));
     if actual != t.sha {
         return Err(corrupt(format!(
-            "does not hash to the object's name (its bytes hash to {actual})"
+            "does not hold its chunk: its bytes hash to {actual}, the chunk's SHA-256 is {}",
+            t.sha
         )));
     }
     Ok(out)

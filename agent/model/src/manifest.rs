@@ -24,6 +24,14 @@ pub const FORMAT_VERSION_ENCRYPTED: u32 = 2;
 /// Only the rest is in the snapshot's own archive. Its entries say which
 /// (`chunks`), and `objects` sums them up.
 pub const FORMAT_VERSION_INCREMENTAL: u32 = 3;
+/// The format of a manifest of a snapshot both encrypted (format 2) and
+/// incremental (format 3). Its content objects are age files of their zstd
+/// frames, named not by the SHA-256 of their bytes, which anyone holding a
+/// guess of a file could test, but by a keyed hash of it (the cluster's
+/// object key, see [`SealedObjects`]); the sealed entries map every chunk
+/// to its object's name (`objects`), and `objects.sealed` lists the names
+/// in the clear for retention.
+pub const FORMAT_VERSION_ENCRYPTED_INCREMENTAL: u32 = 4;
 pub const MANIFEST_FILE: &str = "manifest.json";
 pub const ARCHIVE_FILE: &str = "archive.tar.zst";
 /// The archive of an encrypted snapshot: `archive.tar.zst` in the age
@@ -218,6 +226,26 @@ pub struct ObjectsRecord {
     /// proven unchanged against the clone kept from then (reflink capture).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub resumed: u64,
+    /// Format 4 (encrypted): the names of the objects, which the sealed
+    /// entries map the chunks to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed: Option<SealedObjects>,
+}
+
+/// The content objects of an encrypted incremental snapshot. Each is named
+/// by the HMAC-SHA256, under the cluster's object key (a secret every
+/// agent of the cluster holds the same), of its chunk's SHA-256: equal
+/// chunks still share one object across snapshots and brokers, and a name
+/// says nothing about the bytes to whoever reads the store without the key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SealedObjects {
+    /// The fingerprint of the object key that named them (see
+    /// `ObjectKey::fingerprint`): never the key itself.
+    pub key: String,
+    /// Every object the snapshot references, sorted, each once: what
+    /// retention keeps and a verify without the identity finds in storage.
+    pub names: Vec<String>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -300,6 +328,11 @@ pub struct EntryRecord {
     /// used again and only the new bytes are uploaded. See [`chunk_spans`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cuts: Vec<u64>,
+    /// Format 4 (encrypted, so only in the sealed entries): the names of
+    /// the content objects its chunks are, in the order of `chunks`, which
+    /// stay the SHA-256 of each chunk's bytes (see [`SealedObjects`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub objects: Option<Vec<String>>,
 }
 
 /// The `(offset, length)` of each chunk of a file of `size` bytes: one
@@ -373,6 +406,16 @@ impl EntryRecord {
         self.chunks.as_deref().unwrap_or_default()
     }
 
+    /// The names of the content objects its chunks are, in the order of
+    /// [`Self::chunk_shas`]: in an encrypted snapshot, keyed names (see
+    /// [`SealedObjects`]); otherwise the chunks' SHA-256.
+    pub fn object_names(&self) -> &[String] {
+        match &self.objects {
+            Some(names) => names,
+            None => self.chunk_shas(),
+        }
+    }
+
     /// The `(offset, length)` of each of its chunks, in the order of
     /// [`Self::chunk_shas`].
     pub fn chunk_spans(&self, chunk_size: u64) -> Vec<(u64, u64)> {
@@ -434,12 +477,13 @@ impl Manifest {
             Some(v)
                 if v == FORMAT_VERSION as u64
                     || v == FORMAT_VERSION_ENCRYPTED as u64
-                    || v == FORMAT_VERSION_INCREMENTAL as u64 => {}
+                    || v == FORMAT_VERSION_INCREMENTAL as u64
+                    || v == FORMAT_VERSION_ENCRYPTED_INCREMENTAL as u64 => {}
             Some(v) => {
                 return Err(err(format!(
                     "format_version {v} is not supported by agent {} \
-                     (supports {FORMAT_VERSION}, {FORMAT_VERSION_ENCRYPTED} and \
-                     {FORMAT_VERSION_INCREMENTAL})",
+                     (supports {FORMAT_VERSION}, {FORMAT_VERSION_ENCRYPTED}, \
+                     {FORMAT_VERSION_INCREMENTAL} and {FORMAT_VERSION_ENCRYPTED_INCREMENTAL})",
                     env!("CARGO_PKG_VERSION")
                 )))
             }
@@ -478,11 +522,16 @@ impl Manifest {
         self.entries.iter().filter(|e| e.is_object())
     }
 
-    /// The SHA-256 of every content object the snapshot references, in
-    /// manifest order (a chunk shared by two files, or twice by one, comes
-    /// twice).
-    pub fn referenced_objects(&self) -> impl Iterator<Item = &String> {
-        self.object_entries().flat_map(|e| e.chunk_shas())
+    /// The name of every content object the snapshot references: in an
+    /// unencrypted one, their SHA-256 in manifest order (a chunk shared by
+    /// two files, or twice by one, comes twice); in an encrypted one the
+    /// names listed in the clear (`objects.sealed`), which need no
+    /// identity.
+    pub fn referenced_objects(&self) -> Box<dyn Iterator<Item = &String> + '_> {
+        match self.objects.as_ref().and_then(|o| o.sealed.as_ref()) {
+            Some(sealed) => Box::new(sealed.names.iter()),
+            None => Box::new(self.object_entries().flat_map(|e| e.chunk_shas())),
+        }
     }
 
     /// Whether the entries are at hand: always for an unencrypted
@@ -517,9 +566,6 @@ impl Manifest {
         let (version, file) = match &self.encryption {
             None if self.objects.is_some() => (FORMAT_VERSION_INCREMENTAL, ARCHIVE_FILE),
             None => (FORMAT_VERSION, ARCHIVE_FILE),
-            Some(_) if self.objects.is_some() => {
-                return Err("is encrypted and incremental, which no agent writes".into())
-            }
             Some(enc) => {
                 if enc.scheme != AGE_SCHEME {
                     return Err(format!(
@@ -533,14 +579,48 @@ impl Manifest {
                 if !self.entries.is_empty() {
                     return Err("is encrypted but lists its entries in the clear".into());
                 }
-                (FORMAT_VERSION_ENCRYPTED, ENCRYPTED_ARCHIVE_FILE)
+                match &self.objects {
+                    Some(_) => (FORMAT_VERSION_ENCRYPTED_INCREMENTAL, ENCRYPTED_ARCHIVE_FILE),
+                    None => (FORMAT_VERSION_ENCRYPTED, ENCRYPTED_ARCHIVE_FILE),
+                }
             }
         };
+        if let Some(o) = &self.objects {
+            match (&o.sealed, self.is_encrypted()) {
+                (Some(_), false) => {
+                    return Err("names its content objects by a key, but is not encrypted".into())
+                }
+                (None, true) => {
+                    return Err(
+                        "is encrypted and incremental, but does not name its content objects"
+                            .into(),
+                    )
+                }
+                (Some(sealed), true) => {
+                    if let Some(bad) = sealed.names.iter().find(|n| !is_sha256(n)) {
+                        return Err(format!("objects.sealed: name {bad:?} is not 64 hex digits"));
+                    }
+                    if !sealed.names.windows(2).all(|w| w[0] < w[1]) {
+                        return Err("objects.sealed: the names are not sorted, each once".into());
+                    }
+                    if sealed.names.len() as u64 != o.objects {
+                        return Err(format!(
+                            "objects.sealed lists {} names for {} objects",
+                            sealed.names.len(),
+                            o.objects
+                        ));
+                    }
+                }
+                (None, false) => {}
+            }
+        }
         if self.format_version != version {
             return Err(format!(
                 "format_version {} does not fit a{} snapshot (format {version})",
                 self.format_version,
-                if self.is_encrypted() {
+                if self.is_encrypted() && self.is_incremental() {
+                    "n encrypted incremental"
+                } else if self.is_encrypted() {
                     "n encrypted"
                 } else if self.is_incremental() {
                     "n incremental"
@@ -580,9 +660,9 @@ impl Manifest {
             if e.kind == EntryType::File && !e.sha256.as_deref().is_some_and(is_sha256) {
                 return Err(format!("file {} has no valid sha256", e.path));
             }
-            if e.chunks.is_none() && !e.cuts.is_empty() {
+            if e.chunks.is_none() && (!e.cuts.is_empty() || e.objects.is_some()) {
                 return Err(format!(
-                    "entry {:?} has cuts but is not stored as content objects",
+                    "entry {:?} has cuts or object names but is not stored as content objects",
                     e.path
                 ));
             }
@@ -605,6 +685,38 @@ impl Manifest {
                         "entry {:?}: chunk {bad:?} is not a SHA-256",
                         e.path
                     ));
+                }
+                match (&e.objects, self.is_encrypted()) {
+                    (Some(names), true) if names.len() == chunks.len() => {
+                        if let Some(bad) = names.iter().find(|n| !is_sha256(n)) {
+                            return Err(format!(
+                                "entry {:?}: object name {bad:?} is not 64 hex digits",
+                                e.path
+                            ));
+                        }
+                    }
+                    (Some(names), true) => {
+                        return Err(format!(
+                            "entry {:?}: {} object names for {} chunks",
+                            e.path,
+                            names.len(),
+                            chunks.len()
+                        ))
+                    }
+                    (None, true) => {
+                        return Err(format!(
+                            "entry {:?}: an encrypted snapshot's chunks must be named",
+                            e.path
+                        ))
+                    }
+                    (Some(_), false) => {
+                        return Err(format!(
+                            "entry {:?} names its objects by a key, but the snapshot is not \
+                             encrypted",
+                            e.path
+                        ))
+                    }
+                    (None, false) => {}
                 }
                 check_cuts(e.size, o.chunk_size, &e.cuts)
                     .map_err(|r| format!("entry {:?}: {r}", e.path))?;
@@ -671,6 +783,31 @@ impl Manifest {
                     o.objects,
                     distinct.len()
                 ));
+            }
+            if let Some(sealed) = &o.sealed {
+                // The names the entries use are the names retention keeps,
+                // and one chunk is one object.
+                let mut named = std::collections::HashMap::new();
+                for e in self.object_entries() {
+                    for (sha, name) in e.chunk_shas().iter().zip(e.object_names()) {
+                        if named.insert(sha, name).is_some_and(|n| n != name) {
+                            return Err(format!(
+                                "entry {:?}: chunk {sha} is named twice, differently",
+                                e.path
+                            ));
+                        }
+                    }
+                }
+                let mut used: Vec<&String> = named.into_values().collect();
+                used.sort_unstable();
+                used.dedup();
+                if !used.iter().copied().eq(sealed.names.iter()) {
+                    return Err(format!(
+                        "the entries name {} objects, which are not the {} objects.sealed lists",
+                        used.len(),
+                        sealed.names.len()
+                    ));
+                }
             }
             if o.chunk_size == 0 || o.min_size == 0 {
                 return Err(format!(
@@ -861,6 +998,7 @@ mod tests {
                     link_target: None,
                     chunks: None,
                     cuts: Vec::new(),
+                    objects: None,
                 },
                 EntryRecord {
                     path: "logdir-0/meta.properties".into(),
@@ -874,6 +1012,7 @@ mod tests {
                     link_target: None,
                     chunks: None,
                     cuts: Vec::new(),
+                    objects: None,
                 },
             ],
             manifest_sha256: String::new(),
@@ -897,6 +1036,7 @@ mod tests {
             hashed: 1,
             hashed_bytes: 5,
             resumed: 0,
+            sealed: None,
         });
         m
     }
@@ -997,7 +1137,7 @@ mod tests {
         bad.entries[0].cuts = vec![1];
         let e = refused(bad);
         assert!(
-            e.contains("has cuts but is not stored as content objects"),
+            e.contains("has cuts or object names but is not stored as content objects"),
             "{e}"
         );
         // Two chunks with the same bytes are one object.
@@ -1111,5 +1251,131 @@ mod tests {
                 .to_string();
             assert!(e.contains(what), "{what}: {e}");
         }
+    }
+
+    /// `incremental_sample` encrypted: its entries sealed, its chunks named
+    /// by a key.
+    fn encrypted_incremental_sample() -> (Manifest, Vec<EntryRecord>) {
+        let mut m = incremental_sample();
+        m.format_version = FORMAT_VERSION_ENCRYPTED_INCREMENTAL;
+        m.archive.file = ENCRYPTED_ARCHIVE_FILE.into();
+        m.encryption = Some(EncryptionRecord {
+            scheme: AGE_SCHEME.into(),
+            recipients: vec![recipient_fingerprint("age1x")],
+            sealed_entries: "AAAA".into(),
+        });
+        m.entries[1].objects = Some(vec!["e".repeat(64), "d".repeat(64)]);
+        m.objects.as_mut().unwrap().sealed = Some(SealedObjects {
+            key: "hmac:0011223344556677".into(),
+            names: vec!["d".repeat(64), "e".repeat(64)],
+        });
+        let entries = std::mem::take(&mut m.entries);
+        (m, entries)
+    }
+
+    #[test]
+    fn an_encrypted_incremental_manifest_lists_its_object_names_and_seals_the_rest() {
+        let (mut m, entries) = encrypted_incremental_sample();
+        let bytes = m.to_bytes();
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        assert!(
+            !text.contains(&"b".repeat(64)),
+            "a chunk's SHA-256 in the clear"
+        );
+        let mut back = Manifest::from_bytes(&bytes, "s", "k").unwrap();
+        // Retention needs no identity: the names are in the clear.
+        let clear: Vec<&String> = back.referenced_objects().collect();
+        assert_eq!(clear, [&"d".repeat(64), &"e".repeat(64)]);
+        let sealed = |entries: &[EntryRecord]| {
+            serde_json::to_vec(&SealedEntries {
+                snapshot_id: m.snapshot_id.clone(),
+                entries: entries.to_vec(),
+            })
+            .unwrap()
+        };
+        back.clone().unseal(&sealed(&entries), "k").unwrap();
+        back.unseal(&sealed(&entries), "k").unwrap();
+        assert_eq!(
+            back.entries[1].object_names(),
+            ["e".repeat(64), "d".repeat(64)]
+        );
+        assert_eq!(
+            back.entries[1].chunk_shas(),
+            ["b".repeat(64), "c".repeat(64)]
+        );
+
+        // The sealed entries must use exactly the names listed.
+        for (what, edit) in [
+            ("are not the 2 objects.sealed lists", {
+                Box::new(|e: &mut Vec<EntryRecord>| {
+                    e[1].objects = Some(vec!["e".repeat(64), "f".repeat(64)])
+                }) as Box<dyn Fn(&mut Vec<EntryRecord>)>
+            }),
+            (
+                "1 object names for 2 chunks",
+                Box::new(|e: &mut Vec<EntryRecord>| e[1].objects = Some(vec!["e".repeat(64)])),
+            ),
+            (
+                "chunks must be named",
+                Box::new(|e: &mut Vec<EntryRecord>| e[1].objects = None),
+            ),
+            (
+                "is named twice, differently",
+                Box::new(|e: &mut Vec<EntryRecord>| {
+                    e[1].chunks = Some(vec!["b".repeat(64), "b".repeat(64)])
+                }),
+            ),
+        ] {
+            let mut bad = entries.clone();
+            edit(&mut bad);
+            let (mut fresh, _) = encrypted_incremental_sample();
+            let mut fresh = Manifest::from_bytes(&fresh.to_bytes(), "s", "k").unwrap();
+            let e = fresh.unseal(&sealed(&bad), "k").unwrap_err().to_string();
+            assert!(e.contains(what), "{what}: {e}");
+        }
+        // And the clear part must hold together on its own.
+        fn names(m: &mut Manifest) -> &mut Vec<String> {
+            &mut m.objects.as_mut().unwrap().sealed.as_mut().unwrap().names
+        }
+        for (what, edit) in [
+            ("not sorted, each once", {
+                Box::new(|m: &mut Manifest| names(m).reverse()) as Box<dyn Fn(&mut Manifest)>
+            }),
+            (
+                "lists 1 names for 2 objects",
+                Box::new(|m: &mut Manifest| {
+                    names(m).pop();
+                }),
+            ),
+            (
+                "does not name its content objects",
+                Box::new(|m: &mut Manifest| m.objects.as_mut().unwrap().sealed = None),
+            ),
+            (
+                "does not fit an encrypted incremental snapshot (format 4)",
+                Box::new(|m: &mut Manifest| m.format_version = FORMAT_VERSION_INCREMENTAL),
+            ),
+        ] {
+            let (mut bad, _) = encrypted_incremental_sample();
+            edit(&mut bad);
+            let e = Manifest::from_bytes(&bad.to_bytes(), "s", "k")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(what), "{what}: {e}");
+        }
+        // An unencrypted manifest names its objects by their SHA-256 only.
+        let mut plain = incremental_sample();
+        plain.entries[1].objects = Some(vec!["e".repeat(64), "d".repeat(64)]);
+        let e = Manifest::from_bytes(&plain.to_bytes(), "s", "k")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("but the snapshot is not encrypted"), "{e}");
+        let mut plain = incremental_sample();
+        plain.objects.as_mut().unwrap().sealed =
+            encrypted_incremental_sample().0.objects.unwrap().sealed;
+        let e = Manifest::from_bytes(&plain.to_bytes(), "s", "k")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("by a key, but is not encrypted"), "{e}");
     }
 }

@@ -4,7 +4,7 @@
 use clap::{Args, Subcommand};
 use kafka_snapshot::archive::ArchiveOptions;
 use kafka_snapshot::config::AgentConfig;
-use kafka_snapshot::crypt::{Identities, Recipients};
+use kafka_snapshot::crypt::{Identities, ObjectKey, Recipients};
 use kafka_snapshot::extract::{can_restore_owners, extract, original_targets, ExtractOptions};
 use kafka_snapshot::objects::ObjectOptions;
 use kafka_snapshot::settings::parse_byte_size;
@@ -117,6 +117,10 @@ pub struct CreateArgs {
     /// --recipient, to both.
     #[arg(long)]
     recipients_file: Option<PathBuf>,
+    /// Encrypted and incremental: the cluster's object key, which names the
+    /// content objects (encryption.object_key_file).
+    #[arg(long)]
+    object_key_file: Option<PathBuf>,
     /// Print the manifest summary as JSON.
     #[arg(long)]
     json: bool,
@@ -249,6 +253,12 @@ fn create(a: CreateArgs) -> Result<ExitCode> {
             .map_err(Error::Usage)?;
         Some(Arc::new(r))
     };
+    let object_key = a
+        .object_key_file
+        .as_deref()
+        .map(ObjectKey::load)
+        .transpose()
+        .map_err(|m| Error::Usage(format!("--object-key-file: {m}")))?;
     let opts = ArchiveOptions {
         zstd_level: a.zstd_level.unwrap_or(snap_cfg.zstd_level),
         zstd_threads: a.zstd_threads.unwrap_or(snap_cfg.zstd_threads),
@@ -266,12 +276,17 @@ fn create(a: CreateArgs) -> Result<ExitCode> {
                     None => snap_cfg.object_chunk_size,
                 },
                 hash_cache: a.hash_cache.clone().or(snap_cfg.hash_cache.clone()),
+                object_key: object_key.clone().or_else(|| {
+                    cfg.as_ref()
+                        .and_then(|c| c.encryption.object_key().cloned())
+                }),
             }),
             None => cfg
                 .as_ref()
                 .and_then(|c| c.object_options())
                 .map(|o| ObjectOptions {
                     hash_cache: a.hash_cache.clone().or(o.hash_cache),
+                    object_key: object_key.clone().or(o.object_key),
                     ..o
                 }),
         },
@@ -330,9 +345,13 @@ fn verify_cmd(a: VerifyArgs) -> Result<ExitCode> {
     if a.json {
         print_json(&report);
     } else if !report.contents_checked {
+        let objects = match report.objects_listed {
+            0 => String::new(),
+            n => format!(", its {n} content objects are in storage"),
+        };
         println!(
-            "snapshot {}: stored archive intact ({} bytes, sha256 {}); it is encrypted to [{}] \
-             and its contents were NOT checked (give --identity FILE to check every file)",
+            "snapshot {}: stored archive intact ({} bytes, sha256 {}){objects}; it is encrypted \
+             to [{}] and its contents were NOT checked (give --identity FILE to check every file)",
             report.snapshot_id,
             report.archive_size,
             report.archive_sha256,

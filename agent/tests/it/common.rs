@@ -511,3 +511,13 @@ pub fn files_under(dir: &Path) -> Vec<String> {
     }
     out
 }
+
+/// The largest `.log` file under `dirs`: the one a producer appends to.
+pub fn largest_log(dirs: &[PathBuf]) -> PathBuf {
+    dirs.iter()
+        .flat_map(|d| tree(d, &[]).into_iter().map(move |(p, n)| (d.join(p), n)))
+        .filter(|(p, n)| n.kind == 'f' && p.extension().is_some_and(|e| e == "log"))
+        .max_by_key(|(_, n)| n.size)
+        .map(|(p, _)| p)
+        .expect("a .log file")
+}

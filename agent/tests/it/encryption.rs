@@ -4,6 +4,7 @@
 
 use crate::common::*;
 use std::fs;
+use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -396,5 +397,225 @@ fn a_flipped_ciphertext_byte_is_corrupt_never_a_partial_restore() {
         "security",
         "encryption: a flipped or cut-off ciphertext is corrupt, nothing restored",
         &[("inputs", 2)],
+    );
+}
+
+/// The SHA-256 of the first `len` bytes of `path`.
+fn head_sha256(path: &Path, len: usize) -> String {
+    use sha2::Digest;
+    let bytes = fs::read(path).unwrap();
+    hex::encode(sha2::Sha256::digest(&bytes[..len.min(bytes.len())]))
+}
+
+/// The content objects of a file store: (name, path).
+fn stored_objects(store: &Path) -> Vec<(String, PathBuf)> {
+    let dir = store.join(CLUSTER).join("objects");
+    let mut out: Vec<(String, PathBuf)> = tree(&dir, &[])
+        .into_iter()
+        .filter(|(_, n)| n.kind == 'f')
+        .map(|(p, _)| {
+            let name = p.file_stem().unwrap().to_string_lossy().into_owned();
+            (name, dir.join(p))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn encrypted_incremental_snapshots_share_objects_under_keyed_names() {
+    let t = scratch("ext4");
+    let dirs = vec![
+        t.path().join("data/disk1/kafka-logs"),
+        t.path().join("data/disk2/kafka-logs"),
+    ];
+    let mut spec = kafka_snapshot_testkit::Spec::small(CLUSTER, 1, dirs.clone());
+    spec.total_bytes = 8 << 20;
+    spec.segment_bytes = 512 << 10;
+    generate_spec(&spec);
+    let store = new_store(t.path());
+    let keys = t.path().join("keys");
+    fs::create_dir(&keys).unwrap();
+    let (identity, recipient) = keygen(&keys, "id.key");
+    let object_key = keys.join("object.key");
+    let out = run(
+        &[
+            "key",
+            "generate-object-key",
+            "--output",
+            &object_key.display().to_string(),
+        ],
+        0,
+    );
+    let key_fp = stdout(&out).trim().to_string();
+    assert!(key_fp.starts_with("hmac:"), "{key_fp}");
+    let out = run(
+        &[
+            "key",
+            "fingerprint",
+            "--object-key",
+            &object_key.display().to_string(),
+        ],
+        0,
+    );
+    assert!(stdout(&out).starts_with(&key_fp), "{}", stdout(&out));
+    let partition = a_partition(&dirs[0]);
+    let create = |key: &Path, want: i32| {
+        let key = key.display().to_string();
+        let args = [
+            "--mode",
+            "incremental",
+            "--object-min-size",
+            "64KiB",
+            "--object-chunk-size",
+            "64KiB",
+            "--recipient",
+            &recipient,
+            "--object-key-file",
+            &key,
+            "--json",
+        ];
+        run_create(&dirs, &store, "copy", &args, want)
+    };
+    let json = |out: std::process::Output| -> serde_json::Value {
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+
+    // Without the object key an encrypted incremental snapshot is refused.
+    let no_key = run_create(
+        &dirs,
+        &store,
+        "copy",
+        &["--mode", "incremental", "--recipient", &recipient],
+        2,
+    );
+    assert!(
+        stderr(&no_key).contains("object key"),
+        "{}",
+        stderr(&no_key)
+    );
+
+    let s1 = json(create(&object_key, 0));
+    let id1 = s1["snapshot_id"].as_str().unwrap().to_string();
+    let o1 = s1["objects"].clone();
+    assert!(o1["files"].as_u64().unwrap() >= 5, "{s1}");
+    assert_eq!(o1["uploaded"], o1["objects"], "{s1}");
+    let snap = snapshot_dir(&store, 1, &id1);
+    assert_eq!(names(&snap), vec!["archive.tar.zst.age", "manifest.json"]);
+    let text = fs::read_to_string(snap.join("manifest.json")).unwrap();
+    let m1: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(m1["format_version"], 4);
+    assert_eq!(m1["objects"]["sealed"]["key"], key_fp.as_str());
+    assert!(!text.contains(&partition) && !text.contains("logdir-0/"));
+    // Every object is named in the clear, by its keyed name only: no name
+    // is a chunk's SHA-256, and each object is an age file.
+    let sealed: Vec<String> = m1["objects"]["sealed"]["names"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap().to_string())
+        .collect();
+    let stored = stored_objects(&store);
+    assert_eq!(
+        stored.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>(),
+        sealed
+    );
+    let log = largest_log(&dirs);
+    let first_chunk = head_sha256(&log, 64 << 10);
+    assert!(
+        !text.contains(&first_chunk),
+        "a chunk's SHA-256 in the clear"
+    );
+    assert!(!sealed.contains(&first_chunk));
+    for (_, p) in &stored {
+        assert!(fs::read(p).unwrap().starts_with(b"age-encryption.org/v1\n"));
+    }
+
+    // Nothing changed: nothing uploaded. Appended: only the new bytes.
+    let s2 = json(create(&object_key, 0));
+    assert_eq!(s2["objects"]["uploaded"], 0, "{s2}");
+    let was = fs::metadata(&log).unwrap().len();
+    fs::OpenOptions::new()
+        .append(true)
+        .open(&log)
+        .unwrap()
+        .write_all(&[9u8; 70_000])
+        .unwrap();
+    let s3 = json(create(&object_key, 0));
+    let first_changed = was / (64 << 10);
+    let now = was + 70_000;
+    assert_eq!(
+        s3["objects"]["uploaded"],
+        now.div_ceil(64 << 10) - first_changed,
+        "{s3}"
+    );
+    let id3 = s3["snapshot_id"].as_str().unwrap().to_string();
+
+    // Without the identity: the archive and the presence of every object.
+    let out = verify(&store, &id3, None, 0);
+    assert!(
+        stdout(&out).contains("content objects are in storage")
+            && stdout(&out).contains("contents were NOT checked"),
+        "{}",
+        stdout(&out)
+    );
+    // With it: every byte, and a restore byte for byte.
+    for id in [&id1, &id3] {
+        let out = verify(&store, id, Some(&identity), 0);
+        assert!(stdout(&out).contains(" ok: "), "{}", stdout(&out));
+    }
+    let out = extract(&store, &id3, None, &restore_targets(t.path(), "none"), 1);
+    assert!(stderr(&out).contains("identity"), "{}", stderr(&out));
+    let targets = restore_targets(t.path(), "three");
+    extract(&store, &id3, Some(&identity), &targets, 0);
+    assert_restored(&dirs, &targets);
+
+    // An agent with another object key shares nothing, and is still whole.
+    let other_key = keys.join("other.key");
+    run(
+        &[
+            "key",
+            "generate-object-key",
+            "--output",
+            &other_key.display().to_string(),
+        ],
+        0,
+    );
+    let s4 = json(create(&other_key, 0));
+    assert_eq!(s4["objects"]["uploaded"], s4["objects"]["objects"], "{s4}");
+    let id4 = s4["snapshot_id"].as_str().unwrap().to_string();
+    verify(&store, &id4, Some(&identity), 0);
+
+    // An object holding another chunk (swapped by whoever can write the
+    // store) is found with the identity; a missing one without it too.
+    let stored = stored_objects(&store);
+    let in_s1: Vec<&(String, PathBuf)> =
+        stored.iter().filter(|(n, _)| sealed.contains(n)).collect();
+    let (victim, donor) = (&in_s1[0], &in_s1[1]);
+    let original = fs::read(&victim.1).unwrap();
+    fs::set_permissions(&victim.1, fs::Permissions::from_mode(0o640)).unwrap();
+    fs::write(&victim.1, fs::read(&donor.1).unwrap()).unwrap();
+    let out = verify(&store, &id1, Some(&identity), 1);
+    assert!(
+        stderr(&out).contains(&victim.0) && stderr(&out).contains("does not hold its chunk"),
+        "{}",
+        stderr(&out)
+    );
+    let target = restore_targets(t.path(), "swapped");
+    extract(&store, &id1, Some(&identity), &target, 1);
+    assert!(!target[0].exists());
+    fs::remove_file(&victim.1).unwrap();
+    let out = verify(&store, &id1, None, 1);
+    assert!(
+        stderr(&out).contains("missing") && stderr(&out).contains(&victim.0),
+        "{}",
+        stderr(&out)
+    );
+    fs::write(&victim.1, &original).unwrap();
+    verify(&store, &id1, Some(&identity), 0);
+    kafka_snapshot_testkit::report::record(
+        "security",
+        "encrypted incremental: objects named by a keyed hash, age per object, verified and restored only with the identity",
+        &[("snapshots", 4)],
     );
 }

@@ -73,6 +73,7 @@ fn record(path: &str, kind: EntryType, data: &[u8], link: Option<&str>) -> Entry
         link_target: link.map(str::to_string),
         chunks: None,
         cuts: Vec::new(),
+        objects: None,
     }
 }
 
