@@ -151,6 +151,9 @@ read -r agent_uid agent_gid coord_uid coord_gid store_gid <<<"${ids[*]}"
 # broker-b only (the host that restores).
 recipient=$("$BIN/kafka-snapshot-agent" key generate --output "$T/identity.txt" 2>/dev/null)
 identity=$(grep '^AGE-SECRET-KEY-' "$T/identity.txt")
+# The cluster's object key (encrypted incremental snapshots): every agent.
+"$BIN/kafka-snapshot-agent" key generate-object-key --output "$T/object.key" >/dev/null 2>&1
+object_key=$(grep -v '^#' "$T/object.key")
 
 mkdir -p "$T"/{broker-a,broker-b,coord}/etc/kafka "$T/broker-c/opt/kafka/config"
 cat >"$T/broker-a/etc/kafka/server.properties" <<'PROPS'
@@ -210,6 +213,7 @@ all:
     kafka_snapshot_storage:
       url: file:///mnt/kafka-snapshots
     kafka_snapshot_encryption_recipients: [$recipient]
+    kafka_snapshot_encryption_object_key: "$object_key"
     kafka_snapshot_kafka:
       bootstrap_servers: [broker-a:9092, broker-b:9092]
     kafka_snapshot_coordinator_url: http://coord.test:9640
@@ -245,7 +249,8 @@ else
 fi
 
 if "$VENV/bin/python" tests/ops/check_install.py "$REPO" "$T" "$BIN" "$daemon" \
-    "$agent_uid" "$agent_gid" "$coord_uid" "$coord_gid" "$store_gid" "$recipient" "$T/identity.txt"; then
+    "$agent_uid" "$agent_gid" "$coord_uid" "$coord_gid" "$store_gid" "$recipient" "$T/identity.txt" \
+    "$T/object.key"; then
     ok "installed files, owners, modes, users and configs"
 else
     not_ok "installed files, owners, modes, users and configs"

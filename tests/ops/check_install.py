@@ -3,6 +3,7 @@ files, owners, modes, users and the rendered configs.
 
 usage: check_install.py REPO TMP BIN_DIR DAEMON_CONFIG(true|false)
        AGENT_UID AGENT_GID COORD_UID COORD_GID STORE_GID RECIPIENT IDENTITY_FILE
+       OBJECT_KEY_FILE
 """
 
 import grp
@@ -17,6 +18,7 @@ repo, tmp, bin_dir, daemon = sys.argv[1:5]
 agent_uid, agent_gid, coord_uid, coord_gid, store_gid = map(int, sys.argv[5:10])
 RECIPIENT = sys.argv[10]
 IDENTITY = pathlib.Path(sys.argv[11]).read_text().splitlines()[-1]
+OBJECT_KEY = pathlib.Path(sys.argv[12]).read_text().splitlines()[-1]
 REPO = pathlib.Path(repo)
 TMP = pathlib.Path(tmp)
 BIN = pathlib.Path(bin_dir)
@@ -105,6 +107,12 @@ for host, (broker_id, log_dirs) in brokers.items():
     else:
         check("identity_file" not in enc, f"{cfg_path}: identity_file on a host that has none")
         check(not identity_file.exists(), f"{identity_file}: installed on a host with no identity in the inventory")
+    # The cluster's object key: on every agent, the same, readable by the
+    # agent alone.
+    object_key_file = root / "etc/kafka-snapshot/object.key"
+    check(enc.get("object_key_file") == "/etc/kafka-snapshot/object.key", f"{cfg_path}: object_key_file {enc.get('object_key_file')}")
+    owner_mode(object_key_file, AGENT_USER, AGENT_USER, 0o400)
+    check(object_key_file.read_text().strip() == OBJECT_KEY, f"{object_key_file}: not the inventory's object key")
     if DAEMON:
         check(
             cfg.get("coordinator")

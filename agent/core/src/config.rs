@@ -153,6 +153,13 @@ impl EncryptionSection {
         let all = Recipients::parse(items.iter().map(|(s, r)| (s.clone(), r.as_str())))
             .map_err(|m| bad("encryption.recipients_file", m))?;
         self.resolved = (!all.is_empty()).then(|| Arc::new(all));
+        Ok(())
+    }
+
+    /// Reads `object_key_file`: only where it is used (encrypted
+    /// incremental snapshots), so that a config rendered for another root
+    /// still validates where the key is not needed.
+    fn resolve_object_key(&mut self) -> std::result::Result<(), KeyError> {
         if let Some(f) = self.object_key_file.as_ref().filter(|f| f.is_absolute()) {
             self.object_key =
                 Some(ObjectKey::load(f).map_err(|m| bad("encryption.object_key_file", m))?);
@@ -606,6 +613,9 @@ impl AgentConfig {
             problems.extend(k.resolve_secrets().err());
         }
         problems.extend(self.encryption.resolve().err());
+        if self.snapshot.mode == SnapshotMode::Incremental && self.encryption.resolved.is_some() {
+            problems.extend(self.encryption.resolve_object_key().err());
+        }
         problems
     }
 
