@@ -170,7 +170,15 @@ chown "0:$STORE_GID" "$T/store"
 chmod 2770 "$T/store"
 
 # --- the guests' own files, before they boot ---------------------------------------------
-CLUSTER_ID=$(python3 -c 'import base64, uuid; print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))')
+# What `kafka-storage random-uuid` prints: never starting with '-', which
+# StorageTool's argument parser would take for an option.
+CLUSTER_ID=$(python3 -c '
+import base64, uuid
+while True:
+    id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    if not id.startswith("-"):
+        print(id)
+        break')
 JAVA_FLAGS="-Xms128m -Xmx256m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true"
 for i in 1 2 3; do
     g=b$i
