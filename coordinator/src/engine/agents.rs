@@ -211,6 +211,21 @@ impl Engine {
             )));
         }
         let outcome_json = serde_json::to_string(&rel.outcome).unwrap_or_default();
+        match leases::outcome(&cx.tx, epoch)? {
+            // The same release again: the agent did not hear the answer
+            // to the first one. It was recorded once; nothing changes.
+            Some(before) if before == outcome_json => return Ok(()),
+            // An agent that restarted re-releases what its state file
+            // still held; what the first release recorded stands.
+            Some(before) => {
+                return Err(ApiError::Conflict(format!(
+                    "lease epoch {epoch} of broker {broker} was already released ({}); \
+                     a second release cannot change its outcome",
+                    outcome_kind(&before)
+                )))
+            }
+            None => {}
+        }
         leases::set_outcome(&cx.tx, epoch, &outcome_json)?;
         let from = lease.state;
         match &rel.outcome {
@@ -551,4 +566,13 @@ impl Ctx<'_> {
             ))),
         }
     }
+}
+
+/// The type of a recorded outcome ("committed", "failed", ...), for a
+/// message.
+fn outcome_kind(json: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(json)
+        .ok()
+        .and_then(|v| Some(v.get("type")?.as_str()?.to_string()))
+        .unwrap_or_else(|| "an outcome".into())
 }

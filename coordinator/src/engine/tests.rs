@@ -288,6 +288,51 @@ fn a_cycle_leases_one_broker_at_a_time_in_id_order() {
     assert!(matches!(err, ApiError::Conflict(_)), "{err:?}");
 }
 
+/// An agent that did not hear the answer to its release sends it again:
+/// accepted, recorded once. An agent restarted between its release and
+/// its state file's update re-releases the lease as failed: refused, the
+/// committed snapshot and the broker's clean record stand.
+#[test]
+fn a_released_lease_keeps_its_first_outcome() {
+    let mut e = engine();
+    start_cycle(&mut e);
+    let epoch = epoch_of(&poll_grant(&mut e, 1, secs(2)));
+    let committed = Release {
+        broker: 1,
+        epoch,
+        outcome: Outcome::Committed {
+            snapshot: summary(1, "s1"),
+            downtime_ms: 2000,
+        },
+    };
+    e.release(&committed, secs(3)).unwrap();
+    e.release(&committed, secs(4))
+        .expect("the same release again is a retry");
+    assert_eq!(e.snapshots(Some(1)).unwrap().len(), 1);
+    let err = e
+        .release(
+            &Release {
+                broker: 1,
+                epoch,
+                outcome: Outcome::Failed {
+                    reason: "agent restarted after an interrupted snapshot".into(),
+                    broker_running: true,
+                },
+            },
+            secs(5),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(err, ApiError::Conflict(ref m)
+            if m.contains(&format!("lease epoch {epoch} of broker 1 was already released (committed)"))),
+        "{err:?}"
+    );
+    let st = e.status(secs(6)).unwrap();
+    assert_eq!(st.brokers[0].last_error, None, "{:?}", st.brokers[0]);
+    assert_eq!(e.snapshots(Some(1)).unwrap().len(), 1);
+    assert_eq!(slot_state(&e), None);
+}
+
 #[test]
 fn an_expired_lease_keeps_the_slot_closed_until_the_cluster_is_in_sync() {
     let mut e = engine();

@@ -169,6 +169,15 @@ pub fn renew(
     Ok(())
 }
 
+/// The outcome the lease was released with (JSON), if it was released.
+pub fn outcome(c: &Connection, epoch: i64) -> rusqlite::Result<Option<String>> {
+    c.query_row("SELECT outcome FROM leases WHERE epoch = ?", [epoch], |r| {
+        r.get(0)
+    })
+    .optional()
+    .map(Option::flatten)
+}
+
 pub fn set_outcome(c: &Connection, epoch: i64, outcome_json: &str) -> rusqlite::Result<()> {
     c.execute(
         "UPDATE leases SET outcome = ? WHERE epoch = ?",
