@@ -36,6 +36,9 @@ const PHASES: &[(&str, &str)] = &[
     ("capture", "phase-capturing"),
     ("restart", "phase-starting"),
     ("recovery check", "phase-recovering"),
+    // The coordinator took the release; the agent's state file does not
+    // say so yet.
+    ("release", "after-release"),
     ("archive", "phase-archiving"),
     ("commit", "before-manifest"),
 ];

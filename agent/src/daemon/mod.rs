@@ -202,6 +202,18 @@ pub(crate) struct Daemon {
     aside: aside::AsideCache,
 }
 
+/// What became of a release.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Released {
+    /// The coordinator took this outcome.
+    Now,
+    /// The coordinator had ended the lease already (released before,
+    /// expired, or a newer lease exists): this outcome was not taken.
+    Before,
+    /// No answer: the lease expires on the coordinator.
+    Unanswered,
+}
+
 impl Daemon {
     fn shutting_down(&self) -> bool {
         *self.shutdown.borrow()
@@ -299,7 +311,7 @@ impl Daemon {
     }
 
     /// Ends a lease. A 409 means the coordinator already ended it.
-    async fn release(&self, epoch: u64, outcome: Outcome) {
+    async fn release(&self, epoch: u64, outcome: Outcome) -> Released {
         let deadline = if self.shutting_down() {
             RELEASE_DEADLINE_AT_SHUTDOWN
         } else {
@@ -310,16 +322,24 @@ impl Daemon {
             epoch,
             outcome: outcome.clone(),
         };
-        match self.coord.release(&r, deadline).await {
-            Ok(_) => tracing::info!(broker = self.broker, epoch, ?outcome, "lease released"),
+        let released = match self.coord.release(&r, deadline).await {
+            Ok(_) => {
+                tracing::info!(broker = self.broker, epoch, ?outcome, "lease released");
+                // Released, not yet recorded so in the state file.
+                kafka_snapshot::failpoint("after-release");
+                Released::Now
+            }
             Err(e) if e.is_stale() => {
-                tracing::warn!(broker = self.broker, epoch, error = %e, "the coordinator had already ended the lease")
+                tracing::warn!(broker = self.broker, epoch, error = %e, "the coordinator had already ended the lease");
+                Released::Before
             }
             Err(e) => {
-                tracing::error!(broker = self.broker, epoch, error = %e, "could not release the lease; it expires on the coordinator")
+                tracing::error!(broker = self.broker, epoch, error = %e, "could not release the lease; it expires on the coordinator");
+                Released::Unanswered
             }
-        }
+        };
         let _ = self.update(|s| s.lease_held = false);
+        released
     }
 
     /// Sends a notice, retrying until the coordinator answers (or shutdown).

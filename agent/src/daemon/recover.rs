@@ -5,7 +5,7 @@
 //! old lease.
 
 use super::state::{AgentState, Work};
-use super::Daemon;
+use super::{Daemon, Released};
 use kafka_snapshot::capture::{staging_root, StagingLock};
 use kafka_snapshot::extract::remove_unfinished_restores;
 use kafka_snapshot_model::error::Result;
@@ -72,18 +72,29 @@ impl Daemon {
             }
         );
         self.notice(level, message.clone(), prev.lease_epoch).await;
+        // Whether the lease ended before this run: released by the
+        // killed run (its state file not yet saying so), or expired.
+        let mut ended_before = !prev.lease_held;
         if let (true, Some(epoch)) = (prev.lease_held, prev.lease_epoch) {
-            self.release(
-                epoch,
-                Outcome::Failed {
-                    reason: message.clone(),
-                    broker_running: self.broker_running(),
-                },
-            )
-            .await;
-        } else if let (Phase::Archiving, Some(epoch), Some(id)) =
-            (prev.phase, prev.lease_epoch, prev.snapshot_id.clone())
-        {
+            let released = self
+                .release(
+                    epoch,
+                    Outcome::Failed {
+                        reason: message.clone(),
+                        broker_running: self.broker_running(),
+                    },
+                )
+                .await;
+            ended_before = released == Released::Before;
+        }
+        // An archive the coordinator was told is being built (the lease
+        // released as recovered) and that this run removed.
+        if let (true, Phase::Archiving, Some(epoch), Some(id)) = (
+            ended_before,
+            prev.phase,
+            prev.lease_epoch,
+            prev.snapshot_id.clone(),
+        ) {
             let r = SnapshotReport {
                 broker: self.broker,
                 epoch,

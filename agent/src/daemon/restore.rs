@@ -93,7 +93,7 @@ impl Daemon {
                         downtime_ms,
                     },
                 )
-                .await
+                .await;
             }
             (result, _) => {
                 let e = match result {
@@ -119,7 +119,7 @@ impl Daemon {
                         broker_running: self.broker_running(),
                     },
                 )
-                .await
+                .await;
             }
         }
         self.finish();

@@ -54,7 +54,13 @@ impl Daemon {
                 self.metrics.downtime(downtime_ms, Some(unavailable_ms));
                 self.post_start_failed(post_start_error, &snapshot_id, epoch)
                     .await;
-                let _ = self.update(|s| s.snapshot_id = Some(snapshot_id.clone()));
+                // Archiving before the release is sent: an agent killed
+                // after the coordinator took it, before the state file
+                // said so, must report the archive abandoned.
+                let _ = self.update(|s| {
+                    s.snapshot_id = Some(snapshot_id.clone());
+                    s.enter(Phase::Archiving);
+                });
                 if loss.is_none() {
                     self.release(
                         epoch,
@@ -188,7 +194,7 @@ impl Daemon {
                         reason: report.summary(),
                     },
                 )
-                .await
+                .await;
             }
             _ => {
                 let why = match (&loss, self.shutting_down()) {
@@ -212,7 +218,7 @@ impl Daemon {
                         broker_running: self.broker_running(),
                     },
                 )
-                .await
+                .await;
             }
         }
     }

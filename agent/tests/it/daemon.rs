@@ -1168,6 +1168,66 @@ fn killed_with_the_broker_down_the_next_daemon_starts_it_before_polling() {
     );
 }
 
+/// Killed after the coordinator took its `recovered` release, before its
+/// state file said so: the next daemon's release of the old lease is
+/// refused (the coordinator keeps the first outcome), so it reports the
+/// archive that release announced as failed: the staged copy is gone.
+#[test]
+fn killed_after_its_release_the_next_daemon_reports_the_archive_failed() {
+    let s = setup("xfs");
+    let cfg = s.config("reflink", TOKEN, "");
+    s.coord.push_action(snapshot_lease(12, 60_000));
+    let mut first = Daemon::spawn(&cfg, &s.root.join("daemon-1.log"), Some("after-release"));
+    let status = first.wait_exit(Duration::from_secs(90));
+    assert!(!status.success(), "the failpoint should have killed it");
+    let rel = releases(&s.coord);
+    assert_eq!(rel.len(), 1, "{rel:?}");
+    assert_eq!(rel[0]["outcome"]["type"], "recovered", "{rel:?}");
+    let id = rel[0]["outcome"]["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let st: Value = serde_json::from_slice(&fs::read(s.state_file()).unwrap()).unwrap();
+    assert_eq!(st["phase"], "archiving", "{st}");
+    assert_eq!(st["lease_held"], true, "{st}");
+    assert!(s.c.is_running(2));
+
+    s.coord.on_release(|_| {
+        (
+            409,
+            json!({"error": "lease epoch 12 of broker 2 was already released (recovered)"}),
+        )
+    });
+    let restarted_at = monotonic_ns();
+    let second = Daemon::spawn(&cfg, &s.root.join("daemon-2.log"), None);
+    s.coord.wait_for(
+        "the abandoned archive reported",
+        Duration::from_secs(60),
+        &second,
+        |r| {
+            r.iter()
+                .any(|r| r.path == "/v1/agent/report" && r.mono_ns > restarted_at)
+        },
+    );
+    let rel = releases(&s.coord);
+    assert_eq!(rel.len(), 2, "{rel:?}");
+    assert_eq!(rel[1]["epoch"], 12);
+    assert_eq!(rel[1]["outcome"]["type"], "failed", "{rel:?}");
+    let report = &s.coord.of("/v1/agent/report")[0];
+    assert_eq!(report.body["epoch"], 12);
+    assert_eq!(report.body["result"]["type"], "failed", "{}", report.body);
+    assert_eq!(report.body["result"]["snapshot_id"], id.as_str());
+    assert!(s.c.is_running(2));
+    assert_eq!(s.c.max_brokers_down().unwrap(), 1);
+    for dir in s.c.log_dirs(2) {
+        let staging = dir.parent().unwrap().join(".kafka-snapshot-staging");
+        assert_eq!(names(&staging), vec![".lock".to_string()], "staging left");
+    }
+    let st = wait_idle(&s);
+    assert_eq!(st["lease_held"], false, "{st}");
+    drop(second);
+}
+
 #[test]
 fn sigterm_with_the_broker_down_starts_it_then_releases_and_exits_0() {
     let s = setup_with("ext4", slow_capture);
