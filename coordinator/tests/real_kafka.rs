@@ -29,7 +29,7 @@ use rdkafka::producer::Producer as _;
 use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
 use serde_json::Value;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -759,10 +759,11 @@ fn after_load(
     let lost: Vec<&u64> = acked.iter().filter(|k| !counts.contains_key(k)).collect();
     assert!(
         lost.is_empty(),
-        "{label}: {} of {} acknowledged records are gone, e.g. {:?}",
+        "{label}: {} of {} acknowledged records are gone, e.g. {:?}\n{}",
         lost.len(),
         acked.len(),
-        first(&lost)
+        first(&lost),
+        where_lost(&f.cluster, &lost)
     );
     let phase = &acked[from..];
     assert!(
@@ -785,6 +786,50 @@ fn first<T: std::fmt::Debug>(v: &[T]) -> &[T] {
     &v[..v.len().min(10)]
 }
 
+/// Where each acknowledged key was written (partition, offset), for
+/// explaining a loss.
+static PLACED: Mutex<BTreeMap<u64, (i32, i64)>> = Mutex::new(BTreeMap::new());
+
+/// Why `lost` keys are gone, as far as Kafka tells: by partition, the
+/// offsets they were acknowledged at against the partition's offsets now,
+/// and what each broker logged about the partition's start offset and
+/// truncation.
+fn where_lost(cluster: &KafkaCluster, lost: &[&u64]) -> String {
+    let placed = PLACED.lock().unwrap();
+    let mut by_partition: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
+    for k in lost {
+        let (p, o) = placed.get(k).copied().unwrap_or((-1, -1));
+        by_partition.entry(p).or_default().push(o);
+    }
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap())
+        .create()
+        .expect("consumer");
+    let mut s = String::new();
+    for (p, offsets) in &by_partition {
+        let now = consumer.fetch_watermarks(TOPIC, *p, Duration::from_secs(30));
+        s.push_str(&format!(
+            "{TOPIC}-{p}: {} acknowledged at offsets {}..={}; (start, high) now {now:?}\n",
+            offsets.len(),
+            offsets.iter().min().unwrap(),
+            offsets.iter().max().unwrap(),
+        ));
+        let needle = format!("{TOPIC}-{p}");
+        for id in cluster.broker_ids() {
+            let log = std::fs::read_to_string(cluster.log_file(id)).unwrap_or_default();
+            for line in log.lines().filter(|l| {
+                l.contains(&needle)
+                    && ["start offset", "runcat", "Deleting", "unclean", "Unclean"]
+                        .iter()
+                        .any(|w| l.contains(w))
+            }) {
+                s.push_str(&format!("  broker {id}: {line}\n"));
+            }
+        }
+    }
+    s
+}
+
 /// Records every acknowledged key.
 struct Acks(Arc<Mutex<Vec<u64>>>);
 
@@ -794,7 +839,11 @@ impl ProducerContext for Acks {
     type DeliveryOpaque = Box<u64>;
 
     fn delivery(&self, result: &DeliveryResult<'_>, key: Self::DeliveryOpaque) {
-        if result.is_ok() {
+        if let Ok(m) = result {
+            PLACED
+                .lock()
+                .unwrap()
+                .insert(*key, (m.partition(), m.offset()));
             self.0.lock().unwrap().push(*key);
         }
     }
