@@ -913,6 +913,24 @@ impl Drop for Producer {
     }
 }
 
+/// The (start, high watermark) of partition `p` of [`TOPIC`]. Right after
+/// a leader moves, the new leader answers `OFFSET_NOT_AVAILABLE` until its
+/// high watermark has caught up (a retriable error in Kafka's protocol),
+/// so this asks again for up to a minute.
+fn watermarks(consumer: &BaseConsumer, p: i32) -> (i64, i64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match consumer.fetch_watermarks(TOPIC, p, Duration::from_secs(30)) {
+            Ok(w) => return w,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("watermarks of {TOPIC}-{p}: {e}; asking again");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(e) => panic!("watermarks of {TOPIC}-{p} for a minute: {e}"),
+        }
+    }
+}
+
 /// Reads every partition of [`TOPIC`] from the start to its high
 /// watermark: how often each key was read.
 fn read_all(bootstrap: &str) -> HashMap<u64, u32> {
@@ -921,14 +939,14 @@ fn read_all(bootstrap: &str) -> HashMap<u64, u32> {
         .set("group.id", "ksnap-read-back")
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false")
+        // A fetch out of range must never skip records to the end.
+        .set("auto.offset.reset", "earliest")
         .create()
         .expect("consumer");
     let mut ends = HashMap::new();
     let mut tpl = TopicPartitionList::new();
     for p in 0..PARTITIONS {
-        let (_, high) = consumer
-            .fetch_watermarks(TOPIC, p, Duration::from_secs(30))
-            .expect("watermarks");
+        let (_, high) = watermarks(&consumer, p);
         ends.insert(p, high);
         tpl.add_partition_offset(TOPIC, p, Offset::Beginning)
             .unwrap();
@@ -1146,9 +1164,7 @@ fn commit_group_offsets(bootstrap: &str) -> Vec<(i32, i64)> {
     let consumer = group_consumer(bootstrap);
     let mut tpl = TopicPartitionList::new();
     for p in 0..PARTITIONS {
-        let (_, high) = consumer
-            .fetch_watermarks(TOPIC, p, Duration::from_secs(30))
-            .expect("watermarks");
+        let (_, high) = watermarks(&consumer, p);
         tpl.add_partition_offset(TOPIC, p, Offset::Offset(high / 2 + p as i64))
             .unwrap();
     }
