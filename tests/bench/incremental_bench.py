@@ -22,7 +22,9 @@ everything appended (compressed), and the restore (extract, verified,
 durable) of the last snapshot of each kind, --restores times each in
 turns (the median counts). With --incompressible the
 log data and the appends are random bytes, as a producer that compresses
-its batches writes."""
+its batches writes. With --encrypt both kinds are encrypted to an age
+recipient (the incremental one's objects named with an object key), and
+restored with its identity."""
 
 import argparse
 import json
@@ -134,23 +136,41 @@ class Producer:
                     os.remove(path)
 
 
-def create(agent, data, store, mode, level, cache, capture):
+class Keys:
+    """An age identity, its recipient and an object key, made by the agent."""
+
+    def __init__(self, agent, root):
+        self.identity = os.path.join(root, "identity.txt")
+        self.object_key = os.path.join(root, "object.key")
+        self.recipient = subprocess.run(
+            [agent, "key", "generate", "--output", self.identity], check=True,
+            capture_output=True, text=True).stdout.strip()
+        subprocess.run([agent, "key", "generate-object-key", "--output", self.object_key],
+                       check=True, capture_output=True)
+
+
+def create(agent, data, store, mode, level, cache, capture, keys):
     cmd = [agent, "archive", "create", "--log-dirs", data, "--store", f"file://{store}",
            "--capture", capture, "--zstd-level", str(level), "--json", "--mode", mode]
     if mode == "incremental":
         cmd += ["--hash-cache", cache, "--object-min-size", "1MiB"]
+    if keys:
+        cmd += ["--recipient", keys.recipient]
+        if mode == "incremental":
+            cmd += ["--object-key-file", keys.object_key]
     drop_caches()
     secs, rss, out = run(cmd)
     return secs, rss, json.loads(out)
 
 
-def extract(agent, store, snap, into):
+def extract(agent, store, snap, into, keys):
     if os.path.exists(into):
         shutil.rmtree(into)
     os.makedirs(os.path.dirname(into), exist_ok=True)
     drop_caches()
     secs, rss, _ = run([agent, "archive", "extract", "--store", f"file://{store}",
-                        "--snapshot", snap, "--into", into])
+                        "--snapshot", snap, "--into", into]
+                       + (["--identity", keys.identity] if keys else []))
     shutil.rmtree(into)
     return secs, rss
 
@@ -176,6 +196,8 @@ def main():
     ap.add_argument("--level", type=int, default=3)
     ap.add_argument("--incompressible", action="store_true")
     ap.add_argument("--capture", default="copy", choices=("copy", "reflink"))
+    ap.add_argument("--encrypt", action="store_true",
+                    help="encrypt both kinds (encryption.recipients, object_key_file)")
     ap.add_argument("--restores", type=int, default=3,
                     help="restores of the last snapshot of each kind, in turns (the median is reported)")
     ap.add_argument("--out", required=True)
@@ -193,6 +215,7 @@ def main():
     for s in stores.values():
         os.makedirs(s)
     cache = os.path.join(root, "hash-cache.json")
+    keys = Keys(a.agent, root) if a.encrypt else None
     gen = [a.gen, "--cluster-id", CLUSTER, "--node-id", "1", "--segment-size", a.segment_size,
            "--topics", a.topics, "--partitions", a.partitions]
     subprocess.run(gen + ["--dir", data, "--size", a.size], check=True, stdout=subprocess.DEVNULL)
@@ -225,7 +248,8 @@ def main():
                "appended_compressed": appended_z}
         order = ("incremental", "full") if c % 2 else ("full", "incremental")
         for mode in order:
-            secs, rss, out = create(a.agent, data, stores[mode], mode, a.level, cache, a.capture)
+            secs, rss, out = create(a.agent, data, stores[mode], mode, a.level, cache, a.capture,
+                                    keys)
             row[mode] = {"seconds": secs, "rss_kib": rss, "archive_bytes": out["archive_bytes"],
                          "objects": out.get("objects")}
             last[mode] = out["snapshot_id"]
@@ -245,14 +269,14 @@ def main():
         order = ("incremental", "full") if (a.cycles + i) % 2 else ("full", "incremental")
         for mode in order:
             samples[mode].append(extract(a.agent, stores[mode], last[mode],
-                                         os.path.join(root, "restore", mode)))
+                                         os.path.join(root, "restore", mode), keys))
     restore = {m: {"seconds": statistics.median(t for t, _ in ss), "samples": [t for t, _ in ss],
                    "rss_kib": max(r for _, r in ss)} for m, ss in samples.items()}
     storage = {m: tree_bytes(s) for m, s in stores.items()}
     steady = cycles[1:]
     result = {
         "size": size, "segment_size": segment_size, "append": append, "level": a.level,
-        "incompressible": a.incompressible, "capture": a.capture, "cycles": cycles, "restore": restore,
+        "incompressible": a.incompressible, "capture": a.capture, "encrypted": a.encrypt, "cycles": cycles, "restore": restore,
         "storage": storage,
         "upload_vs_appended": statistics.median(
             r["incremental"]["uploaded_bytes"] / max(r["appended_compressed"], 1) for r in steady),

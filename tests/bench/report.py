@@ -233,7 +233,8 @@ def main():
         with open(path) as f:
             d = json.load(f)
         kind = "incompressible" if d["incompressible"] else "compressible"
-        by_kind.setdefault(f"{kind}, {d.get('capture', 'copy')} capture", []).append(d)
+        enc = ", encrypted" if d.get("encrypted") else ""
+        by_kind.setdefault(f"{kind}{enc}, {d.get('capture', 'copy')} capture", []).append(d)
     for kind in sorted(by_kind):
         runs = by_kind[kind]
         r0 = runs[0]

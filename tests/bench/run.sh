@@ -5,7 +5,7 @@
 #                      [--size 2GiB] [--levels 3,1,9] [--fs ext4|xfs] [--s3]
 #                      [--sizes 1GiB,8GiB] [--segment-size 1GiB]
 #                      [--small-partitions 2000] [--throttle 20MiB]
-#                      [--capture copy|reflink] [--loop-io direct|buffered]
+#                      [--capture copy|reflink] [--encrypt] [--loop-io direct|buffered]
 #
 # Archive (archive_bench.py, --size of generated log dirs on --fs):
 #   agent `archive create` at each of --levels against
@@ -35,6 +35,9 @@
 #   --runs times each. --capture reflink (needs --fs xfs) takes both
 #   kinds of snapshot from reflink staging, where an appended active
 #   segment is read only past the blocks its kept clone shares.
+#   --encrypt: both kinds encrypted at rest (an age recipient, and for
+#   the incremental one the cluster's object key), restored with the
+#   identity.
 #
 # The scratch filesystems are loop-mounted images; --loop-io direct (the
 #   default) has the loop devices read and write their images with direct
@@ -49,7 +52,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-runs=3 size=2GiB levels=3,1,9 fs=ext4 s3= only= capture=copy loop_io=direct
+runs=3 size=2GiB levels=3,1,9 fs=ext4 s3= only= capture=copy loop_io=direct encrypt=
 sizes=1GiB,8GiB segment_size=1GiB small_partitions=2000 throttle=20MiB
 while (($#)); do
     case $1 in
@@ -68,6 +71,7 @@ while (($#)); do
         --throttle) throttle=$2; shift 2 ;;
         --capture) capture=$2; shift 2 ;;
         --loop-io) loop_io=$2; shift 2 ;;
+        --encrypt) encrypt=1; shift ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -156,8 +160,8 @@ if [[ -z $only || $only == incremental ]]; then
                 --agent "$target_dir/release/kafka-snapshot-agent" \
                 --gen "$target_dir/release/ksnap-gen-logdirs" \
                 $([[ $kind == incompressible ]] && echo --incompressible) --capture "$capture" \
-                --out "$out/incremental-$capture-$kind-$run.json"
-            report_args+=(--incremental "$out/incremental-$capture-$kind-$run.json")
+                ${encrypt:+--encrypt} --out "$out/incremental-$capture${encrypt:+-encrypted}-$kind-$run.json"
+            report_args+=(--incremental "$out/incremental-$capture${encrypt:+-encrypted}-$kind-$run.json")
         done
     done
 fi
