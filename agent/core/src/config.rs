@@ -508,7 +508,7 @@ impl AgentConfig {
                 "encryption.object_key_file",
                 "missing: encrypted incremental snapshots name their content objects with the \
                  cluster's object key, the same file on every agent of the cluster (make one \
-                 with `kafka-snapshot-agent key generate-object-key FILE`)"
+                 with `kafka-snapshot-agent key generate-object-key --output FILE`)"
                     .into(),
             );
         }
@@ -786,6 +786,7 @@ mod tests {
         .to_string();
         assert!(
             e.contains("encryption.object_key_file: missing: ")
+                && e.contains("generate-object-key --output FILE")
                 && e.contains("generate-object-key"),
             "{e}"
         );
