@@ -915,6 +915,10 @@ struct PrefetchState {
     /// Tasks before this one were hinted to storage.
     hinted: usize,
     done: std::collections::BTreeMap<usize, std::result::Result<Vec<u8>, ObjectProblem>>,
+    /// Chunk buffers the reader is done with, for the workers to fill
+    /// again: a new 4 MiB buffer per chunk was faulted in and zeroed by
+    /// the kernel every time.
+    free: Vec<Vec<u8>>,
     cancelled: bool,
 }
 
@@ -950,8 +954,11 @@ impl<'a> Prefetch<'a> {
 
     /// A worker: takes the next task while it is within the window.
     fn work(&self, store: &dyn ColdStore) {
+        // One decompression context and one buffer for the stored bytes,
+        // used again for every object this worker reads.
+        let mut scratch = Scratch::new();
         loop {
-            let (k, hint) = {
+            let (k, hint, buffer) = {
                 let mut st = self.lock();
                 while !st.cancelled
                     && st.next < self.tasks.len()
@@ -966,7 +973,7 @@ impl<'a> Prefetch<'a> {
                 let k = st.next - 1;
                 let from = st.hinted.max(k + 1);
                 st.hinted = (k + 1 + self.hint).min(self.tasks.len()).max(from);
-                (k, from..st.hinted)
+                (k, from..st.hinted, st.free.pop().unwrap_or_default())
             };
             for t in &self.tasks[hint] {
                 store.will_read(&t.key);
@@ -974,7 +981,7 @@ impl<'a> Prefetch<'a> {
             // A worker that panicked would leave the reader waiting for its
             // chunk for good: the panic becomes that chunk's error.
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                fetch_chunk(store, &self.tasks[k], self.identity)
+                fetch_chunk(store, &self.tasks[k], self.identity, &mut scratch, buffer)
             }))
             .unwrap_or_else(|_| {
                 Err(ObjectProblem::Storage(Error::Internal(format!(
@@ -984,6 +991,15 @@ impl<'a> Prefetch<'a> {
             });
             self.lock().done.insert(k, r);
             self.ready.notify_all();
+        }
+    }
+
+    /// Gives back a chunk's buffer the reader is done with. At most one
+    /// per chunk that can be in flight is kept.
+    fn recycle(&self, buffer: Vec<u8>) {
+        let mut st = self.lock();
+        if buffer.capacity() > 0 && st.free.len() <= self.window {
+            st.free.push(buffer);
         }
     }
 
@@ -1002,13 +1018,63 @@ impl<'a> Prefetch<'a> {
     }
 }
 
+/// What a prefetch worker keeps from one object to the next: a zstd
+/// decompression context and the buffer an object's stored (decrypted)
+/// bytes are read into. A streaming decoder per object allocated and
+/// faulted in a window buffer each time, and copied every byte out of it.
+struct Scratch {
+    zstd: Option<zstd::bulk::Decompressor<'static>>,
+    packed: Vec<u8>,
+}
+
+impl Scratch {
+    fn new() -> Self {
+        Scratch {
+            zstd: zstd::bulk::Decompressor::new().ok(),
+            packed: Vec::new(),
+        }
+    }
+
+    /// Reads `source` into `packed`, at most `limit` bytes; returns how
+    /// many. `packed` stays initialised between objects and grows by
+    /// doubling only as far as an object reaches: reading into spare
+    /// capacity through a `dyn Read` would zero it again for every object.
+    fn read_packed(&mut self, mut source: impl Read, limit: u64) -> io::Result<usize> {
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        let mut n = 0;
+        while n < limit {
+            if n == self.packed.len() {
+                let grown = (self.packed.len() * 2).max(256 << 10).min(limit);
+                self.packed.resize(grown, 0);
+            }
+            match source.read(&mut self.packed[n..]) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// The most an object of a chunk of `len` bytes can hold: zstd's bound
+/// for one frame of that size (the writer's frame stays within it: its
+/// blocks are at most raw blocks of the data).
+fn packed_bound(len: u64) -> u64 {
+    zstd::zstd_safe::compress_bound(usize::try_from(len).unwrap_or(usize::MAX)) as u64
+}
+
 /// Reads one chunk object whole (decrypted with `identity` in an encrypted
 /// snapshot): it must decompress to exactly the chunk's length and bytes
-/// whose SHA-256 is the chunk's.
+/// whose SHA-256 is the chunk's. The object's bytes are read into
+/// `scratch`, then decompressed in one call straight into the chunk.
 fn fetch_chunk(
     store: &dyn ColdStore,
     t: &ChunkTask,
     identity: Option<&Identities>,
+    scratch: &mut Scratch,
+    buffer: Vec<u8>,
 ) -> std::result::Result<Vec<u8>, ObjectProblem> {
     let key = t.key.clone();
     let inner = match store.open(&key) {
@@ -1055,19 +1121,35 @@ fn fetch_chunk(
             Err(e) => return Err(unreadable(e)),
         },
     };
-    let decoder = zstd::stream::read::Decoder::new(source)
-        .map_err(|e| corrupt(format!("cannot be decompressed: {e}")))?;
-    // One byte more than the chunk: an object that decodes to more is not
-    // this chunk.
-    let mut out = Vec::with_capacity(t.len as usize);
-    if let Err(e) = decoder.take(t.len + 1).read_to_end(&mut out) {
-        return Err(match failed.get() {
-            Some(read) => ObjectProblem::Unreadable {
-                key: key.clone(),
-                message: read.clone(),
-            },
-            None => corrupt(format!("cannot be decompressed: {e}")),
-        });
+    // One byte more than the bound: an object larger than any frame of
+    // its chunk is not this chunk, and is not read on.
+    let bound = packed_bound(t.len);
+    let n = match scratch.read_packed(source, bound + 1) {
+        Ok(n) => n,
+        Err(e) => return Err(unreadable(e)),
+    };
+    if n as u64 > bound {
+        return Err(corrupt(format!(
+            "holds more than {bound} bytes, more than any compression of its chunk of {} bytes",
+            t.len
+        )));
+    }
+    let Some(zstd) = scratch.zstd.as_mut() else {
+        return Err(ObjectProblem::Storage(Error::Internal(
+            "cannot allocate a zstd decompression context".into(),
+        )));
+    };
+    // Room for the chunk and no more: an object that decodes to more is
+    // not this chunk.
+    let mut out = buffer;
+    out.clear();
+    out.reserve_exact(t.len as usize);
+    if let Err(e) = zstd.decompress_to_buffer(&scratch.packed[..n], &mut out) {
+        return Err(corrupt(if e.to_string().contains("too small") {
+            format!("holds more than {} bytes, its chunk has {}", t.len, t.len)
+        } else {
+            format!("cannot be decompressed: {e}")
+        }));
     }
     if out.len() as u64 != t.len {
         return Err(corrupt(format!(
@@ -1127,7 +1209,8 @@ impl Read for ObjectReader<'_> {
             }
             match self.prefetch.take(self.next) {
                 Ok(chunk) => {
-                    self.current = chunk;
+                    self.prefetch
+                        .recycle(std::mem::replace(&mut self.current, chunk));
                     self.pos = 0;
                     self.next += 1;
                 }

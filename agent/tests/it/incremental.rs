@@ -253,6 +253,21 @@ fn a_damaged_or_missing_object_fails_every_snapshot_that_uses_it() {
         "{err}"
     );
 
+    // Larger than any compression of its chunk: refused before it is
+    // decompressed, by verify and restore alike (a restore reads each
+    // object whole into memory, so a huge one must not get that far).
+    fs::write(victim, vec![0x5a; 16 << 20]).unwrap();
+    let err = verify(&store, &id1, 1);
+    assert!(
+        err.contains(&name) && err.contains("more than any compression of its chunk"),
+        "{err}"
+    );
+    let err = extract(&store, &id1, std::slice::from_ref(&target), 1);
+    assert!(
+        err.contains(&name) && err.contains("more than any compression of its chunk"),
+        "{err}"
+    );
+
     // Missing: named, and a restore fails before it touches anything.
     fs::remove_file(victim).unwrap();
     let err = verify(&store, &id2, 1);
