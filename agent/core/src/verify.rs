@@ -763,6 +763,7 @@ fn check_objects(
         for _ in 0..prefetch.workers {
             scope.spawn(|| prefetch.work(store));
         }
+        scope.spawn(|| prefetch.hint_ahead(store));
         let result = (|| {
             let mut first = 0;
             for rec in &records {
@@ -899,8 +900,9 @@ struct Prefetch<'a> {
     identity: Option<&'a Identities>,
     workers: usize,
     window: usize,
-    /// How many tasks beyond the one a worker takes storage is told are
-    /// read soon ([`ColdStore::will_read`]).
+    /// How many tasks beyond the one the reader is at storage is told
+    /// are read soon ([`ColdStore::will_read`]), by a thread of its own
+    /// ([`Prefetch::hint_ahead`]).
     hint: usize,
     state: std::sync::Mutex<PrefetchState>,
     ready: std::sync::Condvar,
@@ -912,8 +914,6 @@ struct PrefetchState {
     next: usize,
     /// Tasks before this one were taken by the reader.
     consumed: usize,
-    /// Tasks before this one were hinted to storage.
-    hinted: usize,
     done: std::collections::BTreeMap<usize, std::result::Result<Vec<u8>, ObjectProblem>>,
     /// Chunk buffers the reader is done with, for the workers to fill
     /// again: a new 4 MiB buffer per chunk was faulted in and zeroed by
@@ -958,7 +958,7 @@ impl<'a> Prefetch<'a> {
         // used again for every object this worker reads.
         let mut scratch = Scratch::new();
         loop {
-            let (k, hint, buffer) = {
+            let (k, buffer) = {
                 let mut st = self.lock();
                 while !st.cancelled
                     && st.next < self.tasks.len()
@@ -970,14 +970,8 @@ impl<'a> Prefetch<'a> {
                     return;
                 }
                 st.next += 1;
-                let k = st.next - 1;
-                let from = st.hinted.max(k + 1);
-                st.hinted = (k + 1 + self.hint).min(self.tasks.len()).max(from);
-                (k, from..st.hinted, st.free.pop().unwrap_or_default())
+                (st.next - 1, st.free.pop().unwrap_or_default())
             };
-            for t in &self.tasks[hint] {
-                store.will_read(&t.key);
-            }
             // A worker that panicked would leave the reader waiting for its
             // chunk for good: the panic becomes that chunk's error.
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -991,6 +985,30 @@ impl<'a> Prefetch<'a> {
             });
             self.lock().done.insert(k, r);
             self.ready.notify_all();
+        }
+    }
+
+    /// Tells storage which objects are read soon, up to `hint` tasks
+    /// beyond the reader. On a thread of its own: opening an object to
+    /// hint it waits for its directory entry and inode to be read, which
+    /// the workers, hinting as they went, waited for too.
+    fn hint_ahead(&self, store: &dyn ColdStore) {
+        let mut next = 0;
+        loop {
+            let end = {
+                let mut st = self.lock();
+                while !st.cancelled && next < self.tasks.len() && next >= st.consumed + self.hint {
+                    st = self.ready.wait(st).unwrap_or_else(|p| p.into_inner());
+                }
+                if st.cancelled || next >= self.tasks.len() {
+                    return;
+                }
+                (st.consumed + self.hint).min(self.tasks.len())
+            };
+            for t in &self.tasks[next..end] {
+                store.will_read(&t.key);
+            }
+            next = end;
         }
     }
 

@@ -40,18 +40,32 @@ const WHOLE_READAHEAD: u64 = 32 << 20;
 /// [`WHOLE_READAHEAD`] bytes (a content object, a manifest; an archive is
 /// left to the kernel's readahead as it is read).
 fn read_ahead_whole(f: &fs::File) {
-    if f.metadata().is_ok_and(|m| m.len() <= WHOLE_READAHEAD) {
+    let Ok(len) = f.metadata().map(|m| m.len()) else {
+        return;
+    };
+    if len > WHOLE_READAHEAD {
+        return;
+    }
+    // One request reads no more than the device's readahead size (or its
+    // largest request): 128 KiB by default, where a 4 MiB object would be
+    // read ahead only by its first 128 KiB. So one request per 128 KiB.
+    let fd = std::os::unix::io::AsRawFd::as_raw_fd(f);
+    for off in (0..len.max(1)).step_by(READAHEAD_STEP as usize) {
         // SAFETY: advisory call on a valid fd; failure is harmless.
         unsafe {
             libc::posix_fadvise(
-                std::os::unix::io::AsRawFd::as_raw_fd(f),
-                0,
-                0,
+                fd,
+                off as libc::off_t,
+                READAHEAD_STEP as libc::off_t,
                 libc::POSIX_FADV_WILLNEED,
             );
         }
     }
 }
+
+/// The kernel's smallest readahead size: what one read-ahead request
+/// of [`read_ahead_whole`] covers.
+const READAHEAD_STEP: u64 = 128 << 10;
 
 /// A local directory or a mounted network filesystem (NFS).
 pub struct FileStore {
