@@ -925,10 +925,11 @@ struct PrefetchState {
 impl<'a> Prefetch<'a> {
     fn new(tasks: &'a [ChunkTask<'a>], chunk_size: u64, identity: Option<&'a Identities>) -> Self {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        // About 16 MiB of chunks ahead, and at least one per worker: the
+        // About 12 MiB of chunks ahead, and at least one per worker: with
+        // the workers' buffers for stored objects (a chunk each), the
         // archive paths stay within 64 MiB.
         let workers = cpus.clamp(1, 4).min(tasks.len().max(1));
-        let window = ((16u64 << 20) / chunk_size.max(1)).clamp(workers as u64, 64) as usize;
+        let window = ((12u64 << 20) / chunk_size.max(1)).clamp(workers as u64, 64) as usize;
         // About 64 MiB hinted ahead: page cache the kernel may drop, not
         // memory of this process.
         let hint = ((64u64 << 20) / chunk_size.max(1)).clamp(window as u64, 256) as usize;
@@ -1054,15 +1055,23 @@ impl Scratch {
     }
 
     /// Reads `source` into `packed`, at most `limit` bytes; returns how
-    /// many. `packed` stays initialised between objects and grows by
-    /// doubling only as far as an object reaches: reading into spare
+    /// many. `packed` stays initialised between objects and grows only
+    /// when an object needs it: reading into spare
     /// capacity through a `dyn Read` would zero it again for every object.
     fn read_packed(&mut self, mut source: impl Read, limit: u64) -> io::Result<usize> {
         let limit = usize::try_from(limit).unwrap_or(usize::MAX);
         let mut n = 0;
         while n < limit {
             if n == self.packed.len() {
-                let grown = (self.packed.len() * 2).max(256 << 10).min(limit);
+                // 1 MiB, then all the room an object may take: grown by
+                // doubling, each step left freed memory behind in the
+                // thread's heap.
+                let grown = if self.packed.is_empty() {
+                    1 << 20
+                } else {
+                    limit
+                }
+                .min(limit);
                 self.packed.resize(grown, 0);
             }
             match source.read(&mut self.packed[n..]) {
