@@ -304,14 +304,37 @@ fn matrix(group: &str, fault: &str, mut inject: impl FnMut(&mut Fleet, &str)) {
 /// references.
 #[test]
 fn incremental_snapshots_with_agents_and_coordinator_killed() {
+    incremental_faults("incremental", String::new());
+}
+
+/// The same faults with every snapshot encrypted at rest (format 4: each
+/// content object an age file, named by the cluster's object key): every
+/// snapshot listed complete still verifies, with the agents' identity, to
+/// the last byte of every object, and retention, which holds no key and
+/// no identity, still removes exactly the objects nothing references.
+#[test]
+fn encrypted_incremental_snapshots_with_agents_and_coordinator_killed() {
+    let keys = scratch_dir();
+    let encryption = common::fleet::encryption_section(keys.path(), true);
+    incremental_faults("encrypted incremental", encryption);
+}
+
+/// [`incremental_snapshots_with_agents_and_coordinator_killed`], with
+/// `agent_extra` in every agent's config; `kind` starts every label.
+fn incremental_faults(kind: &str, agent_extra: String) {
+    let encrypted = !agent_extra.is_empty();
     let spec = FleetSpec {
         snapshot_extra:
             "mode = \"incremental\"\nobject_min_size = \"1KiB\"\nobject_chunk_size = \"64KiB\"\n",
         retention: Some("keep_last = 1\nobject_grace = \"0s\"\n"),
+        agent_extra,
         ..FleetSpec::default()
     };
     let mut f = Fleet::build(spec, |_| {});
-    next_cycle_completes(&f, "incremental: first cycle");
+    next_cycle_completes(&f, &format!("{kind}: first cycle"));
+    if encrypted {
+        contents_checked_with_the_identity(&f, &format!("{kind}: first cycle"));
+    }
     let objects_dir = f
         .store_url
         .strip_prefix("file://")
@@ -326,7 +349,7 @@ fn incremental_snapshots_with_agents_and_coordinator_killed() {
         ("uploading an object", "before-object-finish"),
         ("committing", "before-manifest"),
     ] {
-        let label = format!("incremental: agent SIGKILLed while {what}");
+        let label = format!("{kind}: agent SIGKILLed while {what}");
         let observer = observe(&f.cluster);
         // The stand-in brokers append to their active segments all along:
         // every cycle has new objects to upload.
@@ -337,9 +360,12 @@ fn incremental_snapshots_with_agents_and_coordinator_killed() {
         let t = after_fault(&mut f, observer.finish(), &label);
         next_cycle_completes(&f, &label);
         unreferenced_objects_gone(&f, &label);
+        if encrypted {
+            contents_checked_with_the_identity(&f, &label);
+        }
         record_fault("faults", label, &t);
     }
-    let label = "incremental: coordinator SIGKILLed while sweeping objects".to_string();
+    let label = format!("{kind}: coordinator SIGKILLed while sweeping objects");
     let observer = observe(&f.cluster);
     f.coord.kill();
     let pause_dir = f.coord.dir.join("pause");
@@ -371,7 +397,51 @@ fn incremental_snapshots_with_agents_and_coordinator_killed() {
     let t = after_fault(&mut f, observer.finish(), &label);
     next_cycle_completes(&f, &label);
     unreferenced_objects_gone(&f, &label);
+    if encrypted {
+        contents_checked_with_the_identity(&f, &label);
+    }
     record_fault("faults", label, &t);
+}
+
+/// Every complete snapshot is encrypted and keeps files as content
+/// objects (format 4), and `archive verify` with an agent's config (its
+/// identity) read and checked those objects, not only found them there.
+fn contents_checked_with_the_identity(f: &Fleet, label: &str) {
+    let (code, out, err) = f.agent_cli(&["archive", "list", "--store", &f.store_url, "--json"]);
+    assert_eq!(code, 0, "{label}: archive list: {err}");
+    let listed: Vec<Value> = serde_json::from_str(&out).unwrap();
+    let complete: Vec<&Value> = listed.iter().filter(|s| s["complete"] == true).collect();
+    assert!(!complete.is_empty(), "{label}: no complete snapshot");
+    for s in complete {
+        let id = s["snapshot_id"].as_str().unwrap();
+        let broker = s["broker"].to_string();
+        let (code, out, err) = f.agent_cli(&[
+            "archive",
+            "verify",
+            "--store",
+            &f.store_url,
+            "--snapshot",
+            id,
+            "--broker",
+            &broker,
+            "--json",
+        ]);
+        if code != 0 && !still_complete(f, id) {
+            continue;
+        }
+        assert_eq!(code, 0, "{label}: snapshot {id} does not verify: {err}");
+        let report: Value = serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("{label}: verify --json of {id}: {e}: {out}"));
+        assert!(
+            report["contents_checked"] == true
+                && report["encrypted_to"]
+                    .as_array()
+                    .is_some_and(|r| !r.is_empty())
+                && report["objects_read"].as_u64() > Some(0),
+            "{label}: snapshot {id} is not encrypted, incremental and checked to every byte: \
+             {report:#}"
+        );
+    }
 }
 
 /// After a retention run with `object_grace = "0s"` and nothing in flight,

@@ -1025,43 +1025,13 @@ fn encrypted() -> bool {
 }
 
 /// The agents' `[encryption]` section for this run ("" unencrypted): a
-/// new identity made by `kafka-snapshot-agent key generate` in `root`,
-/// and with incremental snapshots the cluster's object key (`key
-/// generate-object-key`), one file every agent reads.
+/// new identity in `root`, and with incremental snapshots the cluster's
+/// object key ([`common::fleet::encryption_section`]).
 fn encryption_config(root: &std::path::Path) -> String {
     if !encrypted() {
         return String::new();
     }
-    // `key COMMAND --output FILE`: what it prints.
-    let make = |command: &str, file: &std::path::Path| {
-        let out = std::process::Command::new(common::bin("kafka-snapshot-agent"))
-            .args(["key", command, "--output"])
-            .arg(file)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap().trim().to_string()
-    };
-    let identity = root.join("identity.txt");
-    let recipient = make("generate", &identity);
-    assert!(recipient.starts_with("age1"), "{recipient}");
-    let mut section = format!(
-        "[encryption]\nrecipients = [{recipient:?}]\nidentity_file = {:?}\n",
-        identity.display().to_string()
-    );
-    if incremental() {
-        let key = root.join("object.key");
-        make("generate-object-key", &key);
-        section.push_str(&format!(
-            "object_key_file = {:?}\n",
-            key.display().to_string()
-        ));
-    }
-    section
+    common::fleet::encryption_section(root, incremental())
 }
 
 /// Every snapshot in the catalog is encrypted (format 2, or 4 when

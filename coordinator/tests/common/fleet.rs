@@ -30,6 +30,45 @@ pub fn scratch() -> tempfile::TempDir {
     t
 }
 
+/// An agents' `[encryption]` section: a new identity made by
+/// `kafka-snapshot-agent key generate` in `dir` (its recipient, and the
+/// identity file so `archive verify` with an agent's config checks every
+/// byte), and with `object_key` the cluster's object key (`key
+/// generate-object-key`), one file every agent reads, as encrypted
+/// incremental snapshots need.
+pub fn encryption_section(dir: &Path, object_key: bool) -> String {
+    // `key COMMAND --output FILE`: what it prints.
+    let make = |command: &str, file: &Path| {
+        let out = Command::new(bin("kafka-snapshot-agent"))
+            .args(["key", command, "--output"])
+            .arg(file)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "key {command}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let identity = dir.join("identity.txt");
+    let recipient = make("generate", &identity);
+    assert!(recipient.starts_with("age1"), "{recipient}");
+    let mut section = format!(
+        "[encryption]\nrecipients = [{recipient:?}]\nidentity_file = {:?}\n",
+        identity.display().to_string()
+    );
+    if object_key {
+        let key = dir.join("object.key");
+        make("generate-object-key", &key);
+        section.push_str(&format!(
+            "object_key_file = {:?}\n",
+            key.display().to_string()
+        ));
+    }
+    section
+}
+
 pub struct Agent {
     pub n: i32,
     child: Option<Child>,
