@@ -51,6 +51,8 @@ const PAUSE: Duration = Duration::from_secs(120);
 struct Tally {
     max_down: u64,
     verified: u64,
+    /// `archive verify --json` of every snapshot verified.
+    reports: Vec<Value>,
 }
 
 /// The checks every scenario ends with; `label` names the scenario in
@@ -84,24 +86,27 @@ fn after_fault(f: &mut Fleet, seen: Seen, label: &str) -> Tally {
             );
         }
     }
-    let verified = complete_means_verified(f, label);
+    let reports = complete_means_verified(f, label);
     Tally {
         max_down: down as u64,
-        verified,
+        verified: reports.len() as u64,
+        reports,
     }
 }
 
-/// Every snapshot the store lists as complete verifies, and the catalog's
-/// `verify --all` passes; returns how many snapshots were verified.
-fn complete_means_verified(f: &Fleet, label: &str) -> u64 {
+/// Every snapshot the store lists as complete verifies to every byte
+/// (`contents_checked`: the agents' config holds the identity when they
+/// encrypt), and the catalog's `verify --all` passes; returns the reports
+/// of the snapshots verified.
+fn complete_means_verified(f: &Fleet, label: &str) -> Vec<Value> {
     let (code, out, err) = f.agent_cli(&["archive", "list", "--store", &f.store_url, "--json"]);
     assert_eq!(code, 0, "{label}: archive list: {err}");
     let listed: Vec<Value> = serde_json::from_str(&out).unwrap();
-    let mut n = 0;
+    let mut reports = Vec::new();
     for s in listed.iter().filter(|s| s["complete"] == true) {
         let id = s["snapshot_id"].as_str().unwrap();
         let broker = s["broker"].to_string();
-        let (code, _, err) = f.verify_snapshot(id, &broker);
+        let (code, out, err) = f.verify_snapshot_as(f.agents[0].n, id, &broker, &["--json"]);
         if code != 0 && !still_complete(f, id) {
             // Retention deleted it meanwhile (manifest first).
             continue;
@@ -110,7 +115,13 @@ fn complete_means_verified(f: &Fleet, label: &str) -> u64 {
             code, 0,
             "{label}: snapshot {id} is listed complete but does not verify: {err}"
         );
-        n += 1;
+        let report: Value = serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("{label}: verify --json of {id}: {e}: {out}"));
+        assert_eq!(
+            report["contents_checked"], true,
+            "{label}: snapshot {id}: not every byte checked: {report:#}"
+        );
+        reports.push(report);
     }
     let out = f.coord.cli(&["verify", "--all"]);
     assert!(
@@ -119,7 +130,7 @@ fn complete_means_verified(f: &Fleet, label: &str) -> u64 {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    n
+    reports
 }
 
 fn still_complete(f: &Fleet, id: &str) -> bool {
@@ -333,7 +344,8 @@ fn incremental_faults(kind: &str, agent_extra: String) {
     let mut f = Fleet::build(spec, |_| {});
     next_cycle_completes(&f, &format!("{kind}: first cycle"));
     if encrypted {
-        contents_checked_with_the_identity(&f, &format!("{kind}: first cycle"));
+        let label = format!("{kind}: first cycle");
+        encrypted_with_objects(&complete_means_verified(&f, &label), &label);
     }
     let objects_dir = f
         .store_url
@@ -361,7 +373,7 @@ fn incremental_faults(kind: &str, agent_extra: String) {
         next_cycle_completes(&f, &label);
         unreferenced_objects_gone(&f, &label);
         if encrypted {
-            contents_checked_with_the_identity(&f, &label);
+            encrypted_with_objects(&t.reports, &label);
         }
         record_fault("faults", label, &t);
     }
@@ -398,48 +410,24 @@ fn incremental_faults(kind: &str, agent_extra: String) {
     next_cycle_completes(&f, &label);
     unreferenced_objects_gone(&f, &label);
     if encrypted {
-        contents_checked_with_the_identity(&f, &label);
+        encrypted_with_objects(&t.reports, &label);
     }
     record_fault("faults", label, &t);
 }
 
-/// Every complete snapshot is encrypted and keeps files as content
-/// objects (format 4), and `archive verify` with an agent's config (its
-/// identity) read and checked those objects, not only found them there.
-fn contents_checked_with_the_identity(f: &Fleet, label: &str) {
-    let (code, out, err) = f.agent_cli(&["archive", "list", "--store", &f.store_url, "--json"]);
-    assert_eq!(code, 0, "{label}: archive list: {err}");
-    let listed: Vec<Value> = serde_json::from_str(&out).unwrap();
-    let complete: Vec<&Value> = listed.iter().filter(|s| s["complete"] == true).collect();
-    assert!(!complete.is_empty(), "{label}: no complete snapshot");
-    for s in complete {
-        let id = s["snapshot_id"].as_str().unwrap();
-        let broker = s["broker"].to_string();
-        let (code, out, err) = f.agent_cli(&[
-            "archive",
-            "verify",
-            "--store",
-            &f.store_url,
-            "--snapshot",
-            id,
-            "--broker",
-            &broker,
-            "--json",
-        ]);
-        if code != 0 && !still_complete(f, id) {
-            continue;
-        }
-        assert_eq!(code, 0, "{label}: snapshot {id} does not verify: {err}");
-        let report: Value = serde_json::from_str(&out)
-            .unwrap_or_else(|e| panic!("{label}: verify --json of {id}: {e}: {out}"));
+/// Every snapshot in `reports` (of [`complete_means_verified`], which
+/// checked every byte with the agents' identity) is encrypted and keeps
+/// files as content objects (format 4): its objects were read and
+/// checked, not only found.
+fn encrypted_with_objects(reports: &[Value], label: &str) {
+    assert!(!reports.is_empty(), "{label}: no complete snapshot");
+    for report in reports {
         assert!(
-            report["contents_checked"] == true
-                && report["encrypted_to"]
-                    .as_array()
-                    .is_some_and(|r| !r.is_empty())
+            report["encrypted_to"]
+                .as_array()
+                .is_some_and(|r| !r.is_empty())
                 && report["objects_read"].as_u64() > Some(0),
-            "{label}: snapshot {id} is not encrypted, incremental and checked to every byte: \
-             {report:#}"
+            "{label}: a snapshot is not encrypted with content objects read: {report:#}"
         );
     }
 }

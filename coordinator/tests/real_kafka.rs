@@ -1066,20 +1066,7 @@ fn every_snapshot_encrypted_and_verified_with_the_identity(f: &Fleet<KafkaCluste
 fn archive_verify(f: &Fleet<KafkaCluster>, s: &Value) -> Value {
     let id = s["snapshot_id"].as_str().unwrap();
     let broker = s["broker"].to_string();
-    let (code, out, err) = f.agent_cli_of(
-        2,
-        &[
-            "archive",
-            "verify",
-            "--store",
-            &f.store_url,
-            "--snapshot",
-            id,
-            "--broker",
-            &broker,
-            "--json",
-        ],
-    );
+    let (code, out, err) = f.verify_snapshot_as(2, id, &broker, &["--json"]);
     assert_eq!(code, 0, "verify {id}: {out}{err}");
     serde_json::from_str(&out).unwrap()
 }

@@ -466,7 +466,19 @@ impl<C: TestCluster> Fleet<C> {
     /// `archive verify` of one snapshot in the fleet's store: (exit code,
     /// stdout, stderr).
     pub fn verify_snapshot(&self, id: &str, broker: &str) -> (i32, String, String) {
-        self.agent_cli(&[
+        self.verify_snapshot_as(self.agents[0].n, id, broker, &[])
+    }
+
+    /// [`Fleet::verify_snapshot`] with node `n`'s agent config (its
+    /// identity, when encrypted) and `extra` arguments (`--json`).
+    pub fn verify_snapshot_as(
+        &self,
+        n: i32,
+        id: &str,
+        broker: &str,
+        extra: &[&str],
+    ) -> (i32, String, String) {
+        let mut args = vec![
             "archive",
             "verify",
             "--store",
@@ -475,7 +487,9 @@ impl<C: TestCluster> Fleet<C> {
             id,
             "--broker",
             broker,
-        ])
+        ];
+        args.extend_from_slice(extra);
+        self.agent_cli_of(n, &args)
     }
 
     /// Runs `kafka-snapshot-agent` with `args` and agent 1's config (for
