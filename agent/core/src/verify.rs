@@ -1067,11 +1067,10 @@ impl Scratch {
                 // doubling, each step left freed memory behind in the
                 // thread's heap.
                 let grown = if self.packed.is_empty() {
-                    1 << 20
+                    limit.min(1 << 20)
                 } else {
                     limit
-                }
-                .min(limit);
+                };
                 self.packed.resize(grown, 0);
             }
             match source.read(&mut self.packed[n..]) {
