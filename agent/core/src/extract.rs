@@ -26,7 +26,7 @@ use kafka_snapshot_model::manifest::{restored_mode, EntryRecord, EntryType, Mani
 use std::collections::HashSet;
 use std::ffi::OsString;
 use std::fs;
-use std::io::{self, Read};
+use std::io::{self, BufRead};
 use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Component, Path, PathBuf};
@@ -227,7 +227,6 @@ pub fn prepare(
         symlinks: HashSet::new(),
         dirs: Vec::new(),
         restore_owner: opts.restore_owner,
-        buf: vec![0u8; 1 << 20],
         writeback: None,
         cancel: opts.cancel.clone(),
     };
@@ -780,7 +779,6 @@ struct ExtractVisitor<'a> {
     /// Log dir index and path below its root of every dir, in archive order.
     dirs: Vec<(usize, String, EntryRecord)>,
     restore_owner: bool,
-    buf: Vec<u8>,
     /// Finished files go here to be flushed.
     writeback: Option<mpsc::SyncSender<(PathBuf, fs::File)>>,
     cancel: Option<Arc<AtomicBool>>,
@@ -841,28 +839,27 @@ impl ExtractVisitor<'_> {
         index: usize,
         rest: &str,
         rec: &EntryRecord,
-        data: &mut dyn Read,
+        data: &mut dyn BufRead,
     ) -> Result<()> {
         let dest = self.shown(index, rest);
         let f = fsat::create_file(self.root(index, rec)?, Path::new(rest), 0o600)
             .ctx(|| format!("creating {}", dest.display()))?;
         let mut off = 0u64;
         loop {
-            let n = read_full(data, &mut self.buf).map_err(|e| Error::ArchiveCorrupt {
+            // Written from where the reader holds the bytes: a chunk of a
+            // content object as it was decompressed, or the archive's
+            // buffer.
+            let bytes = data.fill_buf().map_err(|e| Error::ArchiveCorrupt {
                 snapshot: self.snapshot.clone(),
                 message: format!("reading {}: {e}", rec.path),
             })?;
-            if n == 0 {
+            if bytes.is_empty() {
                 break;
             }
-            // All-zero blocks become holes: sparse files stay sparse.
-            for chunk in self.buf[..n].chunks(64 * 1024) {
-                if !is_zero(chunk) {
-                    f.write_all_at(chunk, off)
-                        .ctx(|| format!("writing {}", dest.display()))?;
-                }
-                off += chunk.len() as u64;
-            }
+            let n = bytes.len();
+            write_sparse(&f, bytes, off).ctx(|| format!("writing {}", dest.display()))?;
+            off += n as u64;
+            data.consume(n);
         }
         f.set_len(off)
             .ctx(|| format!("sizing {}", dest.display()))?;
@@ -919,7 +916,7 @@ impl Visitor for ExtractVisitor<'_> {
         false
     }
 
-    fn entry(&mut self, rec: &EntryRecord, data: &mut dyn Read) -> Result<()> {
+    fn entry(&mut self, rec: &EntryRecord, data: &mut dyn BufRead) -> Result<()> {
         if self
             .cancel
             .as_ref()
@@ -973,6 +970,28 @@ impl Visitor for ExtractVisitor<'_> {
     }
 }
 
+/// The size of the blocks [`write_sparse`] writes, or leaves as holes
+/// when all zero.
+const HOLE_BLOCK: u64 = 64 * 1024;
+
+/// Writes `bytes` at `off` block by block ([`HOLE_BLOCK`], aligned in the
+/// file), except the blocks that are all zero: sparse files stay sparse.
+/// (Writing runs of blocks in one call of up to 4 MiB measured more system
+/// time, not less, on ext4.)
+fn write_sparse(f: &fs::File, bytes: &[u8], off: u64) -> io::Result<()> {
+    let mut at = 0;
+    while at < bytes.len() {
+        let room = HOLE_BLOCK - (off + at as u64) % HOLE_BLOCK;
+        let end = bytes.len().min(at + room as usize);
+        let block = &bytes[at..end];
+        if !is_zero(block) {
+            f.write_all_at(block, off + at as u64)?;
+        }
+        at = end;
+    }
+    Ok(())
+}
+
 /// Whether a block is all zeros; folds whole words so it vectorises.
 fn is_zero(block: &[u8]) -> bool {
     let mut words = block.chunks_exact(8);
@@ -980,19 +999,6 @@ fn is_zero(block: &[u8]) -> bool {
         acc | u64::from_ne_bytes(w.try_into().expect("8 bytes"))
     });
     acc == 0 && words.remainder().iter().all(|&b| b == 0)
-}
-
-fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 fn set_times(fd: i32, mtime_ns: i64) -> io::Result<()> {
@@ -1035,6 +1041,38 @@ fn sync_filesystem(f: &fs::File, dir: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn zero_blocks_become_holes_wherever_the_writes_fall() {
+        use std::os::unix::fs::MetadataExt;
+        let t = tempfile::tempdir().unwrap();
+        let block = HOLE_BLOCK as usize;
+        // data, 3 blocks of zeros, data, a zero block, a short zero tail.
+        let mut content = vec![7u8; block + 100];
+        content.extend(vec![0u8; 3 * block - 100]);
+        content.extend(vec![9u8; 2 * block]);
+        content.extend(vec![0u8; block]);
+        content.extend(vec![0u8; 1000]);
+        // Handed to write_sparse in pieces that do not fall on blocks.
+        for piece in [block * 8, 5000, block + 3] {
+            let path = t.path().join(format!("f{piece}"));
+            let f = fs::File::create(&path).unwrap();
+            let mut off = 0;
+            for bytes in content.chunks(piece) {
+                write_sparse(&f, bytes, off as u64).unwrap();
+                off += bytes.len();
+            }
+            f.set_len(content.len() as u64).unwrap();
+            assert_eq!(fs::read(&path).unwrap(), content, "pieces of {piece}");
+            // Data in blocks 0, 1, 4 and 5 only (the filesystem may
+            // allocate in smaller blocks, never in more).
+            let allocated = f.metadata().unwrap().blocks() * 512;
+            assert!(
+                allocated <= 4 * HOLE_BLOCK,
+                "pieces of {piece}: {allocated} bytes allocated"
+            );
+        }
+    }
 
     #[test]
     fn unfinished_restores_are_removed_without_following_a_symlink() {

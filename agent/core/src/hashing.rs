@@ -2,7 +2,7 @@
 //! archive is checksummed in the same pass that builds or reads it.
 
 use sha2::{Digest, Sha256};
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Read, Write};
 
 pub fn hex_digest(h: Sha256) -> String {
     hex::encode(h.finalize())
@@ -91,6 +91,114 @@ impl<R: Read> Read for HashingReader<R> {
         }
         self.bytes += n as u64;
         Ok(n)
+    }
+}
+
+/// Read through its buffer, a [`HashingReader`] hashes what is consumed:
+/// the visitor of a restore writes the bytes where they lie, with no copy
+/// into a buffer of its own.
+impl<R: BufRead> BufRead for HashingReader<R> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        self.inner.fill_buf()
+    }
+
+    /// Hashes the `n` bytes given up. They are asked of the inner reader
+    /// again, which hands back the same unconsumed bytes without reading
+    /// (as every `BufRead` here does); were it to fail instead, the hash
+    /// would be wrong, so the read fails its check, never the other way.
+    fn consume(&mut self, n: usize) {
+        if let Some(h) = &mut self.hasher {
+            if let Ok(buf) = self.inner.fill_buf() {
+                h.update(&buf[..n.min(buf.len())]);
+            }
+        }
+        self.bytes += n as u64;
+        self.inner.consume(n);
+    }
+}
+
+/// [`BufRead`] over a reader, through a buffer borrowed for its life (one
+/// buffer serves every entry of an archive). The buffer is filled whole
+/// when the reader has that much, so writes from it are large.
+pub struct Buffered<'b, R> {
+    inner: R,
+    buf: &'b mut [u8],
+    pos: usize,
+    filled: usize,
+    /// A read error after some bytes: returned once those are consumed.
+    failed: Option<io::Error>,
+}
+
+impl<'b, R: Read> Buffered<'b, R> {
+    pub fn new(inner: R, buf: &'b mut [u8]) -> Self {
+        Buffered {
+            inner,
+            buf,
+            pos: 0,
+            filled: 0,
+            failed: None,
+        }
+    }
+
+    pub fn into_inner(self) -> R {
+        self.inner
+    }
+}
+
+impl<R: Read> Read for Buffered<'_, R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let n = {
+            let buf = self.fill_buf()?;
+            let n = buf.len().min(out.len());
+            out[..n].copy_from_slice(&buf[..n]);
+            n
+        };
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+impl<R: Read> BufRead for Buffered<'_, R> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        if self.pos == self.filled {
+            if let Some(e) = self.failed.take() {
+                return Err(e);
+            }
+            self.pos = 0;
+            self.filled = 0;
+            while self.filled < self.buf.len() {
+                match self.inner.read(&mut self.buf[self.filled..]) {
+                    Ok(0) => break,
+                    Ok(k) => self.filled += k,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) if self.filled == 0 => return Err(e),
+                    // Bytes already read are handed out first.
+                    Err(e) => {
+                        self.failed = Some(e);
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(&self.buf[self.pos..self.filled])
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.pos = (self.pos + n).min(self.filled);
+    }
+}
+
+/// Reads `r` to its end through its buffer (no copy); returns how many
+/// bytes it had.
+pub fn drain(r: &mut dyn BufRead) -> io::Result<u64> {
+    let mut n = 0u64;
+    loop {
+        let k = r.fill_buf()?.len();
+        if k == 0 {
+            return Ok(n);
+        }
+        r.consume(k);
+        n += k as u64;
     }
 }
 
@@ -235,6 +343,69 @@ impl Sha256Stream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Hands out at most `step` bytes per read, and fails after `fail_at`.
+    struct Trickle {
+        data: Vec<u8>,
+        pos: usize,
+        step: usize,
+        fail_at: Option<usize>,
+    }
+
+    impl Read for Trickle {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.fail_at.is_some_and(|f| self.pos >= f) {
+                return Err(io::Error::other("disk on fire"));
+            }
+            let n = buf.len().min(self.step).min(self.data.len() - self.pos);
+            buf[..n].copy_from_slice(&self.data[self.pos..self.pos + n]);
+            self.pos += n;
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn a_buffered_hashing_reader_hashes_exactly_what_is_consumed() {
+        let data = bytes(300_000, 7);
+        let mut buf = vec![0u8; 64 * 1024];
+        let source = Trickle {
+            data: data.clone(),
+            pos: 0,
+            step: 10_000,
+            fail_at: None,
+        };
+        let mut r = HashingReader::new(Buffered::new(source, &mut buf));
+        // Fills the whole buffer from many small reads.
+        assert_eq!(r.fill_buf().unwrap().len(), 64 * 1024);
+        // Part through the buffer, part copied out, the rest drained.
+        r.consume(1000);
+        let mut out = [0u8; 5000];
+        assert_eq!(r.read(&mut out).unwrap(), 5000);
+        assert_eq!(&out[..], &data[1000..6000]);
+        assert_eq!(drain(&mut r).unwrap(), 294_000);
+        let (_, n, sha) = r.finish();
+        assert_eq!(n, 300_000);
+        assert_eq!(sha, sha256_hex(&data));
+    }
+
+    #[test]
+    fn a_read_error_comes_after_the_bytes_read_before_it() {
+        let data = bytes(100_000, 3);
+        let mut buf = vec![0u8; 64 * 1024];
+        let source = Trickle {
+            data: data.clone(),
+            pos: 0,
+            step: 30_000,
+            fail_at: Some(90_000),
+        };
+        let mut r = Buffered::new(source, &mut buf);
+        assert_eq!(r.fill_buf().unwrap(), &data[..64 * 1024]);
+        r.consume(64 * 1024);
+        // One more read of 30 000 bytes came before the error.
+        assert_eq!(r.fill_buf().unwrap(), &data[64 * 1024..64 * 1024 + 30_000]);
+        r.consume(30_000);
+        assert_eq!(r.fill_buf().unwrap_err().to_string(), "disk on fire");
+    }
 
     fn bytes(n: usize, seed: u32) -> Vec<u8> {
         let mut x = seed.wrapping_mul(2654435761).wrapping_add(1);

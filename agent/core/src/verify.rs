@@ -10,23 +10,25 @@
 
 use crate::catalog::load_manifest;
 use crate::crypt::{self, Identities};
-use crate::hashing::HashingReader;
+use crate::hashing::{drain, Buffered, HashingReader};
 use crate::logdir::check_symlink_target;
 use crate::storage::ColdStore;
 use kafka_snapshot_model::error::{Error, Result};
 use kafka_snapshot_model::layout::{content_object_key, SnapshotRef};
 use kafka_snapshot_model::manifest::{check_entry_path, EntryRecord, EntryType, Manifest};
-use std::io::{self, Read};
+use std::io::{self, BufRead, Read};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, OnceLock};
 
 /// Receives every entry's data while the archive is read.
 pub trait Visitor {
-    /// `data` yields the entry's bytes (empty for dirs and symlinks). The
-    /// walker checks the hash after this returns, and reads whatever the
-    /// visitor left unread.
-    fn entry(&mut self, rec: &EntryRecord, data: &mut dyn Read) -> Result<()>;
+    /// `data` yields the entry's bytes (empty for dirs and symlinks),
+    /// best read through its buffer (`fill_buf`, `consume`): an object's
+    /// chunk is then handed out where it lies, with no copy. The walker
+    /// checks the hash after this returns, and reads whatever the visitor
+    /// left unread.
+    fn entry(&mut self, rec: &EntryRecord, data: &mut dyn BufRead) -> Result<()>;
 
     /// Whether a file stored as content objects is also checked against
     /// its whole SHA-256 (true), or only chunk by chunk against the
@@ -46,8 +48,8 @@ pub trait Visitor {
 struct Discard;
 
 impl Visitor for Discard {
-    fn entry(&mut self, _rec: &EntryRecord, data: &mut dyn Read) -> Result<()> {
-        io::copy(data, &mut io::sink()).map_err(|e| Error::io("reading archive", e))?;
+    fn entry(&mut self, _rec: &EntryRecord, data: &mut dyn BufRead) -> Result<()> {
+        drain(data).map_err(|e| Error::io("reading archive", e))?;
         Ok(())
     }
 }
@@ -553,6 +555,8 @@ fn check_entries(
     let mut last = String::from("the start of the archive");
     // Nothing may sit below a symlink: extraction would write through it.
     let mut symlinks: Vec<String> = Vec::new();
+    // Every entry is read through this one buffer: a restore writes from it.
+    let mut entry_buf = vec![0u8; 1 << 20];
     let entries = archive
         .entries()
         .map_err(|e| corrupt(format!("cannot read the archive: {e}")))?;
@@ -630,16 +634,18 @@ fn check_entries(
                 rec.link_target
             )));
         }
-        let mut hashed = HashingReader::new(Recording {
-            inner: &mut entry,
-            error: None,
-        });
+        let mut hashed = HashingReader::new(Buffered::new(
+            Recording {
+                inner: &mut entry,
+                error: None,
+            },
+            &mut entry_buf,
+        ));
         let visited = visitor.entry(rec, &mut hashed);
-        let drained = visited.and_then(|()| {
-            io::copy(&mut hashed, &mut io::sink()).map_err(|e| Error::io("reading archive", e))
-        });
+        let drained =
+            visited.and_then(|()| drain(&mut hashed).map_err(|e| Error::io("reading archive", e)));
         let (reader, n, sha) = hashed.finish();
-        if let Some(e) = reader.error {
+        if let Some(e) = reader.into_inner().error {
             // A read error is the archive's fault, whatever the visitor made of it.
             return Err(corrupt(format!("archive unreadable in {clean}: {e}")));
         }
@@ -801,7 +807,7 @@ fn check_chunks(
     chunks: std::ops::Range<usize>,
 ) -> Result<u64> {
     let mut source = ObjectReader::new(prefetch, chunks);
-    let drained = io::copy(&mut source, &mut io::sink());
+    let drained = drain(&mut source);
     object_problem(store, id, rec, source.problem)?;
     drained.map_err(|e| Error::io("reading an object", e))
 }
@@ -823,9 +829,8 @@ fn check_object(
         hashed = hashed.counting_only();
     }
     let visited = visitor.entry(rec, &mut hashed);
-    let drained = visited.and_then(|()| {
-        io::copy(&mut hashed, &mut io::sink()).map_err(|e| Error::io("reading an object", e))
-    });
+    let drained =
+        visited.and_then(|()| drain(&mut hashed).map_err(|e| Error::io("reading an object", e)));
     let (reader, n, actual) = hashed.finish();
     object_problem(store, id, rec, reader.problem)?;
     drained?;
@@ -1226,12 +1231,30 @@ impl<'a> ObjectReader<'a> {
 
 impl Read for ObjectReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let n = {
+            let chunk = self.fill_buf()?;
+            let n = buf.len().min(chunk.len());
+            buf[..n].copy_from_slice(&chunk[..n]);
+            n
+        };
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+/// The current chunk is the buffer: it is handed out where the worker
+/// decompressed it.
+impl BufRead for ObjectReader<'_> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
         if self.problem.is_some() {
             return Err(io::Error::other("reading the content objects failed"));
         }
         while self.pos == self.current.len() {
-            if self.next == self.end || buf.is_empty() {
-                return Ok(0);
+            if self.next == self.end {
+                return Ok(&[]);
             }
             match self.prefetch.take(self.next) {
                 Ok(chunk) => {
@@ -1251,10 +1274,11 @@ impl Read for ObjectReader<'_> {
                 }
             }
         }
-        let n = buf.len().min(self.current.len() - self.pos);
-        buf[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
+        Ok(&self.current[self.pos..])
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.pos = (self.pos + n).min(self.current.len());
     }
 }
 
