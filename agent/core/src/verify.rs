@@ -1043,49 +1043,36 @@ impl<'a> Prefetch<'a> {
 }
 
 /// What a prefetch worker keeps from one object to the next: a zstd
-/// decompression context and the buffer an object's stored (decrypted)
-/// bytes are read into. A streaming decoder per object allocated and
-/// faulted in a window buffer each time, and copied every byte out of it.
+/// decompression context and the small buffer an object's stored
+/// (decrypted) bytes pass through.
+///
+/// An object is read in pieces of [`OBJECT_READ`] into that buffer, which
+/// stays in the core's cache, and decompressed from there straight into
+/// the chunk (zstd's stable output buffer: no window of its own), which is
+/// hashed piece by piece while the piece is still in cache. Reading a
+/// whole object into a buffer of its size cost the kernel four times the
+/// system time: every byte was copied into memory that had left the
+/// cache, then read again from memory to decompress it and once more to
+/// hash it.
 struct Scratch {
-    zstd: Option<zstd::bulk::Decompressor<'static>>,
-    packed: Vec<u8>,
+    zstd: Option<zstd::zstd_safe::DCtx<'static>>,
+    input: Vec<u8>,
 }
+
+/// How much of an object is read at a time.
+const OBJECT_READ: usize = 128 << 10;
 
 impl Scratch {
     fn new() -> Self {
+        let zstd = zstd::zstd_safe::DCtx::try_create().and_then(|mut d| {
+            d.set_parameter(zstd::zstd_safe::DParameter::StableOutBuffer(true))
+                .ok()?;
+            Some(d)
+        });
         Scratch {
-            zstd: zstd::bulk::Decompressor::new().ok(),
-            packed: Vec::new(),
+            zstd,
+            input: vec![0u8; OBJECT_READ],
         }
-    }
-
-    /// Reads `source` into `packed`, at most `limit` bytes; returns how
-    /// many. `packed` stays initialised between objects and grows only
-    /// when an object needs it: reading into spare
-    /// capacity through a `dyn Read` would zero it again for every object.
-    fn read_packed(&mut self, mut source: impl Read, limit: u64) -> io::Result<usize> {
-        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-        let mut n = 0;
-        while n < limit {
-            if n == self.packed.len() {
-                // 1 MiB, then all the room an object may take: grown by
-                // doubling, each step left freed memory behind in the
-                // thread's heap.
-                let grown = if self.packed.is_empty() {
-                    limit.min(1 << 20)
-                } else {
-                    limit
-                };
-                self.packed.resize(grown, 0);
-            }
-            match source.read(&mut self.packed[n..]) {
-                Ok(0) => break,
-                Ok(k) => n += k,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(n)
     }
 }
 
@@ -1096,10 +1083,10 @@ fn packed_bound(len: u64) -> u64 {
     zstd::zstd_safe::compress_bound(usize::try_from(len).unwrap_or(usize::MAX)) as u64
 }
 
-/// Reads one chunk object whole (decrypted with `identity` in an encrypted
+/// Reads one chunk object (decrypted with `identity` in an encrypted
 /// snapshot): it must decompress to exactly the chunk's length and bytes
-/// whose SHA-256 is the chunk's. The object's bytes are read into
-/// `scratch`, then decompressed in one call straight into the chunk.
+/// whose SHA-256 is the chunk's. Decompressed into `buffer` as it is read
+/// ([`Scratch`]).
 fn fetch_chunk(
     store: &dyn ColdStore,
     t: &ChunkTask,
@@ -1138,7 +1125,7 @@ fn fetch_chunk(
         },
         None => corrupt(format!("cannot be decrypted: {e}")),
     };
-    let source: Box<dyn Read> = match identity {
+    let mut source: Box<dyn Read> = match identity {
         None => Box::new(source),
         Some(identity) => match identity.decrypt(source) {
             Ok(Some(r)) => Box::new(r),
@@ -1152,49 +1139,100 @@ fn fetch_chunk(
             Err(e) => return Err(unreadable(e)),
         },
     };
-    // One byte more than the bound: an object larger than any frame of
-    // its chunk is not this chunk, and is not read on.
-    let bound = packed_bound(t.len);
-    let n = match scratch.read_packed(source, bound + 1) {
-        Ok(n) => n,
-        Err(e) => return Err(unreadable(e)),
-    };
-    if n as u64 > bound {
-        return Err(corrupt(format!(
-            "holds more than {bound} bytes, more than any compression of its chunk of {} bytes",
-            t.len
-        )));
-    }
     let Some(zstd) = scratch.zstd.as_mut() else {
         return Err(ObjectProblem::Storage(Error::Internal(
             "cannot allocate a zstd decompression context".into(),
         )));
     };
-    // Room for the chunk and no more: an object that decodes to more is
-    // not this chunk.
-    let mut out = buffer;
-    out.clear();
-    out.reserve_exact(t.len as usize);
-    if let Err(e) = zstd.decompress_to_buffer(&scratch.packed[..n], &mut out) {
-        return Err(corrupt(if e.to_string().contains("too small") {
-            format!("holds more than {} bytes, its chunk has {}", t.len, t.len)
-        } else {
-            format!("cannot be decompressed: {e}")
-        }));
+    // A context an earlier object left mid-frame starts afresh.
+    if zstd
+        .reset(zstd::zstd_safe::ResetDirective::SessionOnly)
+        .is_err()
+    {
+        return Err(ObjectProblem::Storage(Error::Internal(
+            "cannot reset a zstd decompression context".into(),
+        )));
     }
-    if out.len() as u64 != t.len {
+    let len = usize::try_from(t.len).unwrap_or(usize::MAX);
+    // Room for the chunk and no more: an object that decodes to more is
+    // not this chunk. A recycled buffer is already initialised.
+    let mut out = buffer;
+    if out.len() < len {
+        out.resize(len, 0);
+    }
+    out.truncate(len);
+    // An object larger than any frame of its chunk is not this chunk, and
+    // is not read on.
+    let bound = packed_bound(t.len);
+    let mut stored = 0u64;
+    let mut produced = 0usize;
+    let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
+    // Whether a frame was started and not finished.
+    let mut in_frame = false;
+    loop {
+        let n = match source.read(&mut scratch.input) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(unreadable(e)),
+        };
+        stored += n as u64;
+        if stored > bound {
+            return Err(corrupt(format!(
+                "holds more than {bound} bytes, more than any compression of its chunk of {} bytes",
+                t.len
+            )));
+        }
+        let mut input = zstd::zstd_safe::InBuffer::around(&scratch.input[..n]);
+        while input.pos() < n {
+            let before = (input.pos(), produced);
+            // The same output buffer every call, as a stable one must be.
+            let mut output = zstd::zstd_safe::OutBuffer::around_pos(&mut out[..], produced);
+            let r = zstd.decompress_stream(&mut output, &mut input);
+            let end = output.pos();
+            sha2::Digest::update(&mut hasher, &out[produced..end]);
+            produced = end;
+            match r {
+                Ok(hint) => in_frame = hint != 0,
+                // A frame that declares more than the chunk, or one that
+                // runs past it.
+                Err(code)
+                    if produced == len
+                        || zstd::zstd_safe::get_error_name(code).contains("too small") =>
+                {
+                    return Err(corrupt(format!(
+                        "holds more than {} bytes, its chunk has {}",
+                        t.len, t.len
+                    )));
+                }
+                Err(code) => {
+                    return Err(corrupt(format!(
+                        "cannot be decompressed: {}",
+                        zstd::zstd_safe::get_error_name(code)
+                    )))
+                }
+            }
+            if (input.pos(), produced) == before {
+                // No progress with input left: the chunk is full.
+                return Err(corrupt(format!(
+                    "holds more than {} bytes, its chunk has {}",
+                    t.len, t.len
+                )));
+            }
+        }
+    }
+    if in_frame {
+        return Err(corrupt(
+            "cannot be decompressed: it ends in the middle of a zstd frame".into(),
+        ));
+    }
+    if produced != len {
         return Err(corrupt(format!(
-            "holds {}{} bytes, its chunk has {}",
-            if out.len() as u64 > t.len {
-                "more than "
-            } else {
-                ""
-            },
-            t.len.min(out.len() as u64),
+            "holds {produced} bytes, its chunk has {}",
             t.len
         )));
     }
-    let actual = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&out));
+    let actual = hex::encode(sha2::Digest::finalize(hasher));
     if actual != t.sha {
         return Err(corrupt(format!(
             "does not hold its chunk: its bytes hash to {actual}, the chunk's SHA-256 is {}",
