@@ -147,15 +147,24 @@ impl<'b, R: Read> Buffered<'b, R> {
 
 impl<R: Read> Read for Buffered<'_, R> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        let n = {
-            let buf = self.fill_buf()?;
-            let n = buf.len().min(out.len());
-            out[..n].copy_from_slice(&buf[..n]);
-            n
-        };
-        self.consume(n);
-        Ok(n)
+        read_from_buffer(self, out)
     }
+}
+
+/// `Read::read` for a reader whose bytes are in its own buffer: copies
+/// what the buffer holds, up to `out`'s length, and consumes it.
+pub fn read_from_buffer(r: &mut impl BufRead, out: &mut [u8]) -> io::Result<usize> {
+    if out.is_empty() {
+        return Ok(0);
+    }
+    let n = {
+        let buf = r.fill_buf()?;
+        let n = buf.len().min(out.len());
+        out[..n].copy_from_slice(&buf[..n]);
+        n
+    };
+    r.consume(n);
+    Ok(n)
 }
 
 impl<R: Read> BufRead for Buffered<'_, R> {

@@ -10,7 +10,7 @@
 
 use crate::catalog::load_manifest;
 use crate::crypt::{self, Identities};
-use crate::hashing::{drain, Buffered, HashingReader};
+use crate::hashing::{drain, read_from_buffer, Buffered, HashingReader};
 use crate::logdir::check_symlink_target;
 use crate::storage::ColdStore;
 use kafka_snapshot_model::error::{Error, Result};
@@ -1269,17 +1269,7 @@ impl<'a> ObjectReader<'a> {
 
 impl Read for ObjectReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if buf.is_empty() {
-            return Ok(0);
-        }
-        let n = {
-            let chunk = self.fill_buf()?;
-            let n = buf.len().min(chunk.len());
-            buf[..n].copy_from_slice(&chunk[..n]);
-            n
-        };
-        self.consume(n);
-        Ok(n)
+        read_from_buffer(self, buf)
     }
 }
 
