@@ -76,24 +76,29 @@ const MAX_READAHEAD_STEP: u64 = 16 << 20;
 /// backing device's readahead size). 128 KiB where sysfs does not say.
 fn readahead_step(md: &fs::Metadata) -> u64 {
     use std::os::unix::fs::MetadataExt;
-    let (major, minor) = (libc::major(md.dev()), libc::minor(md.dev()));
+    readahead_step_in(
+        Path::new("/sys"),
+        libc::major(md.dev()),
+        libc::minor(md.dev()),
+    )
+}
+
+/// [`readahead_step`] of device `major:minor` from the sysfs at `sys`.
+fn readahead_step_in(sys: &Path, major: u32, minor: u32) -> u64 {
     let kib = |p: &Path| {
         fs::read_to_string(p)
             .ok()
             .and_then(|s| s.trim().parse::<u64>().ok())
     };
-    let block = PathBuf::from(format!("/sys/dev/block/{major}:{minor}"));
+    let block = sys.join(format!("dev/block/{major}:{minor}"));
     // A partition's limits are its disk's.
     let queue = if block.join("partition").exists() {
         block.join("../queue")
     } else {
         block.join("queue")
     };
-    let readahead = kib(&queue.join("read_ahead_kb")).or_else(|| {
-        kib(Path::new(&format!(
-            "/sys/class/bdi/{major}:{minor}/read_ahead_kb"
-        )))
-    });
+    let readahead = kib(&queue.join("read_ahead_kb"))
+        .or_else(|| kib(&sys.join(format!("class/bdi/{major}:{minor}/read_ahead_kb"))));
     let request = kib(&queue.join("max_sectors_kb"));
     (readahead.unwrap_or(0).max(request.unwrap_or(0)) << 10)
         .clamp(MIN_READAHEAD_STEP, MAX_READAHEAD_STEP)
@@ -372,5 +377,63 @@ impl Drop for FileObjectWriter {
             self.out = None;
             let _ = fs::remove_file(&self.tmp);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sysfs laid out as the kernel's: `dev/block/M:N` links to the
+    /// device's dir under `block/`, a partition's dir sits in its disk's.
+    fn sysfs() -> tempfile::TempDir {
+        let t = tempfile::tempdir().unwrap();
+        let sys = t.path();
+        let write = |rel: &str, text: &str| {
+            let p = sys.join(rel);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(p, text).unwrap();
+        };
+        // A loop device: readahead 128 KiB, requests of up to 2.5 MiB.
+        write("block/loop1/queue/read_ahead_kb", "128\n");
+        write("block/loop1/queue/max_sectors_kb", "2560\n");
+        // A disk with a partition: readahead 4 MiB, requests of 1.25 MiB.
+        write("block/sda/queue/read_ahead_kb", "4096\n");
+        write("block/sda/queue/max_sectors_kb", "1280\n");
+        write("block/sda/sda1/partition", "1\n");
+        // A disk that asks for more than the largest step.
+        write("block/nvme0n1/queue/read_ahead_kb", "131072\n");
+        // NFS and the like: a backing device with a readahead size only.
+        write("class/bdi/0:53/read_ahead_kb", "15360\n");
+        // One whose files do not hold numbers.
+        write("block/sdb/queue/read_ahead_kb", "none\n");
+        fs::create_dir_all(sys.join("dev/block")).unwrap();
+        for (dev, target) in [
+            ("7:1", "loop1"),
+            ("8:0", "sda"),
+            ("8:1", "sda/sda1"),
+            ("259:0", "nvme0n1"),
+            ("8:16", "sdb"),
+        ] {
+            std::os::unix::fs::symlink(
+                format!("../../block/{target}"),
+                sys.join("dev/block").join(dev),
+            )
+            .unwrap();
+        }
+        t
+    }
+
+    #[test]
+    fn the_readahead_step_is_the_devices_larger_limit_within_bounds() {
+        let t = sysfs();
+        let step = |major, minor| readahead_step_in(t.path(), major, minor);
+        assert_eq!(step(7, 1), 2560 << 10, "the largest request");
+        assert_eq!(step(8, 0), 4 << 20, "the readahead size");
+        assert_eq!(step(8, 1), 4 << 20, "a partition: its disk's");
+        assert_eq!(step(259, 0), MAX_READAHEAD_STEP);
+        assert_eq!(step(0, 53), 15 << 20, "no block queue: the bdi's");
+        assert_eq!(step(8, 16), MIN_READAHEAD_STEP, "unreadable values");
+        assert_eq!(step(1, 2), MIN_READAHEAD_STEP, "sysfs says nothing");
     }
 }
