@@ -292,11 +292,10 @@ all:
       prune_after_cycle: false
     kafka_snapshot_agent_broker_settings:
       stop_timeout: 3m
-    # Incremental snapshots, as the service users: files of 4 KiB and more
-    # (the test's partitions hold little data) as content objects shared by
-    # every broker, in 64 KiB chunks.
+    # Incremental snapshots (the default), as the service users: files of
+    # 4 KiB and more (the test's partitions hold little data) as content
+    # objects shared by every broker, in 64 KiB chunks.
     kafka_snapshot_agent_snapshot_settings:
-      mode: incremental
       object_min_size: 4KiB
       object_chunk_size: 64KiB
 INV

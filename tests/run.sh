@@ -11,12 +11,12 @@
 #
 #   tests/run.sh              everything (what CI runs); the real-Kafka
 #                             tests run on Kafka 4.0.2, then 4.4.0 (every
-#                             snapshot encrypted at rest and incremental),
-#                             3.9.1 (KRaft,
-#                             incremental snapshots) and 3.9.1 with
-#                             ZooKeeper (encrypted)
+#                             snapshot encrypted at rest), 3.9.1 (KRaft,
+#                             full snapshots) and 3.9.1 with ZooKeeper
+#                             (encrypted, full snapshots); the others are
+#                             incremental, the default
 #                             (KSNAP_KAFKA_OTHER_VERSIONS: space-separated
-#                             VERSION[:zookeeper][:encrypted][:incremental],
+#                             VERSION[:zookeeper][:encrypted][:full],
 #                             empty for none)
 #   tests/run.sh --soak N     the same setup, then only the fault matrix
 #                             (coordinator/tests/faults.rs), N times over;
@@ -99,16 +99,16 @@ cargo test --workspace --locked
 # The other Kafka releases operators run, and 3.9 in ZooKeeper mode: the
 # real-Kafka tests again (the gate conditions, a rolling cycle and a
 # restore under load) on each; 4.4 with encrypted incremental snapshots,
-# 3.9 in KRaft mode with incremental snapshots. The workspace run above tested the default
-# release (KRaft) fully.
-for other in ${KSNAP_KAFKA_OTHER_VERSIONS-4.4.0:encrypted:incremental 3.9.1:incremental 3.9.1:zookeeper:encrypted}; do
+# 3.9 with full snapshots (KRaft, and ZooKeeper encrypted). The workspace
+# run above tested the default release (KRaft, incremental) fully.
+for other in ${KSNAP_KAFKA_OTHER_VERSIONS-4.4.0:encrypted 3.9.1:full 3.9.1:zookeeper:encrypted:full}; do
     KSNAP_KAFKA_VERSION=${other%%:*}
     mode=kraft
     encrypt=0
-    snapshots=full
+    snapshots=incremental
     [[ :$other: == *:zookeeper:* ]] && mode=zookeeper
     [[ :$other: == *:encrypted:* ]] && encrypt=1
-    [[ :$other: == *:incremental:* ]] && snapshots=incremental
+    [[ :$other: == *:full:* ]] && snapshots=full
     kafka_setup
     KSNAP_TEST_KAFKA_MODE=$mode KSNAP_TEST_ENCRYPT=$encrypt KSNAP_TEST_SNAPSHOT_MODE=$snapshots \
         cargo test --locked -p kafka-snapshot-coordinator --test real_kafka

@@ -995,23 +995,25 @@ fn label() -> String {
     )
 }
 
-/// Set to `incremental`, every agent of the run takes incremental
-/// snapshots (`snapshot.mode`), with files of 4 KiB and more kept as
-/// content objects in 64 KiB chunks (the test's partitions hold little
-/// data): the rolling cycle, the restore of broker 2 and both
-/// whole-cluster restores then read content objects.
+/// Set to `full`, every agent of the run takes full snapshots
+/// (`snapshot.mode = "full"`). Otherwise they take the default,
+/// incremental ones, with files of 4 KiB and more kept as content objects
+/// in 64 KiB chunks (the test's partitions hold little data): the rolling
+/// cycle, the restore of broker 2 and both whole-cluster restores then
+/// read content objects.
 const SNAPSHOT_MODE_ENV: &str = "KSNAP_TEST_SNAPSHOT_MODE";
 
 fn incremental() -> bool {
-    std::env::var(SNAPSHOT_MODE_ENV).is_ok_and(|v| v == "incremental")
+    !std::env::var(SNAPSHOT_MODE_ENV).is_ok_and(|v| v == "full")
 }
 
-/// The agents' `[snapshot]` lines for the run's snapshot mode.
+/// The agents' `[snapshot]` lines for the run's snapshot mode: no `mode`
+/// for incremental, the default.
 fn snapshot_mode() -> &'static str {
     if incremental() {
-        "mode = \"incremental\"\nobject_min_size = \"4KiB\"\nobject_chunk_size = \"64KiB\"\n"
+        "object_min_size = \"4KiB\"\nobject_chunk_size = \"64KiB\"\n"
     } else {
-        ""
+        "mode = \"full\"\n"
     }
 }
 

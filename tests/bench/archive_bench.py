@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Times the agent's archive create (at each zstd level asked for) and
+"""Times the agent's archive create of full snapshots (at each zstd level
+asked for; incremental ones are incremental_bench.py's) and
 extract against shell baselines on the same data, alternating runs, and
 records times and peak RSS as JSON for report.py. With --s3-url it also
 times create/extract through an S3 server (credentials and endpoint from
@@ -138,7 +139,7 @@ def main():
             drop_caches()
             t, rss, out = run(
                 [a.agent, "archive", "create", "--log-dirs", data, "--store", f"file://{store}",
-                 "--capture", "copy", "--zstd-level", str(lv), "--json"]
+                 "--capture", "copy", "--mode", "full", "--zstd-level", str(lv), "--json"]
             )
             create[lv]["agent"].append(t)
             create[lv]["rss_kib"].append(rss)
@@ -190,7 +191,7 @@ def main():
         drop_caches()
         t, rss, out = run(
             [a.agent, "archive", "create", "--log-dirs", data, "--store", f"file://{enc_store}",
-             "--capture", "copy", "--zstd-level", str(levels[0]), "--recipient", recipient, "--json"]
+             "--capture", "copy", "--mode", "full", "--zstd-level", str(levels[0]), "--recipient", recipient, "--json"]
         )
         enc["create"].append(t)
         enc["create_cpu"].append(last_cpu)
@@ -214,7 +215,7 @@ def main():
             drop_caches()
             t, rss, out = run(
                 [a.agent, "archive", "create", "--log-dirs", data, "--store", url,
-                 "--capture", "copy", "--zstd-level", str(levels[0]), "--json"]
+                 "--capture", "copy", "--mode", "full", "--zstd-level", str(levels[0]), "--json"]
             )
             s3["create"].append(t)
             s3["create_rss_kib"].append(rss)

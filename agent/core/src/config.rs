@@ -348,9 +348,10 @@ pub struct SnapshotSection {
     /// given up and the node started again. Unset: no limit.
     #[serde(deserialize_with = "crate::settings::opt_duration")]
     pub max_copy_downtime: Option<Duration>,
-    /// `full`: every snapshot's archive holds every file. `incremental`:
-    /// files of at least `object_min_size` are content objects shared by
-    /// the cluster's snapshots and uploaded once ([`crate::objects`]).
+    /// `incremental` (the default): files of at least `object_min_size`
+    /// are content objects shared by the cluster's snapshots and uploaded
+    /// once ([`crate::objects`]). `full`: every snapshot's archive holds
+    /// every file.
     pub mode: SnapshotMode,
     /// The smallest file an incremental snapshot keeps as content objects.
     #[serde(deserialize_with = "crate::settings::byte_size")]
@@ -375,6 +376,19 @@ pub enum SnapshotMode {
     Incremental,
 }
 
+impl SnapshotSection {
+    /// How snapshots store their files by this section alone (no hash
+    /// record beside a state file, no object key): `None` for full ones.
+    pub fn object_options(&self) -> Option<crate::objects::ObjectOptions> {
+        (self.mode == SnapshotMode::Incremental).then(|| crate::objects::ObjectOptions {
+            min_size: self.object_min_size,
+            chunk_size: self.object_chunk_size,
+            hash_cache: self.hash_cache.clone(),
+            object_key: None,
+        })
+    }
+}
+
 impl Default for SnapshotSection {
     fn default() -> Self {
         SnapshotSection {
@@ -384,7 +398,7 @@ impl Default for SnapshotSection {
             allow_unclean: false,
             staging_min_free: FreeSpace::Percent(5.0),
             max_copy_downtime: None,
-            mode: SnapshotMode::Full,
+            mode: SnapshotMode::Incremental,
             object_min_size: crate::objects::DEFAULT_MIN_SIZE,
             object_chunk_size: crate::objects::DEFAULT_CHUNK_SIZE,
             hash_cache: None,
@@ -395,17 +409,18 @@ impl Default for SnapshotSection {
 impl AgentConfig {
     /// How snapshots store their files: `None` for full snapshots.
     pub fn object_options(&self) -> Option<crate::objects::ObjectOptions> {
-        (self.snapshot.mode == SnapshotMode::Incremental).then(|| crate::objects::ObjectOptions {
-            min_size: self.snapshot.object_min_size,
-            chunk_size: self.snapshot.object_chunk_size,
-            hash_cache: self.snapshot.hash_cache.clone().or_else(|| {
-                self.coordinator
-                    .as_ref()
-                    .and_then(|c| c.state_file.parent())
-                    .map(|d| d.join("hash-cache.json"))
-            }),
-            object_key: self.encryption.object_key().cloned(),
-        })
+        self.snapshot
+            .object_options()
+            .map(|o| crate::objects::ObjectOptions {
+                hash_cache: o.hash_cache.or_else(|| {
+                    self.coordinator
+                        .as_ref()
+                        .and_then(|c| c.state_file.parent())
+                        .map(|d| d.join("hash-cache.json"))
+                }),
+                object_key: self.encryption.object_key().cloned(),
+                ..o
+            })
     }
 
     pub fn load(path: &Path) -> Result<AgentConfig> {
@@ -506,9 +521,11 @@ impl AgentConfig {
         {
             err(
                 "encryption.object_key_file",
-                "missing: encrypted incremental snapshots name their content objects with the \
-                 cluster's object key, the same file on every agent of the cluster (make one \
-                 with `kafka-snapshot-agent key generate-object-key --output FILE`)"
+                "missing: encrypted incremental snapshots (snapshot.mode = \"incremental\", \
+                 the default) name their content objects with the cluster's object key, the \
+                 same file on every agent of the cluster (make one with \
+                 `kafka-snapshot-agent key generate-object-key --output FILE`), or set \
+                 snapshot.mode = \"full\""
                     .into(),
             );
         }
@@ -727,7 +744,18 @@ mod tests {
     fn snapshot_mode() {
         let base = "[broker]\nlog_dirs=['/a']\n[storage]\nurl='file:///x'\n";
         let cfg = parse(base).unwrap();
-        assert_eq!(cfg.object_options(), None, "full is the default");
+        assert_eq!(
+            cfg.object_options(),
+            Some(crate::objects::ObjectOptions {
+                min_size: crate::objects::DEFAULT_MIN_SIZE,
+                chunk_size: crate::objects::DEFAULT_CHUNK_SIZE,
+                hash_cache: None,
+                object_key: None,
+            }),
+            "incremental is the default"
+        );
+        let cfg = parse(&format!("{base}[snapshot]\nmode='full'\n")).unwrap();
+        assert_eq!(cfg.object_options(), None);
         let cfg = parse(&format!(
             "{base}[snapshot]\nmode='incremental'\nobject_min_size='256KiB'\n\
              object_chunk_size='1MiB'\n"
@@ -779,17 +807,21 @@ mod tests {
         // Encrypted and incremental: the object key is needed, read with
         // the config, and must be kept from others.
         let (r, _) = crate::crypt::tests::keypair();
-        let e = parse(&format!(
-            "{base}[snapshot]\nmode='incremental'\n[encryption]\nrecipients=[{r:?}]\n"
-        ))
-        .unwrap_err()
-        .to_string();
-        assert!(
-            e.contains("encryption.object_key_file: missing: ")
-                && e.contains("generate-object-key --output FILE")
-                && e.contains("generate-object-key"),
-            "{e}"
-        );
+        for mode in ["mode='incremental'\n", ""] {
+            let e = parse(&format!(
+                "{base}[snapshot]\n{mode}[encryption]\nrecipients=[{r:?}]\n"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(
+                e.contains("encryption.object_key_file: missing: ")
+                    && e.contains("generate-object-key --output FILE")
+                    && e.contains("snapshot.mode = \"full\""),
+                "{mode}: {e}"
+            );
+        }
+        let full = format!("{base}[snapshot]\nmode='full'\n[encryption]\nrecipients=[{r:?}]\n");
+        assert_eq!(parse(&full).unwrap().object_options(), None);
         let tmp = tempfile::tempdir().unwrap();
         let key = tmp.path().join("object.key");
         let fp = ObjectKey::generate_file(&key).unwrap();
@@ -997,7 +1029,9 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let file = tmp.path().join("recipients.txt");
         std::fs::write(&file, format!("# break-glass\n{r2}\n\n{r1}\n")).unwrap();
-        let base = "[broker]\nlog_dirs=['/a']\n[storage]\nurl='file:///x'\n";
+        // Full snapshots: the object key is checked in `snapshot_mode`.
+        let base =
+            "[broker]\nlog_dirs=['/a']\n[storage]\nurl='file:///x'\n[snapshot]\nmode='full'\n";
         let cfg = parse(&format!(
             "{base}[encryption]\nrecipients = [{r1:?}]\nrecipients_file = {:?}\n\
              identity_file = '/etc/kafka-snapshot/identity.txt'\n",

@@ -202,7 +202,8 @@ impl Captured {
                 None => {
                     return Err(Error::Usage(
                         "an encrypted incremental snapshot needs the cluster's object key \
-                         (encryption.object_key_file, --object-key-file)"
+                         (encryption.object_key_file, --object-key-file), or take a full one \
+                         (snapshot.mode = \"full\", --mode full)"
                             .into(),
                     ))
                 }

@@ -92,8 +92,9 @@ pub struct CreateArgs {
     /// Archive dirs without .kafka_cleanshutdown (crash-consistent snapshot).
     #[arg(long)]
     allow_unclean: bool,
-    /// `full`, or `incremental`: files of at least --object-min-size are
-    /// stored once per cluster as content objects (snapshot.mode).
+    /// `incremental`: files of at least --object-min-size are stored once
+    /// per cluster as content objects; or `full`. Unset: snapshot.mode of
+    /// --config, else incremental.
     #[arg(long, value_parser = ["full", "incremental"])]
     mode: Option<String>,
     /// With `--mode incremental`: the smallest file kept as a content
@@ -281,9 +282,10 @@ fn create(a: CreateArgs) -> Result<ExitCode> {
                         .and_then(|c| c.encryption.object_key().cloned())
                 }),
             }),
+            // snapshot.mode of --config, else its default (incremental).
             None => cfg
                 .as_ref()
-                .and_then(|c| c.object_options())
+                .map_or_else(|| snap_cfg.object_options(), |c| c.object_options())
                 .map(|o| ObjectOptions {
                     hash_cache: a.hash_cache.clone().or(o.hash_cache),
                     object_key: object_key.clone().or(o.object_key),

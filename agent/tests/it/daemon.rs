@@ -581,7 +581,8 @@ fn reflink_snapshot_releases_at_recovery_then_reports_the_archive() {
     assert_eq!(report.body["result"]["snapshot"]["capture"], "reflink");
 
     // The broker went down once and is back; the snapshot verifies; no
-    // staging (or kept clone) is left; the state file is idle again.
+    // staging is left but the clones an incremental snapshot (the default)
+    // keeps for the next one; the state file is idle again.
     assert!(s.c.is_running(2));
     assert_eq!(s.c.max_brokers_down().unwrap(), 1);
     assert_eq!(s.events_of(2, EventKind::Sigterm).len(), 1);
@@ -598,7 +599,7 @@ fn reflink_snapshot_releases_at_recovery_then_reports_the_archive() {
     );
     for dir in s.c.log_dirs(2) {
         let staging = dir.parent().unwrap().join(".kafka-snapshot-staging");
-        assert_eq!(names(&staging), vec![".lock".to_string()], "staging left");
+        assert_eq!(names(&staging), vec![".lock", "kept"], "staging left");
     }
     let st = wait_idle(&s);
     assert_eq!(st["broker_stopped_by_agent"], false, "{st}");
@@ -1221,7 +1222,7 @@ fn killed_after_its_release_the_next_daemon_reports_the_archive_failed() {
     assert_eq!(s.c.max_brokers_down().unwrap(), 1);
     for dir in s.c.log_dirs(2) {
         let staging = dir.parent().unwrap().join(".kafka-snapshot-staging");
-        assert_eq!(names(&staging), vec![".lock".to_string()], "staging left");
+        assert_eq!(names(&staging), vec![".lock", "kept"], "staging left");
     }
     let st = wait_idle(&s);
     assert_eq!(st["lease_held"], false, "{st}");
@@ -1342,7 +1343,7 @@ fn sigterm_while_archiving_without_the_lease_cancels_and_exits_0() {
     assert!(s.c.is_running(2));
     for dir in s.c.log_dirs(2) {
         let staging = dir.parent().unwrap().join(".kafka-snapshot-staging");
-        assert_eq!(names(&staging), vec![".lock".to_string()], "staging left");
+        assert_eq!(names(&staging), vec![".lock", "kept"], "staging left");
     }
     let out = run(
         &["archive", "list", "--store", &store_url(&s.store), "--json"],
@@ -2215,12 +2216,17 @@ fn encrypted_snapshot_restores_through_the_daemon_with_the_identity_it_names() {
     // The identity the daemon reads at each restore, not at start.
     let identity_file = s.root.join("identity");
     fs::copy(keys.join("unrelated"), &identity_file).unwrap();
+    // Incremental, the default: the objects are named with the object key.
+    let object_key = keys.join("object.key");
+    kafka_snapshot::crypt::ObjectKey::generate_file(&object_key).unwrap();
     let cfg = s.config(
         "reflink",
         TOKEN,
         &format!(
-            "[encryption]\nrecipients = [{daily:?}, {break_glass:?}]\nidentity_file = {:?}\n",
-            identity_file.display().to_string()
+            "[encryption]\nrecipients = [{daily:?}, {break_glass:?}]\nidentity_file = {:?}\n\
+             object_key_file = {:?}\n",
+            identity_file.display().to_string(),
+            object_key.display().to_string()
         ),
     );
     s.coord.push_action(snapshot_lease(1, 60_000));
@@ -2241,7 +2247,7 @@ fn encrypted_snapshot_restores_through_the_daemon_with_the_identity_it_names() {
     );
     let manifest: Value =
         serde_json::from_slice(&fs::read(snap_dir.join("manifest.json")).unwrap()).unwrap();
-    assert_eq!(manifest["format_version"], 2);
+    assert_eq!(manifest["format_version"], 4);
     assert_eq!(manifest["entries"], json!([]));
     assert_eq!(
         manifest["encryption"]["recipients"]

@@ -28,9 +28,11 @@ fn fingerprint(recipient: &str) -> String {
     stdout(&out).split_whitespace().next().unwrap().to_string()
 }
 
-/// `archive create` of `dirs` encrypted to `recipients`; the snapshot id.
+/// `archive create` of `dirs` as a full snapshot encrypted to
+/// `recipients` (encrypted incremental ones need the object key, below);
+/// the snapshot id.
 fn create_encrypted(dirs: &[PathBuf], store: &Path, recipients: &[&str]) -> String {
-    let mut args = vec!["--json"];
+    let mut args = vec!["--mode", "full", "--json"];
     for r in recipients {
         args.extend(["--recipient", r]);
     }
@@ -179,7 +181,8 @@ fn encrypted_round_trip_with_one_and_with_two_recipients() {
     );
 }
 
-/// An agent config of broker 1 with `[encryption]` set to `encryption`.
+/// An agent config of broker 1 taking full snapshots, with `[encryption]`
+/// set to `encryption`.
 fn config(root: &Path, dirs: &[PathBuf], store: &Path, name: &str, encryption: &str) -> PathBuf {
     let path = root.join(name);
     let dirs: Vec<String> = dirs
@@ -189,7 +192,8 @@ fn config(root: &Path, dirs: &[PathBuf], store: &Path, name: &str, encryption: &
     fs::write(
         &path,
         format!(
-            "[broker]\nlog_dirs = [{}]\n[snapshot]\ncapture = \"copy\"\n[storage]\nurl = {:?}\n\
+            "[broker]\nlog_dirs = [{}]\n[snapshot]\ncapture = \"copy\"\nmode = \"full\"\n\
+             [storage]\nurl = {:?}\n\
              [encryption]\n{encryption}\n",
             dirs.join(", "),
             store_url(store)
@@ -481,18 +485,24 @@ fn encrypted_incremental_snapshots_share_objects_under_keyed_names() {
         serde_json::from_slice(&out.stdout).unwrap()
     };
 
-    // Without the object key an encrypted incremental snapshot is refused.
-    let no_key = run_create(
-        &dirs,
-        &store,
-        "copy",
-        &["--mode", "incremental", "--recipient", &recipient],
-        2,
-    );
-    assert!(
-        stderr(&no_key).contains("object key"),
-        "{}",
-        stderr(&no_key)
+    // Without the object key an encrypted incremental snapshot, the
+    // default, is refused, naming both ways out; nothing is stored.
+    for mode in [&["--mode", "incremental"][..], &[]] {
+        let mut args = mode.to_vec();
+        args.extend(["--recipient", &recipient]);
+        let no_key = run_create(&dirs, &store, "copy", &args, 2);
+        let err = stderr(&no_key);
+        assert!(
+            err.contains("object key")
+                && err.contains("--object-key-file")
+                && err.contains("--mode full"),
+            "{mode:?}: {err}"
+        );
+    }
+    assert_eq!(
+        fs::read_dir(&store).unwrap().count(),
+        0,
+        "stored without an object key"
     );
 
     let s1 = json(create(&object_key, 0));
