@@ -281,7 +281,16 @@ fn archive_of_many_parts_with_bounded_memory() {
         c.args(args);
         run_measured(&c, 0)
     };
-    let create = ["archive", "create", "--capture", "copy", "--json"];
+    // A full snapshot: one archive of many parts.
+    let create = [
+        "archive",
+        "create",
+        "--capture",
+        "copy",
+        "--mode",
+        "full",
+        "--json",
+    ];
 
     let (out, file_create) =
         measure(&[&create[..], &["--log-dirs", &d, "--store", &file_store]].concat());
@@ -326,6 +335,54 @@ fn archive_of_many_parts_with_bounded_memory() {
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].objects[0].size, archive);
     assert!(store.pending_uploads("").unwrap().is_empty());
+
+    // The default, incremental: the bulk file as content objects of 4 MiB,
+    // uploaded side by side, bounded the same way against file://.
+    let url = s3.url("multipart-incremental");
+    let cfg = s3.config(
+        t.path(),
+        &url,
+        &dirs,
+        "",
+        "part_size = \"5MiB\"\nparts_in_flight = 2\n",
+    );
+    let cfg = cfg.display().to_string();
+    let inc = t.path().join("incremental");
+    fs::create_dir(&inc).unwrap();
+    let file_store = store_url(&new_store(&inc));
+    let create = ["archive", "create", "--capture", "copy", "--json"];
+    let (out, file_create) =
+        measure(&[&create[..], &["--log-dirs", &d, "--store", &file_store]].concat());
+    let file_objects = json(&out)["objects"]["uploaded"].as_u64().unwrap();
+    let file_id = json(&out)["snapshot_id"].as_str().unwrap().to_string();
+    let (_, file_verify) = measure(&[
+        "archive",
+        "verify",
+        "--store",
+        &file_store,
+        "--snapshot",
+        &file_id,
+    ]);
+    let (out, s3_create) = measure(&[&create[..], &["--config", &cfg]].concat());
+    let created = json(&out);
+    let uploaded = created["objects"]["uploaded"].as_u64().unwrap();
+    assert!(uploaded >= 40, "{created}");
+    assert_eq!(uploaded, file_objects, "{created}");
+    let id = created["snapshot_id"].as_str().unwrap().to_string();
+    let (_, s3_verify) = measure(&["archive", "verify", "--config", &cfg, "--snapshot", &id]);
+    eprintln!(
+        "incremental, peak RSS KiB: create file:// {file_create}, s3:// {s3_create}; \
+         verify file:// {file_verify}, s3:// {s3_verify}"
+    );
+    assert!(
+        s3_create < file_create + allowance,
+        "incremental create: s3:// {s3_create} KiB, file:// {file_create} KiB"
+    );
+    assert!(
+        s3_verify < file_verify + allowance,
+        "incremental verify: s3:// {s3_verify} KiB, file:// {file_verify} KiB"
+    );
+    assert!(s3.store(&url).pending_uploads("").unwrap().is_empty());
 }
 
 #[test]
@@ -335,6 +392,8 @@ fn crash_mid_upload_leaves_nothing_complete_and_next_run_cleans_up() {
     let t = scratch("ext4");
     let dirs = broker_with_bulk(t.path(), 3, 24 << 20);
     let url = s3.url("crash");
+    // Full snapshots: the bulk file goes into the archive's multipart
+    // upload (an incremental one's objects are single PUTs).
     let cfg = s3.config(t.path(), &url, &dirs, "", "part_size = \"5MiB\"\n");
     let cfg = cfg.display().to_string();
     let store = s3.store(&url);
@@ -342,7 +401,16 @@ fn crash_mid_upload_leaves_nothing_complete_and_next_run_cleans_up() {
     // Killed with parts uploaded: an invisible, pending multipart upload.
     let status = s3
         .agent()
-        .args(["archive", "create", "--config", &cfg, "--capture", "copy"])
+        .args([
+            "archive",
+            "create",
+            "--config",
+            &cfg,
+            "--capture",
+            "copy",
+            "--mode",
+            "full",
+        ])
         .env("KAFKA_SNAPSHOT_FAILPOINT", "before-archive-finish")
         .stderr(Stdio::null())
         .status()
@@ -358,7 +426,16 @@ fn crash_mid_upload_leaves_nothing_complete_and_next_run_cleans_up() {
     // Killed after the archive, before the manifest: listed incomplete.
     let status = s3
         .agent()
-        .args(["archive", "create", "--config", &cfg, "--capture", "copy"])
+        .args([
+            "archive",
+            "create",
+            "--config",
+            &cfg,
+            "--capture",
+            "copy",
+            "--mode",
+            "full",
+        ])
         .env("KAFKA_SNAPSHOT_FAILPOINT", "before-manifest")
         .stderr(Stdio::null())
         .status()
@@ -383,6 +460,8 @@ fn crash_mid_upload_leaves_nothing_complete_and_next_run_cleans_up() {
             &cfg,
             "--capture",
             "copy",
+            "--mode",
+            "full",
             "--json",
         ],
         0,
@@ -402,8 +481,9 @@ fn crash_mid_upload_leaves_nothing_complete_and_next_run_cleans_up() {
 
 use kafka_snapshot_testkit::garage::{Garage, Restart};
 
-/// Starts `archive create` and kills the server once the multipart upload
-/// is under way; returns the running agent.
+/// Starts `archive create` of a full snapshot (the bulk file in the
+/// archive's multipart upload) and kills the server once that upload is
+/// under way; returns the running agent.
 fn create_then_kill_server(
     s3: &S3,
     store: &dyn ColdStore,
@@ -419,6 +499,8 @@ fn create_then_kill_server(
             cfg,
             "--capture",
             "copy",
+            "--mode",
+            "full",
             "--json",
         ])
         .env("KAFKA_SNAPSHOT_LOG", "info")
