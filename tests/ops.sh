@@ -257,7 +257,8 @@ else
 fi
 
 for h in broker-a broker-b broker-c; do
-    if "$BIN/kafka-snapshot-agent" validate --config "$T/$h/etc/kafka-snapshot/agent.toml" >"$T/validate.log" 2>&1; then
+    # The object key it names is read from the host's root.
+    if "$BIN/kafka-snapshot-agent" validate --config "$T/$h/etc/kafka-snapshot/agent.toml" --root "$T/$h" >"$T/validate.log" 2>&1; then
         ok "kafka-snapshot-agent validate: $h's agent.toml"
     else
         cat "$T/validate.log"

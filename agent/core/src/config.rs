@@ -424,22 +424,60 @@ impl AgentConfig {
     }
 
     pub fn load(path: &Path) -> Result<AgentConfig> {
+        Self::load_under(path, None)
+    }
+
+    /// [`Self::load`], reading the files the config names under `root`
+    /// ([`Self::parse_under`]).
+    pub fn load_under(path: &Path, root: Option<&Path>) -> Result<AgentConfig> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::Config {
             file: path.to_path_buf(),
             message: format!("cannot read: {e}"),
         })?;
-        Self::parse(&text, path)
+        Self::parse_under(&text, path, root)
     }
 
     pub fn parse(text: &str, path: &Path) -> Result<AgentConfig> {
+        Self::parse_under(text, path, None)
+    }
+
+    /// [`Self::parse`], reading the files the config names
+    /// (`kafka.sasl_password_file`, `encryption.recipients_file`,
+    /// `encryption.object_key_file`) under `root` when given, as the host
+    /// whose filesystem is installed there will: for a config installed
+    /// into an image or a staging root (`validate --root`). The config
+    /// keeps the paths it names.
+    pub fn parse_under(text: &str, path: &Path, root: Option<&Path>) -> Result<AgentConfig> {
         let mut cfg: AgentConfig = toml::from_str(text).map_err(|e| Error::Config {
             file: path.to_path_buf(),
             message: e.to_string().trim_end().to_string(),
         })?;
         let mut problems = cfg.problems();
+        let named: Vec<PathBuf> = cfg.files_read().iter().map(|p| p.to_path_buf()).collect();
+        if let Some(root) = root {
+            for p in cfg.files_read() {
+                if let Ok(rel) = p.strip_prefix("/") {
+                    *p = root.join(rel);
+                }
+            }
+        }
         problems.extend(cfg.resolve_secrets());
+        for (p, named) in cfg.files_read().into_iter().zip(named) {
+            *p = named;
+        }
         problems_error(path, problems)?;
         Ok(cfg)
+    }
+
+    /// The paths of the files [`Self::resolve_secrets`] reads.
+    fn files_read(&mut self) -> Vec<&mut PathBuf> {
+        let mut files = Vec::new();
+        if let Some(k) = self.kafka.as_mut() {
+            files.extend(k.sasl_password_file.as_mut());
+        }
+        files.extend(self.encryption.recipients_file.as_mut());
+        files.extend(self.encryption.object_key_file.as_mut());
+        files
     }
 
     /// Cross-field checks serde cannot express: one error that names every
@@ -831,7 +869,32 @@ mod tests {
         );
         let cfg = parse(&with_key).unwrap();
         let o = cfg.object_options().unwrap();
-        assert_eq!(o.object_key.map(|k| k.fingerprint().to_string()), Some(fp));
+        assert_eq!(
+            o.object_key.map(|k| k.fingerprint().to_string()),
+            Some(fp.clone())
+        );
+        // Installed under a root: read from there, the config's path kept.
+        let installed = format!(
+            "{base}[encryption]\nrecipients=[{r:?}]\nobject_key_file='/etc/ks/object.key'\n"
+        );
+        let e = parse(&installed).unwrap_err().to_string();
+        assert!(e.contains("cannot read /etc/ks/object.key"), "{e}");
+        std::fs::create_dir_all(tmp.path().join("etc/ks")).unwrap();
+        std::fs::copy(&key, tmp.path().join("etc/ks/object.key")).unwrap();
+        let cfg =
+            AgentConfig::parse_under(&installed, Path::new("/etc/agent.toml"), Some(tmp.path()))
+                .unwrap();
+        assert_eq!(
+            cfg.object_options()
+                .unwrap()
+                .object_key
+                .map(|k| k.fingerprint().to_string()),
+            Some(fp)
+        );
+        assert_eq!(
+            cfg.encryption.object_key_file,
+            Some(PathBuf::from("/etc/ks/object.key"))
+        );
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
         let e = parse(&with_key).unwrap_err().to_string();

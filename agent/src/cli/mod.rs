@@ -32,6 +32,11 @@ enum Command {
     Validate {
         #[arg(long)]
         config: PathBuf,
+        /// Read the files the config names (SASL password, recipients,
+        /// object key) under this dir, where a host's filesystem is being
+        /// installed (an image, a staging root).
+        #[arg(long)]
+        root: Option<PathBuf>,
     },
     /// Run the pre-stop gate once against the live cluster and print every
     /// condition (exit 0 safe, 1 not safe, 2 config error).
@@ -80,8 +85,8 @@ pub fn init_logging() {
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Validate { config } => {
-            let cfg = AgentConfig::load(&config)?;
+        Command::Validate { config, root } => {
+            let cfg = AgentConfig::load_under(&config, root.as_deref())?;
             let dirs = cfg.log_dirs()?;
             println!(
                 "{}: ok ({} log dirs: {})",
