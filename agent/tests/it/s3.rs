@@ -263,73 +263,85 @@ fn archive_of_many_parts_with_bounded_memory() {
     let s3 = s3();
     let t = scratch("ext4");
     let dirs = broker_with_bulk(t.path(), 2, 160 << 20);
-    let url = s3.url("multipart");
-    let cfg = s3.config(
-        t.path(),
-        &url,
-        &dirs,
-        "",
-        "part_size = \"5MiB\"\nparts_in_flight = 2\n",
-    );
-    let cfg = cfg.display().to_string();
-    // The same through file://, for the memory the rest of the pipeline
-    // (zstd above all) takes with this data.
-    let file_store = store_url(&new_store(t.path()));
     let d = dirs_arg(&dirs);
     let measure = |args: &[&str]| {
         let mut c = s3.agent();
         c.args(args);
         run_measured(&c, 0)
     };
-    // A full snapshot: one archive of many parts.
-    let create = [
-        "archive",
-        "create",
-        "--capture",
-        "copy",
-        "--mode",
-        "full",
-        "--json",
-    ];
+    // A snapshot of `mode` through S3 and the same through file://, for
+    // the memory the rest of the pipeline (zstd above all) takes with this
+    // data: S3 adds at most 3 parts of 5 MiB (2 uploading, 1 filling) or 3
+    // ranges of 5 MiB (2 read ahead, 1 being read), plus the HTTP client,
+    // whatever the size of the archive. Returns both `--json` reports and
+    // the S3 store's URL.
+    let both = |mode: &str| {
+        let url = s3.url(&format!("multipart-{mode}"));
+        let cfg = s3.config(
+            t.path(),
+            &url,
+            &dirs,
+            "",
+            "part_size = \"5MiB\"\nparts_in_flight = 2\n",
+        );
+        let cfg = cfg.display().to_string();
+        let root = t.path().join(mode);
+        fs::create_dir(&root).unwrap();
+        let file_store = store_url(&new_store(&root));
+        let create = [
+            "archive",
+            "create",
+            "--capture",
+            "copy",
+            "--mode",
+            mode,
+            "--json",
+        ];
+        let (out, file_create) =
+            measure(&[&create[..], &["--log-dirs", &d, "--store", &file_store]].concat());
+        let on_file = json(&out);
+        let (out, s3_create) = measure(&[&create[..], &["--config", &cfg]].concat());
+        let on_s3 = json(&out);
+        let id = |v: &serde_json::Value| v["snapshot_id"].as_str().unwrap().to_string();
+        let (_, file_verify) = measure(&[
+            "archive",
+            "verify",
+            "--store",
+            &file_store,
+            "--snapshot",
+            &id(&on_file),
+        ]);
+        let (_, s3_verify) = measure(&[
+            "archive",
+            "verify",
+            "--config",
+            &cfg,
+            "--snapshot",
+            &id(&on_s3),
+        ]);
+        eprintln!(
+            "{mode}, peak RSS KiB: create file:// {file_create}, s3:// {s3_create}; \
+             verify file:// {file_verify}, s3:// {s3_verify}"
+        );
+        let allowance = (3 * 5 + 12) << 10;
+        assert!(
+            s3_create < file_create + allowance,
+            "{mode} create: s3:// {s3_create} KiB, file:// {file_create} KiB"
+        );
+        assert!(
+            s3_verify < file_verify + allowance,
+            "{mode} verify: s3:// {s3_verify} KiB, file:// {file_verify} KiB"
+        );
+        (on_file, on_s3, url)
+    };
 
-    let (out, file_create) =
-        measure(&[&create[..], &["--log-dirs", &d, "--store", &file_store]].concat());
-    let file_id = json(&out)["snapshot_id"].as_str().unwrap().to_string();
-    let (out, s3_create) = measure(&[&create[..], &["--config", &cfg]].concat());
-    let created = json(&out);
+    // A full snapshot: one archive of many parts (160 MiB).
+    let (_, created, url) = both("full");
     let archive = created["archive_bytes"].as_u64().unwrap();
     assert!(
         archive > 30 * (5 << 20),
         "{archive} bytes is not many parts"
     );
-    let id = created["snapshot_id"].as_str().unwrap().to_string();
-    let (_, file_verify) = measure(&[
-        "archive",
-        "verify",
-        "--store",
-        &file_store,
-        "--snapshot",
-        &file_id,
-    ]);
-    let (_, s3_verify) = measure(&["archive", "verify", "--config", &cfg, "--snapshot", &id]);
-
-    // S3 adds at most 3 parts of 5 MiB (2 uploading, 1 filling) or 3
-    // ranges of 5 MiB (2 read ahead, 1 being read), plus the HTTP client:
-    // bounded, whatever the size of the archive (160 MiB here).
-    eprintln!(
-        "peak RSS KiB: create file:// {file_create}, s3:// {s3_create}; \
-         verify file:// {file_verify}, s3:// {s3_verify}; archive {archive} bytes"
-    );
-    let allowance = (3 * 5 + 12) << 10;
-    assert!(
-        s3_create < file_create + allowance,
-        "create: s3:// {s3_create} KiB, file:// {file_create} KiB"
-    );
-    assert!(
-        s3_verify < file_verify + allowance,
-        "verify: s3:// {s3_verify} KiB, file:// {file_verify} KiB"
-    );
-
     let store = s3.store(&url);
     let listed = catalog::list(store.as_ref(), None, None).unwrap();
     assert_eq!(listed.len(), 1);
@@ -337,51 +349,11 @@ fn archive_of_many_parts_with_bounded_memory() {
     assert!(store.pending_uploads("").unwrap().is_empty());
 
     // The default, incremental: the bulk file as content objects of 4 MiB,
-    // uploaded side by side, bounded the same way against file://.
-    let url = s3.url("multipart-incremental");
-    let cfg = s3.config(
-        t.path(),
-        &url,
-        &dirs,
-        "",
-        "part_size = \"5MiB\"\nparts_in_flight = 2\n",
-    );
-    let cfg = cfg.display().to_string();
-    let inc = t.path().join("incremental");
-    fs::create_dir(&inc).unwrap();
-    let file_store = store_url(&new_store(&inc));
-    let create = ["archive", "create", "--capture", "copy", "--json"];
-    let (out, file_create) =
-        measure(&[&create[..], &["--log-dirs", &d, "--store", &file_store]].concat());
-    let file_objects = json(&out)["objects"]["uploaded"].as_u64().unwrap();
-    let file_id = json(&out)["snapshot_id"].as_str().unwrap().to_string();
-    let (_, file_verify) = measure(&[
-        "archive",
-        "verify",
-        "--store",
-        &file_store,
-        "--snapshot",
-        &file_id,
-    ]);
-    let (out, s3_create) = measure(&[&create[..], &["--config", &cfg]].concat());
-    let created = json(&out);
+    // uploaded side by side.
+    let (on_file, created, url) = both("incremental");
     let uploaded = created["objects"]["uploaded"].as_u64().unwrap();
     assert!(uploaded >= 40, "{created}");
-    assert_eq!(uploaded, file_objects, "{created}");
-    let id = created["snapshot_id"].as_str().unwrap().to_string();
-    let (_, s3_verify) = measure(&["archive", "verify", "--config", &cfg, "--snapshot", &id]);
-    eprintln!(
-        "incremental, peak RSS KiB: create file:// {file_create}, s3:// {s3_create}; \
-         verify file:// {file_verify}, s3:// {s3_verify}"
-    );
-    assert!(
-        s3_create < file_create + allowance,
-        "incremental create: s3:// {s3_create} KiB, file:// {file_create} KiB"
-    );
-    assert!(
-        s3_verify < file_verify + allowance,
-        "incremental verify: s3:// {s3_verify} KiB, file:// {file_verify} KiB"
-    );
+    assert_eq!(uploaded, on_file["objects"]["uploaded"], "{created}");
     assert!(s3.store(&url).pending_uploads("").unwrap().is_empty());
 }
 
